@@ -1,0 +1,260 @@
+//! The command line: one subcommand per job, all against the same configuration and
+//! database, whether or not a server is running.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, LoadedConfig};
+use crate::seal::{self, MasterKey, MasterKeyOrigin};
+use crate::startup::Application;
+use crate::{clients, db, keystore, telemetry};
+
+/// keyward: JWKS issuer and key-management server.
+#[derive(Debug, Parser)]
+#[command(name = "keyward", version, about)]
+pub struct Cli {
+    /// Configuration file (default: ./keys.toml if present, else the built-in defaults).
+    #[arg(long, global = true, env = "KEYWARD_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the public (JWKS) and internal (signing) listeners.
+    Serve,
+    /// Validate the configuration and exit.
+    CheckConfig,
+    /// Inspect and rotate signing keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Manage the clients allowed to call the internal API.
+    #[command(subcommand)]
+    Clients(ClientsCommand),
+    /// Exit 0 if the server's public /healthz answers 200 (for container health checks).
+    Healthcheck,
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// List every key: set, kid, algorithm, state and timestamps.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a new key the signing key of SET now.
+    Rotate {
+        /// Key set name.
+        set: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClientsCommand {
+    /// Create a client; its token is printed once, as the only line on standard output.
+    Add {
+        /// Client name.
+        name: String,
+        /// Profiles the client may sign with, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        profiles: Vec<String>,
+        /// Allow the admin routes too.
+        #[arg(long)]
+        admin: bool,
+    },
+    /// List clients (never their tokens).
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a client's token.
+    Revoke {
+        /// Client name.
+        name: String,
+    },
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let json_logs = std::env::var("KEYWARD_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
+    telemetry::init(json_logs);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(explicit: Option<&PathBuf>) -> anyhow::Result<LoadedConfig> {
+    let env: HashMap<String, String> = std::env::vars().filter(|(k, _)| k.starts_with("KEYWARD_")).collect();
+    let source = config::choose_source(explicit.map(PathBuf::as_path), std::path::Path::new("keys.toml").is_file());
+    Ok(config::load(source, &env)?)
+}
+
+fn master_key(loaded: &LoadedConfig) -> anyhow::Result<MasterKey> {
+    let env = std::env::var("KEYWARD_MASTER_KEY").ok();
+    let file = &loaded.config.server.master_key_file;
+    let (key, origin) = MasterKey::resolve(env.as_deref(), file)?;
+    match origin {
+        MasterKeyOrigin::Environment => tracing::info!(master_key_id = key.id(), "master key from KEYWARD_MASTER_KEY"),
+        MasterKeyOrigin::File(path) => {
+            tracing::info!(master_key_id = key.id(), file = %path.display(), "master key from file");
+            if seal::key_file_is_shared(&path) {
+                tracing::warn!(file = %path.display(), "the master key file is readable by group or others: chmod 600 it");
+            }
+        }
+        MasterKeyOrigin::Generated(path) => tracing::warn!(
+            master_key_id = key.id(),
+            file = %path.display(),
+            "NO MASTER KEY CONFIGURED: generated a random one for DEVELOPMENT ONLY. In production set \
+             KEYWARD_MASTER_KEY (base64 of 32 bytes) from your secrets manager, and back this key up: \
+             without it the stored private keys cannot be opened"
+        ),
+    }
+    Ok(key)
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let loaded = load_config(cli.config.as_ref())?;
+    let config = &loaded.config;
+    match cli.command {
+        Command::CheckConfig => {
+            eprintln!(
+                "{}: configuration is valid ({} key sets, {} profiles)",
+                loaded.source,
+                config.key_sets.len(),
+                config.profiles.len()
+            );
+            Ok(())
+        }
+        Command::Serve => {
+            tracing::info!(config = %loaded.source, "starting keyward {}", env!("CARGO_PKG_VERSION"));
+            let master = master_key(&loaded)?;
+            let workers = std::thread::available_parallelism().map(usize::from).unwrap_or(2);
+            let app = Application::build(config.clone(), master, workers).await?;
+            tracing::info!(public = %app.public_addr(), internal = %app.internal_addr(), workers, "listening");
+            app.run_until_stopped().await
+        }
+        Command::Healthcheck => healthcheck(config.server.public_addr),
+        Command::Keys(KeysCommand::List { json }) => {
+            let pool = db::connect(config.database_path()).await?;
+            let records = keystore::list(&pool).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&records)?);
+                return Ok(());
+            }
+            println!("{:<12} {:<44} {:<6} {:<9} {:<20} {:<20} {:<20}", "SET", "KID", "ALG", "STATE", "CREATED", "ACTIVATED", "DEACTIVATED");
+            for r in records {
+                println!(
+                    "{:<12} {:<44} {:<6} {:<9} {:<20} {:<20} {:<20}",
+                    r.key_set,
+                    r.kid,
+                    r.algorithm.as_str(),
+                    r.state().to_string(),
+                    time(Some(r.created_at)),
+                    time(r.activated_at),
+                    time(r.deactivated_at.or(r.revoked_at)),
+                );
+            }
+            Ok(())
+        }
+        Command::Keys(KeysCommand::Rotate { set }) => {
+            let Some(set_config) = config.key_set(&set) else {
+                let known: Vec<&str> = config.key_sets.iter().map(|s| s.name.as_str()).collect();
+                bail!("no key set is named {set:?} (configured: {})", known.join(", "));
+            };
+            let master = master_key(&loaded)?;
+            let pool = db::connect(config.database_path()).await?;
+            keystore::check_master_key(&keystore::list(&pool).await?, &master)?;
+            let record = keystore::rotate(&pool, &master, set_config, now()).await?;
+            eprintln!("key set {set}: {} ({}) is now the signing key", record.kid, record.algorithm);
+            Ok(())
+        }
+        Command::Clients(ClientsCommand::Add { name, profiles, admin }) => {
+            let pool = db::connect(config.database_path()).await?;
+            let token = clients::add(&pool, config, &name, &profiles, admin, now()).await?;
+            eprintln!("created client {name:?}; its token follows on standard output and is not shown again");
+            let mut stdout = std::io::stdout().lock();
+            writeln!(stdout, "{}", token.as_str()).context("writing the token")?;
+            Ok(())
+        }
+        Command::Clients(ClientsCommand::List { json }) => {
+            let pool = db::connect(config.database_path()).await?;
+            let list = clients::list(&pool).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+                return Ok(());
+            }
+            println!("{:<24} {:<6} {:<20} {:<20} PROFILES", "NAME", "ADMIN", "CREATED", "REVOKED");
+            for c in list {
+                println!(
+                    "{:<24} {:<6} {:<20} {:<20} {}",
+                    c.name,
+                    if c.admin { "yes" } else { "no" },
+                    time(Some(c.created_at)),
+                    time(c.revoked_at),
+                    c.profiles.join(",")
+                );
+            }
+            Ok(())
+        }
+        Command::Clients(ClientsCommand::Revoke { name }) => {
+            let pool = db::connect(config.database_path()).await?;
+            clients::revoke(&pool, &name, now()).await?;
+            eprintln!("revoked client {name:?}; running servers refuse its token within seconds");
+            Ok(())
+        }
+    }
+}
+
+fn time(ts: Option<i64>) -> String {
+    ts.and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_else(|| "-".to_owned())
+}
+
+/// A plain HTTP/1.0 GET of /healthz on the public listener, without an HTTP client library.
+fn healthcheck(addr: SocketAddr) -> anyhow::Result<()> {
+    let target = if addr.ip().is_unspecified() {
+        SocketAddr::new(if addr.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() }, addr.port())
+    } else {
+        addr
+    };
+    let timeout = Duration::from_secs(3);
+    let mut stream = TcpStream::connect_timeout(&target, timeout).with_context(|| format!("connecting to {target}"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    stream.write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut head = [0u8; 64];
+    let n = stream.read(&mut head)?;
+    let status_line = String::from_utf8_lossy(&head[..n]);
+    if status_line.starts_with("HTTP/1.1 200") || status_line.starts_with("HTTP/1.0 200") {
+        Ok(())
+    } else {
+        bail!("{target}/healthz did not answer 200")
+    }
+}

@@ -1,0 +1,664 @@
+//! Configuration: built-in defaults (identical to `keys.example`), then the TOML file,
+//! then `KEYWARD_*` environment variables; validated once, at start-up.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::duration::Duration;
+use crate::keys::Algorithm;
+
+/// Claims a caller may never set: they are fixed by the profile or by keyward.
+pub const REGISTERED_CLAIMS: [&str; 7] = ["iss", "sub", "aud", "exp", "nbf", "iat", "jti"];
+
+/// The partner requires `exp` less than one hour after issue: a hard cap for every profile.
+pub const TTL_HARD_CAP: Duration = Duration::from_secs(3_600);
+
+/// Paths the public listener keeps for itself.
+const RESERVED_PUBLIC_PATHS: [&str; 2] = ["/healthz", "/readyz"];
+
+/// Environment variables keyward reads; any other `KEYWARD_*` variable is a mistake.
+const KNOWN_ENV: [&str; 7] = [
+    "KEYWARD_CONFIG",
+    "KEYWARD_PUBLIC_ADDR",
+    "KEYWARD_INTERNAL_ADDR",
+    "KEYWARD_DATABASE_URL",
+    "KEYWARD_MASTER_KEY_FILE",
+    "KEYWARD_MASTER_KEY",
+    "KEYWARD_LOG_FORMAT",
+];
+
+/// The whole configuration, as in `keys.example`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Listener addresses and storage.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Signing key sets.
+    #[serde(default, rename = "key_set")]
+    pub key_sets: Vec<KeySetConfig>,
+    /// Signing profiles.
+    #[serde(default, rename = "profile")]
+    pub profiles: Vec<ProfileConfig>,
+}
+
+/// `[server]`: where keyward listens and keeps its data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// JWKS and health only.
+    pub public_addr: SocketAddr,
+    /// Signing and admin API.
+    pub internal_addr: SocketAddr,
+    /// `sqlite://PATH`.
+    pub database_url: String,
+    /// Where the master key lives when `KEYWARD_MASTER_KEY` is not set.
+    pub master_key_file: PathBuf,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            public_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            internal_addr: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            database_url: "sqlite://data/keyward.db".to_owned(),
+            master_key_file: PathBuf::from("data/master.key"),
+        }
+    }
+}
+
+/// `[[key_set]]`: a rotating family of signing keys published at some JWKS paths.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySetConfig {
+    /// Unique name, used by profiles and commands.
+    pub name: String,
+    /// Signing algorithm of every key in the set.
+    #[serde(default = "default_algorithm")]
+    pub algorithm: Algorithm,
+    /// RSA modulus size; ignored for EC algorithms.
+    #[serde(default = "default_rsa_bits")]
+    pub rsa_bits: u32,
+    /// Public paths serving this set's JWKS.
+    #[serde(default = "default_jwks_paths")]
+    pub jwks_paths: Vec<String>,
+    /// `Cache-Control: max-age` of the JWKS responses.
+    #[serde(default = "default_jwks_max_age")]
+    pub jwks_max_age: Duration,
+    /// How often the signing key is replaced.
+    #[serde(default = "default_rotate_every")]
+    pub rotate_every: Duration,
+    /// How long a key is published before it may sign.
+    #[serde(default = "default_publish_ahead")]
+    pub publish_ahead: Duration,
+    /// How long a key stays published after its last token expired.
+    #[serde(default = "default_retain_after")]
+    pub retain_after: Duration,
+}
+
+/// `[[profile]]`: what a caller may get signed, with which key set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileConfig {
+    /// Unique name, part of the signing URL.
+    pub name: String,
+    /// The key set that signs this profile's tokens.
+    pub key_set: String,
+    /// `iss` of every token.
+    pub issuer: String,
+    /// `aud` of every token.
+    pub audience: String,
+    /// Claims added to every token as they are.
+    #[serde(default)]
+    pub static_claims: BTreeMap<String, serde_json::Value>,
+    /// Claim names a caller may add per request.
+    #[serde(default)]
+    pub allowed_claims: Vec<String>,
+    /// Regular expression the whole `sub` must match.
+    #[serde(default = "default_subject_pattern")]
+    pub subject_pattern: String,
+    /// Lifetime when the request names none.
+    #[serde(default = "default_ttl")]
+    pub default_ttl: Duration,
+    /// Longest lifetime a request may ask for; under one hour.
+    #[serde(default = "default_max_ttl")]
+    pub max_ttl: Duration,
+}
+
+fn default_algorithm() -> Algorithm {
+    Algorithm::Rs256
+}
+fn default_rsa_bits() -> u32 {
+    2048
+}
+fn default_jwks_paths() -> Vec<String> {
+    vec!["/path/to/your/jwks".to_owned(), "/.well-known/jwks.json".to_owned()]
+}
+fn default_jwks_max_age() -> Duration {
+    Duration::from_secs(5 * 60)
+}
+fn default_rotate_every() -> Duration {
+    Duration::from_secs(30 * 86_400)
+}
+fn default_publish_ahead() -> Duration {
+    Duration::from_secs(24 * 3_600)
+}
+fn default_retain_after() -> Duration {
+    Duration::from_secs(24 * 3_600)
+}
+fn default_subject_pattern() -> String {
+    "^[A-Za-z0-9._@:-]{1,128}$".to_owned()
+}
+fn default_ttl() -> Duration {
+    Duration::from_secs(5 * 60)
+}
+fn default_max_ttl() -> Duration {
+    Duration::from_secs(55 * 60)
+}
+
+impl Default for Config {
+    /// The built-in defaults: exactly what `keys.example` says (a test compares them).
+    fn default() -> Self {
+        Config {
+            server: ServerConfig::default(),
+            key_sets: vec![KeySetConfig {
+                name: "npm".to_owned(),
+                algorithm: default_algorithm(),
+                rsa_bits: default_rsa_bits(),
+                jwks_paths: default_jwks_paths(),
+                jwks_max_age: default_jwks_max_age(),
+                rotate_every: default_rotate_every(),
+                publish_ahead: default_publish_ahead(),
+                retain_after: default_retain_after(),
+            }],
+            profiles: vec![ProfileConfig {
+                name: "npm-sandbox".to_owned(),
+                key_set: "npm".to_owned(),
+                issuer: "https://yourdomain.com".to_owned(),
+                audience: "http://sandbox.npmdev.net/api/partners/acme/oauth2/v1/token".to_owned(),
+                static_claims: BTreeMap::from([(
+                    "jwks_uri".to_owned(),
+                    serde_json::Value::String("/path/to/your/jwks".to_owned()),
+                )]),
+                allowed_claims: vec!["obo_user".to_owned()],
+                subject_pattern: default_subject_pattern(),
+                default_ttl: default_ttl(),
+                max_ttl: default_max_ttl(),
+            }],
+        }
+    }
+}
+
+/// A configuration that cannot be used, with enough context for a person to fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{source_name}: {location}: {message}")]
+pub struct ConfigError {
+    /// The file (or "environment", or "built-in defaults").
+    pub source_name: String,
+    /// Table and field, e.g. `[[key_set]] "npm", field rsa_bits`.
+    pub location: String,
+    /// What is wrong and what is expected.
+    pub message: String,
+}
+
+/// Where the configuration came from, for messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// No file: the built-in defaults.
+    Defaults,
+    /// A TOML file.
+    File(PathBuf),
+}
+
+impl fmt::Display for ConfigSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigSource::Defaults => f.write_str("built-in defaults"),
+            ConfigSource::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// The configuration as loaded, with where it came from.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    /// The validated configuration.
+    pub config: Config,
+    /// Its origin, for messages.
+    pub source: ConfigSource,
+}
+
+/// Chooses the file: `--config`/`KEYWARD_CONFIG`, else `./keys.toml` if present, else none.
+pub fn choose_source(explicit: Option<&Path>, cwd_has_keys_toml: bool) -> ConfigSource {
+    match explicit {
+        Some(path) => ConfigSource::File(path.to_owned()),
+        None if cwd_has_keys_toml => ConfigSource::File(PathBuf::from("keys.toml")),
+        None => ConfigSource::Defaults,
+    }
+}
+
+/// Loads and validates: the file (if any), then the environment, then every rule.
+pub fn load(source: ConfigSource, env: &HashMap<String, String>) -> Result<LoadedConfig, ConfigError> {
+    let mut config = match &source {
+        ConfigSource::Defaults => Config::default(),
+        ConfigSource::File(path) => {
+            let text = std::fs::read_to_string(path).map_err(|err| ConfigError {
+                source_name: path.display().to_string(),
+                location: "file".to_owned(),
+                message: format!("cannot read the configuration file: {err}"),
+            })?;
+            parse_toml(&text, &source.to_string())?
+        }
+    };
+    apply_env(&mut config, env)?;
+    validate(&config, &source.to_string())?;
+    Ok(LoadedConfig { config, source })
+}
+
+/// Parses TOML text, naming the table and field of any error.
+pub fn parse_toml(text: &str, source_name: &str) -> Result<Config, ConfigError> {
+    let deserializer = toml::Deserializer::new(text);
+    serde_path_to_error::deserialize(deserializer).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        let message = inner.message().to_owned();
+        let line = inner
+            .span()
+            .map(|span| text[..span.start.min(text.len())].lines().count().max(1));
+        let mut location = describe_path(&path, &message);
+        if let Some(line) = line {
+            location.push_str(&format!(" (line {line})"));
+        }
+        ConfigError { source_name: source_name.to_owned(), location, message }
+    })
+}
+
+/// Turns `key_set[0].rsa_bits` into `[[key_set]] #1, field rsa_bits`.
+fn describe_path(path: &str, message: &str) -> String {
+    let unknown_field = message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split('`').next());
+    let mut parts = path.split('.').filter(|p| !p.is_empty() && *p != "?").collect::<Vec<_>>();
+    if let Some(field) = unknown_field.filter(|f| parts.last() != Some(f)) {
+        parts.push(field);
+    }
+    let mut table = String::from("top level");
+    let mut field = None;
+    for (i, part) in parts.iter().enumerate() {
+        let last = i + 1 == parts.len();
+        if let Some((name, index)) = part.split_once('[') {
+            let index: usize = index.trim_end_matches(']').parse().unwrap_or(0);
+            table = format!("[[{name}]] #{}", index + 1);
+        } else if !last {
+            table = format!("[{part}]");
+        } else {
+            field = Some(*part);
+        }
+    }
+    match field {
+        Some(field) => format!("{table}, field {field}"),
+        None => table,
+    }
+}
+
+fn env_error(var: &str, message: String) -> ConfigError {
+    ConfigError { source_name: "environment".to_owned(), location: var.to_owned(), message }
+}
+
+/// Applies `KEYWARD_<FIELD>` overrides of `[server]`; unknown `KEYWARD_*` names are errors.
+fn apply_env(config: &mut Config, env: &HashMap<String, String>) -> Result<(), ConfigError> {
+    let mut unknown: Vec<&String> = env
+        .keys()
+        .filter(|k| k.starts_with("KEYWARD_") && !KNOWN_ENV.contains(&k.as_str()))
+        .collect();
+    unknown.sort();
+    if let Some(name) = unknown.first() {
+        return Err(env_error(
+            name,
+            format!("unknown variable; keyward reads only {}", KNOWN_ENV.join(", ")),
+        ));
+    }
+    let addr = |var: &str, value: &str| {
+        value.parse::<SocketAddr>().map_err(|_| {
+            env_error(var, format!("{value:?} is not an address like 127.0.0.1:8080"))
+        })
+    };
+    if let Some(v) = env.get("KEYWARD_PUBLIC_ADDR") {
+        config.server.public_addr = addr("KEYWARD_PUBLIC_ADDR", v)?;
+    }
+    if let Some(v) = env.get("KEYWARD_INTERNAL_ADDR") {
+        config.server.internal_addr = addr("KEYWARD_INTERNAL_ADDR", v)?;
+    }
+    if let Some(v) = env.get("KEYWARD_DATABASE_URL") {
+        config.server.database_url = v.clone();
+    }
+    if let Some(v) = env.get("KEYWARD_MASTER_KEY_FILE") {
+        config.server.master_key_file = PathBuf::from(v);
+    }
+    Ok(())
+}
+
+/// Every start-up rule; the first broken one is reported.
+pub fn validate(config: &Config, source_name: &str) -> Result<(), ConfigError> {
+    let fail = |location: String, message: String| ConfigError {
+        source_name: source_name.to_owned(),
+        location,
+        message,
+    };
+    let server = &config.server;
+    if server.database_url.strip_prefix("sqlite://").is_none_or(str::is_empty) {
+        return Err(fail(
+            "[server], field database_url".to_owned(),
+            format!("{:?} is not a SQLite URL like sqlite://data/keyward.db", server.database_url),
+        ));
+    }
+    if server.public_addr == server.internal_addr {
+        return Err(fail(
+            "[server], field internal_addr".to_owned(),
+            "the internal listener must not share the public listener's address".to_owned(),
+        ));
+    }
+
+    let mut set_names = BTreeSet::new();
+    let mut path_owner: HashMap<&str, &str> = HashMap::new();
+    for set in &config.key_sets {
+        let at = |field: &str| format!("[[key_set]] {:?}, field {field}", set.name);
+        check_name(&set.name).map_err(|m| fail(at("name"), m))?;
+        if !set_names.insert(set.name.as_str()) {
+            return Err(fail(at("name"), "another [[key_set]] has the same name".to_owned()));
+        }
+        if set.algorithm.is_rsa() && ![2048, 3072, 4096].contains(&set.rsa_bits) {
+            return Err(fail(
+                at("rsa_bits"),
+                format!("RSA keys must be 2048, 3072 or 4096 bits, not {}", set.rsa_bits),
+            ));
+        }
+        for path in &set.jwks_paths {
+            if !path.starts_with('/') || path.contains(['?', '#', ' ']) || path.contains("//") {
+                return Err(fail(
+                    at("jwks_paths"),
+                    format!("{path:?} must be an absolute path like /.well-known/jwks.json"),
+                ));
+            }
+            if RESERVED_PUBLIC_PATHS.contains(&path.as_str()) {
+                return Err(fail(at("jwks_paths"), format!("{path:?} is reserved for health checks")));
+            }
+            if let Some(other) = path_owner.insert(path, &set.name) {
+                return Err(fail(
+                    at("jwks_paths"),
+                    format!("{path:?} is already served by key set {other:?}"),
+                ));
+            }
+        }
+        for (field, value) in [
+            ("jwks_max_age", set.jwks_max_age),
+            ("rotate_every", set.rotate_every),
+            ("publish_ahead", set.publish_ahead),
+            ("retain_after", set.retain_after),
+        ] {
+            if value.as_secs() == 0 && field != "jwks_max_age" {
+                return Err(fail(at(field), "must be at least 1s".to_owned()));
+            }
+        }
+    }
+
+    let mut profile_names = BTreeSet::new();
+    for profile in &config.profiles {
+        let at = |field: &str| format!("[[profile]] {:?}, field {field}", profile.name);
+        check_name(&profile.name).map_err(|m| fail(at("name"), m))?;
+        if !profile_names.insert(profile.name.as_str()) {
+            return Err(fail(at("name"), "another [[profile]] has the same name".to_owned()));
+        }
+        let Some(set) = config.key_sets.iter().find(|s| s.name == profile.key_set) else {
+            return Err(fail(
+                at("key_set"),
+                format!("no [[key_set]] is named {:?}", profile.key_set),
+            ));
+        };
+        if profile.issuer.trim().is_empty() {
+            return Err(fail(at("issuer"), "must not be empty".to_owned()));
+        }
+        if profile.audience.trim().is_empty() {
+            return Err(fail(at("audience"), "must not be empty".to_owned()));
+        }
+        if profile.max_ttl >= TTL_HARD_CAP {
+            return Err(fail(
+                at("max_ttl"),
+                format!(
+                    "{} is too long: tokens must expire less than 1 hour after issue (at most 59m or 3599s)",
+                    profile.max_ttl
+                ),
+            ));
+        }
+        if profile.max_ttl.as_secs() == 0 {
+            return Err(fail(at("max_ttl"), "must be at least 1s".to_owned()));
+        }
+        if profile.default_ttl.as_secs() == 0 {
+            return Err(fail(at("default_ttl"), "must be at least 1s".to_owned()));
+        }
+        if profile.default_ttl > profile.max_ttl {
+            return Err(fail(
+                at("default_ttl"),
+                format!("{} is longer than max_ttl ({})", profile.default_ttl, profile.max_ttl),
+            ));
+        }
+        for name in profile.static_claims.keys() {
+            if REGISTERED_CLAIMS.contains(&name.as_str()) {
+                return Err(fail(
+                    at("static_claims"),
+                    format!("{name:?} is a registered claim that keyward sets itself"),
+                ));
+            }
+        }
+        if let Some(uri) = profile.static_claims.get("jwks_uri") {
+            let listed = uri.as_str().is_some_and(|u| set.jwks_paths.iter().any(|p| p == u));
+            if !listed {
+                return Err(fail(
+                    at("static_claims.jwks_uri"),
+                    format!(
+                        "{uri} is not one of key set {:?}'s jwks_paths ({})",
+                        set.name,
+                        set.jwks_paths.join(", ")
+                    ),
+                ));
+            }
+        }
+        let mut seen = BTreeSet::new();
+        for name in &profile.allowed_claims {
+            if REGISTERED_CLAIMS.contains(&name.as_str()) {
+                return Err(fail(
+                    at("allowed_claims"),
+                    format!("{name:?} is a registered claim; callers may not set it"),
+                ));
+            }
+            if profile.static_claims.contains_key(name) {
+                return Err(fail(
+                    at("allowed_claims"),
+                    format!("{name:?} is a static claim of this profile; callers may not override it"),
+                ));
+            }
+            if name.is_empty() || !seen.insert(name) {
+                return Err(fail(at("allowed_claims"), format!("{name:?} is empty or listed twice")));
+            }
+        }
+        if let Err(err) = regex::Regex::new(&profile.subject_pattern) {
+            let first_line = err.to_string().lines().last().unwrap_or_default().trim().to_owned();
+            return Err(fail(
+                at("subject_pattern"),
+                format!("not a valid regular expression: {first_line}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Names appear in URLs and commands: keep them plain.
+fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{name:?} must be 1 to 64 letters, digits, '-', '_' or '.'"))
+    }
+}
+
+impl Config {
+    /// The key set a profile signs with.
+    pub fn key_set(&self, name: &str) -> Option<&KeySetConfig> {
+        self.key_sets.iter().find(|s| s.name == name)
+    }
+
+    /// The SQLite file path inside `database_url`.
+    pub fn database_path(&self) -> &str {
+        self.server.database_url.strip_prefix("sqlite://").unwrap_or(&self.server.database_url)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn example_with(replace: &str, with: &str) -> Result<Config, ConfigError> {
+        let text = include_str!("../keys.example");
+        assert!(text.contains(replace), "keys.example lacks {replace:?}");
+        let config = parse_toml(&text.replacen(replace, with, 1), "keys.toml")?;
+        validate(&config, "keys.toml")?;
+        Ok(config)
+    }
+
+    fn error_of(replace: &str, with: &str) -> String {
+        match example_with(replace, with) {
+            Ok(_) => panic!("{with:?} should be refused"),
+            Err(err) => err.to_string(),
+        }
+    }
+
+    #[test]
+    fn keys_example_is_exactly_the_built_in_defaults() {
+        let parsed = parse_toml(include_str!("../keys.example"), "keys.example").unwrap();
+        assert_eq!(parsed, Config::default());
+        validate(&parsed, "keys.example").unwrap();
+    }
+
+    #[test]
+    fn a_minimal_file_gets_every_documented_default() {
+        let text = r#"
+            [[key_set]]
+            name = "npm"
+            [[profile]]
+            name = "npm-sandbox"
+            key_set = "npm"
+            issuer = "https://yourdomain.com"
+            audience = "http://sandbox.npmdev.net/api/partners/acme/oauth2/v1/token"
+            static_claims = { jwks_uri = "/path/to/your/jwks" }
+            allowed_claims = ["obo_user"]
+        "#;
+        assert_eq!(parse_toml(text, "keys.toml").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn unknown_field_names_file_table_and_field() {
+        let msg = error_of("rsa_bits = 2048", "rsa_bitz = 2048");
+        assert!(msg.starts_with("keys.toml: [[key_set]] #1, field rsa_bitz"), "{msg}");
+        assert!(msg.contains("unknown field"), "{msg}");
+        let msg = error_of("[server]", "[server]\nlisten = 1");
+        assert!(msg.contains("[server], field listen"), "{msg}");
+    }
+
+    #[test]
+    fn each_start_up_rule_is_enforced_with_its_field_named() {
+        let cases = [
+            (r#"algorithm = "RS256""#, r#"algorithm = "HS999""#, "field algorithm"),
+            ("rsa_bits = 2048", "rsa_bits = 1024", "field rsa_bits"),
+            (r#"key_set = "npm""#, r#"key_set = "nope""#, "field key_set"),
+            (r#"max_ttl = "55m""#, r#"max_ttl = "1h""#, "field max_ttl"),
+            (r#"max_ttl = "55m""#, r#"max_ttl = "3600s""#, "field max_ttl"),
+            (r#"default_ttl = "5m""#, r#"default_ttl = "56m""#, "field default_ttl"),
+            (
+                r#"static_claims = { jwks_uri = "/path/to/your/jwks" }"#,
+                r#"static_claims = { jwks_uri = "/elsewhere" }"#,
+                "field static_claims.jwks_uri",
+            ),
+            (r#"allowed_claims = ["obo_user"]"#, r#"allowed_claims = ["exp"]"#, "field allowed_claims"),
+            (
+                r#"allowed_claims = ["obo_user"]"#,
+                r#"allowed_claims = ["jwks_uri"]"#,
+                "field allowed_claims",
+            ),
+            (
+                r#"subject_pattern = "^[A-Za-z0-9._@:-]{1,128}$""#,
+                r#"subject_pattern = "^[a-z""#,
+                "field subject_pattern",
+            ),
+            (r#"jwks_max_age = "5m""#, r#"jwks_max_age = "5 minutes""#, "field jwks_max_age"),
+        ];
+        for (replace, with, expect) in cases {
+            let msg = error_of(replace, with);
+            assert!(msg.starts_with("keys.toml: "), "{msg}");
+            assert!(msg.contains(expect), "{with}: expected {expect:?} in {msg:?}");
+        }
+    }
+
+    #[test]
+    fn two_key_sets_may_not_claim_one_path() {
+        let second = r#"
+[[key_set]]
+name = "other"
+algorithm = "ES256"
+jwks_paths = ["/.well-known/jwks.json"]
+"#;
+        let text = format!("{}\n{second}", include_str!("../keys.example"));
+        let config = parse_toml(&text, "keys.toml").unwrap();
+        let msg = validate(&config, "keys.toml").unwrap_err().to_string();
+        assert!(msg.contains(r#"[[key_set]] "other", field jwks_paths"#), "{msg}");
+        assert!(msg.contains("already served by key set \"npm\""), "{msg}");
+    }
+
+    #[test]
+    fn max_ttl_just_under_an_hour_is_accepted() {
+        example_with(r#"max_ttl = "55m""#, r#"max_ttl = "3599s""#).unwrap();
+    }
+
+    #[test]
+    fn env_overrides_server_fields_and_rejects_unknown_names() {
+        let loaded = load(
+            ConfigSource::Defaults,
+            &env(&[("KEYWARD_PUBLIC_ADDR", "0.0.0.0:9000"), ("KEYWARD_DATABASE_URL", "sqlite:///tmp/x.db")]),
+        )
+        .unwrap();
+        assert_eq!(loaded.config.server.public_addr.port(), 9000);
+        assert_eq!(loaded.config.database_path(), "/tmp/x.db");
+
+        let err = load(ConfigSource::Defaults, &env(&[("KEYWARD_PUBLC_ADDR", "x")])).unwrap_err();
+        assert_eq!(err.location, "KEYWARD_PUBLC_ADDR");
+        let err = load(ConfigSource::Defaults, &env(&[("KEYWARD_PUBLIC_ADDR", "nowhere")])).unwrap_err();
+        assert!(err.to_string().contains("KEYWARD_PUBLIC_ADDR"));
+    }
+
+    #[test]
+    fn source_is_explicit_file_then_keys_toml_then_defaults() {
+        assert_eq!(
+            choose_source(Some(Path::new("/etc/k.toml")), true),
+            ConfigSource::File(PathBuf::from("/etc/k.toml"))
+        );
+        assert_eq!(choose_source(None, true), ConfigSource::File(PathBuf::from("keys.toml")));
+        assert_eq!(choose_source(None, false), ConfigSource::Defaults);
+    }
+
+    #[test]
+    fn a_missing_file_is_a_clear_error() {
+        let err = load(ConfigSource::File(PathBuf::from("/nonexistent/keys.toml")), &HashMap::new())
+            .unwrap_err();
+        assert!(err.to_string().starts_with("/nonexistent/keys.toml: file: cannot read"), "{err}");
+    }
+}

@@ -1,0 +1,57 @@
+//! The SQLite database: connection pool, migrations and the change counter.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Sqlite, SqlitePool, Transaction};
+
+/// Opens (creating if needed) the database at `path` and applies pending migrations.
+pub async fn connect(path: &str) -> anyhow::Result<SqlitePool> {
+    if let Some(parent) = Path::new(path).parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating the database folder {}", parent.display()))?;
+    }
+    let options = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))
+        .with_context(|| format!("database path {path:?}"))?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .foreign_keys(true)
+        .busy_timeout(Duration::from_secs(10));
+    let pool = SqlitePoolOptions::new()
+        .max_connections(4)
+        .connect_with(options)
+        .await
+        .with_context(|| format!("opening the database {path}"))?;
+    sqlx::migrate!("./migrations")
+        .run(&pool)
+        .await
+        .with_context(|| format!("applying migrations to {path}"))?;
+    Ok(pool)
+}
+
+/// Begins a transaction that holds SQLite's write lock from its first statement, so that
+/// a decision read inside it cannot be invalidated by another writer before it commits.
+pub async fn begin_write(pool: &SqlitePool) -> anyhow::Result<Transaction<'static, Sqlite>> {
+    pool.begin_with("BEGIN IMMEDIATE").await.context("beginning a write transaction")
+}
+
+/// Records that keys or clients changed; call inside the changing transaction.
+pub async fn bump_generation(tx: &mut Transaction<'_, Sqlite>) -> anyhow::Result<()> {
+    sqlx::query("UPDATE state_version SET generation = generation + 1 WHERE id = 1")
+        .execute(&mut **tx)
+        .await
+        .context("bumping the state generation")?;
+    Ok(())
+}
+
+/// The current change counter.
+pub async fn generation(pool: &SqlitePool) -> anyhow::Result<i64> {
+    sqlx::query_scalar("SELECT generation FROM state_version WHERE id = 1")
+        .fetch_one(pool)
+        .await
+        .context("reading the state generation")
+}

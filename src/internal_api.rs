@@ -1,0 +1,200 @@
+//! The internal listener: the authenticated signing API for backends.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use rand::RngCore;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::clients::Client;
+use crate::problem::ApiError;
+use crate::profiles::{Profile, SignRequest};
+use crate::public_api::status_json;
+use crate::state::{Shared, Snapshot};
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// What the internal handlers need.
+pub struct InternalState {
+    shared: Arc<Shared>,
+    profiles: HashMap<String, Profile>,
+}
+
+impl InternalState {
+    /// Handlers over the shared snapshot and the compiled profiles.
+    pub fn new(shared: Arc<Shared>, profiles: HashMap<String, Profile>) -> Self {
+        InternalState { shared, profiles }
+    }
+}
+
+/// Registers the internal routes on an app.
+pub fn configure(config: &mut web::ServiceConfig) {
+    config
+        .service(
+            web::resource("/v1/profiles/{profile}/sign")
+                .route(web::post().to(sign))
+                .default_service(web::to(|| async { Err::<HttpResponse, _>(ApiError::MethodNotAllowed("POST")) })),
+        )
+        .service(web::resource("/healthz").route(web::get().to(healthz)))
+        .service(web::resource("/readyz").route(web::get().to(readyz)))
+        .default_service(web::to(|| async { Err::<HttpResponse, _>(ApiError::NotFound("no such resource".to_owned())) }));
+}
+
+async fn healthz() -> HttpResponse {
+    status_json(HttpResponse::Ok(), "ok")
+}
+
+async fn readyz(state: web::Data<InternalState>) -> HttpResponse {
+    if state.shared.snapshot().is_ready() {
+        status_json(HttpResponse::Ok(), "ready")
+    } else {
+        status_json(HttpResponse::ServiceUnavailable(), "not ready")
+    }
+}
+
+/// The client behind the request's bearer token.
+fn authenticate<'a>(req: &HttpRequest, snapshot: &'a Snapshot) -> Result<&'a Client, ApiError> {
+    let value = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or(ApiError::Unauthorized)?;
+    let (scheme, token) = value.split_once(' ').ok_or(ApiError::Unauthorized)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(ApiError::Unauthorized);
+    }
+    snapshot.clients.authenticate(token.trim()).ok_or(ApiError::Unauthorized)
+}
+
+/// Reads a JSON body of at most [`MAX_BODY_BYTES`].
+async fn json_body<T: DeserializeOwned>(req: &HttpRequest, payload: web::Payload) -> Result<T, ApiError> {
+    if let Some(content_type) = req.headers().get(header::CONTENT_TYPE) {
+        let media = content_type.to_str().unwrap_or_default().split(';').next().unwrap_or_default().trim();
+        let json = media.eq_ignore_ascii_case("application/json") || media.to_ascii_lowercase().ends_with("+json");
+        if !json {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+    }
+    let body = payload
+        .to_bytes_limited(MAX_BODY_BYTES)
+        .await
+        .map_err(|_| ApiError::TooLarge(MAX_BODY_BYTES))?
+        .map_err(|_| ApiError::InvalidBody { field: None, detail: "the body could not be read".to_owned() })?;
+    parse_json(&body)
+}
+
+/// Parses JSON, naming the offending field in the error.
+fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        let message = inner.to_string();
+        let named = message.split('`').nth(1).filter(|_| {
+            message.starts_with("unknown field") || message.starts_with("missing field")
+        });
+        let field = match (path.as_str(), named) {
+            ("." | "?", Some(name)) => Some(name.to_owned()),
+            ("." | "?", None) => None,
+            (path, _) => Some(path.to_owned()),
+        };
+        ApiError::InvalidBody { field, detail: message }
+    })?;
+    deserializer
+        .end()
+        .map_err(|err| ApiError::InvalidBody { field: None, detail: err.to_string() })?;
+    Ok(value)
+}
+
+#[derive(Serialize)]
+struct Signed<'a> {
+    token: String,
+    kid: &'a str,
+    alg: &'static str,
+    jti: String,
+    issued_at: i64,
+    expires_at: i64,
+    expires_in: i64,
+}
+
+/// A fresh `jti`: 128 random bits, base64url.
+fn new_jti() -> String {
+    let mut bytes = [0u8; 16];
+    rand::rng().fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+async fn sign(
+    req: HttpRequest,
+    profile: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<InternalState>,
+) -> Result<HttpResponse, ApiError> {
+    let snapshot = state.shared.snapshot();
+    let client = authenticate(&req, &snapshot)?;
+    let profile = state
+        .profiles
+        .get(profile.as_str())
+        .ok_or_else(|| ApiError::NotFound(format!("no profile is named {:?}", profile.as_str())))?;
+    if !client.may_use(&profile.name) {
+        return Err(ApiError::Forbidden(format!("profile {:?}", profile.name)));
+    }
+    let request: SignRequest = json_body(&req, payload).await?;
+    let signer = snapshot
+        .key_sets
+        .get(&profile.key_set)
+        .and_then(|view| view.signer.clone())
+        .ok_or_else(|| ApiError::NoSigningKey(profile.key_set.clone()))?;
+    let now = chrono::Utc::now().timestamp();
+    let jti = new_jti();
+    let prepared = profile
+        .prepare(request, now, jti.clone())
+        .map_err(|refusal| ApiError::Refused { field: refusal.field, detail: refusal.detail })?;
+    let token = signer.sign(prepared.claims).map_err(anyhow::Error::from)?;
+    tracing::debug!(profile = %profile.name, client = %client.name, kid = signer.kid(), jti, "token issued");
+    Ok(HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).json(Signed {
+        token,
+        kid: signer.kid(),
+        alg: signer.algorithm().as_str(),
+        jti,
+        issued_at: prepared.issued_at,
+        expires_at: prepared.expires_at,
+        expires_in: prepared.expires_at - prepared.issued_at,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field_of(body: &str) -> (Option<String>, String) {
+        match parse_json::<SignRequest>(body.as_bytes()) {
+            Err(ApiError::InvalidBody { field, detail }) => (field, detail),
+            other => panic!("{body}: expected InvalidBody, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn body_errors_name_the_field() {
+        assert_eq!(field_of(r#"{"sub": "a", "nope": 1}"#).0.as_deref(), Some("nope"));
+        assert_eq!(field_of(r#"{"ttl_seconds": 5}"#).0.as_deref(), Some("sub"));
+        assert_eq!(field_of(r#"{"sub": 5}"#).0.as_deref(), Some("sub"));
+        assert_eq!(field_of(r#"{"sub": "a", "ttl_seconds": "5"}"#).0.as_deref(), Some("ttl_seconds"));
+        assert_eq!(field_of(r#"{"sub": "a", "claims": []}"#).0.as_deref(), Some("claims"));
+        assert_eq!(field_of(r#"{"sub": "a""#).0, None);
+        assert_eq!(field_of(r#"{"sub": "a"} trailing"#).0, None);
+    }
+
+    #[test]
+    fn jti_has_128_random_bits() {
+        let a = new_jti();
+        assert_eq!(URL_SAFE_NO_PAD.decode(&a).unwrap().len(), 16);
+        assert_ne!(a, new_jti());
+    }
+}

@@ -1,0 +1,278 @@
+//! Key material: generation, public JWKs, RFC 7638 thumbprints and JWT signing.
+//!
+//! Every private-key operation goes through josekit (OpenSSL).
+
+use std::fmt;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use josekit::jwk::alg::ec::{EcCurve, EcKeyPair};
+use josekit::jwk::alg::rsa::RsaKeyPair;
+use josekit::jwk::{Jwk, KeyPair};
+use josekit::jws::{JwsHeader, JwsSigner, ES256, ES384, PS256, RS256};
+use josekit::jwt::JwtPayload;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+/// A signing algorithm keyward can hold keys for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Algorithm {
+    /// RSASSA-PKCS1-v1_5 with SHA-256.
+    #[serde(rename = "RS256")]
+    Rs256,
+    /// RSASSA-PSS with SHA-256.
+    #[serde(rename = "PS256")]
+    Ps256,
+    /// ECDSA on P-256 with SHA-256.
+    #[serde(rename = "ES256")]
+    Es256,
+    /// ECDSA on P-384 with SHA-384.
+    #[serde(rename = "ES384")]
+    Es384,
+}
+
+impl Algorithm {
+    /// The JOSE name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::Rs256 => "RS256",
+            Algorithm::Ps256 => "PS256",
+            Algorithm::Es256 => "ES256",
+            Algorithm::Es384 => "ES384",
+        }
+    }
+
+    /// Parses a JOSE name.
+    pub fn parse(name: &str) -> Option<Self> {
+        [Algorithm::Rs256, Algorithm::Ps256, Algorithm::Es256, Algorithm::Es384]
+            .into_iter()
+            .find(|a| a.as_str() == name)
+    }
+
+    /// Whether keys of this algorithm are RSA keys.
+    pub fn is_rsa(self) -> bool {
+        matches!(self, Algorithm::Rs256 | Algorithm::Ps256)
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Failures of key operations. Never carries key bytes.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// OpenSSL (through josekit) refused an operation.
+    #[error("{operation} failed: {source}")]
+    Crypto {
+        /// What was being done.
+        operation: &'static str,
+        /// The library's error (describes the failure, never the key).
+        #[source]
+        source: josekit::JoseError,
+    },
+    /// A JWK lacked a member it must have.
+    #[error("the public key lacks the {0} member")]
+    MissingMember(&'static str),
+}
+
+fn crypto(operation: &'static str) -> impl FnOnce(josekit::JoseError) -> KeyError {
+    move |source| KeyError::Crypto { operation, source }
+}
+
+/// The public half of a key, with exactly the members a JWKS carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kty")]
+pub enum PublicKey {
+    /// An RSA public key.
+    #[serde(rename = "RSA")]
+    Rsa {
+        /// Modulus, base64url.
+        n: String,
+        /// Exponent, base64url.
+        e: String,
+    },
+    /// An EC public key.
+    #[serde(rename = "EC")]
+    Ec {
+        /// Curve name.
+        crv: String,
+        /// X coordinate, base64url.
+        x: String,
+        /// Y coordinate, base64url.
+        y: String,
+    },
+}
+
+impl PublicKey {
+    /// The RFC 7638 SHA-256 thumbprint, base64url: keyward's `kid`.
+    pub fn thumbprint(&self) -> String {
+        let q = |s: &str| serde_json::Value::String(s.to_owned()).to_string();
+        let canonical = match self {
+            PublicKey::Rsa { n, e } => format!(r#"{{"e":{},"kty":"RSA","n":{}}}"#, q(e), q(n)),
+            PublicKey::Ec { crv, x, y } => {
+                format!(r#"{{"crv":{},"kty":"EC","x":{},"y":{}}}"#, q(crv), q(x), q(y))
+            }
+        };
+        URL_SAFE_NO_PAD.encode(openssl::sha::sha256(canonical.as_bytes()))
+    }
+
+    fn from_jwk(jwk: &Jwk) -> Result<Self, KeyError> {
+        let member = |name: &'static str| {
+            jwk.parameter(name)
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+                .ok_or(KeyError::MissingMember(name))
+        };
+        match jwk.key_type() {
+            "RSA" => Ok(PublicKey::Rsa { n: member("n")?, e: member("e")? }),
+            _ => Ok(PublicKey::Ec { crv: member("crv")?, x: member("x")?, y: member("y")? }),
+        }
+    }
+}
+
+/// A freshly made key pair: public half, kid and the PKCS#8 DER private key (to be sealed).
+pub struct GeneratedKey {
+    /// RFC 7638 thumbprint.
+    pub kid: String,
+    /// Algorithm the key is for.
+    pub algorithm: Algorithm,
+    /// Public half.
+    pub public: PublicKey,
+    /// PKCS#8 DER private key; zeroed on drop.
+    pub private_der: Zeroizing<Vec<u8>>,
+}
+
+impl fmt::Debug for GeneratedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GeneratedKey")
+            .field("kid", &self.kid)
+            .field("algorithm", &self.algorithm)
+            .field("private_der", &"<hidden>")
+            .finish()
+    }
+}
+
+/// Generates a key pair with OpenSSL. CPU-heavy for RSA: call it off the async executor.
+pub fn generate(algorithm: Algorithm, rsa_bits: u32) -> Result<GeneratedKey, KeyError> {
+    let (public_jwk, private_der) = match algorithm {
+        Algorithm::Rs256 | Algorithm::Ps256 => {
+            let pair = RsaKeyPair::generate(rsa_bits).map_err(crypto("RSA key generation"))?;
+            (pair.to_jwk_public_key(), pair.to_der_private_key())
+        }
+        Algorithm::Es256 | Algorithm::Es384 => {
+            let curve = if algorithm == Algorithm::Es256 { EcCurve::P256 } else { EcCurve::P384 };
+            let pair = EcKeyPair::generate(curve).map_err(crypto("EC key generation"))?;
+            (pair.to_jwk_public_key(), pair.to_der_private_key())
+        }
+    };
+    let private_der = Zeroizing::new(private_der);
+    let public = PublicKey::from_jwk(&public_jwk)?;
+    // Prove the pair signs before anyone stores it.
+    signer_from_der(algorithm, &private_der)?;
+    Ok(GeneratedKey { kid: public.thumbprint(), algorithm, public, private_der })
+}
+
+fn signer_from_der(algorithm: Algorithm, der: &[u8]) -> Result<Box<dyn JwsSigner>, KeyError> {
+    let load = crypto("loading a private key");
+    Ok(match algorithm {
+        Algorithm::Rs256 => Box::new(RS256.signer_from_der(der).map_err(load)?),
+        Algorithm::Ps256 => Box::new(PS256.signer_from_der(der).map_err(load)?),
+        Algorithm::Es256 => Box::new(ES256.signer_from_der(der).map_err(load)?),
+        Algorithm::Es384 => Box::new(ES384.signer_from_der(der).map_err(load)?),
+    })
+}
+
+/// A private key loaded for signing JWTs. `Debug` never shows key material.
+pub struct SigningKey {
+    kid: String,
+    algorithm: Algorithm,
+    signer: Box<dyn JwsSigner>,
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .field("algorithm", &self.algorithm)
+            .field("private_key", &"<hidden>")
+            .finish()
+    }
+}
+
+impl SigningKey {
+    /// Loads a PKCS#8 (or PKCS#1 / SEC1) DER private key for `algorithm`.
+    pub fn from_der(kid: &str, algorithm: Algorithm, der: &[u8]) -> Result<Self, KeyError> {
+        Ok(SigningKey { kid: kid.to_owned(), algorithm, signer: signer_from_der(algorithm, der)? })
+    }
+
+    /// The key's id.
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The key's algorithm.
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+
+    /// Signs `claims` as a compact JWT with header `alg`, `kid`, `typ: "JWT"`.
+    pub fn sign(&self, claims: serde_json::Map<String, serde_json::Value>) -> Result<String, KeyError> {
+        let mut header = JwsHeader::new();
+        header.set_token_type("JWT");
+        header.set_key_id(self.kid.clone());
+        let payload = JwtPayload::from_map(claims).map_err(crypto("building the JWT payload"))?;
+        josekit::jwt::encode_with_signer(&payload, &header, self.signer.as_ref())
+            .map_err(crypto("signing"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thumbprint_matches_rfc_7638_example() {
+        // RFC 7638 section 3.1.
+        let key = PublicKey::Rsa {
+            n: "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw".to_owned(),
+            e: "AQAB".to_owned(),
+        };
+        assert_eq!(key.thumbprint(), "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs");
+    }
+
+    #[test]
+    fn generated_keys_carry_only_public_members_and_their_thumbprint() {
+        for alg in [Algorithm::Rs256, Algorithm::Ps256, Algorithm::Es256, Algorithm::Es384] {
+            let key = generate(alg, 2048).unwrap();
+            assert_eq!(key.kid, key.public.thumbprint());
+            let json = serde_json::to_value(&key.public).unwrap();
+            let members: Vec<&str> = json.as_object().unwrap().keys().map(String::as_str).collect();
+            if alg.is_rsa() {
+                assert_eq!(members.len(), 3, "{members:?}");
+                assert!(members.contains(&"n") && members.contains(&"e"));
+            } else {
+                assert_eq!(members.len(), 4, "{members:?}");
+                assert!(members.contains(&"crv") && members.contains(&"x") && members.contains(&"y"));
+            }
+            assert!(!format!("{key:?}").contains("private_der: ["));
+        }
+    }
+
+    #[test]
+    fn rsa_bits_are_honoured() {
+        let key = generate(Algorithm::Rs256, 3072).unwrap();
+        let PublicKey::Rsa { n, .. } = key.public else { panic!("not RSA") };
+        assert_eq!(URL_SAFE_NO_PAD.decode(n).unwrap().len() * 8, 3072);
+    }
+
+    #[test]
+    fn algorithm_names_round_trip() {
+        for alg in [Algorithm::Rs256, Algorithm::Ps256, Algorithm::Es256, Algorithm::Es384] {
+            assert_eq!(Algorithm::parse(alg.as_str()), Some(alg));
+        }
+        assert_eq!(Algorithm::parse("HS256"), None);
+    }
+}

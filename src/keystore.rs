@@ -1,0 +1,333 @@
+//! Stored keys: records, their lifecycle state, and the SQL of the `keys` table.
+
+use std::fmt;
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+use sqlx::{Row, SqlitePool};
+
+use crate::config::KeySetConfig;
+use crate::db;
+use crate::keys::{self, Algorithm, PublicKey, SigningKey};
+use crate::seal::MasterKey;
+
+/// Where a key is in its life; derived from its timestamps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyState {
+    /// Published, not yet signing.
+    Next,
+    /// The set's signing key.
+    Current,
+    /// No longer signing, still published for tokens it signed.
+    Previous,
+    /// Unpublished; private material deleted.
+    Retired,
+    /// Withdrawn at once; never signs or verifies again.
+    Revoked,
+}
+
+impl fmt::Display for KeyState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            KeyState::Next => "next",
+            KeyState::Current => "current",
+            KeyState::Previous => "previous",
+            KeyState::Retired => "retired",
+            KeyState::Revoked => "revoked",
+        })
+    }
+}
+
+/// A row of the `keys` table. `Debug` shows the sealed blob's size only.
+#[derive(Clone, Serialize)]
+pub struct KeyRecord {
+    /// RFC 7638 thumbprint.
+    pub kid: String,
+    /// Owning key set.
+    pub key_set: String,
+    /// Algorithm the key signs with.
+    pub algorithm: Algorithm,
+    /// Public half.
+    pub public: PublicKey,
+    /// Sealed PKCS#8 DER; `None` once retired.
+    #[serde(skip)]
+    pub sealed_private: Option<Vec<u8>>,
+    /// Id of the master key that sealed it.
+    pub master_key_id: Option<String>,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// First served in the JWKS.
+    pub published_at: Option<i64>,
+    /// Started signing.
+    pub activated_at: Option<i64>,
+    /// Stopped signing.
+    pub deactivated_at: Option<i64>,
+    /// Left the JWKS after its tokens expired.
+    pub retired_at: Option<i64>,
+    /// Withdrawn in an emergency.
+    pub revoked_at: Option<i64>,
+}
+
+impl fmt::Debug for KeyRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyRecord")
+            .field("kid", &self.kid)
+            .field("key_set", &self.key_set)
+            .field("algorithm", &self.algorithm)
+            .field("state", &self.state())
+            .field("sealed_private", &self.sealed_private.as_ref().map(|b| format!("<{} bytes>", b.len())))
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyRecord {
+    /// The lifecycle state its timestamps define.
+    pub fn state(&self) -> KeyState {
+        if self.revoked_at.is_some() {
+            KeyState::Revoked
+        } else if self.retired_at.is_some() {
+            KeyState::Retired
+        } else if self.deactivated_at.is_some() {
+            KeyState::Previous
+        } else if self.activated_at.is_some() {
+            KeyState::Current
+        } else {
+            KeyState::Next
+        }
+    }
+
+    /// Whether verifiers may see it in the JWKS.
+    pub fn is_published(&self) -> bool {
+        matches!(self.state(), KeyState::Next | KeyState::Current | KeyState::Previous)
+    }
+
+    fn seal_context(&self) -> [&str; 3] {
+        [&self.kid, &self.key_set, self.algorithm.as_str()]
+    }
+
+    /// Unseals the private half for signing.
+    pub fn open_signing_key(&self, master: &MasterKey) -> anyhow::Result<SigningKey> {
+        let (Some(blob), Some(sealed_by)) = (&self.sealed_private, &self.master_key_id) else {
+            bail!("key {} has no private material (state {})", self.kid, self.state());
+        };
+        if sealed_by != master.id() {
+            bail!(
+                "key {} was sealed with master key {sealed_by}, but the configured master key is {}",
+                self.kid,
+                master.id()
+            );
+        }
+        let der = master
+            .open(blob, &self.seal_context())
+            .with_context(|| format!("opening the private half of key {}", self.kid))?;
+        SigningKey::from_der(&self.kid, self.algorithm, &der)
+            .with_context(|| format!("loading key {}", self.kid))
+    }
+}
+
+const COLUMNS: &str = "kid, key_set, algorithm, public_jwk, sealed_private, master_key_id, created_at, \
+     published_at, activated_at, deactivated_at, retired_at, revoked_at";
+
+fn from_row(row: &sqlx::sqlite::SqliteRow) -> anyhow::Result<KeyRecord> {
+    let kid: String = row.try_get("kid")?;
+    let algorithm: String = row.try_get("algorithm")?;
+    let public_jwk: String = row.try_get("public_jwk")?;
+    Ok(KeyRecord {
+        algorithm: Algorithm::parse(&algorithm)
+            .with_context(|| format!("key {kid} has unknown algorithm {algorithm:?}"))?,
+        public: serde_json::from_str(&public_jwk)
+            .with_context(|| format!("key {kid} has an unreadable public JWK"))?,
+        key_set: row.try_get("key_set")?,
+        sealed_private: row.try_get("sealed_private")?,
+        master_key_id: row.try_get("master_key_id")?,
+        created_at: row.try_get("created_at")?,
+        published_at: row.try_get("published_at")?,
+        activated_at: row.try_get("activated_at")?,
+        deactivated_at: row.try_get("deactivated_at")?,
+        retired_at: row.try_get("retired_at")?,
+        revoked_at: row.try_get("revoked_at")?,
+        kid,
+    })
+}
+
+/// Every stored key, oldest first.
+pub async fn list(pool: &SqlitePool) -> anyhow::Result<Vec<KeyRecord>> {
+    let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM keys ORDER BY created_at, rowid"))
+        .fetch_all(pool)
+        .await
+        .context("listing keys")?;
+    rows.iter().map(from_row).collect()
+}
+
+/// Refuses to go on when stored keys were sealed under another master key.
+pub fn check_master_key(records: &[KeyRecord], master: &MasterKey) -> anyhow::Result<()> {
+    let foreign: Vec<&str> = records
+        .iter()
+        .filter_map(|r| r.master_key_id.as_deref())
+        .filter(|id| *id != master.id())
+        .collect();
+    if let Some(id) = foreign.first() {
+        bail!(
+            "the database holds keys sealed with master key {id}, but the configured master key is {}: \
+             set KEYWARD_MASTER_KEY or master_key_file to the key this database was created with \
+             (nothing was changed)",
+            master.id()
+        );
+    }
+    Ok(())
+}
+
+/// Generates a key off the async executor and seals it as a record (not yet stored).
+async fn make_key(set: &KeySetConfig, master: &MasterKey, now: i64) -> anyhow::Result<KeyRecord> {
+    let (algorithm, bits) = (set.algorithm, set.rsa_bits);
+    let generated = tokio::task::spawn_blocking(move || keys::generate(algorithm, bits))
+        .await
+        .context("key generation task")??;
+    let mut record = KeyRecord {
+        kid: generated.kid.clone(),
+        key_set: set.name.clone(),
+        algorithm,
+        public: generated.public.clone(),
+        sealed_private: None,
+        master_key_id: Some(master.id().to_owned()),
+        created_at: now,
+        published_at: Some(now),
+        activated_at: Some(now),
+        deactivated_at: None,
+        retired_at: None,
+        revoked_at: None,
+    };
+    record.sealed_private = Some(master.seal(&generated.private_der, &record.seal_context())?);
+    Ok(record)
+}
+
+async fn insert(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, record: &KeyRecord) -> anyhow::Result<()> {
+    sqlx::query(&format!(
+        "INSERT INTO keys ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    ))
+    .bind(&record.kid)
+    .bind(&record.key_set)
+    .bind(record.algorithm.as_str())
+    .bind(serde_json::to_string(&record.public)?)
+    .bind(&record.sealed_private)
+    .bind(&record.master_key_id)
+    .bind(record.created_at)
+    .bind(record.published_at)
+    .bind(record.activated_at)
+    .bind(record.deactivated_at)
+    .bind(record.retired_at)
+    .bind(record.revoked_at)
+    .execute(&mut **tx)
+    .await
+    .with_context(|| format!("storing key {}", record.kid))?;
+    Ok(())
+}
+
+async fn current_algorithm(
+    executor: impl sqlx::SqliteExecutor<'_>,
+    set: &str,
+) -> anyhow::Result<Option<String>> {
+    sqlx::query_scalar(
+        "SELECT algorithm FROM keys WHERE key_set = ? \
+         AND activated_at IS NOT NULL AND deactivated_at IS NULL AND revoked_at IS NULL",
+    )
+    .bind(set)
+    .fetch_optional(executor)
+    .await
+    .context("reading the current key")
+}
+
+/// Deactivates the set's current key (if any) and stores `record` as current, in `tx`.
+async fn install_current(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    record: &KeyRecord,
+    now: i64,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE keys SET deactivated_at = ? WHERE key_set = ? \
+         AND activated_at IS NOT NULL AND deactivated_at IS NULL AND revoked_at IS NULL",
+    )
+    .bind(now)
+    .bind(&record.key_set)
+    .execute(&mut **tx)
+    .await
+    .context("taking the current key out of signing")?;
+    insert(tx, record).await?;
+    db::bump_generation(tx).await
+}
+
+/// Makes a new key the set's signing key; the old one stays published as previous.
+pub async fn rotate(pool: &SqlitePool, master: &MasterKey, set: &KeySetConfig, now: i64) -> anyhow::Result<KeyRecord> {
+    let record = make_key(set, master, now).await?;
+    let mut tx = db::begin_write(pool).await?;
+    install_current(&mut tx, &record, now).await?;
+    tx.commit().await.context("committing the rotation")?;
+    Ok(record)
+}
+
+/// Gives the set a signing key of its configured algorithm if it has none; returns the new key.
+pub async fn ensure_current(
+    pool: &SqlitePool,
+    master: &MasterKey,
+    set: &KeySetConfig,
+    now: i64,
+) -> anyhow::Result<Option<KeyRecord>> {
+    let wanted = set.algorithm.as_str();
+    if current_algorithm(pool, &set.name).await?.as_deref() == Some(wanted) {
+        return Ok(None);
+    }
+    let record = make_key(set, master, now).await?;
+    let mut tx = db::begin_write(pool).await?;
+    // Another process may have done it while we generated: then keep theirs.
+    if current_algorithm(&mut *tx, &set.name).await?.as_deref() == Some(wanted) {
+        return Ok(None);
+    }
+    install_current(&mut tx, &record, now).await?;
+    tx.commit().await.context("committing the new signing key")?;
+    Ok(Some(record))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> KeyRecord {
+        KeyRecord {
+            kid: "k".into(),
+            key_set: "s".into(),
+            algorithm: Algorithm::Es256,
+            public: PublicKey::Ec { crv: "P-256".into(), x: "x".into(), y: "y".into() },
+            sealed_private: Some(vec![1, 2, 3]),
+            master_key_id: Some("m".into()),
+            created_at: 10,
+            published_at: Some(10),
+            activated_at: None,
+            deactivated_at: None,
+            retired_at: None,
+            revoked_at: None,
+        }
+    }
+
+    #[test]
+    fn state_follows_the_latest_lifecycle_timestamp() {
+        let mut r = record();
+        assert_eq!(r.state(), KeyState::Next);
+        r.activated_at = Some(20);
+        assert_eq!(r.state(), KeyState::Current);
+        r.deactivated_at = Some(30);
+        assert_eq!(r.state(), KeyState::Previous);
+        assert!(r.is_published());
+        r.retired_at = Some(40);
+        assert_eq!(r.state(), KeyState::Retired);
+        assert!(!r.is_published());
+        r.revoked_at = Some(50);
+        assert_eq!(r.state(), KeyState::Revoked);
+    }
+
+    #[test]
+    fn debug_shows_no_sealed_bytes() {
+        let shown = format!("{:?}", record());
+        assert!(shown.contains("<3 bytes>") && !shown.contains("[1, 2, 3]"), "{shown}");
+    }
+}

@@ -1,0 +1,24 @@
+//! keyward: a JWKS issuer and key-management server.
+//!
+//! Holds rotating signing keys sealed in SQLite, publishes their public halves as JWKS on a
+//! public listener, and signs partner assertions for internal backends from configured
+//! profiles on an authenticated internal listener.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![warn(missing_docs)]
+
+pub mod cli;
+pub mod clients;
+pub mod config;
+pub mod db;
+pub mod duration;
+pub mod internal_api;
+pub mod jwks;
+pub mod keys;
+pub mod keystore;
+pub mod problem;
+pub mod profiles;
+pub mod public_api;
+pub mod seal;
+pub mod startup;
+pub mod state;
+pub mod telemetry;

@@ -1,0 +1,145 @@
+//! API errors, rendered once as `application/problem+json` (RFC 9457) with no internal text.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+/// Every way an API request can fail.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No or unknown bearer token.
+    #[error("missing or invalid bearer token")]
+    Unauthorized,
+    /// The client may not use this resource.
+    #[error("client may not use {0}")]
+    Forbidden(String),
+    /// No such resource.
+    #[error("{0}")]
+    NotFound(String),
+    /// The method is not supported here.
+    #[error("method not allowed")]
+    MethodNotAllowed(&'static str),
+    /// The body is not usable JSON of the expected shape.
+    #[error("invalid request body: {detail}")]
+    InvalidBody {
+        /// The field at fault, when known.
+        field: Option<String>,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The body is well formed but the profile refuses it.
+    #[error("request refused: {field}: {detail}")]
+    Refused {
+        /// The field at fault.
+        field: String,
+        /// Why.
+        detail: String,
+    },
+    /// The body is over the limit.
+    #[error("request body over {0} bytes")]
+    TooLarge(usize),
+    /// The body is not JSON.
+    #[error("unsupported media type")]
+    UnsupportedMediaType,
+    /// No signing key is loaded for the profile's key set.
+    #[error("no signing key available for key set {0}")]
+    NoSigningKey(String),
+    /// Anything else: logged in full, answered with a generic 500.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    type_: String,
+    title: &'a str,
+    status: u16,
+    detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+}
+
+impl ApiError {
+    fn slug_and_title(&self) -> (&'static str, &'static str) {
+        match self {
+            ApiError::Unauthorized => ("unauthorized", "Unauthorized"),
+            ApiError::Forbidden(_) => ("forbidden", "Forbidden"),
+            ApiError::NotFound(_) => ("not-found", "Not Found"),
+            ApiError::MethodNotAllowed(_) => ("method-not-allowed", "Method Not Allowed"),
+            ApiError::InvalidBody { .. } => ("invalid-body", "Invalid request body"),
+            ApiError::Refused { .. } => ("request-refused", "Request refused by the profile"),
+            ApiError::TooLarge(_) => ("body-too-large", "Request body too large"),
+            ApiError::UnsupportedMediaType => ("unsupported-media-type", "Unsupported Media Type"),
+            ApiError::NoSigningKey(_) => ("no-signing-key", "No signing key available"),
+            ApiError::Internal(_) => ("internal", "Internal Server Error"),
+        }
+    }
+
+    /// The text a caller may see: never internal error text.
+    fn public_detail(&self) -> String {
+        match self {
+            ApiError::Internal(_) => "the server could not complete the request; see its log".to_owned(),
+            ApiError::NoSigningKey(_) => "the profile's key set has no signing key yet; try again shortly".to_owned(),
+            ApiError::MethodNotAllowed(allow) => format!("this resource allows {allow}"),
+            ApiError::Unauthorized => {
+                "send Authorization: Bearer <client token> (create one with `keyward clients add`)".to_owned()
+            }
+            ApiError::InvalidBody { detail, .. } | ApiError::Refused { detail, .. } => detail.clone(),
+            other => other.to_string(),
+        }
+    }
+
+    fn field(&self) -> Option<&str> {
+        match self {
+            ApiError::InvalidBody { field, .. } => field.as_deref(),
+            ApiError::Refused { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::InvalidBody { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Refused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::NoSigningKey(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status_code();
+        if status.is_server_error() {
+            tracing::error!(error = format!("{self:#}"), status = status.as_u16(), "request failed");
+        }
+        let (slug, title) = self.slug_and_title();
+        let problem = Problem {
+            type_: format!("urn:keyward:problem:{slug}"),
+            title,
+            status: status.as_u16(),
+            detail: self.public_detail(),
+            field: self.field(),
+        };
+        let mut response = HttpResponse::build(status);
+        response.insert_header((header::CONTENT_TYPE, "application/problem+json"));
+        response.insert_header((header::CACHE_CONTROL, "no-store"));
+        match self {
+            ApiError::Unauthorized => {
+                response.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"keyward\""));
+            }
+            ApiError::MethodNotAllowed(allow) => {
+                response.insert_header((header::ALLOW, *allow));
+            }
+            _ => {}
+        }
+        response.body(serde_json::to_vec(&problem).unwrap_or_default())
+    }
+}

@@ -1,0 +1,81 @@
+//! The public listener: JWKS documents and health, nothing else.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use actix_web::http::{header, Method};
+use actix_web::{web, HttpRequest, HttpResponse};
+
+use crate::jwks;
+use crate::problem::ApiError;
+use crate::state::Shared;
+
+/// What the public handlers need.
+pub struct PublicState {
+    shared: Arc<Shared>,
+    /// JWKS path to key set name.
+    routes: HashMap<String, String>,
+}
+
+impl PublicState {
+    /// Routes every configured JWKS path to its key set.
+    pub fn new(shared: Arc<Shared>, routes: HashMap<String, String>) -> Self {
+        PublicState { shared, routes }
+    }
+}
+
+/// Registers the public routes on an app.
+pub fn configure(config: &mut web::ServiceConfig) {
+    config.default_service(web::to(dispatch));
+}
+
+/// One handler for every path: the set of JWKS paths comes from the configuration.
+async fn dispatch(req: HttpRequest, state: web::Data<PublicState>) -> Result<HttpResponse, ApiError> {
+    let path = req.path();
+    let set = state.routes.get(path);
+    let known = set.is_some() || path == "/healthz" || path == "/readyz";
+    if !known {
+        return Err(ApiError::NotFound("no such resource".to_owned()));
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return Err(ApiError::MethodNotAllowed("GET, HEAD"));
+    }
+    let snapshot = state.shared.snapshot();
+    match (path, set) {
+        ("/healthz", _) => Ok(status_json(HttpResponse::Ok(), "ok")),
+        ("/readyz", _) if snapshot.is_ready() => Ok(status_json(HttpResponse::Ok(), "ready")),
+        ("/readyz", _) => Ok(status_json(HttpResponse::ServiceUnavailable(), "not ready")),
+        (_, Some(set)) => {
+            let doc = snapshot
+                .key_sets
+                .get(set)
+                .map(|view| Arc::clone(&view.jwks))
+                .ok_or_else(|| ApiError::NotFound("no such key set".to_owned()))?;
+            let not_modified = req
+                .headers()
+                .get(header::IF_NONE_MATCH)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| jwks::if_none_match(v, &doc.etag));
+            let mut response =
+                if not_modified { HttpResponse::NotModified() } else { HttpResponse::Ok() };
+            response
+                .insert_header((header::ETAG, doc.etag.as_str()))
+                .insert_header((header::CACHE_CONTROL, doc.cache_control.as_str()))
+                .insert_header((header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"))
+                .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"));
+            if not_modified {
+                Ok(response.finish())
+            } else {
+                Ok(response.content_type("application/json").body(doc.body.clone()))
+            }
+        }
+        _ => Err(ApiError::NotFound("no such resource".to_owned())),
+    }
+}
+
+/// A tiny `{"status": ...}` body, never cached.
+pub fn status_json(mut builder: actix_web::HttpResponseBuilder, status: &str) -> HttpResponse {
+    builder
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(serde_json::json!({ "status": status }))
+}

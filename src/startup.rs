@@ -1,0 +1,147 @@
+//! Building the application: database, keys, snapshot, and both listeners bound.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+
+use actix_web::dev::Server;
+use actix_web::{web, App, HttpServer};
+use anyhow::Context;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::internal_api::{self, InternalState};
+use crate::keystore;
+use crate::profiles::Profile;
+use crate::public_api::{self, PublicState};
+use crate::seal::MasterKey;
+use crate::state::Shared;
+use crate::db;
+
+/// How many seconds in-flight requests get to finish at shutdown.
+const SHUTDOWN_GRACE_SECS: u64 = 10;
+
+/// A built application: listeners bound, keys loaded, ready to run.
+pub struct Application {
+    public_addr: SocketAddr,
+    internal_addr: SocketAddr,
+    public: Server,
+    internal: Server,
+    shared: Arc<Shared>,
+}
+
+impl Application {
+    /// Opens the database, makes sure every key set has a signing key, loads them and binds
+    /// both listeners (port 0 picks a free port). `workers` is per listener.
+    pub async fn build(config: Config, master: MasterKey, workers: usize) -> anyhow::Result<Self> {
+        let config = Arc::new(config);
+        let pool = db::connect(config.database_path()).await?;
+        let now = chrono::Utc::now().timestamp();
+        keystore::check_master_key(&keystore::list(&pool).await?, &master)?;
+        for set in &config.key_sets {
+            if let Some(record) = keystore::ensure_current(&pool, &master, set, now).await? {
+                tracing::info!(key_set = %set.name, kid = %record.kid, alg = %record.algorithm, "created signing key");
+            }
+        }
+        let shared = Arc::new(Shared::load(pool, Arc::clone(&config), master).await?);
+
+        let profiles = config
+            .profiles
+            .iter()
+            .map(|p| Ok((p.name.clone(), Profile::compile(p)?)))
+            .collect::<anyhow::Result<HashMap<_, _>>>()?;
+        let routes: HashMap<String, String> = config
+            .key_sets
+            .iter()
+            .flat_map(|set| set.jwks_paths.iter().map(|path| (path.clone(), set.name.clone())))
+            .collect();
+
+        let public_listener = TcpListener::bind(config.server.public_addr)
+            .with_context(|| format!("binding the public listener to {}", config.server.public_addr))?;
+        let internal_listener = TcpListener::bind(config.server.internal_addr)
+            .with_context(|| format!("binding the internal listener to {}", config.server.internal_addr))?;
+        let public_addr = public_listener.local_addr()?;
+        let internal_addr = internal_listener.local_addr()?;
+
+        let public_state = web::Data::new(PublicState::new(Arc::clone(&shared), routes));
+        let public = HttpServer::new(move || App::new().app_data(public_state.clone()).configure(public_api::configure))
+            .workers(workers)
+            .disable_signals()
+            .shutdown_timeout(SHUTDOWN_GRACE_SECS)
+            .listen(public_listener)?
+            .run();
+        let internal_state = web::Data::new(InternalState::new(Arc::clone(&shared), profiles));
+        let internal =
+            HttpServer::new(move || App::new().app_data(internal_state.clone()).configure(internal_api::configure))
+                .workers(workers)
+                .disable_signals()
+                .shutdown_timeout(SHUTDOWN_GRACE_SECS)
+                .listen(internal_listener)?
+                .run();
+        Ok(Application { public_addr, internal_addr, public, internal, shared })
+    }
+
+    /// The public listener's port.
+    pub fn public_port(&self) -> u16 {
+        self.public_addr.port()
+    }
+
+    /// The internal listener's port.
+    pub fn internal_port(&self) -> u16 {
+        self.internal_addr.port()
+    }
+
+    /// The public listener's bound address.
+    pub fn public_addr(&self) -> SocketAddr {
+        self.public_addr
+    }
+
+    /// The internal listener's bound address.
+    pub fn internal_addr(&self) -> SocketAddr {
+        self.internal_addr
+    }
+
+    /// Serves until SIGINT or SIGTERM, then lets in-flight requests finish and returns.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (public_handle, internal_handle) = (self.public.handle(), self.internal.handle());
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutdown signal received: finishing in-flight requests");
+            tokio::join!(public_handle.stop(true), internal_handle.stop(true));
+        });
+        let shared = Arc::clone(&self.shared);
+        let servers = async move {
+            let result = tokio::try_join!(self.public, self.internal);
+            let _ = stop_tx.send(true);
+            result.context("serving")
+        };
+        let (served, watched) = tokio::join!(servers, shared.watch_until_stopped(stop_rx));
+        served?;
+        watched?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
