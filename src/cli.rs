@@ -167,7 +167,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&records)?);
                 return Ok(());
             }
-            println!("{:<12} {:<44} {:<6} {:<9} {:<20} {:<20} {:<20}", "SET", "KID", "ALG", "STATE", "CREATED", "ACTIVATED", "DEACTIVATED");
+            println!(
+                "{:<12} {:<44} {:<6} {:<9} {:<20} {:<20} {:<20}",
+                "SET", "KID", "ALG", "STATE", "CREATED", "ACTIVATED", "DEACTIVATED"
+            );
             for r in records {
                 println!(
                     "{:<12} {:<44} {:<6} {:<9} {:<20} {:<20} {:<20}",
@@ -240,7 +243,10 @@ fn time(ts: Option<i64>) -> String {
 /// A plain HTTP/1.0 GET of /healthz on the public listener, without an HTTP client library.
 fn healthcheck(addr: SocketAddr) -> anyhow::Result<()> {
     let target = if addr.ip().is_unspecified() {
-        SocketAddr::new(if addr.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() }, addr.port())
+        SocketAddr::new(
+            if addr.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() },
+            addr.port(),
+        )
     } else {
         addr
     };

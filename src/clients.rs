@@ -138,9 +138,7 @@ fn check_name(name: &str) -> Result<(), ClientError> {
     if ok {
         Ok(())
     } else {
-        Err(ClientError::Invalid(format!(
-            "client name {name:?} must be 1 to 64 letters, digits, '-', '_' or '.'"
-        )))
+        Err(ClientError::Invalid(format!("client name {name:?} must be 1 to 64 letters, digits, '-', '_' or '.'")))
     }
 }
 
@@ -155,9 +153,7 @@ pub async fn add(
 ) -> Result<Zeroizing<String>, ClientError> {
     check_name(name)?;
     if profiles.is_empty() && !admin {
-        return Err(ClientError::Invalid(
-            "a client needs at least one profile (--profiles a,b) or --admin".to_owned(),
-        ));
+        return Err(ClientError::Invalid("a client needs at least one profile (--profiles a,b) or --admin".to_owned()));
     }
     for profile in profiles {
         if !config.profiles.iter().any(|p| &p.name == profile) {

@@ -266,9 +266,7 @@ pub fn parse_toml(text: &str, source_name: &str) -> Result<Config, ConfigError> 
         let path = err.path().to_string();
         let inner = err.into_inner();
         let message = inner.message().to_owned();
-        let line = inner
-            .span()
-            .map(|span| text[..span.start.min(text.len())].lines().count().max(1));
+        let line = inner.span().map(|span| text[..span.start.min(text.len())].lines().count().max(1));
         let mut location = describe_path(&path, &message);
         if let Some(line) = line {
             location.push_str(&format!(" (line {line})"));
@@ -279,9 +277,7 @@ pub fn parse_toml(text: &str, source_name: &str) -> Result<Config, ConfigError> 
 
 /// Turns `key_set[0].rsa_bits` into `[[key_set]] #1, field rsa_bits`.
 fn describe_path(path: &str, message: &str) -> String {
-    let unknown_field = message
-        .strip_prefix("unknown field `")
-        .and_then(|rest| rest.split('`').next());
+    let unknown_field = message.strip_prefix("unknown field `").and_then(|rest| rest.split('`').next());
     let mut parts = path.split('.').filter(|p| !p.is_empty() && *p != "?").collect::<Vec<_>>();
     if let Some(field) = unknown_field.filter(|f| parts.last() != Some(f)) {
         parts.push(field);
@@ -311,21 +307,16 @@ fn env_error(var: &str, message: String) -> ConfigError {
 
 /// Applies `KEYWARD_<FIELD>` overrides of `[server]`; unknown `KEYWARD_*` names are errors.
 fn apply_env(config: &mut Config, env: &HashMap<String, String>) -> Result<(), ConfigError> {
-    let mut unknown: Vec<&String> = env
-        .keys()
-        .filter(|k| k.starts_with("KEYWARD_") && !KNOWN_ENV.contains(&k.as_str()))
-        .collect();
+    let mut unknown: Vec<&String> =
+        env.keys().filter(|k| k.starts_with("KEYWARD_") && !KNOWN_ENV.contains(&k.as_str())).collect();
     unknown.sort();
     if let Some(name) = unknown.first() {
-        return Err(env_error(
-            name,
-            format!("unknown variable; keyward reads only {}", KNOWN_ENV.join(", ")),
-        ));
+        return Err(env_error(name, format!("unknown variable; keyward reads only {}", KNOWN_ENV.join(", "))));
     }
     let addr = |var: &str, value: &str| {
-        value.parse::<SocketAddr>().map_err(|_| {
-            env_error(var, format!("{value:?} is not an address like 127.0.0.1:8080"))
-        })
+        value
+            .parse::<SocketAddr>()
+            .map_err(|_| env_error(var, format!("{value:?} is not an address like 127.0.0.1:8080")))
     };
     if let Some(v) = env.get("KEYWARD_PUBLIC_ADDR") {
         config.server.public_addr = addr("KEYWARD_PUBLIC_ADDR", v)?;
@@ -344,11 +335,8 @@ fn apply_env(config: &mut Config, env: &HashMap<String, String>) -> Result<(), C
 
 /// Every start-up rule; the first broken one is reported.
 pub fn validate(config: &Config, source_name: &str) -> Result<(), ConfigError> {
-    let fail = |location: String, message: String| ConfigError {
-        source_name: source_name.to_owned(),
-        location,
-        message,
-    };
+    let fail =
+        |location: String, message: String| ConfigError { source_name: source_name.to_owned(), location, message };
     let server = &config.server;
     if server.database_url.strip_prefix("sqlite://").is_none_or(str::is_empty) {
         return Err(fail(
@@ -388,10 +376,7 @@ pub fn validate(config: &Config, source_name: &str) -> Result<(), ConfigError> {
                 return Err(fail(at("jwks_paths"), format!("{path:?} is reserved for health checks")));
             }
             if let Some(other) = path_owner.insert(path, &set.name) {
-                return Err(fail(
-                    at("jwks_paths"),
-                    format!("{path:?} is already served by key set {other:?}"),
-                ));
+                return Err(fail(at("jwks_paths"), format!("{path:?} is already served by key set {other:?}")));
             }
         }
         for (field, value) in [
@@ -414,10 +399,7 @@ pub fn validate(config: &Config, source_name: &str) -> Result<(), ConfigError> {
             return Err(fail(at("name"), "another [[profile]] has the same name".to_owned()));
         }
         let Some(set) = config.key_sets.iter().find(|s| s.name == profile.key_set) else {
-            return Err(fail(
-                at("key_set"),
-                format!("no [[key_set]] is named {:?}", profile.key_set),
-            ));
+            return Err(fail(at("key_set"), format!("no [[key_set]] is named {:?}", profile.key_set)));
         };
         if profile.issuer.trim().is_empty() {
             return Err(fail(at("issuer"), "must not be empty".to_owned()));
@@ -459,11 +441,7 @@ pub fn validate(config: &Config, source_name: &str) -> Result<(), ConfigError> {
             if !listed {
                 return Err(fail(
                     at("static_claims.jwks_uri"),
-                    format!(
-                        "{uri} is not one of key set {:?}'s jwks_paths ({})",
-                        set.name,
-                        set.jwks_paths.join(", ")
-                    ),
+                    format!("{uri} is not one of key set {:?}'s jwks_paths ({})", set.name, set.jwks_paths.join(", ")),
                 ));
             }
         }
@@ -487,10 +465,7 @@ pub fn validate(config: &Config, source_name: &str) -> Result<(), ConfigError> {
         }
         if let Err(err) = regex::Regex::new(&profile.subject_pattern) {
             let first_line = err.to_string().lines().last().unwrap_or_default().trim().to_owned();
-            return Err(fail(
-                at("subject_pattern"),
-                format!("not a valid regular expression: {first_line}"),
-            ));
+            return Err(fail(at("subject_pattern"), format!("not a valid regular expression: {first_line}")));
         }
     }
     Ok(())
@@ -590,11 +565,7 @@ mod tests {
                 "field static_claims.jwks_uri",
             ),
             (r#"allowed_claims = ["obo_user"]"#, r#"allowed_claims = ["exp"]"#, "field allowed_claims"),
-            (
-                r#"allowed_claims = ["obo_user"]"#,
-                r#"allowed_claims = ["jwks_uri"]"#,
-                "field allowed_claims",
-            ),
+            (r#"allowed_claims = ["obo_user"]"#, r#"allowed_claims = ["jwks_uri"]"#, "field allowed_claims"),
             (
                 r#"subject_pattern = "^[A-Za-z0-9._@:-]{1,128}$""#,
                 r#"subject_pattern = "^[a-z""#,
@@ -657,8 +628,7 @@ jwks_paths = ["/.well-known/jwks.json"]
 
     #[test]
     fn a_missing_file_is_a_clear_error() {
-        let err = load(ConfigSource::File(PathBuf::from("/nonexistent/keys.toml")), &HashMap::new())
-            .unwrap_err();
+        let err = load(ConfigSource::File(PathBuf::from("/nonexistent/keys.toml")), &HashMap::new()).unwrap_err();
         assert!(err.to_string().starts_with("/nonexistent/keys.toml: file: cannot read"), "{err}");
     }
 }

@@ -26,10 +26,7 @@ pub async fn connect(path: &str) -> anyhow::Result<SqlitePool> {
         .connect_with(options)
         .await
         .with_context(|| format!("opening the database {path}"))?;
-    sqlx::migrate!("./migrations")
-        .run(&pool)
-        .await
-        .with_context(|| format!("applying migrations to {path}"))?;
+    sqlx::migrate!("./migrations").run(&pool).await.with_context(|| format!("applying migrations to {path}"))?;
     Ok(pool)
 }
 

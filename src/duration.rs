@@ -32,28 +32,17 @@ impl Duration {
             .ok_or_else(|| format!("invalid duration {text:?}: add a unit (s, m, h or d)"))?;
         let (digits, unit) = text.split_at(split);
         if digits.is_empty() {
-            return Err(format!(
-                "invalid duration {text:?}: expected a whole number followed by s, m, h or d"
-            ));
+            return Err(format!("invalid duration {text:?}: expected a whole number followed by s, m, h or d"));
         }
-        let value: u64 = digits
-            .parse()
-            .map_err(|_| format!("invalid duration {text:?}: number too large"))?;
+        let value: u64 = digits.parse().map_err(|_| format!("invalid duration {text:?}: number too large"))?;
         let scale = match unit {
             "s" => 1,
             "m" => 60,
             "h" => 3_600,
             "d" => 86_400,
-            _ => {
-                return Err(format!(
-                    "invalid duration {text:?}: unknown unit {unit:?} (use s, m, h or d)"
-                ))
-            }
+            _ => return Err(format!("invalid duration {text:?}: unknown unit {unit:?} (use s, m, h or d)")),
         };
-        value
-            .checked_mul(scale)
-            .map(Duration)
-            .ok_or_else(|| format!("invalid duration {text:?}: too large"))
+        value.checked_mul(scale).map(Duration).ok_or_else(|| format!("invalid duration {text:?}: too large"))
     }
 }
 

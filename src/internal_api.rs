@@ -43,7 +43,9 @@ pub fn configure(config: &mut web::ServiceConfig) {
         )
         .service(web::resource("/healthz").route(web::get().to(healthz)))
         .service(web::resource("/readyz").route(web::get().to(readyz)))
-        .default_service(web::to(|| async { Err::<HttpResponse, _>(ApiError::NotFound("no such resource".to_owned())) }));
+        .default_service(web::to(|| async {
+            Err::<HttpResponse, _>(ApiError::NotFound("no such resource".to_owned()))
+        }));
 }
 
 async fn healthz() -> HttpResponse {
@@ -60,11 +62,7 @@ async fn readyz(state: web::Data<InternalState>) -> HttpResponse {
 
 /// The client behind the request's bearer token.
 fn authenticate<'a>(req: &HttpRequest, snapshot: &'a Snapshot) -> Result<&'a Client, ApiError> {
-    let value = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .ok_or(ApiError::Unauthorized)?;
+    let value = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).ok_or(ApiError::Unauthorized)?;
     let (scheme, token) = value.split_once(' ').ok_or(ApiError::Unauthorized)?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(ApiError::Unauthorized);
@@ -96,9 +94,10 @@ fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         let path = err.path().to_string();
         let inner = err.into_inner();
         let message = inner.to_string();
-        let named = message.split('`').nth(1).filter(|_| {
-            message.starts_with("unknown field") || message.starts_with("missing field")
-        });
+        let named = message
+            .split('`')
+            .nth(1)
+            .filter(|_| message.starts_with("unknown field") || message.starts_with("missing field"));
         let field = match (path.as_str(), named) {
             ("." | "?", Some(name)) => Some(name.to_owned()),
             ("." | "?", None) => None,
@@ -106,9 +105,7 @@ fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         };
         ApiError::InvalidBody { field, detail: message }
     })?;
-    deserializer
-        .end()
-        .map_err(|err| ApiError::InvalidBody { field: None, detail: err.to_string() })?;
+    deserializer.end().map_err(|err| ApiError::InvalidBody { field: None, detail: err.to_string() })?;
     Ok(value)
 }
 

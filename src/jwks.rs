@@ -38,8 +38,7 @@ struct Jwks<'a> {
 /// The published keys of `set`: the signing key first, then the next key, then previous
 /// keys newest first.
 pub fn published<'a>(records: &'a [KeyRecord], set: &str) -> Vec<&'a KeyRecord> {
-    let mut keys: Vec<&KeyRecord> =
-        records.iter().filter(|r| r.key_set == set && r.is_published()).collect();
+    let mut keys: Vec<&KeyRecord> = records.iter().filter(|r| r.key_set == set && r.is_published()).collect();
     let rank = |r: &KeyRecord| match r.state() {
         KeyState::Current => 0,
         KeyState::Next => 1,
@@ -60,11 +59,7 @@ pub fn document(keys: &[&KeyRecord], max_age: Duration) -> JwksDocument {
     // Serializing plain strings into a Vec cannot fail.
     let body = serde_json::to_vec(&jwks).unwrap_or_default();
     let etag = format!("\"{}\"", URL_SAFE_NO_PAD.encode(openssl::sha::sha256(&body)));
-    JwksDocument {
-        body: Bytes::from(body),
-        etag,
-        cache_control: format!("public, max-age={}", max_age.as_secs()),
-    }
+    JwksDocument { body: Bytes::from(body), etag, cache_control: format!("public, max-age={}", max_age.as_secs()) }
 }
 
 /// Whether an `If-None-Match` header value matches `etag` (weak comparison, RFC 9110 13.1.2).

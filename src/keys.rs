@@ -121,10 +121,7 @@ impl PublicKey {
 
     fn from_jwk(jwk: &Jwk) -> Result<Self, KeyError> {
         let member = |name: &'static str| {
-            jwk.parameter(name)
-                .and_then(|v| v.as_str())
-                .map(str::to_owned)
-                .ok_or(KeyError::MissingMember(name))
+            jwk.parameter(name).and_then(|v| v.as_str()).map(str::to_owned).ok_or(KeyError::MissingMember(name))
         };
         match jwk.key_type() {
             "RSA" => Ok(PublicKey::Rsa { n: member("n")?, e: member("e")? }),
@@ -224,8 +221,7 @@ impl SigningKey {
         header.set_token_type("JWT");
         header.set_key_id(self.kid.clone());
         let payload = JwtPayload::from_map(claims).map_err(crypto("building the JWT payload"))?;
-        josekit::jwt::encode_with_signer(&payload, &header, self.signer.as_ref())
-            .map_err(crypto("signing"))
+        josekit::jwt::encode_with_signer(&payload, &header, self.signer.as_ref()).map_err(crypto("signing"))
     }
 }
 

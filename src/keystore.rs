@@ -121,8 +121,7 @@ impl KeyRecord {
         let der = master
             .open(blob, &self.seal_context())
             .with_context(|| format!("opening the private half of key {}", self.kid))?;
-        SigningKey::from_der(&self.kid, self.algorithm, &der)
-            .with_context(|| format!("loading key {}", self.kid))
+        SigningKey::from_der(&self.kid, self.algorithm, &der).with_context(|| format!("loading key {}", self.kid))
     }
 }
 
@@ -136,8 +135,7 @@ fn from_row(row: &sqlx::sqlite::SqliteRow) -> anyhow::Result<KeyRecord> {
     Ok(KeyRecord {
         algorithm: Algorithm::parse(&algorithm)
             .with_context(|| format!("key {kid} has unknown algorithm {algorithm:?}"))?,
-        public: serde_json::from_str(&public_jwk)
-            .with_context(|| format!("key {kid} has an unreadable public JWK"))?,
+        public: serde_json::from_str(&public_jwk).with_context(|| format!("key {kid} has an unreadable public JWK"))?,
         key_set: row.try_get("key_set")?,
         sealed_private: row.try_get("sealed_private")?,
         master_key_id: row.try_get("master_key_id")?,
@@ -162,11 +160,8 @@ pub async fn list(pool: &SqlitePool) -> anyhow::Result<Vec<KeyRecord>> {
 
 /// Refuses to go on when stored keys were sealed under another master key.
 pub fn check_master_key(records: &[KeyRecord], master: &MasterKey) -> anyhow::Result<()> {
-    let foreign: Vec<&str> = records
-        .iter()
-        .filter_map(|r| r.master_key_id.as_deref())
-        .filter(|id| *id != master.id())
-        .collect();
+    let foreign: Vec<&str> =
+        records.iter().filter_map(|r| r.master_key_id.as_deref()).filter(|id| *id != master.id()).collect();
     if let Some(id) = foreign.first() {
         bail!(
             "the database holds keys sealed with master key {id}, but the configured master key is {}: \
@@ -181,9 +176,8 @@ pub fn check_master_key(records: &[KeyRecord], master: &MasterKey) -> anyhow::Re
 /// Generates a key off the async executor and seals it as a record (not yet stored).
 async fn make_key(set: &KeySetConfig, master: &MasterKey, now: i64) -> anyhow::Result<KeyRecord> {
     let (algorithm, bits) = (set.algorithm, set.rsa_bits);
-    let generated = tokio::task::spawn_blocking(move || keys::generate(algorithm, bits))
-        .await
-        .context("key generation task")??;
+    let generated =
+        tokio::task::spawn_blocking(move || keys::generate(algorithm, bits)).await.context("key generation task")??;
     let mut record = KeyRecord {
         kid: generated.kid.clone(),
         key_set: set.name.clone(),
@@ -203,31 +197,26 @@ async fn make_key(set: &KeySetConfig, master: &MasterKey, now: i64) -> anyhow::R
 }
 
 async fn insert(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, record: &KeyRecord) -> anyhow::Result<()> {
-    sqlx::query(&format!(
-        "INSERT INTO keys ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-    ))
-    .bind(&record.kid)
-    .bind(&record.key_set)
-    .bind(record.algorithm.as_str())
-    .bind(serde_json::to_string(&record.public)?)
-    .bind(&record.sealed_private)
-    .bind(&record.master_key_id)
-    .bind(record.created_at)
-    .bind(record.published_at)
-    .bind(record.activated_at)
-    .bind(record.deactivated_at)
-    .bind(record.retired_at)
-    .bind(record.revoked_at)
-    .execute(&mut **tx)
-    .await
-    .with_context(|| format!("storing key {}", record.kid))?;
+    sqlx::query(&format!("INSERT INTO keys ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"))
+        .bind(&record.kid)
+        .bind(&record.key_set)
+        .bind(record.algorithm.as_str())
+        .bind(serde_json::to_string(&record.public)?)
+        .bind(&record.sealed_private)
+        .bind(&record.master_key_id)
+        .bind(record.created_at)
+        .bind(record.published_at)
+        .bind(record.activated_at)
+        .bind(record.deactivated_at)
+        .bind(record.retired_at)
+        .bind(record.revoked_at)
+        .execute(&mut **tx)
+        .await
+        .with_context(|| format!("storing key {}", record.kid))?;
     Ok(())
 }
 
-async fn current_algorithm(
-    executor: impl sqlx::SqliteExecutor<'_>,
-    set: &str,
-) -> anyhow::Result<Option<String>> {
+async fn current_algorithm(executor: impl sqlx::SqliteExecutor<'_>, set: &str) -> anyhow::Result<Option<String>> {
     sqlx::query_scalar(
         "SELECT algorithm FROM keys WHERE key_set = ? \
          AND activated_at IS NOT NULL AND deactivated_at IS NULL AND revoked_at IS NULL",

@@ -137,7 +137,11 @@ mod tests {
     #[test]
     fn builds_the_npm_assertion_claims() {
         let p = profile()
-            .prepare(request(serde_json::json!({"sub": "acct-1", "claims": {"obo_user": "u@x.com"}})), 1_000, "j".into())
+            .prepare(
+                request(serde_json::json!({"sub": "acct-1", "claims": {"obo_user": "u@x.com"}})),
+                1_000,
+                "j".into(),
+            )
             .unwrap();
         let c = &p.claims;
         assert_eq!(c["iss"], "https://yourdomain.com");

@@ -56,8 +56,7 @@ async fn dispatch(req: HttpRequest, state: web::Data<PublicState>) -> Result<Htt
                 .get(header::IF_NONE_MATCH)
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| jwks::if_none_match(v, &doc.etag));
-            let mut response =
-                if not_modified { HttpResponse::NotModified() } else { HttpResponse::Ok() };
+            let mut response = if not_modified { HttpResponse::NotModified() } else { HttpResponse::Ok() };
             response
                 .insert_header((header::ETAG, doc.etag.as_str()))
                 .insert_header((header::CACHE_CONTROL, doc.cache_control.as_str()))
@@ -75,7 +74,5 @@ async fn dispatch(req: HttpRequest, state: web::Data<PublicState>) -> Result<Htt
 
 /// A tiny `{"status": ...}` body, never cached.
 pub fn status_json(mut builder: actix_web::HttpResponseBuilder, status: &str) -> HttpResponse {
-    builder
-        .insert_header((header::CACHE_CONTROL, "no-store"))
-        .json(serde_json::json!({ "status": status }))
+    builder.insert_header((header::CACHE_CONTROL, "no-store")).json(serde_json::json!({ "status": status }))
 }

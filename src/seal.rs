@@ -125,9 +125,8 @@ impl MasterKey {
         let mut nonce = [0u8; NONCE_LEN];
         rand::rng().fill_bytes(&mut nonce);
         let aad = self.associated_data(context);
-        let ciphertext = cipher
-            .encrypt(&Nonce::from(nonce), Payload { msg: plaintext, aad: &aad })
-            .map_err(|_| SealError::Seal)?;
+        let ciphertext =
+            cipher.encrypt(&Nonce::from(nonce), Payload { msg: plaintext, aad: &aad }).map_err(|_| SealError::Seal)?;
         let mut blob = Vec::with_capacity(1 + NONCE_LEN + ciphertext.len());
         blob.push(BLOB_VERSION);
         blob.extend_from_slice(&nonce);

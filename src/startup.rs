@@ -10,13 +10,13 @@ use anyhow::Context;
 use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::db;
 use crate::internal_api::{self, InternalState};
 use crate::keystore;
 use crate::profiles::Profile;
 use crate::public_api::{self, PublicState};
 use crate::seal::MasterKey;
 use crate::state::Shared;
-use crate::db;
 
 /// How many seconds in-flight requests get to finish at shutdown.
 const SHUTDOWN_GRACE_SECS: u64 = 10;
@@ -64,12 +64,13 @@ impl Application {
         let internal_addr = internal_listener.local_addr()?;
 
         let public_state = web::Data::new(PublicState::new(Arc::clone(&shared), routes));
-        let public = HttpServer::new(move || App::new().app_data(public_state.clone()).configure(public_api::configure))
-            .workers(workers)
-            .disable_signals()
-            .shutdown_timeout(SHUTDOWN_GRACE_SECS)
-            .listen(public_listener)?
-            .run();
+        let public =
+            HttpServer::new(move || App::new().app_data(public_state.clone()).configure(public_api::configure))
+                .workers(workers)
+                .disable_signals()
+                .shutdown_timeout(SHUTDOWN_GRACE_SECS)
+                .listen(public_listener)?
+                .run();
         let internal_state = web::Data::new(InternalState::new(Arc::clone(&shared), profiles));
         let internal =
             HttpServer::new(move || App::new().app_data(internal_state.clone()).configure(internal_api::configure))
@@ -99,6 +100,11 @@ impl Application {
     /// The internal listener's bound address.
     pub fn internal_addr(&self) -> SocketAddr {
         self.internal_addr
+    }
+
+    /// The served state, e.g. to reload it at once after an in-process change.
+    pub fn shared(&self) -> Arc<Shared> {
+        Arc::clone(&self.shared)
     }
 
     /// Serves until SIGINT or SIGTERM, then lets in-flight requests finish and returns.

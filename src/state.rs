@@ -11,11 +11,11 @@ use tokio::sync::watch;
 
 use crate::clients::{self, ClientDirectory};
 use crate::config::Config;
+use crate::db;
 use crate::jwks::{self, JwksDocument};
 use crate::keys::SigningKey;
 use crate::keystore::{self, KeyState};
 use crate::seal::MasterKey;
-use crate::db;
 
 /// How often a server looks for changes made by other processes.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);

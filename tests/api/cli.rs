@@ -1,0 +1,138 @@
+//! The `keyward` binary's subcommands, against the same database as a running server.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use keyward::keys::Algorithm;
+use keyward::seal::MasterKey;
+use serde_json::json;
+
+use crate::helpers::{spawn_in, test_config};
+
+/// The binary, run in `dir` with its database and master key file there.
+fn keyward(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args(args)
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("KEYWARD_DATABASE_URL", format!("sqlite://{}", dir.join("keyward.db").display()))
+        .env("KEYWARD_MASTER_KEY_FILE", dir.join("master.key"))
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn check_config_names_the_file_table_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/keys.example")).unwrap();
+    std::fs::write(&file, example.replace("rsa_bits = 2048", "rsa_bits = 1024")).unwrap();
+    let out = keyward(dir.path(), &["--config", file.to_str().unwrap(), "check-config"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("bad.toml") && err.contains("[[key_set]] \"npm\"") && err.contains("field rsa_bits"), "{err}");
+
+    std::fs::write(&file, &example).unwrap();
+    let out = keyward(dir.path(), &["--config", file.to_str().unwrap(), "check-config"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // ./keys.toml is picked up when present.
+    std::fs::write(dir.path().join("keys.toml"), example.replace("max_ttl = \"55m\"", "max_ttl = \"2h\"")).unwrap();
+    let out = keyward(dir.path(), &["check-config"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("keys.toml: [[profile]] \"npm-sandbox\", field max_ttl"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn unknown_environment_variables_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .arg("check-config")
+        .current_dir(dir.path())
+        .env_clear()
+        .env("KEYWARD_PUBLIC_ADRR", "0.0.0.0:1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("KEYWARD_PUBLIC_ADRR"));
+}
+
+#[test]
+fn clients_add_prints_only_the_token_and_stores_only_its_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = keyward(dir.path(), &["clients", "add", "billing", "--profiles", "npm-sandbox"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "{stdout:?}");
+    let token = lines[0];
+    assert!(token.starts_with("kw_"));
+    assert!(!text(&out.stderr).contains(token));
+
+    let list = keyward(dir.path(), &["clients", "list"]);
+    let listed = text(&list.stdout);
+    assert!(listed.contains("billing") && listed.contains("npm-sandbox") && !listed.contains(token));
+
+    let secret = token.rsplit('_').next().unwrap();
+    let mut stored = std::fs::read(dir.path().join("keyward.db")).unwrap();
+    stored.extend(std::fs::read(dir.path().join("keyward.db-wal")).unwrap_or_default());
+    assert!(!stored.windows(secret.len()).any(|w| w == secret.as_bytes()), "token stored in the clear");
+
+    let again = keyward(dir.path(), &["clients", "add", "billing", "--profiles", "npm-sandbox"]);
+    assert!(!again.status.success() && again.stdout.is_empty());
+    let unknown = keyward(dir.path(), &["clients", "add", "x", "--profiles", "nope"]);
+    assert!(!unknown.status.success() && text(&unknown.stderr).contains("nope"));
+
+    let revoke = keyward(dir.path(), &["clients", "revoke", "billing"]);
+    assert!(revoke.status.success());
+    let missing = keyward(dir.path(), &["clients", "revoke", "ghost"]);
+    assert!(!missing.status.success());
+}
+
+#[tokio::test]
+async fn cli_changes_reach_a_running_server_within_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.key_sets[0].algorithm = Algorithm::Es256;
+    let (master, _) = MasterKey::resolve(None, &config.server.master_key_file).unwrap();
+    let app = spawn_in(dir, config, master).await;
+    let path = app.dir.path().to_owned();
+
+    // A client made by the CLI works against the server already running.
+    let out = keyward(&path, &["clients", "add", "svc", "--profiles", "npm-sandbox"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let token = text(&out.stdout).trim().to_owned();
+    let accepted = app
+        .eventually(Duration::from_secs(5), || async {
+            app.sign("npm-sandbox", &token, &json!({"sub": "a"})).await.status() == 200
+        })
+        .await;
+    assert!(accepted, "CLI-created client not accepted within 5 s");
+
+    let before = app.sign_ok("npm-sandbox", &token, &json!({"sub": "a"})).await["kid"].clone();
+    let out = keyward(&path, &["keys", "rotate", "npm"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rotated = app
+        .eventually(Duration::from_secs(5), || async {
+            app.sign_ok("npm-sandbox", &token, &json!({"sub": "a"})).await["kid"] != before
+        })
+        .await;
+    assert!(rotated, "server still signs with the old key 5 s after `keys rotate`");
+
+    let list = text(&keyward(&path, &["keys", "list"]).stdout);
+    assert_eq!(list.lines().filter(|l| l.contains(" current ")).count(), 1, "{list}");
+    assert_eq!(list.lines().filter(|l| l.contains(" previous ")).count(), 1, "{list}");
+
+    let out = keyward(&path, &["keys", "rotate", "nope"]);
+    assert!(!out.status.success() && text(&out.stderr).contains("no key set is named \"nope\""));
+}

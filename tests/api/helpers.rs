@@ -1,0 +1,139 @@
+//! Starting the real application on port 0 with a fresh SQLite file.
+
+use std::time::{Duration, Instant};
+
+use keyward::config::Config;
+use keyward::keys::Algorithm;
+use keyward::seal::MasterKey;
+use keyward::startup::Application;
+use keyward::state::Shared;
+use serde_json::Value;
+use sqlx::SqlitePool;
+use std::sync::Arc;
+
+/// A running keyward and what a test needs to talk to it.
+pub struct TestApp {
+    pub public: String,
+    pub internal: String,
+    pub config: Config,
+    pub master: MasterKey,
+    pub pool: SqlitePool,
+    pub http: reqwest::Client,
+    pub shared: Arc<Shared>,
+    pub dir: tempfile::TempDir,
+}
+
+/// The example configuration, on port 0 and a fresh database in `dir`.
+pub fn test_config(dir: &std::path::Path) -> Config {
+    let mut config = Config::default();
+    config.server.public_addr = "127.0.0.1:0".parse().unwrap();
+    config.server.internal_addr = "127.0.0.1:0".parse().unwrap();
+    config.server.database_url = format!("sqlite://{}", dir.join("keyward.db").display());
+    config.server.master_key_file = dir.join("master.key");
+    config
+}
+
+/// The default configuration, unchanged but for addresses and files.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// The default configuration with the key set's algorithm changed.
+pub async fn spawn_app_with_algorithm(algorithm: Algorithm) -> TestApp {
+    spawn_app_with(|c| c.key_sets[0].algorithm = algorithm).await
+}
+
+/// A configuration adjusted by `adjust`.
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    adjust(&mut config);
+    spawn_in(dir, config, MasterKey::generate()).await
+}
+
+/// Starts the application over an existing folder (and database).
+pub async fn spawn_in(dir: tempfile::TempDir, config: Config, master: MasterKey) -> TestApp {
+    let app = Application::build(config.clone(), master.clone(), 1).await.expect("application builds");
+    let public = format!("http://127.0.0.1:{}", app.public_port());
+    let internal = format!("http://127.0.0.1:{}", app.internal_port());
+    let shared = app.shared();
+    tokio::spawn(app.run_until_stopped());
+    let pool = keyward::db::connect(config.database_path()).await.unwrap();
+    TestApp { public, internal, config, master, pool, http: reqwest::Client::new(), shared, dir }
+}
+
+impl TestApp {
+    /// A client allowed to use `profiles`, created through the library.
+    pub async fn client(&self, name: &str, profiles: &[&str]) -> String {
+        let profiles: Vec<String> = profiles.iter().map(|p| p.to_string()).collect();
+        let token = keyward::clients::add(&self.pool, &self.config, name, &profiles, false, 0).await.unwrap();
+        self.reload().await;
+        token.to_string()
+    }
+
+    /// Makes the server see a change made through the library at once, as an in-process
+    /// admin action does (changes by other processes are found by the watcher instead).
+    pub async fn reload(&self) {
+        self.shared.reload().await.unwrap();
+    }
+
+    /// POST /v1/profiles/{profile}/sign with a bearer token and a JSON body.
+    pub async fn sign(&self, profile: &str, token: &str, body: &Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}/v1/profiles/{profile}/sign", self.internal))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Signs and returns the 200 body, failing the test otherwise.
+    pub async fn sign_ok(&self, profile: &str, token: &str, body: &Value) -> Value {
+        let response = self.sign(profile, token, body).await;
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        assert_eq!(status, 200, "{text}");
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// GET a JWKS path on the public listener.
+    pub async fn jwks(&self, path: &str) -> Value {
+        let response = self.http.get(format!("{}{path}", self.public)).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.json().await.unwrap()
+    }
+
+    /// Polls `check` until it holds or `limit` passes.
+    pub async fn eventually<F, Fut>(&self, limit: Duration, mut check: F) -> bool
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if check().await {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+}
+
+/// Asserts a problem+json response with `status`, returning its body.
+pub async fn assert_problem(response: reqwest::Response, status: u16) -> Value {
+    assert_eq!(response.status(), status);
+    let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
+    assert_eq!(content_type, "application/problem+json");
+    let body: Value = response.json().await.unwrap();
+    for member in ["type", "title", "status", "detail"] {
+        assert!(body.get(member).is_some(), "problem lacks {member}: {body}");
+    }
+    assert_eq!(body["status"], status);
+    let allowed = ["type", "title", "status", "detail", "field"];
+    for key in body.as_object().unwrap().keys() {
+        assert!(allowed.contains(&key.as_str()), "unexpected member {key} in {body}");
+    }
+    body
+}

@@ -1,0 +1,8 @@
+//! Integration tests: the real application on port 0, spoken to over HTTP.
+
+mod cli;
+mod helpers;
+mod jwks;
+mod sign;
+mod storage;
+mod verify;

@@ -1,0 +1,197 @@
+//! The internal signing API: tokens verified independently against the JWKS fetched over
+//! HTTP, and every refusal.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use keyward::keys::Algorithm;
+use serde_json::json;
+
+use crate::helpers::{assert_problem, spawn_app, spawn_app_with, spawn_app_with_algorithm};
+use crate::verify::{tamper_signature, verify};
+
+const PROFILE: &str = "npm-sandbox";
+
+#[tokio::test]
+async fn tokens_of_every_algorithm_verify_against_the_published_jwks() {
+    for algorithm in [Algorithm::Rs256, Algorithm::Ps256, Algorithm::Es256, Algorithm::Es384] {
+        let app = spawn_app_with_algorithm(algorithm).await;
+        let token = app.client("backend", &[PROFILE]).await;
+        let before = chrono::Utc::now().timestamp();
+        let body =
+            app.sign_ok(PROFILE, &token, &json!({"sub": "acct-42", "claims": {"obo_user": "user@example.com"}})).await;
+        let jwks = app.jwks("/path/to/your/jwks").await;
+        assert_eq!(jwks, app.jwks("/.well-known/jwks.json").await);
+
+        let jwt = body["token"].as_str().unwrap();
+        let verified = verify(jwt, &jwks).unwrap_or_else(|e| panic!("{algorithm}: {e}"));
+        assert!(verify(&tamper_signature(jwt), &jwks).is_err(), "{algorithm}: tampered token verified");
+
+        let header = verified.header.as_object().unwrap();
+        assert_eq!(header.len(), 3, "{header:?}");
+        assert_eq!(header["alg"], algorithm.as_str());
+        assert_eq!(header["typ"], "JWT");
+        assert_eq!(header["kid"], body["kid"]);
+        assert_eq!(jwks["keys"][0]["kid"], body["kid"], "the signing key is listed first");
+
+        let claims = verified.claims.as_object().unwrap();
+        let mut names: Vec<&str> = claims.keys().map(String::as_str).collect();
+        names.sort();
+        assert_eq!(names, ["aud", "exp", "iat", "iss", "jti", "jwks_uri", "obo_user", "sub"]);
+        assert_eq!(claims["iss"], "https://yourdomain.com");
+        assert_eq!(claims["aud"], "http://sandbox.npmdev.net/api/partners/acme/oauth2/v1/token");
+        assert_eq!(claims["sub"], "acct-42");
+        assert_eq!(claims["jwks_uri"], "/path/to/your/jwks");
+        assert_eq!(claims["obo_user"], "user@example.com");
+        let (iat, exp) = (claims["iat"].as_i64().unwrap(), claims["exp"].as_i64().unwrap());
+        assert!(iat >= before && iat <= chrono::Utc::now().timestamp());
+        assert_eq!(exp - iat, 300, "default_ttl");
+
+        assert_eq!(body["alg"], algorithm.as_str());
+        assert_eq!(body["jti"], claims["jti"]);
+        assert_eq!(body["issued_at"], iat);
+        assert_eq!(body["expires_at"], exp);
+        assert_eq!(body["expires_in"], 300);
+    }
+}
+
+#[tokio::test]
+async fn jti_is_unique_and_carries_at_least_128_bits() {
+    let app = spawn_app_with_algorithm(Algorithm::Es256).await;
+    let token = app.client("backend", &[PROFILE]).await;
+    let mut seen = HashSet::new();
+    for _ in 0..50 {
+        let body = app.sign_ok(PROFILE, &token, &json!({"sub": "a"})).await;
+        let jti = body["jti"].as_str().unwrap().to_owned();
+        assert!(URL_SAFE_NO_PAD.decode(&jti).unwrap().len() >= 16);
+        assert!(seen.insert(jti), "jti repeated");
+    }
+}
+
+#[tokio::test]
+async fn ttl_up_to_max_ttl_is_honoured_and_stays_under_an_hour() {
+    let app = spawn_app_with_algorithm(Algorithm::Es256).await;
+    let token = app.client("backend", &[PROFILE]).await;
+    for ttl in [1, 60, 3_300] {
+        let body = app.sign_ok(PROFILE, &token, &json!({"sub": "a", "ttl_seconds": ttl})).await;
+        let verified = verify(body["token"].as_str().unwrap(), &app.jwks("/.well-known/jwks.json").await).unwrap();
+        let lifetime = verified.claims["exp"].as_i64().unwrap() - verified.claims["iat"].as_i64().unwrap();
+        assert_eq!(lifetime, ttl);
+        assert!(lifetime < 3_600);
+    }
+}
+
+#[tokio::test]
+async fn missing_or_wrong_token_is_401() {
+    let app = spawn_app().await;
+    let token = app.client("backend", &[PROFILE]).await;
+    let url = format!("{}/v1/profiles/{PROFILE}/sign", app.internal);
+    let body = json!({"sub": "a"});
+
+    let response = app.http.post(&url).json(&body).send().await.unwrap();
+    assert_eq!(response.headers()["www-authenticate"], "Bearer realm=\"keyward\"");
+    assert_problem(response, 401).await;
+
+    let mut wrong = token.clone();
+    wrong.replace_range(wrong.len() - 4.., "AAAA");
+    for bad in [wrong.as_str(), "kw_nope", "", &token[..token.len() - 1]] {
+        assert_problem(app.sign(PROFILE, bad, &body).await, 401).await;
+    }
+    let basic = app.http.post(&url).header("authorization", format!("Basic {token}")).json(&body).send().await.unwrap();
+    assert_problem(basic, 401).await;
+    // Unauthenticated callers learn nothing about which profiles exist.
+    assert_problem(app.sign("no-such-profile", "kw_nope", &body).await, 401).await;
+}
+
+#[tokio::test]
+async fn revoked_client_is_refused_once_the_server_sees_the_change() {
+    let app = spawn_app_with_algorithm(Algorithm::Es256).await;
+    let token = app.client("backend", &[PROFILE]).await;
+    app.sign_ok(PROFILE, &token, &json!({"sub": "a"})).await;
+    keyward::clients::revoke(&app.pool, "backend", 0).await.unwrap();
+    // No explicit reload: the server's watcher must notice the other writer's change.
+    let refused = app
+        .eventually(Duration::from_secs(5), || async {
+            app.sign(PROFILE, &token, &json!({"sub": "a"})).await.status() == 401
+        })
+        .await;
+    assert!(refused, "revoked token still accepted after 5 s");
+}
+
+#[tokio::test]
+async fn a_profile_the_client_may_not_use_is_403_and_an_unknown_one_404() {
+    let app = spawn_app_with(|c| {
+        let mut second = c.profiles[0].clone();
+        second.name = "other".to_owned();
+        c.profiles.push(second);
+    })
+    .await;
+    let token = app.client("backend", &["other"]).await;
+    assert_problem(app.sign(PROFILE, &token, &json!({"sub": "a"})).await, 403).await;
+    assert_problem(app.sign("missing", &token, &json!({"sub": "a"})).await, 404).await;
+    app.sign_ok("other", &token, &json!({"sub": "a"})).await;
+}
+
+#[tokio::test]
+async fn bad_bodies_are_refused_with_the_field_named() {
+    let app = spawn_app_with_algorithm(Algorithm::Es256).await;
+    let token = app.client("backend", &[PROFILE]).await;
+    let cases = [
+        (json!({"sub": "a", "scope": "all"}), 400, Some("scope")),
+        (json!({"ttl_seconds": 60}), 400, Some("sub")),
+        (json!({"sub": 12}), 400, Some("sub")),
+        (json!({"sub": "a", "claims": "x"}), 400, Some("claims")),
+        (json!({"sub": "has spaces"}), 422, Some("sub")),
+        (json!({"sub": ""}), 422, Some("sub")),
+        (json!({"sub": "a", "ttl_seconds": 0}), 422, Some("ttl_seconds")),
+        (json!({"sub": "a", "ttl_seconds": 3_301}), 422, Some("ttl_seconds")),
+        (json!({"sub": "a", "ttl_seconds": -1}), 422, Some("ttl_seconds")),
+        (json!({"sub": "a", "claims": {"role": "admin"}}), 422, Some("claims.role")),
+        (json!({"sub": "a", "claims": {"exp": 1}}), 422, Some("claims.exp")),
+        (json!({"sub": "a", "claims": {"jwks_uri": "/x"}}), 422, Some("claims.jwks_uri")),
+    ];
+    for (body, status, field) in cases {
+        let problem = assert_problem(app.sign(PROFILE, &token, &body).await, status).await;
+        assert_eq!(problem["field"].as_str(), field, "{body}: {problem}");
+    }
+
+    let url = format!("{}/v1/profiles/{PROFILE}/sign", app.internal);
+    let send = |body: String, content_type: &'static str| {
+        app.http.post(&url).bearer_auth(&token).header("content-type", content_type).body(body).send()
+    };
+    assert_problem(send("{\"sub\": ".into(), "application/json").await.unwrap(), 400).await;
+    assert_problem(send("not json".into(), "application/json").await.unwrap(), 400).await;
+    assert_problem(send("{\"sub\":\"a\"}".into(), "text/plain").await.unwrap(), 415).await;
+    let big = json!({"sub": "a", "claims": {"obo_user": "x".repeat(17 * 1024)}}).to_string();
+    assert_problem(send(big, "application/json").await.unwrap(), 413).await;
+    // Just under the limit is fine as far as size goes.
+    let fits = json!({"sub": "a", "claims": {"obo_user": "x".repeat(15 * 1024)}}).to_string();
+    assert_eq!(send(fits, "application/json").await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn responses_carry_no_internal_error_text() {
+    let app = spawn_app_with_algorithm(Algorithm::Es256).await;
+    let token = app.client("backend", &[PROFILE]).await;
+    let problem = assert_problem(app.sign(PROFILE, &token, &json!({"sub": "a", "ttl_seconds": "x"})).await, 400).await;
+    let detail = problem["detail"].as_str().unwrap();
+    for internal in ["serde", "keyward::", "src/", "panicked", "sqlx", "josekit"] {
+        assert!(!detail.contains(internal), "{detail}");
+    }
+}
+
+#[tokio::test]
+async fn internal_listener_serves_health_and_404s_the_rest() {
+    let app = spawn_app().await;
+    for path in ["/healthz", "/readyz"] {
+        let response = app.http.get(format!("{}{path}", app.internal)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+    }
+    for path in ["/path/to/your/jwks", "/.well-known/jwks.json", "/v1/profiles", "/"] {
+        assert_problem(app.http.get(format!("{}{path}", app.internal)).send().await.unwrap(), 404).await;
+    }
+    let get_sign = app.http.get(format!("{}/v1/profiles/{PROFILE}/sign", app.internal)).send().await.unwrap();
+    assert_problem(get_sign, 405).await;
+}

@@ -1,0 +1,116 @@
+//! Keys at rest: sealed, bound to their row, and useless without the right master key.
+
+use keyward::keys::Algorithm;
+use keyward::keystore::{self, KeyRecord};
+use keyward::seal::MasterKey;
+use keyward::startup::Application;
+
+use crate::helpers::{spawn_app_with_algorithm, spawn_in, test_config};
+
+fn private_der(app_master: &MasterKey, record: &KeyRecord) -> Vec<u8> {
+    let blob = record.sealed_private.as_ref().unwrap();
+    app_master.open(blob, &[&record.kid, &record.key_set, record.algorithm.as_str()]).unwrap().to_vec()
+}
+
+fn database_bytes(dir: &std::path::Path) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for name in ["keyward.db", "keyward.db-wal"] {
+        if let Ok(mut b) = std::fs::read(dir.join(name)) {
+            bytes.append(&mut b);
+        }
+    }
+    bytes
+}
+
+#[tokio::test]
+async fn the_database_holds_no_private_key_in_the_clear() {
+    for algorithm in [Algorithm::Rs256, Algorithm::Es256] {
+        let app = spawn_app_with_algorithm(algorithm).await;
+        keystore::rotate(&app.pool, &app.master, &app.config.key_sets[0], 1).await.unwrap();
+        let records = keystore::list(&app.pool).await.unwrap();
+        assert_eq!(records.len(), 2);
+        let stored = database_bytes(app.dir.path());
+        assert!(!stored.windows(11).any(|w| w == b"PRIVATE KEY"), "a PEM private key is stored");
+        for record in &records {
+            let der = private_der(&app.master, record);
+            assert!(der.len() > 100);
+            // No 24-byte stretch of the PKCS#8 DER appears anywhere in the files.
+            for window in der.chunks(24).filter(|c| c.len() == 24) {
+                assert!(
+                    !stored.windows(24).any(|w| w == window),
+                    "{algorithm}: private key bytes found in the database"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_sealed_blob_moved_to_another_row_or_altered_fails_to_open() {
+    let app = spawn_app_with_algorithm(Algorithm::Es256).await;
+    keystore::rotate(&app.pool, &app.master, &app.config.key_sets[0], 1).await.unwrap();
+    let records = keystore::list(&app.pool).await.unwrap();
+    let (a, b) = (&records[0], &records[1]);
+    assert!(a.open_signing_key(&app.master).is_ok());
+    assert!(b.open_signing_key(&app.master).is_ok());
+
+    // Move A's sealed private key into B's row.
+    sqlx::query("UPDATE keys SET sealed_private = ? WHERE kid = ?")
+        .bind(a.sealed_private.as_ref().unwrap())
+        .bind(&b.kid)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let moved = keystore::list(&app.pool).await.unwrap().into_iter().find(|r| r.kid == b.kid).unwrap();
+    let err = moved.open_signing_key(&app.master).unwrap_err();
+    assert!(format!("{err:#}").contains("wrong master key, or the row was altered or moved"), "{err:#}");
+
+    // Flip one byte of A's blob in place.
+    let mut flipped = a.sealed_private.clone().unwrap();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 0x80;
+    sqlx::query("UPDATE keys SET sealed_private = ? WHERE kid = ?")
+        .bind(&flipped)
+        .bind(&a.kid)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let altered = keystore::list(&app.pool).await.unwrap().into_iter().find(|r| r.kid == a.kid).unwrap();
+    assert!(altered.open_signing_key(&app.master).is_err());
+
+    // A record claiming another algorithm does not open either.
+    let mut relabelled = a.clone();
+    relabelled.algorithm = Algorithm::Es384;
+    assert!(relabelled.open_signing_key(&app.master).is_err());
+}
+
+#[tokio::test]
+async fn the_wrong_master_key_refuses_to_start_and_changes_nothing() {
+    let app = spawn_app_with_algorithm(Algorithm::Es256).await;
+    let before = format!("{:?}", keystore::list(&app.pool).await.unwrap());
+    let blobs_before: Vec<_> = keystore::list(&app.pool).await.unwrap().into_iter().map(|r| r.sealed_private).collect();
+
+    let mut config = test_config(app.dir.path());
+    config.key_sets[0].algorithm = Algorithm::Es256;
+    let err = Application::build(config, MasterKey::generate(), 1).await.err().expect("must refuse");
+    let message = format!("{err:#}");
+    assert!(message.contains("sealed with master key") && message.contains("nothing was changed"), "{message}");
+
+    assert_eq!(format!("{:?}", keystore::list(&app.pool).await.unwrap()), before);
+    let blobs_after: Vec<_> = keystore::list(&app.pool).await.unwrap().into_iter().map(|r| r.sealed_private).collect();
+    assert_eq!(blobs_before, blobs_after);
+}
+
+#[tokio::test]
+async fn keys_survive_a_restart_with_the_same_master_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.key_sets[0].algorithm = Algorithm::Es256;
+    let master = MasterKey::generate();
+    let first = spawn_in(dir, config.clone(), master.clone()).await;
+    let kid = first.jwks("/.well-known/jwks.json").await["keys"][0]["kid"].clone();
+    // The first server keeps running: two servers on one database is a supported setup.
+    let second = spawn_in(first.dir, config, master).await;
+    assert_eq!(second.jwks("/.well-known/jwks.json").await["keys"][0]["kid"], kid);
+    assert_eq!(keystore::list(&second.pool).await.unwrap().len(), 1, "no new key on restart");
+}
