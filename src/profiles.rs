@@ -23,6 +23,7 @@ pub struct Profile {
     static_claims: Map<String, Value>,
     allowed_claims: BTreeSet<String>,
     subject: Regex,
+    subject_pattern: String,
     default_ttl: Duration,
     /// Longest lifetime a request may ask for.
     pub max_ttl: Duration,
@@ -76,6 +77,7 @@ impl Profile {
             static_claims: config.static_claims.clone().into_iter().collect(),
             allowed_claims: config.allowed_claims.iter().cloned().collect(),
             subject,
+            subject_pattern: config.subject_pattern.clone(),
             default_ttl: config.default_ttl,
             max_ttl: config.max_ttl,
         })
@@ -85,7 +87,10 @@ impl Profile {
     pub fn prepare(&self, request: SignRequest, now: i64, jti: String) -> Result<Prepared, Refusal> {
         let refuse = |field: &str, detail: String| Refusal { field: field.to_owned(), detail };
         if !self.subject.is_match(&request.sub) {
-            return Err(refuse("sub", "does not match the profile's subject_pattern".to_owned()));
+            return Err(refuse(
+                "sub",
+                format!("does not match the profile's subject_pattern {}", self.subject_pattern),
+            ));
         }
         let max = self.max_ttl.as_secs_i64();
         let ttl = request.ttl_seconds.unwrap_or(self.default_ttl.as_secs_i64());
