@@ -12,6 +12,8 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
 use crate::config::{self, LoadedConfig};
+use crate::lifecycle::{self, ActionError};
+use crate::rotation::{Moment, Refused, Step};
 use crate::seal::{self, MasterKey, MasterKeyOrigin};
 use crate::startup::Application;
 use crate::{clients, db, keystore, telemetry};
@@ -51,10 +53,24 @@ enum KeysCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Make a new key the signing key of SET now.
+    /// Planned rotation now: the next key signs, if it has been published for publish_ahead.
     Rotate {
         /// Key set name.
         set: String,
+        /// Rotate even if the next key was published too recently (verifiers may not have it).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Emergency: the key leaves the JWKS at once; if it was signing, the next key takes over.
+    Revoke {
+        /// The key's kid.
+        kid: String,
+    },
+    /// Every key's publication and signing window, past and planned.
+    Schedule {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -185,16 +201,71 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Keys(KeysCommand::Rotate { set }) => {
-            let Some(set_config) = config.key_set(&set) else {
-                let known: Vec<&str> = config.key_sets.iter().map(|s| s.name.as_str()).collect();
-                bail!("no key set is named {set:?} (configured: {})", known.join(", "));
-            };
+        Command::Keys(KeysCommand::Rotate { set, force }) => {
             let master = master_key(&loaded)?;
             let pool = db::connect(config.database_path()).await?;
             keystore::check_master_key(&keystore::list(&pool).await?, &master)?;
-            let record = keystore::rotate(&pool, &master, set_config, now()).await?;
-            eprintln!("key set {set}: {} ({}) is now the signing key", record.kid, record.algorithm);
+            let steps =
+                lifecycle::rotate(&pool, &master, config, &set, now(), force).await.map_err(|err| match err {
+                    ActionError::Refused(Refused::TooEarly { kid, not_before }) => anyhow::anyhow!(
+                        "refusing to rotate {set}: the next key {kid} has not been published for publish_ahead yet; \
+                     it may sign from {} (in {}s). Use --force to rotate now anyway (verifiers that cached \
+                     the JWKS before it appeared will reject its tokens until they refetch)",
+                        time(Some(not_before)),
+                        not_before - now()
+                    ),
+                    ActionError::Refused(Refused::NoNextKey) => anyhow::anyhow!(
+                        "refusing to rotate {set}: it has no published next key of its configured algorithm yet \
+                     (the scheduler publishes one; rotate after publish_ahead). Use --force to switch to a \
+                     brand-new key now (verifiers will reject its tokens until they refetch the JWKS)"
+                    ),
+                    other => other.into(),
+                })?;
+            report(&steps);
+            Ok(())
+        }
+        Command::Keys(KeysCommand::Revoke { kid }) => {
+            let master = master_key(&loaded)?;
+            let pool = db::connect(config.database_path()).await?;
+            keystore::check_master_key(&keystore::list(&pool).await?, &master)?;
+            let steps = lifecycle::revoke(&pool, &master, config, &kid, now()).await?;
+            report(&steps);
+            eprintln!("running servers drop {kid} from the JWKS within seconds");
+            Ok(())
+        }
+        Command::Keys(KeysCommand::Schedule { json }) => {
+            let pool = db::connect(config.database_path()).await?;
+            let sets = lifecycle::schedule(&pool, config, now()).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&sets)?);
+                return Ok(());
+            }
+            let moment = |m: Option<Moment>| match m {
+                Some(Moment { at, planned: true }) => format!("~{}", time(Some(at))),
+                Some(Moment { at, planned: false }) => time(Some(at)),
+                None => "-".to_owned(),
+            };
+            for set in sets {
+                println!(
+                    "key set {}: signs {}s per key, published {}s ahead, kept {}s after (~ = planned)",
+                    set.name, set.rotate_every, set.publish_ahead, set.retain_for
+                );
+                println!(
+                    "  {:<44} {:<9} {:<21} {:<21} {:<21} {:<21}",
+                    "KID", "STATE", "PUBLISHED FROM", "PUBLISHED UNTIL", "SIGNING FROM", "SIGNING UNTIL"
+                );
+                for k in set.keys {
+                    println!(
+                        "  {:<44} {:<9} {:<21} {:<21} {:<21} {:<21}",
+                        k.kid,
+                        k.state.to_string(),
+                        moment(k.published_from),
+                        moment(k.published_until),
+                        moment(k.signing_from),
+                        moment(k.signing_until)
+                    );
+                }
+            }
             Ok(())
         }
         Command::Clients(ClientsCommand::Add { name, profiles, admin }) => {
@@ -230,6 +301,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             clients::revoke(&pool, &name, now()).await?;
             eprintln!("revoked client {name:?}; running servers refuse its token within seconds");
             Ok(())
+        }
+    }
+}
+
+/// Says on standard error what a key action did.
+fn report(steps: &[Step]) {
+    for step in steps {
+        match step {
+            Step::Promote { kid } => eprintln!("{kid} is now the signing key"),
+            Step::Revoke { kid } => eprintln!("{kid} is revoked: unpublished, private half deleted"),
+            Step::Retire { kid } => eprintln!("{kid} is retired"),
+            Step::CreateCurrent => eprintln!("created a new signing key"),
+            Step::CreateNext => eprintln!("published a new next key"),
         }
     }
 }

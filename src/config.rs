@@ -98,6 +98,9 @@ pub struct KeySetConfig {
     /// How long a key stays published after its last token expired.
     #[serde(default = "default_retain_after")]
     pub retain_after: Duration,
+    /// Margin for clocks that disagree and for the time servers take to see a change.
+    #[serde(default = "default_clock_skew")]
+    pub clock_skew: Duration,
 }
 
 /// `[[profile]]`: what a caller may get signed, with which key set.
@@ -150,6 +153,9 @@ fn default_publish_ahead() -> Duration {
 fn default_retain_after() -> Duration {
     Duration::from_secs(24 * 3_600)
 }
+fn default_clock_skew() -> Duration {
+    Duration::from_secs(60)
+}
 fn default_subject_pattern() -> String {
     "^[A-Za-z0-9._@:-]{1,128}$".to_owned()
 }
@@ -174,6 +180,7 @@ impl Default for Config {
                 rotate_every: default_rotate_every(),
                 publish_ahead: default_publish_ahead(),
                 retain_after: default_retain_after(),
+                clock_skew: default_clock_skew(),
             }],
             profiles: vec![ProfileConfig {
                 name: "npm-sandbox".to_owned(),
@@ -344,7 +351,7 @@ pub fn validate(config: &Config, source_name: &str) -> Result<(), ConfigError> {
             format!("{:?} is not a SQLite URL like sqlite://data/keyward.db", server.database_url),
         ));
     }
-    if server.public_addr == server.internal_addr {
+    if server.public_addr == server.internal_addr && server.public_addr.port() != 0 {
         return Err(fail(
             "[server], field internal_addr".to_owned(),
             "the internal listener must not share the public listener's address".to_owned(),
@@ -380,14 +387,45 @@ pub fn validate(config: &Config, source_name: &str) -> Result<(), ConfigError> {
             }
         }
         for (field, value) in [
-            ("jwks_max_age", set.jwks_max_age),
             ("rotate_every", set.rotate_every),
             ("publish_ahead", set.publish_ahead),
             ("retain_after", set.retain_after),
+            ("clock_skew", set.clock_skew),
         ] {
-            if value.as_secs() == 0 && field != "jwks_max_age" {
+            if value.as_secs() == 0 {
                 return Err(fail(at(field), "must be at least 1s".to_owned()));
             }
+        }
+        let cache_window = Duration::from_secs(set.jwks_max_age.as_secs().saturating_add(set.clock_skew.as_secs()));
+        if set.publish_ahead < cache_window {
+            return Err(fail(
+                at("publish_ahead"),
+                format!(
+                    "{} is shorter than jwks_max_age + clock_skew ({}): a verifier holding a JWKS cached \
+                     just before a new key appeared would meet tokens it cannot verify",
+                    set.publish_ahead, cache_window
+                ),
+            ));
+        }
+        if set.retain_after < cache_window {
+            return Err(fail(
+                at("retain_after"),
+                format!(
+                    "{} is shorter than jwks_max_age + clock_skew ({}): a key could leave the JWKS \
+                     while verifiers with skewed clocks still accept its last tokens",
+                    set.retain_after, cache_window
+                ),
+            ));
+        }
+        if set.rotate_every < set.publish_ahead {
+            return Err(fail(
+                at("rotate_every"),
+                format!(
+                    "{} is shorter than publish_ahead ({}): each next key must be published for \
+                     publish_ahead before it signs",
+                    set.rotate_every, set.publish_ahead
+                ),
+            ));
         }
     }
 
@@ -578,6 +616,54 @@ mod tests {
             assert!(msg.starts_with("keys.toml: "), "{msg}");
             assert!(msg.contains(expect), "{with}: expected {expect:?} in {msg:?}");
         }
+    }
+
+    #[test]
+    fn rotation_timing_rules_name_the_rule_that_failed() {
+        let cases = [
+            (
+                r#"publish_ahead = "24h""#,
+                r#"publish_ahead = "5m""#,
+                "field publish_ahead",
+                "jwks_max_age + clock_skew (6m)",
+            ),
+            (
+                r#"retain_after = "24h""#,
+                r#"retain_after = "359s""#,
+                "field retain_after",
+                "jwks_max_age + clock_skew (6m)",
+            ),
+            (
+                r#"rotate_every = "30d""#,
+                r#"rotate_every = "23h""#,
+                "field rotate_every",
+                "shorter than publish_ahead (1d)",
+            ),
+            (r#"clock_skew = "60s""#, r#"clock_skew = "0s""#, "field clock_skew", "at least 1s"),
+        ];
+        for (replace, with, field, rule) in cases {
+            let msg = error_of(replace, with);
+            assert!(msg.contains(field) && msg.contains(rule), "{with}: {msg}");
+        }
+        // Exactly at each bound is accepted.
+        example_with(r#"publish_ahead = "24h""#, r#"publish_ahead = "6m""#).unwrap();
+        example_with(r#"retain_after = "24h""#, r#"retain_after = "360s""#).unwrap();
+        example_with(r#"rotate_every = "30d""#, r#"rotate_every = "24h""#).unwrap();
+    }
+
+    #[test]
+    fn every_duration_may_be_as_short_as_one_second() {
+        let text = include_str!("../keys.example")
+            .replace(r#"jwks_max_age = "5m""#, r#"jwks_max_age = "1s""#)
+            .replace(r#"clock_skew = "60s""#, r#"clock_skew = "1s""#)
+            .replace(r#"publish_ahead = "24h""#, r#"publish_ahead = "2s""#)
+            .replace(r#"retain_after = "24h""#, r#"retain_after = "2s""#)
+            .replace(r#"rotate_every = "30d""#, r#"rotate_every = "2s""#)
+            .replace(r#"default_ttl = "5m""#, r#"default_ttl = "1s""#)
+            .replace(r#"max_ttl = "55m""#, r#"max_ttl = "1s""#);
+        let config = parse_toml(&text, "keys.toml").unwrap();
+        validate(&config, "keys.toml").unwrap();
+        assert_eq!(config.key_sets[0].rotate_every.as_secs(), 2);
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub async fn connect(path: &str) -> anyhow::Result<SqlitePool> {
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full)
         .foreign_keys(true)
+        // Deleted private material is overwritten, not left in free pages.
+        .pragma("secure_delete", "ON")
         .busy_timeout(Duration::from_secs(10));
     let pool = SqlitePoolOptions::new()
         .max_connections(4)
@@ -43,6 +45,14 @@ pub async fn bump_generation(tx: &mut Transaction<'_, Sqlite>) -> anyhow::Result
         .await
         .context("bumping the state generation")?;
     Ok(())
+}
+
+/// Moves the write-ahead log into the database file and empties it, so that content
+/// deleted with `secure_delete` leaves no copy in the log. Best effort: readers may hold it.
+pub async fn checkpoint(pool: &SqlitePool) {
+    if let Err(err) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(pool).await {
+        tracing::warn!(error = %err, "WAL checkpoint failed; it is retried after the next change");
+    }
 }
 
 /// The current change counter.

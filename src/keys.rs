@@ -119,6 +119,15 @@ impl PublicKey {
         URL_SAFE_NO_PAD.encode(openssl::sha::sha256(canonical.as_bytes()))
     }
 
+    /// The modulus size of an RSA key; `None` for EC keys.
+    pub fn rsa_bits(&self) -> Option<u32> {
+        let PublicKey::Rsa { n, .. } = self else { return None };
+        let bytes = URL_SAFE_NO_PAD.decode(n).ok()?;
+        let first = bytes.iter().position(|b| *b != 0)?;
+        let bits = (bytes.len() - first) * 8 - bytes[first].leading_zeros() as usize;
+        u32::try_from(bits).ok()
+    }
+
     fn from_jwk(jwk: &Jwk) -> Result<Self, KeyError> {
         let member = |name: &'static str| {
             jwk.parameter(name).and_then(|v| v.as_str()).map(str::to_owned).ok_or(KeyError::MissingMember(name))
@@ -260,8 +269,9 @@ mod tests {
     #[test]
     fn rsa_bits_are_honoured() {
         let key = generate(Algorithm::Rs256, 3072).unwrap();
-        let PublicKey::Rsa { n, .. } = key.public else { panic!("not RSA") };
-        assert_eq!(URL_SAFE_NO_PAD.decode(n).unwrap().len() * 8, 3072);
+        assert_eq!(key.public.rsa_bits(), Some(3072));
+        assert_eq!(generate(Algorithm::Ps256, 2048).unwrap().public.rsa_bits(), Some(2048));
+        assert_eq!(generate(Algorithm::Es256, 2048).unwrap().public.rsa_bits(), None);
     }
 
     #[test]

@@ -9,6 +9,7 @@ use sqlx::{Row, SqlitePool};
 use crate::config::KeySetConfig;
 use crate::db;
 use crate::keys::{self, Algorithm, PublicKey, SigningKey};
+use crate::rotation::{self, Step};
 use crate::seal::MasterKey;
 
 /// Where a key is in its life; derived from its timestamps.
@@ -173,7 +174,7 @@ pub fn check_master_key(records: &[KeyRecord], master: &MasterKey) -> anyhow::Re
     Ok(())
 }
 
-/// Generates a key off the async executor and seals it as a record (not yet stored).
+/// Generates a key off the async executor and seals it, with no lifecycle times yet.
 async fn make_key(set: &KeySetConfig, master: &MasterKey, now: i64) -> anyhow::Result<KeyRecord> {
     let (algorithm, bits) = (set.algorithm, set.rsa_bits);
     let generated =
@@ -186,8 +187,8 @@ async fn make_key(set: &KeySetConfig, master: &MasterKey, now: i64) -> anyhow::R
         sealed_private: None,
         master_key_id: Some(master.id().to_owned()),
         created_at: now,
-        published_at: Some(now),
-        activated_at: Some(now),
+        published_at: None,
+        activated_at: None,
         deactivated_at: None,
         retired_at: None,
         revoked_at: None,
@@ -196,8 +197,28 @@ async fn make_key(set: &KeySetConfig, master: &MasterKey, now: i64) -> anyhow::R
     Ok(record)
 }
 
-async fn insert(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, record: &KeyRecord) -> anyhow::Result<()> {
-    sqlx::query(&format!("INSERT INTO keys ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"))
+/// The keys of one set, oldest first.
+pub async fn list_set(executor: impl sqlx::SqliteExecutor<'_>, set: &str) -> anyhow::Result<Vec<KeyRecord>> {
+    let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM keys WHERE key_set = ? ORDER BY created_at, rowid"))
+        .bind(set)
+        .fetch_all(executor)
+        .await
+        .with_context(|| format!("listing the keys of set {set}"))?;
+    rows.iter().map(from_row).collect()
+}
+
+/// Writes new and changed records; the one current key last, so that the old current key
+/// has stopped signing before the new one starts (one current key per set, always).
+async fn persist(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, mut records: Vec<KeyRecord>) -> anyhow::Result<()> {
+    records.sort_by_key(|r| r.state() == KeyState::Current);
+    for record in &records {
+        sqlx::query(&format!(
+            "INSERT INTO keys ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (kid) DO UPDATE SET sealed_private = excluded.sealed_private, \
+             master_key_id = excluded.master_key_id, published_at = excluded.published_at, \
+             activated_at = excluded.activated_at, deactivated_at = excluded.deactivated_at, \
+             retired_at = excluded.retired_at, revoked_at = excluded.revoked_at"
+        ))
         .bind(&record.kid)
         .bind(&record.key_set)
         .bind(record.algorithm.as_str())
@@ -213,68 +234,52 @@ async fn insert(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, record: &KeyRecord
         .execute(&mut **tx)
         .await
         .with_context(|| format!("storing key {}", record.kid))?;
+    }
     Ok(())
 }
 
-async fn current_algorithm(executor: impl sqlx::SqliteExecutor<'_>, set: &str) -> anyhow::Result<Option<String>> {
-    sqlx::query_scalar(
-        "SELECT algorithm FROM keys WHERE key_set = ? \
-         AND activated_at IS NOT NULL AND deactivated_at IS NULL AND revoked_at IS NULL",
-    )
-    .bind(set)
-    .fetch_optional(executor)
-    .await
-    .context("reading the current key")
-}
-
-/// Deactivates the set's current key (if any) and stores `record` as current, in `tx`.
-async fn install_current(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    record: &KeyRecord,
-    now: i64,
-) -> anyhow::Result<()> {
-    sqlx::query(
-        "UPDATE keys SET deactivated_at = ? WHERE key_set = ? \
-         AND activated_at IS NOT NULL AND deactivated_at IS NULL AND revoked_at IS NULL",
-    )
-    .bind(now)
-    .bind(&record.key_set)
-    .execute(&mut **tx)
-    .await
-    .context("taking the current key out of signing")?;
-    insert(tx, record).await?;
-    db::bump_generation(tx).await
-}
-
-/// Makes a new key the set's signing key; the old one stays published as previous.
-pub async fn rotate(pool: &SqlitePool, master: &MasterKey, set: &KeySetConfig, now: i64) -> anyhow::Result<KeyRecord> {
-    let record = make_key(set, master, now).await?;
-    let mut tx = db::begin_write(pool).await?;
-    install_current(&mut tx, &record, now).await?;
-    tx.commit().await.context("committing the rotation")?;
-    Ok(record)
-}
-
-/// Gives the set a signing key of its configured algorithm if it has none; returns the new key.
-pub async fn ensure_current(
+/// Carries out what `decide` wants for one key set at `now`, atomically.
+///
+/// New keys are generated before the write transaction (key generation never holds the
+/// lock); inside it, `decide` runs again on the keys as they are then, and only if it still
+/// wants the same steps are they applied. Another process that got there first therefore
+/// makes this one retry (and usually find nothing left to do): two processes never both
+/// rotate. Returns the steps applied (empty when nothing was due).
+pub async fn execute<F>(
     pool: &SqlitePool,
     master: &MasterKey,
     set: &KeySetConfig,
     now: i64,
-) -> anyhow::Result<Option<KeyRecord>> {
-    let wanted = set.algorithm.as_str();
-    if current_algorithm(pool, &set.name).await?.as_deref() == Some(wanted) {
-        return Ok(None);
+    decide: F,
+) -> anyhow::Result<Vec<Step>>
+where
+    F: Fn(&[KeyRecord]) -> anyhow::Result<Vec<Step>>,
+{
+    for _ in 0..3 {
+        let steps = decide(&list_set(pool, &set.name).await?)?;
+        if steps.is_empty() {
+            return Ok(steps);
+        }
+        let mut fresh = Vec::new();
+        for _ in steps.iter().filter(|s| s.creates_key()) {
+            fresh.push(make_key(set, master, now).await?);
+        }
+        let mut tx = db::begin_write(pool).await?;
+        let keys = list_set(&mut *tx, &set.name).await?;
+        if decide(&keys)? != steps {
+            continue;
+        }
+        let changed = rotation::apply(&keys, &steps, fresh, now)?;
+        let deletes_secrets = steps.iter().any(|s| matches!(s, Step::Retire { .. } | Step::Revoke { .. }));
+        persist(&mut tx, changed).await?;
+        db::bump_generation(&mut tx).await?;
+        tx.commit().await.context("committing key changes")?;
+        if deletes_secrets {
+            db::checkpoint(pool).await;
+        }
+        return Ok(steps);
     }
-    let record = make_key(set, master, now).await?;
-    let mut tx = db::begin_write(pool).await?;
-    // Another process may have done it while we generated: then keep theirs.
-    if current_algorithm(&mut *tx, &set.name).await?.as_deref() == Some(wanted) {
-        return Ok(None);
-    }
-    install_current(&mut tx, &record, now).await?;
-    tx.commit().await.context("committing the new signing key")?;
-    Ok(Some(record))
+    bail!("key set {}: the keys kept changing under a concurrent writer; try again", set.name)
 }
 
 #[cfg(test)]

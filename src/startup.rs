@@ -12,11 +12,11 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::db;
 use crate::internal_api::{self, InternalState};
-use crate::keystore;
 use crate::profiles::Profile;
 use crate::public_api::{self, PublicState};
 use crate::seal::MasterKey;
 use crate::state::Shared;
+use crate::{keystore, scheduler};
 
 /// How many seconds in-flight requests get to finish at shutdown.
 const SHUTDOWN_GRACE_SECS: u64 = 10;
@@ -38,11 +38,9 @@ impl Application {
         let pool = db::connect(config.database_path()).await?;
         let now = chrono::Utc::now().timestamp();
         keystore::check_master_key(&keystore::list(&pool).await?, &master)?;
-        for set in &config.key_sets {
-            if let Some(record) = keystore::ensure_current(&pool, &master, set, now).await? {
-                tracing::info!(key_set = %set.name, kid = %record.kid, alg = %record.algorithm, "created signing key");
-            }
-        }
+        // New sets get their keys, and anything that fell due while stopped is done, before
+        // the first request.
+        scheduler::run_due(&pool, &master, &config, now).await;
         let shared = Arc::new(Shared::load(pool, Arc::clone(&config), master).await?);
 
         let profiles = config
@@ -122,9 +120,14 @@ impl Application {
             let _ = stop_tx.send(true);
             result.context("serving")
         };
-        let (served, watched) = tokio::join!(servers, shared.watch_until_stopped(stop_rx));
+        let (served, watched, scheduled) = tokio::join!(
+            servers,
+            shared.watch_until_stopped(stop_rx.clone()),
+            scheduler::run_until_stopped(&shared, stop_rx)
+        );
         served?;
         watched?;
+        scheduled?;
         tracing::info!("stopped");
         Ok(())
     }

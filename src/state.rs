@@ -76,6 +76,16 @@ impl Shared {
         &self.pool
     }
 
+    /// The configuration the server runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The master key.
+    pub fn master(&self) -> &MasterKey {
+        &self.master
+    }
+
     /// Rebuilds the snapshot from the database and swaps it in.
     pub async fn reload(&self) -> anyhow::Result<()> {
         let previous = self.snapshot();

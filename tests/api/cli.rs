@@ -105,6 +105,8 @@ async fn cli_changes_reach_a_running_server_within_seconds() {
     let mut config = test_config(dir.path());
     config.key_sets[0].algorithm = Algorithm::Es256;
     let (master, _) = MasterKey::resolve(None, &config.server.master_key_file).unwrap();
+    // The CLI reads the same configuration as the server, from ./keys.toml.
+    std::fs::write(dir.path().join("keys.toml"), toml::to_string(&config).unwrap()).unwrap();
     let app = spawn_in(dir, config, master).await;
     let path = app.dir.path().to_owned();
 
@@ -120,7 +122,15 @@ async fn cli_changes_reach_a_running_server_within_seconds() {
     assert!(accepted, "CLI-created client not accepted within 5 s");
 
     let before = app.sign_ok("npm-sandbox", &token, &json!({"sub": "a"})).await["kid"].clone();
+    // The next key was published just now: a planned rotation is refused, with the time.
     let out = keyward(&path, &["keys", "rotate", "npm"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("may sign from") && text(&out.stderr).contains("--force"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = keyward(&path, &["keys", "rotate", "npm", "--force"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let rotated = app
         .eventually(Duration::from_secs(5), || async {
@@ -132,6 +142,7 @@ async fn cli_changes_reach_a_running_server_within_seconds() {
     let list = text(&keyward(&path, &["keys", "list"]).stdout);
     assert_eq!(list.lines().filter(|l| l.contains(" current ")).count(), 1, "{list}");
     assert_eq!(list.lines().filter(|l| l.contains(" previous ")).count(), 1, "{list}");
+    assert_eq!(list.lines().filter(|l| l.contains(" next ")).count(), 1, "{list}");
 
     let out = keyward(&path, &["keys", "rotate", "nope"]);
     assert!(!out.status.success() && text(&out.stderr).contains("no key set is named \"nope\""));

@@ -77,6 +77,17 @@ impl TestApp {
         self.shared.reload().await.unwrap();
     }
 
+    /// Rotates the first key set now, even if its next key is fresh; returns the new signer.
+    pub async fn force_rotate(&self) -> String {
+        let set = &self.config.key_sets[0].name;
+        let now = chrono::Utc::now().timestamp();
+        let steps = keyward::lifecycle::rotate(&self.pool, &self.master, &self.config, set, now, true).await.unwrap();
+        match &steps[0] {
+            keyward::rotation::Step::Promote { kid } => kid.clone(),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
     /// POST /v1/profiles/{profile}/sign with a bearer token and a JSON body.
     pub async fn sign(&self, profile: &str, token: &str, body: &Value) -> reqwest::Response {
         self.http

@@ -26,12 +26,14 @@ async fn jwks_holds_public_members_only_with_cache_headers() {
             assert!(etag.starts_with('"') && !etag.starts_with("W/"), "strong etag: {etag}");
             let body: serde_json::Value = response.json().await.unwrap();
             let keys = body["keys"].as_array().unwrap();
-            assert_eq!(keys.len(), 1);
-            let mut names: Vec<&str> = keys[0].as_object().unwrap().keys().map(String::as_str).collect();
-            names.sort();
-            assert_eq!(names, members, "{algorithm}");
-            assert_eq!(keys[0]["use"], "sig");
-            assert_eq!(keys[0]["alg"], algorithm.as_str());
+            assert_eq!(keys.len(), 2, "the signing key and the next key");
+            for key in keys {
+                let mut names: Vec<&str> = key.as_object().unwrap().keys().map(String::as_str).collect();
+                names.sort();
+                assert_eq!(names, members, "{algorithm}");
+                assert_eq!(key["use"], "sig");
+                assert_eq!(key["alg"], algorithm.as_str());
+            }
             assert_eq!(body.as_object().unwrap().len(), 1, "only the keys member");
         }
     }
@@ -53,7 +55,7 @@ async fn if_none_match_gives_304_until_the_keys_change() {
     let other = app.http.get(&url).header("if-none-match", "\"stale\"").send().await.unwrap();
     assert_eq!(other.status(), 200);
 
-    keyward::keystore::rotate(&app.pool, &app.master, &app.config.key_sets[0], 1).await.unwrap();
+    app.force_rotate().await;
     app.reload().await;
     let after = app.http.get(&url).header("if-none-match", &etag).send().await.unwrap();
     assert_eq!(after.status(), 200, "a rotation must change the etag");
@@ -66,18 +68,20 @@ async fn rotation_publishes_the_new_signing_key_first_and_keeps_the_old_one() {
     let token = app.client("backend", &["npm-sandbox"]).await;
     let old = app.sign_ok("npm-sandbox", &token, &json!({"sub": "a"})).await;
 
-    let rotated = keyward::keystore::rotate(&app.pool, &app.master, &app.config.key_sets[0], 1).await.unwrap();
+    let rotated = app.force_rotate().await;
     // No explicit reload: the watcher must pick up a change made by another writer.
     let picked_up = app
         .eventually(Duration::from_secs(5), || async {
-            app.sign_ok("npm-sandbox", &token, &json!({"sub": "a"})).await["kid"] == rotated.kid
+            app.sign_ok("npm-sandbox", &token, &json!({"sub": "a"})).await["kid"] == rotated
         })
         .await;
     assert!(picked_up, "the server did not switch to the rotated key within 5 s");
 
     let jwks = app.jwks("/.well-known/jwks.json").await;
     let kids: Vec<&str> = jwks["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap()).collect();
-    assert_eq!(kids, [rotated.kid.as_str(), old["kid"].as_str().unwrap()]);
+    assert_eq!(kids.len(), 3, "current, next, previous: {kids:?}");
+    assert_eq!(kids[0], rotated, "the signing key first");
+    assert_eq!(kids[2], old["kid"].as_str().unwrap(), "the previous key last");
     verify(old["token"].as_str().unwrap(), &jwks).expect("tokens of the previous key still verify");
 }
 

@@ -1,0 +1,100 @@
+//! Operator actions on keys (rotate, revoke, schedule), shared by the CLI and the admin API.
+
+use anyhow::Context;
+use serde::Serialize;
+use sqlx::SqlitePool;
+
+use crate::config::{Config, KeySetConfig};
+use crate::keystore;
+use crate::rotation::{self, Policy, Refused, Step, Timeline};
+use crate::seal::MasterKey;
+
+/// Why an operator action was not carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    /// The configuration has no such key set.
+    #[error("no key set is named {0:?}")]
+    UnknownSet(String),
+    /// The rules refuse it (too early, unknown or already revoked key).
+    #[error(transparent)]
+    Refused(#[from] Refused),
+    /// Storage or key generation failed.
+    #[error(transparent)]
+    Failed(anyhow::Error),
+}
+
+impl From<anyhow::Error> for ActionError {
+    fn from(err: anyhow::Error) -> Self {
+        match err.downcast::<Refused>() {
+            Ok(refused) => ActionError::Refused(refused),
+            Err(err) => ActionError::Failed(err),
+        }
+    }
+}
+
+fn key_set<'a>(config: &'a Config, name: &str) -> Result<&'a KeySetConfig, ActionError> {
+    config.key_set(name).ok_or_else(|| ActionError::UnknownSet(name.to_owned()))
+}
+
+/// A planned rotation of `set` now; refused while the next key is too fresh unless `force`.
+pub async fn rotate(
+    pool: &SqlitePool,
+    master: &MasterKey,
+    config: &Config,
+    set: &str,
+    now: i64,
+    force: bool,
+) -> Result<Vec<Step>, ActionError> {
+    let set = key_set(config, set)?;
+    let policy = Policy::for_set(config, set);
+    Ok(keystore::execute(pool, master, set, now, |keys| Ok(rotation::rotate_now(keys, &policy, now, force)?)).await?)
+}
+
+/// Emergency revocation of `kid`, in whichever configured set holds it.
+pub async fn revoke(
+    pool: &SqlitePool,
+    master: &MasterKey,
+    config: &Config,
+    kid: &str,
+    now: i64,
+) -> Result<Vec<Step>, ActionError> {
+    let record = keystore::list(pool)
+        .await?
+        .into_iter()
+        .find(|r| r.kid == kid)
+        .ok_or_else(|| Refused::UnknownKey(kid.to_owned()))?;
+    let set = key_set(config, &record.key_set)?;
+    Ok(keystore::execute(pool, master, set, now, |keys| Ok(rotation::revoke(keys, kid)?)).await?)
+}
+
+/// One key set's rules and every key's timeline.
+#[derive(Debug, Clone, Serialize)]
+pub struct SetSchedule {
+    /// Set name.
+    pub name: String,
+    /// Seconds a key signs.
+    pub rotate_every: i64,
+    /// Seconds a key is published before signing.
+    pub publish_ahead: i64,
+    /// Seconds a key stays published after it stopped signing.
+    pub retain_for: i64,
+    /// Every key, oldest first.
+    pub keys: Vec<Timeline>,
+}
+
+/// The timeline of every configured key set at `now`.
+pub async fn schedule(pool: &SqlitePool, config: &Config, now: i64) -> anyhow::Result<Vec<SetSchedule>> {
+    let mut sets = Vec::with_capacity(config.key_sets.len());
+    for set in &config.key_sets {
+        let policy = Policy::for_set(config, set);
+        let keys = keystore::list_set(pool, &set.name).await.context("reading keys")?;
+        sets.push(SetSchedule {
+            name: set.name.clone(),
+            rotate_every: policy.rotate_every,
+            publish_ahead: policy.publish_ahead,
+            retain_for: policy.retain_for,
+            keys: rotation::timeline(&keys, &policy, now),
+        });
+    }
+    Ok(sets)
+}

@@ -1,0 +1,85 @@
+//! The background task that carries out due rotations and retirements.
+
+use std::time::Duration;
+
+use sqlx::SqlitePool;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::keystore;
+use crate::rotation::{self, Policy};
+use crate::seal::MasterKey;
+use crate::state::Shared;
+
+/// The scheduler looks again at least this often, whatever the plan says.
+pub const MAX_SLEEP_SECS: i64 = 60;
+
+/// After a failure, try again this soon.
+const RETRY_SECS: i64 = 5;
+
+/// What one pass did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pass {
+    /// Whether any key changed.
+    pub changed: bool,
+    /// When the next step falls due (Unix seconds).
+    pub wake_at: i64,
+}
+
+/// Carries out every step due at `now` in every key set.
+pub async fn run_due(pool: &SqlitePool, master: &MasterKey, config: &Config, now: i64) -> Pass {
+    let mut pass = Pass { changed: false, wake_at: now + MAX_SLEEP_SECS };
+    for set in &config.key_sets {
+        let policy = Policy::for_set(config, set);
+        let done = keystore::execute(pool, master, set, now, |keys| Ok(rotation::plan(keys, &policy, now).steps)).await;
+        match done {
+            Ok(steps) => {
+                for step in &steps {
+                    tracing::info!(key_set = %set.name, ?step, "key lifecycle step");
+                }
+                pass.changed |= !steps.is_empty();
+                match keystore::list_set(pool, &set.name).await {
+                    Ok(keys) => {
+                        if let Some(at) = rotation::plan(&keys, &policy, now).wake_at {
+                            pass.wake_at = pass.wake_at.min(at);
+                        }
+                    }
+                    Err(err) => {
+                        tracing::error!(key_set = %set.name, error = format!("{err:#}"), "reading keys failed");
+                        pass.wake_at = pass.wake_at.min(now + RETRY_SECS);
+                    }
+                }
+            }
+            Err(err) => {
+                tracing::error!(key_set = %set.name, error = format!("{err:#}"), "rotation failed; retrying soon");
+                pass.wake_at = pass.wake_at.min(now + RETRY_SECS);
+            }
+        }
+    }
+    pass
+}
+
+/// Runs due steps whenever they fall due (and at least every minute) until `stop`.
+/// Signing and JWKS serving go on from the snapshot meanwhile; it is swapped after changes.
+pub async fn run_until_stopped(shared: &Shared, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+    loop {
+        let now = chrono::Utc::now();
+        let pass = run_due(shared.pool(), shared.master(), shared.config(), now.timestamp()).await;
+        if pass.changed {
+            if let Err(err) = shared.reload().await {
+                tracing::error!(error = format!("{err:#}"), "reloading after rotation failed");
+            }
+        }
+        // Wake just after the due second begins: decisions use whole seconds, rounded down.
+        let wake_ms = pass.wake_at.min(now.timestamp() + MAX_SLEEP_SECS) * 1_000 + 5;
+        let wait = u64::try_from(wake_ms - chrono::Utc::now().timestamp_millis()).unwrap_or(0);
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
