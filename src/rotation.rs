@@ -125,7 +125,7 @@ pub struct StepError {
     reason: &'static str,
 }
 
-fn find<'a>(keys: &'a [KeyRecord], state: KeyState) -> impl Iterator<Item = &'a KeyRecord> {
+fn find(keys: &[KeyRecord], state: KeyState) -> impl Iterator<Item = &KeyRecord> {
     keys.iter().filter(move |k| k.state() == state)
 }
 
