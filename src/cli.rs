@@ -228,7 +228,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let master = master_key(&loaded)?;
             let pool = db::connect(config.database_path()).await?;
             keystore::check_master_key(&keystore::list(&pool).await?, &master)?;
-            let steps = lifecycle::revoke(&pool, &master, config, &kid, now()).await?;
+            let (_, steps) = lifecycle::revoke(&pool, &master, config, &kid, now()).await?;
             report(&steps);
             eprintln!("running servers drop {kid} from the JWKS within seconds");
             Ok(())

@@ -12,9 +12,11 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::clients::Client;
+use crate::lifecycle::{self, ActionError};
 use crate::problem::ApiError;
 use crate::profiles::{Profile, SignRequest};
 use crate::public_api::status_json;
+use crate::rotation::{Refused, Step};
 use crate::state::{Shared, Snapshot};
 
 /// Largest request body accepted.
@@ -39,6 +41,21 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .service(
             web::resource("/v1/profiles/{profile}/sign")
                 .route(web::post().to(sign))
+                .default_service(web::to(|| async { Err::<HttpResponse, _>(ApiError::MethodNotAllowed("POST")) })),
+        )
+        .service(
+            web::resource("/v1/key-sets")
+                .route(web::get().to(key_sets))
+                .default_service(web::to(|| async { Err::<HttpResponse, _>(ApiError::MethodNotAllowed("GET")) })),
+        )
+        .service(
+            web::resource("/v1/key-sets/{name}/rotate")
+                .route(web::post().to(rotate))
+                .default_service(web::to(|| async { Err::<HttpResponse, _>(ApiError::MethodNotAllowed("POST")) })),
+        )
+        .service(
+            web::resource("/v1/keys/{kid}/revoke")
+                .route(web::post().to(revoke))
                 .default_service(web::to(|| async { Err::<HttpResponse, _>(ApiError::MethodNotAllowed("POST")) })),
         )
         .service(web::resource("/healthz").route(web::get().to(healthz)))
@@ -70,8 +87,96 @@ fn authenticate<'a>(req: &HttpRequest, snapshot: &'a Snapshot) -> Result<&'a Cli
     snapshot.clients.authenticate(token.trim()).ok_or(ApiError::Unauthorized)
 }
 
+/// The calling client, if it may use the admin routes.
+fn admin<'a>(req: &HttpRequest, snapshot: &'a Snapshot) -> Result<&'a Client, ApiError> {
+    let client = authenticate(req, snapshot)?;
+    if client.admin {
+        Ok(client)
+    } else {
+        Err(ApiError::Forbidden("the admin routes (create the client with --admin)".to_owned()))
+    }
+}
+
+impl From<ActionError> for ApiError {
+    fn from(err: ActionError) -> Self {
+        match err {
+            ActionError::UnknownSet(name) => ApiError::NotFound(format!("no key set is named {name:?}")),
+            ActionError::Refused(Refused::UnknownKey(kid)) => ApiError::NotFound(format!("no key {kid}")),
+            ActionError::Refused(Refused::TooEarly { kid, not_before }) => ApiError::Conflict(format!(
+                "the next key {kid} has not been published for publish_ahead yet; it may sign from {not_before} \
+                 (Unix time); send {{\"force\": true}} to rotate now anyway"
+            )),
+            ActionError::Refused(refused) => ApiError::Conflict(refused.to_string()),
+            ActionError::Failed(err) => ApiError::Internal(err),
+        }
+    }
+}
+
+async fn key_sets(req: HttpRequest, state: web::Data<InternalState>) -> Result<HttpResponse, ApiError> {
+    admin(&req, &state.shared.snapshot())?;
+    let now = chrono::Utc::now().timestamp();
+    let sets = lifecycle::schedule(state.shared.pool(), state.shared.config(), now).await?;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(serde_json::json!({ "key_sets": sets })))
+}
+
+/// Optional body of the rotate route.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotateRequest {
+    #[serde(default)]
+    force: bool,
+}
+
+/// Answers a key action with its steps and the set's signing key afterwards.
+async fn after_action(state: &InternalState, set: &str, steps: Vec<Step>) -> Result<HttpResponse, ApiError> {
+    state.shared.reload().await?;
+    let snapshot = state.shared.snapshot();
+    let signing_kid = snapshot.key_sets.get(set).and_then(|v| v.signer.as_ref()).map(|s| s.kid().to_owned());
+    Ok(HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).json(serde_json::json!({
+        "key_set": set,
+        "steps": steps,
+        "signing_kid": signing_kid,
+    })))
+}
+
+async fn rotate(
+    req: HttpRequest,
+    name: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<InternalState>,
+) -> Result<HttpResponse, ApiError> {
+    let client = admin(&req, &state.shared.snapshot())?.name.clone();
+    let body = read_body(&req, payload).await?;
+    let request: RotateRequest = if body.is_empty() { RotateRequest::default() } else { parse_json(&body)? };
+    let shared = &state.shared;
+    let now = chrono::Utc::now().timestamp();
+    let steps = lifecycle::rotate(shared.pool(), shared.master(), shared.config(), &name, now, request.force).await?;
+    tracing::info!(client, key_set = %name, force = request.force, "rotation requested through the admin API");
+    after_action(&state, &name, steps).await
+}
+
+async fn revoke(
+    req: HttpRequest,
+    kid: web::Path<String>,
+    state: web::Data<InternalState>,
+) -> Result<HttpResponse, ApiError> {
+    let client = admin(&req, &state.shared.snapshot())?.name.clone();
+    let shared = &state.shared;
+    let now = chrono::Utc::now().timestamp();
+    let (set, steps) = lifecycle::revoke(shared.pool(), shared.master(), shared.config(), &kid, now).await?;
+    tracing::warn!(client, kid = %kid, key_set = %set, "key revoked through the admin API");
+    after_action(&state, &set, steps).await
+}
+
 /// Reads a JSON body of at most [`MAX_BODY_BYTES`].
 async fn json_body<T: DeserializeOwned>(req: &HttpRequest, payload: web::Payload) -> Result<T, ApiError> {
+    parse_json(&read_body(req, payload).await?)
+}
+
+/// Reads a body of at most [`MAX_BODY_BYTES`], which must be JSON if it says what it is.
+async fn read_body(req: &HttpRequest, payload: web::Payload) -> Result<actix_web::web::Bytes, ApiError> {
     if let Some(content_type) = req.headers().get(header::CONTENT_TYPE) {
         let media = content_type.to_str().unwrap_or_default().split(';').next().unwrap_or_default().trim();
         let json = media.eq_ignore_ascii_case("application/json") || media.to_ascii_lowercase().ends_with("+json");
@@ -79,12 +184,11 @@ async fn json_body<T: DeserializeOwned>(req: &HttpRequest, payload: web::Payload
             return Err(ApiError::UnsupportedMediaType);
         }
     }
-    let body = payload
+    payload
         .to_bytes_limited(MAX_BODY_BYTES)
         .await
         .map_err(|_| ApiError::TooLarge(MAX_BODY_BYTES))?
-        .map_err(|_| ApiError::InvalidBody { field: None, detail: "the body could not be read".to_owned() })?;
-    parse_json(&body)
+        .map_err(|_| ApiError::InvalidBody { field: None, detail: "the body could not be read".to_owned() })
 }
 
 /// Parses JSON, naming the offending field in the error.

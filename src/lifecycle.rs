@@ -50,21 +50,23 @@ pub async fn rotate(
     Ok(keystore::execute(pool, master, set, now, |keys| Ok(rotation::rotate_now(keys, &policy, now, force)?)).await?)
 }
 
-/// Emergency revocation of `kid`, in whichever configured set holds it.
+/// Emergency revocation of `kid`, in whichever configured set holds it; returns that set's
+/// name and the steps taken.
 pub async fn revoke(
     pool: &SqlitePool,
     master: &MasterKey,
     config: &Config,
     kid: &str,
     now: i64,
-) -> Result<Vec<Step>, ActionError> {
+) -> Result<(String, Vec<Step>), ActionError> {
     let record = keystore::list(pool)
         .await?
         .into_iter()
         .find(|r| r.kid == kid)
         .ok_or_else(|| Refused::UnknownKey(kid.to_owned()))?;
     let set = key_set(config, &record.key_set)?;
-    Ok(keystore::execute(pool, master, set, now, |keys| Ok(rotation::revoke(keys, kid)?)).await?)
+    let steps = keystore::execute(pool, master, set, now, |keys| Ok(rotation::revoke(keys, kid)?)).await?;
+    Ok((set.name.clone(), steps))
 }
 
 /// One key set's rules and every key's timeline.

@@ -35,6 +35,9 @@ pub enum ApiError {
         /// Why.
         detail: String,
     },
+    /// The request conflicts with the keys' state (e.g. rotation too early).
+    #[error("{0}")]
+    Conflict(String),
     /// The body is over the limit.
     #[error("request body over {0} bytes")]
     TooLarge(usize),
@@ -69,6 +72,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => ("method-not-allowed", "Method Not Allowed"),
             ApiError::InvalidBody { .. } => ("invalid-body", "Invalid request body"),
             ApiError::Refused { .. } => ("request-refused", "Request refused by the profile"),
+            ApiError::Conflict(_) => ("conflict", "Conflict"),
             ApiError::TooLarge(_) => ("body-too-large", "Request body too large"),
             ApiError::UnsupportedMediaType => ("unsupported-media-type", "Unsupported Media Type"),
             ApiError::NoSigningKey(_) => ("no-signing-key", "No signing key available"),
@@ -108,6 +112,7 @@ impl ResponseError for ApiError {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::InvalidBody { .. } => StatusCode::BAD_REQUEST,
             ApiError::Refused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::NoSigningKey(_) => StatusCode::SERVICE_UNAVAILABLE,

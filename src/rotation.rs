@@ -54,7 +54,8 @@ impl Policy {
 }
 
 /// One change to a key set's keys.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "step", rename_all = "snake_case")]
 pub enum Step {
     /// A new key signs at once (only when the set has no key that could).
     CreateCurrent,

@@ -112,8 +112,12 @@ impl MasterKey {
             }
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
                 let key = Self::generate();
-                write_new_key_file(file, &key).map_err(|e| file_err(format!("cannot create: {e}")))?;
-                Ok((key, MasterKeyOrigin::Generated(file.to_owned())))
+                match write_new_key_file(file, &key) {
+                    Ok(()) => Ok((key, MasterKeyOrigin::Generated(file.to_owned()))),
+                    // Another process created it first: use theirs.
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Self::resolve(None, file),
+                    Err(e) => Err(file_err(format!("cannot create: {e}"))),
+                }
             }
             Err(err) => Err(file_err(format!("cannot read: {err}"))),
         }
@@ -160,11 +164,27 @@ impl MasterKey {
     }
 }
 
-/// Writes a new key file with mode 0600, refusing to overwrite anything.
+/// Writes a new key file with mode 0600, refusing to overwrite anything. The file appears
+/// whole (written aside, then linked into place), so a concurrent reader never sees it empty.
 fn write_new_key_file(path: &Path, key: &MasterKey) -> std::io::Result<()> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)?;
     }
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(format!(".{}-{:08x}.tmp", std::process::id(), rand::random::<u32>()));
+    let aside = PathBuf::from(aside);
+    let _ = std::fs::remove_file(&aside);
+    write_key_file(&aside, key)?;
+    let linked = std::fs::hard_link(&aside, path);
+    let _ = std::fs::remove_file(&aside);
+    match linked {
+        Err(err) if err.kind() != std::io::ErrorKind::AlreadyExists => write_key_file(path, key),
+        other => other,
+    }
+}
+
+/// Creates `path` (which must not exist) with mode 0600 and the key in base64.
+fn write_key_file(path: &Path, key: &MasterKey) -> std::io::Result<()> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -239,6 +259,21 @@ mod tests {
         let (second, origin) = MasterKey::resolve(None, &path).unwrap();
         assert_eq!(origin, MasterKeyOrigin::File(path.clone()));
         assert_eq!(first.id(), second.id());
+        let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "no temporary file is left behind");
+    }
+
+    #[test]
+    fn concurrent_first_starts_agree_on_one_master_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.key");
+        let ids: Vec<String> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| scope.spawn(|| MasterKey::resolve(None, &path).map(|(k, _)| k.id().to_owned())))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap().unwrap()).collect()
+        });
+        assert!(ids.windows(2).all(|w| w[0] == w[1]), "{ids:?}");
     }
 
     #[test]

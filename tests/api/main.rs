@@ -3,6 +3,7 @@
 mod cli;
 mod helpers;
 mod jwks;
+mod rotation;
 mod sign;
 mod storage;
 mod verify;

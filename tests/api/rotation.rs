@@ -1,0 +1,399 @@
+//! Rotation in real time: accelerated schedules, a caching verifier, revocation, two
+//! processes on one database, and crashes mid-rotation.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keyward::config::Config;
+use keyward::duration::Duration as Span;
+use keyward::keys::Algorithm;
+use keyward::keystore::{self, KeyState};
+use serde_json::{json, Value};
+
+use crate::helpers::{spawn_app_with, test_config, TestApp};
+use crate::verify::verify;
+
+const PROFILE: &str = "npm-sandbox";
+
+/// Rotation every few seconds: the shortest schedule the rules allow for these caches.
+fn fast(config: &mut Config, algorithm: Algorithm) {
+    let set = &mut config.key_sets[0];
+    set.algorithm = algorithm;
+    set.jwks_max_age = Span::from_secs(2);
+    set.clock_skew = Span::from_secs(1);
+    set.publish_ahead = Span::from_secs(3);
+    set.rotate_every = Span::from_secs(3);
+    set.retain_after = Span::from_secs(3);
+    let profile = &mut config.profiles[0];
+    profile.default_ttl = Span::from_secs(3);
+    profile.max_ttl = Span::from_secs(3);
+}
+
+async fn admin_token(app: &TestApp) -> String {
+    let token = keyward::clients::add(&app.pool, &app.config, "ops", &[], true, 0).await.unwrap();
+    app.reload().await;
+    token.to_string()
+}
+
+async fn admin_post(app: &TestApp, token: &str, path: &str, body: Option<Value>) -> reqwest::Response {
+    let mut request = app.http.post(format!("{}{path}", app.internal)).bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    request.send().await.unwrap()
+}
+
+/// A verifier as partners run them: caches the JWKS for its max-age and refetches on an
+/// unknown kid at most once per `refetch_every`.
+struct CachingVerifier {
+    url: String,
+    http: reqwest::Client,
+    jwks: Value,
+    fetched: Instant,
+    max_age: Duration,
+    refetch_every: Duration,
+    fetches: usize,
+}
+
+impl CachingVerifier {
+    async fn new(url: String, refetch_every: Duration) -> Self {
+        let mut v = CachingVerifier {
+            url,
+            http: reqwest::Client::new(),
+            jwks: Value::Null,
+            fetched: Instant::now(),
+            max_age: Duration::ZERO,
+            refetch_every,
+            fetches: 0,
+        };
+        v.fetch().await;
+        v
+    }
+
+    async fn fetch(&mut self) {
+        let response = self.http.get(&self.url).send().await.unwrap();
+        let cache_control = response.headers()["cache-control"].to_str().unwrap().to_owned();
+        let seconds: u64 = cache_control.rsplit("max-age=").next().unwrap().parse().unwrap();
+        self.max_age = Duration::from_secs(seconds);
+        self.jwks = response.json().await.unwrap();
+        self.fetched = Instant::now();
+        self.fetches += 1;
+    }
+
+    async fn verify(&mut self, token: &str) -> Result<Value, String> {
+        if self.fetched.elapsed() >= self.max_age {
+            self.fetch().await;
+        }
+        match verify(token, &self.jwks) {
+            Err(e) if e.contains("is not in the JWKS") && self.fetched.elapsed() >= self.refetch_every => {
+                self.fetch().await;
+                verify(token, &self.jwks).map(|v| v.claims)
+            }
+            other => other.map(|v| v.claims),
+        }
+    }
+}
+
+#[tokio::test]
+async fn accelerated_rotation_never_fails_a_caching_verifier() {
+    let app = Arc::new(spawn_app_with(|c| fast(c, Algorithm::Es256)).await);
+    let token = app.client("backend", &[PROFILE]).await;
+    let url = format!("{}/path/to/your/jwks", app.public);
+    // The strictest verifier: refetches on an unknown kid no more often than its cache expires.
+    let mut verifier = CachingVerifier::new(url, Duration::from_secs(2)).await;
+
+    let run_for = Duration::from_secs(14);
+    let start = Instant::now();
+    let mut live: Vec<(String, i64)> = Vec::new();
+    let (mut issued, mut checks, mut failures) = (0usize, 0usize, Vec::new());
+    let mut kids = BTreeSet::new();
+    while start.elapsed() < run_for {
+        let body = app.sign_ok(PROFILE, &token, &json!({"sub": "acct-1"})).await;
+        issued += 1;
+        kids.insert(body["kid"].as_str().unwrap().to_owned());
+        live.push((body["token"].as_str().unwrap().to_owned(), body["expires_at"].as_i64().unwrap()));
+        // Every token is checked again and again until its exp.
+        let now = chrono::Utc::now().timestamp();
+        live.retain(|(_, exp)| *exp > now);
+        for (jwt, exp) in &live {
+            checks += 1;
+            if let Err(e) = verifier.verify(jwt).await {
+                failures.push(format!("exp {exp}, now {now}: {e}"));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "accelerated rotation: {issued} tokens, {checks} verifications, {} failures, {} signing keys, {} JWKS fetches",
+        failures.len(),
+        kids.len(),
+        verifier.fetches
+    );
+    assert!(failures.is_empty(), "{failures:#?}");
+    assert!(kids.len() >= 4, "only {} signing keys in {run_for:?}", kids.len());
+    let keys = keystore::list(&app.pool).await.unwrap();
+    assert!(keys.iter().any(|k| k.state() == KeyState::Retired), "no key was retired");
+}
+
+#[tokio::test]
+async fn revoking_the_signing_key_swaps_in_the_next_with_no_gap() {
+    let app = Arc::new(spawn_app_with(|c| c.key_sets[0].algorithm = Algorithm::Es256).await);
+    let token = app.client("backend", &[PROFILE]).await;
+    let ops = admin_token(&app).await;
+    let before = app.jwks("/.well-known/jwks.json").await;
+    let (current, next) =
+        (before["keys"][0]["kid"].as_str().unwrap().to_owned(), before["keys"][1]["kid"].as_str().unwrap().to_owned());
+
+    // A client signs continuously while the key is revoked.
+    let failures = Arc::new(AtomicUsize::new(0));
+    let signer = {
+        let (app, token, failures) = (Arc::clone(&app), token.clone(), Arc::clone(&failures));
+        tokio::spawn(async move {
+            let mut kids = Vec::new();
+            for _ in 0..60 {
+                let response = app.sign(PROFILE, &token, &json!({"sub": "a"})).await;
+                if response.status() == 200 {
+                    kids.push(response.json::<Value>().await.unwrap()["kid"].as_str().unwrap().to_owned());
+                } else {
+                    failures.fetch_add(1, Ordering::SeqCst);
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            kids
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let response = admin_post(&app, &ops, &format!("/v1/keys/{current}/revoke"), None).await;
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["signing_kid"], next.as_str());
+
+    // Gone from the JWKS at once; the former next key signs; a new next key is published.
+    let after = app.jwks("/.well-known/jwks.json").await;
+    let kids: Vec<&str> = after["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap()).collect();
+    assert!(!kids.contains(&current.as_str()), "{kids:?}");
+    assert_eq!(kids[0], next);
+    assert_eq!(kids.len(), 2);
+
+    let signed = signer.await.unwrap();
+    assert_eq!(failures.load(Ordering::SeqCst), 0, "signing failed during the swap");
+    assert!(signed.contains(&current) && signed.contains(&next), "the swap happened mid-run");
+    let first_new = signed.iter().position(|k| *k == next).unwrap();
+    assert!(signed[first_new..].iter().all(|k| *k == next), "the revoked key signed after the swap");
+
+    let revoked = keystore::list(&app.pool).await.unwrap().into_iter().find(|k| k.kid == current).unwrap();
+    assert_eq!(revoked.state(), KeyState::Revoked);
+    assert!(revoked.sealed_private.is_none());
+    assert_eq!(admin_post(&app, &ops, &format!("/v1/keys/{current}/revoke"), None).await.status(), 409);
+    assert_eq!(admin_post(&app, &ops, "/v1/keys/nope/revoke", None).await.status(), 404);
+}
+
+#[tokio::test]
+async fn admin_routes_need_an_admin_client_and_rotation_respects_publish_ahead() {
+    let app = spawn_app_with(|c| c.key_sets[0].algorithm = Algorithm::Es256).await;
+    let plain = app.client("backend", &[PROFILE]).await;
+    let ops = admin_token(&app).await;
+    assert_eq!(admin_post(&app, &plain, "/v1/key-sets/npm/rotate", None).await.status(), 403);
+    assert_eq!(admin_post(&app, "kw_nope", "/v1/key-sets/npm/rotate", None).await.status(), 401);
+    let list = app.http.get(format!("{}/v1/key-sets", app.internal)).bearer_auth(&plain).send().await.unwrap();
+    assert_eq!(list.status(), 403);
+
+    // The next key was published moments ago: 24h publish_ahead refuses a planned rotation.
+    let early = admin_post(&app, &ops, "/v1/key-sets/npm/rotate", None).await;
+    assert_eq!(early.status(), 409);
+    let problem: Value = early.json().await.unwrap();
+    assert!(problem["detail"].as_str().unwrap().contains("force"), "{problem}");
+    assert_eq!(admin_post(&app, &ops, "/v1/key-sets/nope/rotate", None).await.status(), 404);
+
+    let forced = admin_post(&app, &ops, "/v1/key-sets/npm/rotate", Some(json!({"force": true}))).await;
+    assert_eq!(forced.status(), 200);
+    let forced: Value = forced.json().await.unwrap();
+    assert_eq!(forced["steps"][0]["step"], "promote");
+    let signing = forced["signing_kid"].as_str().unwrap();
+    assert_eq!(app.sign_ok(PROFILE, &plain, &json!({"sub": "a"})).await["kid"], signing);
+
+    let schedule: Value = app
+        .http
+        .get(format!("{}/v1/key-sets", app.internal))
+        .bearer_auth(&ops)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let set = &schedule["key_sets"][0];
+    assert_eq!(set["name"], "npm");
+    assert_eq!(set["publish_ahead"], 86_400);
+    let keys = set["keys"].as_array().unwrap();
+    let mut states: Vec<&str> = keys.iter().map(|k| k["state"].as_str().unwrap()).collect();
+    states.sort();
+    assert_eq!(states, ["current", "next", "previous"]);
+    let by_state = |s: &str| keys.iter().find(|k| k["state"] == s).unwrap();
+    assert_eq!(by_state("current")["kid"], signing);
+    assert_eq!(by_state("current")["signing_until"]["planned"], true);
+    assert_eq!(by_state("previous")["published_until"]["planned"], true, "the previous key's retirement is planned");
+}
+
+#[tokio::test]
+async fn retired_keys_leave_no_private_material_in_the_database() {
+    let app = spawn_app_with(|c| fast(c, Algorithm::Es256)).await;
+    let first = keystore::list(&app.pool).await.unwrap().into_iter().find(|k| k.state() == KeyState::Current).unwrap();
+    let blob = first.sealed_private.clone().unwrap();
+    // rotate_every 3s, then max_ttl 3s + retain_after 3s: retired about 9 s after start.
+    let retired = app
+        .eventually(Duration::from_secs(15), || async {
+            keystore::list(&app.pool)
+                .await
+                .unwrap()
+                .iter()
+                .any(|k| k.kid == first.kid && k.state() == KeyState::Retired)
+        })
+        .await;
+    assert!(retired, "the first key was not retired in time");
+    let record = keystore::list(&app.pool).await.unwrap().into_iter().find(|k| k.kid == first.kid).unwrap();
+    assert!(record.sealed_private.is_none() && record.master_key_id.is_none());
+    let jwks = app.jwks("/.well-known/jwks.json").await;
+    assert!(!jwks.to_string().contains(&first.kid), "a retired key is still published");
+
+    let mut stored = Vec::new();
+    for name in ["keyward.db", "keyward.db-wal"] {
+        stored.extend(std::fs::read(app.dir.path().join(name)).unwrap_or_default());
+    }
+    assert!(
+        !stored.windows(32).any(|w| w == &blob[blob.len() - 32..]),
+        "the retired key's sealed bytes remain on disk"
+    );
+}
+
+/// A `keyward serve` process with its own ports, over a configuration file in `dir`.
+struct Serve {
+    child: Child,
+    public: String,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn serve(dir: &Path, config: &Config) -> Serve {
+    let mut config = config.clone();
+    config.server.public_addr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    config.server.internal_addr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let file = dir.join(format!("keys-{}.toml", config.server.public_addr.port()));
+    std::fs::write(&file, toml::to_string(&config).unwrap()).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args(["--config", file.to_str().unwrap(), "serve"])
+        .current_dir(dir)
+        .env_clear()
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Serve { child, public: format!("http://{}", config.server.public_addr) }
+}
+
+async fn wait_healthy(http: &reqwest::Client, serve: &Serve) -> bool {
+    for _ in 0..100 {
+        if http.get(format!("{}/readyz", serve.public)).send().await.is_ok_and(|r| r.status() == 200) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// Every set has exactly one current and one next key, and no kid seen before is lost.
+async fn assert_valid_state(db: &str, seen: &mut BTreeSet<String>) {
+    let pool = keyward::db::connect(db).await.unwrap();
+    let keys = keystore::list(&pool).await.unwrap();
+    let count = |s: KeyState| keys.iter().filter(|k| k.state() == s).count();
+    assert_eq!(count(KeyState::Current), 1, "{keys:?}");
+    assert_eq!(count(KeyState::Next), 1, "{keys:?}");
+    let now: BTreeSet<String> = keys.iter().map(|k| k.kid.clone()).collect();
+    assert!(seen.is_subset(&now), "keys were lost");
+    *seen = now;
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn two_processes_on_one_database_rotate_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    fast(&mut config, Algorithm::Es256);
+    let a = serve(dir.path(), &config);
+    let b = serve(dir.path(), &config);
+    let http = reqwest::Client::new();
+    assert!(wait_healthy(&http, &a).await && wait_healthy(&http, &b).await);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+
+    // Both serve the same keys: the one that did not rotate picks the change up within about
+    // a second, well inside the 3 s between rotations.
+    let mut agreed = false;
+    for _ in 0..30 {
+        let fetch = |base: &str| http.get(format!("{base}/.well-known/jwks.json")).send();
+        let jwks_a: Value = fetch(&a.public).await.unwrap().json().await.unwrap();
+        let jwks_b: Value = fetch(&b.public).await.unwrap().json().await.unwrap();
+        if jwks_a == jwks_b {
+            agreed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop((a, b));
+    assert!(agreed, "the two processes never served the same JWKS");
+    let pool = keyward::db::connect(config.database_path()).await.unwrap();
+    let keys = keystore::list(&pool).await.unwrap();
+    let mut activations: Vec<i64> = keys.iter().filter_map(|k| k.activated_at).collect();
+    activations.sort();
+    assert!(activations.len() >= 3, "{activations:?}");
+    for pair in activations.windows(2) {
+        assert!(
+            pair[1] - pair[0] >= 3,
+            "two rotations {}s apart: both processes rotated ({activations:?})",
+            pair[1] - pair[0]
+        );
+    }
+    let created: HashMap<i64, usize> = keys.iter().fold(HashMap::new(), |mut m, k| {
+        *m.entry(k.created_at).or_default() += 1;
+        m
+    });
+    assert!(created.values().all(|n| *n <= 2), "more keys than one rotation makes in one second: {created:?}");
+    assert_valid_state(config.database_path(), &mut BTreeSet::new()).await;
+}
+
+#[tokio::test]
+async fn a_process_killed_mid_rotation_restarts_into_a_valid_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    // RSA keys take the longest to generate: the widest window for a kill mid-rotation.
+    fast(&mut config, Algorithm::Rs256);
+    config.key_sets[0].rotate_every = Span::from_secs(3);
+    let http = reqwest::Client::new();
+    let mut seen = BTreeSet::new();
+    for round in 0..8u64 {
+        let mut process = serve(dir.path(), &config);
+        assert!(wait_healthy(&http, &process).await, "round {round}: the server did not come up");
+        let jwks: Value =
+            http.get(format!("{}/.well-known/jwks.json", process.public)).send().await.unwrap().json().await.unwrap();
+        assert!(!jwks["keys"].as_array().unwrap().is_empty(), "round {round}: empty JWKS");
+        // Land the kill at varied points of the 3 s rotation cycle.
+        tokio::time::sleep(Duration::from_millis(700 + 450 * round)).await;
+        let _ = process.child.kill(); // SIGKILL
+        let _ = process.child.wait();
+        assert_valid_state(config.database_path(), &mut seen).await;
+    }
+    assert!(seen.len() >= 4, "too few rotations happened to test anything: {}", seen.len());
+}
