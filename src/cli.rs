@@ -247,8 +247,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             for set in sets {
                 println!(
-                    "key set {}: signs {}s per key, published {}s ahead, kept {}s after (~ = planned)",
-                    set.name, set.rotate_every, set.publish_ahead, set.retain_for
+                    "key set {}: each key signs for {}, is published {} before it signs and {} after (~ = planned)",
+                    set.name,
+                    span(set.rotate_every),
+                    span(set.publish_ahead),
+                    span(set.retain_for)
                 );
                 println!(
                     "  {:<44} {:<9} {:<21} {:<21} {:<21} {:<21}",
@@ -315,6 +318,17 @@ fn report(steps: &[Step]) {
             Step::CreateCurrent => eprintln!("created a new signing key"),
             Step::CreateNext => eprintln!("published a new next key"),
         }
+    }
+}
+
+/// Seconds as "1d 55m": only the units that are not zero.
+fn span(secs: i64) -> String {
+    let parts = [(secs / 86_400, "d"), (secs % 86_400 / 3_600, "h"), (secs % 3_600 / 60, "m"), (secs % 60, "s")];
+    let shown: Vec<String> = parts.iter().filter(|(n, _)| *n != 0).map(|(n, unit)| format!("{n}{unit}")).collect();
+    if shown.is_empty() {
+        "0s".to_owned()
+    } else {
+        shown.join(" ")
     }
 }
 

@@ -335,7 +335,8 @@ pub struct Timeline {
     pub signing_until: Option<Moment>,
 }
 
-/// Every key's timeline at `now`, if the scheduler carries out the plan.
+/// Every key's timeline at `now`, if the scheduler carries out the plan, in the order the
+/// keys sign (or signed, or were published).
 pub fn timeline(keys: &[KeyRecord], policy: &Policy, now: i64) -> Vec<Timeline> {
     let next_key = next(keys).filter(|n| policy.fits(n));
     // When the current key hands over: to the next key if there is one, else to a next key
@@ -348,7 +349,8 @@ pub fn timeline(keys: &[KeyRecord], policy: &Policy, now: i64) -> Vec<Timeline> 
         }
         _ => now,
     };
-    keys.iter()
+    let mut lines: Vec<Timeline> = keys
+        .iter()
         .map(|k| {
             let mut t = Timeline {
                 kid: k.kid.clone(),
@@ -377,7 +379,12 @@ pub fn timeline(keys: &[KeyRecord], policy: &Policy, now: i64) -> Vec<Timeline> 
             }
             t
         })
-        .collect()
+        .collect();
+    lines.sort_by_key(|t| {
+        let published = t.published_from.map_or(i64::MIN, |m| m.at);
+        (t.signing_from.map_or(published, |m| m.at), published)
+    });
+    lines
 }
 
 #[cfg(test)]
@@ -630,6 +637,8 @@ mod tests {
         settle(&mut keys, &p, 0);
         settle(&mut keys, &p, 10);
         let lines = timeline(&keys, &p, 12);
+        let order: Vec<KeyState> = lines.iter().map(|t| t.state).collect();
+        assert_eq!(order, [KeyState::Previous, KeyState::Current, KeyState::Next]);
         let by_state = |s: KeyState| lines.iter().find(|t| t.state == s).unwrap();
         let cur = by_state(KeyState::Current);
         assert_eq!(cur.signing_from, Some(Moment { at: 10, planned: false }));
