@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use sqlx::SqlitePool;
 
 use crate::config::{self, LoadedConfig};
 use crate::lifecycle::{self, ActionError};
@@ -127,10 +128,12 @@ fn load_config(explicit: Option<&PathBuf>) -> anyhow::Result<LoadedConfig> {
     Ok(config::load(source, &env)?)
 }
 
-fn master_key(loaded: &LoadedConfig) -> anyhow::Result<MasterKey> {
+/// The master key; a development key is generated only for a database with no sealed keys.
+async fn master_key(loaded: &LoadedConfig, pool: &SqlitePool) -> anyhow::Result<MasterKey> {
     let env = std::env::var("KEYWARD_MASTER_KEY").ok();
     let file = &loaded.config.server.master_key_file;
-    let (key, origin) = MasterKey::resolve(env.as_deref(), file)?;
+    let may_generate = !keystore::holds_sealed_keys(pool).await?;
+    let (key, origin) = MasterKey::resolve(env.as_deref(), file, may_generate)?;
     match origin {
         MasterKeyOrigin::Environment => tracing::info!(master_key_id = key.id(), "master key from KEYWARD_MASTER_KEY"),
         MasterKeyOrigin::File(path) => {
@@ -156,6 +159,9 @@ fn now() -> i64 {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let loaded = load_config(cli.config.as_ref())?;
+    for warning in &loaded.warnings {
+        tracing::warn!("{warning}");
+    }
     let config = &loaded.config;
     match cli.command {
         Command::CheckConfig => {
@@ -169,7 +175,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Serve => {
             tracing::info!(config = %loaded.source, "starting keyward {}", env!("CARGO_PKG_VERSION"));
-            let master = master_key(&loaded)?;
+            let master = master_key(&loaded, &db::connect(config.database_path()).await?).await?;
             let workers = std::thread::available_parallelism().map(usize::from).unwrap_or(2);
             let app = Application::build(config.clone(), master, workers).await?;
             tracing::info!(public = %app.public_addr(), internal = %app.internal_addr(), workers, "listening");
@@ -202,8 +208,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keys(KeysCommand::Rotate { set, force }) => {
-            let master = master_key(&loaded)?;
             let pool = db::connect(config.database_path()).await?;
+            let master = master_key(&loaded, &pool).await?;
             keystore::check_master_key(&keystore::list(&pool).await?, &master)?;
             let steps =
                 lifecycle::rotate(&pool, &master, config, &set, now(), force).await.map_err(|err| match err {
@@ -225,8 +231,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keys(KeysCommand::Revoke { kid }) => {
-            let master = master_key(&loaded)?;
             let pool = db::connect(config.database_path()).await?;
+            let master = master_key(&loaded, &pool).await?;
             keystore::check_master_key(&keystore::list(&pool).await?, &master)?;
             let (_, steps) = lifecycle::revoke(&pool, &master, config, &kid, now()).await?;
             report(&steps);

@@ -237,6 +237,8 @@ pub struct LoadedConfig {
     pub config: Config,
     /// Its origin, for messages.
     pub source: ConfigSource,
+    /// Things worth a warning at start-up, such as unknown `KEYWARD_*` variables.
+    pub warnings: Vec<String>,
 }
 
 /// Chooses the file: `--config`/`KEYWARD_CONFIG`, else `./keys.toml` if present, else none.
@@ -261,9 +263,9 @@ pub fn load(source: ConfigSource, env: &HashMap<String, String>) -> Result<Loade
             parse_toml(&text, &source.to_string())?
         }
     };
-    apply_env(&mut config, env)?;
+    let warnings = apply_env(&mut config, env)?;
     validate(&config, &source.to_string())?;
-    Ok(LoadedConfig { config, source })
+    Ok(LoadedConfig { config, source, warnings })
 }
 
 /// Parses TOML text, naming the table and field of any error.
@@ -273,7 +275,7 @@ pub fn parse_toml(text: &str, source_name: &str) -> Result<Config, ConfigError> 
         let path = err.path().to_string();
         let inner = err.into_inner();
         let message = inner.message().to_owned();
-        let line = inner.span().map(|span| text[..span.start.min(text.len())].lines().count().max(1));
+        let line = inner.span().map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
         let mut location = describe_path(&path, &message);
         if let Some(line) = line {
             location.push_str(&format!(" (line {line})"));
@@ -284,9 +286,12 @@ pub fn parse_toml(text: &str, source_name: &str) -> Result<Config, ConfigError> 
 
 /// Turns `key_set[0].rsa_bits` into `[[key_set]] #1, field rsa_bits`.
 fn describe_path(path: &str, message: &str) -> String {
-    let unknown_field = message.strip_prefix("unknown field `").and_then(|rest| rest.split('`').next());
+    let named_field = message
+        .strip_prefix("unknown field `")
+        .or_else(|| message.strip_prefix("missing field `"))
+        .and_then(|rest| rest.split('`').next());
     let mut parts = path.split('.').filter(|p| !p.is_empty() && *p != "?").collect::<Vec<_>>();
-    if let Some(field) = unknown_field.filter(|f| parts.last() != Some(f)) {
+    if let Some(field) = named_field.filter(|f| parts.last() != Some(f)) {
         parts.push(field);
     }
     let mut table = String::from("top level");
@@ -312,14 +317,17 @@ fn env_error(var: &str, message: String) -> ConfigError {
     ConfigError { source_name: "environment".to_owned(), location: var.to_owned(), message }
 }
 
-/// Applies `KEYWARD_<FIELD>` overrides of `[server]`; unknown `KEYWARD_*` names are errors.
-fn apply_env(config: &mut Config, env: &HashMap<String, String>) -> Result<(), ConfigError> {
+/// Applies `KEYWARD_<FIELD>` overrides of `[server]`. Unknown `KEYWARD_*` names are
+/// returned as warnings, not refused: container platforms inject some (a Kubernetes
+/// Service named `keyward` adds `KEYWARD_PORT`, `KEYWARD_SERVICE_HOST`, ...).
+fn apply_env(config: &mut Config, env: &HashMap<String, String>) -> Result<Vec<String>, ConfigError> {
     let mut unknown: Vec<&String> =
         env.keys().filter(|k| k.starts_with("KEYWARD_") && !KNOWN_ENV.contains(&k.as_str())).collect();
     unknown.sort();
-    if let Some(name) = unknown.first() {
-        return Err(env_error(name, format!("unknown variable; keyward reads only {}", KNOWN_ENV.join(", "))));
-    }
+    let warnings = unknown
+        .iter()
+        .map(|name| format!("ignoring unknown environment variable {name} (keyward reads {})", KNOWN_ENV.join(", ")))
+        .collect();
     let addr = |var: &str, value: &str| {
         value
             .parse::<SocketAddr>()
@@ -337,7 +345,7 @@ fn apply_env(config: &mut Config, env: &HashMap<String, String>) -> Result<(), C
     if let Some(v) = env.get("KEYWARD_MASTER_KEY_FILE") {
         config.server.master_key_file = PathBuf::from(v);
     }
-    Ok(())
+    Ok(warnings)
 }
 
 /// Every start-up rule; the first broken one is reported.
@@ -383,7 +391,12 @@ pub fn validate(config: &Config, source_name: &str) -> Result<(), ConfigError> {
                 return Err(fail(at("jwks_paths"), format!("{path:?} is reserved for health checks")));
             }
             if let Some(other) = path_owner.insert(path, &set.name) {
-                return Err(fail(at("jwks_paths"), format!("{path:?} is already served by key set {other:?}")));
+                let message = if other == set.name {
+                    format!("{path:?} is listed twice")
+                } else {
+                    format!("{path:?} is already served by key set {other:?}")
+                };
+                return Err(fail(at("jwks_paths"), message));
             }
         }
         for (field, value) in [
@@ -589,6 +602,25 @@ mod tests {
     }
 
     #[test]
+    fn parse_errors_give_the_right_line_and_name_missing_fields() {
+        let text = include_str!("../keys.example");
+        let line = text.lines().position(|l| l.starts_with("rsa_bits")).unwrap() + 1;
+        let msg = error_of("rsa_bits = 2048", "rsa_bitz = 2048");
+        assert!(msg.contains(&format!("(line {line})")), "expected line {line}: {msg}");
+        let msg = error_of(r#"issuer = "https://yourdomain.com""#, "");
+        assert!(msg.contains(r#"[[profile]] #1, field issuer"#) && msg.contains("missing field"), "{msg}");
+    }
+
+    #[test]
+    fn a_path_listed_twice_in_one_set_says_so() {
+        let msg = error_of(
+            r#"jwks_paths = ["/path/to/your/jwks", "/.well-known/jwks.json"]"#,
+            r#"jwks_paths = ["/a", "/a"]"#,
+        );
+        assert!(msg.contains("\"/a\" is listed twice"), "{msg}");
+    }
+
+    #[test]
     fn each_start_up_rule_is_enforced_with_its_field_named() {
         let cases = [
             (r#"algorithm = "RS256""#, r#"algorithm = "HS999""#, "field algorithm"),
@@ -687,7 +719,7 @@ jwks_paths = ["/.well-known/jwks.json"]
     }
 
     #[test]
-    fn env_overrides_server_fields_and_rejects_unknown_names() {
+    fn env_overrides_server_fields_and_warns_about_unknown_names() {
         let loaded = load(
             ConfigSource::Defaults,
             &env(&[("KEYWARD_PUBLIC_ADDR", "0.0.0.0:9000"), ("KEYWARD_DATABASE_URL", "sqlite:///tmp/x.db")]),
@@ -696,8 +728,10 @@ jwks_paths = ["/.well-known/jwks.json"]
         assert_eq!(loaded.config.server.public_addr.port(), 9000);
         assert_eq!(loaded.config.database_path(), "/tmp/x.db");
 
-        let err = load(ConfigSource::Defaults, &env(&[("KEYWARD_PUBLC_ADDR", "x")])).unwrap_err();
-        assert_eq!(err.location, "KEYWARD_PUBLC_ADDR");
+        let loaded =
+            load(ConfigSource::Defaults, &env(&[("KEYWARD_PUBLC_ADDR", "x"), ("KEYWARD_PORT", "tcp://x")])).unwrap();
+        assert_eq!(loaded.warnings.len(), 2);
+        assert!(loaded.warnings[1].contains("KEYWARD_PUBLC_ADDR"), "{:?}", loaded.warnings);
         let err = load(ConfigSource::Defaults, &env(&[("KEYWARD_PUBLIC_ADDR", "nowhere")])).unwrap_err();
         assert!(err.to_string().contains("KEYWARD_PUBLIC_ADDR"));
     }

@@ -191,26 +191,43 @@ async fn read_body(req: &HttpRequest, payload: web::Payload) -> Result<actix_web
         .map_err(|_| ApiError::InvalidBody { field: None, detail: "the body could not be read".to_owned() })
 }
 
-/// Parses JSON, naming the offending field in the error.
+/// Parses JSON, naming the offending field. The messages are keyward's own words, never
+/// the parser's.
 fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    // serde would also read a struct from an array of its fields in order: only objects count.
+    if body.iter().find(|b| !b.is_ascii_whitespace()).is_some_and(|b| *b == b'[') {
+        return Err(ApiError::InvalidBody { field: None, detail: "the body must be a JSON object".to_owned() });
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
         let path = err.path().to_string();
         let inner = err.into_inner();
-        let message = inner.to_string();
-        let named = message
-            .split('`')
-            .nth(1)
-            .filter(|_| message.starts_with("unknown field") || message.starts_with("missing field"));
-        let field = match (path.as_str(), named) {
-            ("." | "?", Some(name)) => Some(name.to_owned()),
-            ("." | "?", None) => None,
-            (path, _) => Some(path.to_owned()),
-        };
-        ApiError::InvalidBody { field, detail: message }
+        body_error(&path, &inner)
     })?;
-    deserializer.end().map_err(|err| ApiError::InvalidBody { field: None, detail: err.to_string() })?;
+    deserializer.end().map_err(|err| body_error(".", &err))?;
     Ok(value)
+}
+
+fn body_error(path: &str, err: &serde_json::Error) -> ApiError {
+    use serde_json::error::Category;
+    let message = err.to_string();
+    let quoted = message.split('`').nth(1).map(str::to_owned);
+    let (field, detail) = match err.classify() {
+        Category::Syntax | Category::Eof | Category::Io => {
+            (None, format!("the body is not valid JSON (line {}, column {})", err.line(), err.column()))
+        }
+        Category::Data if message.starts_with("unknown field") => {
+            let field = quoted.unwrap_or_default();
+            (Some(field.clone()), format!("unknown field {field:?}"))
+        }
+        Category::Data if message.starts_with("missing field") => {
+            let field = quoted.unwrap_or_default();
+            (Some(field.clone()), format!("the required field {field:?} is missing"))
+        }
+        Category::Data if path == "." || path == "?" => (None, "the body must be a JSON object".to_owned()),
+        Category::Data => (Some(path.to_owned()), format!("{path:?} has the wrong type")),
+    };
+    ApiError::InvalidBody { field, detail }
 }
 
 #[derive(Serialize)]
@@ -282,7 +299,12 @@ mod tests {
     }
 
     #[test]
-    fn body_errors_name_the_field() {
+    fn body_errors_name_the_field_in_keywards_own_words() {
+        assert_eq!(field_of(r#"{"sub": "a", "nope": 1}"#), (Some("nope".into()), "unknown field \"nope\"".into()));
+        assert_eq!(field_of(r#"{"sub": 5}"#), (Some("sub".into()), "\"sub\" has the wrong type".into()));
+        assert_eq!(field_of(r#"{}"#), (Some("sub".into()), "the required field \"sub\" is missing".into()));
+        assert_eq!(field_of(r#"[1]"#), (None, "the body must be a JSON object".into()));
+        assert_eq!(field_of("{\"sub\": "), (None, "the body is not valid JSON (line 1, column 8)".into()));
         assert_eq!(field_of(r#"{"sub": "a", "nope": 1}"#).0.as_deref(), Some("nope"));
         assert_eq!(field_of(r#"{"ttl_seconds": 5}"#).0.as_deref(), Some("sub"));
         assert_eq!(field_of(r#"{"sub": 5}"#).0.as_deref(), Some("sub"));

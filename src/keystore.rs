@@ -159,6 +159,15 @@ pub async fn list(pool: &SqlitePool) -> anyhow::Result<Vec<KeyRecord>> {
     rows.iter().map(from_row).collect()
 }
 
+/// Whether any stored key still has a sealed private half (so a master key exists somewhere).
+pub async fn holds_sealed_keys(pool: &SqlitePool) -> anyhow::Result<bool> {
+    let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM keys WHERE sealed_private IS NOT NULL LIMIT 1")
+        .fetch_optional(pool)
+        .await
+        .context("looking for sealed keys")?;
+    Ok(found.is_some())
+}
+
 /// Refuses to go on when stored keys were sealed under another master key.
 pub fn check_master_key(records: &[KeyRecord], master: &MasterKey) -> anyhow::Result<()> {
     let foreign: Vec<&str> =

@@ -148,3 +148,19 @@ impl ResponseError for ApiError {
         response.body(serde_json::to_vec(&problem).unwrap_or_default())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::body::MessageBody;
+
+    #[test]
+    fn internal_errors_answer_generic_text_only() {
+        let err = ApiError::Internal(anyhow::anyhow!("sqlite: disk I/O error at /srv/secret/path"));
+        let body = err.error_response().into_body().try_into_bytes().unwrap();
+        let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(problem["status"], 500);
+        assert_eq!(problem["detail"], "the server could not complete the request; see its log");
+        assert!(!String::from_utf8_lossy(&body).contains("sqlite") && !String::from_utf8_lossy(&body).contains("/srv"));
+    }
+}

@@ -51,11 +51,12 @@ async fn dispatch(req: HttpRequest, state: web::Data<PublicState>) -> Result<Htt
                 .get(set)
                 .map(|view| Arc::clone(&view.jwks))
                 .ok_or_else(|| ApiError::NotFound("no such key set".to_owned()))?;
+            // The header may come as several lines; each is a list of tags.
             let not_modified = req
                 .headers()
-                .get(header::IF_NONE_MATCH)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| jwks::if_none_match(v, &doc.etag));
+                .get_all(header::IF_NONE_MATCH)
+                .filter_map(|v| v.to_str().ok())
+                .any(|v| jwks::if_none_match(v, &doc.etag));
             let mut response = if not_modified { HttpResponse::NotModified() } else { HttpResponse::Ok() };
             response
                 .insert_header((header::ETAG, doc.etag.as_str()))

@@ -98,8 +98,13 @@ impl MasterKey {
         &self.id
     }
 
-    /// `KEYWARD_MASTER_KEY` if given, else the file, else a new random key written to the file.
-    pub fn resolve(env_value: Option<&str>, file: &Path) -> Result<(Self, MasterKeyOrigin), SealError> {
+    /// `KEYWARD_MASTER_KEY` if given, else the file, else (only if `may_generate`) a new
+    /// random key written to the file.
+    pub fn resolve(
+        env_value: Option<&str>,
+        file: &Path,
+        may_generate: bool,
+    ) -> Result<(Self, MasterKeyOrigin), SealError> {
         if let Some(value) = env_value {
             return Ok((Self::from_base64(value, "KEYWARD_MASTER_KEY")?, MasterKeyOrigin::Environment));
         }
@@ -110,12 +115,17 @@ impl MasterKey {
                 let key = Self::from_base64(&text, &file.display().to_string())?;
                 Ok((key, MasterKeyOrigin::File(file.to_owned())))
             }
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound && !may_generate => Err(file_err(
+                "missing, but the database holds keys sealed with a master key: restore that key to this \
+                 file or set KEYWARD_MASTER_KEY (a new key would not open them; nothing was created)"
+                    .to_owned(),
+            )),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
                 let key = Self::generate();
                 match write_new_key_file(file, &key) {
                     Ok(()) => Ok((key, MasterKeyOrigin::Generated(file.to_owned()))),
                     // Another process created it first: use theirs.
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Self::resolve(None, file),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Self::resolve(None, file, false),
                     Err(e) => Err(file_err(format!("cannot create: {e}"))),
                 }
             }
@@ -253,14 +263,23 @@ mod tests {
     fn resolve_generates_once_with_mode_0600_then_reads_it_back() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/master.key");
-        let (first, origin) = MasterKey::resolve(None, &path).unwrap();
+        let (first, origin) = MasterKey::resolve(None, &path, true).unwrap();
         assert_eq!(origin, MasterKeyOrigin::Generated(path.clone()));
         assert!(!key_file_is_shared(&path));
-        let (second, origin) = MasterKey::resolve(None, &path).unwrap();
+        let (second, origin) = MasterKey::resolve(None, &path, true).unwrap();
         assert_eq!(origin, MasterKeyOrigin::File(path.clone()));
         assert_eq!(first.id(), second.id());
         let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temporary file is left behind");
+    }
+
+    #[test]
+    fn a_missing_key_file_is_not_replaced_when_generation_is_not_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.key");
+        let err = MasterKey::resolve(None, &path, false).unwrap_err().to_string();
+        assert!(err.contains("restore that key"), "{err}");
+        assert!(!path.exists());
     }
 
     #[test]
@@ -269,7 +288,7 @@ mod tests {
         let path = dir.path().join("master.key");
         let ids: Vec<String> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..8)
-                .map(|_| scope.spawn(|| MasterKey::resolve(None, &path).map(|(k, _)| k.id().to_owned())))
+                .map(|_| scope.spawn(|| MasterKey::resolve(None, &path, true).map(|(k, _)| k.id().to_owned())))
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap().unwrap()).collect()
         });
@@ -281,11 +300,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("master.key");
         let b64 = STANDARD.encode([9u8; 32]);
-        let (key, origin) = MasterKey::resolve(Some(&b64), &path).unwrap();
+        let (key, origin) = MasterKey::resolve(Some(&b64), &path, true).unwrap();
         assert_eq!(origin, MasterKeyOrigin::Environment);
         assert_eq!(key.id(), MasterKey::from_bytes([9u8; 32]).id());
         assert!(!path.exists(), "the environment key must not create a file");
-        let err = MasterKey::resolve(Some("c2hvcnQ="), &path).unwrap_err().to_string();
+        let err = MasterKey::resolve(Some("c2hvcnQ="), &path, true).unwrap_err().to_string();
         assert!(err.contains("KEYWARD_MASTER_KEY") && !err.contains("c2hvcnQ"), "{err}");
     }
 }

@@ -9,7 +9,7 @@ use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use tokio::sync::watch;
 
-use crate::config::Config;
+use crate::config::{self, Config};
 use crate::db;
 use crate::internal_api::{self, InternalState};
 use crate::profiles::Profile;
@@ -34,6 +34,7 @@ impl Application {
     /// Opens the database, makes sure every key set has a signing key, loads them and binds
     /// both listeners (port 0 picks a free port). `workers` is per listener.
     pub async fn build(config: Config, master: MasterKey, workers: usize) -> anyhow::Result<Self> {
+        config::validate(&config, "configuration")?;
         let config = Arc::new(config);
         let pool = db::connect(config.database_path()).await?;
         let now = chrono::Utc::now().timestamp();

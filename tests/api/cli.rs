@@ -54,17 +54,53 @@ fn check_config_names_the_file_table_and_field() {
 }
 
 #[test]
-fn unknown_environment_variables_are_refused() {
+fn unknown_environment_variables_are_named_in_a_warning() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_keyward"))
         .arg("check-config")
         .current_dir(dir.path())
         .env_clear()
         .env("KEYWARD_PUBLIC_ADRR", "0.0.0.0:1")
+        .env("KEYWARD_SERVICE_HOST", "10.0.0.1")
         .output()
         .unwrap();
+    // Platforms inject KEYWARD_* variables of their own (Kubernetes services): warn, start.
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("KEYWARD_PUBLIC_ADRR") && err.contains("KEYWARD_SERVICE_HOST"), "{err}");
+}
+
+#[test]
+fn a_missing_or_wrong_master_key_is_refused_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = keyward(dir.path(), &["keys", "rotate", "npm", "--force"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let key_file = dir.path().join("master.key");
+    let original = std::fs::read(&key_file).unwrap();
+
+    // Another key in the file: refused, naming both ids; the file is left as it is.
+    let other = format!("{}\n", base64_of([3u8; 32]));
+    std::fs::write(&key_file, &other).unwrap();
+    let out = keyward(dir.path(), &["keys", "rotate", "npm", "--force"]);
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("KEYWARD_PUBLIC_ADRR"));
+    assert!(text(&out.stderr).contains("sealed with master key"), "{}", text(&out.stderr));
+    assert_eq!(std::fs::read_to_string(&key_file).unwrap(), other);
+
+    // No key file at all: no fresh development key is made for a database of sealed keys.
+    std::fs::remove_file(&key_file).unwrap();
+    let out = keyward(dir.path(), &["keys", "rotate", "npm", "--force"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("restore that key"), "{}", text(&out.stderr));
+    assert!(!key_file.exists());
+
+    std::fs::write(&key_file, &original).unwrap();
+    let out = keyward(dir.path(), &["keys", "rotate", "npm", "--force"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+fn base64_of(bytes: [u8; 32]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 #[test]
@@ -83,7 +119,9 @@ fn clients_add_prints_only_the_token_and_stores_only_its_hash() {
     let listed = text(&list.stdout);
     assert!(listed.contains("billing") && listed.contains("npm-sandbox") && !listed.contains(token));
 
-    let secret = token.rsplit('_').next().unwrap();
+    // kw_ + 16-character id + _ + secret (whose base64url alphabet includes '_').
+    let secret = &token["kw_".len() + 16 + 1..];
+    assert_eq!(secret.len(), 43);
     let mut stored = std::fs::read(dir.path().join("keyward.db")).unwrap();
     stored.extend(std::fs::read(dir.path().join("keyward.db-wal")).unwrap_or_default());
     assert!(!stored.windows(secret.len()).any(|w| w == secret.as_bytes()), "token stored in the clear");
@@ -104,7 +142,7 @@ async fn cli_changes_reach_a_running_server_within_seconds() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
     config.key_sets[0].algorithm = Algorithm::Es256;
-    let (master, _) = MasterKey::resolve(None, &config.server.master_key_file).unwrap();
+    let (master, _) = MasterKey::resolve(None, &config.server.master_key_file, true).unwrap();
     // The CLI reads the same configuration as the server, from ./keys.toml.
     std::fs::write(dir.path().join("keys.toml"), toml::to_string(&config).unwrap()).unwrap();
     let app = spawn_in(dir, config, master).await;

@@ -54,6 +54,10 @@ async fn if_none_match_gives_304_until_the_keys_change() {
 
     let other = app.http.get(&url).header("if-none-match", "\"stale\"").send().await.unwrap();
     assert_eq!(other.status(), 200);
+    // A tag on a second header line counts too.
+    let split =
+        app.http.get(&url).header("if-none-match", "\"stale\"").header("if-none-match", &etag).send().await.unwrap();
+    assert_eq!(split.status(), 304);
 
     app.force_rotate().await;
     app.reload().await;
@@ -116,4 +120,5 @@ async fn public_health_and_head_requests() {
     let head = app.http.head(format!("{}/.well-known/jwks.json", app.public)).send().await.unwrap();
     assert_eq!(head.status(), 200);
     assert!(head.headers().contains_key("etag"));
+    assert!(head.bytes().await.unwrap().is_empty(), "HEAD has no body");
 }
