@@ -2,7 +2,7 @@
 //! database, whether or not a server is running.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,12 +12,14 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use sqlx::SqlitePool;
 
-use crate::config::{self, LoadedConfig};
+use crate::config::{self, Config, LoadedConfig};
+use crate::export::{self, Format};
+use crate::keystore::KeyState;
 use crate::lifecycle::{self, ActionError};
 use crate::rotation::{Moment, Refused, Step};
 use crate::seal::{self, MasterKey, MasterKeyOrigin};
 use crate::startup::Application;
-use crate::{clients, db, keystore, telemetry};
+use crate::{clients, db, keystore, secrets, telemetry};
 
 /// keyward: JWKS issuer and key-management server.
 #[derive(Debug, Parser)]
@@ -42,8 +44,27 @@ enum Command {
     /// Manage the clients allowed to call the internal API.
     #[command(subcommand)]
     Clients(ClientsCommand),
+    /// Manage the shared secrets of HS256/HS512 profiles.
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
+    /// Print what a partner asks for at onboarding, then check the published JWKS over HTTP.
+    Onboarding {
+        /// Profile name.
+        profile: String,
+    },
     /// Exit 0 if the server's public /healthz answers 200 (for container health checks).
     Healthcheck,
+}
+
+#[derive(Debug, Subcommand)]
+enum SecretsCommand {
+    /// Store PROFILE's secret, read from standard input (never from the command line).
+    Set {
+        /// Profile name.
+        profile: String,
+    },
+    /// List the profiles that have a secret, with dates (never the secrets).
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -66,6 +87,25 @@ enum KeysCommand {
     Revoke {
         /// The key's kid.
         kid: String,
+    },
+    /// Print a key's public half: pem, pem-base64 (what PaymentsGate calls public_key) or jwk.
+    Export {
+        /// The key's kid.
+        kid: String,
+        /// Output format.
+        #[arg(long, default_value = "pem", value_parser = ["pem", "pem-base64", "jwk"])]
+        format: String,
+    },
+    /// Add an existing private key (PKCS#1, PKCS#8 or SEC1 PEM) to SET as its next key.
+    Import {
+        /// Key set name.
+        set: String,
+        /// The PEM file.
+        #[arg(long, value_name = "FILE")]
+        pem: PathBuf,
+        /// Make it the signing key at once (the current key becomes previous).
+        #[arg(long)]
+        activate: bool,
     },
     /// Every key's publication and signing window, past and planned.
     Schedule {
@@ -239,6 +279,60 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!("running servers drop {kid} from the JWKS within seconds");
             Ok(())
         }
+        Command::Keys(KeysCommand::Export { kid, format }) => {
+            let pool = db::connect(config.database_path()).await?;
+            let record = keystore::list(&pool)
+                .await?
+                .into_iter()
+                .find(|r| r.kid == kid)
+                .with_context(|| format!("no key {kid}"))?;
+            let format = Format::parse(&format).context("format must be pem, pem-base64 or jwk")?;
+            let text = export::render(&record.kid, record.algorithm, &record.public, format)?;
+            println!("{}", text.trim_end());
+            Ok(())
+        }
+        Command::Keys(KeysCommand::Import { set, pem, activate }) => {
+            let set_config = config.key_set(&set).with_context(|| format!("no key set is named {set:?}"))?;
+            let pem =
+                zeroize::Zeroizing::new(std::fs::read(&pem).with_context(|| format!("reading {}", pem.display()))?);
+            let pool = db::connect(config.database_path()).await?;
+            let master = master_key(&loaded, &pool).await?;
+            keystore::check_master_key(&keystore::list(&pool).await?, &master)?;
+            let kid = keystore::import(&pool, &master, set_config, &pem, activate, now()).await?;
+            let role = if activate { "the signing key" } else { "the next key" };
+            eprintln!("imported {kid} into {set} as {role}");
+            Ok(())
+        }
+        Command::Secrets(SecretsCommand::Set { profile }) => {
+            if std::io::stdin().is_terminal() {
+                eprintln!("type the secret, then press Ctrl-D (it is not echoed back anywhere else)");
+            }
+            let mut secret = zeroize::Zeroizing::new(Vec::new());
+            std::io::stdin().read_to_end(&mut secret).context("reading the secret from standard input")?;
+            // One trailing newline is the shell's, not the secret's.
+            if secret.ends_with(b"\n") {
+                secret.pop();
+                if secret.ends_with(b"\r") {
+                    secret.pop();
+                }
+            }
+            anyhow::ensure!(!secret.is_empty(), "no secret on standard input");
+            let pool = db::connect(config.database_path()).await?;
+            let master = master_key(&loaded, &pool).await?;
+            keystore::check_master_key(&keystore::list(&pool).await?, &master)?;
+            secrets::set(&pool, &master, config, &profile, &secret, now()).await?;
+            eprintln!("stored the secret of profile {profile}; running servers use it within seconds");
+            Ok(())
+        }
+        Command::Secrets(SecretsCommand::List) => {
+            let pool = db::connect(config.database_path()).await?;
+            println!("{:<24} {:<20} UPDATED", "PROFILE", "CREATED");
+            for info in secrets::list(&pool).await? {
+                println!("{:<24} {:<20} {}", info.profile, time(Some(info.created_at)), time(Some(info.updated_at)));
+            }
+            Ok(())
+        }
+        Command::Onboarding { profile } => onboarding(config, &profile).await,
         Command::Keys(KeysCommand::Schedule { json }) => {
             let pool = db::connect(config.database_path()).await?;
             let sets = lifecycle::schedule(&pool, config, now()).await?;
@@ -312,6 +406,63 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Prints the onboarding values on standard output, then checks `iss + jwks_uri` serves the
+/// set's current and next keys (report on standard error; failure is a non-zero exit).
+async fn onboarding(config: &Config, name: &str) -> anyhow::Result<()> {
+    let profile =
+        config.profiles.iter().find(|p| p.name == name).with_context(|| format!("no profile is named {name:?}"))?;
+    let (Some(set_name), Some(issuer)) = (&profile.key_set, &profile.issuer) else {
+        bail!("profile {name} is a shared-secret profile: partners verify it with the shared secret, not a JWKS");
+    };
+    let set = config.key_set(set_name).with_context(|| format!("no key set {set_name}"))?;
+    let jwks_uri = match profile.static_claims.get("jwks_uri").and_then(|v| v.as_str()) {
+        Some(uri) => uri.to_owned(),
+        None => {
+            set.jwks_paths.first().cloned().with_context(|| format!("key set {set_name} publishes no JWKS path"))?
+        }
+    };
+    if let Some(partner_name) = &profile.partner_name {
+        println!("partner_name: {partner_name}");
+    }
+    println!("iss: {issuer}");
+    println!("jwks_uri: {jwks_uri}");
+
+    let pool = db::connect(config.database_path()).await?;
+    let keys = keystore::list_set(&pool, set_name).await?;
+    let wanted: Vec<(&str, String)> = [KeyState::Current, KeyState::Next]
+        .into_iter()
+        .filter_map(|state| {
+            keys.iter()
+                .find(|k| k.state() == state)
+                .map(|k| (if state == KeyState::Current { "current" } else { "next" }, k.kid.clone()))
+        })
+        .collect();
+    let url = format!("{}{jwks_uri}", issuer.trim_end_matches('/'));
+    eprintln!("checking {url} ...");
+    let response = reqwest::Client::new()
+        .get(&url)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .with_context(|| format!("{url} could not be fetched: route it to keyward's public listener"))?;
+    let status = response.status();
+    anyhow::ensure!(status.is_success(), "{url} answered HTTP {status}");
+    let jwks: serde_json::Value = response.json().await.with_context(|| format!("{url} did not answer JSON"))?;
+    let published: Vec<&str> =
+        jwks["keys"].as_array().map(|keys| keys.iter().filter_map(|k| k["kid"].as_str()).collect()).unwrap_or_default();
+    eprintln!("{url} answered {status} with {} key(s)", published.len());
+    let mut missing = 0;
+    for (role, kid) in &wanted {
+        let found = published.contains(&kid.as_str());
+        eprintln!("  {role} key {kid}: {}", if found { "published" } else { "MISSING" });
+        missing += usize::from(!found);
+    }
+    anyhow::ensure!(wanted.len() == 2, "key set {set_name} lacks a current or next key: start `keyward serve` once");
+    anyhow::ensure!(missing == 0, "{missing} key(s) missing from {url}: is it served by this keyward's database?");
+    eprintln!("ok: the partner will find our keys");
+    Ok(())
 }
 
 /// Says on standard error what a key action did.

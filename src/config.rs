@@ -103,18 +103,41 @@ pub struct KeySetConfig {
     pub clock_skew: Duration,
 }
 
-/// `[[profile]]`: what a caller may get signed, with which key set.
+/// `[[profile]]`: what a caller may get signed, with which key set or shared secret.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProfileConfig {
     /// Unique name, part of the signing URL.
     pub name: String,
-    /// The key set that signs this profile's tokens.
-    pub key_set: String,
-    /// `iss` of every token.
-    pub issuer: String,
-    /// `aud` of every token.
-    pub audience: String,
+    /// The key set that signs this profile's tokens (key-set profiles).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_set: Option<String>,
+    /// `HS256` or `HS512`: a shared-secret profile, signed with `keyward secrets set`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<HmacAlgorithm>,
+    /// `iss` of every token (key-set profiles).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// `aud` of every token (key-set profiles).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// The exact claims of a shared-secret profile's tokens; the strings "{iat}", "{exp}",
+    /// "{jti}" and "{sub}" are replaced by the issue time, expiry, a fresh id and the
+    /// request's subject.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claims: Option<BTreeMap<String, serde_json::Value>>,
+    /// The partner's name for us, printed by `keyward onboarding`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partner_name: Option<String>,
+    /// No token before this instant (RFC 3339), e.g. an API key's start date.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_from: Option<String>,
+    /// No token after this instant (RFC 3339), e.g. an API key's end date.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_until: Option<String>,
+    /// How `POST /v1/profiles/{name}/token` turns the assertion into a partner token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exchange: Option<ExchangeConfig>,
     /// Claims added to every token as they are.
     #[serde(default)]
     pub static_claims: BTreeMap<String, serde_json::Value>,
@@ -130,6 +153,82 @@ pub struct ProfileConfig {
     /// Longest lifetime a request may ask for; under one hour.
     #[serde(default = "default_max_ttl")]
     pub max_ttl: Duration,
+}
+
+/// The HMAC algorithms of shared-secret profiles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum HmacAlgorithm {
+    /// HMAC with SHA-256.
+    #[serde(rename = "HS256")]
+    Hs256,
+    /// HMAC with SHA-512.
+    #[serde(rename = "HS512")]
+    Hs512,
+}
+
+impl HmacAlgorithm {
+    /// The JOSE name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HmacAlgorithm::Hs256 => "HS256",
+            HmacAlgorithm::Hs512 => "HS512",
+        }
+    }
+
+    /// The shortest secret RFC 7518 allows: the hash's output size.
+    pub fn min_secret_len(self) -> usize {
+        match self {
+            HmacAlgorithm::Hs256 => 32,
+            HmacAlgorithm::Hs512 => 64,
+        }
+    }
+}
+
+/// `[profile.exchange]`: trading our assertion or key for a partner's token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExchangeConfig {
+    /// How the partner's token endpoint is called.
+    pub style: ExchangeStyle,
+    /// The partner's token endpoint.
+    pub token_url: String,
+    /// `bearer_assertion`: where the issued token is in the JSON reply.
+    #[serde(default = "default_token_field")]
+    pub token_field: String,
+    /// `account_key`: the service account id sent with the public key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<String>,
+    /// `account_key`: where a refresh token buys a new access token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_url: Option<String>,
+    /// How long one upstream call may take.
+    #[serde(default = "default_exchange_timeout")]
+    pub timeout: Duration,
+}
+
+/// How a partner's token endpoint is called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExchangeStyle {
+    /// POST with `Authorization: Bearer <assertion>` (NPM).
+    BearerAssertion,
+    /// POST `{account_id, public_key}`; refresh with the refresh token (PaymentsGate).
+    AccountKey,
+}
+
+fn default_token_field() -> String {
+    "token".to_owned()
+}
+fn default_exchange_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// The claim placeholders of shared-secret templates.
+pub const PLACEHOLDERS: [&str; 4] = ["{iat}", "{exp}", "{jti}", "{sub}"];
+
+/// Parses an RFC 3339 instant into Unix seconds.
+pub fn parse_instant(text: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(text).ok().map(|t| t.timestamp())
 }
 
 fn default_algorithm() -> Algorithm {
@@ -184,9 +283,15 @@ impl Default for Config {
             }],
             profiles: vec![ProfileConfig {
                 name: "npm-sandbox".to_owned(),
-                key_set: "npm".to_owned(),
-                issuer: "https://yourdomain.com".to_owned(),
-                audience: "http://sandbox.npmdev.net/api/partners/acme/oauth2/v1/token".to_owned(),
+                key_set: Some("npm".to_owned()),
+                algorithm: None,
+                issuer: Some("https://yourdomain.com".to_owned()),
+                audience: Some("http://sandbox.npmdev.net/api/partners/acme/oauth2/v1/token".to_owned()),
+                claims: None,
+                partner_name: None,
+                valid_from: None,
+                valid_until: None,
+                exchange: None,
                 static_claims: BTreeMap::from([(
                     "jwks_uri".to_owned(),
                     serde_json::Value::String("/path/to/your/jwks".to_owned()),
@@ -449,74 +554,174 @@ pub fn validate(config: &Config, source_name: &str) -> Result<(), ConfigError> {
         if !profile_names.insert(profile.name.as_str()) {
             return Err(fail(at("name"), "another [[profile]] has the same name".to_owned()));
         }
-        let Some(set) = config.key_sets.iter().find(|s| s.name == profile.key_set) else {
-            return Err(fail(at("key_set"), format!("no [[key_set]] is named {:?}", profile.key_set)));
-        };
-        if profile.issuer.trim().is_empty() {
-            return Err(fail(at("issuer"), "must not be empty".to_owned()));
-        }
-        if profile.audience.trim().is_empty() {
-            return Err(fail(at("audience"), "must not be empty".to_owned()));
-        }
-        if profile.max_ttl >= TTL_HARD_CAP {
-            return Err(fail(
-                at("max_ttl"),
-                format!(
-                    "{} is too long: tokens must expire less than 1 hour after issue (at most 59m or 3599s)",
-                    profile.max_ttl
-                ),
-            ));
-        }
-        if profile.max_ttl.as_secs() == 0 {
-            return Err(fail(at("max_ttl"), "must be at least 1s".to_owned()));
-        }
-        if profile.default_ttl.as_secs() == 0 {
-            return Err(fail(at("default_ttl"), "must be at least 1s".to_owned()));
-        }
-        if profile.default_ttl > profile.max_ttl {
-            return Err(fail(
-                at("default_ttl"),
-                format!("{} is longer than max_ttl ({})", profile.default_ttl, profile.max_ttl),
-            ));
-        }
-        for name in profile.static_claims.keys() {
-            if REGISTERED_CLAIMS.contains(&name.as_str()) {
-                return Err(fail(
-                    at("static_claims"),
-                    format!("{name:?} is a registered claim that keyward sets itself"),
-                ));
-            }
-        }
-        if let Some(uri) = profile.static_claims.get("jwks_uri") {
-            let listed = uri.as_str().is_some_and(|u| set.jwks_paths.iter().any(|p| p == u));
-            if !listed {
-                return Err(fail(
-                    at("static_claims.jwks_uri"),
-                    format!("{uri} is not one of key set {:?}'s jwks_paths ({})", set.name, set.jwks_paths.join(", ")),
-                ));
-            }
-        }
-        let mut seen = BTreeSet::new();
-        for name in &profile.allowed_claims {
-            if REGISTERED_CLAIMS.contains(&name.as_str()) {
-                return Err(fail(
-                    at("allowed_claims"),
-                    format!("{name:?} is a registered claim; callers may not set it"),
-                ));
-            }
-            if profile.static_claims.contains_key(name) {
-                return Err(fail(
-                    at("allowed_claims"),
-                    format!("{name:?} is a static claim of this profile; callers may not override it"),
-                ));
-            }
-            if name.is_empty() || !seen.insert(name) {
-                return Err(fail(at("allowed_claims"), format!("{name:?} is empty or listed twice")));
-            }
-        }
+        validate_signer(config, profile).map_err(|(field, m)| fail(at(field), m))?;
+        validate_ttls_and_claims(profile).map_err(|(field, m)| fail(at(field), m))?;
         if let Err(err) = regex::Regex::new(&profile.subject_pattern) {
             let first_line = err.to_string().lines().last().unwrap_or_default().trim().to_owned();
             return Err(fail(at("subject_pattern"), format!("not a valid regular expression: {first_line}")));
+        }
+        let from = match &profile.valid_from {
+            Some(text) => Some(parse_instant(text).ok_or_else(|| {
+                fail(at("valid_from"), format!("{text:?} is not an RFC 3339 time like 2026-01-01T00:00:00Z"))
+            })?),
+            None => None,
+        };
+        let until = match &profile.valid_until {
+            Some(text) => Some(parse_instant(text).ok_or_else(|| {
+                fail(at("valid_until"), format!("{text:?} is not an RFC 3339 time like 2027-01-01T00:00:00Z"))
+            })?),
+            None => None,
+        };
+        if let (Some(from), Some(until)) = (from, until) {
+            if from >= until {
+                return Err(fail(at("valid_until"), "must be after valid_from".to_owned()));
+            }
+        }
+        if let Some(exchange) = &profile.exchange {
+            validate_exchange(profile, exchange).map_err(|(field, m)| fail(at(field), m))?;
+        }
+    }
+    Ok(())
+}
+
+type FieldError = (&'static str, String);
+
+/// A key-set profile names a set and fixes `iss`/`aud`; a shared-secret profile has an
+/// HMAC algorithm and a claims template instead.
+fn validate_signer(config: &Config, profile: &ProfileConfig) -> Result<(), FieldError> {
+    match (&profile.algorithm, &profile.key_set) {
+        (Some(_), Some(_)) => {
+            Err(("key_set", "a shared-secret profile (algorithm = HS256/HS512) signs without a key set".to_owned()))
+        }
+        (None, None) => Err((
+            "key_set",
+            "missing: name the [[key_set]] that signs, or set algorithm = \"HS256\"/\"HS512\" for a shared secret"
+                .to_owned(),
+        )),
+        (None, Some(set_name)) => {
+            let Some(set) = config.key_set(set_name) else {
+                return Err(("key_set", format!("no [[key_set]] is named {set_name:?}")));
+            };
+            for (field, value) in [("issuer", &profile.issuer), ("audience", &profile.audience)] {
+                if value.as_deref().is_none_or(|v| v.trim().is_empty()) {
+                    return Err((field, "missing: a key-set profile fixes iss and aud".to_owned()));
+                }
+            }
+            if profile.claims.is_some() {
+                return Err(("claims", "only shared-secret profiles use a claims template".to_owned()));
+            }
+            for name in profile.static_claims.keys() {
+                if REGISTERED_CLAIMS.contains(&name.as_str()) {
+                    return Err(("static_claims", format!("{name:?} is a registered claim that keyward sets itself")));
+                }
+            }
+            if let Some(uri) = profile.static_claims.get("jwks_uri") {
+                if !uri.as_str().is_some_and(|u| set.jwks_paths.iter().any(|p| p == u)) {
+                    return Err((
+                        "static_claims.jwks_uri",
+                        format!(
+                            "{uri} is not one of key set {:?}'s jwks_paths ({})",
+                            set.name,
+                            set.jwks_paths.join(", ")
+                        ),
+                    ));
+                }
+            }
+            Ok(())
+        }
+        (Some(_), None) => {
+            for (field, set) in [
+                ("issuer", profile.issuer.is_some()),
+                ("audience", profile.audience.is_some()),
+                ("static_claims", !profile.static_claims.is_empty()),
+            ] {
+                if set {
+                    return Err((
+                        field,
+                        "a shared-secret profile writes every claim in its claims template".to_owned(),
+                    ));
+                }
+            }
+            let Some(template) = &profile.claims else {
+                return Err(("claims", "missing: a shared-secret profile needs a claims template".to_owned()));
+            };
+            if !template.values().any(|v| v == "{exp}") {
+                return Err(("claims", "must contain \"{exp}\": every token expires".to_owned()));
+            }
+            for (name, value) in template {
+                if let Some(text) = value.as_str() {
+                    let looks_like = text.starts_with('{') && text.ends_with('}') && !text.contains(' ');
+                    if looks_like && !PLACEHOLDERS.contains(&text) {
+                        return Err((
+                            "claims",
+                            format!("{name} = {text:?}: unknown placeholder (use {})", PLACEHOLDERS.join(", ")),
+                        ));
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn validate_ttls_and_claims(profile: &ProfileConfig) -> Result<(), FieldError> {
+    if profile.max_ttl >= TTL_HARD_CAP {
+        return Err((
+            "max_ttl",
+            format!(
+                "{} is too long: tokens must expire less than 1 hour after issue (at most 59m or 3599s)",
+                profile.max_ttl
+            ),
+        ));
+    }
+    if profile.max_ttl.as_secs() == 0 {
+        return Err(("max_ttl", "must be at least 1s".to_owned()));
+    }
+    if profile.default_ttl.as_secs() == 0 {
+        return Err(("default_ttl", "must be at least 1s".to_owned()));
+    }
+    if profile.default_ttl > profile.max_ttl {
+        return Err(("default_ttl", format!("{} is longer than max_ttl ({})", profile.default_ttl, profile.max_ttl)));
+    }
+    let template_names = profile.claims.as_ref().map(|t| t.keys().collect::<Vec<_>>()).unwrap_or_default();
+    let mut seen = BTreeSet::new();
+    for name in &profile.allowed_claims {
+        if REGISTERED_CLAIMS.contains(&name.as_str()) {
+            return Err(("allowed_claims", format!("{name:?} is a registered claim; callers may not set it")));
+        }
+        if profile.static_claims.contains_key(name) || template_names.contains(&name) {
+            return Err((
+                "allowed_claims",
+                format!("{name:?} is a static claim of this profile; callers may not override it"),
+            ));
+        }
+        if name.is_empty() || !seen.insert(name) {
+            return Err(("allowed_claims", format!("{name:?} is empty or listed twice")));
+        }
+    }
+    Ok(())
+}
+
+fn validate_exchange(profile: &ProfileConfig, exchange: &ExchangeConfig) -> Result<(), FieldError> {
+    let url_ok = |url: &str| url.starts_with("https://") || url.starts_with("http://");
+    if !url_ok(&exchange.token_url) {
+        return Err(("exchange.token_url", format!("{:?} is not an http(s) URL", exchange.token_url)));
+    }
+    if let Some(url) = exchange.refresh_url.as_deref().filter(|u| !url_ok(u)) {
+        return Err(("exchange.refresh_url", format!("{url:?} is not an http(s) URL")));
+    }
+    if exchange.timeout.as_secs() == 0 {
+        return Err(("exchange.timeout", "must be at least 1s".to_owned()));
+    }
+    if exchange.style == ExchangeStyle::AccountKey {
+        if profile.key_set.is_none() {
+            return Err((
+                "exchange.style",
+                "account_key sends a key set's public key: the profile needs a key_set".to_owned(),
+            ));
+        }
+        if exchange.account_id.as_deref().is_none_or(str::is_empty) {
+            return Err(("exchange.account_id", "missing: account_key needs the service account id".to_owned()));
         }
     }
     Ok(())
@@ -535,7 +740,7 @@ fn check_name(name: &str) -> Result<(), String> {
 }
 
 impl Config {
-    /// The key set a profile signs with.
+    /// The key set named `name`.
     pub fn key_set(&self, name: &str) -> Option<&KeySetConfig> {
         self.key_sets.iter().find(|s| s.name == name)
     }
@@ -607,8 +812,10 @@ mod tests {
         let line = text.lines().position(|l| l.starts_with("rsa_bits")).unwrap() + 1;
         let msg = error_of("rsa_bits = 2048", "rsa_bitz = 2048");
         assert!(msg.contains(&format!("(line {line})")), "expected line {line}: {msg}");
+        let msg = error_of(r#"name = "npm-sandbox""#, "");
+        assert!(msg.contains("[[profile]] #1, field name") && msg.contains("missing field"), "{msg}");
         let msg = error_of(r#"issuer = "https://yourdomain.com""#, "");
-        assert!(msg.contains(r#"[[profile]] #1, field issuer"#) && msg.contains("missing field"), "{msg}");
+        assert!(msg.contains(r#"[[profile]] "npm-sandbox", field issuer: missing"#), "{msg}");
     }
 
     #[test]

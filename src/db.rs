@@ -28,7 +28,22 @@ pub async fn connect(path: &str) -> anyhow::Result<SqlitePool> {
         .connect_with(options)
         .await
         .with_context(|| format!("opening the database {path}"))?;
-    sqlx::migrate!("./migrations").run(&pool).await.with_context(|| format!("applying migrations to {path}"))?;
+    // Processes starting together on a fresh database would otherwise all try to apply the
+    // same migrations (sqlx takes no lock on SQLite): they take turns on a lock file.
+    let lock_path = format!("{path}.migrate-lock");
+    let lock_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("opening {lock_path}"))?;
+    let lock_file = tokio::task::spawn_blocking(move || lock_file.lock().map(|()| lock_file))
+        .await
+        .context("migration lock task")?
+        .with_context(|| format!("locking {lock_path}"))?;
+    let migrated = sqlx::migrate!("./migrations").run(&pool).await;
+    drop(lock_file);
+    migrated.with_context(|| format!("applying migrations to {path}"))?;
     Ok(pool)
 }
 

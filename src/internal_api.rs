@@ -12,9 +12,13 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::clients::Client;
+use crate::config::ExchangeStyle;
+use crate::exchange::{self, ExchangeError, TokenCache};
+use crate::export::{self, Format};
+use crate::keystore;
 use crate::lifecycle::{self, ActionError};
 use crate::problem::ApiError;
-use crate::profiles::{Profile, SignRequest};
+use crate::profiles::{Prepared, Profile, Refusal, RefusalKind, SignRequest, SignedBy};
 use crate::public_api::status_json;
 use crate::rotation::{Refused, Step};
 use crate::state::{Shared, Snapshot};
@@ -26,12 +30,14 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 pub struct InternalState {
     shared: Arc<Shared>,
     profiles: HashMap<String, Profile>,
+    tokens: TokenCache,
+    http: reqwest::Client,
 }
 
 impl InternalState {
     /// Handlers over the shared snapshot and the compiled profiles.
     pub fn new(shared: Arc<Shared>, profiles: HashMap<String, Profile>) -> Self {
-        InternalState { shared, profiles }
+        InternalState { shared, profiles, tokens: TokenCache::default(), http: reqwest::Client::new() }
     }
 }
 
@@ -57,6 +63,16 @@ pub fn configure(config: &mut web::ServiceConfig) {
             web::resource("/v1/keys/{kid}/revoke")
                 .route(web::post().to(revoke))
                 .default_service(web::to(|| async { Err::<HttpResponse, _>(ApiError::MethodNotAllowed("POST")) })),
+        )
+        .service(
+            web::resource("/v1/profiles/{profile}/token")
+                .route(web::post().to(token))
+                .default_service(web::to(|| async { Err::<HttpResponse, _>(ApiError::MethodNotAllowed("POST")) })),
+        )
+        .service(
+            web::resource("/v1/keys/{kid}/public")
+                .route(web::get().to(public_key))
+                .default_service(web::to(|| async { Err::<HttpResponse, _>(ApiError::MethodNotAllowed("GET")) })),
         )
         .service(web::resource("/healthz").route(web::get().to(healthz)))
         .service(web::resource("/readyz").route(web::get().to(readyz)))
@@ -231,9 +247,9 @@ fn body_error(path: &str, err: &serde_json::Error) -> ApiError {
 }
 
 #[derive(Serialize)]
-struct Signed<'a> {
+struct Signed {
     token: String,
-    kid: &'a str,
+    kid: Option<String>,
     alg: &'static str,
     jti: String,
     issued_at: i64,
@@ -248,43 +264,186 @@ fn new_jti() -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-async fn sign(
-    req: HttpRequest,
-    profile: web::Path<String>,
-    payload: web::Payload,
-    state: web::Data<InternalState>,
-) -> Result<HttpResponse, ApiError> {
-    let snapshot = state.shared.snapshot();
-    let client = authenticate(&req, &snapshot)?;
-    let profile = state
-        .profiles
-        .get(profile.as_str())
-        .ok_or_else(|| ApiError::NotFound(format!("no profile is named {:?}", profile.as_str())))?;
+fn refused(refusal: Refusal) -> ApiError {
+    match refusal.kind {
+        RefusalKind::Malformed => ApiError::InvalidBody { field: Some(refusal.field), detail: refusal.detail },
+        RefusalKind::Unacceptable => ApiError::Refused { field: refusal.field, detail: refusal.detail },
+        RefusalKind::NotNow => ApiError::Conflict(refusal.detail),
+    }
+}
+
+/// The authenticated client and the profile it may use.
+fn authorize<'a>(
+    req: &HttpRequest,
+    snapshot: &'a Snapshot,
+    state: &'a InternalState,
+    name: &str,
+) -> Result<(&'a Client, &'a Profile), ApiError> {
+    let client = authenticate(req, snapshot)?;
+    let profile =
+        state.profiles.get(name).ok_or_else(|| ApiError::NotFound(format!("no profile is named {name:?}")))?;
     if !client.may_use(&profile.name) {
         return Err(ApiError::Forbidden(format!("profile {:?}", profile.name)));
     }
-    let request: SignRequest = json_body(&req, payload).await?;
-    let signer = snapshot
-        .key_sets
-        .get(&profile.key_set)
-        .and_then(|view| view.signer.clone())
-        .ok_or_else(|| ApiError::NoSigningKey(profile.key_set.clone()))?;
-    let now = chrono::Utc::now().timestamp();
-    let jti = new_jti();
-    let prepared = profile
-        .prepare(request, now, jti.clone())
-        .map_err(|refusal| ApiError::Refused { field: refusal.field, detail: refusal.detail })?;
-    let token = signer.sign(prepared.claims).map_err(anyhow::Error::from)?;
-    tracing::debug!(profile = %profile.name, client = %client.name, kid = signer.kid(), jti, "token issued");
-    Ok(HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).json(Signed {
+    Ok((client, profile))
+}
+
+/// Signs prepared claims with the profile's key set or secret.
+fn sign_prepared(snapshot: &Snapshot, profile: &Profile, prepared: Prepared, jti: String) -> Result<Signed, ApiError> {
+    let (token, kid, alg) = match &profile.signed_by {
+        SignedBy::KeySet(set) => {
+            let signer = snapshot
+                .key_sets
+                .get(set)
+                .and_then(|view| view.signer.clone())
+                .ok_or_else(|| ApiError::NoSigningKey(format!("key set {set} has no signing key yet")))?;
+            let token = signer.sign(prepared.claims).map_err(anyhow::Error::from)?;
+            (token, Some(signer.kid().to_owned()), signer.algorithm().as_str())
+        }
+        SignedBy::Secret(_) => {
+            let secret = snapshot.secrets.get(&profile.name).ok_or_else(|| {
+                ApiError::NoSigningKey(format!(
+                    "profile {0} has no secret yet (an operator sets it with `keyward secrets set {0}`)",
+                    profile.name
+                ))
+            })?;
+            let token = secret.sign(prepared.claims).map_err(anyhow::Error::from)?;
+            (token, None, secret.algorithm().as_str())
+        }
+    };
+    Ok(Signed {
         token,
-        kid: signer.kid(),
-        alg: signer.algorithm().as_str(),
+        kid,
+        alg,
         jti,
         issued_at: prepared.issued_at,
         expires_at: prepared.expires_at,
         expires_in: prepared.expires_at - prepared.issued_at,
-    }))
+    })
+}
+
+fn no_store_json(body: &impl Serialize) -> HttpResponse {
+    HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).json(body)
+}
+
+async fn sign(
+    req: HttpRequest,
+    name: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<InternalState>,
+) -> Result<HttpResponse, ApiError> {
+    let snapshot = state.shared.snapshot();
+    let (client, profile) = authorize(&req, &snapshot, &state, &name)?;
+    let request: SignRequest = json_body(&req, payload).await?;
+    if request.cache.is_some() {
+        return Err(ApiError::InvalidBody {
+            field: Some("cache".into()),
+            detail: "only /token takes \"cache\"".into(),
+        });
+    }
+    let now = chrono::Utc::now().timestamp();
+    let jti = new_jti();
+    let prepared = profile.prepare(request, now, jti.clone()).map_err(refused)?;
+    let signed = sign_prepared(&snapshot, profile, prepared, jti)?;
+    tracing::debug!(profile = %profile.name, client = %client.name, kid = signed.kid, jti = signed.jti, "token issued");
+    Ok(no_store_json(&signed))
+}
+
+#[derive(Serialize)]
+struct PartnerToken {
+    token: String,
+    expires_at: Option<i64>,
+}
+
+async fn token(
+    req: HttpRequest,
+    name: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<InternalState>,
+) -> Result<HttpResponse, ApiError> {
+    let snapshot = state.shared.snapshot();
+    let (client, profile) = authorize(&req, &snapshot, &state, &name)?;
+    let request: SignRequest = json_body(&req, payload).await?;
+    let exchange = profile
+        .exchange
+        .as_ref()
+        .ok_or_else(|| ApiError::NotFound(format!("profile {:?} has no [profile.exchange]", profile.name)))?;
+    let use_cache = request.cache.unwrap_or(true);
+    let clock = || chrono::Utc::now().timestamp();
+    let issued = match exchange.style {
+        ExchangeStyle::BearerAssertion => {
+            let key = format!(
+                "{}\0{}\0{}",
+                profile.name,
+                request.sub.as_deref().unwrap_or_default(),
+                serde_json::to_string(&request.claims).map_err(anyhow::Error::from)?
+            );
+            // Judge the request first (the caller's errors are 4xx); sign only on a miss.
+            let jti = new_jti();
+            let prepared = profile.prepare(request, clock(), jti.clone()).map_err(refused)?;
+            let fetch = |_refresh| async {
+                let signed = sign_prepared(&snapshot, profile, prepared, jti).map_err(|err| {
+                    tracing::error!(error = %err, profile = %profile.name, "could not sign the assertion");
+                    ExchangeError::Local
+                })?;
+                exchange::bearer_assertion(&state.http, exchange, &signed.token).await
+            };
+            state.tokens.get(&key, use_cache, clock, fetch).await?
+        }
+        ExchangeStyle::AccountKey => {
+            if request.sub.is_some() || !request.claims.is_empty() || request.ttl_seconds.is_some() {
+                return Err(ApiError::InvalidBody {
+                    field: None,
+                    detail: "this profile's exchange takes only \"cache\"".into(),
+                });
+            }
+            let set = profile.key_set().unwrap_or_default();
+            let view = snapshot.key_sets.get(set);
+            let (Some(signer), Some(public)) =
+                (view.and_then(|v| v.signer.clone()), view.and_then(|v| v.public.clone()))
+            else {
+                return Err(ApiError::NoSigningKey(format!("key set {set} has no signing key yet")));
+            };
+            let public_key = export::render(signer.kid(), signer.algorithm(), &public, Format::PemBase64)?;
+            // The partner knows us by our current key: a rotation starts a new cache entry.
+            let key = format!("{}\0account\0{}", profile.name, signer.kid());
+            let fetch = |refresh| exchange::account_key(&state.http, exchange, &public_key, refresh, clock());
+            state.tokens.get(&key, use_cache, clock, fetch).await?
+        }
+    };
+    tracing::debug!(profile = %profile.name, client = %client.name, cached = use_cache, "partner token handed out");
+    Ok(no_store_json(&PartnerToken { token: issued.token, expires_at: issued.expires_at }))
+}
+
+#[derive(serde::Deserialize)]
+struct ExportQuery {
+    format: Option<String>,
+}
+
+async fn public_key(
+    req: HttpRequest,
+    kid: web::Path<String>,
+    query: web::Query<ExportQuery>,
+    state: web::Data<InternalState>,
+) -> Result<HttpResponse, ApiError> {
+    authenticate(&req, &state.shared.snapshot())?;
+    let format_name = query.format.as_deref().unwrap_or("jwk");
+    let format = Format::parse(format_name).ok_or_else(|| ApiError::InvalidBody {
+        field: Some("format".into()),
+        detail: "format must be pem, pem-base64 or jwk".into(),
+    })?;
+    let record = keystore::list(state.shared.pool())
+        .await?
+        .into_iter()
+        .find(|r| r.kid == *kid)
+        .ok_or_else(|| ApiError::NotFound(format!("no key {}", kid.as_str())))?;
+    let body = export::render(&record.kid, record.algorithm, &record.public, format)?;
+    let content_type = match format {
+        Format::Pem => "application/x-pem-file",
+        Format::PemBase64 => "text/plain; charset=utf-8",
+        Format::Jwk => "application/jwk+json",
+    };
+    Ok(HttpResponse::Ok().content_type(content_type).body(body))
 }
 
 #[cfg(test)]
@@ -302,11 +461,9 @@ mod tests {
     fn body_errors_name_the_field_in_keywards_own_words() {
         assert_eq!(field_of(r#"{"sub": "a", "nope": 1}"#), (Some("nope".into()), "unknown field \"nope\"".into()));
         assert_eq!(field_of(r#"{"sub": 5}"#), (Some("sub".into()), "\"sub\" has the wrong type".into()));
-        assert_eq!(field_of(r#"{}"#), (Some("sub".into()), "the required field \"sub\" is missing".into()));
         assert_eq!(field_of(r#"[1]"#), (None, "the body must be a JSON object".into()));
         assert_eq!(field_of("{\"sub\": "), (None, "the body is not valid JSON (line 1, column 8)".into()));
         assert_eq!(field_of(r#"{"sub": "a", "nope": 1}"#).0.as_deref(), Some("nope"));
-        assert_eq!(field_of(r#"{"ttl_seconds": 5}"#).0.as_deref(), Some("sub"));
         assert_eq!(field_of(r#"{"sub": 5}"#).0.as_deref(), Some("sub"));
         assert_eq!(field_of(r#"{"sub": "a", "ttl_seconds": "5"}"#).0.as_deref(), Some("ttl_seconds"));
         assert_eq!(field_of(r#"{"sub": "a", "claims": []}"#).0.as_deref(), Some("claims"));

@@ -9,10 +9,12 @@ use base64::Engine;
 use josekit::jwk::alg::ec::{EcCurve, EcKeyPair};
 use josekit::jwk::alg::rsa::RsaKeyPair;
 use josekit::jwk::{Jwk, KeyPair};
-use josekit::jws::{JwsHeader, JwsSigner, ES256, ES384, PS256, RS256};
+use josekit::jws::{JwsHeader, JwsSigner, ES256, ES384, HS256, HS512, PS256, RS256};
 use josekit::jwt::JwtPayload;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
+
+use crate::config::HmacAlgorithm;
 
 /// A signing algorithm keyward can hold keys for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -76,6 +78,9 @@ pub enum KeyError {
     /// A JWK lacked a member it must have.
     #[error("the public key lacks the {0} member")]
     MissingMember(&'static str),
+    /// An imported key is unusable; the message never quotes the key.
+    #[error("cannot import the key: {0}")]
+    Import(String),
 }
 
 fn crypto(operation: &'static str) -> impl FnOnce(josekit::JoseError) -> KeyError {
@@ -181,6 +186,57 @@ pub fn generate(algorithm: Algorithm, rsa_bits: u32) -> Result<GeneratedKey, Key
     Ok(GeneratedKey { kid: public.thumbprint(), algorithm, public, private_der })
 }
 
+/// Reads a private key PEM (PKCS#1, PKCS#8 or SEC1) for `algorithm`, checking that it is
+/// of the right type, curve and size and that its parts are consistent.
+pub fn import_pem(algorithm: Algorithm, pem: &[u8]) -> Result<GeneratedKey, KeyError> {
+    use openssl::nid::Nid;
+    use openssl::pkey::{Id, PKey};
+    let refuse = |why: &str| KeyError::Import(why.to_owned());
+    let pkey = PKey::private_key_from_pem(pem).map_err(|_| {
+        refuse("not a PEM private key (PKCS#1 \"RSA PRIVATE KEY\", PKCS#8 \"PRIVATE KEY\" or SEC1 \"EC PRIVATE KEY\")")
+    })?;
+    match (algorithm, pkey.id()) {
+        (Algorithm::Rs256 | Algorithm::Ps256, Id::RSA) => {
+            let rsa = pkey.rsa().map_err(|_| refuse("unreadable RSA key"))?;
+            if !rsa.check_key().unwrap_or(false) {
+                return Err(refuse("the RSA key's parts are inconsistent"));
+            }
+            if rsa.size() * 8 < 2048 {
+                return Err(KeyError::Import(format!("RSA keys must have at least 2048 bits, not {}", rsa.size() * 8)));
+            }
+        }
+        (Algorithm::Es256 | Algorithm::Es384, Id::EC) => {
+            let ec = pkey.ec_key().map_err(|_| refuse("unreadable EC key"))?;
+            let wanted = if algorithm == Algorithm::Es256 { Nid::X9_62_PRIME256V1 } else { Nid::SECP384R1 };
+            if ec.group().curve_name() != Some(wanted) {
+                return Err(KeyError::Import(format!(
+                    "{algorithm} needs a key on {}",
+                    if wanted == Nid::SECP384R1 { "P-384" } else { "P-256" }
+                )));
+            }
+            if ec.check_key().is_err() {
+                return Err(refuse("the EC key's parts are inconsistent"));
+            }
+        }
+        _ => return Err(KeyError::Import(format!("the key's type does not fit the key set's algorithm {algorithm}"))),
+    }
+    let der = Zeroizing::new(pkey.private_key_to_pkcs8().map_err(|_| refuse("cannot convert to PKCS#8"))?);
+    let public_jwk = match algorithm {
+        Algorithm::Rs256 | Algorithm::Ps256 => {
+            RsaKeyPair::from_der(&*der).map_err(crypto("reading the key"))?.to_jwk_public_key()
+        }
+        Algorithm::Es256 => {
+            EcKeyPair::from_der(&*der, Some(EcCurve::P256)).map_err(crypto("reading the key"))?.to_jwk_public_key()
+        }
+        Algorithm::Es384 => {
+            EcKeyPair::from_der(&*der, Some(EcCurve::P384)).map_err(crypto("reading the key"))?.to_jwk_public_key()
+        }
+    };
+    let public = PublicKey::from_jwk(&public_jwk)?;
+    signer_from_der(algorithm, &der)?;
+    Ok(GeneratedKey { kid: public.thumbprint(), algorithm, public, private_der: der })
+}
+
 fn signer_from_der(algorithm: Algorithm, der: &[u8]) -> Result<Box<dyn JwsSigner>, KeyError> {
     let load = crypto("loading a private key");
     Ok(match algorithm {
@@ -226,12 +282,56 @@ impl SigningKey {
 
     /// Signs `claims` as a compact JWT with header `alg`, `kid`, `typ: "JWT"`.
     pub fn sign(&self, claims: serde_json::Map<String, serde_json::Value>) -> Result<String, KeyError> {
-        let mut header = JwsHeader::new();
-        header.set_token_type("JWT");
-        header.set_key_id(self.kid.clone());
-        let payload = JwtPayload::from_map(claims).map_err(crypto("building the JWT payload"))?;
-        josekit::jwt::encode_with_signer(&payload, &header, self.signer.as_ref()).map_err(crypto("signing"))
+        sign_jwt(self.signer.as_ref(), Some(&self.kid), claims)
     }
+}
+
+/// A profile's shared secret loaded for HS256/HS512 signing. `Debug` never shows it.
+pub struct SecretKey {
+    algorithm: HmacAlgorithm,
+    signer: Box<dyn JwsSigner>,
+}
+
+impl fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecretKey").field("algorithm", &self.algorithm).field("secret", &"<hidden>").finish()
+    }
+}
+
+impl SecretKey {
+    /// Loads a secret; RFC 7518 requires at least the hash's size (32 or 64 bytes).
+    pub fn new(algorithm: HmacAlgorithm, secret: &[u8]) -> Result<Self, KeyError> {
+        let load = crypto("loading an HMAC secret");
+        let signer: Box<dyn JwsSigner> = match algorithm {
+            HmacAlgorithm::Hs256 => Box::new(HS256.signer_from_bytes(secret).map_err(load)?),
+            HmacAlgorithm::Hs512 => Box::new(HS512.signer_from_bytes(secret).map_err(load)?),
+        };
+        Ok(SecretKey { algorithm, signer })
+    }
+
+    /// The HMAC algorithm.
+    pub fn algorithm(&self) -> HmacAlgorithm {
+        self.algorithm
+    }
+
+    /// Signs `claims` as a compact JWT with header `alg`, `typ: "JWT"`.
+    pub fn sign(&self, claims: serde_json::Map<String, serde_json::Value>) -> Result<String, KeyError> {
+        sign_jwt(self.signer.as_ref(), None, claims)
+    }
+}
+
+fn sign_jwt(
+    signer: &dyn JwsSigner,
+    kid: Option<&str>,
+    claims: serde_json::Map<String, serde_json::Value>,
+) -> Result<String, KeyError> {
+    let mut header = JwsHeader::new();
+    header.set_token_type("JWT");
+    if let Some(kid) = kid {
+        header.set_key_id(kid);
+    }
+    let payload = JwtPayload::from_map(claims).map_err(crypto("building the JWT payload"))?;
+    josekit::jwt::encode_with_signer(&payload, &header, signer).map_err(crypto("signing"))
 }
 
 #[cfg(test)]

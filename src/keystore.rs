@@ -159,12 +159,14 @@ pub async fn list(pool: &SqlitePool) -> anyhow::Result<Vec<KeyRecord>> {
     rows.iter().map(from_row).collect()
 }
 
-/// Whether any stored key still has a sealed private half (so a master key exists somewhere).
+/// Whether any private key or secret is stored sealed (so a master key exists somewhere).
 pub async fn holds_sealed_keys(pool: &SqlitePool) -> anyhow::Result<bool> {
-    let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM keys WHERE sealed_private IS NOT NULL LIMIT 1")
-        .fetch_optional(pool)
-        .await
-        .context("looking for sealed keys")?;
+    let found: Option<i64> = sqlx::query_scalar(
+        "SELECT 1 FROM keys WHERE sealed_private IS NOT NULL UNION ALL SELECT 1 FROM secrets LIMIT 1",
+    )
+    .fetch_optional(pool)
+    .await
+    .context("looking for sealed keys")?;
     Ok(found.is_some())
 }
 
@@ -188,6 +190,49 @@ async fn make_key(set: &KeySetConfig, master: &MasterKey, now: i64) -> anyhow::R
     let (algorithm, bits) = (set.algorithm, set.rsa_bits);
     let generated =
         tokio::task::spawn_blocking(move || keys::generate(algorithm, bits)).await.context("key generation task")??;
+    seal_record(set, master, generated, now)
+}
+
+/// Adds an existing private key (PEM) to `set`: as its next key, or with `activate` as its
+/// signing key at once (the current key becomes previous). Returns the new kid.
+pub async fn import(
+    pool: &SqlitePool,
+    master: &MasterKey,
+    set: &KeySetConfig,
+    pem: &[u8],
+    activate: bool,
+    now: i64,
+) -> anyhow::Result<String> {
+    let imported = keys::import_pem(set.algorithm, pem)?;
+    let record = seal_record(set, master, imported, now)?;
+    let kid = record.kid.clone();
+    let known: Option<i64> =
+        sqlx::query_scalar("SELECT 1 FROM keys WHERE kid = ?").bind(&kid).fetch_optional(pool).await?;
+    if known.is_some() {
+        bail!("key {kid} is already stored");
+    }
+    execute_with(pool, master, set, now, Some(record), |keys| {
+        let mut steps: Vec<Step> = Vec::new();
+        if activate {
+            steps.push(Step::CreateCurrent);
+        } else {
+            let nexts = keys.iter().filter(|k| k.state() == KeyState::Next);
+            steps.extend(nexts.map(|k| Step::Retire { kid: k.kid.clone() }));
+            steps.push(Step::CreateNext);
+        }
+        Ok(steps)
+    })
+    .await?;
+    Ok(kid)
+}
+
+fn seal_record(
+    set: &KeySetConfig,
+    master: &MasterKey,
+    generated: keys::GeneratedKey,
+    now: i64,
+) -> anyhow::Result<KeyRecord> {
+    let algorithm = generated.algorithm;
     let mut record = KeyRecord {
         kid: generated.kid.clone(),
         key_set: set.name.clone(),
@@ -264,14 +309,32 @@ pub async fn execute<F>(
 where
     F: Fn(&[KeyRecord]) -> anyhow::Result<Vec<Step>>,
 {
+    execute_with(pool, master, set, now, None, decide).await
+}
+
+/// [`execute`], with `supplied` (an imported key) used for the first key a step creates.
+async fn execute_with<F>(
+    pool: &SqlitePool,
+    master: &MasterKey,
+    set: &KeySetConfig,
+    now: i64,
+    supplied: Option<KeyRecord>,
+    decide: F,
+) -> anyhow::Result<Vec<Step>>
+where
+    F: Fn(&[KeyRecord]) -> anyhow::Result<Vec<Step>>,
+{
     for _ in 0..3 {
         let steps = decide(&list_set(pool, &set.name).await?)?;
         if steps.is_empty() {
             return Ok(steps);
         }
         let mut fresh = Vec::new();
-        for _ in steps.iter().filter(|s| s.creates_key()) {
-            fresh.push(make_key(set, master, now).await?);
+        for (i, _) in steps.iter().filter(|s| s.creates_key()).enumerate() {
+            match (&supplied, i) {
+                (Some(key), 0) => fresh.push(key.clone()),
+                _ => fresh.push(make_key(set, master, now).await?),
+            }
         }
         let mut tx = db::begin_write(pool).await?;
         let keys = list_set(&mut *tx, &set.name).await?;

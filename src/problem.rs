@@ -4,6 +4,8 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
+use crate::exchange::ExchangeError;
+
 /// Every way an API request can fail.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -45,8 +47,11 @@ pub enum ApiError {
     #[error("unsupported media type")]
     UnsupportedMediaType,
     /// No signing key is loaded for the profile's key set.
-    #[error("no signing key available for key set {0}")]
+    #[error("{0}")]
     NoSigningKey(String),
+    /// The partner did not give us a token.
+    #[error(transparent)]
+    Upstream(#[from] crate::exchange::ExchangeError),
     /// Anything else: logged in full, answered with a generic 500.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -76,6 +81,7 @@ impl ApiError {
             ApiError::TooLarge(_) => ("body-too-large", "Request body too large"),
             ApiError::UnsupportedMediaType => ("unsupported-media-type", "Unsupported Media Type"),
             ApiError::NoSigningKey(_) => ("no-signing-key", "No signing key available"),
+            ApiError::Upstream(_) => ("upstream", "The partner did not issue a token"),
             ApiError::Internal(_) => ("internal", "Internal Server Error"),
         }
     }
@@ -84,7 +90,7 @@ impl ApiError {
     fn public_detail(&self) -> String {
         match self {
             ApiError::Internal(_) => "the server could not complete the request; see its log".to_owned(),
-            ApiError::NoSigningKey(_) => "the profile's key set has no signing key yet; try again shortly".to_owned(),
+            ApiError::NoSigningKey(what) => format!("{what}; try again shortly"),
             ApiError::MethodNotAllowed(allow) => format!("this resource allows {allow}"),
             ApiError::Unauthorized => {
                 "send Authorization: Bearer <client token> (create one with `keyward clients add`)".to_owned()
@@ -116,6 +122,9 @@ impl ResponseError for ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::NoSigningKey(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Upstream(ExchangeError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Upstream(ExchangeError::Local) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

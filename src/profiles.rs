@@ -8,44 +8,81 @@ use regex::Regex;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::config::{ProfileConfig, TTL_HARD_CAP};
+use crate::config::{parse_instant, ExchangeConfig, HmacAlgorithm, ProfileConfig, TTL_HARD_CAP};
 use crate::duration::Duration;
+
+/// What signs a profile's tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignedBy {
+    /// The current key of this key set.
+    KeySet(String),
+    /// The profile's own shared secret.
+    Secret(HmacAlgorithm),
+}
+
+/// How a profile builds its claims.
+#[derive(Debug, Clone)]
+enum Claims {
+    /// `iss`, `sub`, `aud`, `iat`, `exp`, `jti` and the static claims.
+    Assertion { issuer: String, audience: String, static_claims: Map<String, Value> },
+    /// Exactly the template, placeholders filled in.
+    Template(Map<String, Value>),
+}
 
 /// A profile ready to judge requests.
 #[derive(Debug, Clone)]
 pub struct Profile {
     /// Unique name.
     pub name: String,
-    /// The key set that signs.
-    pub key_set: String,
-    issuer: String,
-    audience: String,
-    static_claims: Map<String, Value>,
+    /// The key set or secret that signs.
+    pub signed_by: SignedBy,
+    claims: Claims,
     allowed_claims: BTreeSet<String>,
     subject: Regex,
     subject_pattern: String,
     default_ttl: Duration,
     /// Longest lifetime a request may ask for.
     pub max_ttl: Duration,
+    valid_from: Option<i64>,
+    valid_until: Option<i64>,
+    /// How `/token` trades the assertion for a partner token, if it does.
+    pub exchange: Option<ExchangeConfig>,
 }
 
-/// The body of `POST /v1/profiles/{profile}/sign`.
-#[derive(Debug, Clone, Deserialize)]
+/// The body of `POST /v1/profiles/{profile}/sign` (and `/token`).
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SignRequest {
-    /// Subject of the token.
-    pub sub: String,
+    /// Subject of the token, for profiles whose tokens carry the caller's subject.
+    #[serde(default)]
+    pub sub: Option<String>,
     /// Lifetime in seconds; the profile's default when absent.
     #[serde(default)]
     pub ttl_seconds: Option<i64>,
     /// Extra claims, each named in the profile's `allowed_claims`.
     #[serde(default)]
     pub claims: Map<String, Value>,
+    /// `/token` only: `false` asks the partner for a fresh token instead of a cached one.
+    #[serde(default)]
+    pub cache: Option<bool>,
+}
+
+/// How a refusal should be answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalKind {
+    /// A required field is missing or does not belong (400).
+    Malformed,
+    /// A value the profile does not accept (422).
+    Unacceptable,
+    /// The profile may not sign now, e.g. outside its key's validity dates (409).
+    NotNow,
 }
 
 /// A request the profile refuses, naming the offending field.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
+    /// How to answer it.
+    pub kind: RefusalKind,
     /// The request field, e.g. `sub` or `claims.role`.
     pub field: String,
     /// What is wrong, for the caller.
@@ -55,7 +92,7 @@ pub struct Refusal {
 /// The claims of a token about to be signed.
 #[derive(Debug, Clone)]
 pub struct Prepared {
-    /// All claims, registered ones first.
+    /// All claims.
     pub claims: Map<String, Value>,
     /// `iat`, Unix seconds.
     pub issued_at: i64,
@@ -69,39 +106,104 @@ impl Profile {
         // Anchored so that the pattern judges the whole subject, not a part of it.
         let subject = Regex::new(&format!("^(?:{})$", config.subject_pattern))
             .with_context(|| format!("profile {}: subject_pattern", config.name))?;
+        let (signed_by, claims) = match (&config.algorithm, &config.key_set) {
+            (Some(algorithm), _) => (
+                SignedBy::Secret(*algorithm),
+                Claims::Template(config.claims.clone().unwrap_or_default().into_iter().collect()),
+            ),
+            (None, Some(set)) => (
+                SignedBy::KeySet(set.clone()),
+                Claims::Assertion {
+                    issuer: config.issuer.clone().unwrap_or_default(),
+                    audience: config.audience.clone().unwrap_or_default(),
+                    static_claims: config.static_claims.clone().into_iter().collect(),
+                },
+            ),
+            (None, None) => anyhow::bail!("profile {}: neither key_set nor algorithm", config.name),
+        };
+        let instant = |field: &str, text: &Option<String>| match text {
+            Some(text) => parse_instant(text).map(Some).with_context(|| format!("profile {}: {field}", config.name)),
+            None => Ok(None),
+        };
         Ok(Profile {
             name: config.name.clone(),
-            key_set: config.key_set.clone(),
-            issuer: config.issuer.clone(),
-            audience: config.audience.clone(),
-            static_claims: config.static_claims.clone().into_iter().collect(),
+            signed_by,
+            claims,
             allowed_claims: config.allowed_claims.iter().cloned().collect(),
             subject,
             subject_pattern: config.subject_pattern.clone(),
             default_ttl: config.default_ttl,
             max_ttl: config.max_ttl,
+            valid_from: instant("valid_from", &config.valid_from)?,
+            valid_until: instant("valid_until", &config.valid_until)?,
+            exchange: config.exchange.clone(),
         })
+    }
+
+    /// The key set that signs, for key-set profiles.
+    pub fn key_set(&self) -> Option<&str> {
+        match &self.signed_by {
+            SignedBy::KeySet(set) => Some(set),
+            SignedBy::Secret(_) => None,
+        }
+    }
+
+    /// Whether tokens carry the caller's `sub`.
+    fn takes_subject(&self) -> bool {
+        match &self.claims {
+            Claims::Assertion { .. } => true,
+            Claims::Template(template) => template.values().any(|v| v == "{sub}"),
+        }
     }
 
     /// Judges a request at `now` and, if it is acceptable, builds the token's claims.
     pub fn prepare(&self, request: SignRequest, now: i64, jti: String) -> Result<Prepared, Refusal> {
-        let refuse = |field: &str, detail: String| Refusal { field: field.to_owned(), detail };
-        if !self.subject.is_match(&request.sub) {
+        let refuse = |kind, field: &str, detail: String| Refusal { kind, field: field.to_owned(), detail };
+        if let Some(from) = self.valid_from.filter(|from| now < *from) {
             return Err(refuse(
-                "sub",
-                format!("does not match the profile's subject_pattern {}", self.subject_pattern),
+                RefusalKind::NotNow,
+                "profile",
+                format!("the profile's key is valid from {from} (Unix time)"),
             ));
         }
+        if let Some(until) = self.valid_until.filter(|until| now >= *until) {
+            return Err(refuse(
+                RefusalKind::NotNow,
+                "profile",
+                format!("the profile's key expired at {until} (Unix time)"),
+            ));
+        }
+        let sub = match (self.takes_subject(), request.sub) {
+            (true, None) => {
+                return Err(refuse(RefusalKind::Malformed, "sub", "the required field \"sub\" is missing".to_owned()))
+            }
+            (false, Some(_)) => {
+                return Err(refuse(
+                    RefusalKind::Malformed,
+                    "sub",
+                    "this profile's tokens carry no caller subject".to_owned(),
+                ))
+            }
+            (true, Some(sub)) if !self.subject.is_match(&sub) => {
+                return Err(refuse(
+                    RefusalKind::Unacceptable,
+                    "sub",
+                    format!("does not match the profile's subject_pattern {}", self.subject_pattern),
+                ))
+            }
+            (_, sub) => sub,
+        };
         let max = self.max_ttl.as_secs_i64();
         let ttl = request.ttl_seconds.unwrap_or(self.default_ttl.as_secs_i64());
         if !(1..=max).contains(&ttl) {
-            return Err(refuse("ttl_seconds", format!("must be between 1 and {max}")));
+            return Err(refuse(RefusalKind::Unacceptable, "ttl_seconds", format!("must be between 1 and {max}")));
         }
         for name in request.claims.keys() {
             if !self.allowed_claims.contains(name) {
                 let allowed = self.allowed_claims.iter().cloned().collect::<Vec<_>>().join(", ");
                 let allowed = if allowed.is_empty() { "none".to_owned() } else { allowed };
                 return Err(refuse(
+                    RefusalKind::Unacceptable,
                     &format!("claims.{name}"),
                     format!("this profile does not allow the claim (allowed: {allowed})"),
                 ));
@@ -110,16 +212,31 @@ impl Profile {
         // The partner rejects exp an hour or more after iat: never produce one.
         let ttl = ttl.min(TTL_HARD_CAP.as_secs_i64() - 1);
         let expires_at = now + ttl;
+        let sub = sub.unwrap_or_default();
 
-        let mut claims = Map::with_capacity(6 + self.static_claims.len() + request.claims.len());
-        claims.insert("iss".to_owned(), Value::String(self.issuer.clone()));
-        claims.insert("sub".to_owned(), Value::String(request.sub));
-        claims.insert("aud".to_owned(), Value::String(self.audience.clone()));
-        claims.insert("iat".to_owned(), Value::from(now));
-        claims.insert("exp".to_owned(), Value::from(expires_at));
-        claims.insert("jti".to_owned(), Value::String(jti));
-        for (name, value) in &self.static_claims {
-            claims.insert(name.clone(), value.clone());
+        let mut claims = Map::new();
+        match &self.claims {
+            Claims::Assertion { issuer, audience, static_claims } => {
+                claims.insert("iss".to_owned(), Value::String(issuer.clone()));
+                claims.insert("sub".to_owned(), Value::String(sub));
+                claims.insert("aud".to_owned(), Value::String(audience.clone()));
+                claims.insert("iat".to_owned(), Value::from(now));
+                claims.insert("exp".to_owned(), Value::from(expires_at));
+                claims.insert("jti".to_owned(), Value::String(jti));
+                claims.extend(static_claims.clone());
+            }
+            Claims::Template(template) => {
+                for (name, value) in template {
+                    let filled = match value.as_str() {
+                        Some("{iat}") => Value::from(now),
+                        Some("{exp}") => Value::from(expires_at),
+                        Some("{jti}") => Value::String(jti.clone()),
+                        Some("{sub}") => Value::String(sub.clone()),
+                        _ => value.clone(),
+                    };
+                    claims.insert(name.clone(), filled);
+                }
+            }
         }
         claims.extend(request.claims);
         Ok(Prepared { claims, issued_at: now, expires_at })

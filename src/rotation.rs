@@ -36,8 +36,13 @@ impl Policy {
     /// The policy of `set` under `config`: retention covers the longest `max_ttl` of the
     /// profiles that use the set (an hour, the hard cap, if none does).
     pub fn for_set(config: &Config, set: &KeySetConfig) -> Self {
-        let max_ttl =
-            config.profiles.iter().filter(|p| p.key_set == set.name).map(|p| p.max_ttl).max().unwrap_or(TTL_HARD_CAP);
+        let max_ttl = config
+            .profiles
+            .iter()
+            .filter(|p| p.key_set.as_deref() == Some(set.name.as_str()))
+            .map(|p| p.max_ttl)
+            .max()
+            .unwrap_or(TTL_HARD_CAP);
         Policy {
             algorithm: set.algorithm,
             rsa_bits: set.rsa_bits,

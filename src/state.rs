@@ -13,9 +13,10 @@ use crate::clients::{self, ClientDirectory};
 use crate::config::Config;
 use crate::db;
 use crate::jwks::{self, JwksDocument};
-use crate::keys::SigningKey;
+use crate::keys::{PublicKey, SecretKey, SigningKey};
 use crate::keystore::{self, KeyState};
 use crate::seal::MasterKey;
+use crate::secrets;
 
 /// How often a server looks for changes made by other processes.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
@@ -25,6 +26,8 @@ pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 pub struct KeySetView {
     /// The signing key; `None` only if the set has none (then the server is not ready).
     pub signer: Option<Arc<SigningKey>>,
+    /// The signing key's public half, for partners that register it.
+    pub public: Option<Arc<PublicKey>>,
     /// The JWKS served at the set's paths.
     pub jwks: Arc<JwksDocument>,
 }
@@ -38,6 +41,8 @@ pub struct Snapshot {
     pub key_sets: HashMap<String, KeySetView>,
     /// Active clients.
     pub clients: ClientDirectory,
+    /// Shared secrets by profile name.
+    pub secrets: HashMap<String, Arc<SecretKey>>,
 }
 
 impl Snapshot {
@@ -112,10 +117,12 @@ impl Shared {
                 None => None,
             };
             let jwks = Arc::new(jwks::document(&published, set.jwks_max_age));
-            key_sets.insert(set.name.clone(), KeySetView { signer, jwks });
+            let public = current.map(|r| Arc::new(r.public.clone()));
+            key_sets.insert(set.name.clone(), KeySetView { signer, public, jwks });
         }
         let clients = clients::load_directory(&self.pool).await?;
-        let next = Arc::new(Snapshot { generation, key_sets, clients });
+        let secrets = secrets::load(&self.pool, &self.master, &self.config).await?;
+        let next = Arc::new(Snapshot { generation, key_sets, clients, secrets });
         match self.current.write() {
             Ok(mut guard) => *guard = next,
             Err(poisoned) => *poisoned.into_inner() = next,

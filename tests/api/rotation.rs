@@ -274,6 +274,7 @@ async fn retired_keys_leave_no_private_material_in_the_database() {
 struct Serve {
     child: Child,
     public: String,
+    log: std::path::PathBuf,
 }
 
 impl Drop for Serve {
@@ -293,25 +294,31 @@ fn serve(dir: &Path, config: &Config) -> Serve {
     config.server.internal_addr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let file = dir.join(format!("keys-{}.toml", config.server.public_addr.port()));
     std::fs::write(&file, toml::to_string(&config).unwrap()).unwrap();
+    let log = dir.join(format!("serve-{}.log", config.server.public_addr.port()));
     let child = Command::new(env!("CARGO_BIN_EXE_keyward"))
         .args(["--config", file.to_str().unwrap(), "serve"])
         .current_dir(dir)
         .env_clear()
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    Serve { child, public: format!("http://{}", config.server.public_addr) }
+    Serve { child, public: format!("http://{}", config.server.public_addr), log }
 }
 
 async fn wait_healthy(http: &reqwest::Client, serve: &Serve) -> bool {
-    for _ in 0..100 {
+    for _ in 0..200 {
         if http.get(format!("{}/readyz", serve.public)).send().await.is_ok_and(|r| r.status() == 200) {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    eprintln!(
+        "{} did not come up; its log:\n{}",
+        serve.public,
+        std::fs::read_to_string(&serve.log).unwrap_or_default()
+    );
     false
 }
 
