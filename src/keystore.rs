@@ -204,6 +204,14 @@ pub async fn import(
     now: i64,
 ) -> anyhow::Result<String> {
     let imported = keys::import_pem(set.algorithm, pem)?;
+    // The scheduler replaces keys that do not fit the set's settings: refuse them here.
+    if let Some(bits) = imported.public.rsa_bits().filter(|bits| *bits != set.rsa_bits) {
+        bail!(
+            "key set {} makes {}-bit RSA keys and this key has {bits} bits: set rsa_bits = {bits} for the set to import it",
+            set.name,
+            set.rsa_bits
+        );
+    }
     let record = seal_record(set, master, imported, now)?;
     let kid = record.kid.clone();
     let known: Option<i64> =

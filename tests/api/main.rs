@@ -3,6 +3,8 @@
 mod cli;
 mod helpers;
 mod jwks;
+mod keys_and_secrets;
+mod partners;
 mod rotation;
 mod sign;
 mod storage;
