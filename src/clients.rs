@@ -54,6 +54,8 @@ pub struct ClientInfo {
     pub created_at: i64,
     /// Unix seconds, once revoked.
     pub revoked_at: Option<i64>,
+    /// Its own rate limit (requests per second, burst), if it has one.
+    pub rate: Option<(u32, u32)>,
 }
 
 /// An authenticated caller, as the handlers see it.
@@ -65,6 +67,8 @@ pub struct Client {
     pub profiles: BTreeSet<String>,
     /// Whether it may use the admin routes.
     pub admin: bool,
+    /// Its own rate limit (requests per second, burst), if it has one.
+    pub rate: Option<(u32, u32)>,
     token_hash: [u8; 32],
 }
 
@@ -151,7 +155,23 @@ pub async fn add(
     admin: bool,
     now: i64,
 ) -> Result<Zeroizing<String>, ClientError> {
+    add_with_rate(pool, config, name, profiles, admin, None, now).await
+}
+
+/// [`add`], with the client's own rate limit (requests per second, burst).
+pub async fn add_with_rate(
+    pool: &SqlitePool,
+    config: &Config,
+    name: &str,
+    profiles: &[String],
+    admin: bool,
+    rate: Option<(u32, u32)>,
+    now: i64,
+) -> Result<Zeroizing<String>, ClientError> {
     check_name(name)?;
+    if rate.is_some_and(|(rate, burst)| rate == 0 || burst == 0) {
+        return Err(ClientError::Invalid("--rate and --burst must be at least 1".to_owned()));
+    }
     if profiles.is_empty() && !admin {
         return Err(ClientError::Invalid("a client needs at least one profile (--profiles a,b) or --admin".to_owned()));
     }
@@ -175,8 +195,8 @@ pub async fn add(
         return Err(ClientError::Exists(name.to_owned()));
     }
     sqlx::query(
-        "INSERT INTO clients (name, token_id, token_hash, profiles, admin, created_at) \
-         VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO clients (name, token_id, token_hash, profiles, admin, created_at, rate_limit, rate_burst) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(name)
     .bind(&id)
@@ -184,6 +204,8 @@ pub async fn add(
     .bind(serde_json::to_string(&profiles).context("encoding profiles")?)
     .bind(admin)
     .bind(now)
+    .bind(rate.map(|(rate, _)| rate))
+    .bind(rate.map(|(_, burst)| burst))
     .execute(&mut *tx)
     .await
     .context("storing the client")?;
@@ -194,10 +216,12 @@ pub async fn add(
 
 /// Every client, active and revoked, by name.
 pub async fn list(pool: &SqlitePool) -> anyhow::Result<Vec<ClientInfo>> {
-    let rows = sqlx::query("SELECT name, profiles, admin, created_at, revoked_at FROM clients ORDER BY name")
-        .fetch_all(pool)
-        .await
-        .context("listing clients")?;
+    let rows = sqlx::query(
+        "SELECT name, profiles, admin, created_at, revoked_at, rate_limit, rate_burst FROM clients ORDER BY name",
+    )
+    .fetch_all(pool)
+    .await
+    .context("listing clients")?;
     rows.iter()
         .map(|row| {
             let profiles: String = row.try_get("profiles")?;
@@ -207,6 +231,7 @@ pub async fn list(pool: &SqlitePool) -> anyhow::Result<Vec<ClientInfo>> {
                 admin: row.try_get("admin")?,
                 created_at: row.try_get("created_at")?,
                 revoked_at: row.try_get("revoked_at")?,
+                rate: rate_of(row)?,
             })
         })
         .collect()
@@ -229,9 +254,15 @@ pub async fn revoke(pool: &SqlitePool, name: &str, now: i64) -> Result<(), Clien
     Ok(())
 }
 
+fn rate_of(row: &sqlx::sqlite::SqliteRow) -> anyhow::Result<Option<(u32, u32)>> {
+    let rate: Option<u32> = row.try_get("rate_limit")?;
+    let burst: Option<u32> = row.try_get("rate_burst")?;
+    Ok(rate.zip(burst))
+}
+
 /// Loads the active clients for authentication.
 pub async fn load_directory(pool: &SqlitePool) -> anyhow::Result<ClientDirectory> {
-    let rows = sqlx::query("SELECT name, token_id, token_hash, profiles, admin FROM clients WHERE revoked_at IS NULL")
+    let rows = sqlx::query("SELECT name, token_id, token_hash, profiles, admin, rate_limit, rate_burst FROM clients WHERE revoked_at IS NULL")
         .fetch_all(pool)
         .await
         .context("loading clients")?;
@@ -244,6 +275,7 @@ pub async fn load_directory(pool: &SqlitePool) -> anyhow::Result<ClientDirectory
             token_hash: hash.as_slice().try_into().with_context(|| format!("client {name} has a malformed hash"))?,
             profiles: serde_json::from_str(&profiles).context("decoding profiles")?,
             admin: row.try_get("admin")?,
+            rate: rate_of(row)?,
             name,
         };
         by_token_id.insert(row.try_get("token_id")?, client);
@@ -261,6 +293,7 @@ mod tests {
             name: name.to_owned(),
             profiles: BTreeSet::from(["p".to_owned()]),
             admin: false,
+            rate: None,
             token_hash: openssl::sha::sha256(secret.as_bytes()),
         };
         ClientDirectory { by_token_id: HashMap::from([(id.to_owned(), client)]) }

@@ -21,8 +21,11 @@ pub const TTL_HARD_CAP: Duration = Duration::from_secs(3_600);
 const RESERVED_PUBLIC_PATHS: [&str; 2] = ["/healthz", "/readyz"];
 
 /// Environment variables keyward reads; any other `KEYWARD_*` variable is a mistake.
-const KNOWN_ENV: [&str; 7] = [
+const KNOWN_ENV: [&str; 10] = [
     "KEYWARD_CONFIG",
+    "KEYWARD_LEDGER_RETENTION",
+    "KEYWARD_RATE_LIMIT",
+    "KEYWARD_RATE_BURST",
     "KEYWARD_PUBLIC_ADDR",
     "KEYWARD_INTERNAL_ADDR",
     "KEYWARD_DATABASE_URL",
@@ -58,6 +61,12 @@ pub struct ServerConfig {
     pub database_url: String,
     /// Where the master key lives when `KEYWARD_MASTER_KEY` is not set.
     pub master_key_file: PathBuf,
+    /// How long issuance ledger rows are kept.
+    pub ledger_retention: Duration,
+    /// Requests per second a client may make, unless set for the client.
+    pub rate_limit: u32,
+    /// Requests a client may make at once above its rate, unless set for the client.
+    pub rate_burst: u32,
 }
 
 impl Default for ServerConfig {
@@ -67,6 +76,9 @@ impl Default for ServerConfig {
             internal_addr: SocketAddr::from(([127, 0, 0, 1], 8081)),
             database_url: "sqlite://data/keyward.db".to_owned(),
             master_key_file: PathBuf::from("data/master.key"),
+            ledger_retention: Duration::from_secs(90 * 86_400),
+            rate_limit: 100,
+            rate_burst: 200,
         }
     }
 }
@@ -450,6 +462,16 @@ fn apply_env(config: &mut Config, env: &HashMap<String, String>) -> Result<Vec<S
     if let Some(v) = env.get("KEYWARD_MASTER_KEY_FILE") {
         config.server.master_key_file = PathBuf::from(v);
     }
+    if let Some(v) = env.get("KEYWARD_LEDGER_RETENTION") {
+        config.server.ledger_retention = Duration::parse(v).map_err(|m| env_error("KEYWARD_LEDGER_RETENTION", m))?;
+    }
+    for (var, field) in
+        [("KEYWARD_RATE_LIMIT", &mut config.server.rate_limit), ("KEYWARD_RATE_BURST", &mut config.server.rate_burst)]
+    {
+        if let Some(v) = env.get(var) {
+            *field = v.parse().map_err(|_| env_error(var, format!("{v:?} is not a whole number")))?;
+        }
+    }
     Ok(warnings)
 }
 
@@ -462,6 +484,18 @@ pub fn validate(config: &Config, source_name: &str) -> Result<(), ConfigError> {
         return Err(fail(
             "[server], field database_url".to_owned(),
             format!("{:?} is not a SQLite URL like sqlite://data/keyward.db", server.database_url),
+        ));
+    }
+    if server.ledger_retention.as_secs() < 86_400 {
+        return Err(fail(
+            "[server], field ledger_retention".to_owned(),
+            format!("{} is too short to answer an auditor: keep at least 1d", server.ledger_retention),
+        ));
+    }
+    if server.rate_limit == 0 || server.rate_burst == 0 {
+        return Err(fail(
+            "[server], field rate_limit".to_owned(),
+            "rate_limit and rate_burst must be at least 1".to_owned(),
         ));
     }
     if server.public_addr == server.internal_addr && server.public_addr.port() != 0 {

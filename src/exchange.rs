@@ -32,6 +32,9 @@ pub enum ExchangeError {
     /// The answer lacked what we need.
     #[error("the partner's reply had no usable {0}")]
     BadReply(&'static str),
+    /// The issuance ledger could not record our assertion, so it was not sent.
+    #[error("the issuance ledger could not record the assertion, so it was not sent")]
+    NotRecorded,
     /// We could not produce our side (e.g. no signing key); details are in the log.
     #[error("keyward could not prepare the request to the partner")]
     Local,

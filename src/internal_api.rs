@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -16,10 +17,12 @@ use crate::config::ExchangeStyle;
 use crate::exchange::{self, ExchangeError, TokenCache};
 use crate::export::{self, Format};
 use crate::keystore;
+use crate::ledger::{Entry, Ledger};
 use crate::lifecycle::{self, ActionError};
 use crate::problem::ApiError;
 use crate::profiles::{Prepared, Profile, Refusal, RefusalKind, SignRequest, SignedBy};
 use crate::public_api::status_json;
+use crate::ratelimit::{Limit, RateLimiter};
 use crate::rotation::{Refused, Step};
 use crate::state::{Shared, Snapshot};
 
@@ -32,12 +35,34 @@ pub struct InternalState {
     profiles: HashMap<String, Profile>,
     tokens: TokenCache,
     http: reqwest::Client,
+    ledger: Ledger,
+    limiter: RateLimiter,
+    started: Instant,
 }
 
 impl InternalState {
-    /// Handlers over the shared snapshot and the compiled profiles.
-    pub fn new(shared: Arc<Shared>, profiles: HashMap<String, Profile>) -> Self {
-        InternalState { shared, profiles, tokens: TokenCache::default(), http: reqwest::Client::new() }
+    /// Handlers over the shared snapshot, the compiled profiles and the ledger.
+    pub fn new(shared: Arc<Shared>, profiles: HashMap<String, Profile>, ledger: Ledger) -> Self {
+        InternalState {
+            shared,
+            profiles,
+            tokens: TokenCache::default(),
+            http: reqwest::Client::new(),
+            ledger,
+            limiter: RateLimiter::default(),
+            started: Instant::now(),
+        }
+    }
+
+    /// Admits one request of `client` under its rate limit (or the server default).
+    fn admit(&self, client: &Client) -> Result<(), ApiError> {
+        let server = &self.shared.config().server;
+        let (rate, burst) = client.rate.unwrap_or((server.rate_limit, server.rate_burst));
+        let limit = Limit { rate: f64::from(rate), burst: f64::from(burst) };
+        self.limiter.admit(&client.name, limit, self.started.elapsed().as_secs_f64()).map_err(|wait| {
+            self.shared.metrics().rate_limited(&client.name);
+            ApiError::TooManyRequests(wait)
+        })
     }
 }
 
@@ -74,6 +99,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
                 .route(web::get().to(public_key))
                 .default_service(web::to(|| async { Err::<HttpResponse, _>(ApiError::MethodNotAllowed("GET")) })),
         )
+        .service(web::resource("/metrics").route(web::get().to(metrics)))
         .service(web::resource("/healthz").route(web::get().to(healthz)))
         .service(web::resource("/readyz").route(web::get().to(readyz)))
         .default_service(web::to(|| async {
@@ -81,20 +107,42 @@ pub fn configure(config: &mut web::ServiceConfig) {
         }));
 }
 
+/// Prometheus text format; key set gauges are computed at scrape time.
+async fn metrics(state: web::Data<InternalState>) -> HttpResponse {
+    let now = chrono::Utc::now().timestamp();
+    let metrics = state.shared.metrics();
+    for (name, view) in &state.shared.snapshot().key_sets {
+        let age = view.activated_at.map_or(0, |at| now - at);
+        let until = view.rotation_at.map_or(0, |at| (at - now).max(0));
+        metrics.key_set(name, age, until);
+    }
+    HttpResponse::Ok()
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .body(metrics.render())
+}
+
 async fn healthz() -> HttpResponse {
     status_json(HttpResponse::Ok(), "ok")
 }
 
 async fn readyz(state: web::Data<InternalState>) -> HttpResponse {
-    if state.shared.snapshot().is_ready() {
+    if state.shared.is_ready() {
         status_json(HttpResponse::Ok(), "ready")
     } else {
         status_json(HttpResponse::ServiceUnavailable(), "not ready")
     }
 }
 
+/// The client behind the request's bearer token, within its rate limit.
+fn authenticate<'a>(req: &HttpRequest, snapshot: &'a Snapshot, state: &InternalState) -> Result<&'a Client, ApiError> {
+    let client = identify(req, snapshot)?;
+    state.admit(client)?;
+    Ok(client)
+}
+
 /// The client behind the request's bearer token.
-fn authenticate<'a>(req: &HttpRequest, snapshot: &'a Snapshot) -> Result<&'a Client, ApiError> {
+fn identify<'a>(req: &HttpRequest, snapshot: &'a Snapshot) -> Result<&'a Client, ApiError> {
     let value = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).ok_or(ApiError::Unauthorized)?;
     let (scheme, token) = value.split_once(' ').ok_or(ApiError::Unauthorized)?;
     if !scheme.eq_ignore_ascii_case("bearer") {
@@ -104,8 +152,8 @@ fn authenticate<'a>(req: &HttpRequest, snapshot: &'a Snapshot) -> Result<&'a Cli
 }
 
 /// The calling client, if it may use the admin routes.
-fn admin<'a>(req: &HttpRequest, snapshot: &'a Snapshot) -> Result<&'a Client, ApiError> {
-    let client = authenticate(req, snapshot)?;
+fn admin<'a>(req: &HttpRequest, snapshot: &'a Snapshot, state: &InternalState) -> Result<&'a Client, ApiError> {
+    let client = authenticate(req, snapshot, state)?;
     if client.admin {
         Ok(client)
     } else {
@@ -129,7 +177,7 @@ impl From<ActionError> for ApiError {
 }
 
 async fn key_sets(req: HttpRequest, state: web::Data<InternalState>) -> Result<HttpResponse, ApiError> {
-    admin(&req, &state.shared.snapshot())?;
+    admin(&req, &state.shared.snapshot(), &state)?;
     let now = chrono::Utc::now().timestamp();
     let sets = lifecycle::schedule(state.shared.pool(), state.shared.config(), now).await?;
     Ok(HttpResponse::Ok()
@@ -163,7 +211,7 @@ async fn rotate(
     payload: web::Payload,
     state: web::Data<InternalState>,
 ) -> Result<HttpResponse, ApiError> {
-    let client = admin(&req, &state.shared.snapshot())?.name.clone();
+    let client = admin(&req, &state.shared.snapshot(), &state)?.name.clone();
     let body = read_body(&req, payload).await?;
     let request: RotateRequest = if body.is_empty() { RotateRequest::default() } else { parse_json(&body)? };
     let shared = &state.shared;
@@ -178,7 +226,7 @@ async fn revoke(
     kid: web::Path<String>,
     state: web::Data<InternalState>,
 ) -> Result<HttpResponse, ApiError> {
-    let client = admin(&req, &state.shared.snapshot())?.name.clone();
+    let client = admin(&req, &state.shared.snapshot(), &state)?.name.clone();
     let shared = &state.shared;
     let now = chrono::Utc::now().timestamp();
     let (set, steps) = lifecycle::revoke(shared.pool(), shared.master(), shared.config(), &kid, now).await?;
@@ -279,7 +327,7 @@ fn authorize<'a>(
     state: &'a InternalState,
     name: &str,
 ) -> Result<(&'a Client, &'a Profile), ApiError> {
-    let client = authenticate(req, snapshot)?;
+    let client = authenticate(req, snapshot, state)?;
     let profile =
         state.profiles.get(name).ok_or_else(|| ApiError::NotFound(format!("no profile is named {name:?}")))?;
     if !client.may_use(&profile.name) {
@@ -341,12 +389,50 @@ async fn sign(
             detail: "only /token takes \"cache\"".into(),
         });
     }
-    let now = chrono::Utc::now().timestamp();
-    let jti = new_jti();
-    let prepared = profile.prepare(request, now, jti.clone()).map_err(refused)?;
-    let signed = sign_prepared(&snapshot, profile, prepared, jti)?;
-    tracing::debug!(profile = %profile.name, client = %client.name, kid = signed.kid, jti = signed.jti, "token issued");
+    let signed = issue(&state, &snapshot, client, profile, request).await?;
     Ok(no_store_json(&signed))
+}
+
+/// Judges, signs and records one token. The caller gets it only once its ledger row is
+/// committed; if the ledger cannot record it, nobody gets it.
+async fn issue(
+    state: &InternalState,
+    snapshot: &Snapshot,
+    client: &Client,
+    profile: &Profile,
+    request: SignRequest,
+) -> Result<Signed, ApiError> {
+    let metrics = state.shared.metrics();
+    let sub = request.sub.clone();
+    let claim_names: Vec<String> = request.claims.keys().cloned().collect();
+    let started = Instant::now();
+    let jti = new_jti();
+    let prepared = profile.prepare(request, chrono::Utc::now().timestamp(), jti.clone()).map_err(|refusal| {
+        metrics.token(&profile.name, "none", "refused");
+        refused(refusal)
+    })?;
+    let signed = sign_prepared(snapshot, profile, prepared, jti).inspect_err(|_| {
+        metrics.token(&profile.name, "none", "failed");
+    })?;
+    metrics.signed_in(started.elapsed());
+    let entry = Entry {
+        jti: signed.jti.clone(),
+        profile: profile.name.clone(),
+        client: client.name.clone(),
+        sub,
+        kid: signed.kid.clone(),
+        alg: signed.alg.to_owned(),
+        iat: signed.issued_at,
+        exp: signed.expires_at,
+        claim_names,
+    };
+    if state.ledger.record(entry).await.is_err() {
+        metrics.token(&profile.name, signed.alg, "failed");
+        return Err(ApiError::NotRecorded);
+    }
+    metrics.token(&profile.name, signed.alg, "issued");
+    tracing::debug!(profile = %profile.name, client = %client.name, kid = signed.kid, jti = signed.jti, "token issued");
+    Ok(signed)
 }
 
 #[derive(Serialize)]
@@ -379,12 +465,14 @@ async fn token(
                 serde_json::to_string(&request.claims).map_err(anyhow::Error::from)?
             );
             // Judge the request first (the caller's errors are 4xx); sign only on a miss.
-            let jti = new_jti();
-            let prepared = profile.prepare(request, clock(), jti.clone()).map_err(refused)?;
+            profile.prepare(request.clone(), clock(), String::new()).map_err(refused)?;
             let fetch = |_refresh| async {
-                let signed = sign_prepared(&snapshot, profile, prepared, jti).map_err(|err| {
-                    tracing::error!(error = %err, profile = %profile.name, "could not sign the assertion");
-                    ExchangeError::Local
+                let signed = issue(&state, &snapshot, client, profile, request).await.map_err(|err| match err {
+                    ApiError::NotRecorded => ExchangeError::NotRecorded,
+                    err => {
+                        tracing::error!(error = %err, profile = %profile.name, "could not sign the assertion");
+                        ExchangeError::Local
+                    }
                 })?;
                 exchange::bearer_assertion(&state.http, exchange, &signed.token).await
             };
@@ -426,7 +514,7 @@ async fn public_key(
     query: web::Query<ExportQuery>,
     state: web::Data<InternalState>,
 ) -> Result<HttpResponse, ApiError> {
-    authenticate(&req, &state.shared.snapshot())?;
+    authenticate(&req, &state.shared.snapshot(), &state)?;
     let format_name = query.format.as_deref().unwrap_or("jwk");
     let format = Format::parse(format_name).ok_or_else(|| ApiError::InvalidBody {
         field: Some("format".into()),

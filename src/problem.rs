@@ -40,6 +40,12 @@ pub enum ApiError {
     /// The request conflicts with the keys' state (e.g. rotation too early).
     #[error("{0}")]
     Conflict(String),
+    /// The client is over its rate limit; retry after this many seconds.
+    #[error("rate limit exceeded")]
+    TooManyRequests(u64),
+    /// The ledger could not record the issuance, so no token is handed out.
+    #[error("the issuance could not be recorded")]
+    NotRecorded,
     /// The body is over the limit.
     #[error("request body over {0} bytes")]
     TooLarge(usize),
@@ -78,6 +84,8 @@ impl ApiError {
             ApiError::InvalidBody { .. } => ("invalid-body", "Invalid request body"),
             ApiError::Refused { .. } => ("request-refused", "Request refused by the profile"),
             ApiError::Conflict(_) => ("conflict", "Conflict"),
+            ApiError::TooManyRequests(_) => ("rate-limited", "Too Many Requests"),
+            ApiError::NotRecorded => ("not-recorded", "The issuance could not be recorded"),
             ApiError::TooLarge(_) => ("body-too-large", "Request body too large"),
             ApiError::UnsupportedMediaType => ("unsupported-media-type", "Unsupported Media Type"),
             ApiError::NoSigningKey(_) => ("no-signing-key", "No signing key available"),
@@ -92,6 +100,10 @@ impl ApiError {
             ApiError::Internal(_) => "the server could not complete the request; see its log".to_owned(),
             ApiError::NoSigningKey(what) => format!("{what}; try again shortly"),
             ApiError::MethodNotAllowed(allow) => format!("this resource allows {allow}"),
+            ApiError::TooManyRequests(wait) => format!("this client's rate limit is exceeded; retry in {wait} s"),
+            ApiError::NotRecorded => {
+                "the issuance ledger could not record the token, so none was issued; try again shortly".to_owned()
+            }
             ApiError::Unauthorized => {
                 "send Authorization: Bearer <client token> (create one with `keyward clients add`)".to_owned()
             }
@@ -119,11 +131,14 @@ impl ResponseError for ApiError {
             ApiError::InvalidBody { .. } => StatusCode::BAD_REQUEST,
             ApiError::Refused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::NotRecorded => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::NoSigningKey(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Upstream(ExchangeError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Upstream(ExchangeError::Local) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Upstream(ExchangeError::NotRecorded) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -151,6 +166,9 @@ impl ResponseError for ApiError {
             }
             ApiError::MethodNotAllowed(allow) => {
                 response.insert_header((header::ALLOW, *allow));
+            }
+            ApiError::TooManyRequests(wait) => {
+                response.insert_header((header::RETRY_AFTER, wait.to_string()));
             }
             _ => {}
         }

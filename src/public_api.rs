@@ -43,7 +43,7 @@ async fn dispatch(req: HttpRequest, state: web::Data<PublicState>) -> Result<Htt
     let snapshot = state.shared.snapshot();
     match (path, set) {
         ("/healthz", _) => Ok(status_json(HttpResponse::Ok(), "ok")),
-        ("/readyz", _) if snapshot.is_ready() => Ok(status_json(HttpResponse::Ok(), "ready")),
+        ("/readyz", _) if state.shared.is_ready() => Ok(status_json(HttpResponse::Ok(), "ready")),
         ("/readyz", _) => Ok(status_json(HttpResponse::ServiceUnavailable(), "not ready")),
         (_, Some(set)) => {
             let doc = snapshot
@@ -57,6 +57,7 @@ async fn dispatch(req: HttpRequest, state: web::Data<PublicState>) -> Result<Htt
                 .get_all(header::IF_NONE_MATCH)
                 .filter_map(|v| v.to_str().ok())
                 .any(|v| jwks::if_none_match(v, &doc.etag));
+            state.shared.metrics().jwks(path, if not_modified { 304 } else { 200 });
             let mut response = if not_modified { HttpResponse::NotModified() } else { HttpResponse::Ok() };
             response
                 .insert_header((header::ETAG, doc.etag.as_str()))

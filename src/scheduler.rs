@@ -7,6 +7,8 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::keystore;
+use crate::ledger;
+use crate::metrics::Metrics;
 use crate::rotation::{self, Policy};
 use crate::seal::MasterKey;
 use crate::state::Shared;
@@ -26,8 +28,15 @@ pub struct Pass {
     pub wake_at: i64,
 }
 
-/// Carries out every step due at `now` in every key set.
-pub async fn run_due(pool: &SqlitePool, master: &MasterKey, config: &Config, now: i64) -> Pass {
+/// Carries out every step due at `now` in every key set. Failures are logged, counted in
+/// `metrics` when given, and retried soon.
+pub async fn run_due(
+    pool: &SqlitePool,
+    master: &MasterKey,
+    config: &Config,
+    now: i64,
+    metrics: Option<&Metrics>,
+) -> Pass {
     let mut pass = Pass { changed: false, wake_at: now + MAX_SLEEP_SECS };
     for set in &config.key_sets {
         let policy = Policy::for_set(config, set);
@@ -52,6 +61,9 @@ pub async fn run_due(pool: &SqlitePool, master: &MasterKey, config: &Config, now
             }
             Err(err) => {
                 tracing::error!(key_set = %set.name, error = format!("{err:#}"), "rotation failed; retrying soon");
+                if let Some(metrics) = metrics {
+                    metrics.rotation_failed();
+                }
                 pass.wake_at = pass.wake_at.min(now + RETRY_SECS);
             }
         }
@@ -64,7 +76,14 @@ pub async fn run_due(pool: &SqlitePool, master: &MasterKey, config: &Config, now
 pub async fn run_until_stopped(shared: &Shared, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
     loop {
         let now = chrono::Utc::now();
-        let pass = run_due(shared.pool(), shared.master(), shared.config(), now.timestamp()).await;
+        let pass =
+            run_due(shared.pool(), shared.master(), shared.config(), now.timestamp(), Some(shared.metrics())).await;
+        let keep_from = now.timestamp() - shared.config().server.ledger_retention.as_secs_i64();
+        match ledger::prune(shared.pool(), keep_from).await {
+            Ok(0) => {}
+            Ok(rows) => tracing::info!(rows, "pruned issuance ledger rows past ledger_retention"),
+            Err(err) => tracing::warn!(error = format!("{err:#}"), "pruning the ledger failed"),
+        }
         if pass.changed {
             if let Err(err) = shared.reload().await {
                 tracing::error!(error = format!("{err:#}"), "reloading after rotation failed");

@@ -5,6 +5,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
 use actix_web::dev::Server;
+use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use tokio::sync::watch;
@@ -12,11 +13,13 @@ use tokio::sync::watch;
 use crate::config::{self, Config};
 use crate::db;
 use crate::internal_api::{self, InternalState};
+use crate::ledger::{Ledger, Writer};
+use crate::metrics::Metrics;
 use crate::profiles::Profile;
 use crate::public_api::{self, PublicState};
 use crate::seal::MasterKey;
 use crate::state::Shared;
-use crate::{keystore, scheduler};
+use crate::{keystore, request_log, scheduler};
 
 /// How many seconds in-flight requests get to finish at shutdown.
 const SHUTDOWN_GRACE_SECS: u64 = 10;
@@ -28,12 +31,29 @@ pub struct Application {
     public: Server,
     internal: Server,
     shared: Arc<Shared>,
+    ledger_writer: Writer,
 }
 
 impl Application {
     /// Opens the database, makes sure every key set has a signing key, loads them and binds
     /// both listeners (port 0 picks a free port). `workers` is per listener.
     pub async fn build(config: Config, master: MasterKey, workers: usize) -> anyhow::Result<Self> {
+        let public_listener = TcpListener::bind(config.server.public_addr)
+            .with_context(|| format!("binding the public listener to {}", config.server.public_addr))?;
+        let internal_listener = TcpListener::bind(config.server.internal_addr)
+            .with_context(|| format!("binding the internal listener to {}", config.server.internal_addr))?;
+        Self::build_on(config, master, workers, public_listener, internal_listener).await
+    }
+
+    /// [`Application::build`] on listeners bound already (their addresses win over the
+    /// configuration's), e.g. so that a test knows the public port before configuring.
+    pub async fn build_on(
+        config: Config,
+        master: MasterKey,
+        workers: usize,
+        public_listener: TcpListener,
+        internal_listener: TcpListener,
+    ) -> anyhow::Result<Self> {
         config::validate(&config, "configuration")?;
         let config = Arc::new(config);
         let pool = db::connect(config.database_path()).await?;
@@ -41,8 +61,10 @@ impl Application {
         keystore::check_master_key(&keystore::list(&pool).await?, &master)?;
         // New sets get their keys, and anything that fell due while stopped is done, before
         // the first request.
-        scheduler::run_due(&pool, &master, &config, now).await;
-        let shared = Arc::new(Shared::load(pool, Arc::clone(&config), master).await?);
+        let metrics = Metrics::default();
+        scheduler::run_due(&pool, &master, &config, now, Some(&metrics)).await;
+        let (ledger, ledger_writer) = Ledger::start(pool.clone(), metrics.clone());
+        let shared = Arc::new(Shared::load(pool, Arc::clone(&config), master, metrics).await?);
 
         let profiles = config
             .profiles
@@ -55,30 +77,31 @@ impl Application {
             .flat_map(|set| set.jwks_paths.iter().map(|path| (path.clone(), set.name.clone())))
             .collect();
 
-        let public_listener = TcpListener::bind(config.server.public_addr)
-            .with_context(|| format!("binding the public listener to {}", config.server.public_addr))?;
-        let internal_listener = TcpListener::bind(config.server.internal_addr)
-            .with_context(|| format!("binding the internal listener to {}", config.server.internal_addr))?;
         let public_addr = public_listener.local_addr()?;
         let internal_addr = internal_listener.local_addr()?;
 
         let public_state = web::Data::new(PublicState::new(Arc::clone(&shared), routes));
-        let public =
-            HttpServer::new(move || App::new().app_data(public_state.clone()).configure(public_api::configure))
-                .workers(workers)
-                .disable_signals()
-                .shutdown_timeout(SHUTDOWN_GRACE_SECS)
-                .listen(public_listener)?
-                .run();
-        let internal_state = web::Data::new(InternalState::new(Arc::clone(&shared), profiles));
-        let internal =
-            HttpServer::new(move || App::new().app_data(internal_state.clone()).configure(internal_api::configure))
-                .workers(workers)
-                .disable_signals()
-                .shutdown_timeout(SHUTDOWN_GRACE_SECS)
-                .listen(internal_listener)?
-                .run();
-        Ok(Application { public_addr, internal_addr, public, internal, shared })
+        let public = HttpServer::new(move || {
+            App::new().wrap(from_fn(request_log::quiet)).app_data(public_state.clone()).configure(public_api::configure)
+        })
+        .workers(workers)
+        .disable_signals()
+        .shutdown_timeout(SHUTDOWN_GRACE_SECS)
+        .listen(public_listener)?
+        .run();
+        let internal_state = web::Data::new(InternalState::new(Arc::clone(&shared), profiles, ledger));
+        let internal = HttpServer::new(move || {
+            App::new()
+                .wrap(from_fn(request_log::logged))
+                .app_data(internal_state.clone())
+                .configure(internal_api::configure)
+        })
+        .workers(workers)
+        .disable_signals()
+        .shutdown_timeout(SHUTDOWN_GRACE_SECS)
+        .listen(internal_listener)?
+        .run();
+        Ok(Application { public_addr, internal_addr, public, internal, shared, ledger_writer })
     }
 
     /// The public listener's port.
@@ -121,14 +144,18 @@ impl Application {
             let _ = stop_tx.send(true);
             result.context("serving")
         };
-        let (served, watched, scheduled) = tokio::join!(
+        // The ledger writer stops after the servers (which finish in-flight requests
+        // first), committing every row still queued.
+        let (served, watched, scheduled, recorded) = tokio::join!(
             servers,
             shared.watch_until_stopped(stop_rx.clone()),
-            scheduler::run_until_stopped(&shared, stop_rx)
+            scheduler::run_until_stopped(&shared, stop_rx.clone()),
+            self.ledger_writer.run_until_stopped(stop_rx)
         );
         served?;
         watched?;
         scheduled?;
+        recorded?;
         tracing::info!("stopped");
         Ok(())
     }

@@ -2,6 +2,7 @@
 //! clients, swapped whole when the database changes. Requests never query the database.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -15,8 +16,14 @@ use crate::db;
 use crate::jwks::{self, JwksDocument};
 use crate::keys::{PublicKey, SecretKey, SigningKey};
 use crate::keystore::{self, KeyState};
+use crate::metrics::Metrics;
+use crate::rotation::{self, Policy};
 use crate::seal::MasterKey;
 use crate::secrets;
+
+fn generation_time() -> i64 {
+    chrono::Utc::now().timestamp()
+}
 
 /// How often a server looks for changes made by other processes.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
@@ -28,6 +35,10 @@ pub struct KeySetView {
     pub signer: Option<Arc<SigningKey>>,
     /// The signing key's public half, for partners that register it.
     pub public: Option<Arc<PublicKey>>,
+    /// When the signing key started signing (Unix seconds).
+    pub activated_at: Option<i64>,
+    /// When the signing key is planned to hand over (Unix seconds).
+    pub rotation_at: Option<i64>,
     /// The JWKS served at the set's paths.
     pub jwks: Arc<JwksDocument>,
 }
@@ -58,12 +69,26 @@ pub struct Shared {
     pool: SqlitePool,
     config: Arc<Config>,
     master: MasterKey,
+    metrics: Metrics,
+    database_ok: AtomicBool,
 }
 
 impl Shared {
     /// Loads the first snapshot.
-    pub async fn load(pool: SqlitePool, config: Arc<Config>, master: MasterKey) -> anyhow::Result<Self> {
-        let shared = Shared { current: RwLock::new(Arc::default()), pool, config, master };
+    pub async fn load(
+        pool: SqlitePool,
+        config: Arc<Config>,
+        master: MasterKey,
+        metrics: Metrics,
+    ) -> anyhow::Result<Self> {
+        let shared = Shared {
+            current: RwLock::new(Arc::default()),
+            pool,
+            config,
+            master,
+            metrics,
+            database_ok: AtomicBool::new(true),
+        };
         shared.reload().await?;
         Ok(shared)
     }
@@ -89,6 +114,16 @@ impl Shared {
     /// The master key.
     pub fn master(&self) -> &MasterKey {
         &self.master
+    }
+
+    /// The process's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Ready to serve: the database answered the last poll and every key set can sign.
+    pub fn is_ready(&self) -> bool {
+        self.database_ok.load(Ordering::Relaxed) && self.snapshot().is_ready()
     }
 
     /// Rebuilds the snapshot from the database and swaps it in.
@@ -118,7 +153,13 @@ impl Shared {
             };
             let jwks = Arc::new(jwks::document(&published, set.jwks_max_age));
             let public = current.map(|r| Arc::new(r.public.clone()));
-            key_sets.insert(set.name.clone(), KeySetView { signer, public, jwks });
+            let activated_at = current.and_then(|r| r.activated_at);
+            let set_keys: Vec<_> = records.iter().filter(|r| r.key_set == set.name).cloned().collect();
+            let rotation_at = rotation::timeline(&set_keys, &Policy::for_set(&self.config, set), generation_time())
+                .into_iter()
+                .find(|t| t.state == KeyState::Current)
+                .and_then(|t| t.signing_until.map(|m| m.at));
+            key_sets.insert(set.name.clone(), KeySetView { signer, public, activated_at, rotation_at, jwks });
         }
         let clients = clients::load_directory(&self.pool).await?;
         let secrets = secrets::load(&self.pool, &self.master, &self.config).await?;
@@ -144,7 +185,9 @@ impl Shared {
                 }
             }
             let seen = self.snapshot().generation;
-            match db::generation(&self.pool).await.context("polling for changes") {
+            let polled = db::generation(&self.pool).await.context("polling for changes");
+            self.database_ok.store(polled.is_ok(), Ordering::Relaxed);
+            match polled {
                 Ok(generation) if generation != seen => {
                     if let Err(err) = self.reload().await {
                         // Keep serving the last good snapshot; try again next tick.

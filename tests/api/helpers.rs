@@ -53,7 +53,21 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
 
 /// Starts the application over an existing folder (and database).
 pub async fn spawn_in(dir: tempfile::TempDir, config: Config, master: MasterKey) -> TestApp {
-    let app = Application::build(config.clone(), master.clone(), 1).await.expect("application builds");
+    let public = std::net::TcpListener::bind(config.server.public_addr).unwrap();
+    spawn_on(dir, config, master, public).await
+}
+
+/// Starts the application with its public listener bound already (so that a test can put
+/// the public address in the configuration first, with no window for another to take it).
+pub async fn spawn_on(
+    dir: tempfile::TempDir,
+    config: Config,
+    master: MasterKey,
+    public: std::net::TcpListener,
+) -> TestApp {
+    let internal = std::net::TcpListener::bind(config.server.internal_addr).unwrap();
+    let app =
+        Application::build_on(config.clone(), master.clone(), 1, public, internal).await.expect("application builds");
     let public = format!("http://127.0.0.1:{}", app.public_port());
     let internal = format!("http://127.0.0.1:{}", app.internal_port());
     let shared = app.shared();

@@ -22,7 +22,7 @@ use keyward::keys::Algorithm;
 use keyward::seal::MasterKey;
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_problem, spawn_in, test_config, TestApp};
+use crate::helpers::{assert_problem, spawn_in, spawn_on, test_config, TestApp};
 use crate::verify::verify;
 
 const PARTNER: &str = "acme";
@@ -157,7 +157,8 @@ struct NpmWorld {
 }
 
 async fn npm_world(adjust: impl FnOnce(&mut Config)) -> NpmWorld {
-    let public_port = free_port();
+    let public = TcpListener::bind("127.0.0.1:0").unwrap();
+    let public_port = public.local_addr().unwrap().port();
     let issuer = format!("http://127.0.0.1:{public_port}");
     let npm = Arc::new(MockNpm { issuer: issuer.clone(), jwks_uri: "/path/to/your/jwks".into(), ..Default::default() });
     let data = web::Data::from(Arc::clone(&npm));
@@ -188,7 +189,7 @@ async fn npm_world(adjust: impl FnOnce(&mut Config)) -> NpmWorld {
         timeout: Span::from_secs(1),
     });
     adjust(&mut config);
-    let app = spawn_in(dir, config, MasterKey::generate()).await;
+    let app = spawn_on(dir, config, MasterKey::generate(), public).await;
     let token = app.client("backend", &["npm-sandbox"]).await;
     NpmWorld { app, npm, npm_base, token }
 }

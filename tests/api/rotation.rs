@@ -284,41 +284,52 @@ impl Drop for Serve {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
+/// Starts `keyward serve` on port 0 over a configuration file in `dir`; its JSON log
+/// (kept in a file, shown if it fails) says which ports it bound.
 fn serve(dir: &Path, config: &Config) -> Serve {
     let mut config = config.clone();
-    config.server.public_addr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    config.server.internal_addr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let file = dir.join(format!("keys-{}.toml", config.server.public_addr.port()));
+    config.server.public_addr = "127.0.0.1:0".parse().unwrap();
+    config.server.internal_addr = "127.0.0.1:0".parse().unwrap();
+    let n = SERVES.fetch_add(1, Ordering::SeqCst);
+    let file = dir.join(format!("keys-{n}.toml"));
     std::fs::write(&file, toml::to_string(&config).unwrap()).unwrap();
-    let log = dir.join(format!("serve-{}.log", config.server.public_addr.port()));
+    let log = dir.join(format!("serve-{n}.log"));
     let child = Command::new(env!("CARGO_BIN_EXE_keyward"))
         .args(["--config", file.to_str().unwrap(), "serve"])
         .current_dir(dir)
         .env_clear()
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "info")
+        .env("KEYWARD_LOG_FORMAT", "json")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    Serve { child, public: format!("http://{}", config.server.public_addr), log }
+    Serve { child, public: String::new(), log }
 }
 
-async fn wait_healthy(http: &reqwest::Client, serve: &Serve) -> bool {
+static SERVES: AtomicUsize = AtomicUsize::new(0);
+
+/// Waits for the "listening" log line, then for /readyz to answer 200.
+async fn wait_healthy(http: &reqwest::Client, serve: &mut Serve) -> bool {
     for _ in 0..200 {
-        if http.get(format!("{}/readyz", serve.public)).send().await.is_ok_and(|r| r.status() == 200) {
+        if serve.public.is_empty() {
+            let log = std::fs::read_to_string(&serve.log).unwrap_or_default();
+            let listening = log
+                .lines()
+                .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+                .find(|line| line["fields"]["message"] == "listening");
+            if let Some(line) = listening {
+                serve.public = format!("http://{}", line["fields"]["public"].as_str().unwrap());
+            }
+        }
+        if !serve.public.is_empty()
+            && http.get(format!("{}/readyz", serve.public)).send().await.is_ok_and(|r| r.status() == 200)
+        {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    eprintln!(
-        "{} did not come up; its log:\n{}",
-        serve.public,
-        std::fs::read_to_string(&serve.log).unwrap_or_default()
-    );
+    eprintln!("keyward serve did not come up; its log:\n{}", std::fs::read_to_string(&serve.log).unwrap_or_default());
     false
 }
 
@@ -340,10 +351,10 @@ async fn two_processes_on_one_database_rotate_once() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
     fast(&mut config, Algorithm::Es256);
-    let a = serve(dir.path(), &config);
-    let b = serve(dir.path(), &config);
+    let mut a = serve(dir.path(), &config);
+    let mut b = serve(dir.path(), &config);
     let http = reqwest::Client::new();
-    assert!(wait_healthy(&http, &a).await && wait_healthy(&http, &b).await);
+    assert!(wait_healthy(&http, &mut a).await && wait_healthy(&http, &mut b).await);
     tokio::time::sleep(Duration::from_secs(10)).await;
 
     // Both serve the same keys: the one that did not rotate picks the change up within about
@@ -392,7 +403,7 @@ async fn a_process_killed_mid_rotation_restarts_into_a_valid_state() {
     let mut seen = BTreeSet::new();
     for round in 0..8u64 {
         let mut process = serve(dir.path(), &config);
-        assert!(wait_healthy(&http, &process).await, "round {round}: the server did not come up");
+        assert!(wait_healthy(&http, &mut process).await, "round {round}: the server did not come up");
         let jwks: Value =
             http.get(format!("{}/.well-known/jwks.json", process.public)).send().await.unwrap().json().await.unwrap();
         assert!(!jwks["keys"].as_array().unwrap().is_empty(), "round {round}: empty JWKS");

@@ -1,0 +1,202 @@
+//! The issuance ledger: every token keyward issues, recorded before the caller gets it.
+//!
+//! Requests hand their row to one writer task and wait for its commit. While a commit is
+//! under way, new rows queue; the next transaction takes them all (group commit), so the
+//! ledger costs one fsync per batch, not per token.
+
+use std::time::Instant;
+
+use anyhow::Context;
+use serde::Serialize;
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::metrics::Metrics;
+
+/// Rows one transaction takes at most.
+const MAX_BATCH: usize = 1_024;
+
+/// One issued token, as the ledger keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Entry {
+    /// The token's `jti`.
+    pub jti: String,
+    /// Profile that issued it.
+    pub profile: String,
+    /// Client that asked.
+    pub client: String,
+    /// `sub`, when the token has a caller subject.
+    pub sub: Option<String>,
+    /// Signing key; `None` for shared-secret profiles.
+    pub kid: Option<String>,
+    /// Algorithm.
+    pub alg: String,
+    /// Unix seconds.
+    pub iat: i64,
+    /// Unix seconds.
+    pub exp: i64,
+    /// Names of the claims the request added (never their values).
+    pub claim_names: Vec<String>,
+}
+
+/// The row could not be committed: the token must not be handed out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the issuance could not be recorded")]
+pub struct NotRecorded;
+
+type Job = (Entry, oneshot::Sender<Result<(), NotRecorded>>);
+
+/// Where handlers send rows.
+#[derive(Clone)]
+pub struct Ledger {
+    jobs: mpsc::UnboundedSender<Job>,
+}
+
+impl Ledger {
+    /// A ledger and its writer, which runs until `stop` and then commits what is queued.
+    pub fn start(pool: SqlitePool, metrics: Metrics) -> (Ledger, Writer) {
+        let (jobs, queue) = mpsc::unbounded_channel();
+        (Ledger { jobs }, Writer { pool, metrics, queue })
+    }
+
+    /// Records `entry`; returns once its row is committed.
+    pub async fn record(&self, entry: Entry) -> Result<(), NotRecorded> {
+        let (done, committed) = oneshot::channel();
+        self.jobs.send((entry, done)).map_err(|_| NotRecorded)?;
+        committed.await.map_err(|_| NotRecorded)?
+    }
+}
+
+/// The task that commits queued rows.
+pub struct Writer {
+    pool: SqlitePool,
+    metrics: Metrics,
+    queue: mpsc::UnboundedReceiver<Job>,
+}
+
+impl Writer {
+    /// Commits batches until `stop` turns true, then stops taking rows and commits the rest.
+    pub async fn run_until_stopped(mut self, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+        loop {
+            let first = tokio::select! {
+                job = self.queue.recv() => job,
+                changed = stop.changed() => {
+                    if changed.is_err() || *stop.borrow() {
+                        self.queue.close();
+                    }
+                    continue;
+                }
+            };
+            let Some(first) = first else { return Ok(()) };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match self.queue.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            self.commit(batch).await;
+        }
+    }
+
+    async fn commit(&self, batch: Vec<Job>) {
+        let started = Instant::now();
+        let size = batch.len();
+        let result = insert(&self.pool, batch.iter().map(|(entry, _)| entry)).await;
+        self.metrics.ledger_batch(size, started.elapsed(), result.is_ok());
+        if let Err(err) = &result {
+            tracing::error!(error = format!("{err:#}"), rows = size, "ledger commit failed; those tokens are refused");
+        }
+        for (_, done) in batch {
+            let _ = done.send(result.as_ref().map(|_| ()).map_err(|_| NotRecorded));
+        }
+    }
+}
+
+async fn insert<'a>(pool: &SqlitePool, entries: impl Iterator<Item = &'a Entry>) -> anyhow::Result<()> {
+    let mut tx = pool.begin().await.context("beginning the ledger transaction")?;
+    let entries: Vec<&Entry> = entries.collect();
+    // SQLite allows 32,766 bound values: 9 per row, in chunks well below that.
+    for chunk in entries.chunks(500) {
+        let mut query: QueryBuilder<Sqlite> =
+            QueryBuilder::new("INSERT INTO issuance (jti, profile, client, sub, kid, alg, iat, exp, claim_names) ");
+        query.push_values(chunk, |mut row, e| {
+            row.push_bind(&e.jti)
+                .push_bind(&e.profile)
+                .push_bind(&e.client)
+                .push_bind(&e.sub)
+                .push_bind(&e.kid)
+                .push_bind(&e.alg)
+                .push_bind(e.iat)
+                .push_bind(e.exp)
+                .push_bind(serde_json::to_string(&e.claim_names).unwrap_or_else(|_| "[]".to_owned()));
+        });
+        query.build().execute(&mut *tx).await.context("writing ledger rows")?;
+    }
+    tx.commit().await.context("committing ledger rows")
+}
+
+/// What `keyward audit` filters on; every field optional.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Subject.
+    pub sub: Option<String>,
+    /// Key.
+    pub kid: Option<String>,
+    /// Client.
+    pub client: Option<String>,
+    /// Profile.
+    pub profile: Option<String>,
+    /// Issued at or after (Unix seconds).
+    pub since: Option<i64>,
+    /// Issued before (Unix seconds).
+    pub until: Option<i64>,
+}
+
+/// The rows matching `filter`, newest first, at most `limit`.
+pub async fn query(pool: &SqlitePool, filter: &Filter, limit: i64) -> anyhow::Result<Vec<Entry>> {
+    let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(
+        "SELECT jti, profile, client, sub, kid, alg, iat, exp, claim_names FROM issuance WHERE 1 = 1",
+    );
+    for (column, value) in
+        [("sub", &filter.sub), ("kid", &filter.kid), ("client", &filter.client), ("profile", &filter.profile)]
+    {
+        if let Some(value) = value {
+            query.push(format!(" AND {column} = ")).push_bind(value.clone());
+        }
+    }
+    if let Some(since) = filter.since {
+        query.push(" AND iat >= ").push_bind(since);
+    }
+    if let Some(until) = filter.until {
+        query.push(" AND iat < ").push_bind(until);
+    }
+    query.push(" ORDER BY iat DESC, jti LIMIT ").push_bind(limit);
+    let rows = query.build().fetch_all(pool).await.context("querying the ledger")?;
+    rows.iter()
+        .map(|row| {
+            let names: String = row.try_get("claim_names")?;
+            Ok(Entry {
+                jti: row.try_get("jti")?,
+                profile: row.try_get("profile")?,
+                client: row.try_get("client")?,
+                sub: row.try_get("sub")?,
+                kid: row.try_get("kid")?,
+                alg: row.try_get("alg")?,
+                iat: row.try_get("iat")?,
+                exp: row.try_get("exp")?,
+                claim_names: serde_json::from_str(&names).unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
+/// Deletes rows issued before `before`; returns how many.
+pub async fn prune(pool: &SqlitePool, before: i64) -> anyhow::Result<u64> {
+    let done = sqlx::query("DELETE FROM issuance WHERE iat < ?")
+        .bind(before)
+        .execute(pool)
+        .await
+        .context("pruning the ledger")?;
+    Ok(done.rows_affected())
+}

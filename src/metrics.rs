@@ -1,0 +1,147 @@
+//! Prometheus metrics, served as text at `GET /metrics` on the internal listener.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IssuedLabels {
+    profile: String,
+    alg: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JwksLabels {
+    path: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SetLabels {
+    key_set: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClientLabels {
+    client: String,
+}
+
+struct Inner {
+    registry: Registry,
+    issued: Family<IssuedLabels, Counter>,
+    sign_seconds: Histogram,
+    jwks: Family<JwksLabels, Counter>,
+    key_age: Family<SetLabels, Gauge>,
+    next_rotation: Family<SetLabels, Gauge>,
+    rotation_failures: Counter,
+    ledger_batch_rows: Histogram,
+    ledger_commit_seconds: Histogram,
+    ledger_failures: Counter,
+    rate_limited: Family<ClientLabels, Counter>,
+}
+
+/// The process's metrics; cheap to clone.
+#[derive(Clone)]
+pub struct Metrics(Arc<Inner>);
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("keyward");
+        let issued = Family::<IssuedLabels, Counter>::default();
+        registry.register("tokens_issued", "Tokens requested, by profile, algorithm and outcome", issued.clone());
+        let sign_seconds = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
+        registry.register("sign_duration_seconds", "Time to sign a token (claims, signature)", sign_seconds.clone());
+        let jwks = Family::<JwksLabels, Counter>::default();
+        registry.register("jwks_requests", "JWKS requests by path and status (200 or 304)", jwks.clone());
+        let key_age = Family::<SetLabels, Gauge>::default();
+        registry.register("signing_key_age_seconds", "Seconds since the signing key started signing", key_age.clone());
+        let next_rotation = Family::<SetLabels, Gauge>::default();
+        registry.register("next_rotation_seconds", "Seconds until the next planned rotation", next_rotation.clone());
+        let rotation_failures = Counter::default();
+        registry.register("rotation_failures", "Scheduler passes that failed for a key set", rotation_failures.clone());
+        let ledger_batch_rows = Histogram::new(exponential_buckets(1.0, 2.0, 11));
+        registry.register("ledger_batch_rows", "Rows per ledger transaction", ledger_batch_rows.clone());
+        let ledger_commit_seconds = Histogram::new(exponential_buckets(0.000_1, 2.0, 16));
+        registry.register("ledger_commit_seconds", "Time to commit one ledger batch", ledger_commit_seconds.clone());
+        let ledger_failures = Counter::default();
+        registry.register("ledger_failures", "Ledger batches that failed to commit", ledger_failures.clone());
+        let rate_limited = Family::<ClientLabels, Counter>::default();
+        registry.register(
+            "rate_limited_requests",
+            "Requests refused by the per-client rate limit",
+            rate_limited.clone(),
+        );
+        Metrics(Arc::new(Inner {
+            registry,
+            issued,
+            sign_seconds,
+            jwks,
+            key_age,
+            next_rotation,
+            rotation_failures,
+            ledger_batch_rows,
+            ledger_commit_seconds,
+            ledger_failures,
+            rate_limited,
+        }))
+    }
+}
+
+impl Metrics {
+    /// A token request's outcome: `issued`, `refused` or `failed`.
+    pub fn token(&self, profile: &str, alg: &str, outcome: &'static str) {
+        let labels = IssuedLabels { profile: profile.to_owned(), alg: alg.to_owned(), outcome };
+        self.0.issued.get_or_create(&labels).inc();
+    }
+
+    /// Time spent signing one token.
+    pub fn signed_in(&self, elapsed: Duration) {
+        self.0.sign_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    /// A JWKS answer.
+    pub fn jwks(&self, path: &str, status: u16) {
+        self.0.jwks.get_or_create(&JwksLabels { path: path.to_owned(), status }).inc();
+    }
+
+    /// A key set's signing key age and time to its next rotation, in seconds.
+    pub fn key_set(&self, key_set: &str, age: i64, until_rotation: i64) {
+        let labels = SetLabels { key_set: key_set.to_owned() };
+        self.0.key_age.get_or_create(&labels).set(age);
+        self.0.next_rotation.get_or_create(&labels).set(until_rotation);
+    }
+
+    /// A failed scheduler pass.
+    pub fn rotation_failed(&self) {
+        self.0.rotation_failures.inc();
+    }
+
+    /// One ledger transaction.
+    pub fn ledger_batch(&self, rows: usize, elapsed: Duration, committed: bool) {
+        self.0.ledger_batch_rows.observe(rows as f64);
+        self.0.ledger_commit_seconds.observe(elapsed.as_secs_f64());
+        if !committed {
+            self.0.ledger_failures.inc();
+        }
+    }
+
+    /// A request over its client's rate limit.
+    pub fn rate_limited(&self, client: &str) {
+        self.0.rate_limited.get_or_create(&ClientLabels { client: client.to_owned() }).inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.0.registry);
+        text
+    }
+}
