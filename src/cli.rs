@@ -19,7 +19,7 @@ use crate::lifecycle::{self, ActionError};
 use crate::rotation::{Moment, Refused, Step};
 use crate::seal::{self, MasterKey, MasterKeyOrigin};
 use crate::startup::Application;
-use crate::{clients, db, keystore, secrets, telemetry};
+use crate::{clients, db, keystore, ledger, secrets, telemetry};
 
 /// keyward: JWKS issuer and key-management server.
 #[derive(Debug, Parser)]
@@ -47,6 +47,38 @@ enum Command {
     /// Manage the shared secrets of HS256/HS512 profiles.
     #[command(subcommand)]
     Secrets(SecretsCommand),
+    /// Which tokens were issued: filter the issuance ledger.
+    Audit {
+        /// Only this subject.
+        #[arg(long)]
+        sub: Option<String>,
+        /// Only tokens signed by this key.
+        #[arg(long)]
+        kid: Option<String>,
+        /// Only tokens this client asked for.
+        #[arg(long)]
+        client: Option<String>,
+        /// Only this profile.
+        #[arg(long)]
+        profile: Option<String>,
+        /// Issued at or after: RFC 3339 (2026-11-17T00:00:00Z) or an age (24h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        /// Issued before: RFC 3339 or an age.
+        #[arg(long)]
+        until: Option<String>,
+        /// At most this many rows, newest first.
+        #[arg(long, default_value_t = 1000)]
+        limit: i64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a consistent copy of the database to FILE while keyward runs (VACUUM INTO).
+    Backup {
+        /// The copy; must not exist.
+        file: PathBuf,
+    },
     /// Print what a partner asks for at onboarding, then check the published JWKS over HTTP.
     Onboarding {
         /// Profile name.
@@ -127,6 +159,12 @@ enum ClientsCommand {
         /// Allow the admin routes too.
         #[arg(long)]
         admin: bool,
+        /// Its own rate limit, requests per second (default: [server] rate_limit).
+        #[arg(long, requires = "burst")]
+        rate: Option<u32>,
+        /// Its own burst (default: [server] rate_burst).
+        #[arg(long, requires = "rate")]
+        burst: Option<u32>,
     },
     /// List clients (never their tokens).
     List {
@@ -333,6 +371,55 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Onboarding { profile } => onboarding(config, &profile).await,
+        Command::Audit { sub, kid, client, profile, since, until, limit, json } => {
+            let instant = |text: Option<String>| -> anyhow::Result<Option<i64>> {
+                match text {
+                    None => Ok(None),
+                    Some(text) => match config::parse_instant(&text) {
+                        Some(at) => Ok(Some(at)),
+                        None => {
+                            let age = crate::duration::Duration::parse(&text)
+                                .map_err(|_| anyhow::anyhow!("{text:?} is neither an RFC 3339 time nor an age like 24h"))?;
+                            Ok(Some(now() - age.as_secs_i64()))
+                        }
+                    },
+                }
+            };
+            let filter = ledger::Filter { sub, kid, client, profile, since: instant(since)?, until: instant(until)? };
+            let pool = db::connect(config.database_path()).await?;
+            let rows = ledger::query(&pool, &filter, limit).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+                return Ok(());
+            }
+            println!("{:<20} {:<22} {:<16} {:<16} {:<24} {:<6} {:<44} CLAIMS", "ISSUED", "JTI", "PROFILE", "CLIENT", "SUB", "ALG", "KID");
+            for r in &rows {
+                println!(
+                    "{:<20} {:<22} {:<16} {:<16} {:<24} {:<6} {:<44} {}",
+                    time(Some(r.iat)),
+                    r.jti,
+                    r.profile,
+                    r.client,
+                    r.sub.as_deref().unwrap_or("-"),
+                    r.alg,
+                    r.kid.as_deref().unwrap_or("-"),
+                    r.claim_names.join(",")
+                );
+            }
+            eprintln!("{} row(s)", rows.len());
+            Ok(())
+        }
+        Command::Backup { file } => {
+            anyhow::ensure!(!file.exists(), "{} exists already; choose a new file", file.display());
+            let pool = db::connect(config.database_path()).await?;
+            db::backup(&pool, &file).await?;
+            eprintln!(
+                "wrote {}: a consistent copy of the database. It holds sealed keys: keep it with the same care as \
+                 the master key, and never in the same place",
+                file.display()
+            );
+            Ok(())
+        }
         Command::Keys(KeysCommand::Schedule { json }) => {
             let pool = db::connect(config.database_path()).await?;
             let sets = lifecycle::schedule(&pool, config, now()).await?;
@@ -371,9 +458,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Clients(ClientsCommand::Add { name, profiles, admin }) => {
+        Command::Clients(ClientsCommand::Add { name, profiles, admin, rate, burst }) => {
             let pool = db::connect(config.database_path()).await?;
-            let token = clients::add(&pool, config, &name, &profiles, admin, now()).await?;
+            let token = clients::add_with_rate(&pool, config, &name, &profiles, admin, rate.zip(burst), now()).await?;
             eprintln!("created client {name:?}; its token follows on standard output and is not shown again");
             let mut stdout = std::io::stdout().lock();
             writeln!(stdout, "{}", token.as_str()).context("writing the token")?;

@@ -70,6 +70,14 @@ pub async fn checkpoint(pool: &SqlitePool) {
     }
 }
 
+/// Writes a consistent copy of the live database to `file` (`VACUUM INTO`: one read
+/// transaction, so writers go on meanwhile and the copy is a single point in time).
+pub async fn backup(pool: &SqlitePool, file: &Path) -> anyhow::Result<()> {
+    let target = file.to_str().context("the backup path is not UTF-8")?;
+    sqlx::query("VACUUM INTO ?").bind(target).execute(pool).await.with_context(|| format!("backing up to {target}"))?;
+    Ok(())
+}
+
 /// The current change counter.
 pub async fn generation(pool: &SqlitePool) -> anyhow::Result<i64> {
     sqlx::query_scalar("SELECT generation FROM state_version WHERE id = 1")

@@ -1,0 +1,1 @@
+//! Operating keyward: the issuance ledger, limits, health, metrics, logs, shutdown, backups.
