@@ -378,8 +378,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     Some(text) => match config::parse_instant(&text) {
                         Some(at) => Ok(Some(at)),
                         None => {
-                            let age = crate::duration::Duration::parse(&text)
-                                .map_err(|_| anyhow::anyhow!("{text:?} is neither an RFC 3339 time nor an age like 24h"))?;
+                            let age = crate::duration::Duration::parse(&text).map_err(|_| {
+                                anyhow::anyhow!("{text:?} is neither an RFC 3339 time nor an age like 24h")
+                            })?;
                             Ok(Some(now() - age.as_secs_i64()))
                         }
                     },
@@ -392,7 +393,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
                 return Ok(());
             }
-            println!("{:<20} {:<22} {:<16} {:<16} {:<24} {:<6} {:<44} CLAIMS", "ISSUED", "JTI", "PROFILE", "CLIENT", "SUB", "ALG", "KID");
+            println!(
+                "{:<20} {:<22} {:<16} {:<16} {:<24} {:<6} {:<44} CLAIMS",
+                "ISSUED", "JTI", "PROFILE", "CLIENT", "SUB", "ALG", "KID"
+            );
             for r in &rows {
                 println!(
                     "{:<20} {:<22} {:<16} {:<16} {:<24} {:<6} {:<44} {}",

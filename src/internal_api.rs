@@ -19,12 +19,75 @@ use crate::export::{self, Format};
 use crate::keystore;
 use crate::ledger::{Entry, Ledger};
 use crate::lifecycle::{self, ActionError};
-use crate::problem::ApiError;
+use crate::problem::{ApiError, Problem};
 use crate::profiles::{Prepared, Profile, Refusal, RefusalKind, SignRequest, SignedBy};
 use crate::public_api::status_json;
 use crate::ratelimit::{Limit, RateLimiter};
 use crate::rotation::{Refused, Step};
 use crate::state::{Shared, Snapshot};
+
+/// Route paths, shared by the router and the OpenAPI document.
+pub mod paths {
+    /// Sign an assertion.
+    pub const SIGN: &str = "/v1/profiles/{profile}/sign";
+    /// Trade an assertion for a partner token.
+    pub const TOKEN: &str = "/v1/profiles/{profile}/token";
+    /// Key sets and their timelines (admin).
+    pub const KEY_SETS: &str = "/v1/key-sets";
+    /// Planned rotation (admin).
+    pub const ROTATE: &str = "/v1/key-sets/{name}/rotate";
+    /// Emergency revocation (admin).
+    pub const REVOKE: &str = "/v1/keys/{kid}/revoke";
+    /// A key's public half.
+    pub const PUBLIC_KEY: &str = "/v1/keys/{kid}/public";
+    /// Prometheus metrics.
+    pub const METRICS: &str = "/metrics";
+    /// This API's OpenAPI document.
+    pub const OPENAPI: &str = "/openapi.json";
+    /// Liveness.
+    pub const HEALTHZ: &str = "/healthz";
+    /// Readiness.
+    pub const READYZ: &str = "/readyz";
+}
+
+/// Every route of the internal listener, as (method, path): what `configure` registers.
+pub const ROUTES: [(&str, &str); 10] = [
+    ("post", paths::SIGN),
+    ("post", paths::TOKEN),
+    ("get", paths::KEY_SETS),
+    ("post", paths::ROTATE),
+    ("post", paths::REVOKE),
+    ("get", paths::PUBLIC_KEY),
+    ("get", paths::METRICS),
+    ("get", paths::OPENAPI),
+    ("get", paths::HEALTHZ),
+    ("get", paths::READYZ),
+];
+
+/// The OpenAPI 3 document, generated from the handlers' annotations and the body types.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "keyward internal API", description = "Signing, token exchange and key administration."),
+    paths(sign, token, key_sets, rotate, revoke, public_key, metrics, openapi, healthz, readyz),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+    }
+}
+
+#[utoipa::path(get, path = paths::OPENAPI, tag = "operations", responses((status = 200, description = "This document")))]
+async fn openapi() -> HttpResponse {
+    use utoipa::OpenApi;
+    HttpResponse::Ok().content_type("application/json").body(ApiDoc::openapi().to_json().unwrap_or_default())
+}
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -70,44 +133,46 @@ impl InternalState {
 pub fn configure(config: &mut web::ServiceConfig) {
     config
         .service(
-            web::resource("/v1/profiles/{profile}/sign")
+            web::resource(paths::SIGN)
                 .route(web::post().to(sign))
                 .default_service(web::to(|| async { Err::<HttpResponse, _>(ApiError::MethodNotAllowed("POST")) })),
         )
         .service(
-            web::resource("/v1/key-sets")
+            web::resource(paths::KEY_SETS)
                 .route(web::get().to(key_sets))
                 .default_service(web::to(|| async { Err::<HttpResponse, _>(ApiError::MethodNotAllowed("GET")) })),
         )
         .service(
-            web::resource("/v1/key-sets/{name}/rotate")
+            web::resource(paths::ROTATE)
                 .route(web::post().to(rotate))
                 .default_service(web::to(|| async { Err::<HttpResponse, _>(ApiError::MethodNotAllowed("POST")) })),
         )
         .service(
-            web::resource("/v1/keys/{kid}/revoke")
+            web::resource(paths::REVOKE)
                 .route(web::post().to(revoke))
                 .default_service(web::to(|| async { Err::<HttpResponse, _>(ApiError::MethodNotAllowed("POST")) })),
         )
         .service(
-            web::resource("/v1/profiles/{profile}/token")
+            web::resource(paths::TOKEN)
                 .route(web::post().to(token))
                 .default_service(web::to(|| async { Err::<HttpResponse, _>(ApiError::MethodNotAllowed("POST")) })),
         )
         .service(
-            web::resource("/v1/keys/{kid}/public")
+            web::resource(paths::PUBLIC_KEY)
                 .route(web::get().to(public_key))
                 .default_service(web::to(|| async { Err::<HttpResponse, _>(ApiError::MethodNotAllowed("GET")) })),
         )
-        .service(web::resource("/metrics").route(web::get().to(metrics)))
-        .service(web::resource("/healthz").route(web::get().to(healthz)))
-        .service(web::resource("/readyz").route(web::get().to(readyz)))
+        .service(web::resource(paths::METRICS).route(web::get().to(metrics)))
+        .service(web::resource(paths::OPENAPI).route(web::get().to(openapi)))
+        .service(web::resource(paths::HEALTHZ).route(web::get().to(healthz)))
+        .service(web::resource(paths::READYZ).route(web::get().to(readyz)))
         .default_service(web::to(|| async {
             Err::<HttpResponse, _>(ApiError::NotFound("no such resource".to_owned()))
         }));
 }
 
 /// Prometheus text format; key set gauges are computed at scrape time.
+#[utoipa::path(get, path = paths::METRICS, tag = "operations", responses((status = 200, description = "Prometheus text exposition", content_type = "application/openmetrics-text")))]
 async fn metrics(state: web::Data<InternalState>) -> HttpResponse {
     let now = chrono::Utc::now().timestamp();
     let metrics = state.shared.metrics();
@@ -122,10 +187,12 @@ async fn metrics(state: web::Data<InternalState>) -> HttpResponse {
         .body(metrics.render())
 }
 
+#[utoipa::path(get, path = paths::HEALTHZ, tag = "operations", responses((status = 200, description = "The process is alive")))]
 async fn healthz() -> HttpResponse {
     status_json(HttpResponse::Ok(), "ok")
 }
 
+#[utoipa::path(get, path = paths::READYZ, tag = "operations", responses((status = 200, description = "Ready: the database answers and every key set can sign"), (status = 503, description = "Not ready")))]
 async fn readyz(state: web::Data<InternalState>) -> HttpResponse {
     if state.shared.is_ready() {
         status_json(HttpResponse::Ok(), "ready")
@@ -176,6 +243,8 @@ impl From<ActionError> for ApiError {
     }
 }
 
+#[utoipa::path(get, path = paths::KEY_SETS, tag = "admin", security(("bearer" = [])),
+    responses((status = 200, description = "Every key set's rules and keys' timelines"), (status = 401, body = Problem), (status = 403, body = Problem)))]
 async fn key_sets(req: HttpRequest, state: web::Data<InternalState>) -> Result<HttpResponse, ApiError> {
     admin(&req, &state.shared.snapshot(), &state)?;
     let now = chrono::Utc::now().timestamp();
@@ -186,7 +255,7 @@ async fn key_sets(req: HttpRequest, state: web::Data<InternalState>) -> Result<H
 }
 
 /// Optional body of the rotate route.
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RotateRequest {
     #[serde(default)]
@@ -205,6 +274,10 @@ async fn after_action(state: &InternalState, set: &str, steps: Vec<Step>) -> Res
     })))
 }
 
+#[utoipa::path(post, path = paths::ROTATE, tag = "admin", security(("bearer" = [])),
+    params(("name" = String, Path, description = "Key set")), request_body(content = Option<RotateRequest>, description = "Optional"),
+    responses((status = 200, description = "Steps taken and the new signing kid"), (status = 404, body = Problem),
+        (status = 409, body = Problem, description = "The next key was published too recently")))]
 async fn rotate(
     req: HttpRequest,
     name: web::Path<String>,
@@ -221,6 +294,9 @@ async fn rotate(
     after_action(&state, &name, steps).await
 }
 
+#[utoipa::path(post, path = paths::REVOKE, tag = "admin", security(("bearer" = [])),
+    params(("kid" = String, Path, description = "The key's kid")),
+    responses((status = 200, description = "Steps taken and the new signing kid"), (status = 404, body = Problem), (status = 409, body = Problem)))]
 async fn revoke(
     req: HttpRequest,
     kid: web::Path<String>,
@@ -294,7 +370,8 @@ fn body_error(path: &str, err: &serde_json::Error) -> ApiError {
     ApiError::InvalidBody { field, detail }
 }
 
-#[derive(Serialize)]
+/// A signed token.
+#[derive(Serialize, utoipa::ToSchema)]
 struct Signed {
     token: String,
     kid: Option<String>,
@@ -374,6 +451,12 @@ fn no_store_json(body: &impl Serialize) -> HttpResponse {
     HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).json(body)
 }
 
+#[utoipa::path(post, path = paths::SIGN, tag = "signing", security(("bearer" = [])),
+    params(("profile" = String, Path, description = "Profile name")), request_body = SignRequest,
+    responses((status = 200, body = Signed), (status = 400, body = Problem), (status = 401, body = Problem),
+        (status = 403, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem),
+        (status = 413, body = Problem), (status = 415, body = Problem), (status = 422, body = Problem),
+        (status = 429, body = Problem), (status = 503, body = Problem)))]
 async fn sign(
     req: HttpRequest,
     name: web::Path<String>,
@@ -435,12 +518,18 @@ async fn issue(
     Ok(signed)
 }
 
-#[derive(Serialize)]
+/// A partner's token.
+#[derive(Serialize, utoipa::ToSchema)]
 struct PartnerToken {
     token: String,
     expires_at: Option<i64>,
 }
 
+#[utoipa::path(post, path = paths::TOKEN, tag = "signing", security(("bearer" = [])),
+    params(("profile" = String, Path, description = "Profile name")), request_body = SignRequest,
+    responses((status = 200, body = PartnerToken), (status = 400, body = Problem), (status = 401, body = Problem),
+        (status = 404, body = Problem), (status = 422, body = Problem), (status = 429, body = Problem),
+        (status = 502, body = Problem), (status = 503, body = Problem), (status = 504, body = Problem)))]
 async fn token(
     req: HttpRequest,
     name: web::Path<String>,
@@ -508,6 +597,9 @@ struct ExportQuery {
     format: Option<String>,
 }
 
+#[utoipa::path(get, path = paths::PUBLIC_KEY, tag = "keys", security(("bearer" = [])),
+    params(("kid" = String, Path, description = "The key's kid"), ("format" = Option<String>, Query, description = "pem, pem-base64 or jwk (default)")),
+    responses((status = 200, description = "The public key"), (status = 400, body = Problem), (status = 404, body = Problem)))]
 async fn public_key(
     req: HttpRequest,
     kid: web::Path<String>,

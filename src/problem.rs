@@ -63,13 +63,19 @@ pub enum ApiError {
     Internal(#[from] anyhow::Error),
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
+/// An RFC 9457 problem: every error response's body (`application/problem+json`).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Problem<'a> {
+    /// A URN naming the kind of problem.
     #[serde(rename = "type")]
     type_: String,
+    /// Short summary.
     title: &'a str,
+    /// HTTP status.
     status: u16,
+    /// What went wrong, for a person; never internal error text.
     detail: String,
+    /// The request field at fault, when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<&'a str>,
 }

@@ -50,7 +50,7 @@ pub struct Profile {
 }
 
 /// The body of `POST /v1/profiles/{profile}/sign` (and `/token`).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignRequest {
     /// Subject of the token, for profiles whose tokens carry the caller's subject.
@@ -61,6 +61,7 @@ pub struct SignRequest {
     pub ttl_seconds: Option<i64>,
     /// Extra claims, each named in the profile's `allowed_claims`.
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub claims: Map<String, Value>,
     /// `/token` only: `false` asks the partner for a fresh token instead of a cached one.
     #[serde(default)]

@@ -202,3 +202,27 @@ async fn internal_listener_serves_health_and_404s_the_rest() {
     let get_sign = app.http.get(format!("{}/v1/profiles/{PROFILE}/sign", app.internal)).send().await.unwrap();
     assert_problem(get_sign, 405).await;
 }
+
+#[tokio::test]
+async fn every_internal_route_is_in_the_generated_openapi_document() {
+    let app = spawn_app().await;
+    let doc: serde_json::Value =
+        app.http.get(format!("{}/openapi.json", app.internal)).send().await.unwrap().json().await.unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{}", doc["openapi"]);
+    for (method, path) in keyward::internal_api::ROUTES {
+        assert!(doc["paths"][path][method].is_object(), "{method} {path} is not documented");
+        // The router serves it too: the request never falls through to the catch-all 404.
+        let url = path.replace("{profile}", PROFILE).replace("{name}", "npm").replace("{kid}", "some-kid");
+        let response =
+            app.http.request(method.to_uppercase().parse().unwrap(), format!("{}{url}", app.internal)).send().await;
+        let body = response.unwrap().text().await.unwrap();
+        assert!(!body.contains("no such resource"), "{method} {path} is documented but not routed: {body}");
+    }
+    assert_eq!(
+        doc["paths"].as_object().unwrap().len(),
+        keyward::internal_api::ROUTES.len(),
+        "documented routes that do not exist"
+    );
+    assert!(doc["components"]["schemas"]["SignRequest"].is_object());
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+}
