@@ -63,11 +63,20 @@ pub async fn bump_generation(tx: &mut Transaction<'_, Sqlite>) -> anyhow::Result
 }
 
 /// Moves the write-ahead log into the database file and empties it, so that content
-/// deleted with `secure_delete` leaves no copy in the log. Best effort: readers may hold it.
+/// deleted with `secure_delete` leaves no copy in the log. A reader holding the log makes
+/// SQLite report the checkpoint busy (not fail): try again for up to about two seconds.
 pub async fn checkpoint(pool: &SqlitePool) {
-    if let Err(err) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(pool).await {
-        tracing::warn!(error = %err, "WAL checkpoint failed; it is retried after the next change");
+    for _ in 0..40 {
+        match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(TRUNCATE)").fetch_one(pool).await {
+            Ok((0, _, _)) => return,
+            Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(err) => {
+                tracing::warn!(error = %err, "WAL checkpoint failed; it is retried after the next change");
+                return;
+            }
+        }
     }
+    tracing::warn!("WAL checkpoint stayed busy (readers); it is retried after the next change");
 }
 
 /// Writes a consistent copy of the live database to `file` (`VACUUM INTO`: one read
