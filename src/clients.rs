@@ -14,7 +14,7 @@ use serde::Serialize;
 use sqlx::{Row, SqlitePool};
 use zeroize::Zeroizing;
 
-use crate::config::Config;
+use crate::config::{self, Config};
 use crate::db;
 
 const PREFIX: &str = "kw_";
@@ -136,14 +136,7 @@ fn new_token() -> (String, Zeroizing<String>) {
 }
 
 fn check_name(name: &str) -> Result<(), ClientError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(ClientError::Invalid(format!("client name {name:?} must be 1 to 64 letters, digits, '-', '_' or '.'")))
-    }
+    config::check_name(name).map_err(|why| ClientError::Invalid(format!("client name {why}")))
 }
 
 /// Creates a client and returns its token: the only time the token exists in the clear.

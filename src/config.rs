@@ -762,7 +762,7 @@ fn validate_exchange(profile: &ProfileConfig, exchange: &ExchangeConfig) -> Resu
 }
 
 /// Names appear in URLs and commands: keep them plain.
-fn check_name(name: &str) -> Result<(), String> {
+pub(crate) fn check_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));

@@ -129,46 +129,29 @@ impl InternalState {
     }
 }
 
-/// Registers the internal routes on an app.
+/// Registers the internal routes on an app: each answers its method and 405 to others.
 pub fn configure(config: &mut web::ServiceConfig) {
     config
-        .service(
-            web::resource(paths::SIGN)
-                .route(web::post().to(sign))
-                .default_service(web::to(|| async { Err::<HttpResponse, _>(ApiError::MethodNotAllowed("POST")) })),
-        )
-        .service(
-            web::resource(paths::KEY_SETS)
-                .route(web::get().to(key_sets))
-                .default_service(web::to(|| async { Err::<HttpResponse, _>(ApiError::MethodNotAllowed("GET")) })),
-        )
-        .service(
-            web::resource(paths::ROTATE)
-                .route(web::post().to(rotate))
-                .default_service(web::to(|| async { Err::<HttpResponse, _>(ApiError::MethodNotAllowed("POST")) })),
-        )
-        .service(
-            web::resource(paths::REVOKE)
-                .route(web::post().to(revoke))
-                .default_service(web::to(|| async { Err::<HttpResponse, _>(ApiError::MethodNotAllowed("POST")) })),
-        )
-        .service(
-            web::resource(paths::TOKEN)
-                .route(web::post().to(token))
-                .default_service(web::to(|| async { Err::<HttpResponse, _>(ApiError::MethodNotAllowed("POST")) })),
-        )
-        .service(
-            web::resource(paths::PUBLIC_KEY)
-                .route(web::get().to(public_key))
-                .default_service(web::to(|| async { Err::<HttpResponse, _>(ApiError::MethodNotAllowed("GET")) })),
-        )
-        .service(web::resource(paths::METRICS).route(web::get().to(metrics)))
-        .service(web::resource(paths::OPENAPI).route(web::get().to(openapi)))
-        .service(web::resource(paths::HEALTHZ).route(web::get().to(healthz)))
-        .service(web::resource(paths::READYZ).route(web::get().to(readyz)))
+        .service(resource(paths::SIGN, web::post().to(sign), "POST"))
+        .service(resource(paths::TOKEN, web::post().to(token), "POST"))
+        .service(resource(paths::KEY_SETS, web::get().to(key_sets), "GET"))
+        .service(resource(paths::ROTATE, web::post().to(rotate), "POST"))
+        .service(resource(paths::REVOKE, web::post().to(revoke), "POST"))
+        .service(resource(paths::PUBLIC_KEY, web::get().to(public_key), "GET"))
+        .service(resource(paths::METRICS, web::get().to(metrics), "GET"))
+        .service(resource(paths::OPENAPI, web::get().to(openapi), "GET"))
+        .service(resource(paths::HEALTHZ, web::get().to(healthz), "GET"))
+        .service(resource(paths::READYZ, web::get().to(readyz), "GET"))
         .default_service(web::to(|| async {
             Err::<HttpResponse, _>(ApiError::NotFound("no such resource".to_owned()))
         }));
+}
+
+/// A resource answering `route`, and 405 with `Allow: allow` to any other method.
+fn resource(path: &str, route: actix_web::Route, allow: &'static str) -> actix_web::Resource {
+    web::resource(path)
+        .route(route)
+        .default_service(web::to(move || async move { Err::<HttpResponse, _>(ApiError::MethodNotAllowed(allow)) }))
 }
 
 /// Prometheus text format; key set gauges are computed at scrape time.
