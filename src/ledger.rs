@@ -8,7 +8,8 @@ use std::time::Instant;
 
 use anyhow::Context;
 use serde::Serialize;
-use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use sqlx::pool::PoolConnection;
+use sqlx::{Connection, QueryBuilder, Row, Sqlite, SqlitePool};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::metrics::Metrics;
@@ -56,7 +57,7 @@ impl Ledger {
     /// A ledger and its writer, which runs until `stop` and then commits what is queued.
     pub fn start(pool: SqlitePool, metrics: Metrics) -> (Ledger, Writer) {
         let (jobs, queue) = mpsc::unbounded_channel();
-        (Ledger { jobs }, Writer { pool, metrics, queue })
+        (Ledger { jobs }, Writer { pool, metrics, queue, connection: None })
     }
 
     /// Records `entry`; returns once its row is committed.
@@ -72,6 +73,9 @@ pub struct Writer {
     pool: SqlitePool,
     metrics: Metrics,
     queue: mpsc::UnboundedReceiver<Job>,
+    /// Its own connection: its page cache and prepared statements stay warm, since the
+    /// other connections rarely write (a pooled one would often find its cache stale).
+    connection: Option<PoolConnection<Sqlite>>,
 }
 
 impl Writer {
@@ -99,10 +103,14 @@ impl Writer {
         }
     }
 
-    async fn commit(&self, batch: Vec<Job>) {
+    async fn commit(&mut self, batch: Vec<Job>) {
         let started = Instant::now();
         let size = batch.len();
-        let result = insert(&self.pool, batch.iter().map(|(entry, _)| entry)).await;
+        let result = self.insert(batch.iter().map(|(entry, _)| entry).collect()).await;
+        if result.is_err() {
+            // Start afresh next time, in case the connection itself is at fault.
+            self.connection = None;
+        }
         self.metrics.ledger_batch(size, started.elapsed(), result.is_ok());
         if let Err(err) = &result {
             tracing::error!(error = format!("{err:#}"), rows = size, "ledger commit failed; those tokens are refused");
@@ -113,27 +121,49 @@ impl Writer {
     }
 }
 
-async fn insert<'a>(pool: &SqlitePool, entries: impl Iterator<Item = &'a Entry>) -> anyhow::Result<()> {
-    let mut tx = pool.begin().await.context("beginning the ledger transaction")?;
-    let entries: Vec<&Entry> = entries.collect();
-    // SQLite allows 32,766 bound values: 9 per row, in chunks well below that.
-    for chunk in entries.chunks(500) {
-        let mut query: QueryBuilder<Sqlite> =
-            QueryBuilder::new("INSERT INTO issuance (jti, profile, client, sub, kid, alg, iat, exp, claim_names) ");
-        query.push_values(chunk, |mut row, e| {
-            row.push_bind(&e.jti)
-                .push_bind(&e.profile)
-                .push_bind(&e.client)
-                .push_bind(&e.sub)
-                .push_bind(&e.kid)
-                .push_bind(&e.alg)
-                .push_bind(e.iat)
-                .push_bind(e.exp)
-                .push_bind(serde_json::to_string(&e.claim_names).unwrap_or_else(|_| "[]".to_owned()));
-        });
-        query.build().execute(&mut *tx).await.context("writing ledger rows")?;
+impl Writer {
+    async fn insert(&mut self, entries: Vec<&Entry>) -> anyhow::Result<()> {
+        let connection = match &mut self.connection {
+            Some(connection) => connection,
+            slot => slot.insert(self.pool.acquire().await.context("connecting the ledger writer")?),
+        };
+        let mut tx = connection.begin().await.context("beginning the ledger transaction")?;
+        let mut rest = entries.as_slice();
+        while !rest.is_empty() {
+            let (chunk, tail) = rest.split_at(chunk_len(rest.len()));
+            insert_rows(&mut tx, chunk).await?;
+            rest = tail;
+        }
+        tx.commit().await.context("committing ledger rows")
     }
-    tx.commit().await.context("committing ledger rows")
+}
+
+/// Rows go in chunks of 256, 128, ... or 1, so that only nine different statements exist
+/// and all stay prepared (SQLite allows 32,766 bound values; a chunk binds at most 2,304).
+fn chunk_len(remaining: usize) -> usize {
+    let mut size = 256;
+    while size > remaining {
+        size /= 2;
+    }
+    size
+}
+
+async fn insert_rows(tx: &mut sqlx::Transaction<'_, Sqlite>, entries: &[&Entry]) -> anyhow::Result<()> {
+    let mut query: QueryBuilder<Sqlite> =
+        QueryBuilder::new("INSERT INTO issuance (jti, profile, client, sub, kid, alg, iat, exp, claim_names) ");
+    query.push_values(entries, |mut row, e| {
+        row.push_bind(&e.jti)
+            .push_bind(&e.profile)
+            .push_bind(&e.client)
+            .push_bind(&e.sub)
+            .push_bind(&e.kid)
+            .push_bind(&e.alg)
+            .push_bind(e.iat)
+            .push_bind(e.exp)
+            .push_bind(serde_json::to_string(&e.claim_names).unwrap_or_else(|_| "[]".to_owned()));
+    });
+    query.build().execute(&mut **tx).await.context("writing ledger rows")?;
+    Ok(())
 }
 
 /// What `keyward audit` filters on; every field optional.
@@ -199,4 +229,25 @@ pub async fn prune(pool: &SqlitePool, before: i64) -> anyhow::Result<u64> {
         .await
         .context("pruning the ledger")?;
     Ok(done.rows_affected())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chunk_len;
+
+    #[test]
+    fn batches_split_into_power_of_two_chunks() {
+        let split = |mut n: usize| {
+            let mut sizes = Vec::new();
+            while n > 0 {
+                sizes.push(chunk_len(n));
+                n -= chunk_len(n);
+            }
+            sizes
+        };
+        assert_eq!(split(1), [1]);
+        assert_eq!(split(7), [4, 2, 1]);
+        assert_eq!(split(256), [256]);
+        assert_eq!(split(600), [256, 256, 64, 16, 8]);
+    }
 }
