@@ -386,6 +386,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     },
                 }
             };
+            anyhow::ensure!(limit >= 1, "--limit must be at least 1");
             let filter = ledger::Filter { sub, kid, client, profile, since: instant(since)?, until: instant(until)? };
             let pool = db::connect(config.database_path()).await?;
             let rows = ledger::query(&pool, &filter, limit).await?;

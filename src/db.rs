@@ -84,6 +84,13 @@ pub async fn checkpoint(pool: &SqlitePool) {
 pub async fn backup(pool: &SqlitePool, file: &Path) -> anyhow::Result<()> {
     let target = file.to_str().context("the backup path is not UTF-8")?;
     sqlx::query("VACUUM INTO ?").bind(target).execute(pool).await.with_context(|| format!("backing up to {target}"))?;
+    // The copy holds sealed keys and secrets: readable by its owner only.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("restricting {target} to its owner"))?;
+    }
     Ok(())
 }
 

@@ -73,8 +73,8 @@ struct Slot {
 /// When a cached token stops being handed out: a tenth of its life before expiry, at
 /// least one second and at most a minute early.
 pub fn fresh_until(issued_at: i64, expires_at: i64) -> i64 {
-    let margin = ((expires_at - issued_at) / 10).clamp(1, 60);
-    expires_at - margin
+    let margin = (expires_at.saturating_sub(issued_at) / 10).clamp(1, 60);
+    expires_at.saturating_sub(margin)
 }
 
 /// The cache of partner tokens.
@@ -135,7 +135,7 @@ impl TokenCache {
                 Ok(fetched.issued)
             }
             Err(err) => {
-                slot.cached = None;
+                // Keep the stale entry: its refresh token may still work next time.
                 slot.failed = Some((Instant::now(), err.clone()));
                 Err(err)
             }
@@ -162,7 +162,9 @@ async fn post(exchange: &ExchangeConfig, url: &str, request: reqwest::RequestBui
         .await
         .map_err(|e| classify(&e, secs))?;
     let status = response.status();
-    tracing::info!(url, status = status.as_u16(), "partner token endpoint answered");
+    // The host only: a URL's path or query may carry a partner credential.
+    let host = reqwest::Url::parse(url).ok().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_default();
+    tracing::info!(host, status = status.as_u16(), "partner token endpoint answered");
     if !status.is_success() {
         return Err(ExchangeError::Status(status.as_u16()));
     }
@@ -205,7 +207,7 @@ struct AccountTokens {
 fn account_tokens(reply: Value, now: i64) -> Result<Fetched, ExchangeError> {
     let tokens: AccountTokens = serde_json::from_value(reply).map_err(|_| ExchangeError::BadReply("access_token"))?;
     Ok(Fetched {
-        issued: Issued { token: tokens.access_token, expires_at: Some(now + tokens.expires_in) },
+        issued: Issued { token: tokens.access_token, expires_at: Some(now.saturating_add(tokens.expires_in)) },
         refresh_token: tokens.refresh_token,
     })
 }

@@ -530,10 +530,14 @@ async fn token(
     let clock = || chrono::Utc::now().timestamp();
     let issued = match exchange.style {
         ExchangeStyle::BearerAssertion => {
+            // Per client too: a token obtained with one client's assertion (and ledger row)
+            // is never handed to another; and per ttl_seconds, which shapes the assertion.
             let key = format!(
-                "{}\0{}\0{}",
+                "{}\0{}\0{}\0{}\0{}",
                 profile.name,
+                client.name,
                 request.sub.as_deref().unwrap_or_default(),
+                request.ttl_seconds.map(|t| t.to_string()).unwrap_or_default(),
                 serde_json::to_string(&request.claims).map_err(anyhow::Error::from)?
             );
             // Judge the request first (the caller's errors are 4xx); sign only on a miss.

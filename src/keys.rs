@@ -192,7 +192,8 @@ pub fn import_pem(algorithm: Algorithm, pem: &[u8]) -> Result<GeneratedKey, KeyE
     use openssl::nid::Nid;
     use openssl::pkey::{Id, PKey};
     let refuse = |why: &str| KeyError::Import(why.to_owned());
-    let pkey = PKey::private_key_from_pem(pem).map_err(|_| {
+    // An empty passphrase: an encrypted PEM is refused, never prompted for on a terminal.
+    let pkey = PKey::private_key_from_pem_passphrase(pem, b"").map_err(|_| {
         refuse("not a PEM private key (PKCS#1 \"RSA PRIVATE KEY\", PKCS#8 \"PRIVATE KEY\" or SEC1 \"EC PRIVATE KEY\")")
     })?;
     match (algorithm, pkey.id()) {

@@ -284,6 +284,21 @@ async fn concurrent_identical_requests_share_one_upstream_call() {
     world.partner_token(json!({"sub": "acct-2"})).await;
     world.partner_token(json!({"sub": "acct-1", "claims": {"obo_user": "u@example.com"}})).await;
     assert_eq!(world.npm.token_calls.load(Ordering::SeqCst), 4);
+
+    // Another client never gets a token obtained with this client's assertion (whose
+    // ledger row names this client): same subject, its own upstream call.
+    let other = world.app.client("other-backend", &["npm-sandbox"]).await;
+    let response = world
+        .app
+        .http
+        .post(format!("{}/v1/profiles/npm-sandbox/token", world.app.internal))
+        .bearer_auth(&other)
+        .json(&json!({"sub": "acct-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(world.npm.token_calls.load(Ordering::SeqCst), 5);
 }
 
 #[tokio::test]
