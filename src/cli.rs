@@ -50,16 +50,16 @@ enum Command {
     /// Which tokens were issued: filter the issuance ledger.
     Audit {
         /// Only this subject.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         sub: Option<String>,
-        /// Only tokens signed by this key.
-        #[arg(long)]
+        /// Only tokens signed by this key (kids may start with '-').
+        #[arg(long, allow_hyphen_values = true)]
         kid: Option<String>,
         /// Only tokens this client asked for.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         client: Option<String>,
         /// Only this profile.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         profile: Option<String>,
         /// Issued at or after: RFC 3339 (2026-11-17T00:00:00Z) or an age (24h, 7d).
         #[arg(long)]
@@ -82,6 +82,7 @@ enum Command {
     /// Print what a partner asks for at onboarding, then check the published JWKS over HTTP.
     Onboarding {
         /// Profile name.
+        #[arg(allow_hyphen_values = true)]
         profile: String,
     },
     /// Exit 0 if the server's public /healthz answers 200 (for container health checks).
@@ -93,6 +94,7 @@ enum SecretsCommand {
     /// Store PROFILE's secret, read from standard input (never from the command line).
     Set {
         /// Profile name.
+        #[arg(allow_hyphen_values = true)]
         profile: String,
     },
     /// List the profiles that have a secret, with dates (never the secrets).
@@ -110,6 +112,7 @@ enum KeysCommand {
     /// Planned rotation now: the next key signs, if it has been published for publish_ahead.
     Rotate {
         /// Key set name.
+        #[arg(allow_hyphen_values = true)]
         set: String,
         /// Rotate even if the next key was published too recently (verifiers may not have it).
         #[arg(long)]
@@ -118,11 +121,13 @@ enum KeysCommand {
     /// Emergency: the key leaves the JWKS at once; if it was signing, the next key takes over.
     Revoke {
         /// The key's kid.
+        #[arg(allow_hyphen_values = true)]
         kid: String,
     },
     /// Print a key's public half: pem, pem-base64 (what PaymentsGate calls public_key) or jwk.
     Export {
         /// The key's kid.
+        #[arg(allow_hyphen_values = true)]
         kid: String,
         /// Output format.
         #[arg(long, default_value = "pem", value_parser = ["pem", "pem-base64", "jwk"])]
@@ -131,6 +136,7 @@ enum KeysCommand {
     /// Add an existing private key (PKCS#1, PKCS#8 or SEC1 PEM) to SET as its next key.
     Import {
         /// Key set name.
+        #[arg(allow_hyphen_values = true)]
         set: String,
         /// The PEM file.
         #[arg(long, value_name = "FILE")]
@@ -152,6 +158,7 @@ enum ClientsCommand {
     /// Create a client; its token is printed once, as the only line on standard output.
     Add {
         /// Client name.
+        #[arg(allow_hyphen_values = true)]
         name: String,
         /// Profiles the client may sign with, comma-separated.
         #[arg(long, value_delimiter = ',')]
@@ -175,6 +182,7 @@ enum ClientsCommand {
     /// Revoke a client's token.
     Revoke {
         /// Client name.
+        #[arg(allow_hyphen_values = true)]
         name: String,
     },
 }

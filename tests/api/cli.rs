@@ -185,3 +185,22 @@ async fn cli_changes_reach_a_running_server_within_seconds() {
     let out = keyward(&path, &["keys", "rotate", "nope"]);
     assert!(!out.status.success() && text(&out.stderr).contains("no key set is named \"nope\""));
 }
+
+#[test]
+fn kids_and_names_that_start_with_a_hyphen_are_values_not_options() {
+    // A kid is base64url: about one key in 64 has a kid starting with '-'.
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        &["audit", "--kid", "-nMObhUPmukzpuzzHBkXCsjtv_98tyLvbc7iMBKjqhs"][..],
+        &["audit", "--sub", "-x", "--client", "-y", "--profile", "-z"][..],
+        &["keys", "export", "-nMObhUPmukzpuzzHBkXCsjtv_98tyLvbc7iMBKjqhs"][..],
+        &["keys", "revoke", "-nMObhUPmukzpuzzHBkXCsjtv_98tyLvbc7iMBKjqhs"][..],
+    ] {
+        let out = keyward(dir.path(), args);
+        let err = text(&out.stderr);
+        assert!(!err.contains("unexpected argument"), "{args:?}: {err}");
+    }
+    // Parsed as a kid, it is simply not found.
+    let out = keyward(dir.path(), &["keys", "export", "-nMObhUPmukzpuzzHBkXCsjtv_98tyLvbc7iMBKjqhs"]);
+    assert!(!out.status.success() && text(&out.stderr).contains("no key -nMOb"), "{}", text(&out.stderr));
+}
