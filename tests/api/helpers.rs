@@ -1,5 +1,8 @@
 //! Starting the real application on port 0 with a fresh SQLite file.
 
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use keyward::config::Config;
@@ -161,4 +164,92 @@ pub async fn assert_problem(response: reqwest::Response, status: u16) -> Value {
         assert!(allowed.contains(&key.as_str()), "unexpected member {key} in {body}");
     }
     body
+}
+
+/// A `keyward serve` process with its own ports, over a configuration file in `dir`.
+pub struct Serve {
+    pub child: Child,
+    pub public: String,
+    pub internal: String,
+    pub log: PathBuf,
+    pub config_file: PathBuf,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Serve {
+    /// Sends SIGTERM; waits up to `limit` for the exit status.
+    pub async fn terminate(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(sent.success());
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+static SERVES: AtomicUsize = AtomicUsize::new(0);
+
+/// Starts `keyward serve` on port 0 over a configuration file in `dir`, logging JSON at
+/// `level` to a file.
+pub fn serve(dir: &Path, config: &Config, level: &str) -> Serve {
+    let mut config = config.clone();
+    config.server.public_addr = "127.0.0.1:0".parse().unwrap();
+    config.server.internal_addr = "127.0.0.1:0".parse().unwrap();
+    let n = SERVES.fetch_add(1, Ordering::SeqCst);
+    let config_file = dir.join(format!("keys-{n}.toml"));
+    std::fs::write(&config_file, toml::to_string(&config).unwrap()).unwrap();
+    let log = dir.join(format!("serve-{n}.log"));
+    let child = Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args(["--config", config_file.to_str().unwrap(), "serve"])
+        .current_dir(dir)
+        .env_clear()
+        .env("RUST_LOG", level)
+        .env("KEYWARD_LOG_FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    Serve { child, public: String::new(), internal: String::new(), log, config_file }
+}
+
+/// Waits for the "listening" log line, then for /readyz to answer 200.
+pub async fn wait_healthy(http: &reqwest::Client, serve: &mut Serve) -> bool {
+    for _ in 0..300 {
+        if serve.public.is_empty() {
+            let log = serve.log_text();
+            let listening = log
+                .lines()
+                .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+                .find(|line| line["fields"]["message"] == "listening");
+            if let Some(line) = listening {
+                serve.public = format!("http://{}", line["fields"]["public"].as_str().unwrap());
+                serve.internal = format!("http://{}", line["fields"]["internal"].as_str().unwrap());
+            }
+        }
+        if !serve.public.is_empty()
+            && http.get(format!("{}/readyz", serve.public)).send().await.is_ok_and(|r| r.status() == 200)
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = serve.log_text();
+    eprintln!("keyward serve did not come up; its log:\n{}", &log[log.len().saturating_sub(20_000)..]);
+    false
 }

@@ -2,9 +2,9 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,7 +17,7 @@ use keyward::seal::MasterKey;
 use serde_json::{json, Value};
 use sqlx::SqlitePool;
 
-use crate::helpers::{assert_problem, spawn_app_with, spawn_in, test_config, TestApp};
+use crate::helpers::{assert_problem, serve, spawn_app_with, spawn_in, test_config, wait_healthy, TestApp};
 use crate::verify::verify;
 
 const PROFILE: &str = "npm-sandbox";
@@ -625,98 +625,6 @@ async fn every_response_of_both_listeners_carries_a_request_id() {
     let signed =
         app.http.post(&sign_url).bearer_auth(&token).header("x-request-id", "abc-123").json(&json!({"sub": "a"}));
     assert_eq!(request_id(&signed.send().await.unwrap()), "abc-123");
-}
-
-// ---------------------------------------------------------------------------------------
-// `keyward serve` as a process
-// ---------------------------------------------------------------------------------------
-
-/// A `keyward serve` process with its own ports, over a configuration file in `dir`.
-struct Serve {
-    child: Child,
-    public: String,
-    internal: String,
-    log: PathBuf,
-    config_file: PathBuf,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Serve {
-    /// Sends SIGTERM; waits up to `limit` for the exit status.
-    async fn terminate(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let pid = self.child.id().to_string();
-        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(sent.success());
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        None
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-static SERVES: AtomicUsize = AtomicUsize::new(0);
-
-/// Starts `keyward serve` on port 0 over a configuration file in `dir`, logging JSON at
-/// `level` to a file.
-fn serve(dir: &Path, config: &Config, level: &str) -> Serve {
-    let mut config = config.clone();
-    config.server.public_addr = "127.0.0.1:0".parse().unwrap();
-    config.server.internal_addr = "127.0.0.1:0".parse().unwrap();
-    let n = SERVES.fetch_add(1, Ordering::SeqCst);
-    let config_file = dir.join(format!("ops-{n}.toml"));
-    std::fs::write(&config_file, toml::to_string(&config).unwrap()).unwrap();
-    let log = dir.join(format!("ops-serve-{n}.log"));
-    let child = Command::new(env!("CARGO_BIN_EXE_keyward"))
-        .args(["--config", config_file.to_str().unwrap(), "serve"])
-        .current_dir(dir)
-        .env_clear()
-        .env("RUST_LOG", level)
-        .env("KEYWARD_LOG_FORMAT", "json")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    Serve { child, public: String::new(), internal: String::new(), log, config_file }
-}
-
-/// Waits for the "listening" log line, then for /readyz to answer 200.
-async fn wait_healthy(http: &reqwest::Client, serve: &mut Serve) -> bool {
-    for _ in 0..300 {
-        if serve.public.is_empty() {
-            let log = serve.log_text();
-            let listening = log
-                .lines()
-                .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-                .find(|line| line["fields"]["message"] == "listening");
-            if let Some(line) = listening {
-                serve.public = format!("http://{}", line["fields"]["public"].as_str().unwrap());
-                serve.internal = format!("http://{}", line["fields"]["internal"].as_str().unwrap());
-            }
-        }
-        if !serve.public.is_empty()
-            && http.get(format!("{}/readyz", serve.public)).send().await.is_ok_and(|r| r.status() == 200)
-        {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let log = serve.log_text();
-    eprintln!("keyward serve did not come up; its log:\n{}", &log[log.len().saturating_sub(20_000)..]);
-    false
 }
 
 async fn sign_at(

@@ -2,8 +2,6 @@
 //! processes on one database, and crashes mid-rotation.
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,7 +12,7 @@ use keyward::keys::Algorithm;
 use keyward::keystore::{self, KeyState};
 use serde_json::{json, Value};
 
-use crate::helpers::{spawn_app_with, test_config, TestApp};
+use crate::helpers::{serve, spawn_app_with, test_config, wait_healthy, TestApp};
 use crate::verify::verify;
 
 const PROFILE: &str = "npm-sandbox";
@@ -270,69 +268,6 @@ async fn retired_keys_leave_no_private_material_in_the_database() {
     );
 }
 
-/// A `keyward serve` process with its own ports, over a configuration file in `dir`.
-struct Serve {
-    child: Child,
-    public: String,
-    log: std::path::PathBuf,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `keyward serve` on port 0 over a configuration file in `dir`; its JSON log
-/// (kept in a file, shown if it fails) says which ports it bound.
-fn serve(dir: &Path, config: &Config) -> Serve {
-    let mut config = config.clone();
-    config.server.public_addr = "127.0.0.1:0".parse().unwrap();
-    config.server.internal_addr = "127.0.0.1:0".parse().unwrap();
-    let n = SERVES.fetch_add(1, Ordering::SeqCst);
-    let file = dir.join(format!("keys-{n}.toml"));
-    std::fs::write(&file, toml::to_string(&config).unwrap()).unwrap();
-    let log = dir.join(format!("serve-{n}.log"));
-    let child = Command::new(env!("CARGO_BIN_EXE_keyward"))
-        .args(["--config", file.to_str().unwrap(), "serve"])
-        .current_dir(dir)
-        .env_clear()
-        .env("RUST_LOG", "info")
-        .env("KEYWARD_LOG_FORMAT", "json")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    Serve { child, public: String::new(), log }
-}
-
-static SERVES: AtomicUsize = AtomicUsize::new(0);
-
-/// Waits for the "listening" log line, then for /readyz to answer 200.
-async fn wait_healthy(http: &reqwest::Client, serve: &mut Serve) -> bool {
-    for _ in 0..200 {
-        if serve.public.is_empty() {
-            let log = std::fs::read_to_string(&serve.log).unwrap_or_default();
-            let listening = log
-                .lines()
-                .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-                .find(|line| line["fields"]["message"] == "listening");
-            if let Some(line) = listening {
-                serve.public = format!("http://{}", line["fields"]["public"].as_str().unwrap());
-            }
-        }
-        if !serve.public.is_empty()
-            && http.get(format!("{}/readyz", serve.public)).send().await.is_ok_and(|r| r.status() == 200)
-        {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    eprintln!("keyward serve did not come up; its log:\n{}", std::fs::read_to_string(&serve.log).unwrap_or_default());
-    false
-}
-
 /// Every set has exactly one current and one next key, and no kid seen before is lost.
 async fn assert_valid_state(db: &str, seen: &mut BTreeSet<String>) {
     let pool = keyward::db::connect(db).await.unwrap();
@@ -351,8 +286,8 @@ async fn two_processes_on_one_database_rotate_once() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
     fast(&mut config, Algorithm::Es256);
-    let mut a = serve(dir.path(), &config);
-    let mut b = serve(dir.path(), &config);
+    let mut a = serve(dir.path(), &config, "info");
+    let mut b = serve(dir.path(), &config, "info");
     let http = reqwest::Client::new();
     assert!(wait_healthy(&http, &mut a).await && wait_healthy(&http, &mut b).await);
     tokio::time::sleep(Duration::from_secs(10)).await;
@@ -402,7 +337,7 @@ async fn a_process_killed_mid_rotation_restarts_into_a_valid_state() {
     let http = reqwest::Client::new();
     let mut seen = BTreeSet::new();
     for round in 0..8u64 {
-        let mut process = serve(dir.path(), &config);
+        let mut process = serve(dir.path(), &config, "info");
         assert!(wait_healthy(&http, &mut process).await, "round {round}: the server did not come up");
         let jwks: Value =
             http.get(format!("{}/.well-known/jwks.json", process.public)).send().await.unwrap().json().await.unwrap();
