@@ -1,26 +1,18 @@
 //! The `keyward` binary's subcommands, against the same database as a running server.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use keyward::keys::Algorithm;
 use keyward::seal::MasterKey;
 use serde_json::json;
 
-use crate::helpers::{spawn_in, test_config};
+use crate::helpers::{keyward_bare, keyward_command, spawn_in, test_config};
 
 /// The binary, run in `dir` with its database and master key file there.
 fn keyward(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_keyward"))
-        .args(args)
-        .current_dir(dir)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("KEYWARD_DATABASE_URL", format!("sqlite://{}", dir.join("keyward.db").display()))
-        .env("KEYWARD_MASTER_KEY_FILE", dir.join("master.key"))
-        .output()
-        .unwrap()
+    keyward_command(dir, args).output().unwrap()
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -56,10 +48,7 @@ fn check_config_names_the_file_table_and_field() {
 #[test]
 fn unknown_environment_variables_are_named_in_a_warning() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_keyward"))
-        .arg("check-config")
-        .current_dir(dir.path())
-        .env_clear()
+    let out = keyward_bare(dir.path(), &["check-config"])
         .env("KEYWARD_PUBLIC_ADRR", "0.0.0.0:1")
         .env("KEYWARD_SERVICE_HOST", "10.0.0.1")
         .output()

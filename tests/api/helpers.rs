@@ -253,3 +253,19 @@ pub async fn wait_healthy(http: &reqwest::Client, serve: &mut Serve) -> bool {
     eprintln!("keyward serve did not come up; its log:\n{}", &log[log.len().saturating_sub(20_000)..]);
     false
 }
+
+/// The keyward binary, run in `dir` with a clean environment (`PATH` only).
+pub fn keyward_bare(dir: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_keyward"));
+    command.args(args).current_dir(dir).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+    command
+}
+
+/// The keyward binary, run in `dir` with its database and master key file there.
+pub fn keyward_command(dir: &Path, args: &[&str]) -> Command {
+    let mut command = keyward_bare(dir, args);
+    command
+        .env("KEYWARD_DATABASE_URL", format!("sqlite://{}", dir.join("keyward.db").display()))
+        .env("KEYWARD_MASTER_KEY_FILE", dir.join("master.key"));
+    command
+}

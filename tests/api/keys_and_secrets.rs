@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -24,7 +24,7 @@ use rsa::traits::PublicKeyParts;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256, Sha512};
 
-use crate::helpers::{assert_problem, spawn_app_with, spawn_in, test_config, TestApp};
+use crate::helpers::{assert_problem, keyward_command, spawn_app_with, spawn_in, test_config, TestApp};
 use crate::verify::verify;
 
 const JWKS_PATH: &str = "/.well-known/jwks.json";
@@ -123,18 +123,6 @@ fn stored_bytes(dir: &Path) -> Vec<u8> {
 // ---------------------------------------------------------------------------------------
 // The binary
 // ---------------------------------------------------------------------------------------
-
-fn keyward_command(dir: &Path, args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_keyward"));
-    command
-        .args(args)
-        .current_dir(dir)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("KEYWARD_DATABASE_URL", format!("sqlite://{}", dir.join("keyward.db").display()))
-        .env("KEYWARD_MASTER_KEY_FILE", dir.join("master.key"));
-    command
-}
 
 /// The binary, run in `dir` with its database and master key file there.
 fn keyward(dir: &Path, args: &[&str]) -> Output {

@@ -3,7 +3,7 @@
 use std::collections::{BTreeSet, HashSet};
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,7 +17,9 @@ use keyward::seal::MasterKey;
 use serde_json::{json, Value};
 use sqlx::SqlitePool;
 
-use crate::helpers::{assert_problem, serve, spawn_app_with, spawn_in, test_config, wait_healthy, TestApp};
+use crate::helpers::{
+    assert_problem, keyward_bare, serve, spawn_app_with, spawn_in, test_config, wait_healthy, TestApp,
+};
 use crate::verify::verify;
 
 const PROFILE: &str = "npm-sandbox";
@@ -129,16 +131,8 @@ async fn status_of(app: &TestApp, base: &str, path: &str) -> u16 {
 
 /// The binary, run in `dir` with `envs` only (plus PATH).
 fn keyward(dir: &Path, args: &[&str], envs: &[(&str, &str)], stdin: Option<&[u8]>) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_keyward"));
-    command
-        .args(args)
-        .current_dir(dir)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(envs.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let mut command = keyward_bare(dir, args);
+    command.envs(envs.iter().copied()).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = command.spawn().unwrap();
     let mut input = child.stdin.take().unwrap();
     if let Some(bytes) = stdin {

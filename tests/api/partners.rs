@@ -7,7 +7,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::TcpListener;
-use std::process::Command;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,7 +21,7 @@ use keyward::keys::Algorithm;
 use keyward::seal::MasterKey;
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_problem, spawn_in, spawn_on, test_config, TestApp};
+use crate::helpers::{assert_problem, keyward_bare, spawn_in, spawn_on, test_config, TestApp};
 use crate::verify::verify;
 
 const PARTNER: &str = "acme";
@@ -465,15 +464,7 @@ async fn onboarding_prints_what_npm_asks_for_and_checks_the_published_keys() {
     let world = npm_world(|_| {}).await;
     let dir = world.app.dir.path();
     std::fs::write(dir.join("keys.toml"), toml::to_string(&world.app.config).unwrap()).unwrap();
-    let run = |dir: &std::path::Path| {
-        Command::new(env!("CARGO_BIN_EXE_keyward"))
-            .args(["onboarding", "npm-sandbox"])
-            .current_dir(dir)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .output()
-            .unwrap()
-    };
+    let run = |dir: &std::path::Path| keyward_bare(dir, &["onboarding", "npm-sandbox"]).output().unwrap();
     let out = run(dir);
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{stderr}");
