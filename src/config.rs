@@ -21,9 +21,10 @@ pub const TTL_HARD_CAP: Duration = Duration::from_secs(3_600);
 const RESERVED_PUBLIC_PATHS: [&str; 2] = ["/healthz", "/readyz"];
 
 /// Environment variables keyward reads; any other `KEYWARD_*` variable is a mistake.
-const KNOWN_ENV: [&str; 10] = [
+const KNOWN_ENV: [&str; 11] = [
     "KEYWARD_CONFIG",
     "KEYWARD_LEDGER_RETENTION",
+    "KEYWARD_LEDGER_COMMIT_INTERVAL_MS",
     "KEYWARD_RATE_LIMIT",
     "KEYWARD_RATE_BURST",
     "KEYWARD_PUBLIC_ADDR",
@@ -63,6 +64,9 @@ pub struct ServerConfig {
     pub master_key_file: PathBuf,
     /// How long issuance ledger rows are kept.
     pub ledger_retention: Duration,
+    /// Ledger commits start at least this many milliseconds apart; rows arriving meanwhile
+    /// share the next commit (fewer fsyncs under load). 0: commit as soon as possible.
+    pub ledger_commit_interval_ms: u64,
     /// Requests per second a client may make, unless set for the client.
     pub rate_limit: u32,
     /// Requests a client may make at once above its rate, unless set for the client.
@@ -77,6 +81,7 @@ impl Default for ServerConfig {
             database_url: "sqlite://data/keyward.db".to_owned(),
             master_key_file: PathBuf::from("data/master.key"),
             ledger_retention: Duration::from_secs(90 * 86_400),
+            ledger_commit_interval_ms: 5,
             rate_limit: 100,
             rate_burst: 200,
         }
@@ -465,6 +470,11 @@ fn apply_env(config: &mut Config, env: &HashMap<String, String>) -> Result<Vec<S
     if let Some(v) = env.get("KEYWARD_LEDGER_RETENTION") {
         config.server.ledger_retention = Duration::parse(v).map_err(|m| env_error("KEYWARD_LEDGER_RETENTION", m))?;
     }
+    if let Some(v) = env.get("KEYWARD_LEDGER_COMMIT_INTERVAL_MS") {
+        config.server.ledger_commit_interval_ms = v
+            .parse()
+            .map_err(|_| env_error("KEYWARD_LEDGER_COMMIT_INTERVAL_MS", format!("{v:?} is not a whole number")))?;
+    }
     for (var, field) in
         [("KEYWARD_RATE_LIMIT", &mut config.server.rate_limit), ("KEYWARD_RATE_BURST", &mut config.server.rate_burst)]
     {
@@ -490,6 +500,15 @@ pub fn validate(config: &Config, source_name: &str) -> Result<(), ConfigError> {
         return Err(fail(
             "[server], field ledger_retention".to_owned(),
             format!("{} is too short to answer an auditor: keep at least 1d", server.ledger_retention),
+        ));
+    }
+    if server.ledger_commit_interval_ms > 1_000 {
+        return Err(fail(
+            "[server], field ledger_commit_interval_ms".to_owned(),
+            format!(
+                "{} ms would hold every signing request that long: use at most 1000 (default 5)",
+                server.ledger_commit_interval_ms
+            ),
         ));
     }
     if server.rate_limit == 0 || server.rate_burst == 0 {
@@ -957,6 +976,18 @@ jwks_paths = ["/.well-known/jwks.json"]
     #[test]
     fn max_ttl_just_under_an_hour_is_accepted() {
         example_with(r#"max_ttl = "55m""#, r#"max_ttl = "3599s""#).unwrap();
+    }
+
+    #[test]
+    fn ledger_commit_interval_is_at_most_a_second() {
+        let config = example_with("ledger_commit_interval_ms = 5", "ledger_commit_interval_ms = 0").unwrap();
+        assert_eq!(config.server.ledger_commit_interval_ms, 0);
+        let err = error_of("ledger_commit_interval_ms = 5", "ledger_commit_interval_ms = 1001");
+        assert!(err.contains("ledger_commit_interval_ms") && err.contains("at most 1000"), "{err}");
+        let loaded = load(ConfigSource::Defaults, &env(&[("KEYWARD_LEDGER_COMMIT_INTERVAL_MS", "20")])).unwrap();
+        assert_eq!(loaded.config.server.ledger_commit_interval_ms, 20);
+        let err = load(ConfigSource::Defaults, &env(&[("KEYWARD_LEDGER_COMMIT_INTERVAL_MS", "5ms")])).unwrap_err();
+        assert!(err.to_string().contains("KEYWARD_LEDGER_COMMIT_INTERVAL_MS"), "{err}");
     }
 
     #[test]

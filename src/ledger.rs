@@ -4,7 +4,7 @@
 //! under way, new rows queue; the next transaction takes them all (group commit), so the
 //! ledger costs one fsync per batch, not per token.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde::Serialize;
@@ -55,9 +55,10 @@ pub struct Ledger {
 
 impl Ledger {
     /// A ledger and its writer, which runs until `stop` and then commits what is queued.
-    pub fn start(pool: SqlitePool, metrics: Metrics) -> (Ledger, Writer) {
+    /// Commits start at least `min_interval` apart.
+    pub fn start(pool: SqlitePool, metrics: Metrics, min_interval: Duration) -> (Ledger, Writer) {
         let (jobs, queue) = mpsc::unbounded_channel();
-        (Ledger { jobs }, Writer { pool, metrics, queue, connection: None })
+        (Ledger { jobs }, Writer { pool, metrics, queue, connection: None, min_interval, last_commit: None })
     }
 
     /// Records `entry`; returns once its row is committed.
@@ -76,6 +77,15 @@ pub struct Writer {
     /// Its own connection: its page cache and prepared statements stay warm, since the
     /// other connections rarely write (a pooled one would often find its cache stale).
     connection: Option<PoolConnection<Sqlite>>,
+    /// Commits start at least this far apart (rows arriving meanwhile join the next one).
+    min_interval: Duration,
+    last_commit: Option<Instant>,
+}
+
+/// How long a commit waits for company: none when the last one started `min_interval` or
+/// longer ago (or never), else the rest of the interval.
+fn commit_delay(since_last: Option<Duration>, min_interval: Duration) -> Duration {
+    since_last.map_or(Duration::ZERO, |since| min_interval.saturating_sub(since))
 }
 
 impl Writer {
@@ -93,13 +103,23 @@ impl Writer {
             };
             let Some(first) = first else { return Ok(()) };
             let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match self.queue.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
+            self.drain(&mut batch);
+            let wait = commit_delay(self.last_commit.map(|at| at.elapsed()), self.min_interval);
+            if !wait.is_zero() && batch.len() < MAX_BATCH && !*stop.borrow() {
+                tokio::time::sleep(wait).await;
+                self.drain(&mut batch);
             }
+            self.last_commit = Some(Instant::now());
             self.commit(batch).await;
+        }
+    }
+
+    fn drain(&mut self, batch: &mut Vec<Job>) {
+        while batch.len() < MAX_BATCH {
+            match self.queue.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
         }
     }
 
@@ -233,7 +253,19 @@ pub async fn prune(pool: &SqlitePool, before: i64) -> anyhow::Result<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::chunk_len;
+    use std::time::Duration;
+
+    use super::{chunk_len, commit_delay};
+
+    #[test]
+    fn a_commit_waits_only_for_the_rest_of_the_interval() {
+        let ms = Duration::from_millis;
+        assert_eq!(commit_delay(None, ms(5)), Duration::ZERO, "the first commit never waits");
+        assert_eq!(commit_delay(Some(ms(2)), ms(5)), ms(3));
+        assert_eq!(commit_delay(Some(ms(5)), ms(5)), Duration::ZERO);
+        assert_eq!(commit_delay(Some(ms(900)), ms(5)), Duration::ZERO, "a quiet server commits at once");
+        assert_eq!(commit_delay(Some(ms(1)), Duration::ZERO), Duration::ZERO, "0 turns pacing off");
+    }
 
     #[test]
     fn batches_split_into_power_of_two_chunks() {

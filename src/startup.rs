@@ -63,7 +63,11 @@ impl Application {
         // the first request.
         let metrics = Metrics::default();
         scheduler::run_due(&pool, &master, &config, now, Some(&metrics)).await;
-        let (ledger, ledger_writer) = Ledger::start(pool.clone(), metrics.clone());
+        let (ledger, ledger_writer) = Ledger::start(
+            pool.clone(),
+            metrics.clone(),
+            std::time::Duration::from_millis(config.server.ledger_commit_interval_ms),
+        );
         let shared = Arc::new(Shared::load(pool, Arc::clone(&config), master, metrics).await?);
 
         let profiles = config
