@@ -1,5 +1,6 @@
 //! JWKS documents: which keys a set publishes, their serialized body and validators.
 
+use actix_web::http::header::HeaderValue;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use bytes::Bytes;
@@ -18,6 +19,9 @@ pub struct JwksDocument {
     pub etag: String,
     /// `public, max-age=N`.
     pub cache_control: String,
+    /// `etag` and `cache_control` as header values, made once (cloning one is a reference
+    /// count, where building one per request would copy and check it each time).
+    pub headers: (HeaderValue, HeaderValue),
 }
 
 #[derive(Serialize)]
@@ -59,7 +63,11 @@ pub fn document(keys: &[&KeyRecord], max_age: Duration) -> JwksDocument {
     // Serializing plain strings into a Vec cannot fail.
     let body = serde_json::to_vec(&jwks).unwrap_or_default();
     let etag = format!("\"{}\"", URL_SAFE_NO_PAD.encode(openssl::sha::sha256(&body)));
-    JwksDocument { body: Bytes::from(body), etag, cache_control: format!("public, max-age={}", max_age.as_secs()) }
+    let cache_control = format!("public, max-age={}", max_age.as_secs());
+    // Quotes, base64url, digits and letters: always a valid header value.
+    let header = |text: &str| HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static(""));
+    let headers = (header(&etag), header(&cache_control));
+    JwksDocument { body: Bytes::from(body), etag, cache_control, headers }
 }
 
 /// Whether an `If-None-Match` header value matches `etag` (weak comparison, RFC 9110 13.1.2).

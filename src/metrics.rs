@@ -106,9 +106,10 @@ impl Metrics {
         self.0.sign_seconds.observe(elapsed.as_secs_f64());
     }
 
-    /// A JWKS answer.
-    pub fn jwks(&self, path: &str, status: u16) {
-        self.0.jwks.get_or_create(&JwksLabels { path: path.to_owned(), status }).inc();
+    /// The counter of JWKS answers with `status` at `path` (taken once per path, then
+    /// incremented per request).
+    pub fn jwks(&self, path: &str, status: u16) -> Counter {
+        self.0.jwks.get_or_create(&JwksLabels { path: path.to_owned(), status }).clone()
     }
 
     /// A key set's signing key age and time to its next rotation, in seconds.

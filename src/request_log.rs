@@ -20,9 +20,10 @@ fn request_id(req: &ServiceRequest) -> String {
     match req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).filter(sane) {
         Some(id) => id.to_owned(),
         None => {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
             let mut bytes = [0u8; 8];
             rand::rng().fill_bytes(&mut bytes);
-            bytes.iter().map(|b| format!("{b:02x}")).collect()
+            bytes.iter().flat_map(|b| [HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]).map(char::from).collect()
         }
     }
 }
