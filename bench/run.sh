@@ -9,5 +9,5 @@ if ! command -v wrk >/dev/null 2>&1; then
     echo "installing wrk" >&2
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
 fi
-cargo build --release --locked --bin keyward >&2
+cargo build --release --locked --bin keyward --example sign_loop >&2
 exec python3 bench/run.py
