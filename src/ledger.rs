@@ -2,7 +2,8 @@
 //!
 //! Requests hand their row to one writer task and wait for its commit. While a commit is
 //! under way, new rows queue; the next transaction takes them all (group commit), so the
-//! ledger costs one fsync per batch, not per token.
+//! ledger costs one fsync per batch, not per token. Commits start at least
+//! `ledger_commit_interval_ms` apart, so under load a batch gathers that long's rows.
 
 use std::time::{Duration, Instant};
 
