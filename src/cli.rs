@@ -16,7 +16,7 @@ use crate::config::{self, Config, LoadedConfig};
 use crate::export::{self, Format};
 use crate::keystore::KeyState;
 use crate::lifecycle::{self, ActionError};
-use crate::rotation::{Moment, Refused, Step};
+use crate::rotation::{Exposure, ImportAs, Moment, Refused, Step};
 use crate::seal::{self, MasterKey, MasterKeyOrigin};
 use crate::startup::Application;
 use crate::{clients, db, keystore, ledger, secrets, telemetry};
@@ -144,6 +144,12 @@ enum KeysCommand {
         /// Make it the signing key at once (the current key becomes previous).
         #[arg(long)]
         activate: bool,
+        /// With --activate: sign with it although no verifier has it yet.
+        #[arg(long, requires = "activate")]
+        force: bool,
+        /// Without --activate: retire the set's current next key to make room for it.
+        #[arg(long, conflicts_with = "activate")]
+        replace_next: bool,
     },
     /// Every key's publication and signing window, past and planned.
     Schedule {
@@ -320,8 +326,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let pool = db::connect(config.database_path()).await?;
             let master = master_key(&loaded, &pool).await?;
             keystore::check_master_key(&keystore::list(&pool).await?, &master)?;
-            let (_, steps) = lifecycle::revoke(&pool, &master, config, &kid, now()).await?;
-            report(&steps);
+            let outcome = lifecycle::revoke(&pool, &master, config, &kid, now()).await?;
+            report(&outcome.steps);
+            if let Some(signer) = &outcome.new_signer {
+                report_signer(signer);
+            }
             eprintln!("running servers drop {kid} from the JWKS within seconds");
             Ok(())
         }
@@ -337,16 +346,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", text.trim_end());
             Ok(())
         }
-        Command::Keys(KeysCommand::Import { set, pem, activate }) => {
-            let set_config = config.key_set(&set).with_context(|| format!("no key set is named {set:?}"))?;
+        Command::Keys(KeysCommand::Import { set, pem, activate, force, replace_next }) => {
             let pem =
                 zeroize::Zeroizing::new(std::fs::read(&pem).with_context(|| format!("reading {}", pem.display()))?);
             let pool = db::connect(config.database_path()).await?;
             let master = master_key(&loaded, &pool).await?;
             keystore::check_master_key(&keystore::list(&pool).await?, &master)?;
-            let kid = keystore::import(&pool, &master, set_config, &pem, activate, now()).await?;
+            let how = ImportAs { activate, force, replace_next };
+            let (kid, outcome) =
+                lifecycle::import(&pool, &master, config, &set, &pem, how, now()).await.map_err(|err| match err {
+                    ActionError::Refused(Refused::NeverPublished { kid }) => anyhow::anyhow!(
+                        "refusing to make {kid} sign in {set}: it has never been published, so verifiers that \
+                         cached the JWKS would reject its tokens until they refetch it. Import it without \
+                         --activate (it is published as the next key and signs after publish_ahead), or add \
+                         --force to sign with it now anyway"
+                    ),
+                    ActionError::Refused(Refused::NextKeyExists { kid }) => anyhow::anyhow!(
+                        "refusing to import into {set}: its next key {kid} is published and would be retired \
+                         (unpublished, private half deleted) to make room. Add --replace-next to retire it, or \
+                         --activate to sign with the imported key instead"
+                    ),
+                    other => other.into(),
+                })?;
+            report(&outcome.steps);
             let role = if activate { "the signing key" } else { "the next key" };
             eprintln!("imported {kid} into {set} as {role}");
+            if let Some(signer) = &outcome.new_signer {
+                report_signer(signer);
+            }
             Ok(())
         }
         Command::Secrets(SecretsCommand::Set { profile }) => {
@@ -575,6 +602,30 @@ fn report(steps: &[Step]) {
             Step::CreateCurrent => eprintln!("created a new signing key"),
             Step::CreateNext => eprintln!("published a new next key"),
         }
+    }
+}
+
+/// Says how long a new signing key has been published, and what that means for verifiers
+/// holding a cached JWKS.
+fn report_signer(signer: &Exposure) {
+    let kid = &signer.kid;
+    match signer.may_be_rejected_until {
+        Some(until) => eprintln!(
+            "WARNING: the new signing key {kid} has been published for only {}, less than jwks_max_age + \
+             clock_skew ({}): verifiers that cached the JWKS before it appeared may reject its tokens until {} \
+             (in {}). Ask partners to refetch our JWKS (purge their cache) if they can, or expect rejections \
+             until then",
+            span(signer.published_for),
+            span(signer.cache_window),
+            time(Some(until)),
+            span((until - now()).max(0))
+        ),
+        None => eprintln!(
+            "the new signing key {kid} has been published for {}, at least jwks_max_age + clock_skew ({}): \
+             verifiers with a cached JWKS have it",
+            span(signer.published_for),
+            span(signer.cache_window)
+        ),
     }
 }
 

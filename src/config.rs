@@ -567,7 +567,7 @@ pub fn validate(config: &Config, source_name: &str) -> Result<(), ConfigError> {
                 return Err(fail(at(field), "must be at least 1s".to_owned()));
             }
         }
-        let cache_window = Duration::from_secs(set.jwks_max_age.as_secs().saturating_add(set.clock_skew.as_secs()));
+        let cache_window = set.cache_window();
         if set.publish_ahead < cache_window {
             return Err(fail(
                 at("publish_ahead"),
@@ -789,6 +789,13 @@ pub(crate) fn check_name(name: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("{name:?} must be 1 to 64 letters, digits, '-', '_' or '.'"))
+    }
+}
+
+impl KeySetConfig {
+    /// How long a verifier may hold a JWKS it fetched: `jwks_max_age + clock_skew`.
+    pub fn cache_window(&self) -> Duration {
+        Duration::from_secs(self.jwks_max_age.as_secs().saturating_add(self.clock_skew.as_secs()))
     }
 }
 

@@ -18,12 +18,12 @@ use crate::exchange::{self, ExchangeError, TokenCache};
 use crate::export::{self, Format};
 use crate::keystore;
 use crate::ledger::{Entry, Ledger};
-use crate::lifecycle::{self, ActionError};
+use crate::lifecycle::{self, ActionError, Outcome};
 use crate::problem::{ApiError, Problem};
 use crate::profiles::{Prepared, Profile, Refusal, RefusalKind, SignRequest, SignedBy};
 use crate::public_api::status_json;
 use crate::ratelimit::{Limit, RateLimiter};
-use crate::rotation::{Refused, Step};
+use crate::rotation::Refused;
 use crate::state::{Shared, Snapshot};
 
 /// Route paths, shared by the router and the OpenAPI document.
@@ -245,15 +245,18 @@ struct RotateRequest {
     force: bool,
 }
 
-/// Answers a key action with its steps and the set's signing key afterwards.
-async fn after_action(state: &InternalState, set: &str, steps: Vec<Step>) -> Result<HttpResponse, ApiError> {
+/// Answers a key action with its steps, the set's signing key afterwards and, if the action
+/// made a new key sign, how long verifiers have had it.
+async fn after_action(state: &InternalState, outcome: Outcome) -> Result<HttpResponse, ApiError> {
     state.shared.reload().await?;
     let snapshot = state.shared.snapshot();
-    let signing_kid = snapshot.key_sets.get(set).and_then(|v| v.signer.as_ref()).map(|s| s.kid().to_owned());
+    let signing_kid =
+        snapshot.key_sets.get(&outcome.key_set).and_then(|v| v.signer.as_ref()).map(|s| s.kid().to_owned());
     Ok(HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).json(serde_json::json!({
-        "key_set": set,
-        "steps": steps,
+        "key_set": outcome.key_set,
+        "steps": outcome.steps,
         "signing_kid": signing_kid,
+        "new_signer": outcome.new_signer,
     })))
 }
 
@@ -274,7 +277,7 @@ async fn rotate(
     let now = chrono::Utc::now().timestamp();
     let steps = lifecycle::rotate(shared.pool(), shared.master(), shared.config(), &name, now, request.force).await?;
     tracing::info!(client, key_set = %name, force = request.force, "rotation requested through the admin API");
-    after_action(&state, &name, steps).await
+    after_action(&state, Outcome { key_set: name.into_inner(), steps, new_signer: None }).await
 }
 
 #[utoipa::path(post, path = paths::REVOKE, tag = "admin", security(("bearer" = [])),
@@ -288,9 +291,31 @@ async fn revoke(
     let client = admin(&req, &state.shared.snapshot(), &state)?.name.clone();
     let shared = &state.shared;
     let now = chrono::Utc::now().timestamp();
-    let (set, steps) = lifecycle::revoke(shared.pool(), shared.master(), shared.config(), &kid, now).await?;
-    tracing::warn!(client, kid = %kid, key_set = %set, "key revoked through the admin API");
-    after_action(&state, &set, steps).await
+    let outcome = lifecycle::revoke(shared.pool(), shared.master(), shared.config(), &kid, now).await?;
+    match &outcome.new_signer {
+        Some(signer) if signer.within_cache_window => tracing::warn!(
+            client,
+            kid = %kid,
+            key_set = %outcome.key_set,
+            new_signer = %signer.kid,
+            published_for_s = signer.published_for,
+            cache_window_s = signer.cache_window,
+            may_be_rejected_until = signer.may_be_rejected_until,
+            "key revoked through the admin API; its successor was published for less than jwks_max_age + \
+             clock_skew: verifiers that cached the JWKS before it appeared may reject its tokens until then"
+        ),
+        Some(signer) => tracing::warn!(
+            client,
+            kid = %kid,
+            key_set = %outcome.key_set,
+            new_signer = %signer.kid,
+            published_for_s = signer.published_for,
+            cache_window_s = signer.cache_window,
+            "key revoked through the admin API; its successor was published long enough for cached JWKS to hold it"
+        ),
+        None => tracing::warn!(client, kid = %kid, key_set = %outcome.key_set, "key revoked through the admin API"),
+    }
+    after_action(&state, outcome).await
 }
 
 /// Reads a JSON body of at most [`MAX_BODY_BYTES`].
