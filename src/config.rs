@@ -161,6 +161,10 @@ pub struct ProfileConfig {
     /// Claim names a caller may add per request.
     #[serde(default)]
     pub allowed_claims: Vec<String>,
+    /// The type and size of allowed claims' values; an allowed claim not named here is a
+    /// string of at most 256 characters.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub allowed_claim_types: BTreeMap<String, ClaimType>,
     /// Regular expression the whole `sub` must match.
     #[serde(default = "default_subject_pattern")]
     pub subject_pattern: String,
@@ -170,6 +174,48 @@ pub struct ProfileConfig {
     /// Longest lifetime a request may ask for; under one hour.
     #[serde(default = "default_max_ttl")]
     pub max_ttl: Duration,
+}
+
+/// What values an allowed claim takes, e.g. `{ type = "string_array", max_items = 8 }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClaimType {
+    /// A string of at most `max_length` characters.
+    String {
+        /// Longest value, in characters.
+        #[serde(default = "default_claim_max_length")]
+        max_length: usize,
+    },
+    /// A whole number within the bounds given.
+    Integer {
+        /// Smallest value.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        min: Option<i64>,
+        /// Largest value.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max: Option<i64>,
+    },
+    /// `true` or `false`.
+    Boolean {},
+    /// An array of at most `max_items` strings of at most `max_length` characters each.
+    StringArray {
+        /// Most items.
+        #[serde(default = "default_claim_max_items")]
+        max_items: usize,
+        /// Longest item, in characters.
+        #[serde(default = "default_claim_max_length")]
+        max_length: usize,
+    },
+}
+
+/// The type of an allowed claim that `allowed_claim_types` does not name.
+pub const DEFAULT_CLAIM_TYPE: ClaimType = ClaimType::String { max_length: 256 };
+
+fn default_claim_max_length() -> usize {
+    256
+}
+fn default_claim_max_items() -> usize {
+    16
 }
 
 /// The HMAC algorithms of shared-secret profiles.
@@ -314,6 +360,7 @@ impl Default for Config {
                     serde_json::Value::String("/path/to/your/jwks".to_owned()),
                 )]),
                 allowed_claims: vec!["obo_user".to_owned()],
+                allowed_claim_types: BTreeMap::new(),
                 subject_pattern: default_subject_pattern(),
                 default_ttl: default_ttl(),
                 max_ttl: default_max_ttl(),
@@ -417,21 +464,25 @@ fn describe_path(path: &str, message: &str) -> String {
         parts.push(field);
     }
     let mut table = String::from("top level");
-    let mut field = None;
+    let mut field: Vec<&str> = Vec::new();
     for (i, part) in parts.iter().enumerate() {
-        let last = i + 1 == parts.len();
-        if let Some((name, index)) = part.split_once('[') {
-            let index: usize = index.trim_end_matches(']').parse().unwrap_or(0);
-            table = format!("[[{name}]] #{}", index + 1);
-        } else if !last {
-            table = format!("[{part}]");
+        // The first part names the table; the rest, however deep, is the field.
+        if i == 0 && (parts.len() > 1 || part.contains('[')) {
+            table = match part.split_once('[') {
+                Some((name, index)) => {
+                    let index: usize = index.trim_end_matches(']').parse().unwrap_or(0);
+                    format!("[[{name}]] #{}", index + 1)
+                }
+                None => format!("[{part}]"),
+            };
         } else {
-            field = Some(*part);
+            field.push(part);
         }
     }
-    match field {
-        Some(field) => format!("{table}, field {field}"),
-        None => table,
+    if field.is_empty() {
+        table
+    } else {
+        format!("{table}, field {}", field.join("."))
     }
 }
 
@@ -752,6 +803,20 @@ fn validate_ttls_and_claims(profile: &ProfileConfig) -> Result<(), FieldError> {
             return Err(("allowed_claims", format!("{name:?} is empty or listed twice")));
         }
     }
+    for (name, claim_type) in &profile.allowed_claim_types {
+        let problem = match *claim_type {
+            _ if !seen.contains(name) => Some("is not in allowed_claims"),
+            ClaimType::String { max_length: 0 } | ClaimType::StringArray { max_length: 0, .. } => {
+                Some("has max_length 0: use at least 1")
+            }
+            ClaimType::StringArray { max_items: 0, .. } => Some("has max_items 0: use at least 1"),
+            ClaimType::Integer { min: Some(min), max: Some(max) } if min > max => Some("has min above max"),
+            _ => None,
+        };
+        if let Some(problem) = problem {
+            return Err(("allowed_claim_types", format!("{name:?} {problem}")));
+        }
+    }
     Ok(())
 }
 
@@ -978,6 +1043,49 @@ jwks_paths = ["/.well-known/jwks.json"]
         let msg = validate(&config, "keys.toml").unwrap_err().to_string();
         assert!(msg.contains(r#"[[key_set]] "other", field jwks_paths"#), "{msg}");
         assert!(msg.contains("already served by key set \"npm\""), "{msg}");
+    }
+
+    #[test]
+    fn allowed_claim_types_are_parsed_at_load_and_bad_declarations_name_the_field_and_line() {
+        let names = r#"allowed_claims = ["obo_user"]"#;
+        let declared =
+            |types: &str| format!("allowed_claims = [\"obo_user\", \"roles\"]\nallowed_claim_types = {types}");
+        let config = example_with(
+            names,
+            &declared(r#"{ obo_user = { type = "string", max_length = 320 }, roles = { type = "string_array", max_items = 8 } }"#),
+        )
+        .unwrap();
+        let types = &config.profiles[0].allowed_claim_types;
+        assert_eq!(types["obo_user"], ClaimType::String { max_length: 320 });
+        // keys.example's commented declaration works as it is.
+        let uncommented = example_with("# allowed_claim_types = ", "allowed_claim_types = ").unwrap();
+        assert_eq!(uncommented.profiles[0].allowed_claim_types["obo_user"], ClaimType::String { max_length: 320 });
+        assert_eq!(types["roles"], ClaimType::StringArray { max_items: 8, max_length: 256 });
+        let line = include_str!("../keys.example").lines().position(|l| l.starts_with(names)).unwrap() + 2;
+        let cases = [
+            (r#"{ roles = { type = "float" } }"#, "field allowed_claim_types"),
+            (r#"{ roles = { type = "string", max_len = 5 } }"#, "field allowed_claim_types"),
+            (r#"{ roles = { type = "boolean", max_length = 5 } }"#, "field allowed_claim_types"),
+            (r#"{ roles = { type = "string", max_length = -1 } }"#, "field allowed_claim_types"),
+            (r#"{ roles = { max_length = 5 } }"#, "field allowed_claim_types"),
+        ];
+        for (types, field) in cases {
+            let msg = error_of(names, &declared(types));
+            assert!(msg.contains(field) && msg.contains(&format!("(line {line})")), "{types}: {msg}");
+        }
+        let cases = [
+            (r#"{ role = { type = "string" } }"#, "\"role\" is not in allowed_claims"),
+            (r#"{ roles = { type = "string", max_length = 0 } }"#, "\"roles\" has max_length 0"),
+            (r#"{ roles = { type = "string_array", max_items = 0 } }"#, "\"roles\" has max_items 0"),
+            (r#"{ roles = { type = "integer", min = 5, max = 4 } }"#, "\"roles\" has min above max"),
+        ];
+        for (types, says) in cases {
+            let msg = error_of(names, &declared(types));
+            assert!(
+                msg.contains(r#"[[profile]] "npm-sandbox", field allowed_claim_types"#) && msg.contains(says),
+                "{msg}"
+            );
+        }
     }
 
     #[test]

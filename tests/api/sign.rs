@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use keyward::config::ClaimType;
 use keyward::keys::Algorithm;
 use serde_json::json;
 
@@ -136,7 +137,12 @@ async fn a_profile_the_client_may_not_use_is_403_and_an_unknown_one_404() {
 
 #[tokio::test]
 async fn bad_bodies_are_refused_with_the_field_named() {
-    let app = spawn_app_with_algorithm(Algorithm::Es256).await;
+    // obo_user as long as a body may be, so that the body limit is what is tested below.
+    let app = spawn_app_with(|c| {
+        c.key_sets[0].algorithm = Algorithm::Es256;
+        c.profiles[0].allowed_claim_types.insert("obo_user".into(), ClaimType::String { max_length: 16 * 1024 });
+    })
+    .await;
     let token = app.client("backend", &[PROFILE]).await;
     let cases = [
         (json!({"sub": "a", "scope": "all"}), 400, Some("scope")),
@@ -171,6 +177,45 @@ async fn bad_bodies_are_refused_with_the_field_named() {
     // Just under the limit is fine as far as size goes.
     let fits = json!({"sub": "a", "claims": {"obo_user": "x".repeat(15 * 1024)}}).to_string();
     assert_eq!(send(fits, "application/json").await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn claim_values_of_the_wrong_type_or_size_are_422_naming_the_claim() {
+    let app = spawn_app_with(|c| {
+        c.key_sets[0].algorithm = Algorithm::Es256;
+        let profile = &mut c.profiles[0];
+        profile.allowed_claims.extend(["roles".to_owned(), "tier".to_owned()]);
+        profile.allowed_claim_types.insert("roles".into(), ClaimType::StringArray { max_items: 3, max_length: 8 });
+        profile.allowed_claim_types.insert("tier".into(), ClaimType::Integer { min: Some(1), max: Some(3) });
+    })
+    .await;
+    let token = app.client("backend", &[PROFILE]).await;
+    let mut deep = json!("x");
+    for _ in 0..100 {
+        deep = json!([deep]);
+    }
+    let cases = [
+        ("obo_user", json!("x".repeat(16 * 1024 - 100)), "must be a string of at most 256 characters"),
+        ("obo_user", deep, "must be a string of at most 256 characters"),
+        ("obo_user", json!(12), "must be a string of at most 256 characters"),
+        ("roles", json!(["a", "b", "c", "d"]), "must be an array of at most 3 strings of at most 8 characters each"),
+        ("roles", json!(["waytoolong"]), "must be an array of at most 3 strings of at most 8 characters each"),
+        ("tier", json!(4), "must be an integer from 1 to 3"),
+        ("tier", json!("2"), "must be an integer from 1 to 3"),
+    ];
+    let before = keyward::db::generation(&app.pool).await.unwrap();
+    for (name, value, detail) in cases {
+        let response = app.sign(PROFILE, &token, &json!({"sub": "a", "claims": {name: value}})).await;
+        let problem = assert_problem(response, 422).await;
+        assert_eq!(problem["field"], format!("claims.{name}"), "{problem}");
+        assert_eq!(problem["detail"], detail, "{problem}");
+    }
+    assert_eq!(keyward::db::generation(&app.pool).await.unwrap(), before);
+    let body = json!({"sub": "a", "claims": {"obo_user": "x".repeat(256), "roles": ["a", "b"], "tier": 3}});
+    let signed = app.sign_ok(PROFILE, &token, &body).await;
+    let jwks = app.jwks("/.well-known/jwks.json").await;
+    let claims = verify(signed["token"].as_str().unwrap(), &jwks).unwrap().claims;
+    assert_eq!((claims["roles"].clone(), claims["tier"].clone()), (json!(["a", "b"]), json!(3)));
 }
 
 #[tokio::test]
