@@ -21,12 +21,13 @@ pub const TTL_HARD_CAP: Duration = Duration::from_secs(3_600);
 const RESERVED_PUBLIC_PATHS: [&str; 2] = ["/healthz", "/readyz"];
 
 /// Environment variables keyward reads; any other `KEYWARD_*` variable is a mistake.
-const KNOWN_ENV: [&str; 11] = [
+const KNOWN_ENV: [&str; 12] = [
     "KEYWARD_CONFIG",
     "KEYWARD_LEDGER_RETENTION",
     "KEYWARD_LEDGER_COMMIT_INTERVAL_MS",
     "KEYWARD_RATE_LIMIT",
     "KEYWARD_RATE_BURST",
+    "KEYWARD_REQUEST_BODY_TIMEOUT",
     "KEYWARD_PUBLIC_ADDR",
     "KEYWARD_INTERNAL_ADDR",
     "KEYWARD_DATABASE_URL",
@@ -71,6 +72,9 @@ pub struct ServerConfig {
     pub rate_limit: u32,
     /// Requests a client may make at once above its rate, unless set for the client.
     pub rate_burst: u32,
+    /// How long the internal listener waits for a request's whole body once its headers
+    /// have arrived (a slow sender would hold a connection and a worker otherwise).
+    pub request_body_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -84,6 +88,7 @@ impl Default for ServerConfig {
             ledger_commit_interval_ms: 5,
             rate_limit: 100,
             rate_burst: 200,
+            request_body_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -518,6 +523,10 @@ fn apply_env(config: &mut Config, env: &HashMap<String, String>) -> Result<Vec<S
     if let Some(v) = env.get("KEYWARD_MASTER_KEY_FILE") {
         config.server.master_key_file = PathBuf::from(v);
     }
+    if let Some(v) = env.get("KEYWARD_REQUEST_BODY_TIMEOUT") {
+        config.server.request_body_timeout =
+            Duration::parse(v).map_err(|m| env_error("KEYWARD_REQUEST_BODY_TIMEOUT", m))?;
+    }
     if let Some(v) = env.get("KEYWARD_LEDGER_RETENTION") {
         config.server.ledger_retention = Duration::parse(v).map_err(|m| env_error("KEYWARD_LEDGER_RETENTION", m))?;
     }
@@ -560,6 +569,12 @@ pub fn validate(config: &Config, source_name: &str) -> Result<(), ConfigError> {
                 "{} ms would hold every signing request that long: use at most 1000 (default 5)",
                 server.ledger_commit_interval_ms
             ),
+        ));
+    }
+    if !(1..=60).contains(&server.request_body_timeout.as_secs()) {
+        return Err(fail(
+            "[server], field request_body_timeout".to_owned(),
+            format!("{} is out of range: use 1s to 60s (default 5s)", server.request_body_timeout),
         ));
     }
     if server.rate_limit == 0 || server.rate_burst == 0 {
@@ -1103,6 +1118,24 @@ jwks_paths = ["/.well-known/jwks.json"]
         assert_eq!(loaded.config.server.ledger_commit_interval_ms, 20);
         let err = load(ConfigSource::Defaults, &env(&[("KEYWARD_LEDGER_COMMIT_INTERVAL_MS", "5ms")])).unwrap_err();
         assert!(err.to_string().contains("KEYWARD_LEDGER_COMMIT_INTERVAL_MS"), "{err}");
+    }
+
+    #[test]
+    fn request_body_timeout_is_one_to_sixty_seconds_from_the_file_or_the_environment() {
+        let config = example_with(r#"request_body_timeout = "5s""#, r#"request_body_timeout = "60s""#).unwrap();
+        assert_eq!(config.server.request_body_timeout, Duration::from_secs(60));
+        for bad in ["0s", "61s"] {
+            let err = error_of(r#"request_body_timeout = "5s""#, &format!("request_body_timeout = {bad:?}"));
+            assert!(err.contains("[server], field request_body_timeout") && err.contains("1s to 60s"), "{err}");
+        }
+        let err = error_of(r#"request_body_timeout = "5s""#, "request_body_timeout = 5");
+        assert!(err.contains("[server], field request_body_timeout (line"), "{err}");
+        let loaded = load(ConfigSource::Defaults, &env(&[("KEYWARD_REQUEST_BODY_TIMEOUT", "2s")])).unwrap();
+        assert_eq!(loaded.config.server.request_body_timeout, Duration::from_secs(2));
+        let err = load(ConfigSource::Defaults, &env(&[("KEYWARD_REQUEST_BODY_TIMEOUT", "2")])).unwrap_err();
+        assert!(err.to_string().contains("KEYWARD_REQUEST_BODY_TIMEOUT"), "{err}");
+        let err = load(ConfigSource::Defaults, &env(&[("KEYWARD_REQUEST_BODY_TIMEOUT", "0s")])).unwrap_err();
+        assert!(err.to_string().contains("request_body_timeout"), "{err}");
     }
 
     #[test]

@@ -117,6 +117,11 @@ impl InternalState {
         }
     }
 
+    /// How long a request body may take to arrive.
+    fn body_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.shared.config().server.request_body_timeout.as_secs())
+    }
+
     /// Admits one request of `client` under its rate limit (or the server default).
     fn admit(&self, client: &Client) -> Result<(), ApiError> {
         let server = &self.shared.config().server;
@@ -131,7 +136,13 @@ impl InternalState {
 
 /// Registers the internal routes on an app: each answers its method and 405 to others.
 pub fn configure(config: &mut web::ServiceConfig) {
+    // A query string that does not fit its type (a repeated parameter, say) is a problem
+    // like any other, not actix-web's plain-text 400.
+    let query = web::QueryConfig::default().error_handler(|_, _| {
+        ApiError::InvalidQuery { field: None, detail: "the query string could not be read".to_owned() }.into()
+    });
     config
+        .app_data(query)
         .service(resource(paths::SIGN, web::post().to(sign), "POST"))
         .service(resource(paths::TOKEN, web::post().to(token), "POST"))
         .service(resource(paths::KEY_SETS, web::get().to(key_sets), "GET"))
@@ -140,8 +151,8 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .service(resource(paths::PUBLIC_KEY, web::get().to(public_key), "GET"))
         .service(resource(paths::METRICS, web::get().to(metrics), "GET"))
         .service(resource(paths::OPENAPI, web::get().to(openapi), "GET"))
-        .service(resource(paths::HEALTHZ, web::get().to(healthz), "GET"))
-        .service(resource(paths::READYZ, web::get().to(readyz), "GET"))
+        .service(resource(paths::HEALTHZ, web::get().to(healthz), "GET, HEAD").route(web::head().to(healthz)))
+        .service(resource(paths::READYZ, web::get().to(readyz), "GET, HEAD").route(web::head().to(readyz)))
         .default_service(web::to(|| async {
             Err::<HttpResponse, _>(ApiError::NotFound("no such resource".to_owned()))
         }));
@@ -271,8 +282,10 @@ async fn rotate(
     state: web::Data<InternalState>,
 ) -> Result<HttpResponse, ApiError> {
     let client = admin(&req, &state.shared.snapshot(), &state)?.name.clone();
-    let body = read_body(&req, payload).await?;
-    let request: RotateRequest = if body.is_empty() { RotateRequest::default() } else { parse_json(&body)? };
+    let body = read_body(&req, payload, state.body_timeout()).await?;
+    // No body and `null` both mean the defaults.
+    let request: RotateRequest =
+        if body.is_empty() { None } else { parse_json::<Option<RotateRequest>>(&body)? }.unwrap_or_default();
     let shared = &state.shared;
     let now = chrono::Utc::now().timestamp();
     let steps = lifecycle::rotate(shared.pool(), shared.master(), shared.config(), &name, now, request.force).await?;
@@ -318,13 +331,22 @@ async fn revoke(
     after_action(&state, outcome).await
 }
 
-/// Reads a JSON body of at most [`MAX_BODY_BYTES`].
-async fn json_body<T: DeserializeOwned>(req: &HttpRequest, payload: web::Payload) -> Result<T, ApiError> {
-    parse_json(&read_body(req, payload).await?)
+/// Reads a JSON body of at most [`MAX_BODY_BYTES`] within `timeout`.
+async fn json_body<T: DeserializeOwned>(
+    req: &HttpRequest,
+    payload: web::Payload,
+    timeout: std::time::Duration,
+) -> Result<T, ApiError> {
+    parse_json(&read_body(req, payload, timeout).await?)
 }
 
-/// Reads a body of at most [`MAX_BODY_BYTES`], which must be JSON if it says what it is.
-async fn read_body(req: &HttpRequest, payload: web::Payload) -> Result<actix_web::web::Bytes, ApiError> {
+/// Reads a body of at most [`MAX_BODY_BYTES`], which must be JSON if it says what it is,
+/// and must arrive within `timeout` (actix-web's own timeout covers the headers only).
+async fn read_body(
+    req: &HttpRequest,
+    payload: web::Payload,
+    timeout: std::time::Duration,
+) -> Result<actix_web::web::Bytes, ApiError> {
     if let Some(content_type) = req.headers().get(header::CONTENT_TYPE) {
         let media = content_type.to_str().unwrap_or_default().split(';').next().unwrap_or_default().trim();
         let json = media.eq_ignore_ascii_case("application/json") || media.to_ascii_lowercase().ends_with("+json");
@@ -332,9 +354,9 @@ async fn read_body(req: &HttpRequest, payload: web::Payload) -> Result<actix_web
             return Err(ApiError::UnsupportedMediaType);
         }
     }
-    payload
-        .to_bytes_limited(MAX_BODY_BYTES)
+    tokio::time::timeout(timeout, payload.to_bytes_limited(MAX_BODY_BYTES))
         .await
+        .map_err(|_| ApiError::BodyTimeout(timeout.as_secs()))?
         .map_err(|_| ApiError::TooLarge(MAX_BODY_BYTES))?
         .map_err(|_| ApiError::InvalidBody { field: None, detail: "the body could not be read".to_owned() })
 }
@@ -346,6 +368,14 @@ fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     if body.iter().find(|b| !b.is_ascii_whitespace()).is_some_and(|b| *b == b'[') {
         return Err(ApiError::InvalidBody { field: None, detail: "the body must be a JSON object".to_owned() });
     }
+    // Malformed JSON is reported as such, even after a duplicate.
+    let well_formed = || serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok();
+    if let Some(member) = duplicate_member(body).filter(|_| well_formed()) {
+        return Err(ApiError::InvalidBody {
+            detail: format!("the member {member:?} appears more than once"),
+            field: Some(member),
+        });
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
         let path = err.path().to_string();
@@ -354,6 +384,89 @@ fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     })?;
     deserializer.end().map_err(|err| body_error(".", &err))?;
     Ok(value)
+}
+
+/// The path (`claims.role`, `a[2].b`) of the first member whose name appears twice in one
+/// object of `body`, at any depth. serde_json keeps the last of two members silently, so
+/// this looks before the body is read for real.
+fn duplicate_member(body: &[u8]) -> Option<String> {
+    let found = std::cell::RefCell::new(None);
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let _ = serde::de::DeserializeSeed::deserialize(
+        UniqueMembers { path: String::new(), found: &found },
+        &mut deserializer,
+    );
+    found.into_inner()
+}
+
+/// Walks one JSON value, failing at the first duplicate member name (recorded in `found`).
+struct UniqueMembers<'a> {
+    path: String,
+    found: &'a std::cell::RefCell<Option<String>>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for UniqueMembers<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for UniqueMembers<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut index = 0;
+        while seq
+            .next_element_seed(UniqueMembers { path: format!("{}[{index}]", self.path), found: self.found })?
+            .is_some()
+        {
+            index += 1;
+        }
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(name) = map.next_key::<String>()? {
+            let path = if self.path.is_empty() { name.clone() } else { format!("{}.{name}", self.path) };
+            if !seen.insert(name) {
+                *self.found.borrow_mut() = Some(path);
+                return Err(serde::de::Error::custom("duplicate member"));
+            }
+            map.next_value_seed(UniqueMembers { path, found: self.found })?;
+        }
+        Ok(())
+    }
 }
 
 fn body_error(path: &str, err: &serde_json::Error) -> ApiError {
@@ -485,7 +598,7 @@ async fn sign(
 ) -> Result<HttpResponse, ApiError> {
     let snapshot = state.shared.snapshot();
     let (client, profile) = authorize(&req, &snapshot, &state, &name)?;
-    let request: SignRequest = json_body(&req, payload).await?;
+    let request: SignRequest = json_body(&req, payload, state.body_timeout()).await?;
     if request.cache.is_some() {
         return Err(ApiError::InvalidBody {
             field: Some("cache".into()),
@@ -558,7 +671,7 @@ async fn token(
 ) -> Result<HttpResponse, ApiError> {
     let snapshot = state.shared.snapshot();
     let (client, profile) = authorize(&req, &snapshot, &state, &name)?;
-    let request: SignRequest = json_body(&req, payload).await?;
+    let request: SignRequest = json_body(&req, payload, state.body_timeout()).await?;
     let exchange = profile
         .exchange
         .as_ref()
@@ -632,7 +745,7 @@ async fn public_key(
 ) -> Result<HttpResponse, ApiError> {
     authenticate(&req, &state.shared.snapshot(), &state)?;
     let format_name = query.format.as_deref().unwrap_or("jwk");
-    let format = Format::parse(format_name).ok_or_else(|| ApiError::InvalidBody {
+    let format = Format::parse(format_name).ok_or_else(|| ApiError::InvalidQuery {
         field: Some("format".into()),
         detail: "format must be pem, pem-base64 or jwk".into(),
     })?;
@@ -673,6 +786,27 @@ mod tests {
         assert_eq!(field_of(r#"{"sub": "a", "claims": []}"#).0.as_deref(), Some("claims"));
         assert_eq!(field_of(r#"{"sub": "a""#).0, None);
         assert_eq!(field_of(r#"{"sub": "a"} trailing"#).0, None);
+    }
+
+    #[test]
+    fn a_member_named_twice_in_any_object_is_refused_naming_it() {
+        let cases = [
+            (r#"{"sub": "a", "sub": "b"}"#, "sub"),
+            (r#"{"sub": "a", "claims": {"obo_user": "x", "obo_user": "y"}}"#, "claims.obo_user"),
+            (r#"{"sub": "a", "claims": {"roles": [{"k": 1}, {"k": 1, "k": 2}]}}"#, "claims.roles[1].k"),
+            (r#"{"s\u0075b": "a", "sub": "b"}"#, "sub"),
+        ];
+        for (body, member) in cases {
+            let (field, detail) = field_of(body);
+            assert_eq!(field.as_deref(), Some(member), "{body}");
+            assert_eq!(detail, format!("the member {member:?} appears more than once"));
+        }
+        // The same name in different objects is fine; malformed JSON keeps its own message.
+        assert!(duplicate_member(br#"{"a": {"x": 1}, "b": {"x": 1}, "x": [{"x": 1}, {"x": 2}]}"#).is_none());
+        assert_eq!(
+            field_of(r#"{"claims": {"a": 1, "a": 2}, "sub": "#).1,
+            "the body is not valid JSON (line 1, column 36)"
+        );
     }
 
     #[test]

@@ -49,6 +49,17 @@ pub enum ApiError {
     /// The body is over the limit.
     #[error("request body over {0} bytes")]
     TooLarge(usize),
+    /// The body did not arrive within this many seconds; the connection is closed.
+    #[error("the request body did not arrive within {0} s")]
+    BodyTimeout(u64),
+    /// A query parameter is missing, repeated or has a value the route does not take.
+    #[error("invalid query parameter: {detail}")]
+    InvalidQuery {
+        /// The parameter at fault, when known.
+        field: Option<String>,
+        /// What is wrong.
+        detail: String,
+    },
     /// The body is not JSON.
     #[error("unsupported media type")]
     UnsupportedMediaType,
@@ -93,6 +104,8 @@ impl ApiError {
             ApiError::TooManyRequests(_) => ("rate-limited", "Too Many Requests"),
             ApiError::NotRecorded => ("not-recorded", "The issuance could not be recorded"),
             ApiError::TooLarge(_) => ("body-too-large", "Request body too large"),
+            ApiError::BodyTimeout(_) => ("body-timeout", "Request Timeout"),
+            ApiError::InvalidQuery { .. } => ("invalid-query", "Invalid query parameter"),
             ApiError::UnsupportedMediaType => ("unsupported-media-type", "Unsupported Media Type"),
             ApiError::NoSigningKey(_) => ("no-signing-key", "No signing key available"),
             ApiError::Upstream(_) => ("upstream", "The partner did not issue a token"),
@@ -113,14 +126,16 @@ impl ApiError {
             ApiError::Unauthorized => {
                 "send Authorization: Bearer <client token> (create one with `keyward clients add`)".to_owned()
             }
-            ApiError::InvalidBody { detail, .. } | ApiError::Refused { detail, .. } => detail.clone(),
+            ApiError::InvalidBody { detail, .. }
+            | ApiError::Refused { detail, .. }
+            | ApiError::InvalidQuery { detail, .. } => detail.clone(),
             other => other.to_string(),
         }
     }
 
     fn field(&self) -> Option<&str> {
         match self {
-            ApiError::InvalidBody { field, .. } => field.as_deref(),
+            ApiError::InvalidBody { field, .. } | ApiError::InvalidQuery { field, .. } => field.as_deref(),
             ApiError::Refused { field, .. } => Some(field),
             _ => None,
         }
@@ -140,6 +155,8 @@ impl ResponseError for ApiError {
             ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotRecorded => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::InvalidQuery { .. } => StatusCode::BAD_REQUEST,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::NoSigningKey(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Upstream(ExchangeError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
@@ -175,6 +192,10 @@ impl ResponseError for ApiError {
             }
             ApiError::TooManyRequests(wait) => {
                 response.insert_header((header::RETRY_AFTER, wait.to_string()));
+            }
+            // The rest of the body may still be on its way: the connection cannot be reused.
+            ApiError::BodyTimeout(_) => {
+                response.force_close();
             }
             _ => {}
         }
