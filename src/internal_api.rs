@@ -21,9 +21,9 @@ use crate::ledger::{Entry, Ledger};
 use crate::lifecycle::{self, ActionError, Outcome};
 use crate::problem::{ApiError, Problem};
 use crate::profiles::{Prepared, Profile, Refusal, RefusalKind, SignRequest, SignedBy};
-use crate::public_api::status_json;
+use crate::public_api::{status_json, HealthStatus};
 use crate::ratelimit::{Limit, RateLimiter};
-use crate::rotation::Refused;
+use crate::rotation::{Exposure, Refused, Step};
 use crate::state::{Shared, Snapshot};
 
 /// Route paths, shared by the router and the OpenAPI document.
@@ -69,7 +69,8 @@ pub const ROUTES: [(&str, &str); 10] = [
 #[openapi(
     info(title = "keyward internal API", description = "Signing, token exchange and key administration."),
     paths(sign, token, key_sets, rotate, revoke, public_key, metrics, openapi, healthz, readyz),
-    modifiers(&BearerAuth)
+    components(schemas(Format)),
+    modifiers(&BearerAuth, &ProblemResponses)
 )]
 pub struct ApiDoc;
 
@@ -83,7 +84,32 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
-#[utoipa::path(get, path = paths::OPENAPI, tag = "operations", responses((status = 200, description = "This document")))]
+/// [`Problem`] bodies are `application/problem+json` (utoipa labels every body
+/// `application/json`): relabelled once here rather than on each route's errors.
+struct ProblemResponses;
+
+impl utoipa::Modify for ProblemResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::RefOr;
+        let is_problem = |content: &utoipa::openapi::Content| matches!(&content.schema, Some(RefOr::Ref(r)) if r.ref_location.ends_with("/Problem"));
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [&mut item.get, &mut item.post, &mut item.head, &mut item.put, &mut item.delete];
+            for operation in operations.into_iter().flatten() {
+                for response in operation.responses.responses.values_mut() {
+                    let RefOr::T(response) = response else { continue };
+                    if response.content.get("application/json").is_some_and(is_problem) {
+                        if let Some(problem) = response.content.shift_remove("application/json") {
+                            response.content.insert("application/problem+json".to_owned(), problem);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[utoipa::path(get, path = paths::OPENAPI, tag = "operations",
+    responses((status = 200, description = "This document", body = Object, content_type = "application/json")))]
 async fn openapi() -> HttpResponse {
     use utoipa::OpenApi;
     HttpResponse::Ok().content_type("application/json").body(ApiDoc::openapi().to_json().unwrap_or_default())
@@ -181,12 +207,15 @@ async fn metrics(state: web::Data<InternalState>) -> HttpResponse {
         .body(metrics.render())
 }
 
-#[utoipa::path(get, path = paths::HEALTHZ, tag = "operations", responses((status = 200, description = "The process is alive")))]
+#[utoipa::path(method(get, head), path = paths::HEALTHZ, tag = "operations",
+    responses((status = 200, description = "The process is alive", body = HealthStatus)))]
 async fn healthz() -> HttpResponse {
     status_json(HttpResponse::Ok(), "ok")
 }
 
-#[utoipa::path(get, path = paths::READYZ, tag = "operations", responses((status = 200, description = "Ready: the database answers and every key set can sign"), (status = 503, description = "Not ready")))]
+#[utoipa::path(method(get, head), path = paths::READYZ, tag = "operations",
+    responses((status = 200, description = "Ready: the database answers and every key set can sign", body = HealthStatus),
+        (status = 503, description = "Not ready", body = HealthStatus, content_type = "application/json")))]
 async fn readyz(state: web::Data<InternalState>) -> HttpResponse {
     if state.shared.is_ready() {
         status_json(HttpResponse::Ok(), "ready")
@@ -238,14 +267,21 @@ impl From<ActionError> for ApiError {
 }
 
 #[utoipa::path(get, path = paths::KEY_SETS, tag = "admin", security(("bearer" = [])),
-    responses((status = 200, description = "Every key set's rules and keys' timelines"), (status = 401, body = Problem), (status = 403, body = Problem)))]
+    responses((status = 200, description = "Every key set's rules and keys' timelines", body = KeySets),
+        (status = 401, body = Problem), (status = 403, body = Problem), (status = 429, body = Problem)))]
 async fn key_sets(req: HttpRequest, state: web::Data<InternalState>) -> Result<HttpResponse, ApiError> {
     admin(&req, &state.shared.snapshot(), &state)?;
     let now = chrono::Utc::now().timestamp();
-    let sets = lifecycle::schedule(state.shared.pool(), state.shared.config(), now).await?;
-    Ok(HttpResponse::Ok()
-        .insert_header((header::CACHE_CONTROL, "no-store"))
-        .json(serde_json::json!({ "key_sets": sets })))
+    let key_sets = lifecycle::schedule(state.shared.pool(), state.shared.config(), now).await?;
+    Ok(no_store_json(&KeySets { key_sets }))
+}
+
+/// Every key set's rules and keys' timelines.
+#[derive(Serialize, utoipa::ToSchema)]
+struct KeySets {
+    /// Per set: `name`, `rotate_every`, `publish_ahead`, `retain_for` (seconds) and `keys`.
+    #[schema(value_type = Vec<Object>)]
+    key_sets: Vec<lifecycle::SetSchedule>,
 }
 
 /// Optional body of the rotate route.
@@ -256,6 +292,21 @@ struct RotateRequest {
     force: bool,
 }
 
+/// What a key action did.
+#[derive(Serialize, utoipa::ToSchema)]
+struct ActionAnswer {
+    key_set: String,
+    /// Each step: `{"step": "promote" | "revoke" | "retire" | "create_current" | "create_next", "kid"?}`.
+    #[schema(value_type = Vec<Object>)]
+    steps: Vec<Step>,
+    /// The set's signing key afterwards.
+    signing_kid: Option<String>,
+    /// When the action made another key sign: `kid`, `published_for` and `cache_window`
+    /// (seconds), `within_cache_window`, and `may_be_rejected_until` (Unix seconds or null).
+    #[schema(value_type = Option<Object>)]
+    new_signer: Option<Exposure>,
+}
+
 /// Answers a key action with its steps, the set's signing key afterwards and, if the action
 /// made a new key sign, how long verifiers have had it.
 async fn after_action(state: &InternalState, outcome: Outcome) -> Result<HttpResponse, ApiError> {
@@ -263,18 +314,18 @@ async fn after_action(state: &InternalState, outcome: Outcome) -> Result<HttpRes
     let snapshot = state.shared.snapshot();
     let signing_kid =
         snapshot.key_sets.get(&outcome.key_set).and_then(|v| v.signer.as_ref()).map(|s| s.kid().to_owned());
-    Ok(HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).json(serde_json::json!({
-        "key_set": outcome.key_set,
-        "steps": outcome.steps,
-        "signing_kid": signing_kid,
-        "new_signer": outcome.new_signer,
-    })))
+    let Outcome { key_set, steps, new_signer } = outcome;
+    Ok(no_store_json(&ActionAnswer { key_set, steps, signing_kid, new_signer }))
 }
 
 #[utoipa::path(post, path = paths::ROTATE, tag = "admin", security(("bearer" = [])),
-    params(("name" = String, Path, description = "Key set")), request_body(content = Option<RotateRequest>, description = "Optional"),
-    responses((status = 200, description = "Steps taken and the new signing kid"), (status = 404, body = Problem),
-        (status = 409, body = Problem, description = "The next key was published too recently")))]
+    params(("name" = String, Path, description = "Key set")),
+    request_body(content = Option<RotateRequest>, description = "Optional: no body or `null` means `{\"force\": false}`"),
+    responses((status = 200, description = "Steps taken and the new signing kid", body = ActionAnswer),
+        (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 404, body = Problem), (status = 408, body = Problem),
+        (status = 409, body = Problem, description = "The next key was published too recently"),
+        (status = 413, body = Problem), (status = 415, body = Problem), (status = 429, body = Problem)))]
 async fn rotate(
     req: HttpRequest,
     name: web::Path<String>,
@@ -295,7 +346,9 @@ async fn rotate(
 
 #[utoipa::path(post, path = paths::REVOKE, tag = "admin", security(("bearer" = [])),
     params(("kid" = String, Path, description = "The key's kid")),
-    responses((status = 200, description = "Steps taken and the new signing kid"), (status = 404, body = Problem), (status = 409, body = Problem)))]
+    responses((status = 200, description = "Steps taken, the new signing kid and, if the revoked key was signing, how long its successor has been published", body = ActionAnswer),
+        (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem),
+        (status = 409, body = Problem, description = "Already revoked"), (status = 429, body = Problem)))]
 async fn revoke(
     req: HttpRequest,
     kid: web::Path<String>,
@@ -587,9 +640,9 @@ fn no_store_json(body: &impl Serialize) -> HttpResponse {
 #[utoipa::path(post, path = paths::SIGN, tag = "signing", security(("bearer" = [])),
     params(("profile" = String, Path, description = "Profile name")), request_body = SignRequest,
     responses((status = 200, body = Signed), (status = 400, body = Problem), (status = 401, body = Problem),
-        (status = 403, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem),
-        (status = 413, body = Problem), (status = 415, body = Problem), (status = 422, body = Problem),
-        (status = 429, body = Problem), (status = 503, body = Problem)))]
+        (status = 403, body = Problem), (status = 404, body = Problem), (status = 408, body = Problem),
+        (status = 409, body = Problem), (status = 413, body = Problem), (status = 415, body = Problem),
+        (status = 422, body = Problem), (status = 429, body = Problem), (status = 503, body = Problem)))]
 async fn sign(
     req: HttpRequest,
     name: web::Path<String>,
@@ -661,8 +714,10 @@ struct PartnerToken {
 #[utoipa::path(post, path = paths::TOKEN, tag = "signing", security(("bearer" = [])),
     params(("profile" = String, Path, description = "Profile name")), request_body = SignRequest,
     responses((status = 200, body = PartnerToken), (status = 400, body = Problem), (status = 401, body = Problem),
-        (status = 404, body = Problem), (status = 422, body = Problem), (status = 429, body = Problem),
-        (status = 502, body = Problem), (status = 503, body = Problem), (status = 504, body = Problem)))]
+        (status = 403, body = Problem), (status = 404, body = Problem), (status = 408, body = Problem),
+        (status = 409, body = Problem), (status = 413, body = Problem), (status = 415, body = Problem),
+        (status = 422, body = Problem), (status = 429, body = Problem), (status = 502, body = Problem),
+        (status = 503, body = Problem), (status = 504, body = Problem)))]
 async fn token(
     req: HttpRequest,
     name: web::Path<String>,
@@ -735,8 +790,11 @@ struct ExportQuery {
 }
 
 #[utoipa::path(get, path = paths::PUBLIC_KEY, tag = "keys", security(("bearer" = [])),
-    params(("kid" = String, Path, description = "The key's kid"), ("format" = Option<String>, Query, description = "pem, pem-base64 or jwk (default)")),
-    responses((status = 200, description = "The public key"), (status = 400, body = Problem), (status = 404, body = Problem)))]
+    params(("kid" = String, Path, description = "The key's kid"), ("format" = Option<Format>, Query, description = "The key's form (default jwk)")),
+    responses((status = 200, description = "The public key in the form asked for", content(
+            (String = "application/x-pem-file"), (String = "text/plain"), (Object = "application/jwk+json"))),
+        (status = 400, body = Problem), (status = 401, body = Problem), (status = 404, body = Problem),
+        (status = 429, body = Problem)))]
 async fn public_key(
     req: HttpRequest,
     kid: web::Path<String>,

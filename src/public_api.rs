@@ -91,7 +91,14 @@ async fn dispatch(req: HttpRequest, state: web::Data<PublicState>) -> Result<Htt
     }
 }
 
+/// The body of the health routes.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct HealthStatus {
+    /// `ok`, `ready` or `not ready`.
+    status: &'static str,
+}
+
 /// A tiny `{"status": ...}` body, never cached.
-pub fn status_json(mut builder: actix_web::HttpResponseBuilder, status: &str) -> HttpResponse {
-    builder.insert_header((header::CACHE_CONTROL, "no-store")).json(serde_json::json!({ "status": status }))
+pub fn status_json(mut builder: actix_web::HttpResponseBuilder, status: &'static str) -> HttpResponse {
+    builder.insert_header((header::CACHE_CONTROL, "no-store")).json(HealthStatus { status })
 }

@@ -4,6 +4,7 @@ mod cli;
 mod helpers;
 mod jwks;
 mod keys_and_secrets;
+mod openapi;
 mod operations;
 mod partners;
 mod rotation;

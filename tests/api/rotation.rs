@@ -470,3 +470,19 @@ async fn revoking_a_signer_whose_successor_is_published_long_enough_says_verifie
     let answer: Value = admin_post(&app, &ops, &format!("/v1/keys/{spare}/revoke"), None).await.json().await.unwrap();
     assert!(answer["new_signer"].is_null(), "{answer}");
 }
+
+/// The document allows a `null` rotate body: it means the defaults, as no body does.
+#[tokio::test]
+async fn a_null_rotate_body_is_taken_as_the_defaults() {
+    let app = spawn_app_with(|c| c.key_sets[0].algorithm = Algorithm::Es256).await;
+    let ops = admin_token(&app).await;
+    for body in [None, Some(Value::Null)] {
+        let response = admin_post(&app, &ops, "/v1/key-sets/npm/rotate", body.clone()).await;
+        // Not forced: refused as too early, not as a malformed body.
+        assert_eq!(response.status(), 409, "{body:?}");
+        let problem: Value = response.json().await.unwrap();
+        assert!(problem["detail"].as_str().unwrap().contains("force"), "{problem}");
+    }
+    let forced = admin_post(&app, &ops, "/v1/key-sets/npm/rotate", Some(json!({"force": true}))).await;
+    assert_eq!(forced.status(), 200);
+}
