@@ -60,7 +60,7 @@ pub struct SignRequest {
     #[serde(default)]
     pub sub: Option<String>,
     /// Lifetime in seconds; the profile's default when absent.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
     pub ttl_seconds: Option<i64>,
     /// Extra claims, each named in the profile's `allowed_claims`.
     #[serde(default)]
@@ -69,6 +69,21 @@ pub struct SignRequest {
     /// `/token` only: `false` asks the partner for a fresh token instead of a cached one.
     #[serde(default)]
     pub cache: Option<bool>,
+}
+
+/// A JSON integer, written `60` or `60.0`: JSON Schema's `integer` (what the OpenAPI
+/// document says) includes numbers with a zero fraction.
+fn whole_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    // Within ±2^53 a float is exact, so the conversion loses nothing.
+    let exact = |f: f64| (f.fract() == 0.0 && f.abs() <= 9_007_199_254_740_992.0).then_some(f as i64);
+    number
+        .as_i64()
+        .or_else(|| number.as_f64().and_then(exact))
+        .map(Some)
+        .ok_or_else(|| serde::de::Error::custom("not a whole number"))
 }
 
 /// How a refusal should be answered.
@@ -333,6 +348,19 @@ mod tests {
         assert_eq!(at(1).unwrap().expires_at, 1);
         for bad in [0, -5, 3_301, 3_600, i64::MAX] {
             assert_eq!(at(bad).unwrap_err().field, "ttl_seconds", "{bad}");
+        }
+    }
+
+    #[test]
+    fn ttl_seconds_is_any_json_integer_including_a_zero_fraction() {
+        let ttl = |body: &str| serde_json::from_str::<SignRequest>(body).map(|r| r.ttl_seconds);
+        assert_eq!(ttl(r#"{"ttl_seconds": 60}"#).unwrap(), Some(60));
+        assert_eq!(ttl(r#"{"ttl_seconds": 60.0}"#).unwrap(), Some(60));
+        assert_eq!(ttl(r#"{"ttl_seconds": -1}"#).unwrap(), Some(-1));
+        assert_eq!(ttl(r#"{"ttl_seconds": null}"#).unwrap(), None);
+        assert_eq!(ttl("{}").unwrap(), None);
+        for bad in [r#"{"ttl_seconds": 60.5}"#, r#"{"ttl_seconds": "60"}"#, r#"{"ttl_seconds": 1e300}"#] {
+            assert!(ttl(bad).is_err(), "{bad}");
         }
     }
 
