@@ -320,6 +320,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     other => other.into(),
                 })?;
             report(&steps);
+            if let Some(signer) = lifecycle::Outcome::of(&pool, config, &set, steps, now()).await?.new_signer {
+                report_signer(&signer);
+            }
             Ok(())
         }
         Command::Keys(KeysCommand::Revoke { kid }) => {

@@ -341,7 +341,7 @@ async fn rotate(
     let now = chrono::Utc::now().timestamp();
     let steps = lifecycle::rotate(shared.pool(), shared.master(), shared.config(), &name, now, request.force).await?;
     tracing::info!(client, key_set = %name, force = request.force, "rotation requested through the admin API");
-    after_action(&state, Outcome { key_set: name.into_inner(), steps, new_signer: None }).await
+    after_action(&state, Outcome::of(shared.pool(), shared.config(), &name, steps, now).await?).await
 }
 
 #[utoipa::path(post, path = paths::REVOKE, tag = "admin", security(("bearer" = [])),

@@ -52,7 +52,7 @@ pub async fn rotate(
 }
 
 /// What a key action did to one set.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct Outcome {
     /// The set.
     pub key_set: String,
@@ -63,6 +63,17 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// The outcome of `steps`, just taken on set `set` at `now`.
+    pub async fn of(
+        pool: &SqlitePool,
+        config: &Config,
+        set: &str,
+        steps: Vec<Step>,
+        now: i64,
+    ) -> Result<Self, ActionError> {
+        Ok(Self::after(pool, config, key_set(config, set)?, steps, now).await?)
+    }
+
     async fn after(
         pool: &SqlitePool,
         config: &Config,

@@ -390,8 +390,11 @@ async fn revoking_right_after_a_rotation_says_until_when_verifiers_may_reject_th
 
     // The CLI: rotate (forced), then revoke the signer at once.
     let out = cli(&["keys", "rotate", "npm", "--force"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{said}");
     let (signer, fresh) = (kid_in(&pool, KeyState::Current).await, kid_in(&pool, KeyState::Next).await);
+    // A forced rotation says the same of the key it made sign.
+    assert!(said.contains(&format!("the new signing key {signer} has been published for only")), "{said}");
     let out = cli(&["keys", "revoke", &signer]);
     let said = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{said}");
@@ -485,4 +488,7 @@ async fn a_null_rotate_body_is_taken_as_the_defaults() {
     }
     let forced = admin_post(&app, &ops, "/v1/key-sets/npm/rotate", Some(json!({"force": true}))).await;
     assert_eq!(forced.status(), 200);
+    let forced: Value = forced.json().await.unwrap();
+    assert_eq!(forced["new_signer"]["kid"], forced["signing_kid"], "{forced}");
+    assert_eq!(forced["new_signer"]["within_cache_window"], true, "{forced}");
 }
