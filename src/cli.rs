@@ -151,14 +151,14 @@ enum KeysCommand {
         #[arg(allow_hyphen_values = true)]
         kid: String,
     },
-    /// Print a key's public half: pem (default), pem-base64 (what PaymentsGate calls
-    /// public_key) or jwk; the same as GET /v1/keys/{kid}/public.
+    /// Print a key's public half: jwk (default, as the JWKS publishes it), pem or pem-base64
+    /// (what PaymentsGate calls public_key); the same as GET /v1/keys/{kid}/public.
     Export {
         /// The key's kid.
         #[arg(allow_hyphen_values = true)]
         kid: String,
         /// Output format.
-        #[arg(long, default_value = "pem", value_parser = export::Format::NAMES)]
+        #[arg(long, default_value = "jwk", value_parser = export::Format::NAMES)]
         format: String,
     },
     /// Add an existing private key (PKCS#1, PKCS#8 or SEC1 PEM) to SET as its next key.

@@ -58,7 +58,11 @@ pub async fn connect_watcher(path: &Path) -> anyhow::Result<SqliteConnection> {
 /// SQLite's `data_version`: changes whenever another connection commits. A cheap question
 /// (no table read) to ask often.
 pub async fn data_version(conn: &mut SqliteConnection) -> anyhow::Result<i64> {
-    sqlx::query_scalar("PRAGMA data_version").fetch_one(conn).await.context("reading data_version")
+    // Stepped to the end (not `fetch_one`), so that no read transaction stays open between
+    // polls: one would keep WAL checkpoints from truncating the log.
+    let versions: Vec<i64> =
+        sqlx::query_scalar("PRAGMA data_version").fetch_all(conn).await.context("reading data_version")?;
+    versions.first().copied().context("PRAGMA data_version returned no row")
 }
 
 /// Begins a transaction that holds SQLite's write lock from its first statement, so that

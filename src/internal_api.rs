@@ -613,7 +613,7 @@ async fn token(
 }
 
 #[utoipa::path(get, path = paths::PUBLIC_KEY, tag = "keys", security(("bearer" = [])),
-    params(("kid" = String, Path, description = "The key's kid"), ("format" = Option<String>, Query, description = "pem (default), pem-base64 or jwk")),
+    params(("kid" = String, Path, description = "The key's kid"), ("format" = Option<String>, Query, description = "jwk (default), pem or pem-base64")),
     responses((status = 200, description = "The public key"), (status = 400, body = Problem), (status = 404, body = Problem)))]
 async fn public_key(
     req: HttpRequest,
@@ -636,7 +636,7 @@ async fn public_key(
     Ok(HttpResponse::Ok().content_type(content_type).body(body))
 }
 
-/// The `format` of a public key request: the only query parameter, PEM when absent (as
+/// The `format` of a public key request: the only query parameter, JWK when absent (as
 /// `keyward keys export`).
 fn export_format(query: &str) -> Result<Format, ApiError> {
     let mut format = Format::DEFAULT;
@@ -650,7 +650,7 @@ fn export_format(query: &str) -> Result<Format, ApiError> {
         }
         format = Format::parse(value).ok_or_else(|| ApiError::InvalidQuery {
             parameter: "format".to_owned(),
-            detail: format!("format must be one of {} (default pem)", Format::NAMES.join(", ")),
+            detail: format!("format must be one of {} (default jwk)", Format::NAMES.join(", ")),
         })?;
     }
     Ok(format)

@@ -268,10 +268,7 @@ impl Shared {
             }
             .await;
             let committed = match polled {
-                Ok(committed) => {
-                    self.database_ok.store(true, Ordering::Relaxed);
-                    committed
-                }
+                Ok(committed) => committed,
                 Err(err) => {
                     self.database_ok.store(false, Ordering::Relaxed);
                     tracing::warn!(error = format!("{err:#}"), "database unavailable");
@@ -287,7 +284,7 @@ impl Shared {
             match polled {
                 Ok(generation) if generation != seen => {
                     if let Err(err) = self.reload().await {
-                        // Keep serving the last good snapshot; try again at the next change.
+                        // Keep serving the last good snapshot; try again at the next tick.
                         watcher = None;
                         tracing::error!(error = format!("{err:#}"), "reloading keys and clients failed");
                     } else {
@@ -296,6 +293,7 @@ impl Shared {
                 }
                 Ok(_) => {}
                 Err(err) => {
+                    // Not ready until the generation reads again: ask at every tick.
                     watcher = None;
                     tracing::warn!(error = format!("{err:#}"), "database unavailable");
                 }

@@ -469,7 +469,7 @@ async fn a_bad_export_format_names_the_parameter_and_the_allowed_values() {
     let body = assert_problem(response, 400).await;
     assert_eq!(body["field"], "format");
     assert_eq!(body["title"], "Invalid query parameter");
-    assert!(body["detail"].as_str().unwrap().contains("pem, pem-base64, jwk"), "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("jwk, pem, pem-base64"), "{body}");
     let response = app.http.get(format!("{url}?fromat=jwk")).bearer_auth(&token).send().await.unwrap();
     let body = assert_problem(response, 400).await;
     assert_eq!(body["field"], "fromat");

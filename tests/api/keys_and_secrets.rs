@@ -460,11 +460,13 @@ async fn public_keys_export_as_pem_pem_base64_and_jwk_equal_to_the_jwks() {
             let kid = jwk["kid"].as_str().unwrap();
             assert_eq!(jwk["alg"], algorithm.as_str());
 
-            // JWK.
+            // JWK (also the default format).
             let response = get_public(&app, Some(&token), kid, Some("jwk")).await;
             assert_eq!(response.status(), 200);
             assert_eq!(response.headers()["content-type"], "application/jwk+json");
             assert_eq!(&response.json::<Value>().await.unwrap(), jwk, "{algorithm}");
+            let default: Value = get_public(&app, Some(&token), kid, None).await.json().await.unwrap();
+            assert_eq!(&default, jwk);
 
             // PEM: a SubjectPublicKeyInfo of the very key the JWKS publishes.
             let response = get_public(&app, Some(&token), kid, Some("pem")).await;
@@ -472,10 +474,6 @@ async fn public_keys_export_as_pem_pem_base64_and_jwk_equal_to_the_jwks() {
             assert_eq!(response.headers()["content-type"], "application/x-pem-file");
             let pem = response.text().await.unwrap();
             assert_pem_is_jwk(&pem, jwk);
-            // PEM is the default, as for `keyward keys export`.
-            let default = get_public(&app, Some(&token), kid, None).await;
-            assert_eq!(default.headers()["content-type"], "application/x-pem-file");
-            assert_eq!(default.text().await.unwrap(), pem);
 
             // Base64 (standard alphabet, padded) of exactly that PEM.
             let response = get_public(&app, Some(&token), kid, Some("pem-base64")).await;
@@ -490,7 +488,7 @@ async fn public_keys_export_as_pem_pem_base64_and_jwk_equal_to_the_jwks() {
             assert!(out.status.success(), "{}", text(&out.stderr));
             assert_eq!(text(&out.stdout), pem);
             let out = keyward(dir, &["keys", "export", kid]);
-            assert_eq!(text(&out.stdout), pem, "pem is the CLI's default, as the API's");
+            assert_eq!(&serde_json::from_slice::<Value>(&out.stdout).unwrap(), jwk, "jwk is the default, as the API's");
             let out = keyward(dir, &["keys", "export", kid, "--format", "pem-base64"]);
             assert!(out.status.success(), "{}", text(&out.stderr));
             assert_eq!(text(&out.stdout), format!("{pem_base64}\n"));
