@@ -257,11 +257,10 @@ impl Shared {
             // Only a commit by any connection (this server's included) moves data_version;
             // then the generation says whether keys or clients changed (ledger rows do not).
             let polled = async {
-                let (conn, seen) = match watcher.take() {
+                let (mut conn, seen) = match watcher.take() {
                     Some(w) => w,
                     None => (db::connect_watcher(&path).await?, i64::MIN),
                 };
-                let mut conn = conn;
                 let version = db::data_version(&mut conn).await?;
                 watcher = Some((conn, version));
                 anyhow::Ok(version != seen)
