@@ -1,36 +1,39 @@
 //! The SQLite database: connection pool, migrations and the change counter.
 
 use std::path::Path;
-use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Sqlite, SqlitePool, Transaction};
+use sqlx::{ConnectOptions, Sqlite, SqliteConnection, SqlitePool, Transaction};
 
-/// Opens (creating if needed) the database at `path` and applies pending migrations.
-pub async fn connect(path: &str) -> anyhow::Result<SqlitePool> {
-    if let Some(parent) = Path::new(path).parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("creating the database folder {}", parent.display()))?;
-    }
-    let options = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))
-        .with_context(|| format!("database path {path:?}"))?
+fn options(path: &Path) -> SqliteConnectOptions {
+    SqliteConnectOptions::new()
+        .filename(path)
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full)
         .foreign_keys(true)
         // Deleted private material is overwritten, not left in free pages.
         .pragma("secure_delete", "ON")
-        .busy_timeout(Duration::from_secs(10));
+        .busy_timeout(Duration::from_secs(10))
+}
+
+/// Opens (creating if needed) the database at `path` and applies pending migrations.
+pub async fn connect(path: impl AsRef<Path>) -> anyhow::Result<SqlitePool> {
+    let path = path.as_ref();
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating the database folder {}", parent.display()))?;
+    }
     let pool = SqlitePoolOptions::new()
         .max_connections(4)
-        .connect_with(options)
+        .connect_with(options(path))
         .await
-        .with_context(|| format!("opening the database {path}"))?;
+        .with_context(|| format!("opening the database {}", path.display()))?;
     // Processes starting together on a fresh database would otherwise all try to apply the
     // same migrations (sqlx takes no lock on SQLite): they take turns on a lock file.
-    let lock_path = format!("{path}.migrate-lock");
+    let lock_path = format!("{}.migrate-lock", path.display());
     let lock_file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -43,8 +46,23 @@ pub async fn connect(path: &str) -> anyhow::Result<SqlitePool> {
         .with_context(|| format!("locking {lock_path}"))?;
     let migrated = sqlx::migrate!("./migrations").run(&pool).await;
     drop(lock_file);
-    migrated.with_context(|| format!("applying migrations to {path}"))?;
+    migrated.with_context(|| format!("applying migrations to {}", path.display()))?;
     Ok(pool)
+}
+
+/// One connection of its own, for [`data_version`]: SQLite's counter is per connection.
+pub async fn connect_watcher(path: &Path) -> anyhow::Result<SqliteConnection> {
+    options(path).connect().await.with_context(|| format!("opening the database {}", path.display()))
+}
+
+/// SQLite's `data_version`: changes whenever another connection commits. A cheap question
+/// (no table read) to ask often.
+pub async fn data_version(conn: &mut SqliteConnection) -> anyhow::Result<i64> {
+    // Stepped to the end (not `fetch_one`), so that no read transaction stays open between
+    // polls: one would keep WAL checkpoints from truncating the log.
+    let versions: Vec<i64> =
+        sqlx::query_scalar("PRAGMA data_version").fetch_all(conn).await.context("reading data_version")?;
+    versions.first().copied().context("PRAGMA data_version returned no row")
 }
 
 /// Begins a transaction that holds SQLite's write lock from its first statement, so that
