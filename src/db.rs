@@ -1,19 +1,36 @@
-//! The SQLite database: connection pool, migrations and the change counter.
+//! The SQLite database: connection pool, migrations, write transactions and the change
+//! counter.
 
+use std::borrow::BorrowMut;
+use std::ops::{Deref, DerefMut};
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Sqlite, SqlitePool, Transaction};
+use sqlx::{Sqlite, SqliteConnection, SqlitePool};
+
+use crate::private_files::{private_dir_builder, private_file_options};
 
 /// Opens (creating if needed) the database at `path` and applies pending migrations.
+///
+/// The folder is created 0700 and the database file 0600 before SQLite opens it: SQLite
+/// gives the files it adds later (`-wal`, `-shm`, journals) the database file's mode.
 pub async fn connect(path: &str) -> anyhow::Result<SqlitePool> {
     if let Some(parent) = Path::new(path).parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
+        private_dir_builder()
+            .create(parent)
             .with_context(|| format!("creating the database folder {}", parent.display()))?;
     }
+    // An empty file is a valid new database.
+    private_file_options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("creating the database file {path}"))?;
     let options = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))
         .with_context(|| format!("database path {path:?}"))?
         .create_if_missing(true)
@@ -31,7 +48,7 @@ pub async fn connect(path: &str) -> anyhow::Result<SqlitePool> {
     // Processes starting together on a fresh database would otherwise all try to apply the
     // same migrations (sqlx takes no lock on SQLite): they take turns on a lock file.
     let lock_path = format!("{path}.migrate-lock");
-    let lock_file = std::fs::OpenOptions::new()
+    let lock_file = private_file_options()
         .create(true)
         .truncate(false)
         .write(true)
@@ -49,14 +66,70 @@ pub async fn connect(path: &str) -> anyhow::Result<SqlitePool> {
 
 /// Begins a transaction that holds SQLite's write lock from its first statement, so that
 /// a decision read inside it cannot be invalidated by another writer before it commits.
-pub async fn begin_write(pool: &SqlitePool) -> anyhow::Result<Transaction<'static, Sqlite>> {
-    pool.begin_with("BEGIN IMMEDIATE").await.context("beginning a write transaction")
+pub async fn begin_write(pool: &SqlitePool) -> anyhow::Result<WriteTx> {
+    let connection = pool.acquire().await.context("connecting for a write transaction")?;
+    WriteTx::begin(connection).await
+}
+
+/// A write transaction (`BEGIN IMMEDIATE`) whose connection is closed, not reused, unless
+/// the transaction commits.
+///
+/// When COMMIT fails (a full disk, an I/O error), SQLite may already have rolled back on
+/// its own, and its state and sqlx's idea of it can part: a connection reused after that
+/// turned later transactions into savepoints of one that never ended (nothing committed,
+/// the write lock held for good). Closing the connection rolls back whatever is open and
+/// leaves nothing to guess; the pool opens a fresh one when needed.
+///
+/// `C` is an owned pooled connection (returned to the pool after a commit), or a borrowed
+/// one that its owner keeps between transactions and must drop after a failure (it is
+/// marked to close then).
+pub struct WriteTx<C: BorrowMut<PoolConnection<Sqlite>> = PoolConnection<Sqlite>> {
+    connection: C,
+    committed: bool,
+}
+
+impl<C: BorrowMut<PoolConnection<Sqlite>>> WriteTx<C> {
+    /// Begins on `connection`. A BEGIN that fails (or is cancelled) closes it too.
+    pub async fn begin(connection: C) -> anyhow::Result<Self> {
+        let mut tx = WriteTx { connection, committed: false };
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut *tx).await.context("beginning a write transaction")?;
+        Ok(tx)
+    }
+
+    /// Commits; on failure the connection is closed when this is dropped.
+    pub async fn commit(mut self) -> anyhow::Result<()> {
+        sqlx::query("COMMIT").execute(&mut *self).await.context("committing")?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl<C: BorrowMut<PoolConnection<Sqlite>>> Drop for WriteTx<C> {
+    fn drop(&mut self) {
+        if !self.committed {
+            self.connection.borrow_mut().close_on_drop();
+        }
+    }
+}
+
+impl<C: BorrowMut<PoolConnection<Sqlite>>> Deref for WriteTx<C> {
+    type Target = SqliteConnection;
+
+    fn deref(&self) -> &SqliteConnection {
+        self.connection.borrow()
+    }
+}
+
+impl<C: BorrowMut<PoolConnection<Sqlite>>> DerefMut for WriteTx<C> {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        self.connection.borrow_mut()
+    }
 }
 
 /// Records that keys or clients changed; call inside the changing transaction.
-pub async fn bump_generation(tx: &mut Transaction<'_, Sqlite>) -> anyhow::Result<()> {
+pub async fn bump_generation(tx: &mut SqliteConnection) -> anyhow::Result<()> {
     sqlx::query("UPDATE state_version SET generation = generation + 1 WHERE id = 1")
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await
         .context("bumping the state generation")?;
     Ok(())
@@ -81,17 +154,23 @@ pub async fn checkpoint(pool: &SqlitePool) {
 
 /// Writes a consistent copy of the live database to `file` (`VACUUM INTO`: one read
 /// transaction, so writers go on meanwhile and the copy is a single point in time).
+/// The copy holds sealed keys and secrets: it is created 0600 and empty first (which
+/// `VACUUM INTO` accepts), so it is never readable by others.
 pub async fn backup(pool: &SqlitePool, file: &Path) -> anyhow::Result<()> {
     let target = file.to_str().context("the backup path is not UTF-8")?;
-    sqlx::query("VACUUM INTO ?").bind(target).execute(pool).await.with_context(|| format!("backing up to {target}"))?;
-    // The copy holds sealed keys and secrets: readable by its owner only.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("restricting {target} to its owner"))?;
+    private_file_options().write(true).create_new(true).open(file).with_context(|| format!("creating {target}"))?;
+    let copied = sqlx::query("VACUUM INTO ?").bind(target).execute(pool).await;
+    if copied.is_err() {
+        // Leave no empty or partial copy that could pass for a backup.
+        let _ = std::fs::remove_file(file);
     }
+    copied.with_context(|| format!("backing up to {target}"))?;
     Ok(())
+}
+
+/// The database file and the files SQLite keeps beside it.
+pub fn database_files(path: &str) -> Vec<std::path::PathBuf> {
+    ["", "-wal", "-shm", "-journal"].iter().map(|suffix| format!("{path}{suffix}").into()).collect()
 }
 
 /// The current change counter.

@@ -21,7 +21,7 @@ use crate::ledger::{Entry, Ledger};
 use crate::lifecycle::{self, ActionError};
 use crate::problem::{ApiError, Problem};
 use crate::profiles::{Prepared, Profile, Refusal, RefusalKind, SignRequest, SignedBy};
-use crate::public_api::status_json;
+use crate::public_api::{readiness_json, status_json};
 use crate::ratelimit::{Limit, RateLimiter};
 use crate::rotation::{Refused, Step};
 use crate::state::{Shared, Snapshot};
@@ -175,13 +175,9 @@ async fn healthz() -> HttpResponse {
     status_json(HttpResponse::Ok(), "ok")
 }
 
-#[utoipa::path(get, path = paths::READYZ, tag = "operations", responses((status = 200, description = "Ready: the database answers and every key set can sign"), (status = 503, description = "Not ready")))]
+#[utoipa::path(get, path = paths::READYZ, tag = "operations", responses((status = 200, description = "Ready: the database answers, the ledger commits and every key set can sign"), (status = 503, description = "Not ready; `reason` says why")))]
 async fn readyz(state: web::Data<InternalState>) -> HttpResponse {
-    if state.shared.is_ready() {
-        status_json(HttpResponse::Ok(), "ready")
-    } else {
-        status_json(HttpResponse::ServiceUnavailable(), "not ready")
-    }
+    readiness_json(state.shared.readiness())
 }
 
 /// The client behind the request's bearer token, within its rate limit.

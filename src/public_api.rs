@@ -60,8 +60,7 @@ async fn dispatch(req: HttpRequest, state: web::Data<PublicState>) -> Result<Htt
     let snapshot = state.shared.snapshot();
     match (path, route) {
         ("/healthz", _) => Ok(status_json(HttpResponse::Ok(), "ok")),
-        ("/readyz", _) if state.shared.is_ready() => Ok(status_json(HttpResponse::Ok(), "ready")),
-        ("/readyz", _) => Ok(status_json(HttpResponse::ServiceUnavailable(), "not ready")),
+        ("/readyz", _) => Ok(readiness_json(state.shared.readiness())),
         (_, Some(route)) => {
             let doc = snapshot
                 .key_sets
@@ -88,6 +87,16 @@ async fn dispatch(req: HttpRequest, state: web::Data<PublicState>) -> Result<Htt
             }
         }
         _ => Err(ApiError::NotFound("no such resource".to_owned())),
+    }
+}
+
+/// `/readyz`'s answer: 200 `ready`, or 503 `not ready` with the reason.
+pub fn readiness_json(readiness: Result<(), &str>) -> HttpResponse {
+    match readiness {
+        Ok(()) => status_json(HttpResponse::Ok(), "ready"),
+        Err(reason) => HttpResponse::ServiceUnavailable()
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .json(serde_json::json!({ "status": "not ready", "reason": reason })),
     }
 }
 

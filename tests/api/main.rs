@@ -6,6 +6,7 @@ mod jwks;
 mod keys_and_secrets;
 mod operations;
 mod partners;
+mod reliability;
 mod rotation;
 mod sign;
 mod storage;
