@@ -24,13 +24,7 @@ pub async fn connect(path: &str) -> anyhow::Result<SqlitePool> {
             .create(parent)
             .with_context(|| format!("creating the database folder {}", parent.display()))?;
     }
-    // An empty file is a valid new database.
-    private_file_options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .with_context(|| format!("creating the database file {path}"))?;
+    create_database_file(Path::new(path)).with_context(|| format!("creating the database file {path}"))?;
     let options = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))
         .with_context(|| format!("database path {path:?}"))?
         .create_if_missing(true)
@@ -62,6 +56,31 @@ pub async fn connect(path: &str) -> anyhow::Result<SqlitePool> {
     drop(lock_file);
     migrated.with_context(|| format!("applying migrations to {path}"))?;
     Ok(pool)
+}
+
+/// Creates an empty database file (a valid new database) with mode 0600, unless one exists.
+/// It is made aside and linked into place: closing any descriptor of a file drops every
+/// POSIX lock this process holds on it, SQLite's included, so the database path itself is
+/// never opened here.
+fn create_database_file(path: &Path) -> std::io::Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(format!(".{}-{:08x}.new", std::process::id(), rand::random::<u32>()));
+    let aside = std::path::PathBuf::from(aside);
+    private_file_options().write(true).create_new(true).open(&aside)?;
+    let linked = std::fs::hard_link(&aside, path);
+    let _ = std::fs::remove_file(&aside);
+    match linked {
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        // A filesystem without hard links: create it in place.
+        Err(_) => match private_file_options().write(true).create_new(true).open(path) {
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            other => other.map(drop),
+        },
+        Ok(()) => Ok(()),
+    }
 }
 
 /// Begins a transaction that holds SQLite's write lock from its first statement, so that
@@ -179,4 +198,78 @@ pub async fn generation(pool: &SqlitePool) -> anyhow::Result<i64> {
         .fetch_one(pool)
         .await
         .context("reading the state generation")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    async fn pool_with_deferred_foreign_key(dir: &Path) -> SqlitePool {
+        let pool = connect(dir.join("t.db").to_str().unwrap()).await.unwrap();
+        sqlx::raw_sql(
+            "CREATE TABLE parent (id INTEGER PRIMARY KEY); \
+             CREATE TABLE child (parent INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool
+    }
+
+    #[tokio::test]
+    async fn a_write_transaction_whose_commit_fails_closes_its_connection_instead_of_pooling_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = pool_with_deferred_foreign_key(dir.path()).await;
+        let before = pool.size();
+        let mut tx = begin_write(&pool).await.unwrap();
+        // A deferred foreign key violation makes COMMIT itself fail.
+        sqlx::query("INSERT INTO child (parent) VALUES (42)").execute(&mut *tx).await.unwrap();
+        assert!(tx.commit().await.is_err());
+        let start = Instant::now();
+        while pool.size() != before - 1 {
+            assert!(start.elapsed() < Duration::from_secs(10), "the connection went back to the pool");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Nothing of it remains, and the next writer gets a clean connection.
+        let mut tx = begin_write(&pool).await.unwrap();
+        sqlx::query("INSERT INTO parent (id) VALUES (1)").execute(&mut *tx).await.unwrap();
+        tx.commit().await.unwrap();
+        let children: i64 = sqlx::query_scalar("SELECT count(*) FROM child").fetch_one(&pool).await.unwrap();
+        let parents: i64 = sqlx::query_scalar("SELECT count(*) FROM parent").fetch_one(&pool).await.unwrap();
+        assert_eq!((children, parents), (0, 1));
+    }
+
+    #[tokio::test]
+    async fn a_committed_or_abandoned_write_transaction_leaves_no_transaction_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = pool_with_deferred_foreign_key(dir.path()).await;
+        let size = pool.size();
+        let tx = begin_write(&pool).await.unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(pool.size(), size, "a committed transaction's connection is pooled again");
+        {
+            let mut tx = begin_write(&pool).await.unwrap();
+            sqlx::query("INSERT INTO parent (id) VALUES (7)").execute(&mut *tx).await.unwrap();
+            // Dropped without commit, as on an early return.
+        }
+        // Other connections can take the write lock at once (busy_timeout would hide a wait,
+        // so try without it), and the abandoned row is gone.
+        let start = Instant::now();
+        loop {
+            let mut connection = pool.acquire().await.unwrap();
+            sqlx::query("PRAGMA busy_timeout = 0").execute(&mut *connection).await.unwrap();
+            let begun = sqlx::query("BEGIN IMMEDIATE").execute(&mut *connection).await;
+            if begun.is_ok() {
+                sqlx::query("ROLLBACK").execute(&mut *connection).await.unwrap();
+                sqlx::query("PRAGMA busy_timeout = 10000").execute(&mut *connection).await.unwrap();
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "the abandoned transaction still holds the lock");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let parents: i64 = sqlx::query_scalar("SELECT count(*) FROM parent").fetch_one(&pool).await.unwrap();
+        assert_eq!(parents, 0);
+    }
 }
