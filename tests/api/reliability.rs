@@ -280,6 +280,7 @@ async fn a_full_disk_refuses_tokens_without_recording_none_and_everything_recove
         log_lines(&server, "the issuance ledger cannot commit"),
         log_lines(&server, "the issuance ledger commits again"),
     );
+    println!("log: {outages} outage line(s), {recoveries} recovery line(s)");
     assert!(outages >= 1 && outages == recoveries, "{outages} outage and {recoveries} recovery log lines");
     assert!(outages * 20 <= full.not_recorded, "{outages} outage log lines for {} refusals", full.not_recorded);
 
