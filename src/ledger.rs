@@ -28,7 +28,7 @@ const MAX_BATCH: usize = 1_024;
 /// While commits fail and no rows come, how often the writer tries a probe write.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The `jti` of the row a probe writes and deletes again; real jtis never look like it.
+/// The `jti` of the row a probe writes and deletes again (real jtis are 22 characters).
 const PROBE_JTI: &str = "-ledger-probe-";
 
 /// One issued token, as the ledger keeps it.
@@ -198,44 +198,36 @@ impl Writer {
 
     /// Tracks outages: the log says once why commits fail and once that they work again.
     fn outcome(&mut self, result: &anyhow::Result<()>, rows: usize) {
-        match (result, &mut self.outage) {
-            (Ok(()), None) => {}
-            (Ok(()), Some(_)) => {
-                if let Some(outage) = self.outage.take() {
-                    tracing::warn!(
-                        seconds = outage.since.elapsed().as_secs(),
-                        failed_batches = outage.failed_batches,
-                        refused_rows = outage.refused_rows,
-                        "the issuance ledger commits again: sign and token requests are served"
-                    );
-                }
+        let Err(err) = result else {
+            if let Some(outage) = self.outage.take() {
+                tracing::warn!(
+                    seconds = outage.since.elapsed().as_secs(),
+                    failed_batches = outage.failed_batches,
+                    refused_rows = outage.refused_rows,
+                    "the issuance ledger commits again: sign and token requests are served"
+                );
                 self.health.0.store(false, Ordering::Relaxed);
             }
-            (Err(err), outage) => {
-                // The failed transaction marked the connection to close: drop it, the next
-                // transaction starts on a fresh one.
-                self.connection = None;
-                let batches = u64::from(rows > 0);
-                match outage {
-                    Some(outage) => {
-                        outage.failed_batches += batches;
-                        outage.refused_rows += rows as u64;
-                        tracing::debug!(error = format!("{err:#}"), rows, "ledger commit failed again");
-                    }
-                    None => {
-                        tracing::error!(
-                            error = format!("{err:#}"),
-                            rows,
-                            "the issuance ledger cannot commit: sign and token requests are refused (503 \
-                             not-recorded) and /readyz reports not ready until it can; retried every second"
-                        );
-                        self.outage =
-                            Some(Outage { since: Instant::now(), failed_batches: batches, refused_rows: rows as u64 });
-                        self.health.0.store(true, Ordering::Relaxed);
-                    }
-                }
-            }
+            return;
+        };
+        // The failed transaction marked its connection to close: drop it, the next
+        // transaction starts on a fresh one.
+        self.connection = None;
+        let (batches, rows) = (u64::from(rows > 0), rows as u64);
+        if let Some(outage) = &mut self.outage {
+            outage.failed_batches += batches;
+            outage.refused_rows += rows;
+            tracing::debug!(error = format!("{err:#}"), rows, "ledger commit failed again");
+            return;
         }
+        tracing::error!(
+            error = format!("{err:#}"),
+            rows,
+            "the issuance ledger cannot commit: sign and token requests are refused (503 not-recorded) \
+             and /readyz reports not ready until it can; retried every second"
+        );
+        self.outage = Some(Outage { since: Instant::now(), failed_batches: batches, refused_rows: rows });
+        self.health.0.store(true, Ordering::Relaxed);
     }
 }
 
