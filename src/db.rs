@@ -117,7 +117,7 @@ impl<C: BorrowMut<PoolConnection<Sqlite>>> WriteTx<C> {
 
     /// Commits; on failure the connection is closed when this is dropped.
     pub async fn commit(mut self) -> anyhow::Result<()> {
-        sqlx::query("COMMIT").execute(&mut *self).await.context("committing")?;
+        sqlx::query("COMMIT").execute(&mut *self).await?;
         self.committed = true;
         Ok(())
     }

@@ -249,6 +249,15 @@ async fn a_full_disk_refuses_tokens_without_recording_none_and_everything_recove
         .unwrap_or(0.0);
     assert!(failures >= 1.0, "no ledger failure counted:\n{metrics}");
 
+    // Another writer is not locked out meanwhile: the CLI finds the disk full, not the
+    // database locked by a transaction that never ends.
+    let config_arg = server.config_file.to_str().unwrap().to_owned();
+    let during = keyward_bare(path, &["--config", &config_arg, "clients", "add", "during", "--profiles", PROFILE])
+        .output()
+        .unwrap();
+    println!("clients add while full: {:?}, {}", during.status.code(), text(&during.stderr).trim());
+    assert!(!text(&during.stderr).contains("locked"), "clients add while full: {}", text(&during.stderr));
+
     // Space returns: tokens are issued and recorded again, without a restart.
     std::fs::remove_file(data.join("filler")).unwrap();
     let recovered = Instant::now();
@@ -285,7 +294,6 @@ async fn a_full_disk_refuses_tokens_without_recording_none_and_everything_recove
     assert!(outages * 20 <= full.not_recorded, "{outages} outage log lines for {} refusals", full.not_recorded);
 
     // Other writers work again: the CLI (another process), then rotation and revocation.
-    let config_arg = server.config_file.to_str().unwrap().to_owned();
     let added = keyward_bare(path, &["--config", &config_arg, "clients", "add", "later", "--profiles", PROFILE])
         .output()
         .unwrap();
