@@ -118,7 +118,7 @@ async fn sign(http: &reqwest::Client, base: &str, token: &str, sub: &str) -> (u1
 }
 
 /// `workers` clients signing in a loop until `stop`.
-async fn load(
+fn load(
     http: &reqwest::Client,
     base: &str,
     token: &str,
@@ -198,7 +198,7 @@ async fn a_full_disk_refuses_tokens_without_recording_none_and_everything_recove
     let filled = fill(&data.join("filler"));
     let full = Arc::new(Mutex::new(Tally::default()));
     let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = load(&http, &internal, &token, 8, &full, &stop).await;
+    let mut tasks = load(&http, &internal, &token, 8, &full, &stop);
     let started = Instant::now();
     let mut refusing = false;
     while started.elapsed() < Duration::from_secs(60) {
