@@ -4,44 +4,47 @@
 use std::borrow::BorrowMut;
 use std::ops::{Deref, DerefMut};
 use std::path::Path;
-use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Sqlite, SqliteConnection, SqlitePool};
+use sqlx::{ConnectOptions, Sqlite, SqliteConnection, SqlitePool};
 
 use crate::private_files::{private_dir_builder, private_file_options};
 
-/// Opens (creating if needed) the database at `path` and applies pending migrations.
-///
-/// The folder is created 0700 and the database file 0600 before SQLite opens it: SQLite
-/// gives the files it adds later (`-wal`, `-shm`, journals) the database file's mode.
-pub async fn connect(path: &str) -> anyhow::Result<SqlitePool> {
-    if let Some(parent) = Path::new(path).parent().filter(|p| !p.as_os_str().is_empty()) {
-        private_dir_builder()
-            .create(parent)
-            .with_context(|| format!("creating the database folder {}", parent.display()))?;
-    }
-    create_database_file(Path::new(path)).with_context(|| format!("creating the database file {path}"))?;
-    let options = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))
-        .with_context(|| format!("database path {path:?}"))?
+fn options(path: &Path) -> SqliteConnectOptions {
+    SqliteConnectOptions::new()
+        .filename(path)
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full)
         .foreign_keys(true)
         // Deleted private material is overwritten, not left in free pages.
         .pragma("secure_delete", "ON")
-        .busy_timeout(Duration::from_secs(10));
+        .busy_timeout(Duration::from_secs(10))
+}
+
+/// Opens (creating if needed) the database at `path` and applies pending migrations.
+///
+/// The folder is created 0700 and the database file 0600 before SQLite opens it: SQLite
+/// gives the files it adds later (`-wal`, `-shm`, journals) the database file's mode.
+pub async fn connect(path: impl AsRef<Path>) -> anyhow::Result<SqlitePool> {
+    let path = path.as_ref();
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        private_dir_builder()
+            .create(parent)
+            .with_context(|| format!("creating the database folder {}", parent.display()))?;
+    }
+    create_database_file(path).with_context(|| format!("creating the database file {}", path.display()))?;
     let pool = SqlitePoolOptions::new()
         .max_connections(4)
-        .connect_with(options)
+        .connect_with(options(path))
         .await
-        .with_context(|| format!("opening the database {path}"))?;
+        .with_context(|| format!("opening the database {}", path.display()))?;
     // Processes starting together on a fresh database would otherwise all try to apply the
     // same migrations (sqlx takes no lock on SQLite): they take turns on a lock file.
-    let lock_path = format!("{path}.migrate-lock");
+    let lock_path = format!("{}.migrate-lock", path.display());
     let lock_file = private_file_options()
         .create(true)
         .truncate(false)
@@ -54,7 +57,7 @@ pub async fn connect(path: &str) -> anyhow::Result<SqlitePool> {
         .with_context(|| format!("locking {lock_path}"))?;
     let migrated = sqlx::migrate!("./migrations").run(&pool).await;
     drop(lock_file);
-    migrated.with_context(|| format!("applying migrations to {path}"))?;
+    migrated.with_context(|| format!("applying migrations to {}", path.display()))?;
     Ok(pool)
 }
 
@@ -81,6 +84,21 @@ fn create_database_file(path: &Path) -> std::io::Result<()> {
         },
         Ok(()) => Ok(()),
     }
+}
+
+/// One connection of its own, for [`data_version`]: SQLite's counter is per connection.
+pub async fn connect_watcher(path: &Path) -> anyhow::Result<SqliteConnection> {
+    options(path).connect().await.with_context(|| format!("opening the database {}", path.display()))
+}
+
+/// SQLite's `data_version`: changes whenever another connection commits. A cheap question
+/// (no table read) to ask often.
+pub async fn data_version(conn: &mut SqliteConnection) -> anyhow::Result<i64> {
+    // Stepped to the end (not `fetch_one`), so that no read transaction stays open between
+    // polls: one would keep WAL checkpoints from truncating the log.
+    let versions: Vec<i64> =
+        sqlx::query_scalar("PRAGMA data_version").fetch_all(conn).await.context("reading data_version")?;
+    versions.first().copied().context("PRAGMA data_version returned no row")
 }
 
 /// Begins a transaction that holds SQLite's write lock from its first statement, so that
@@ -188,8 +206,15 @@ pub async fn backup(pool: &SqlitePool, file: &Path) -> anyhow::Result<()> {
 }
 
 /// The database file and the files SQLite keeps beside it.
-pub fn database_files(path: &str) -> Vec<std::path::PathBuf> {
-    ["", "-wal", "-shm", "-journal"].iter().map(|suffix| format!("{path}{suffix}").into()).collect()
+pub fn database_files(path: &Path) -> Vec<std::path::PathBuf> {
+    ["", "-wal", "-shm", "-journal"]
+        .iter()
+        .map(|suffix| {
+            let mut name = path.as_os_str().to_owned();
+            name.push(suffix);
+            name.into()
+        })
+        .collect()
 }
 
 /// The current change counter.

@@ -23,6 +23,12 @@ pub enum Format {
 }
 
 impl Format {
+    /// What `keyward keys export` and `GET /v1/keys/{kid}/public` give unless asked.
+    pub const DEFAULT: Format = Format::Jwk;
+
+    /// The names [`Format::parse`] takes.
+    pub const NAMES: [&'static str; 3] = ["jwk", "pem", "pem-base64"];
+
     /// Parses `pem`, `pem-base64` or `jwk`.
     pub fn parse(name: &str) -> Option<Self> {
         match name {

@@ -24,7 +24,7 @@ use crate::profiles::{Prepared, Profile, Refusal, RefusalKind, SignRequest, Sign
 use crate::public_api::{readiness_json, status_json};
 use crate::ratelimit::{Limit, RateLimiter};
 use crate::rotation::{Refused, Step};
-use crate::state::{Shared, Snapshot};
+use crate::state::{Recheck, Shared, Snapshot};
 
 /// Route paths, shared by the router and the OpenAPI document.
 pub mod paths {
@@ -180,6 +180,32 @@ async fn readyz(state: web::Data<InternalState>) -> HttpResponse {
     readiness_json(state.shared.readiness())
 }
 
+/// The request's bearer token, if it sent one in the `Authorization: Bearer` form.
+fn bearer(req: &HttpRequest) -> Result<&str, ApiError> {
+    let value = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).ok_or(ApiError::Unauthorized)?;
+    let (scheme, token) = value.split_once(' ').ok_or(ApiError::Unauthorized)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(ApiError::Unauthorized);
+    }
+    Ok(token.trim())
+}
+
+/// The snapshot to serve the request from, one that knows its bearer token if the store
+/// does: a token `keyward clients add` printed a moment ago works on the next request,
+/// before the change watch reloads.
+async fn snapshot_for(req: &HttpRequest, state: &InternalState) -> Result<Arc<Snapshot>, ApiError> {
+    let snapshot = state.shared.snapshot();
+    let token = bearer(req)?;
+    if snapshot.clients.authenticate(token).is_some() {
+        return Ok(snapshot);
+    }
+    match state.shared.recheck(token).await {
+        Recheck::Known(fresh) => Ok(fresh),
+        Recheck::Unknown => Err(ApiError::UnknownToken),
+        Recheck::NotChecked => Err(ApiError::TokenNotChecked),
+    }
+}
+
 /// The client behind the request's bearer token, within its rate limit.
 fn authenticate<'a>(req: &HttpRequest, snapshot: &'a Snapshot, state: &InternalState) -> Result<&'a Client, ApiError> {
     let client = identify(req, snapshot)?;
@@ -187,14 +213,9 @@ fn authenticate<'a>(req: &HttpRequest, snapshot: &'a Snapshot, state: &InternalS
     Ok(client)
 }
 
-/// The client behind the request's bearer token.
+/// The client behind the request's bearer token (in a snapshot from [`snapshot_for`]).
 fn identify<'a>(req: &HttpRequest, snapshot: &'a Snapshot) -> Result<&'a Client, ApiError> {
-    let value = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).ok_or(ApiError::Unauthorized)?;
-    let (scheme, token) = value.split_once(' ').ok_or(ApiError::Unauthorized)?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(ApiError::Unauthorized);
-    }
-    snapshot.clients.authenticate(token.trim()).ok_or(ApiError::Unauthorized)
+    snapshot.clients.authenticate(bearer(req)?).ok_or(ApiError::UnknownToken)
 }
 
 /// The calling client, if it may use the admin routes.
@@ -225,7 +246,7 @@ impl From<ActionError> for ApiError {
 #[utoipa::path(get, path = paths::KEY_SETS, tag = "admin", security(("bearer" = [])),
     responses((status = 200, description = "Every key set's rules and keys' timelines"), (status = 401, body = Problem), (status = 403, body = Problem)))]
 async fn key_sets(req: HttpRequest, state: web::Data<InternalState>) -> Result<HttpResponse, ApiError> {
-    admin(&req, &state.shared.snapshot(), &state)?;
+    admin(&req, &*snapshot_for(&req, &state).await?, &state)?;
     let now = chrono::Utc::now().timestamp();
     let sets = lifecycle::schedule(state.shared.pool(), state.shared.config(), now).await?;
     Ok(HttpResponse::Ok()
@@ -263,7 +284,7 @@ async fn rotate(
     payload: web::Payload,
     state: web::Data<InternalState>,
 ) -> Result<HttpResponse, ApiError> {
-    let client = admin(&req, &state.shared.snapshot(), &state)?.name.clone();
+    let client = admin(&req, &*snapshot_for(&req, &state).await?, &state)?.name.clone();
     let body = read_body(&req, payload).await?;
     let request: RotateRequest = if body.is_empty() { RotateRequest::default() } else { parse_json(&body)? };
     let shared = &state.shared;
@@ -281,7 +302,7 @@ async fn revoke(
     kid: web::Path<String>,
     state: web::Data<InternalState>,
 ) -> Result<HttpResponse, ApiError> {
-    let client = admin(&req, &state.shared.snapshot(), &state)?.name.clone();
+    let client = admin(&req, &*snapshot_for(&req, &state).await?, &state)?.name.clone();
     let shared = &state.shared;
     let now = chrono::Utc::now().timestamp();
     let (set, steps) = lifecycle::revoke(shared.pool(), shared.master(), shared.config(), &kid, now).await?;
@@ -454,7 +475,7 @@ async fn sign(
     payload: web::Payload,
     state: web::Data<InternalState>,
 ) -> Result<HttpResponse, ApiError> {
-    let snapshot = state.shared.snapshot();
+    let snapshot = snapshot_for(&req, &state).await?;
     let (client, profile) = authorize(&req, &snapshot, &state, &name)?;
     let request: SignRequest = json_body(&req, payload).await?;
     if request.cache.is_some() {
@@ -527,7 +548,7 @@ async fn token(
     payload: web::Payload,
     state: web::Data<InternalState>,
 ) -> Result<HttpResponse, ApiError> {
-    let snapshot = state.shared.snapshot();
+    let snapshot = snapshot_for(&req, &state).await?;
     let (client, profile) = authorize(&req, &snapshot, &state, &name)?;
     let request: SignRequest = json_body(&req, payload).await?;
     let exchange = profile
@@ -587,26 +608,16 @@ async fn token(
     Ok(no_store_json(&PartnerToken { token: issued.token, expires_at: issued.expires_at }))
 }
 
-#[derive(serde::Deserialize)]
-struct ExportQuery {
-    format: Option<String>,
-}
-
 #[utoipa::path(get, path = paths::PUBLIC_KEY, tag = "keys", security(("bearer" = [])),
-    params(("kid" = String, Path, description = "The key's kid"), ("format" = Option<String>, Query, description = "pem, pem-base64 or jwk (default)")),
+    params(("kid" = String, Path, description = "The key's kid"), ("format" = Option<String>, Query, description = "jwk (default), pem or pem-base64")),
     responses((status = 200, description = "The public key"), (status = 400, body = Problem), (status = 404, body = Problem)))]
 async fn public_key(
     req: HttpRequest,
     kid: web::Path<String>,
-    query: web::Query<ExportQuery>,
     state: web::Data<InternalState>,
 ) -> Result<HttpResponse, ApiError> {
-    authenticate(&req, &state.shared.snapshot(), &state)?;
-    let format_name = query.format.as_deref().unwrap_or("jwk");
-    let format = Format::parse(format_name).ok_or_else(|| ApiError::InvalidBody {
-        field: Some("format".into()),
-        detail: "format must be pem, pem-base64 or jwk".into(),
-    })?;
+    authenticate(&req, &*snapshot_for(&req, &state).await?, &state)?;
+    let format = export_format(req.query_string())?;
     let record = keystore::list(state.shared.pool())
         .await?
         .into_iter()
@@ -619,6 +630,26 @@ async fn public_key(
         Format::Jwk => "application/jwk+json",
     };
     Ok(HttpResponse::Ok().content_type(content_type).body(body))
+}
+
+/// The `format` of a public key request: the only query parameter, JWK when absent (as
+/// `keyward keys export`).
+fn export_format(query: &str) -> Result<Format, ApiError> {
+    let mut format = Format::DEFAULT;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if name != "format" {
+            return Err(ApiError::InvalidQuery {
+                parameter: name.to_owned(),
+                detail: format!("unknown query parameter {name:?}: this resource takes only format"),
+            });
+        }
+        format = Format::parse(value).ok_or_else(|| ApiError::InvalidQuery {
+            parameter: "format".to_owned(),
+            detail: format!("format must be one of {} (default jwk)", Format::NAMES.join(", ")),
+        })?;
+    }
+    Ok(format)
 }
 
 #[cfg(test)]

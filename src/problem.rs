@@ -9,9 +9,23 @@ use crate::exchange::ExchangeError;
 /// Every way an API request can fail.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// No or unknown bearer token.
+    /// No bearer token, or not in the `Authorization: Bearer` form.
     #[error("missing or invalid bearer token")]
     Unauthorized,
+    /// A bearer token that no active client has (checked against the store).
+    #[error("unknown bearer token")]
+    UnknownToken,
+    /// A bearer token not in the snapshot and not looked up (too many unknown tokens).
+    #[error("bearer token not recognised yet")]
+    TokenNotChecked,
+    /// A query parameter with a value it does not take.
+    #[error("invalid query parameter {parameter}: {detail}")]
+    InvalidQuery {
+        /// The parameter.
+        parameter: String,
+        /// What it takes.
+        detail: String,
+    },
     /// The client may not use this resource.
     #[error("client may not use {0}")]
     Forbidden(String),
@@ -83,7 +97,10 @@ pub struct Problem<'a> {
 impl ApiError {
     fn slug_and_title(&self) -> (&'static str, &'static str) {
         match self {
-            ApiError::Unauthorized => ("unauthorized", "Unauthorized"),
+            ApiError::Unauthorized | ApiError::UnknownToken | ApiError::TokenNotChecked => {
+                ("unauthorized", "Unauthorized")
+            }
+            ApiError::InvalidQuery { .. } => ("invalid-query", "Invalid query parameter"),
             ApiError::Forbidden(_) => ("forbidden", "Forbidden"),
             ApiError::NotFound(_) => ("not-found", "Not Found"),
             ApiError::MethodNotAllowed(_) => ("method-not-allowed", "Method Not Allowed"),
@@ -116,6 +133,20 @@ impl ApiError {
             ApiError::Unauthorized => {
                 "send Authorization: Bearer <client token> (create one with `keyward clients add`)".to_owned()
             }
+            ApiError::UnknownToken => "no active client has this token: it was revoked or replaced, or it belongs \
+                                       to another keyward database (`keyward clients list` shows the clients)"
+                .to_owned(),
+            ApiError::TokenNotChecked => {
+                "this token is not known yet and too many unknown tokens arrived to look it up now; retry in a \
+                 second"
+                    .to_owned()
+            }
+            ApiError::UnsupportedMediaType => {
+                "the body must be JSON sent with Content-Type: application/json (curl: -H 'Content-Type: \
+                 application/json', or --json)"
+                    .to_owned()
+            }
+            ApiError::InvalidQuery { detail, .. } => detail.clone(),
             ApiError::InvalidBody { detail, .. } | ApiError::Refused { detail, .. } => detail.clone(),
             other => other.to_string(),
         }
@@ -125,6 +156,7 @@ impl ApiError {
         match self {
             ApiError::InvalidBody { field, .. } => field.as_deref(),
             ApiError::Refused { field, .. } => Some(field),
+            ApiError::InvalidQuery { parameter, .. } => Some(parameter),
             _ => None,
         }
     }
@@ -133,7 +165,8 @@ impl ApiError {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized | ApiError::UnknownToken | ApiError::TokenNotChecked => StatusCode::UNAUTHORIZED,
+            ApiError::InvalidQuery { .. } => StatusCode::BAD_REQUEST,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -172,6 +205,13 @@ impl ResponseError for ApiError {
         match self {
             ApiError::Unauthorized => {
                 response.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"keyward\""));
+            }
+            ApiError::UnknownToken => {
+                response.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"keyward\", error=\"invalid_token\""));
+            }
+            ApiError::TokenNotChecked => {
+                response.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"keyward\", error=\"invalid_token\""));
+                response.insert_header((header::RETRY_AFTER, "1"));
             }
             ApiError::MethodNotAllowed(allow) => {
                 response.insert_header((header::ALLOW, *allow));

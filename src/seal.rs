@@ -22,7 +22,9 @@ const NONCE_LEN: usize = 12;
 #[derive(Debug, thiserror::Error)]
 pub enum SealError {
     /// The master key given is not base64 of 32 bytes.
-    #[error("the master key from {origin} is not base64 of exactly 32 bytes")]
+    #[error(
+        "the master key from {origin} is not base64 of exactly 32 bytes (make one with `openssl rand -base64 32`)"
+    )]
     BadMasterKey {
         /// Where it came from.
         origin: String,

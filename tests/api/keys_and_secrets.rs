@@ -412,7 +412,7 @@ async fn secrets_set_reads_standard_input_and_a_server_on_that_database_signs_wi
     // As `printf '%s\n' "$SECRET" | keyward secrets set partner-api`: the shell's newline goes.
     let mut piped = PARTNER_SECRET.to_vec();
     piped.push(b'\n');
-    let out = keyward_with_stdin(&path, &["secrets", "set", "partner-api"], &piped);
+    let out = keyward_with_stdin(&path, &["--init", "secrets", "set", "partner-api"], &piped);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(out.stdout.is_empty(), "stdout: {:?}", text(&out.stdout));
     assert!(!contains(&out.stderr, PARTNER_SECRET));
@@ -488,7 +488,7 @@ async fn public_keys_export_as_pem_pem_base64_and_jwk_equal_to_the_jwks() {
             assert!(out.status.success(), "{}", text(&out.stderr));
             assert_eq!(text(&out.stdout), pem);
             let out = keyward(dir, &["keys", "export", kid]);
-            assert_eq!(text(&out.stdout), pem, "pem is the CLI's default");
+            assert_eq!(&serde_json::from_slice::<Value>(&out.stdout).unwrap(), jwk, "jwk is the default, as the API's");
             let out = keyward(dir, &["keys", "export", kid, "--format", "pem-base64"]);
             assert!(out.status.success(), "{}", text(&out.stderr));
             assert_eq!(text(&out.stdout), format!("{pem_base64}\n"));
@@ -616,6 +616,8 @@ fn unusable_private_keys_are_refused_without_echoing_them() {
         ("garbage.pem", b"this is not a key at all\nAAAAbbbbCCCCddddEEEE\n".to_vec(), "not a PEM private key"),
         ("damaged.pem", damaged, ""),
     ];
+    // The database exists (only `serve` or `--init` creates one).
+    assert!(keyward(dir, &["--init", "keys", "list"]).status.success());
     for (name, pem, says) in cases {
         let file = write_pem(dir, name, &pem);
         let out = import(dir, &file, false);

@@ -1,6 +1,7 @@
 //! Integration tests: the real application on port 0, spoken to over HTTP.
 
 mod cli;
+mod first_hour;
 mod helpers;
 mod jwks;
 mod keys_and_secrets;

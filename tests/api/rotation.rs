@@ -275,7 +275,7 @@ async fn retired_keys_leave_no_private_material_in_the_database() {
 }
 
 /// Every set has exactly one current and one next key, and no kid seen before is lost.
-async fn assert_valid_state(db: &str, seen: &mut BTreeSet<String>) {
+async fn assert_valid_state(db: &std::path::Path, seen: &mut BTreeSet<String>) {
     let pool = keyward::db::connect(db).await.unwrap();
     let keys = keystore::list(&pool).await.unwrap();
     let count = |s: KeyState| keys.iter().filter(|k| k.state() == s).count();
@@ -330,7 +330,7 @@ async fn two_processes_on_one_database_rotate_once() {
         m
     });
     assert!(created.values().all(|n| *n <= 2), "more keys than one rotation makes in one second: {created:?}");
-    assert_valid_state(config.database_path(), &mut BTreeSet::new()).await;
+    assert_valid_state(&config.database_path(), &mut BTreeSet::new()).await;
 }
 
 #[tokio::test]
@@ -352,7 +352,7 @@ async fn a_process_killed_mid_rotation_restarts_into_a_valid_state() {
         tokio::time::sleep(Duration::from_millis(700 + 450 * round)).await;
         let _ = process.child.kill(); // SIGKILL
         let _ = process.child.wait();
-        assert_valid_state(config.database_path(), &mut seen).await;
+        assert_valid_state(&config.database_path(), &mut seen).await;
     }
     assert!(seen.len() >= 4, "too few rotations happened to test anything: {}", seen.len());
 }
