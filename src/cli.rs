@@ -18,9 +18,9 @@ use crate::export::{self, Format};
 use crate::keystore::KeyState;
 use crate::lifecycle::{self, ActionError};
 use crate::rotation::{Exposure, ImportAs, Moment, Refused, Step};
-use crate::seal::{self, MasterKey, MasterKeyOrigin};
+use crate::seal::{MasterKey, MasterKeyOrigin};
 use crate::startup::Application;
-use crate::{clients, db, keystore, ledger, secrets, telemetry};
+use crate::{clients, db, keystore, ledger, private_files, secrets, telemetry};
 
 /// keyward: JWKS issuer and key-management server.
 #[derive(Debug, Parser)]
@@ -29,6 +29,10 @@ pub struct Cli {
     /// Configuration file (default: ./keys.toml if present, else the built-in defaults).
     #[arg(long, global = true, env = "KEYWARD_CONFIG", value_name = "PATH")]
     config: Option<PathBuf>,
+    /// Start even if the database or the master key file is readable by group or others
+    /// (by default keyward refuses, as ssh does for keys: fix with `chmod 600 FILE`).
+    #[arg(long, global = true)]
+    allow_insecure_permissions: bool,
     /// Let a command other than serve create the database when there is none yet.
     #[arg(long, global = true)]
     init: bool,
@@ -349,9 +353,6 @@ async fn master_key(loaded: &LoadedConfig, pool: &SqlitePool, settings: EnvSetti
         MasterKeyOrigin::Environment => tracing::info!(master_key_id = key.id(), "master key from KEYWARD_MASTER_KEY"),
         MasterKeyOrigin::File(path) => {
             tracing::info!(master_key_id = key.id(), file = %path.display(), "master key from file");
-            if seal::key_file_is_shared(&path) {
-                tracing::warn!(file = %path.display(), "the master key file is readable by group or others: chmod 600 it");
-            }
         }
         MasterKeyOrigin::Generated(path) => tracing::warn!(
             master_key_id = key.id(),
@@ -362,6 +363,30 @@ async fn master_key(loaded: &LoadedConfig, pool: &SqlitePool, settings: EnvSetti
         ),
     }
     Ok(key)
+}
+
+/// The database and the master key file hold secrets (sealed keys, client-token hashes,
+/// who got which token): refuse to use them while group or others may read them, as ssh
+/// does for keys, unless the operator says otherwise.
+fn check_private_files(loaded: &LoadedConfig, allow_insecure: bool) -> anyhow::Result<()> {
+    let mut files = db::database_files(&loaded.config.database_path());
+    if std::env::var_os("KEYWARD_MASTER_KEY").is_none() {
+        files.push(loaded.config.server.master_key_file.clone());
+    }
+    for file in files {
+        let Some(mode) = private_files::shared_mode(&file) else { continue };
+        if allow_insecure {
+            tracing::warn!(file = %file.display(), mode = format!("{mode:04o}"), "readable by group or others (allowed by --allow-insecure-permissions)");
+        } else {
+            bail!(
+                "{} has mode {mode:04o}: group or others may read it, and it holds secrets. Fix: chmod 600 {} \
+                 (or start with --allow-insecure-permissions)",
+                file.display(),
+                file.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 fn now() -> i64 {
@@ -379,6 +404,9 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
         tracing::info!(config = %source, database = %database.display(), "starting keyward {}", env!("CARGO_PKG_VERSION"));
     } else {
         eprintln!("keyward: configuration {source}; database {}", database.display());
+    }
+    if !matches!(cli.command, Command::Healthcheck) {
+        check_private_files(&loaded, cli.allow_insecure_permissions)?;
     }
     let init = cli.init;
     match cli.command {

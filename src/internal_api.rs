@@ -21,7 +21,7 @@ use crate::ledger::{Entry, Ledger};
 use crate::lifecycle::{self, ActionError, Outcome};
 use crate::problem::{ApiError, Problem};
 use crate::profiles::{Prepared, Profile, Refusal, RefusalKind, SignRequest, SignedBy};
-use crate::public_api::{status_json, HealthStatus};
+use crate::public_api::{readiness_json, status_json, HealthStatus};
 use crate::ratelimit::{Limit, RateLimiter};
 use crate::rotation::{Exposure, Refused, Step};
 use crate::state::{Recheck, Shared, Snapshot};
@@ -208,14 +208,10 @@ async fn healthz() -> HttpResponse {
 }
 
 #[utoipa::path(method(get, head), path = paths::READYZ, tag = "operations",
-    responses((status = 200, description = "Ready: the database answers and every key set can sign", body = HealthStatus),
-        (status = 503, description = "Not ready", body = HealthStatus, content_type = "application/json")))]
+    responses((status = 200, description = "Ready: the database answers, the ledger commits and every key set can sign", body = HealthStatus),
+        (status = 503, description = "Not ready; `reason` says why", body = HealthStatus, content_type = "application/json")))]
 async fn readyz(state: web::Data<InternalState>) -> HttpResponse {
-    if state.shared.is_ready() {
-        status_json(HttpResponse::Ok(), "ready")
-    } else {
-        status_json(HttpResponse::ServiceUnavailable(), "not ready")
-    }
+    readiness_json(state.shared.readiness())
 }
 
 /// The request's bearer token, if it sent one in the `Authorization: Bearer` form.

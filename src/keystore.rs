@@ -264,7 +264,7 @@ pub async fn list_set(executor: impl sqlx::SqliteExecutor<'_>, set: &str) -> any
 
 /// Writes new and changed records; the one current key last, so that the old current key
 /// has stopped signing before the new one starts (one current key per set, always).
-async fn persist(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, mut records: Vec<KeyRecord>) -> anyhow::Result<()> {
+async fn persist(tx: &mut sqlx::SqliteConnection, mut records: Vec<KeyRecord>) -> anyhow::Result<()> {
     records.sort_by_key(|r| r.state() == KeyState::Current);
     for record in &records {
         sqlx::query(&format!(
@@ -286,7 +286,7 @@ async fn persist(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, mut records: Vec<
         .bind(record.deactivated_at)
         .bind(record.retired_at)
         .bind(record.revoked_at)
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await
         .with_context(|| format!("storing key {}", record.kid))?;
     }

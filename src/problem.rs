@@ -111,7 +111,10 @@ impl ApiError {
             ApiError::Refused { .. } => ("request-refused", "Request refused by the profile"),
             ApiError::Conflict(_) => ("conflict", "Conflict"),
             ApiError::TooManyRequests(_) => ("rate-limited", "Too Many Requests"),
-            ApiError::NotRecorded => ("not-recorded", "The issuance could not be recorded"),
+            // The same for /token (the assertion behind it): callers handle one type.
+            ApiError::NotRecorded | ApiError::Upstream(ExchangeError::NotRecorded) => {
+                ("not-recorded", "The issuance could not be recorded")
+            }
             ApiError::TooLarge(_) => ("body-too-large", "Request body too large"),
             ApiError::BodyTimeout(_) => ("body-timeout", "Request Timeout"),
             ApiError::UnsupportedMediaType => ("unsupported-media-type", "Unsupported Media Type"),

@@ -8,6 +8,7 @@ mod keys_and_secrets;
 mod openapi;
 mod operations;
 mod partners;
+mod reliability;
 mod rotation;
 mod sign;
 mod storage;
