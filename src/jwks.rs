@@ -6,7 +6,7 @@ use base64::Engine;
 use bytes::Bytes;
 use serde::Serialize;
 
-use crate::duration::Duration;
+use crate::config::Duration;
 use crate::keys::PublicKey;
 use crate::keystore::{KeyRecord, KeyState};
 

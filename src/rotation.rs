@@ -634,7 +634,7 @@ mod tests {
         let mut config = Config::default();
         let mut second = config.profiles[0].clone();
         second.name = "longer".into();
-        second.max_ttl = crate::duration::Duration::from_secs(3_599);
+        second.max_ttl = crate::config::Duration::from_secs(3_599);
         config.profiles.push(second);
         let p = Policy::for_set(&config, &config.key_sets[0]);
         assert_eq!(p.retain_for, 3_599 + DAY);

@@ -5,10 +5,10 @@ use std::time::Duration;
 use sqlx::SqlitePool;
 use tokio::sync::watch;
 
+use crate::app::ledger;
+use crate::app::metrics::Metrics;
 use crate::config::Config;
 use crate::keystore;
-use crate::ledger;
-use crate::metrics::Metrics;
 use crate::rotation::{self, Policy};
 use crate::seal::MasterKey;
 use crate::state::Shared;

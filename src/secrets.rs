@@ -7,8 +7,9 @@ use anyhow::Context;
 use serde::Serialize;
 use sqlx::{Row, SqlitePool};
 
-use crate::config::{Config, HmacAlgorithm};
+use crate::config::Config;
 use crate::db;
+use crate::keys::HmacAlgorithm;
 use crate::keys::SecretKey;
 use crate::seal::MasterKey;
 

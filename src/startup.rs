@@ -10,16 +10,17 @@ use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use tokio::sync::watch;
 
+use crate::app::ledger::{Ledger, Writer};
+use crate::app::metrics::Metrics;
 use crate::config::{self, Config};
 use crate::db;
-use crate::internal_api::{self, InternalState};
-use crate::ledger::{Ledger, Writer};
-use crate::metrics::Metrics;
-use crate::profiles::Profile;
-use crate::public_api::{self, PublicState};
+use crate::http::internal::{self, InternalState};
+use crate::http::middleware;
+use crate::http::public::{self, PublicState};
+use crate::policy::profile::Profile;
 use crate::seal::MasterKey;
 use crate::state::Shared;
-use crate::{keystore, request_log, scheduler};
+use crate::{keystore, scheduler};
 
 /// How many seconds in-flight requests get to finish at shutdown.
 const SHUTDOWN_GRACE_SECS: u64 = 10;
@@ -86,7 +87,7 @@ impl Application {
 
         let public_state = web::Data::new(PublicState::new(Arc::clone(&shared), routes));
         let public = HttpServer::new(move || {
-            App::new().wrap(from_fn(request_log::quiet)).app_data(public_state.clone()).configure(public_api::configure)
+            App::new().wrap(from_fn(middleware::quiet)).app_data(public_state.clone()).configure(public::configure)
         })
         .workers(workers)
         .disable_signals()
@@ -95,10 +96,7 @@ impl Application {
         .run();
         let internal_state = web::Data::new(InternalState::new(Arc::clone(&shared), profiles, ledger));
         let internal = HttpServer::new(move || {
-            App::new()
-                .wrap(from_fn(request_log::logged))
-                .app_data(internal_state.clone())
-                .configure(internal_api::configure)
+            App::new().wrap(from_fn(middleware::logged)).app_data(internal_state.clone()).configure(internal::configure)
         })
         .workers(workers)
         .disable_signals()

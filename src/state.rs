@@ -10,14 +10,14 @@ use anyhow::Context;
 use sqlx::SqlitePool;
 use tokio::sync::watch;
 
+use crate::app::ledger::LedgerHealth;
+use crate::app::metrics::Metrics;
 use crate::clients::{self, ClientDirectory};
 use crate::config::Config;
 use crate::db;
 use crate::jwks::{self, JwksDocument};
 use crate::keys::{PublicKey, SecretKey, SigningKey};
 use crate::keystore::{self, KeyState};
-use crate::ledger::LedgerHealth;
-use crate::metrics::Metrics;
 use crate::rotation::{self, Policy};
 use crate::seal::MasterKey;
 use crate::secrets;

@@ -5,8 +5,8 @@
 
 use std::collections::BTreeSet;
 
+use keyward::config::Duration as Span;
 use keyward::config::{ExchangeConfig, ExchangeStyle};
-use keyward::duration::Duration as Span;
 use keyward::keys::Algorithm;
 use keyward::keystore::{self, KeyState};
 use reqwest::Method;

@@ -9,10 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use keyward::config::{Config, HmacAlgorithm, ProfileConfig};
-use keyward::duration::Duration as Span;
+use keyward::app::ledger::{self, Entry, Filter};
+use keyward::config::Duration as Span;
+use keyward::config::{Config, ProfileConfig};
 use keyward::keys::Algorithm;
-use keyward::ledger::{self, Entry, Filter};
+use keyward::keys::HmacAlgorithm;
 use keyward::seal::MasterKey;
 use serde_json::{json, Value};
 use sqlx::SqlitePool;

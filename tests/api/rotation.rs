@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keyward::config::Config;
-use keyward::duration::Duration as Span;
+use keyward::config::Duration as Span;
 use keyward::keys::Algorithm;
 use keyward::keystore::{self, KeyState};
 use serde_json::{json, Value};

@@ -265,7 +265,7 @@ async fn a_body_that_trickles_in_gets_408_and_the_connection_is_closed() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = spawn_app_with(|c| {
         c.key_sets[0].algorithm = Algorithm::Es256;
-        c.server.request_body_timeout = keyward::duration::Duration::from_secs(1);
+        c.server.request_body_timeout = keyward::config::Duration::from_secs(1);
     })
     .await;
     let token = app.client("backend", &[PROFILE]).await;
@@ -361,7 +361,7 @@ async fn every_internal_route_is_in_the_generated_openapi_document() {
     let doc: serde_json::Value =
         app.http.get(format!("{}/openapi.json", app.internal)).send().await.unwrap().json().await.unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{}", doc["openapi"]);
-    for (method, path) in keyward::internal_api::ROUTES {
+    for (method, path) in keyward::http::internal::ROUTES {
         assert!(doc["paths"][path][method].is_object(), "{method} {path} is not documented");
         // The router serves it too: the request never falls through to the catch-all 404.
         let url = path.replace("{profile}", PROFILE).replace("{name}", "npm").replace("{kid}", "some-kid");
@@ -372,7 +372,7 @@ async fn every_internal_route_is_in_the_generated_openapi_document() {
     }
     assert_eq!(
         doc["paths"].as_object().unwrap().len(),
-        keyward::internal_api::ROUTES.len(),
+        keyward::http::internal::ROUTES.len(),
         "documented routes that do not exist"
     );
     assert!(doc["components"]["schemas"]["SignRequest"].is_object());

@@ -19,8 +19,8 @@ use sqlx::pool::PoolConnection;
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::app::metrics::Metrics;
 use crate::db::WriteTx;
-use crate::metrics::Metrics;
 
 /// Rows one transaction takes at most.
 const MAX_BATCH: usize = 1_024;

@@ -8,10 +8,9 @@ use regex::Regex;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::config::{
-    parse_instant, ClaimType, ExchangeConfig, HmacAlgorithm, ProfileConfig, DEFAULT_CLAIM_TYPE, TTL_HARD_CAP,
-};
-use crate::duration::Duration;
+use crate::config::Duration;
+use crate::config::{parse_instant, ClaimType, ExchangeConfig, ProfileConfig, DEFAULT_CLAIM_TYPE, TTL_HARD_CAP};
+use crate::keys::HmacAlgorithm;
 
 /// What signs a profile's tokens.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,17 +12,18 @@ use rand::RngCore;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::app::ledger::{Entry, Ledger};
 use crate::clients::Client;
 use crate::config::ExchangeStyle;
-use crate::exchange::{self, ExchangeError, TokenCache};
-use crate::export::{self, Format};
+use crate::http::problem::{ApiError, Problem};
+use crate::http::public::{readiness_json, status_json, HealthStatus};
+use crate::keys::export::{self, Format};
 use crate::keystore;
-use crate::ledger::{Entry, Ledger};
 use crate::lifecycle::{self, ActionError, Outcome};
-use crate::problem::{ApiError, Problem};
-use crate::profiles::{Prepared, Profile, Refusal, RefusalKind, SignRequest, SignedBy};
-use crate::public_api::{readiness_json, status_json, HealthStatus};
-use crate::ratelimit::{Limit, RateLimiter};
+use crate::partner::cache::TokenCache;
+use crate::partner::exchange::{self, ExchangeError};
+use crate::policy::profile::{Prepared, Profile, Refusal, RefusalKind, SignRequest, SignedBy};
+use crate::policy::ratelimit::{Limit, RateLimiter};
 use crate::rotation::{Exposure, Refused, Step};
 use crate::state::{Recheck, Shared, Snapshot};
 

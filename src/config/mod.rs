@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::duration::Duration;
-use crate::keys::Algorithm;
+use crate::keys::{Algorithm, HmacAlgorithm};
+
+mod duration;
+pub use duration::Duration;
 
 /// Claims a caller may never set: they are fixed by the profile or by keyward.
 pub const REGISTERED_CLAIMS: [&str; 7] = ["iss", "sub", "aud", "exp", "nbf", "iat", "jti"];
@@ -271,35 +273,6 @@ fn default_claim_max_length() -> usize {
 }
 fn default_claim_max_items() -> usize {
     16
-}
-
-/// The HMAC algorithms of shared-secret profiles.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum HmacAlgorithm {
-    /// HMAC with SHA-256.
-    #[serde(rename = "HS256")]
-    Hs256,
-    /// HMAC with SHA-512.
-    #[serde(rename = "HS512")]
-    Hs512,
-}
-
-impl HmacAlgorithm {
-    /// The JOSE name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HmacAlgorithm::Hs256 => "HS256",
-            HmacAlgorithm::Hs512 => "HS512",
-        }
-    }
-
-    /// The shortest secret RFC 7518 allows: the hash's output size.
-    pub fn min_secret_len(self) -> usize {
-        match self {
-            HmacAlgorithm::Hs256 => 32,
-            HmacAlgorithm::Hs512 => 64,
-        }
-    }
 }
 
 /// `[profile.exchange]`: trading our assertion or key for a partner's token.
@@ -990,7 +963,7 @@ mod tests {
     }
 
     fn example_with(replace: &str, with: &str) -> Result<Config, ConfigError> {
-        let text = include_str!("../keys.example");
+        let text = include_str!("../../keys.example");
         assert!(text.contains(replace), "keys.example lacks {replace:?}");
         let config = parse_toml(&text.replacen(replace, with, 1), "keys.toml")?;
         validate(&config, "keys.toml")?;
@@ -1006,7 +979,7 @@ mod tests {
 
     #[test]
     fn keys_example_is_exactly_the_built_in_defaults() {
-        let parsed = parse_toml(include_str!("../keys.example"), "keys.example").unwrap();
+        let parsed = parse_toml(include_str!("../../keys.example"), "keys.example").unwrap();
         assert_eq!(parsed, Config::default());
         validate(&parsed, "keys.example").unwrap();
     }
@@ -1038,7 +1011,7 @@ mod tests {
 
     #[test]
     fn parse_errors_give_the_right_line_and_name_missing_fields() {
-        let text = include_str!("../keys.example");
+        let text = include_str!("../../keys.example");
         let line = text.lines().position(|l| l.starts_with("rsa_bits")).unwrap() + 1;
         let msg = error_of("rsa_bits = 2048", "rsa_bitz = 2048");
         assert!(msg.contains(&format!("(line {line})")), "expected line {line}: {msg}");
@@ -1122,7 +1095,7 @@ mod tests {
 
     #[test]
     fn every_duration_may_be_as_short_as_one_second() {
-        let text = include_str!("../keys.example")
+        let text = include_str!("../../keys.example")
             .replace(r#"jwks_max_age = "5m""#, r#"jwks_max_age = "1s""#)
             .replace(r#"clock_skew = "60s""#, r#"clock_skew = "1s""#)
             .replace(r#"publish_ahead = "24h""#, r#"publish_ahead = "2s""#)
@@ -1143,7 +1116,7 @@ name = "other"
 algorithm = "ES256"
 jwks_paths = ["/.well-known/jwks.json"]
 "#;
-        let text = format!("{}\n{second}", include_str!("../keys.example"));
+        let text = format!("{}\n{second}", include_str!("../../keys.example"));
         let config = parse_toml(&text, "keys.toml").unwrap();
         let msg = validate(&config, "keys.toml").unwrap_err().to_string();
         assert!(msg.contains(r#"[[key_set]] "other", field jwks_paths"#), "{msg}");
@@ -1166,7 +1139,7 @@ jwks_paths = ["/.well-known/jwks.json"]
         let uncommented = example_with("# allowed_claim_types = ", "allowed_claim_types = ").unwrap();
         assert_eq!(uncommented.profiles[0].allowed_claim_types["obo_user"], ClaimType::String { max_length: 320 });
         assert_eq!(types["roles"], ClaimType::StringArray { max_items: 8, max_length: 256 });
-        let line = include_str!("../keys.example").lines().position(|l| l.starts_with(names)).unwrap() + 2;
+        let line = include_str!("../../keys.example").lines().position(|l| l.starts_with(names)).unwrap() + 2;
         let cases = [
             (r#"{ roles = { type = "float" } }"#, "field allowed_claim_types"),
             (r#"{ roles = { type = "string", max_len = 5 } }"#, "field allowed_claim_types"),
@@ -1302,7 +1275,7 @@ jwks_paths = ["/.well-known/jwks.json"]
     fn relative_paths_in_a_file_are_relative_to_its_folder_and_absolute_ones_stay() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("keys.toml");
-        let text = include_str!("../keys.example")
+        let text = include_str!("../../keys.example")
             .replace(r#"master_key_file = "data/master.key""#, r#"master_key_file = "/secure/master.key""#);
         std::fs::write(&file, text).unwrap();
         let loaded = load(ConfigSource::File(file), &HashMap::new()).unwrap();

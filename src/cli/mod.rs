@@ -12,15 +12,18 @@ use anyhow::{bail, Context};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use sqlx::SqlitePool;
 
+use crate::app::ledger;
 use crate::clients::ClientError;
 use crate::config::{self, EnvSettings, LoadedConfig, LogFormat};
-use crate::export::{self, Format};
+use crate::keys::export::{self, Format};
 use crate::keystore::KeyState;
 use crate::lifecycle::{self, ActionError};
 use crate::rotation::{Exposure, ImportAs, Moment, Refused, Step};
 use crate::seal::{MasterKey, MasterKeyOrigin};
 use crate::startup::Application;
-use crate::{clients, db, keystore, ledger, private_files, secrets, telemetry};
+use crate::{clients, db, keystore, private_files, secrets};
+
+mod telemetry;
 
 /// keyward: JWKS issuer and key-management server.
 #[derive(Debug, Parser)]
@@ -707,7 +710,7 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
         }
         Command::Clients(ClientsCommand::Rotate { name, grace }) => {
             let grace = match grace {
-                Some(text) => crate::duration::Duration::parse(&text)
+                Some(text) => crate::config::Duration::parse(&text)
                     .map_err(|why| anyhow::anyhow!("--grace {text:?}: {why}"))?
                     .as_secs_i64(),
                 None => 0,
@@ -735,7 +738,7 @@ async fn check_config(loaded: &LoadedConfig, settings: EnvSettings) -> anyhow::R
     let config = &loaded.config;
     let (source, database) = describe(loaded);
     for profile in &config.profiles {
-        crate::profiles::Profile::compile(profile)?;
+        crate::policy::profile::Profile::compile(profile)?;
     }
     let env_key = std::env::var("KEYWARD_MASTER_KEY").ok();
     let file = &config.server.master_key_file;
@@ -794,7 +797,7 @@ fn audit_instant(text: &str, now: i64) -> Option<i64> {
     if let Ok(date) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
         return date.and_hms_opt(0, 0, 0).map(|t| t.and_utc().timestamp());
     }
-    crate::duration::Duration::parse(text).ok().map(|age| now - age.as_secs_i64())
+    crate::config::Duration::parse(text).ok().map(|age| now - age.as_secs_i64())
 }
 
 /// Prints the onboarding values on standard output, then checks that the set's current and

@@ -4,7 +4,7 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
-use crate::exchange::ExchangeError;
+use crate::partner::exchange::ExchangeError;
 
 /// Every way an API request can fail.
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +74,7 @@ pub enum ApiError {
     NoSigningKey(String),
     /// The partner did not give us a token.
     #[error(transparent)]
-    Upstream(#[from] crate::exchange::ExchangeError),
+    Upstream(#[from] crate::partner::exchange::ExchangeError),
     /// Anything else: logged in full, answered with a generic 500.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),

@@ -14,7 +14,10 @@ use josekit::jwt::JwtPayload;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::config::HmacAlgorithm;
+mod algorithm;
+pub mod export;
+
+pub use algorithm::HmacAlgorithm;
 
 /// A signing algorithm keyward can hold keys for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -1,0 +1,6 @@
+//! HTTP: problem+json errors, request logging, the public and the internal listener.
+
+pub mod internal;
+pub mod middleware;
+pub mod problem;
+pub mod public;

@@ -1,0 +1,4 @@
+//! Policy: what a profile lets a caller sign, and how often a client may ask.
+
+pub mod profile;
+pub mod ratelimit;
