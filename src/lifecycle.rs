@@ -5,9 +5,10 @@ use serde::Serialize;
 use sqlx::SqlitePool;
 
 use crate::config::{Config, KeySetConfig};
+use crate::keys::rotation::{self, Exposure, ImportAs, Refused, Step};
+use crate::keys::timeline::{self, Timeline};
+use crate::keys::KeyState;
 use crate::keystore;
-use crate::keystore::KeyState;
-use crate::rotation::{self, Exposure, ImportAs, Policy, Refused, Step, Timeline};
 use crate::seal::MasterKey;
 
 /// Why an operator action was not carried out.
@@ -47,7 +48,7 @@ pub async fn rotate(
     force: bool,
 ) -> Result<Vec<Step>, ActionError> {
     let set = key_set(config, set)?;
-    let policy = Policy::for_set(config, set);
+    let policy = config.policy(set);
     Ok(keystore::execute(pool, master, set, now, |keys| Ok(rotation::rotate_now(keys, &policy, now, force)?)).await?)
 }
 
@@ -84,7 +85,7 @@ impl Outcome {
         let changes_signer = steps.iter().any(|s| matches!(s, Step::Promote { .. } | Step::CreateCurrent));
         let new_signer = if changes_signer {
             let keys = keystore::list_set(pool, &set.name).await.context("reading keys")?;
-            let policy = Policy::for_set(config, set);
+            let policy = config.policy(set);
             keys.iter().find(|k| k.state() == KeyState::Current).map(|k| rotation::exposure(k, &policy, now))
         } else {
             None
@@ -123,7 +124,7 @@ pub async fn import(
     now: i64,
 ) -> Result<(String, Outcome), ActionError> {
     let set = key_set(config, set)?;
-    let policy = Policy::for_set(config, set);
+    let policy = config.policy(set);
     let (kid, steps) = keystore::import(pool, master, set, pem, now, |keys, imported| {
         Ok(rotation::import(keys, imported, &policy, now, how)?)
     })
@@ -150,14 +151,14 @@ pub struct SetSchedule {
 pub async fn schedule(pool: &SqlitePool, config: &Config, now: i64) -> anyhow::Result<Vec<SetSchedule>> {
     let mut sets = Vec::with_capacity(config.key_sets.len());
     for set in &config.key_sets {
-        let policy = Policy::for_set(config, set);
+        let policy = config.policy(set);
         let keys = keystore::list_set(pool, &set.name).await.context("reading keys")?;
         sets.push(SetSchedule {
             name: set.name.clone(),
             rotate_every: policy.rotate_every,
             publish_ahead: policy.publish_ahead,
             retain_for: policy.retain_for,
-            keys: rotation::timeline(&keys, &policy, now),
+            keys: timeline::timeline(&keys, &policy, now),
         });
     }
     Ok(sets)

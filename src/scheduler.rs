@@ -8,8 +8,8 @@ use tokio::sync::watch;
 use crate::app::ledger;
 use crate::app::metrics::Metrics;
 use crate::config::Config;
+use crate::keys::rotation;
 use crate::keystore;
-use crate::rotation::{self, Policy};
 use crate::seal::MasterKey;
 use crate::state::Shared;
 
@@ -39,7 +39,7 @@ pub async fn run_due(
 ) -> Pass {
     let mut pass = Pass { changed: false, wake_at: now + MAX_SLEEP_SECS };
     for set in &config.key_sets {
-        let policy = Policy::for_set(config, set);
+        let policy = config.policy(set);
         let done = keystore::execute(pool, master, set, now, |keys| Ok(rotation::plan(keys, &policy, now).steps)).await;
         match done {
             Ok(steps) => {

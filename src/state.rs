@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use actix_web::http::header::HeaderValue;
+use actix_web::web::Bytes;
 use anyhow::Context;
 use sqlx::SqlitePool;
 use tokio::sync::watch;
@@ -15,10 +17,9 @@ use crate::app::metrics::Metrics;
 use crate::clients::{self, ClientDirectory};
 use crate::config::Config;
 use crate::db;
-use crate::jwks::{self, JwksDocument};
-use crate::keys::{PublicKey, SecretKey, SigningKey};
-use crate::keystore::{self, KeyState};
-use crate::rotation::{self, Policy};
+use crate::keys::jwks::{self, JwksDocument};
+use crate::keys::{timeline, KeyState, PublicKey, SecretKey, SigningKey};
+use crate::keystore;
 use crate::seal::MasterKey;
 use crate::secrets;
 
@@ -46,7 +47,28 @@ pub struct KeySetView {
     /// When the signing key is planned to hand over (Unix seconds).
     pub rotation_at: Option<i64>,
     /// The JWKS served at the set's paths.
-    pub jwks: Arc<JwksDocument>,
+    pub jwks: Arc<ServedJwks>,
+}
+
+/// A set's JWKS as served, made once per key change: the header values too, since cloning
+/// one is a reference count, where building one per request would copy and check it.
+#[derive(Debug, Clone)]
+pub struct ServedJwks {
+    /// `{"keys":[...]}`.
+    pub body: Bytes,
+    /// Strong entity tag, quoted.
+    pub etag: String,
+    /// The `ETag` and `Cache-Control` header values.
+    pub headers: (HeaderValue, HeaderValue),
+}
+
+impl From<JwksDocument> for ServedJwks {
+    fn from(doc: JwksDocument) -> Self {
+        // Quotes, base64url, digits and letters: always a valid header value.
+        let header = |text: &str| HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static(""));
+        let headers = (header(&doc.etag), header(&doc.cache_control));
+        ServedJwks { body: Bytes::from(doc.body), etag: doc.etag, headers }
+    }
 }
 
 /// Everything requests read, consistent as of one database generation.
@@ -201,11 +223,11 @@ impl Shared {
                 }
                 None => None,
             };
-            let jwks = Arc::new(jwks::document(&published, set.jwks_max_age));
+            let jwks = Arc::new(ServedJwks::from(jwks::document(&published, set.jwks_max_age.as_secs())));
             let public = current.map(|r| Arc::new(r.public.clone()));
             let activated_at = current.and_then(|r| r.activated_at);
             let set_keys: Vec<_> = records.iter().filter(|r| r.key_set == set.name).cloned().collect();
-            let rotation_at = rotation::timeline(&set_keys, &Policy::for_set(&self.config, set), generation_time())
+            let rotation_at = timeline::timeline(&set_keys, &self.config.policy(set), generation_time())
                 .into_iter()
                 .find(|t| t.state == KeyState::Current)
                 .and_then(|t| t.signing_until.map(|m| m.at));

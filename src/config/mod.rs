@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::keys::rotation::Policy;
 use crate::keys::{Algorithm, HmacAlgorithm};
 
 mod duration;
@@ -943,6 +944,26 @@ impl KeySetConfig {
 }
 
 impl Config {
+    /// The rotation policy of `set`: retention covers the longest `max_ttl` of the
+    /// profiles that use the set (an hour, the hard cap, if none does).
+    pub fn policy(&self, set: &KeySetConfig) -> Policy {
+        let max_ttl = self
+            .profiles
+            .iter()
+            .filter(|p| p.key_set.as_deref() == Some(set.name.as_str()))
+            .map(|p| p.max_ttl)
+            .max()
+            .unwrap_or(TTL_HARD_CAP);
+        Policy {
+            algorithm: set.algorithm,
+            rsa_bits: set.rsa_bits,
+            rotate_every: set.rotate_every.as_secs_i64(),
+            publish_ahead: set.publish_ahead.as_secs_i64(),
+            retain_for: max_ttl.as_secs_i64().saturating_add(set.retain_after.as_secs_i64()),
+            cache_window: set.cache_window().as_secs_i64(),
+        }
+    }
+
     /// The key set named `name`.
     pub fn key_set(&self, name: &str) -> Option<&KeySetConfig> {
         self.key_sets.iter().find(|s| s.name == name)
@@ -1291,5 +1312,19 @@ jwks_paths = ["/.well-known/jwks.json"]
     fn a_missing_file_is_a_clear_error() {
         let err = load(ConfigSource::File(PathBuf::from("/nonexistent/keys.toml")), &HashMap::new()).unwrap_err();
         assert!(err.to_string().starts_with("/nonexistent/keys.toml: file: cannot read"), "{err}");
+    }
+
+    #[test]
+    fn retention_covers_the_longest_max_ttl_of_the_sets_profiles() {
+        let mut config = Config::default();
+        let mut second = config.profiles[0].clone();
+        second.name = "longer".into();
+        second.max_ttl = Duration::from_secs(3_599);
+        config.profiles.push(second);
+        let p = config.policy(&config.key_sets[0]);
+        const DAY: i64 = 86_400;
+        assert_eq!(p.retain_for, 3_599 + DAY);
+        config.profiles.clear();
+        assert_eq!(config.policy(&config.key_sets[0]).retain_for, 3_600 + DAY);
     }
 }

@@ -9,7 +9,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use prometheus_client::metrics::counter::Counter;
 
 use crate::http::problem::ApiError;
-use crate::jwks;
+use crate::keys::jwks;
 use crate::state::Shared;
 
 /// What the public handlers need.

@@ -16,8 +16,13 @@ use zeroize::Zeroizing;
 
 mod algorithm;
 pub mod export;
+pub mod jwks;
+pub mod rotation;
+mod state;
+pub mod timeline;
 
 pub use algorithm::HmacAlgorithm;
+pub use state::{KeyRecord, KeyState};
 
 /// A signing algorithm keyward can hold keys for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -100,7 +100,7 @@ impl TestApp {
         let now = chrono::Utc::now().timestamp();
         let steps = keyward::lifecycle::rotate(&self.pool, &self.master, &self.config, set, now, true).await.unwrap();
         match &steps[0] {
-            keyward::rotation::Step::Promote { kid } => kid.clone(),
+            keyward::keys::rotation::Step::Promote { kid } => kid.clone(),
             other => panic!("unexpected {other:?}"),
         }
     }

@@ -8,7 +8,8 @@ use std::collections::BTreeSet;
 use keyward::config::Duration as Span;
 use keyward::config::{ExchangeConfig, ExchangeStyle};
 use keyward::keys::Algorithm;
-use keyward::keystore::{self, KeyState};
+use keyward::keys::KeyState;
+use keyward::keystore;
 use reqwest::Method;
 use serde_json::{json, Value};
 

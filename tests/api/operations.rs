@@ -873,7 +873,7 @@ async fn backup_while_running_holds_the_keys_and_ledger_and_restores_the_same_jw
     std::fs::copy(&file, restored.path().join("keyward.db")).unwrap();
 
     let copy = keyward::db::connect(file.to_str().unwrap()).await.unwrap();
-    let describe = |keys: Vec<keyward::keystore::KeyRecord>| -> Vec<(Value, Option<Vec<u8>>)> {
+    let describe = |keys: Vec<keyward::keys::KeyRecord>| -> Vec<(Value, Option<Vec<u8>>)> {
         keys.into_iter().map(|k| (serde_json::to_value(&k).unwrap(), k.sealed_private)).collect()
     };
     let original_keys = describe(keyward::keystore::list(&app.pool).await.unwrap());

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use keyward::config::Config;
 use keyward::config::Duration as Span;
 use keyward::keys::Algorithm;
-use keyward::keystore::{self, KeyState};
+use keyward::keys::{KeyRecord, KeyState};
+use keyward::keystore;
 use serde_json::{json, Value};
 
 use crate::helpers::{serve, spawn_app_with, test_config, wait_healthy, TestApp};
@@ -361,7 +362,7 @@ fn utc(ts: i64) -> String {
     chrono::DateTime::from_timestamp(ts, 0).unwrap().format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
-async fn key(pool: &sqlx::SqlitePool, kid: &str) -> keystore::KeyRecord {
+async fn key(pool: &sqlx::SqlitePool, kid: &str) -> KeyRecord {
     keystore::list(pool).await.unwrap().into_iter().find(|k| k.kid == kid).unwrap()
 }
 

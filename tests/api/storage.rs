@@ -1,7 +1,8 @@
 //! Keys at rest: sealed, bound to their row, and useless without the right master key.
 
 use keyward::keys::Algorithm;
-use keyward::keystore::{self, KeyRecord};
+use keyward::keys::KeyRecord;
+use keyward::keystore;
 use keyward::seal::MasterKey;
 use keyward::startup::Application;
 

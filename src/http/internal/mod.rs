@@ -18,13 +18,13 @@ use crate::config::ExchangeStyle;
 use crate::http::problem::{ApiError, Problem};
 use crate::http::public::{readiness_json, status_json, HealthStatus};
 use crate::keys::export::{self, Format};
+use crate::keys::rotation::{Exposure, Refused, Step};
 use crate::keystore;
 use crate::lifecycle::{self, ActionError, Outcome};
 use crate::partner::cache::TokenCache;
 use crate::partner::exchange::{self, ExchangeError};
 use crate::policy::profile::{Prepared, Profile, Refusal, RefusalKind, SignRequest, SignedBy};
 use crate::policy::ratelimit::{Limit, RateLimiter};
-use crate::rotation::{Exposure, Refused, Step};
 use crate::state::{Recheck, Shared, Snapshot};
 
 /// Route paths, shared by the router and the OpenAPI document.

@@ -13,9 +13,7 @@
 
 use serde::Serialize;
 
-use crate::config::{Config, KeySetConfig, TTL_HARD_CAP};
-use crate::keys::Algorithm;
-use crate::keystore::{KeyRecord, KeyState};
+use super::{Algorithm, KeyRecord, KeyState};
 
 /// One key set's timing rules, in seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,28 +33,8 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// The policy of `set` under `config`: retention covers the longest `max_ttl` of the
-    /// profiles that use the set (an hour, the hard cap, if none does).
-    pub fn for_set(config: &Config, set: &KeySetConfig) -> Self {
-        let max_ttl = config
-            .profiles
-            .iter()
-            .filter(|p| p.key_set.as_deref() == Some(set.name.as_str()))
-            .map(|p| p.max_ttl)
-            .max()
-            .unwrap_or(TTL_HARD_CAP);
-        Policy {
-            algorithm: set.algorithm,
-            rsa_bits: set.rsa_bits,
-            rotate_every: set.rotate_every.as_secs_i64(),
-            publish_ahead: set.publish_ahead.as_secs_i64(),
-            retain_for: max_ttl.as_secs_i64().saturating_add(set.retain_after.as_secs_i64()),
-            cache_window: set.cache_window().as_secs_i64(),
-        }
-    }
-
     /// Whether a key is of the kind this policy makes (the configuration may have changed).
-    fn fits(&self, key: &KeyRecord) -> bool {
+    pub(super) fn fits(&self, key: &KeyRecord) -> bool {
         key.algorithm == self.algorithm && (!self.algorithm.is_rsa() || key.public.rsa_bits() == Some(self.rsa_bits))
     }
 }
@@ -150,12 +128,12 @@ fn find(keys: &[KeyRecord], state: KeyState) -> impl Iterator<Item = &KeyRecord>
     keys.iter().filter(move |k| k.state() == state)
 }
 
-fn current(keys: &[KeyRecord]) -> Option<&KeyRecord> {
+pub(super) fn current(keys: &[KeyRecord]) -> Option<&KeyRecord> {
     find(keys, KeyState::Current).next()
 }
 
 /// The newest next key.
-fn next(keys: &[KeyRecord]) -> Option<&KeyRecord> {
+pub(super) fn next(keys: &[KeyRecord]) -> Option<&KeyRecord> {
     find(keys, KeyState::Next).max_by_key(|k| (k.published_at, k.created_at))
 }
 
@@ -164,13 +142,13 @@ fn published_at(key: &KeyRecord) -> i64 {
 }
 
 /// When a previous key leaves the JWKS.
-fn retire_at(key: &KeyRecord, policy: &Policy) -> i64 {
+pub(super) fn retire_at(key: &KeyRecord, policy: &Policy) -> i64 {
     key.deactivated_at.unwrap_or(key.created_at).saturating_add(policy.retain_for)
 }
 
 /// When `next` may take over from `current`: published long enough, and the current key's
 /// period over (at once, if the current key no longer fits the policy).
-fn rotation_due_at(current: &KeyRecord, next: &KeyRecord, policy: &Policy) -> i64 {
+pub(super) fn rotation_due_at(current: &KeyRecord, next: &KeyRecord, policy: &Policy) -> i64 {
     let ready = published_at(next).saturating_add(policy.publish_ahead);
     if !policy.fits(current) {
         return ready;
@@ -392,112 +370,14 @@ pub fn apply(keys: &[KeyRecord], steps: &[Step], fresh: Vec<KeyRecord>, now: i64
     Ok(all.into_iter().filter(|k| changed.contains(&k.kid)).collect())
 }
 
-/// A point in a key's life, past or planned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Moment {
-    /// Unix seconds.
-    pub at: i64,
-    /// Whether it is a plan rather than a fact.
-    pub planned: bool,
-}
-
-impl Moment {
-    fn fact(at: Option<i64>) -> Option<Moment> {
-        at.map(|at| Moment { at, planned: false })
-    }
-
-    fn plan(at: i64) -> Option<Moment> {
-        Some(Moment { at, planned: true })
-    }
-}
-
-/// When a key is published and when it signs, past and planned.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Timeline {
-    /// The key.
-    pub kid: String,
-    /// Its set.
-    pub key_set: String,
-    /// Its algorithm.
-    pub algorithm: Algorithm,
-    /// Its state now.
-    pub state: KeyState,
-    /// First in the JWKS.
-    pub published_from: Option<Moment>,
-    /// Last in the JWKS.
-    pub published_until: Option<Moment>,
-    /// First signature.
-    pub signing_from: Option<Moment>,
-    /// Last signature.
-    pub signing_until: Option<Moment>,
-}
-
-/// Every key's timeline at `now`, if the scheduler carries out the plan, in the order the
-/// keys sign (or signed, or were published).
-pub fn timeline(keys: &[KeyRecord], policy: &Policy, now: i64) -> Vec<Timeline> {
-    let next_key = next(keys).filter(|n| policy.fits(n));
-    // When the current key hands over: to the next key if there is one, else to a next key
-    // the scheduler is about to publish.
-    let handover = match (current(keys), next_key) {
-        (Some(c), Some(n)) => rotation_due_at(c, n, policy).max(now),
-        (Some(c), None) => {
-            let period_over = c.activated_at.unwrap_or(now).saturating_add(policy.rotate_every);
-            period_over.max(now.saturating_add(policy.publish_ahead))
-        }
-        _ => now,
-    };
-    let mut lines: Vec<Timeline> = keys
-        .iter()
-        .map(|k| {
-            let mut t = Timeline {
-                kid: k.kid.clone(),
-                key_set: k.key_set.clone(),
-                algorithm: k.algorithm,
-                state: k.state(),
-                published_from: Moment::fact(k.published_at),
-                published_until: Moment::fact(k.retired_at.or(k.revoked_at)),
-                signing_from: Moment::fact(k.activated_at),
-                signing_until: Moment::fact(k.deactivated_at),
-            };
-            match k.state() {
-                KeyState::Current => {
-                    t.signing_until = Moment::plan(handover);
-                    t.published_until = Moment::plan(handover.saturating_add(policy.retain_for));
-                }
-                KeyState::Next if Some(k.kid.as_str()) == next_key.map(|n| n.kid.as_str()) => {
-                    let until = handover.saturating_add(policy.rotate_every);
-                    t.signing_from = Moment::plan(handover);
-                    t.signing_until = Moment::plan(until);
-                    t.published_until = Moment::plan(until.saturating_add(policy.retain_for));
-                }
-                KeyState::Next => t.published_until = Moment::plan(now),
-                KeyState::Previous => t.published_until = Moment::plan(retire_at(k, policy)),
-                KeyState::Retired | KeyState::Revoked => {}
-            }
-            t
-        })
-        .collect();
-    lines.sort_by_key(|t| {
-        let published = t.published_from.map_or(i64::MIN, |m| m.at);
-        (t.signing_from.map_or(published, |m| m.at), published)
-    });
-    lines
-}
-
 #[cfg(test)]
-mod tests {
+pub(super) mod testing {
+    //! Rotation helpers shared by the rotation and timeline tests.
+
     use super::*;
-    use crate::keys::PublicKey;
+    use crate::keys::state::KeyBuilder;
 
-    const DAY: i64 = 86_400;
-
-    fn policy() -> Policy {
-        // The default timings: 30d rotation, 24h publication ahead, 55m max_ttl + 24h
-        // retention; EC so that the fake keys below fit it.
-        Policy { algorithm: Algorithm::Es256, ..Policy::for_set(&Config::default(), &Config::default().key_sets[0]) }
-    }
-
-    fn small_policy() -> Policy {
+    pub(crate) fn small_policy() -> Policy {
         Policy {
             algorithm: Algorithm::Es256,
             rsa_bits: 2048,
@@ -508,22 +388,15 @@ mod tests {
         }
     }
 
-    /// A fresh key of the policy's kind, as the key store would hand it over.
-    fn fresh(n: usize, policy: &Policy, now: i64) -> Vec<KeyRecord> {
+    /// A fresh key of the policy's kind, as the key store would hand it over (never published).
+    pub(crate) fn fresh(n: usize, policy: &Policy, now: i64) -> Vec<KeyRecord> {
         (0..n)
             .map(|i| KeyRecord {
-                kid: format!("k{now}-{i}-{}", rand_suffix()),
-                key_set: "s".into(),
-                algorithm: policy.algorithm,
-                public: PublicKey::Ec { crv: "P-256".into(), x: "x".into(), y: "y".into() },
-                sealed_private: Some(vec![1; 40]),
-                master_key_id: Some("m".into()),
-                created_at: now,
                 published_at: None,
-                activated_at: None,
-                deactivated_at: None,
-                retired_at: None,
-                revoked_at: None,
+                ..KeyBuilder::new(&format!("k{now}-{i}-{}", rand_suffix()))
+                    .algorithm(policy.algorithm)
+                    .created(now)
+                    .build()
             })
             .collect()
     }
@@ -535,7 +408,7 @@ mod tests {
     }
 
     /// Applies steps to an in-memory key list, as the store does in one transaction.
-    fn run(keys: &mut Vec<KeyRecord>, steps: &[Step], policy: &Policy, now: i64) {
+    pub(crate) fn run(keys: &mut Vec<KeyRecord>, steps: &[Step], policy: &Policy, now: i64) {
         let needed = steps.iter().filter(|s| s.creates_key()).count();
         for changed in apply(keys, steps, fresh(needed, policy, now), now).unwrap() {
             match keys.iter_mut().find(|k| k.kid == changed.kid) {
@@ -546,7 +419,7 @@ mod tests {
     }
 
     /// Runs the scheduler until nothing more is due at `now`.
-    fn settle(keys: &mut Vec<KeyRecord>, policy: &Policy, now: i64) -> Plan {
+    pub(crate) fn settle(keys: &mut Vec<KeyRecord>, policy: &Policy, now: i64) -> Plan {
         for _ in 0..5 {
             let plan = plan(keys, policy, now);
             if plan.steps.is_empty() {
@@ -555,6 +428,21 @@ mod tests {
             run(keys, &plan.steps, policy, now);
         }
         panic!("the plan did not settle at {now}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::*;
+    use super::*;
+    use crate::config::Config;
+
+    const DAY: i64 = 86_400;
+
+    fn policy() -> Policy {
+        // The default timings: 30d rotation, 24h publication ahead, 55m max_ttl + 24h
+        // retention; EC so that the fake keys below fit it.
+        Policy { algorithm: Algorithm::Es256, ..Config::default().policy(&Config::default().key_sets[0]) }
     }
 
     fn states(keys: &[KeyRecord], state: KeyState) -> usize {
@@ -627,19 +515,6 @@ mod tests {
         let retired = keys.iter().find(|k| k.kid == previous.kid).unwrap();
         assert_eq!(retired.state(), KeyState::Retired);
         assert!(retired.sealed_private.is_none() && retired.master_key_id.is_none());
-    }
-
-    #[test]
-    fn retention_covers_the_longest_max_ttl_of_the_sets_profiles() {
-        let mut config = Config::default();
-        let mut second = config.profiles[0].clone();
-        second.name = "longer".into();
-        second.max_ttl = crate::config::Duration::from_secs(3_599);
-        config.profiles.push(second);
-        let p = Policy::for_set(&config, &config.key_sets[0]);
-        assert_eq!(p.retain_for, 3_599 + DAY);
-        config.profiles.clear();
-        assert_eq!(Policy::for_set(&config, &config.key_sets[0]).retain_for, 3_600 + DAY);
     }
 
     /// Many periods with a fake clock, second by second, checking every invariant and a
@@ -795,28 +670,5 @@ mod tests {
         assert!(apply(&keys, &[Step::Promote { kid: cur.clone() }], vec![], 1).is_err());
         assert!(apply(&keys, &[Step::Retire { kid: cur }], vec![], 1).is_err());
         assert!(apply(&keys, &[Step::CreateNext], vec![], 1).is_err());
-    }
-
-    #[test]
-    fn timeline_shows_past_and_planned_moments() {
-        let p = small_policy();
-        let mut keys = Vec::new();
-        settle(&mut keys, &p, 0);
-        settle(&mut keys, &p, 10);
-        let lines = timeline(&keys, &p, 12);
-        let order: Vec<KeyState> = lines.iter().map(|t| t.state).collect();
-        assert_eq!(order, [KeyState::Previous, KeyState::Current, KeyState::Next]);
-        let by_state = |s: KeyState| lines.iter().find(|t| t.state == s).unwrap();
-        let cur = by_state(KeyState::Current);
-        assert_eq!(cur.signing_from, Some(Moment { at: 10, planned: false }));
-        assert_eq!(cur.signing_until, Some(Moment { at: 20, planned: true }));
-        assert_eq!(cur.published_until, Some(Moment { at: 26, planned: true }));
-        let nxt = by_state(KeyState::Next);
-        assert_eq!(nxt.published_from, Some(Moment { at: 10, planned: false }));
-        assert_eq!(nxt.signing_from, Some(Moment { at: 20, planned: true }));
-        assert_eq!(nxt.signing_until, Some(Moment { at: 30, planned: true }));
-        let prev = by_state(KeyState::Previous);
-        assert_eq!(prev.signing_until, Some(Moment { at: 10, planned: false }));
-        assert_eq!(prev.published_until, Some(Moment { at: 16, planned: true }));
     }
 }

@@ -1,27 +1,20 @@
 //! JWKS documents: which keys a set publishes, their serialized body and validators.
 
-use actix_web::http::header::HeaderValue;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use bytes::Bytes;
 use serde::Serialize;
 
-use crate::config::Duration;
-use crate::keys::PublicKey;
-use crate::keystore::{KeyRecord, KeyState};
+use super::{KeyRecord, KeyState, PublicKey};
 
-/// A pre-serialized JWKS response, rebuilt only when keys change.
+/// A serialized JWKS with its validators, made only when keys change.
 #[derive(Debug, Clone)]
 pub struct JwksDocument {
     /// `{"keys":[...]}`.
-    pub body: Bytes,
+    pub body: Vec<u8>,
     /// Strong entity tag, quoted.
     pub etag: String,
     /// `public, max-age=N`.
     pub cache_control: String,
-    /// `etag` and `cache_control` as header values, made once (cloning one is a reference
-    /// count, where building one per request would copy and check it each time).
-    pub headers: (HeaderValue, HeaderValue),
 }
 
 #[derive(Serialize)]
@@ -52,8 +45,9 @@ pub fn published<'a>(records: &'a [KeyRecord], set: &str) -> Vec<&'a KeyRecord> 
     keys
 }
 
-/// Serializes the keys (public members only) with their validators.
-pub fn document(keys: &[&KeyRecord], max_age: Duration) -> JwksDocument {
+/// Serializes the keys (public members only) with their validators; verifiers may cache it
+/// for `max_age_secs`.
+pub fn document(keys: &[&KeyRecord], max_age_secs: u64) -> JwksDocument {
     let jwks = Jwks {
         keys: keys
             .iter()
@@ -63,11 +57,8 @@ pub fn document(keys: &[&KeyRecord], max_age: Duration) -> JwksDocument {
     // Serializing plain strings into a Vec cannot fail.
     let body = serde_json::to_vec(&jwks).unwrap_or_default();
     let etag = format!("\"{}\"", URL_SAFE_NO_PAD.encode(openssl::sha::sha256(&body)));
-    let cache_control = format!("public, max-age={}", max_age.as_secs());
-    // Quotes, base64url, digits and letters: always a valid header value.
-    let header = |text: &str| HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static(""));
-    let headers = (header(&etag), header(&cache_control));
-    JwksDocument { body: Bytes::from(body), etag, cache_control, headers }
+    let cache_control = format!("public, max-age={max_age_secs}");
+    JwksDocument { body, etag, cache_control }
 }
 
 /// Whether an `If-None-Match` header value matches `etag` (weak comparison, RFC 9110 13.1.2).
@@ -79,23 +70,10 @@ pub fn if_none_match(header: &str, etag: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::Algorithm;
+    use crate::keys::state::KeyBuilder;
 
     fn key(kid: &str, set: &str, created: i64, activated: Option<i64>, deactivated: Option<i64>) -> KeyRecord {
-        KeyRecord {
-            kid: kid.into(),
-            key_set: set.into(),
-            algorithm: Algorithm::Es256,
-            public: PublicKey::Ec { crv: "P-256".into(), x: format!("x{kid}"), y: "y".into() },
-            sealed_private: Some(vec![0; 40]),
-            master_key_id: Some("m".into()),
-            created_at: created,
-            published_at: Some(created),
-            activated_at: activated,
-            deactivated_at: deactivated,
-            retired_at: None,
-            revoked_at: None,
-        }
+        KeyBuilder::new(kid).set(set).created(created).activated(activated).deactivated(deactivated).build()
     }
 
     #[test]
@@ -117,7 +95,7 @@ mod tests {
     #[test]
     fn document_holds_public_members_only() {
         let records = vec![key("cur", "s", 2, Some(2), None)];
-        let doc = document(&published(&records, "s"), Duration::from_secs(300));
+        let doc = document(&published(&records, "s"), 300);
         let json: serde_json::Value = serde_json::from_slice(&doc.body).unwrap();
         assert_eq!(
             json,
@@ -131,7 +109,7 @@ mod tests {
     fn etag_changes_with_the_keys() {
         let a = vec![key("a", "s", 1, Some(1), None)];
         let b = vec![key("b", "s", 1, Some(1), None)];
-        let max = Duration::from_secs(60);
+        let max = 60;
         assert_ne!(document(&published(&a, "s"), max).etag, document(&published(&b, "s"), max).etag);
         assert_eq!(document(&published(&a, "s"), max).etag, document(&published(&a, "s"), max).etag);
     }
