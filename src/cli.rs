@@ -255,7 +255,10 @@ pub fn main() -> ExitCode {
         (false, 0) => "warn",
         _ => "debug,sqlx=warn",
     };
-    telemetry::init(settings.log_format == LogFormat::Json, level);
+    if let Err(err) = telemetry::init(settings.log_format == LogFormat::Json, level) {
+        eprintln!("error: {err}");
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -389,7 +392,9 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
             let pool = open_database(&loaded, init).await?;
             let records = keystore::list(&pool).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&records)?);
+                let listed: Vec<ListedKey> =
+                    records.iter().map(|record| ListedKey { state: record.state(), record }).collect();
+                println!("{}", serde_json::to_string_pretty(&listed)?);
                 return Ok(());
             }
             println!(
@@ -546,6 +551,13 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
         }
         Command::Backup { file } => {
             anyhow::ensure!(!file.exists(), "{} exists already; choose a new file", file.display());
+            let folder = file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            anyhow::ensure!(
+                folder.is_dir(),
+                "cannot write {}: the folder {} does not exist (keyward backup does not create folders)",
+                file.display(),
+                folder.display()
+            );
             let pool = open_database(&loaded, init).await?;
             db::backup(&pool, &file).await?;
             eprintln!(
@@ -616,17 +628,22 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
                 return Ok(());
             }
             println!(
-                "{:<24} {:<6} {:<20} {:<20} {:<20} PROFILES",
-                "NAME", "ADMIN", "CREATED", "REVOKED", "OLD TOKEN UNTIL"
+                "{:<24} {:<6} {:<20} {:<20} {:<20} {:<24} PROFILES",
+                "NAME", "ADMIN", "CREATED", "REVOKED", "OLD TOKEN UNTIL", "RATE LIMIT"
             );
             for c in list {
+                let limit = match c.rate {
+                    Some((rate, burst)) => format!("{rate}/s, burst {burst}"),
+                    None => format!("{}/s, burst {} (default)", config.server.rate_limit, config.server.rate_burst),
+                };
                 println!(
-                    "{:<24} {:<6} {:<20} {:<20} {:<20} {}",
+                    "{:<24} {:<6} {:<20} {:<20} {:<20} {:<24} {}",
                     c.name,
                     if c.admin { "yes" } else { "no" },
                     time(Some(c.created_at)),
                     time(c.revoked_at),
                     time(c.previous_token_valid_until.filter(|until| *until > now() && c.revoked_at.is_none())),
+                    limit,
                     c.profiles.join(",")
                 );
             }
@@ -669,6 +686,14 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
             Ok(())
         }
     }
+}
+
+/// A row of `keys list --json`: the stored record and the state derived from it.
+#[derive(serde::Serialize)]
+struct ListedKey<'a> {
+    state: KeyState,
+    #[serde(flatten)]
+    record: &'a keystore::KeyRecord,
 }
 
 /// Checks what `serve` checks before binding: the configuration (done by loading it), the

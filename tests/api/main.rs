@@ -11,3 +11,4 @@ mod rotation;
 mod sign;
 mod storage;
 mod verify;
+mod walkthrough;
