@@ -423,10 +423,10 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
                 lifecycle::rotate(&pool, &master, config, &set, now(), force).await.map_err(|err| match err {
                     ActionError::Refused(Refused::TooEarly { kid, not_before }) => anyhow::anyhow!(
                         "refusing to rotate {set}: the next key {kid} has not been published for publish_ahead yet; \
-                     it may sign from {} (in {}s). Use --force to rotate now anyway (verifiers that cached \
+                     it may sign from {} (in {}). Use --force to rotate now anyway (verifiers that cached \
                      the JWKS before it appeared will reject its tokens until they refetch)",
                         time(Some(not_before)),
-                        not_before - now()
+                        span(not_before - now())
                     ),
                     ActionError::Refused(Refused::NoNextKey) => anyhow::anyhow!(
                         "refusing to rotate {set}: it has no published next key of its configured algorithm yet \
@@ -710,6 +710,9 @@ async fn check_config(loaded: &LoadedConfig, settings: EnvSettings) -> anyhow::R
         (Some(_), _) | (None, true) => Some(MasterKey::resolve(env_key.as_deref(), file, false)?.0),
         (None, false) => None,
     };
+    if let Some(master) = &master {
+        eprintln!("master key {} is well formed", master.id());
+    }
     if database.exists() {
         let pool = db::connect(&database).await?;
         let sealed = keystore::holds_sealed_keys(&pool).await?;
@@ -733,7 +736,7 @@ async fn check_config(loaded: &LoadedConfig, settings: EnvSettings) -> anyhow::R
         }
     }
     match (&master, settings.may_generate_master_key) {
-        (Some(master), _) => eprintln!("master key {} is well formed", master.id()),
+        (Some(_), _) => {}
         (None, true) => eprintln!(
             "no master key yet: serve will generate a DEVELOPMENT key into {} (for production, see KEYWARD_MASTER_KEY)",
             file.display()

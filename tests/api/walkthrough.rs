@@ -79,3 +79,24 @@ fn a_backup_into_a_missing_folder_names_the_folder_without_database_internals() 
     assert!(err.contains(&format!("the folder {} does not exist", folder.display())), "{err}");
     assert!(!err.contains("code: 14") && !err.contains("error returned from database"), "{err}");
 }
+
+#[test]
+fn a_refused_rotation_says_how_long_to_wait_in_hours_and_minutes() {
+    let dir = tempfile::tempdir().unwrap();
+    keyward_ok(dir.path(), &["--init", "keys", "rotate", "npm", "--force"]);
+    let out = keyward_command(dir.path(), &["keys", "rotate", "npm"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    // The new next key was published moments ago (maybe this very second); publish_ahead is 24h.
+    assert!(err.contains("(in 1d)") || err.contains("(in 23h "), "{err}");
+}
+
+#[test]
+fn check_config_says_the_master_key_is_well_formed_before_what_it_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    keyward_ok(dir.path(), &["--init", "keys", "rotate", "npm", "--force"]);
+    let err = text(&keyward_ok(dir.path(), &["check-config"]).stderr);
+    let well_formed = err.find("is well formed").unwrap_or(usize::MAX);
+    let opens = err.find("opens every sealed key").unwrap_or(usize::MAX);
+    assert!(well_formed < opens && opens != usize::MAX, "{err}");
+}
