@@ -5,7 +5,7 @@ use std::process::Output;
 
 use serde_json::Value;
 
-use crate::helpers::{keyward_bare, keyward_command};
+use crate::helpers::{assert_problem, keyward_bare, keyward_command, spawn_app};
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -99,4 +99,19 @@ fn check_config_says_the_master_key_is_well_formed_before_what_it_opens() {
     let well_formed = err.find("is well formed").unwrap_or(usize::MAX);
     let opens = err.find("opens every sealed key").unwrap_or(usize::MAX);
     assert!(well_formed < opens && opens != usize::MAX, "{err}");
+}
+
+#[tokio::test]
+async fn a_revoked_keys_public_half_is_not_handed_out_for_registration() {
+    let app = spawn_app().await;
+    let token = app.client("billing", &["npm-sandbox"]).await;
+    let signer = app.force_rotate().await;
+    let get = |kid: String| {
+        app.http.get(format!("{}/v1/keys/{kid}/public?format=pem-base64", app.internal)).bearer_auth(&token).send()
+    };
+    assert_eq!(get(signer.clone()).await.unwrap().status(), 200);
+    let now = chrono::Utc::now().timestamp();
+    keyward::lifecycle::revoke(&app.pool, &app.master, &app.config, &signer, now).await.unwrap();
+    let problem = assert_problem(get(signer.clone()).await.unwrap(), 404).await;
+    assert!(problem["detail"].as_str().unwrap().contains("revoked"), "{problem}");
 }
