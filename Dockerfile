@@ -16,7 +16,8 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --user-group --home-dir /data --shell /usr/sbin/nologin keyward \
  && mkdir -p /data /etc/keyward \
- && chown keyward:keyward /data
+ && chown keyward:keyward /data \
+ && chmod 700 /data
 COPY --from=build /src/target/release/keyward /usr/local/bin/keyward
 COPY keys.example /etc/keyward/keys.example
 

@@ -17,10 +17,10 @@ use crate::config::{self, EnvSettings, LoadedConfig, LogFormat};
 use crate::export::{self, Format};
 use crate::keystore::KeyState;
 use crate::lifecycle::{self, ActionError};
-use crate::rotation::{Moment, Refused, Step};
-use crate::seal::{self, MasterKey, MasterKeyOrigin};
+use crate::rotation::{Exposure, ImportAs, Moment, Refused, Step};
+use crate::seal::{MasterKey, MasterKeyOrigin};
 use crate::startup::Application;
-use crate::{clients, db, keystore, ledger, secrets, telemetry};
+use crate::{clients, db, keystore, ledger, private_files, secrets, telemetry};
 
 /// keyward: JWKS issuer and key-management server.
 #[derive(Debug, Parser)]
@@ -29,6 +29,10 @@ pub struct Cli {
     /// Configuration file (default: ./keys.toml if present, else the built-in defaults).
     #[arg(long, global = true, env = "KEYWARD_CONFIG", value_name = "PATH")]
     config: Option<PathBuf>,
+    /// Start even if the database or the master key file is readable by group or others
+    /// (by default keyward refuses, as ssh does for keys: fix with `chmod 600 FILE`).
+    #[arg(long, global = true)]
+    allow_insecure_permissions: bool,
     /// Let a command other than serve create the database when there is none yet.
     #[arg(long, global = true)]
     init: bool,
@@ -172,6 +176,12 @@ enum KeysCommand {
         /// Make it the signing key at once (the current key becomes previous).
         #[arg(long)]
         activate: bool,
+        /// With --activate: sign with it although no verifier has it yet.
+        #[arg(long, requires = "activate")]
+        force: bool,
+        /// Without --activate: retire the set's current next key to make room for it.
+        #[arg(long, conflicts_with = "activate")]
+        replace_next: bool,
     },
     /// Every key's publication and signing window, past and planned.
     Schedule {
@@ -346,9 +356,6 @@ async fn master_key(loaded: &LoadedConfig, pool: &SqlitePool, settings: EnvSetti
         MasterKeyOrigin::Environment => tracing::info!(master_key_id = key.id(), "master key from KEYWARD_MASTER_KEY"),
         MasterKeyOrigin::File(path) => {
             tracing::info!(master_key_id = key.id(), file = %path.display(), "master key from file");
-            if seal::key_file_is_shared(&path) {
-                tracing::warn!(file = %path.display(), "the master key file is readable by group or others: chmod 600 it");
-            }
         }
         MasterKeyOrigin::Generated(path) => tracing::warn!(
             master_key_id = key.id(),
@@ -359,6 +366,30 @@ async fn master_key(loaded: &LoadedConfig, pool: &SqlitePool, settings: EnvSetti
         ),
     }
     Ok(key)
+}
+
+/// The database and the master key file hold secrets (sealed keys, client-token hashes,
+/// who got which token): refuse to use them while group or others may read them, as ssh
+/// does for keys, unless the operator says otherwise.
+fn check_private_files(loaded: &LoadedConfig, allow_insecure: bool) -> anyhow::Result<()> {
+    let mut files = db::database_files(&loaded.config.database_path());
+    if std::env::var_os("KEYWARD_MASTER_KEY").is_none() {
+        files.push(loaded.config.server.master_key_file.clone());
+    }
+    for file in files {
+        let Some(mode) = private_files::shared_mode(&file) else { continue };
+        if allow_insecure {
+            tracing::warn!(file = %file.display(), mode = format!("{mode:04o}"), "readable by group or others (allowed by --allow-insecure-permissions)");
+        } else {
+            bail!(
+                "{} has mode {mode:04o}: group or others may read it, and it holds secrets. Fix: chmod 600 {} \
+                 (or start with --allow-insecure-permissions)",
+                file.display(),
+                file.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 fn now() -> i64 {
@@ -376,6 +407,9 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
         tracing::info!(config = %source, database = %database.display(), "starting keyward {}", env!("CARGO_PKG_VERSION"));
     } else {
         eprintln!("keyward: configuration {source}; database {}", database.display());
+    }
+    if !matches!(cli.command, Command::Healthcheck) {
+        check_private_files(&loaded, cli.allow_insecure_permissions)?;
     }
     let init = cli.init;
     match cli.command {
@@ -436,14 +470,20 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
                     other => other.into(),
                 })?;
             report(&steps);
+            if let Some(signer) = lifecycle::Outcome::of(&pool, config, &set, steps, now()).await?.new_signer {
+                report_signer(&signer);
+            }
             Ok(())
         }
         Command::Keys(KeysCommand::Revoke { kid }) => {
             let pool = open_database(&loaded, init).await?;
             let master = master_key(&loaded, &pool, settings).await?;
             keystore::check_master_key(&keystore::list(&pool).await?, &master)?;
-            let (_, steps) = lifecycle::revoke(&pool, &master, config, &kid, now()).await?;
-            report(&steps);
+            let outcome = lifecycle::revoke(&pool, &master, config, &kid, now()).await?;
+            report(&outcome.steps);
+            if let Some(signer) = &outcome.new_signer {
+                report_signer(signer);
+            }
             eprintln!("running servers drop {kid} from the JWKS within seconds");
             Ok(())
         }
@@ -460,16 +500,34 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
             println!("{}", text.trim_end());
             Ok(())
         }
-        Command::Keys(KeysCommand::Import { set, pem, activate }) => {
-            let set_config = config.key_set(&set).with_context(|| format!("no key set is named {set:?}"))?;
+        Command::Keys(KeysCommand::Import { set, pem, activate, force, replace_next }) => {
             let pem =
                 zeroize::Zeroizing::new(std::fs::read(&pem).with_context(|| format!("reading {}", pem.display()))?);
             let pool = open_database(&loaded, init).await?;
             let master = master_key(&loaded, &pool, settings).await?;
             keystore::check_master_key(&keystore::list(&pool).await?, &master)?;
-            let kid = keystore::import(&pool, &master, set_config, &pem, activate, now()).await?;
+            let how = ImportAs { activate, force, replace_next };
+            let (kid, outcome) =
+                lifecycle::import(&pool, &master, config, &set, &pem, how, now()).await.map_err(|err| match err {
+                    ActionError::Refused(Refused::NeverPublished { kid }) => anyhow::anyhow!(
+                        "refusing to make {kid} sign in {set}: it has never been published, so verifiers that \
+                         cached the JWKS would reject its tokens until they refetch it. Import it without \
+                         --activate (it is published as the next key and signs after publish_ahead), or add \
+                         --force to sign with it now anyway"
+                    ),
+                    ActionError::Refused(Refused::NextKeyExists { kid }) => anyhow::anyhow!(
+                        "refusing to import into {set}: its next key {kid} is published and would be retired \
+                         (unpublished, private half deleted) to make room. Add --replace-next to retire it, or \
+                         --activate to sign with the imported key instead"
+                    ),
+                    other => other.into(),
+                })?;
+            report(&outcome.steps);
             let role = if activate { "the signing key" } else { "the next key" };
             eprintln!("imported {kid} into {set} as {role}");
+            if let Some(signer) = &outcome.new_signer {
+                report_signer(signer);
+            }
             Ok(())
         }
         Command::Secrets(SecretsCommand::Set { profile }) => {
@@ -862,6 +920,30 @@ fn report(steps: &[Step]) {
             Step::CreateCurrent => eprintln!("created a new signing key"),
             Step::CreateNext => eprintln!("published a new next key"),
         }
+    }
+}
+
+/// Says how long a new signing key has been published, and what that means for verifiers
+/// holding a cached JWKS.
+fn report_signer(signer: &Exposure) {
+    let kid = &signer.kid;
+    match signer.may_be_rejected_until {
+        Some(until) => eprintln!(
+            "WARNING: the new signing key {kid} has been published for only {}, less than jwks_max_age + \
+             clock_skew ({}): verifiers that cached the JWKS before it appeared may reject its tokens until {} \
+             (in {}). Ask partners to refetch our JWKS (purge their cache) if they can, or expect rejections \
+             until then",
+            span(signer.published_for),
+            span(signer.cache_window),
+            time(Some(until)),
+            span((until - now()).max(0))
+        ),
+        None => eprintln!(
+            "the new signing key {kid} has been published for {}, at least jwks_max_age + clock_skew ({}): \
+             verifiers with a cached JWKS have it",
+            span(signer.published_for),
+            span(signer.cache_window)
+        ),
     }
 }
 

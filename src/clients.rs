@@ -285,10 +285,10 @@ pub async fn rotate(pool: &SqlitePool, name: &str, grace: i64, now: i64) -> Resu
 }
 
 /// Whether `name` is an active client: `NotFound` or `Revoked` otherwise.
-async fn ensure_active(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, name: &str) -> Result<(), ClientError> {
+async fn ensure_active(tx: &mut sqlx::SqliteConnection, name: &str) -> Result<(), ClientError> {
     let revoked_at: Option<Option<i64>> = sqlx::query_scalar("SELECT revoked_at FROM clients WHERE name = ?")
         .bind(name)
-        .fetch_optional(&mut **tx)
+        .fetch_optional(&mut *tx)
         .await
         .context("looking up the client")?;
     match revoked_at {

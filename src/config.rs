@@ -22,7 +22,7 @@ const RESERVED_PUBLIC_PATHS: [&str; 2] = ["/healthz", "/readyz"];
 
 /// Environment variables keyward reads, with what each sets (shown by `--help`); any other
 /// `KEYWARD_*` variable is a mistake.
-pub const KNOWN_ENV: [(&str, &str); 12] = [
+pub const KNOWN_ENV: [(&str, &str); 13] = [
     ("KEYWARD_CONFIG", "the configuration file (as --config)"),
     ("KEYWARD_PUBLIC_ADDR", "[server] public_addr"),
     ("KEYWARD_INTERNAL_ADDR", "[server] internal_addr"),
@@ -34,6 +34,7 @@ pub const KNOWN_ENV: [(&str, &str); 12] = [
     ("KEYWARD_LEDGER_COMMIT_INTERVAL_MS", "[server] ledger_commit_interval_ms"),
     ("KEYWARD_RATE_LIMIT", "[server] rate_limit"),
     ("KEYWARD_RATE_BURST", "[server] rate_burst"),
+    ("KEYWARD_REQUEST_BODY_TIMEOUT", "[server] request_body_timeout"),
     ("KEYWARD_LOG_FORMAT", "text (default) or json"),
 ];
 
@@ -121,6 +122,9 @@ pub struct ServerConfig {
     pub rate_limit: u32,
     /// Requests a client may make at once above its rate, unless set for the client.
     pub rate_burst: u32,
+    /// How long the internal listener waits for a request's whole body once its headers
+    /// have arrived (a slow sender would hold a connection and a worker otherwise).
+    pub request_body_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -134,6 +138,7 @@ impl Default for ServerConfig {
             ledger_commit_interval_ms: 5,
             rate_limit: 100,
             rate_burst: 200,
+            request_body_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -211,6 +216,10 @@ pub struct ProfileConfig {
     /// Claim names a caller may add per request.
     #[serde(default)]
     pub allowed_claims: Vec<String>,
+    /// The type and size of allowed claims' values; an allowed claim not named here is a
+    /// string of at most 256 characters.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub allowed_claim_types: BTreeMap<String, ClaimType>,
     /// Regular expression the whole `sub` must match.
     #[serde(default = "default_subject_pattern")]
     pub subject_pattern: String,
@@ -220,6 +229,48 @@ pub struct ProfileConfig {
     /// Longest lifetime a request may ask for; under one hour.
     #[serde(default = "default_max_ttl")]
     pub max_ttl: Duration,
+}
+
+/// What values an allowed claim takes, e.g. `{ type = "string_array", max_items = 8 }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClaimType {
+    /// A string of at most `max_length` characters.
+    String {
+        /// Longest value, in characters.
+        #[serde(default = "default_claim_max_length")]
+        max_length: usize,
+    },
+    /// A whole number within the bounds given.
+    Integer {
+        /// Smallest value.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        min: Option<i64>,
+        /// Largest value.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max: Option<i64>,
+    },
+    /// `true` or `false`.
+    Boolean {},
+    /// An array of at most `max_items` strings of at most `max_length` characters each.
+    StringArray {
+        /// Most items.
+        #[serde(default = "default_claim_max_items")]
+        max_items: usize,
+        /// Longest item, in characters.
+        #[serde(default = "default_claim_max_length")]
+        max_length: usize,
+    },
+}
+
+/// The type of an allowed claim that `allowed_claim_types` does not name.
+pub const DEFAULT_CLAIM_TYPE: ClaimType = ClaimType::String { max_length: 256 };
+
+fn default_claim_max_length() -> usize {
+    256
+}
+fn default_claim_max_items() -> usize {
+    16
 }
 
 /// The HMAC algorithms of shared-secret profiles.
@@ -364,6 +415,7 @@ impl Default for Config {
                     serde_json::Value::String("/path/to/your/jwks".to_owned()),
                 )]),
                 allowed_claims: vec!["obo_user".to_owned()],
+                allowed_claim_types: BTreeMap::new(),
                 subject_pattern: default_subject_pattern(),
                 default_ttl: default_ttl(),
                 max_ttl: default_max_ttl(),
@@ -512,21 +564,25 @@ fn describe_path(path: &str, message: &str) -> String {
         parts.push(field);
     }
     let mut table = String::from("top level");
-    let mut field = None;
+    let mut field: Vec<&str> = Vec::new();
     for (i, part) in parts.iter().enumerate() {
-        let last = i + 1 == parts.len();
-        if let Some((name, index)) = part.split_once('[') {
-            let index: usize = index.trim_end_matches(']').parse().unwrap_or(0);
-            table = format!("[[{name}]] #{}", index + 1);
-        } else if !last {
-            table = format!("[{part}]");
+        // The first part names the table; the rest, however deep, is the field.
+        if i == 0 && (parts.len() > 1 || part.contains('[')) {
+            table = match part.split_once('[') {
+                Some((name, index)) => {
+                    let index: usize = index.trim_end_matches(']').parse().unwrap_or(0);
+                    format!("[[{name}]] #{}", index + 1)
+                }
+                None => format!("[{part}]"),
+            };
         } else {
-            field = Some(*part);
+            field.push(part);
         }
     }
-    match field {
-        Some(field) => format!("{table}, field {field}"),
-        None => table,
+    if field.is_empty() {
+        table
+    } else {
+        format!("{table}, field {}", field.join("."))
     }
 }
 
@@ -562,6 +618,10 @@ fn apply_env(config: &mut Config, env: &HashMap<String, String>) -> Result<Vec<S
     }
     if let Some(v) = env.get("KEYWARD_MASTER_KEY_FILE") {
         config.server.master_key_file = PathBuf::from(v);
+    }
+    if let Some(v) = env.get("KEYWARD_REQUEST_BODY_TIMEOUT") {
+        config.server.request_body_timeout =
+            Duration::parse(v).map_err(|m| env_error("KEYWARD_REQUEST_BODY_TIMEOUT", m))?;
     }
     if let Some(v) = env.get("KEYWARD_LEDGER_RETENTION") {
         config.server.ledger_retention = Duration::parse(v).map_err(|m| env_error("KEYWARD_LEDGER_RETENTION", m))?;
@@ -600,6 +660,12 @@ pub fn validate(config: &Config, source_name: &str) -> Result<(), ConfigError> {
                 "{} ms would hold every signing request that long: use at most 1000 (default 5)",
                 server.ledger_commit_interval_ms
             ),
+        ));
+    }
+    if !(1..=60).contains(&server.request_body_timeout.as_secs()) {
+        return Err(fail(
+            "[server], field request_body_timeout".to_owned(),
+            format!("{} is out of range: use 1s to 60s (default 5s)", server.request_body_timeout),
         ));
     }
     for (field, value) in [("rate_limit", server.rate_limit), ("rate_burst", server.rate_burst)] {
@@ -657,7 +723,7 @@ pub fn validate(config: &Config, source_name: &str) -> Result<(), ConfigError> {
                 return Err(fail(at(field), "must be at least 1s".to_owned()));
             }
         }
-        let cache_window = Duration::from_secs(set.jwks_max_age.as_secs().saturating_add(set.clock_skew.as_secs()));
+        let cache_window = set.cache_window();
         if set.publish_ahead < cache_window {
             return Err(fail(
                 at("publish_ahead"),
@@ -842,6 +908,20 @@ fn validate_ttls_and_claims(profile: &ProfileConfig) -> Result<(), FieldError> {
             return Err(("allowed_claims", format!("{name:?} is empty or listed twice")));
         }
     }
+    for (name, claim_type) in &profile.allowed_claim_types {
+        let problem = match *claim_type {
+            _ if !seen.contains(name) => Some("is not in allowed_claims"),
+            ClaimType::String { max_length: 0 } | ClaimType::StringArray { max_length: 0, .. } => {
+                Some("has max_length 0: use at least 1")
+            }
+            ClaimType::StringArray { max_items: 0, .. } => Some("has max_items 0: use at least 1"),
+            ClaimType::Integer { min: Some(min), max: Some(max) } if min > max => Some("has min above max"),
+            _ => None,
+        };
+        if let Some(problem) = problem {
+            return Err(("allowed_claim_types", format!("{name:?} {problem}")));
+        }
+    }
     Ok(())
 }
 
@@ -879,6 +959,13 @@ pub(crate) fn check_name(name: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("{name:?} must be 1 to 64 letters, digits, '-', '_' or '.'"))
+    }
+}
+
+impl KeySetConfig {
+    /// How long a verifier may hold a JWKS it fetched: `jwks_max_age + clock_skew`.
+    pub fn cache_window(&self) -> Duration {
+        Duration::from_secs(self.jwks_max_age.as_secs().saturating_add(self.clock_skew.as_secs()))
     }
 }
 
@@ -1064,6 +1151,49 @@ jwks_paths = ["/.well-known/jwks.json"]
     }
 
     #[test]
+    fn allowed_claim_types_are_parsed_at_load_and_bad_declarations_name_the_field_and_line() {
+        let names = r#"allowed_claims = ["obo_user"]"#;
+        let declared =
+            |types: &str| format!("allowed_claims = [\"obo_user\", \"roles\"]\nallowed_claim_types = {types}");
+        let config = example_with(
+            names,
+            &declared(r#"{ obo_user = { type = "string", max_length = 320 }, roles = { type = "string_array", max_items = 8 } }"#),
+        )
+        .unwrap();
+        let types = &config.profiles[0].allowed_claim_types;
+        assert_eq!(types["obo_user"], ClaimType::String { max_length: 320 });
+        // keys.example's commented declaration works as it is.
+        let uncommented = example_with("# allowed_claim_types = ", "allowed_claim_types = ").unwrap();
+        assert_eq!(uncommented.profiles[0].allowed_claim_types["obo_user"], ClaimType::String { max_length: 320 });
+        assert_eq!(types["roles"], ClaimType::StringArray { max_items: 8, max_length: 256 });
+        let line = include_str!("../keys.example").lines().position(|l| l.starts_with(names)).unwrap() + 2;
+        let cases = [
+            (r#"{ roles = { type = "float" } }"#, "field allowed_claim_types"),
+            (r#"{ roles = { type = "string", max_len = 5 } }"#, "field allowed_claim_types"),
+            (r#"{ roles = { type = "boolean", max_length = 5 } }"#, "field allowed_claim_types"),
+            (r#"{ roles = { type = "string", max_length = -1 } }"#, "field allowed_claim_types"),
+            (r#"{ roles = { max_length = 5 } }"#, "field allowed_claim_types"),
+        ];
+        for (types, field) in cases {
+            let msg = error_of(names, &declared(types));
+            assert!(msg.contains(field) && msg.contains(&format!("(line {line})")), "{types}: {msg}");
+        }
+        let cases = [
+            (r#"{ role = { type = "string" } }"#, "\"role\" is not in allowed_claims"),
+            (r#"{ roles = { type = "string", max_length = 0 } }"#, "\"roles\" has max_length 0"),
+            (r#"{ roles = { type = "string_array", max_items = 0 } }"#, "\"roles\" has max_items 0"),
+            (r#"{ roles = { type = "integer", min = 5, max = 4 } }"#, "\"roles\" has min above max"),
+        ];
+        for (types, says) in cases {
+            let msg = error_of(names, &declared(types));
+            assert!(
+                msg.contains(r#"[[profile]] "npm-sandbox", field allowed_claim_types"#) && msg.contains(says),
+                "{msg}"
+            );
+        }
+    }
+
+    #[test]
     fn max_ttl_just_under_an_hour_is_accepted() {
         example_with(r#"max_ttl = "55m""#, r#"max_ttl = "3599s""#).unwrap();
     }
@@ -1078,6 +1208,25 @@ jwks_paths = ["/.well-known/jwks.json"]
         assert_eq!(loaded.config.server.ledger_commit_interval_ms, 20);
         let err = load(ConfigSource::Defaults, &env(&[("KEYWARD_LEDGER_COMMIT_INTERVAL_MS", "5ms")])).unwrap_err();
         assert!(err.to_string().contains("KEYWARD_LEDGER_COMMIT_INTERVAL_MS"), "{err}");
+    }
+
+    #[test]
+    fn request_body_timeout_is_one_to_sixty_seconds_from_the_file_or_the_environment() {
+        let config = example_with(r#"request_body_timeout = "5s""#, r#"request_body_timeout = "60s""#).unwrap();
+        assert_eq!(config.server.request_body_timeout, Duration::from_secs(60));
+        for bad in ["0s", "61s"] {
+            let err = error_of(r#"request_body_timeout = "5s""#, &format!("request_body_timeout = {bad:?}"));
+            assert!(err.contains("[server], field request_body_timeout") && err.contains("1s to 60s"), "{err}");
+        }
+        let err = error_of(r#"request_body_timeout = "5s""#, "request_body_timeout = 5");
+        assert!(err.contains("[server], field request_body_timeout (line"), "{err}");
+        let loaded = load(ConfigSource::Defaults, &env(&[("KEYWARD_REQUEST_BODY_TIMEOUT", "2s")])).unwrap();
+        assert_eq!(loaded.config.server.request_body_timeout, Duration::from_secs(2));
+        let err = load(ConfigSource::Defaults, &env(&[("KEYWARD_REQUEST_BODY_TIMEOUT", "2")])).unwrap_err();
+        assert!(err.to_string().contains("KEYWARD_REQUEST_BODY_TIMEOUT"), "{err}");
+        let err = load(ConfigSource::Defaults, &env(&[("KEYWARD_REQUEST_BODY_TIMEOUT", "0s")])).unwrap_err();
+        assert!(err.to_string().starts_with("environment: KEYWARD_REQUEST_BODY_TIMEOUT: "), "{err}");
+        assert!(err.to_string().contains("1s to 60s"), "{err}");
     }
 
     #[test]

@@ -12,7 +12,8 @@ use openssl::rsa::Rsa;
 use crate::keys::{Algorithm, PublicKey};
 
 /// An export format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, utoipa::ToSchema)]
+#[schema(rename_all = "kebab-case")]
 pub enum Format {
     /// SubjectPublicKeyInfo PEM (`-----BEGIN PUBLIC KEY-----`).
     Pem,

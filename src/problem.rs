@@ -63,6 +63,9 @@ pub enum ApiError {
     /// The body is over the limit.
     #[error("request body over {0} bytes")]
     TooLarge(usize),
+    /// The body did not arrive within this many seconds; the connection is closed.
+    #[error("the request body did not arrive within {0} s")]
+    BodyTimeout(u64),
     /// The body is not JSON.
     #[error("unsupported media type")]
     UnsupportedMediaType,
@@ -108,8 +111,12 @@ impl ApiError {
             ApiError::Refused { .. } => ("request-refused", "Request refused by the profile"),
             ApiError::Conflict(_) => ("conflict", "Conflict"),
             ApiError::TooManyRequests(_) => ("rate-limited", "Too Many Requests"),
-            ApiError::NotRecorded => ("not-recorded", "The issuance could not be recorded"),
+            // The same for /token (the assertion behind it): callers handle one type.
+            ApiError::NotRecorded | ApiError::Upstream(ExchangeError::NotRecorded) => {
+                ("not-recorded", "The issuance could not be recorded")
+            }
             ApiError::TooLarge(_) => ("body-too-large", "Request body too large"),
+            ApiError::BodyTimeout(_) => ("body-timeout", "Request Timeout"),
             ApiError::UnsupportedMediaType => ("unsupported-media-type", "Unsupported Media Type"),
             ApiError::NoSigningKey(_) => ("no-signing-key", "No signing key available"),
             ApiError::Upstream(_) => ("upstream", "The partner did not issue a token"),
@@ -173,6 +180,7 @@ impl ResponseError for ApiError {
             ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotRecorded => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::NoSigningKey(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Upstream(ExchangeError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
@@ -215,6 +223,10 @@ impl ResponseError for ApiError {
             }
             ApiError::TooManyRequests(wait) => {
                 response.insert_header((header::RETRY_AFTER, wait.to_string()));
+            }
+            // The rest of the body may still be on its way: the connection cannot be reused.
+            ApiError::BodyTimeout(_) => {
+                response.force_close();
             }
             _ => {}
         }

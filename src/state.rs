@@ -16,6 +16,7 @@ use crate::db;
 use crate::jwks::{self, JwksDocument};
 use crate::keys::{PublicKey, SecretKey, SigningKey};
 use crate::keystore::{self, KeyState};
+use crate::ledger::LedgerHealth;
 use crate::metrics::Metrics;
 use crate::rotation::{self, Policy};
 use crate::seal::MasterKey;
@@ -76,6 +77,7 @@ pub struct Shared {
     master: MasterKey,
     metrics: Metrics,
     database_ok: AtomicBool,
+    ledger: LedgerHealth,
     /// Held during a re-check: concurrent unknown tokens wait for it (single flight), and
     /// it counts the look-ups of the current second.
     recheck: tokio::sync::Mutex<RecheckBudget>,
@@ -116,6 +118,7 @@ impl Shared {
         config: Arc<Config>,
         master: MasterKey,
         metrics: Metrics,
+        ledger: LedgerHealth,
     ) -> anyhow::Result<Self> {
         let shared = Shared {
             current: RwLock::new(Arc::default()),
@@ -124,6 +127,7 @@ impl Shared {
             master,
             metrics,
             database_ok: AtomicBool::new(true),
+            ledger,
             recheck: tokio::sync::Mutex::default(),
         };
         shared.reload().await?;
@@ -158,9 +162,18 @@ impl Shared {
         &self.metrics
     }
 
-    /// Ready to serve: the database answered the last poll and every key set can sign.
-    pub fn is_ready(&self) -> bool {
-        self.database_ok.load(Ordering::Relaxed) && self.snapshot().is_ready()
+    /// Ready to serve: the database answered the last poll, the ledger commits and every
+    /// key set can sign. Otherwise, why not.
+    pub fn readiness(&self) -> Result<(), &'static str> {
+        if !self.database_ok.load(Ordering::Relaxed) {
+            Err("the database does not answer")
+        } else if self.ledger.is_failing() {
+            Err("the issuance ledger cannot commit (is the disk full?)")
+        } else if !self.snapshot().is_ready() {
+            Err("a key set has no signing key")
+        } else {
+            Ok(())
+        }
     }
 
     /// Rebuilds the snapshot from the database and swaps it in.

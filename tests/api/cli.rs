@@ -69,7 +69,7 @@ fn a_missing_or_wrong_master_key_is_refused_and_nothing_is_written() {
 
     // Another key in the file: refused, naming both ids; the file is left as it is.
     let other = format!("{}\n", base64_of([3u8; 32]));
-    std::fs::write(&key_file, &other).unwrap();
+    write_key_file(&key_file, &other);
     let out = keyward(dir.path(), &["keys", "rotate", "npm", "--force"]);
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("sealed with master key"), "{}", text(&out.stderr));
@@ -82,9 +82,16 @@ fn a_missing_or_wrong_master_key_is_refused_and_nothing_is_written() {
     assert!(text(&out.stderr).contains("restore that key"), "{}", text(&out.stderr));
     assert!(!key_file.exists());
 
-    std::fs::write(&key_file, &original).unwrap();
+    write_key_file(&key_file, &original);
     let out = keyward(dir.path(), &["keys", "rotate", "npm", "--force"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+/// A master key file as an operator must leave it: readable by its owner only.
+fn write_key_file(path: &std::path::Path, text: impl AsRef<[u8]>) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
 fn base64_of(bytes: [u8; 32]) -> String {
