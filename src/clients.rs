@@ -15,7 +15,7 @@ use sqlx::{Row, SqlitePool};
 use zeroize::Zeroizing;
 
 use crate::config::{self, Config};
-use crate::db;
+use crate::store::sqlite;
 
 const PREFIX: &str = "kw_";
 const ID_LEN: usize = 16;
@@ -215,7 +215,7 @@ pub async fn create(
     let profiles: BTreeSet<&String> = profiles.iter().collect();
     let (id, token, hash) = new_token_and_hash()?;
 
-    let mut tx = db::begin_write(pool).await?;
+    let mut tx = sqlite::begin_write(pool).await?;
     let existing: Option<Option<i64>> = sqlx::query_scalar("SELECT revoked_at FROM clients WHERE name = ?")
         .bind(name)
         .fetch_optional(&mut *tx)
@@ -248,7 +248,7 @@ pub async fn create(
     .execute(&mut *tx)
     .await
     .context("storing the client")?;
-    db::bump_generation(&mut tx).await?;
+    sqlite::bump_generation(&mut tx).await?;
     tx.commit().await.context("committing the client")?;
     Ok((token, reused))
 }
@@ -264,7 +264,7 @@ fn new_token_and_hash() -> anyhow::Result<(String, Zeroizing<String>, [u8; 32])>
 /// (seconds) at `now + grace`; a token still in the grace of an earlier rotation stops now.
 pub async fn rotate(pool: &SqlitePool, name: &str, grace: i64, now: i64) -> Result<Zeroizing<String>, ClientError> {
     let (id, token, hash) = new_token_and_hash()?;
-    let mut tx = db::begin_write(pool).await?;
+    let mut tx = sqlite::begin_write(pool).await?;
     ensure_active(&mut tx, name).await?;
     let previous = (grace > 0).then_some(now + grace);
     sqlx::query(
@@ -279,7 +279,7 @@ pub async fn rotate(pool: &SqlitePool, name: &str, grace: i64, now: i64) -> Resu
     .execute(&mut *tx)
     .await
     .context("storing the new token")?;
-    db::bump_generation(&mut tx).await?;
+    sqlite::bump_generation(&mut tx).await?;
     tx.commit().await.context("committing the new token")?;
     Ok(token)
 }
@@ -346,7 +346,7 @@ pub async fn list(pool: &SqlitePool) -> anyhow::Result<Vec<ClientInfo>> {
 /// Revokes a client's tokens (a rotated-out one in its grace too); a running server stops
 /// accepting them at its next change check. `Revoked` if it was revoked already.
 pub async fn revoke(pool: &SqlitePool, name: &str, now: i64) -> Result<(), ClientError> {
-    let mut tx = db::begin_write(pool).await?;
+    let mut tx = sqlite::begin_write(pool).await?;
     ensure_active(&mut tx, name).await?;
     sqlx::query("UPDATE clients SET revoked_at = ? WHERE name = ?")
         .bind(now)
@@ -354,7 +354,7 @@ pub async fn revoke(pool: &SqlitePool, name: &str, now: i64) -> Result<(), Clien
         .execute(&mut *tx)
         .await
         .context("revoking the client")?;
-    db::bump_generation(&mut tx).await?;
+    sqlite::bump_generation(&mut tx).await?;
     tx.commit().await.context("committing the revocation")?;
     Ok(())
 }

@@ -1,57 +1,14 @@
-//! Stored keys: the SQL of the `keys` table and the transactions that change it.
+//! Carrying out key changes: generating and sealing keys, deciding again under the
+//! store's write lock.
 
 use anyhow::{bail, Context};
-use sqlx::{Row, SqlitePool};
+use sqlx::SqlitePool;
 
 use crate::config::KeySetConfig;
-use crate::db;
 use crate::keys::rotation::{self, Step};
-use crate::keys::{self, Algorithm, KeyRecord, KeyState};
+use crate::keys::{self, KeyRecord};
 use crate::seal::MasterKey;
-
-const COLUMNS: &str = "kid, key_set, algorithm, public_jwk, sealed_private, master_key_id, created_at, \
-     published_at, activated_at, deactivated_at, retired_at, revoked_at";
-
-fn from_row(row: &sqlx::sqlite::SqliteRow) -> anyhow::Result<KeyRecord> {
-    let kid: String = row.try_get("kid")?;
-    let algorithm: String = row.try_get("algorithm")?;
-    let public_jwk: String = row.try_get("public_jwk")?;
-    Ok(KeyRecord {
-        algorithm: Algorithm::parse(&algorithm)
-            .with_context(|| format!("key {kid} has unknown algorithm {algorithm:?}"))?,
-        public: serde_json::from_str(&public_jwk).with_context(|| format!("key {kid} has an unreadable public JWK"))?,
-        key_set: row.try_get("key_set")?,
-        sealed_private: row.try_get("sealed_private")?,
-        master_key_id: row.try_get("master_key_id")?,
-        created_at: row.try_get("created_at")?,
-        published_at: row.try_get("published_at")?,
-        activated_at: row.try_get("activated_at")?,
-        deactivated_at: row.try_get("deactivated_at")?,
-        retired_at: row.try_get("retired_at")?,
-        revoked_at: row.try_get("revoked_at")?,
-        kid,
-    })
-}
-
-/// Every stored key, oldest first.
-pub async fn list(pool: &SqlitePool) -> anyhow::Result<Vec<KeyRecord>> {
-    let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM keys ORDER BY created_at, rowid"))
-        .fetch_all(pool)
-        .await
-        .context("listing keys")?;
-    rows.iter().map(from_row).collect()
-}
-
-/// Whether any private key or secret is stored sealed (so a master key exists somewhere).
-pub async fn holds_sealed_keys(pool: &SqlitePool) -> anyhow::Result<bool> {
-    let found: Option<i64> = sqlx::query_scalar(
-        "SELECT 1 FROM keys WHERE sealed_private IS NOT NULL UNION ALL SELECT 1 FROM secrets LIMIT 1",
-    )
-    .fetch_optional(pool)
-    .await
-    .context("looking for sealed keys")?;
-    Ok(found.is_some())
-}
+use crate::store::sqlite::keys::{self as store_keys, KeyChange};
 
 /// Refuses to go on when stored keys were sealed under another master key.
 pub fn check_master_key(records: &[KeyRecord], master: &MasterKey) -> anyhow::Result<()> {
@@ -101,9 +58,7 @@ where
     }
     let record = seal_record(set, master, imported, now)?;
     let kid = record.kid.clone();
-    let known: Option<i64> =
-        sqlx::query_scalar("SELECT 1 FROM keys WHERE kid = ?").bind(&kid).fetch_optional(pool).await?;
-    if known.is_some() {
+    if store_keys::one(pool, &kid).await?.is_some() {
         bail!("key {kid} is already stored");
     }
     let steps = execute_with(pool, master, set, now, Some(record.clone()), |keys| decide(keys, &record)).await?;
@@ -133,47 +88,6 @@ fn seal_record(
     };
     record.sealed_private = Some(master.seal(&generated.private_der, &record.seal_context())?);
     Ok(record)
-}
-
-/// The keys of one set, oldest first.
-pub async fn list_set(executor: impl sqlx::SqliteExecutor<'_>, set: &str) -> anyhow::Result<Vec<KeyRecord>> {
-    let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM keys WHERE key_set = ? ORDER BY created_at, rowid"))
-        .bind(set)
-        .fetch_all(executor)
-        .await
-        .with_context(|| format!("listing the keys of set {set}"))?;
-    rows.iter().map(from_row).collect()
-}
-
-/// Writes new and changed records; the one current key last, so that the old current key
-/// has stopped signing before the new one starts (one current key per set, always).
-async fn persist(tx: &mut sqlx::SqliteConnection, mut records: Vec<KeyRecord>) -> anyhow::Result<()> {
-    records.sort_by_key(|r| r.state() == KeyState::Current);
-    for record in &records {
-        sqlx::query(&format!(
-            "INSERT INTO keys ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (kid) DO UPDATE SET sealed_private = excluded.sealed_private, \
-             master_key_id = excluded.master_key_id, published_at = excluded.published_at, \
-             activated_at = excluded.activated_at, deactivated_at = excluded.deactivated_at, \
-             retired_at = excluded.retired_at, revoked_at = excluded.revoked_at"
-        ))
-        .bind(&record.kid)
-        .bind(&record.key_set)
-        .bind(record.algorithm.as_str())
-        .bind(serde_json::to_string(&record.public)?)
-        .bind(&record.sealed_private)
-        .bind(&record.master_key_id)
-        .bind(record.created_at)
-        .bind(record.published_at)
-        .bind(record.activated_at)
-        .bind(record.deactivated_at)
-        .bind(record.retired_at)
-        .bind(record.revoked_at)
-        .execute(&mut *tx)
-        .await
-        .with_context(|| format!("storing key {}", record.kid))?;
-    }
-    Ok(())
 }
 
 /// Carries out what `decide` wants for one key set at `now`, atomically.
@@ -209,7 +123,7 @@ where
     F: Fn(&[KeyRecord]) -> anyhow::Result<Vec<Step>>,
 {
     for _ in 0..3 {
-        let steps = decide(&list_set(pool, &set.name).await?)?;
+        let steps = decide(&store_keys::of_set(pool, &set.name).await?)?;
         if steps.is_empty() {
             return Ok(steps);
         }
@@ -220,20 +134,16 @@ where
                 _ => fresh.push(make_key(set, master, now).await?),
             }
         }
-        let mut tx = db::begin_write(pool).await?;
-        let keys = list_set(&mut *tx, &set.name).await?;
-        if decide(&keys)? != steps {
-            continue;
+        let written = store_keys::change(pool, &set.name, |keys| {
+            if decide(keys)? != steps {
+                return Ok(KeyChange::Stale);
+            }
+            Ok(KeyChange::Write(rotation::apply(keys, &steps, fresh, now)?))
+        })
+        .await?;
+        if written {
+            return Ok(steps);
         }
-        let changed = rotation::apply(&keys, &steps, fresh, now)?;
-        let deletes_secrets = steps.iter().any(|s| matches!(s, Step::Retire { .. } | Step::Revoke { .. }));
-        persist(&mut tx, changed).await?;
-        db::bump_generation(&mut tx).await?;
-        tx.commit().await.context("committing key changes")?;
-        if deletes_secrets {
-            db::checkpoint(pool).await;
-        }
-        return Ok(steps);
     }
     bail!("key set {}: the keys kept changing under a concurrent writer; try again", set.name)
 }

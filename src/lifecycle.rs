@@ -10,6 +10,7 @@ use crate::keys::timeline::{self, Timeline};
 use crate::keys::KeyState;
 use crate::keystore;
 use crate::seal::MasterKey;
+use crate::store::sqlite;
 
 /// Why an operator action was not carried out.
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +85,7 @@ impl Outcome {
     ) -> anyhow::Result<Self> {
         let changes_signer = steps.iter().any(|s| matches!(s, Step::Promote { .. } | Step::CreateCurrent));
         let new_signer = if changes_signer {
-            let keys = keystore::list_set(pool, &set.name).await.context("reading keys")?;
+            let keys = sqlite::keys::of_set(pool, &set.name).await.context("reading keys")?;
             let policy = config.policy(set);
             keys.iter().find(|k| k.state() == KeyState::Current).map(|k| rotation::exposure(k, &policy, now))
         } else {
@@ -103,11 +104,7 @@ pub async fn revoke(
     kid: &str,
     now: i64,
 ) -> Result<Outcome, ActionError> {
-    let record = keystore::list(pool)
-        .await?
-        .into_iter()
-        .find(|r| r.kid == kid)
-        .ok_or_else(|| Refused::UnknownKey(kid.to_owned()))?;
+    let record = sqlite::keys::one(pool, kid).await?.ok_or_else(|| Refused::UnknownKey(kid.to_owned()))?;
     let set = key_set(config, &record.key_set)?;
     let steps = keystore::execute(pool, master, set, now, |keys| Ok(rotation::revoke(keys, kid)?)).await?;
     Ok(Outcome::after(pool, config, set, steps, now).await?)
@@ -152,7 +149,7 @@ pub async fn schedule(pool: &SqlitePool, config: &Config, now: i64) -> anyhow::R
     let mut sets = Vec::with_capacity(config.key_sets.len());
     for set in &config.key_sets {
         let policy = config.policy(set);
-        let keys = keystore::list_set(pool, &set.name).await.context("reading keys")?;
+        let keys = sqlite::keys::of_set(pool, &set.name).await.context("reading keys")?;
         sets.push(SetSchedule {
             name: set.name.clone(),
             rotate_every: policy.rotate_every,

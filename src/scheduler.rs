@@ -12,6 +12,7 @@ use crate::keys::rotation;
 use crate::keystore;
 use crate::seal::MasterKey;
 use crate::state::Shared;
+use crate::store::sqlite;
 
 /// The scheduler looks again at least this often, whatever the plan says.
 pub const MAX_SLEEP_SECS: i64 = 60;
@@ -47,7 +48,7 @@ pub async fn run_due(
                     tracing::info!(key_set = %set.name, ?step, "key lifecycle step");
                 }
                 pass.changed |= !steps.is_empty();
-                match keystore::list_set(pool, &set.name).await {
+                match sqlite::keys::of_set(pool, &set.name).await {
                     Ok(keys) => {
                         if let Some(at) = rotation::plan(&keys, &policy, now).wake_at {
                             pass.wake_at = pass.wake_at.min(at);

@@ -8,10 +8,10 @@ use serde::Serialize;
 use sqlx::{Row, SqlitePool};
 
 use crate::config::Config;
-use crate::db;
 use crate::keys::HmacAlgorithm;
 use crate::keys::SecretKey;
 use crate::seal::MasterKey;
+use crate::store::sqlite;
 
 /// Why a secret was not stored.
 #[derive(Debug, thiserror::Error)]
@@ -60,7 +60,7 @@ pub async fn set(
         });
     }
     let sealed = master.seal(secret, &context(profile)).context("sealing the secret")?;
-    let mut tx = db::begin_write(pool).await?;
+    let mut tx = sqlite::begin_write(pool).await?;
     sqlx::query(
         "INSERT INTO secrets (profile, sealed_secret, master_key_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?) \
          ON CONFLICT (profile) DO UPDATE SET sealed_secret = excluded.sealed_secret, \
@@ -74,10 +74,10 @@ pub async fn set(
     .execute(&mut *tx)
     .await
     .context("storing the secret")?;
-    db::bump_generation(&mut tx).await?;
+    sqlite::bump_generation(&mut tx).await?;
     tx.commit().await.context("committing the secret")?;
     // The replaced secret's sealed bytes must not linger in the log.
-    db::checkpoint(pool).await;
+    sqlite::checkpoint(pool).await;
     Ok(())
 }
 

@@ -13,13 +13,13 @@ use tokio::sync::watch;
 use crate::app::ledger::{Ledger, Writer};
 use crate::app::metrics::Metrics;
 use crate::config::{self, Config};
-use crate::db;
 use crate::http::internal::{self, InternalState};
 use crate::http::middleware;
 use crate::http::public::{self, PublicState};
 use crate::policy::profile::Profile;
 use crate::seal::MasterKey;
 use crate::state::Shared;
+use crate::store::sqlite;
 use crate::{keystore, scheduler};
 
 /// How many seconds in-flight requests get to finish at shutdown.
@@ -57,9 +57,9 @@ impl Application {
     ) -> anyhow::Result<Self> {
         config::validate(&config, "configuration")?;
         let config = Arc::new(config);
-        let pool = db::connect(config.database_path()).await?;
+        let pool = sqlite::connect(config.database_path()).await?;
         let now = chrono::Utc::now().timestamp();
-        keystore::check_master_key(&keystore::list(&pool).await?, &master)?;
+        keystore::check_master_key(&sqlite::keys::all(&pool).await?, &master)?;
         // New sets get their keys, and anything that fell due while stopped is done, before
         // the first request.
         let metrics = Metrics::default();

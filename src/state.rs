@@ -16,12 +16,12 @@ use crate::app::ledger::LedgerHealth;
 use crate::app::metrics::Metrics;
 use crate::clients::{self, ClientDirectory};
 use crate::config::Config;
-use crate::db;
 use crate::keys::jwks::{self, JwksDocument};
 use crate::keys::{timeline, KeyState, PublicKey, SecretKey, SigningKey};
 use crate::keystore;
 use crate::seal::MasterKey;
 use crate::secrets;
+use crate::store::sqlite;
 
 fn generation_time() -> i64 {
     chrono::Utc::now().timestamp()
@@ -202,8 +202,8 @@ impl Shared {
     pub async fn reload(&self) -> anyhow::Result<()> {
         let previous = self.snapshot();
         // Read the counter first: a change committed after it triggers another reload.
-        let generation = db::generation(&self.pool).await?;
-        let records = keystore::list(&self.pool).await?;
+        let generation = sqlite::generation(&self.pool).await?;
+        let records = sqlite::keys::all(&self.pool).await?;
         keystore::check_master_key(&records, &self.master)?;
         let mut key_sets = HashMap::with_capacity(self.config.key_sets.len());
         for set in &self.config.key_sets {
@@ -294,9 +294,9 @@ impl Shared {
             let polled = async {
                 let (mut conn, seen) = match watcher.take() {
                     Some(w) => w,
-                    None => (db::connect_watcher(&path).await?, i64::MIN),
+                    None => (sqlite::connect_watcher(&path).await?, i64::MIN),
                 };
-                let version = db::data_version(&mut conn).await?;
+                let version = sqlite::data_version(&mut conn).await?;
                 watcher = Some((conn, version));
                 anyhow::Ok(version != seen)
             }
@@ -313,7 +313,7 @@ impl Shared {
                 continue;
             }
             let seen = self.snapshot().generation;
-            let polled = db::generation(&self.pool).await.context("polling for changes");
+            let polled = sqlite::generation(&self.pool).await.context("polling for changes");
             self.database_ok.store(polled.is_ok(), Ordering::Relaxed);
             match polled {
                 Ok(generation) if generation != seen => {

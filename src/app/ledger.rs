@@ -20,7 +20,7 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::app::metrics::Metrics;
-use crate::db::WriteTx;
+use crate::store::sqlite::WriteTx;
 
 /// Rows one transaction takes at most.
 const MAX_BATCH: usize = 1_024;

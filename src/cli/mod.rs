@@ -22,7 +22,8 @@ use crate::keys::{KeyRecord, KeyState};
 use crate::lifecycle::{self, ActionError};
 use crate::seal::{MasterKey, MasterKeyOrigin};
 use crate::startup::Application;
-use crate::{clients, db, keystore, private_files, secrets};
+use crate::store::sqlite;
+use crate::{clients, keystore, private_files, secrets};
 
 mod telemetry;
 
@@ -336,7 +337,7 @@ async fn open_database(loaded: &LoadedConfig, init: bool) -> anyhow::Result<Sqli
             path.display()
         );
     }
-    db::connect(&path).await
+    sqlite::connect(&path).await
 }
 
 /// The master key; a development key is generated only for a database with no sealed keys,
@@ -344,7 +345,7 @@ async fn open_database(loaded: &LoadedConfig, init: bool) -> anyhow::Result<Sqli
 async fn master_key(loaded: &LoadedConfig, pool: &SqlitePool, settings: EnvSettings) -> anyhow::Result<MasterKey> {
     let env = std::env::var("KEYWARD_MASTER_KEY").ok();
     let file = &loaded.config.server.master_key_file;
-    let empty = !keystore::holds_sealed_keys(pool).await?;
+    let empty = !sqlite::keys::holds_sealed(pool).await?;
     if empty && env.is_none() && !file.exists() && !settings.may_generate_master_key {
         bail!(
             "no master key: KEYWARD_MASTER_KEY is not set and {} does not exist, and KEYWARD_DEV=0 forbids \
@@ -376,7 +377,7 @@ async fn master_key(loaded: &LoadedConfig, pool: &SqlitePool, settings: EnvSetti
 /// who got which token): refuse to use them while group or others may read them, as ssh
 /// does for keys, unless the operator says otherwise.
 fn check_private_files(loaded: &LoadedConfig, allow_insecure: bool) -> anyhow::Result<()> {
-    let mut files = db::database_files(&loaded.config.database_path());
+    let mut files = sqlite::database_files(&loaded.config.database_path());
     if std::env::var_os("KEYWARD_MASTER_KEY").is_none() {
         files.push(loaded.config.server.master_key_file.clone());
     }
@@ -419,7 +420,7 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
     match cli.command {
         Command::CheckConfig => check_config(&loaded, settings).await,
         Command::Serve => {
-            let master = master_key(&loaded, &db::connect(&database).await?, settings).await?;
+            let master = master_key(&loaded, &sqlite::connect(&database).await?, settings).await?;
             let workers = std::thread::available_parallelism().map(usize::from).unwrap_or(2);
             let app = Application::build(config.clone(), master, workers).await?;
             tracing::info!(public = %app.public_addr(), internal = %app.internal_addr(), workers, "listening");
@@ -428,7 +429,7 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
         Command::Healthcheck => healthcheck(config.server.public_addr),
         Command::Keys(KeysCommand::List { json }) => {
             let pool = open_database(&loaded, init).await?;
-            let records = keystore::list(&pool).await?;
+            let records = sqlite::keys::all(&pool).await?;
             if json {
                 let listed: Vec<ListedKey> =
                     records.iter().map(|record| ListedKey { state: record.state(), record }).collect();
@@ -456,7 +457,7 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
         Command::Keys(KeysCommand::Rotate { set, force }) => {
             let pool = open_database(&loaded, init).await?;
             let master = master_key(&loaded, &pool, settings).await?;
-            keystore::check_master_key(&keystore::list(&pool).await?, &master)?;
+            keystore::check_master_key(&sqlite::keys::all(&pool).await?, &master)?;
             let steps =
                 lifecycle::rotate(&pool, &master, config, &set, now(), force).await.map_err(|err| match err {
                     ActionError::Refused(Refused::TooEarly { kid, not_before }) => anyhow::anyhow!(
@@ -482,7 +483,7 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
         Command::Keys(KeysCommand::Revoke { kid }) => {
             let pool = open_database(&loaded, init).await?;
             let master = master_key(&loaded, &pool, settings).await?;
-            keystore::check_master_key(&keystore::list(&pool).await?, &master)?;
+            keystore::check_master_key(&sqlite::keys::all(&pool).await?, &master)?;
             let outcome = lifecycle::revoke(&pool, &master, config, &kid, now()).await?;
             report(&outcome.steps);
             if let Some(signer) = &outcome.new_signer {
@@ -493,7 +494,7 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
         }
         Command::Keys(KeysCommand::Export { kid, format }) => {
             let pool = open_database(&loaded, init).await?;
-            let record = keystore::list(&pool)
+            let record = sqlite::keys::all(&pool)
                 .await?
                 .into_iter()
                 .find(|r| r.kid == kid)
@@ -509,7 +510,7 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
                 zeroize::Zeroizing::new(std::fs::read(&pem).with_context(|| format!("reading {}", pem.display()))?);
             let pool = open_database(&loaded, init).await?;
             let master = master_key(&loaded, &pool, settings).await?;
-            keystore::check_master_key(&keystore::list(&pool).await?, &master)?;
+            keystore::check_master_key(&sqlite::keys::all(&pool).await?, &master)?;
             let how = ImportAs { activate, force, replace_next };
             let (kid, outcome) =
                 lifecycle::import(&pool, &master, config, &set, &pem, how, now()).await.map_err(|err| match err {
@@ -550,7 +551,7 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
             anyhow::ensure!(!secret.is_empty(), "no secret on standard input");
             let pool = open_database(&loaded, init).await?;
             let master = master_key(&loaded, &pool, settings).await?;
-            keystore::check_master_key(&keystore::list(&pool).await?, &master)?;
+            keystore::check_master_key(&sqlite::keys::all(&pool).await?, &master)?;
             secrets::set(&pool, &master, config, &profile, &secret, now()).await?;
             eprintln!("stored the secret of profile {profile}; running servers use it within seconds");
             Ok(())
@@ -621,7 +622,7 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
                 folder.display()
             );
             let pool = open_database(&loaded, init).await?;
-            db::backup(&pool, &file).await?;
+            sqlite::backup(&pool, &file).await?;
             eprintln!(
                 "wrote {}: a consistent copy of the database. It holds sealed keys: keep it with the same care as \
                  the master key, and never in the same place",
@@ -776,11 +777,11 @@ async fn check_config(loaded: &LoadedConfig, settings: EnvSettings) -> anyhow::R
         eprintln!("master key {} is well formed", master.id());
     }
     if database.exists() {
-        let pool = db::connect(&database).await?;
-        let sealed = keystore::holds_sealed_keys(&pool).await?;
+        let pool = sqlite::connect(&database).await?;
+        let sealed = sqlite::keys::holds_sealed(&pool).await?;
         match &master {
             Some(master) => {
-                let records = keystore::list(&pool).await?;
+                let records = sqlite::keys::all(&pool).await?;
                 keystore::check_master_key(&records, master)?;
                 for record in records.iter().filter(|r| r.sealed_private.is_some()) {
                     record.open_signing_key(master)?;
@@ -868,7 +869,7 @@ async fn onboarding(loaded: &LoadedConfig, init: bool, name: &str, local: bool) 
     println!("jwks_uri: {jwks_uri}");
 
     let pool = open_database(loaded, init).await?;
-    let keys = keystore::list_set(&pool, set_name).await?;
+    let keys = sqlite::keys::of_set(&pool, set_name).await?;
     let wanted: Vec<(&str, String)> = [KeyState::Current, KeyState::Next]
         .into_iter()
         .filter_map(|state| {

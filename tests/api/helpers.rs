@@ -75,7 +75,7 @@ pub async fn spawn_on(
     let internal = format!("http://127.0.0.1:{}", app.internal_port());
     let shared = app.shared();
     tokio::spawn(app.run_until_stopped());
-    let pool = keyward::db::connect(config.database_path()).await.unwrap();
+    let pool = keyward::store::sqlite::connect(config.database_path()).await.unwrap();
     TestApp { public, internal, config, master, pool, http: reqwest::Client::new(), shared, dir }
 }
 

@@ -9,7 +9,7 @@ use keyward::config::Duration as Span;
 use keyward::config::{ExchangeConfig, ExchangeStyle};
 use keyward::keys::Algorithm;
 use keyward::keys::KeyState;
-use keyward::keystore;
+use keyward::store::sqlite;
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -145,7 +145,7 @@ async fn every_answer_to_valid_and_invalid_requests_is_documented_in_openapi_jso
     assert_eq!(response.status(), 200);
     let doc = Doc(response.json().await.unwrap());
 
-    let keys = keystore::list(&app.pool).await.unwrap();
+    let keys = sqlite::keys::all(&app.pool).await.unwrap();
     let kid_in = |state| keys.iter().find(|k| k.state() == state).unwrap().kid.clone();
     let (current, next) = (kid_in(KeyState::Current), kid_in(KeyState::Next));
     // Valid and unknown values of each path parameter.

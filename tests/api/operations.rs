@@ -338,7 +338,7 @@ async fn readyz_fails_on_both_listeners_while_the_database_does_not_answer() {
     for base in [&app.public, &app.internal] {
         assert_eq!(status_of(&app, base, "/readyz").await, 200);
     }
-    let generation = keyward::db::generation(&app.pool).await.unwrap();
+    let generation = keyward::store::sqlite::generation(&app.pool).await.unwrap();
     sqlx::query("DROP TABLE state_version").execute(&app.pool).await.unwrap();
     let failing = app
         .eventually(Duration::from_secs(3), || async {
@@ -477,7 +477,7 @@ async fn rows_older_than_the_retention_are_pruned_and_newer_ones_stay() {
     es256(&mut config);
     config.server.ledger_retention = Span::from_secs(2 * 86_400);
     let retention = config.server.ledger_retention.as_secs_i64();
-    let pool = keyward::db::connect(config.database_path()).await.unwrap();
+    let pool = keyward::store::sqlite::connect(config.database_path()).await.unwrap();
     insert_row(&pool, "expired", "c", "s", now() - retention - 3_600).await;
     insert_row(&pool, "kept", "c", "s", now() - retention + 3_600).await;
     insert_row(&pool, "fresh", "c", "s", now()).await;
@@ -785,7 +785,7 @@ async fn sigterm_under_load_exits_0_and_every_token_received_has_its_ledger_row(
     config.server.rate_limit = 100_000;
     config.server.rate_burst = 100_000;
     let (_, _) = MasterKey::resolve(None, &config.server.master_key_file, true).unwrap();
-    let pool = keyward::db::connect(config.database_path()).await.unwrap();
+    let pool = keyward::store::sqlite::connect(config.database_path()).await.unwrap();
     let token = keyward::clients::add(&pool, &config, "loader", &[PROFILE.into()], false, now()).await.unwrap();
     let token = token.to_string();
     pool.close().await;
@@ -847,7 +847,7 @@ async fn sigterm_under_load_exits_0_and_every_token_received_has_its_ledger_row(
     let log = server.log_text();
     assert!(log.contains("shutdown signal received") && log.contains("\"stopped\""), "{log}");
 
-    let pool = keyward::db::connect(config.database_path()).await.unwrap();
+    let pool = keyward::store::sqlite::connect(config.database_path()).await.unwrap();
     let stored: HashSet<String> =
         sqlx::query_scalar("SELECT jti FROM issuance").fetch_all(&pool).await.unwrap().into_iter().collect();
     let missing: Vec<&String> = received.iter().filter(|jti| !stored.contains(*jti)).collect();
@@ -872,13 +872,13 @@ async fn backup_while_running_holds_the_keys_and_ledger_and_restores_the_same_jw
     let restored = tempfile::tempdir().unwrap();
     std::fs::copy(&file, restored.path().join("keyward.db")).unwrap();
 
-    let copy = keyward::db::connect(file.to_str().unwrap()).await.unwrap();
+    let copy = keyward::store::sqlite::connect(file.to_str().unwrap()).await.unwrap();
     let describe = |keys: Vec<keyward::keys::KeyRecord>| -> Vec<(Value, Option<Vec<u8>>)> {
         keys.into_iter().map(|k| (serde_json::to_value(&k).unwrap(), k.sealed_private)).collect()
     };
-    let original_keys = describe(keyward::keystore::list(&app.pool).await.unwrap());
+    let original_keys = describe(keyward::store::sqlite::keys::all(&app.pool).await.unwrap());
     assert_eq!(original_keys.len(), 2);
-    assert_eq!(describe(keyward::keystore::list(&copy).await.unwrap()), original_keys);
+    assert_eq!(describe(keyward::store::sqlite::keys::all(&copy).await.unwrap()), original_keys);
     let rows = all_rows(&app.pool).await;
     assert_eq!(rows.len(), 5);
     assert_eq!(all_rows(&copy).await, rows);

@@ -153,7 +153,7 @@ async fn status_of(http: &reqwest::Client, url: &str) -> (u16, Value) {
 }
 
 async fn committed_jtis(database: &Path) -> HashSet<String> {
-    let pool = keyward::db::connect(database).await.unwrap();
+    let pool = keyward::store::sqlite::connect(database).await.unwrap();
     let jtis = sqlx::query_scalar("SELECT jti FROM issuance").fetch_all(&pool).await.unwrap().into_iter().collect();
     pool.close().await;
     jtis
@@ -180,7 +180,7 @@ async fn a_full_disk_refuses_tokens_without_recording_none_and_everything_recove
     config.server.rate_burst = 1_000_000;
     let database = config.database_path().to_owned();
     MasterKey::resolve(None, &config.server.master_key_file, true).unwrap();
-    let pool = keyward::db::connect(&database).await.unwrap();
+    let pool = keyward::store::sqlite::connect(&database).await.unwrap();
     let now = chrono::Utc::now().timestamp();
     let token = keyward::clients::add(&pool, &config, "loader", &[PROFILE.into()], false, now).await.unwrap();
     let admin = keyward::clients::add(&pool, &config, "ops", &[], true, now).await.unwrap();
@@ -299,7 +299,7 @@ async fn a_full_disk_refuses_tokens_without_recording_none_and_everything_recove
         .unwrap();
     assert!(added.status.success(), "clients add after recovery: {}", text(&added.stderr));
     let set = &config.key_sets[0].name;
-    let old_kid = keyward::keystore::list(&keyward::db::connect(&database).await.unwrap())
+    let old_kid = keyward::store::sqlite::keys::all(&keyward::store::sqlite::connect(&database).await.unwrap())
         .await
         .unwrap()
         .into_iter()

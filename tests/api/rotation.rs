@@ -10,7 +10,7 @@ use keyward::config::Config;
 use keyward::config::Duration as Span;
 use keyward::keys::Algorithm;
 use keyward::keys::{KeyRecord, KeyState};
-use keyward::keystore;
+use keyward::store::sqlite;
 use serde_json::{json, Value};
 
 use crate::helpers::{serve, spawn_app_with, test_config, wait_healthy, TestApp};
@@ -134,7 +134,7 @@ async fn accelerated_rotation_never_fails_a_caching_verifier() {
     );
     assert!(failures.is_empty(), "{failures:#?}");
     assert!(kids.len() >= 4, "only {} signing keys in {run_for:?}", kids.len());
-    let keys = keystore::list(&app.pool).await.unwrap();
+    let keys = sqlite::keys::all(&app.pool).await.unwrap();
     assert!(keys.iter().any(|k| k.state() == KeyState::Retired), "no key was retired");
 }
 
@@ -184,7 +184,7 @@ async fn revoking_the_signing_key_swaps_in_the_next_with_no_gap() {
     let first_new = signed.iter().position(|k| *k == next).unwrap();
     assert!(signed[first_new..].iter().all(|k| *k == next), "the revoked key signed after the swap");
 
-    let revoked = keystore::list(&app.pool).await.unwrap().into_iter().find(|k| k.kid == current).unwrap();
+    let revoked = sqlite::keys::all(&app.pool).await.unwrap().into_iter().find(|k| k.kid == current).unwrap();
     assert_eq!(revoked.state(), KeyState::Revoked);
     assert!(revoked.sealed_private.is_none());
     assert_eq!(admin_post(&app, &ops, &format!("/v1/keys/{current}/revoke"), None).await.status(), 409);
@@ -241,12 +241,13 @@ async fn admin_routes_need_an_admin_client_and_rotation_respects_publish_ahead()
 #[tokio::test]
 async fn retired_keys_leave_no_private_material_in_the_database() {
     let app = spawn_app_with(|c| fast(c, Algorithm::Es256)).await;
-    let first = keystore::list(&app.pool).await.unwrap().into_iter().find(|k| k.state() == KeyState::Current).unwrap();
+    let first =
+        sqlite::keys::all(&app.pool).await.unwrap().into_iter().find(|k| k.state() == KeyState::Current).unwrap();
     let blob = first.sealed_private.clone().unwrap();
     // rotate_every 3s, then max_ttl 3s + retain_after 3s: retired about 9 s after start.
     let retired = app
         .eventually(Duration::from_secs(15), || async {
-            keystore::list(&app.pool)
+            sqlite::keys::all(&app.pool)
                 .await
                 .unwrap()
                 .iter()
@@ -254,7 +255,7 @@ async fn retired_keys_leave_no_private_material_in_the_database() {
         })
         .await;
     assert!(retired, "the first key was not retired in time");
-    let record = keystore::list(&app.pool).await.unwrap().into_iter().find(|k| k.kid == first.kid).unwrap();
+    let record = sqlite::keys::all(&app.pool).await.unwrap().into_iter().find(|k| k.kid == first.kid).unwrap();
     assert!(record.sealed_private.is_none() && record.master_key_id.is_none());
     // The scheduler commits the retirement, then reloads the served snapshot: the JWKS
     // follows within moments (seen by this check only between the two, under load).
@@ -277,8 +278,8 @@ async fn retired_keys_leave_no_private_material_in_the_database() {
 
 /// Every set has exactly one current and one next key, and no kid seen before is lost.
 async fn assert_valid_state(db: &std::path::Path, seen: &mut BTreeSet<String>) {
-    let pool = keyward::db::connect(db).await.unwrap();
-    let keys = keystore::list(&pool).await.unwrap();
+    let pool = keyward::store::sqlite::connect(db).await.unwrap();
+    let keys = sqlite::keys::all(&pool).await.unwrap();
     let count = |s: KeyState| keys.iter().filter(|k| k.state() == s).count();
     assert_eq!(count(KeyState::Current), 1, "{keys:?}");
     assert_eq!(count(KeyState::Next), 1, "{keys:?}");
@@ -314,8 +315,8 @@ async fn two_processes_on_one_database_rotate_once() {
     }
     drop((a, b));
     assert!(agreed, "the two processes never served the same JWKS");
-    let pool = keyward::db::connect(config.database_path()).await.unwrap();
-    let keys = keystore::list(&pool).await.unwrap();
+    let pool = keyward::store::sqlite::connect(config.database_path()).await.unwrap();
+    let keys = sqlite::keys::all(&pool).await.unwrap();
     let mut activations: Vec<i64> = keys.iter().filter_map(|k| k.activated_at).collect();
     activations.sort();
     assert!(activations.len() >= 3, "{activations:?}");
@@ -363,11 +364,11 @@ fn utc(ts: i64) -> String {
 }
 
 async fn key(pool: &sqlx::SqlitePool, kid: &str) -> KeyRecord {
-    keystore::list(pool).await.unwrap().into_iter().find(|k| k.kid == kid).unwrap()
+    sqlite::keys::all(pool).await.unwrap().into_iter().find(|k| k.kid == kid).unwrap()
 }
 
 async fn kid_in(pool: &sqlx::SqlitePool, state: KeyState) -> String {
-    keystore::list(pool).await.unwrap().into_iter().find(|k| k.state() == state).unwrap().kid
+    sqlite::keys::all(pool).await.unwrap().into_iter().find(|k| k.state() == state).unwrap().kid
 }
 
 /// A rotation then an immediate revocation makes a seconds-old key sign: the CLI's output,
@@ -386,7 +387,7 @@ async fn revoking_right_after_a_rotation_says_until_when_verifiers_may_reject_th
             .output()
             .unwrap()
     };
-    let pool = keyward::db::connect(config.database_path()).await.unwrap();
+    let pool = keyward::store::sqlite::connect(config.database_path()).await.unwrap();
     let window = 5 * 60 + 60; // jwks_max_age + clock_skew of the defaults
 
     // The CLI: rotate (forced), then revoke the signer at once.

@@ -19,13 +19,13 @@ use crate::http::problem::{ApiError, Problem};
 use crate::http::public::{readiness_json, status_json, HealthStatus};
 use crate::keys::export::{self, Format};
 use crate::keys::rotation::{Exposure, Refused, Step};
-use crate::keystore;
 use crate::lifecycle::{self, ActionError, Outcome};
 use crate::partner::cache::TokenCache;
 use crate::partner::exchange::{self, ExchangeError};
 use crate::policy::profile::{Prepared, Profile, Refusal, RefusalKind, SignRequest, SignedBy};
 use crate::policy::ratelimit::{Limit, RateLimiter};
 use crate::state::{Recheck, Shared, Snapshot};
+use crate::store::sqlite;
 
 /// Route paths, shared by the router and the OpenAPI document.
 pub mod paths {
@@ -809,10 +809,8 @@ async fn public_key(
 ) -> Result<HttpResponse, ApiError> {
     authenticate(&req, &*snapshot_for(&req, &state).await?, &state)?;
     let format = export_format(req.query_string())?;
-    let record = keystore::list(state.shared.pool())
+    let record = sqlite::keys::one(state.shared.pool(), &kid)
         .await?
-        .into_iter()
-        .find(|r| r.kid == *kid)
         .ok_or_else(|| ApiError::NotFound(format!("no key {}", kid.as_str())))?;
     // A revoked or retired key must not be handed out for a partner to register or trust.
     if !record.is_published() {

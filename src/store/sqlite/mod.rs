@@ -13,6 +13,8 @@ use sqlx::{ConnectOptions, Sqlite, SqliteConnection, SqlitePool};
 
 use crate::private_files::{private_dir_builder, private_file_options};
 
+pub mod keys;
+
 fn options(path: &Path) -> SqliteConnectOptions {
     SqliteConnectOptions::new()
         .filename(path)
