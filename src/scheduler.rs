@@ -5,14 +5,13 @@ use std::time::Duration;
 use sqlx::SqlitePool;
 use tokio::sync::watch;
 
-use crate::app::ledger;
 use crate::app::metrics::Metrics;
 use crate::config::Config;
 use crate::keys::rotation;
 use crate::keystore;
 use crate::seal::MasterKey;
 use crate::state::Shared;
-use crate::store::sqlite;
+use crate::store::sqlite::{self, issuance};
 
 /// The scheduler looks again at least this often, whatever the plan says.
 pub const MAX_SLEEP_SECS: i64 = 60;
@@ -80,7 +79,7 @@ pub async fn run_until_stopped(shared: &Shared, mut stop: watch::Receiver<bool>)
         let pass =
             run_due(shared.pool(), shared.master(), shared.config(), now.timestamp(), Some(shared.metrics())).await;
         let keep_from = now.timestamp() - shared.config().server.ledger_retention.as_secs_i64();
-        match ledger::prune(shared.pool(), keep_from).await {
+        match issuance::prune(shared.pool(), keep_from).await {
             Ok(0) => {}
             Ok(rows) => tracing::info!(rows, "pruned issuance ledger rows past ledger_retention"),
             Err(err) => tracing::warn!(error = format!("{err:#}"), "pruning the ledger failed"),

@@ -5,13 +5,14 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use serde::Serialize;
-use sqlx::{Row, SqlitePool};
+use sqlx::SqlitePool;
 
 use crate::config::Config;
 use crate::keys::HmacAlgorithm;
 use crate::keys::SecretKey;
 use crate::seal::MasterKey;
-use crate::store::sqlite;
+use crate::store::rows::SecretRow;
+use crate::store::sqlite::secrets as store_secrets;
 
 /// Why a secret was not stored.
 #[derive(Debug, thiserror::Error)]
@@ -60,24 +61,14 @@ pub async fn set(
         });
     }
     let sealed = master.seal(secret, &context(profile)).context("sealing the secret")?;
-    let mut tx = sqlite::begin_write(pool).await?;
-    sqlx::query(
-        "INSERT INTO secrets (profile, sealed_secret, master_key_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?) \
-         ON CONFLICT (profile) DO UPDATE SET sealed_secret = excluded.sealed_secret, \
-         master_key_id = excluded.master_key_id, updated_at = excluded.updated_at",
-    )
-    .bind(profile)
-    .bind(&sealed)
-    .bind(master.id())
-    .bind(now)
-    .bind(now)
-    .execute(&mut *tx)
-    .await
-    .context("storing the secret")?;
-    sqlite::bump_generation(&mut tx).await?;
-    tx.commit().await.context("committing the secret")?;
-    // The replaced secret's sealed bytes must not linger in the log.
-    sqlite::checkpoint(pool).await;
+    let row = SecretRow {
+        profile: profile.to_owned(),
+        sealed_secret: sealed,
+        master_key_id: master.id().to_owned(),
+        created_at: now,
+        updated_at: now,
+    };
+    store_secrets::put(pool, &row).await?;
     Ok(())
 }
 
@@ -94,19 +85,11 @@ pub struct SecretInfo {
 
 /// Every stored secret's profile and dates.
 pub async fn list(pool: &SqlitePool) -> anyhow::Result<Vec<SecretInfo>> {
-    let rows = sqlx::query("SELECT profile, created_at, updated_at FROM secrets ORDER BY profile")
-        .fetch_all(pool)
-        .await
-        .context("listing secrets")?;
-    rows.iter()
-        .map(|row| {
-            Ok(SecretInfo {
-                profile: row.try_get("profile")?,
-                created_at: row.try_get("created_at")?,
-                updated_at: row.try_get("updated_at")?,
-            })
-        })
-        .collect()
+    let rows = store_secrets::all(pool).await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| SecretInfo { profile: row.profile, created_at: row.created_at, updated_at: row.updated_at })
+        .collect())
 }
 
 /// Opens the secret of every configured shared-secret profile that has one.
@@ -115,21 +98,15 @@ pub async fn load(
     master: &MasterKey,
     config: &Config,
 ) -> anyhow::Result<HashMap<String, Arc<SecretKey>>> {
-    let rows = sqlx::query("SELECT profile, sealed_secret, master_key_id FROM secrets")
-        .fetch_all(pool)
-        .await
-        .context("loading secrets")?;
+    let rows = store_secrets::all(pool).await?;
     let mut loaded = HashMap::new();
-    for row in &rows {
-        let profile: String = row.try_get("profile")?;
+    for SecretRow { profile, sealed_secret: sealed, master_key_id: sealed_by, .. } in rows {
         let Some(algorithm) = algorithm_of(config, &profile) else { continue };
-        let sealed_by: String = row.try_get("master_key_id")?;
         anyhow::ensure!(
             sealed_by == master.id(),
             "the secret of profile {profile} was sealed with master key {sealed_by}, but the configured master key is {}",
             master.id()
         );
-        let sealed: Vec<u8> = row.try_get("sealed_secret")?;
         let secret =
             master.open(&sealed, &context(&profile)).with_context(|| format!("opening the secret of {profile}"))?;
         let key = SecretKey::new(algorithm, &secret).with_context(|| format!("loading the secret of {profile}"))?;

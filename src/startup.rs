@@ -20,6 +20,7 @@ use crate::policy::profile::Profile;
 use crate::seal::MasterKey;
 use crate::state::Shared;
 use crate::store::sqlite;
+use crate::store::sqlite::issuance::IssuanceWriter;
 use crate::{keystore, scheduler};
 
 /// How many seconds in-flight requests get to finish at shutdown.
@@ -65,7 +66,7 @@ impl Application {
         let metrics = Metrics::default();
         scheduler::run_due(&pool, &master, &config, now, Some(&metrics)).await;
         let (ledger, ledger_writer) = Ledger::start(
-            pool.clone(),
+            IssuanceWriter::new(pool.clone()),
             metrics.clone(),
             std::time::Duration::from_millis(config.server.ledger_commit_interval_ms),
         );

@@ -13,46 +13,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use serde::Serialize;
-use sqlx::pool::PoolConnection;
-use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::app::metrics::Metrics;
-use crate::store::sqlite::WriteTx;
+use crate::store::rows::Entry;
+use crate::store::sqlite::issuance::IssuanceWriter;
 
 /// Rows one transaction takes at most.
 const MAX_BATCH: usize = 1_024;
 
 /// While commits fail and no rows come, how often the writer tries a probe write.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
-
-/// The `jti` of the row a probe writes and deletes again (real jtis are 22 characters).
-const PROBE_JTI: &str = "-ledger-probe-";
-
-/// One issued token, as the ledger keeps it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Entry {
-    /// The token's `jti`.
-    pub jti: String,
-    /// Profile that issued it.
-    pub profile: String,
-    /// Client that asked.
-    pub client: String,
-    /// `sub`, when the token has a caller subject.
-    pub sub: Option<String>,
-    /// Signing key; `None` for shared-secret profiles.
-    pub kid: Option<String>,
-    /// Algorithm.
-    pub alg: String,
-    /// Unix seconds.
-    pub iat: i64,
-    /// Unix seconds.
-    pub exp: i64,
-    /// Names of the claims the request added (never their values).
-    pub claim_names: Vec<String>,
-}
 
 /// The row could not be committed: the token must not be handed out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -82,19 +53,11 @@ pub struct Ledger {
 impl Ledger {
     /// A ledger and its writer, which runs until `stop` and then commits what is queued.
     /// Commits start at least `min_interval` apart.
-    pub fn start(pool: SqlitePool, metrics: Metrics, min_interval: Duration) -> (Ledger, Writer) {
+    pub fn start(issuance: IssuanceWriter, metrics: Metrics, min_interval: Duration) -> (Ledger, Writer) {
         let (jobs, queue) = mpsc::unbounded_channel();
         let health = LedgerHealth::default();
-        let writer = Writer {
-            pool,
-            metrics,
-            queue,
-            connection: None,
-            min_interval,
-            last_commit: None,
-            health: health.clone(),
-            outage: None,
-        };
+        let writer =
+            Writer { issuance, metrics, queue, min_interval, last_commit: None, health: health.clone(), outage: None };
         (Ledger { jobs, health }, writer)
     }
 
@@ -113,12 +76,9 @@ impl Ledger {
 
 /// The task that commits queued rows.
 pub struct Writer {
-    pool: SqlitePool,
+    issuance: IssuanceWriter,
     metrics: Metrics,
     queue: mpsc::UnboundedReceiver<Job>,
-    /// Its own connection: its page cache and prepared statements stay warm, since the
-    /// other connections rarely write (a pooled one would often find its cache stale).
-    connection: Option<PoolConnection<Sqlite>>,
     /// Commits start at least this far apart (rows arriving meanwhile join the next one).
     min_interval: Duration,
     last_commit: Option<Instant>,
@@ -182,7 +142,8 @@ impl Writer {
     async fn commit(&mut self, batch: Vec<Job>) {
         let started = Instant::now();
         let size = batch.len();
-        let result = self.insert(batch.iter().map(|(entry, _)| entry).collect()).await;
+        let entries: Vec<&Entry> = batch.iter().map(|(entry, _)| entry).collect();
+        let result = self.issuance.insert(&entries).await;
         self.metrics.ledger_batch(size, started.elapsed(), result.is_ok());
         self.outcome(&result, size);
         for (_, done) in batch {
@@ -192,7 +153,7 @@ impl Writer {
 
     /// Whether writing works again, without waiting for a request to find out.
     async fn probe(&mut self) {
-        let result = self.probe_write().await;
+        let result = self.issuance.probe().await;
         self.outcome(&result, 0);
     }
 
@@ -210,9 +171,6 @@ impl Writer {
             }
             return;
         };
-        // The failed transaction marked its connection to close: drop it, the next
-        // transaction starts on a fresh one.
-        self.connection = None;
         let (batches, rows) = (u64::from(rows > 0), rows as u64);
         if let Some(outage) = &mut self.outage {
             outage.failed_batches += batches;
@@ -231,145 +189,11 @@ impl Writer {
     }
 }
 
-impl Writer {
-    /// A write transaction on the writer's own connection (opened if needed).
-    async fn begin(&mut self) -> anyhow::Result<WriteTx<&mut PoolConnection<Sqlite>>> {
-        let connection = match &mut self.connection {
-            Some(connection) => connection,
-            slot => slot.insert(self.pool.acquire().await.context("connecting the ledger writer")?),
-        };
-        WriteTx::begin(connection).await.context("beginning the ledger transaction")
-    }
-
-    async fn insert(&mut self, entries: Vec<&Entry>) -> anyhow::Result<()> {
-        let mut tx = self.begin().await?;
-        let mut rest = entries.as_slice();
-        while !rest.is_empty() {
-            let (chunk, tail) = rest.split_at(chunk_len(rest.len()));
-            insert_rows(&mut tx, chunk).await?;
-            rest = tail;
-        }
-        tx.commit().await.context("committing ledger rows")
-    }
-
-    /// A row written and deleted in one transaction: its pages change (so a full disk fails
-    /// the commit as a real batch would) and nothing remains.
-    async fn probe_write(&mut self) -> anyhow::Result<()> {
-        let mut tx = self.begin().await?;
-        sqlx::query(
-            "INSERT INTO issuance (jti, profile, client, alg, iat, exp, claim_names) VALUES (?, '', '', '', 0, 0, '[]')",
-        )
-        .bind(PROBE_JTI)
-        .execute(&mut *tx)
-        .await
-        .context("writing the probe row")?;
-        sqlx::query("DELETE FROM issuance WHERE jti = ?")
-            .bind(PROBE_JTI)
-            .execute(&mut *tx)
-            .await
-            .context("deleting the probe row")?;
-        tx.commit().await.context("committing the probe")
-    }
-}
-
-/// Rows go in chunks of 256, 128, ... or 1, so that only nine different statements exist
-/// and all stay prepared (SQLite allows 32,766 bound values; a chunk binds at most 2,304).
-fn chunk_len(remaining: usize) -> usize {
-    let mut size = 256;
-    while size > remaining {
-        size /= 2;
-    }
-    size
-}
-
-async fn insert_rows(tx: &mut sqlx::SqliteConnection, entries: &[&Entry]) -> anyhow::Result<()> {
-    let mut query: QueryBuilder<Sqlite> =
-        QueryBuilder::new("INSERT INTO issuance (jti, profile, client, sub, kid, alg, iat, exp, claim_names) ");
-    query.push_values(entries, |mut row, e| {
-        row.push_bind(&e.jti)
-            .push_bind(&e.profile)
-            .push_bind(&e.client)
-            .push_bind(&e.sub)
-            .push_bind(&e.kid)
-            .push_bind(&e.alg)
-            .push_bind(e.iat)
-            .push_bind(e.exp)
-            .push_bind(serde_json::to_string(&e.claim_names).unwrap_or_else(|_| "[]".to_owned()));
-    });
-    query.build().execute(&mut *tx).await.context("writing ledger rows")?;
-    Ok(())
-}
-
-/// What `keyward audit` filters on; every field optional.
-#[derive(Debug, Clone, Default)]
-pub struct Filter {
-    /// Subject.
-    pub sub: Option<String>,
-    /// Key.
-    pub kid: Option<String>,
-    /// Client.
-    pub client: Option<String>,
-    /// Profile.
-    pub profile: Option<String>,
-    /// Issued at or after (Unix seconds).
-    pub since: Option<i64>,
-    /// Issued before (Unix seconds).
-    pub until: Option<i64>,
-}
-
-/// The rows matching `filter`, newest first, at most `limit`.
-pub async fn query(pool: &SqlitePool, filter: &Filter, limit: i64) -> anyhow::Result<Vec<Entry>> {
-    let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(
-        "SELECT jti, profile, client, sub, kid, alg, iat, exp, claim_names FROM issuance WHERE 1 = 1",
-    );
-    for (column, value) in
-        [("sub", &filter.sub), ("kid", &filter.kid), ("client", &filter.client), ("profile", &filter.profile)]
-    {
-        if let Some(value) = value {
-            query.push(format!(" AND {column} = ")).push_bind(value.clone());
-        }
-    }
-    if let Some(since) = filter.since {
-        query.push(" AND iat >= ").push_bind(since);
-    }
-    if let Some(until) = filter.until {
-        query.push(" AND iat < ").push_bind(until);
-    }
-    query.push(" ORDER BY iat DESC, jti LIMIT ").push_bind(limit);
-    let rows = query.build().fetch_all(pool).await.context("querying the ledger")?;
-    rows.iter()
-        .map(|row| {
-            let names: String = row.try_get("claim_names")?;
-            Ok(Entry {
-                jti: row.try_get("jti")?,
-                profile: row.try_get("profile")?,
-                client: row.try_get("client")?,
-                sub: row.try_get("sub")?,
-                kid: row.try_get("kid")?,
-                alg: row.try_get("alg")?,
-                iat: row.try_get("iat")?,
-                exp: row.try_get("exp")?,
-                claim_names: serde_json::from_str(&names).unwrap_or_default(),
-            })
-        })
-        .collect()
-}
-
-/// Deletes rows issued before `before`; returns how many.
-pub async fn prune(pool: &SqlitePool, before: i64) -> anyhow::Result<u64> {
-    let done = sqlx::query("DELETE FROM issuance WHERE iat < ?")
-        .bind(before)
-        .execute(pool)
-        .await
-        .context("pruning the ledger")?;
-    Ok(done.rows_affected())
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
-    use super::{chunk_len, commit_delay};
+    use super::commit_delay;
 
     #[test]
     fn a_commit_waits_only_for_the_rest_of_the_interval() {
@@ -379,21 +203,5 @@ mod tests {
         assert_eq!(commit_delay(Some(ms(5)), ms(5)), Duration::ZERO);
         assert_eq!(commit_delay(Some(ms(900)), ms(5)), Duration::ZERO, "a quiet server commits at once");
         assert_eq!(commit_delay(Some(ms(1)), Duration::ZERO), Duration::ZERO, "0 turns pacing off");
-    }
-
-    #[test]
-    fn batches_split_into_power_of_two_chunks() {
-        let split = |mut n: usize| {
-            let mut sizes = Vec::new();
-            while n > 0 {
-                sizes.push(chunk_len(n));
-                n -= chunk_len(n);
-            }
-            sizes
-        };
-        assert_eq!(split(1), [1]);
-        assert_eq!(split(7), [4, 2, 1]);
-        assert_eq!(split(256), [256]);
-        assert_eq!(split(600), [256, 256, 64, 16, 8]);
     }
 }

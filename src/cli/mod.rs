@@ -12,7 +12,6 @@ use anyhow::{bail, Context};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use sqlx::SqlitePool;
 
-use crate::app::ledger;
 use crate::clients::ClientError;
 use crate::config::{self, EnvSettings, LoadedConfig, LogFormat};
 use crate::keys::export::{self, Format};
@@ -22,7 +21,8 @@ use crate::keys::{KeyRecord, KeyState};
 use crate::lifecycle::{self, ActionError};
 use crate::seal::{MasterKey, MasterKeyOrigin};
 use crate::startup::Application;
-use crate::store::sqlite;
+use crate::store::rows::Filter;
+use crate::store::sqlite::{self, issuance};
 use crate::{clients, keystore, private_files, secrets};
 
 mod telemetry;
@@ -578,7 +578,7 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
                 .transpose()
             };
             anyhow::ensure!(limit >= 1, "--limit must be at least 1");
-            let filter = ledger::Filter {
+            let filter = Filter {
                 sub,
                 kid,
                 client,
@@ -587,7 +587,7 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
                 until: instant("--until", until)?,
             };
             let pool = open_database(&loaded, init).await?;
-            let rows = ledger::query(&pool, &filter, limit).await?;
+            let rows = issuance::query(&pool, &filter, limit).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
                 return Ok(());

@@ -2,5 +2,5 @@
 //! transactions that change it. SQLite is the one implementation; each table's SQL is in
 //! `sqlite/<table>.rs`, rows map to records through `rows`.
 
-pub(crate) mod rows;
+pub mod rows;
 pub mod sqlite;

@@ -1,6 +1,7 @@
 //! Rows as stored, and their conversion to the records the rest of keyward works with.
 
 use anyhow::Context;
+use serde::Serialize;
 
 use crate::keys::{Algorithm, KeyRecord};
 
@@ -43,4 +44,59 @@ impl TryFrom<KeyRow> for KeyRecord {
             kid: row.kid,
         })
     }
+}
+
+/// One issued token, as the ledger keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Entry {
+    /// The token's `jti`.
+    pub jti: String,
+    /// Profile that issued it.
+    pub profile: String,
+    /// Client that asked.
+    pub client: String,
+    /// `sub`, when the token has a caller subject.
+    pub sub: Option<String>,
+    /// Signing key; `None` for shared-secret profiles.
+    pub kid: Option<String>,
+    /// Algorithm.
+    pub alg: String,
+    /// Unix seconds.
+    pub iat: i64,
+    /// Unix seconds.
+    pub exp: i64,
+    /// Names of the claims the request added (never their values).
+    pub claim_names: Vec<String>,
+}
+
+/// What `keyward audit` filters on; every field optional.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Subject.
+    pub sub: Option<String>,
+    /// Key.
+    pub kid: Option<String>,
+    /// Client.
+    pub client: Option<String>,
+    /// Profile.
+    pub profile: Option<String>,
+    /// Issued at or after (Unix seconds).
+    pub since: Option<i64>,
+    /// Issued before (Unix seconds).
+    pub until: Option<i64>,
+}
+
+/// A row of the `secrets` table (no `Debug`: it holds a sealed secret).
+#[derive(sqlx::FromRow)]
+pub struct SecretRow {
+    /// The shared-secret profile.
+    pub profile: String,
+    /// The secret, sealed to the profile.
+    pub sealed_secret: Vec<u8>,
+    /// The master key that sealed it.
+    pub master_key_id: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds.
+    pub updated_at: i64,
 }

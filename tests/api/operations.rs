@@ -9,12 +9,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use keyward::app::ledger::{self, Entry, Filter};
 use keyward::config::Duration as Span;
 use keyward::config::{Config, ProfileConfig};
 use keyward::keys::Algorithm;
 use keyward::keys::HmacAlgorithm;
 use keyward::seal::MasterKey;
+use keyward::store::rows::{Entry, Filter};
+use keyward::store::sqlite::issuance;
 use serde_json::{json, Value};
 use sqlx::SqlitePool;
 
@@ -68,7 +69,7 @@ fn partner_api() -> ProfileConfig {
 
 /// Every ledger row, newest first.
 async fn all_rows(pool: &SqlitePool) -> Vec<Entry> {
-    ledger::query(pool, &Filter::default(), 100_000).await.unwrap()
+    issuance::query(pool, &Filter::default(), 100_000).await.unwrap()
 }
 
 async fn row_count(pool: &SqlitePool) -> i64 {
@@ -176,7 +177,8 @@ async fn every_issued_token_has_its_ledger_row_when_the_response_arrives_and_ref
         };
         let signed = app.sign_ok(PROFILE, &token, &body).await;
         // Queried at once: the row was committed before the response was sent.
-        let rows = ledger::query(&app.pool, &Filter { sub: Some(sub.clone()), ..Filter::default() }, 10).await.unwrap();
+        let rows =
+            issuance::query(&app.pool, &Filter { sub: Some(sub.clone()), ..Filter::default() }, 10).await.unwrap();
         assert_eq!(rows.len(), 1, "{sub}: {rows:?}");
         let jwt = signed["token"].as_str().unwrap();
         let claims = verify(jwt, &jwks).unwrap().claims;
@@ -496,10 +498,10 @@ async fn rows_older_than_the_retention_are_pruned_and_newer_ones_stay() {
     let cutoff = now() - retention;
     insert_row(&app.pool, "just-past", "c", "s", cutoff - 1).await;
     insert_row(&app.pool, "at-cutoff", "c", "s", cutoff).await;
-    assert_eq!(ledger::prune(&app.pool, cutoff).await.unwrap(), 1);
+    assert_eq!(issuance::prune(&app.pool, cutoff).await.unwrap(), 1);
     let left: BTreeSet<String> = all_rows(&app.pool).await.into_iter().map(|e| e.jti).collect();
     assert_eq!(left, set(&["at-cutoff", "fresh", "kept"]));
-    assert_eq!(ledger::prune(&app.pool, cutoff).await.unwrap(), 0);
+    assert_eq!(issuance::prune(&app.pool, cutoff).await.unwrap(), 0);
 }
 
 // ---------------------------------------------------------------------------------------

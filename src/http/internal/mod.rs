@@ -12,7 +12,7 @@ use rand::RngCore;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::app::ledger::{Entry, Ledger};
+use crate::app::ledger::Ledger;
 use crate::clients::Client;
 use crate::config::ExchangeStyle;
 use crate::http::problem::{ApiError, Problem};
@@ -25,6 +25,7 @@ use crate::partner::exchange::{self, ExchangeError};
 use crate::policy::profile::{Prepared, Profile, Refusal, RefusalKind, SignRequest, SignedBy};
 use crate::policy::ratelimit::{Limit, RateLimiter};
 use crate::state::{Recheck, Shared, Snapshot};
+use crate::store::rows::Entry;
 use crate::store::sqlite;
 
 /// Route paths, shared by the router and the OpenAPI document.

@@ -13,7 +13,9 @@ use sqlx::{ConnectOptions, Sqlite, SqliteConnection, SqlitePool};
 
 use crate::private_files::{private_dir_builder, private_file_options};
 
+pub mod issuance;
 pub mod keys;
+pub mod secrets;
 
 fn options(path: &Path) -> SqliteConnectOptions {
     SqliteConnectOptions::new()

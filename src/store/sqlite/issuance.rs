@@ -1,0 +1,182 @@
+//! The SQL of the `issuance` table: the ledger writer's inserts, audit queries, pruning.
+
+use anyhow::Context;
+use sqlx::pool::PoolConnection;
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+
+use super::WriteTx;
+use crate::store::rows::{Entry, Filter};
+
+/// The `jti` of the row a probe writes and deletes again (real jtis are 22 characters).
+const PROBE_JTI: &str = "-ledger-probe-";
+
+/// The ledger writer's side of the table.
+pub struct IssuanceWriter {
+    pool: SqlitePool,
+    /// Its own connection: its page cache and prepared statements stay warm, since the
+    /// other connections rarely write (a pooled one would often find its cache stale).
+    connection: Option<PoolConnection<Sqlite>>,
+}
+
+impl IssuanceWriter {
+    /// The writer of `pool`'s issuance table.
+    pub fn new(pool: SqlitePool) -> Self {
+        IssuanceWriter { pool, connection: None }
+    }
+
+    /// A write transaction on the writer's own connection (opened if needed).
+    async fn begin(&mut self) -> anyhow::Result<WriteTx<&mut PoolConnection<Sqlite>>> {
+        let connection = match &mut self.connection {
+            Some(connection) => connection,
+            slot => slot.insert(self.pool.acquire().await.context("connecting the ledger writer")?),
+        };
+        WriteTx::begin(connection).await.context("beginning the ledger transaction")
+    }
+
+    /// Commits `entries` in one transaction. After a failure the connection is dropped
+    /// (the failed transaction marked it to close): the next one starts on a fresh one.
+    pub async fn insert(&mut self, entries: &[&Entry]) -> anyhow::Result<()> {
+        let result = self.insert_all(entries).await;
+        self.forget_after(&result);
+        result
+    }
+
+    /// A row written and deleted in one transaction: its pages change (so a full disk fails
+    /// the commit as a real batch would) and nothing remains.
+    pub async fn probe(&mut self) -> anyhow::Result<()> {
+        let result = self.probe_write().await;
+        self.forget_after(&result);
+        result
+    }
+
+    fn forget_after(&mut self, result: &anyhow::Result<()>) {
+        if result.is_err() {
+            self.connection = None;
+        }
+    }
+
+    async fn insert_all(&mut self, entries: &[&Entry]) -> anyhow::Result<()> {
+        let mut tx = self.begin().await?;
+        let mut rest = entries;
+        while !rest.is_empty() {
+            let (chunk, tail) = rest.split_at(chunk_len(rest.len()));
+            insert_rows(&mut tx, chunk).await?;
+            rest = tail;
+        }
+        tx.commit().await.context("committing ledger rows")
+    }
+
+    async fn probe_write(&mut self) -> anyhow::Result<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO issuance (jti, profile, client, alg, iat, exp, claim_names) VALUES (?, '', '', '', 0, 0, '[]')",
+        )
+        .bind(PROBE_JTI)
+        .execute(&mut *tx)
+        .await
+        .context("writing the probe row")?;
+        sqlx::query("DELETE FROM issuance WHERE jti = ?")
+            .bind(PROBE_JTI)
+            .execute(&mut *tx)
+            .await
+            .context("deleting the probe row")?;
+        tx.commit().await.context("committing the probe")
+    }
+}
+
+/// Rows go in chunks of 256, 128, ... or 1, so that only nine different statements exist
+/// and all stay prepared (SQLite allows 32,766 bound values; a chunk binds at most 2,304).
+fn chunk_len(remaining: usize) -> usize {
+    let mut size = 256;
+    while size > remaining {
+        size /= 2;
+    }
+    size
+}
+
+async fn insert_rows(tx: &mut sqlx::SqliteConnection, entries: &[&Entry]) -> anyhow::Result<()> {
+    let mut query: QueryBuilder<Sqlite> =
+        QueryBuilder::new("INSERT INTO issuance (jti, profile, client, sub, kid, alg, iat, exp, claim_names) ");
+    query.push_values(entries, |mut row, e| {
+        row.push_bind(&e.jti)
+            .push_bind(&e.profile)
+            .push_bind(&e.client)
+            .push_bind(&e.sub)
+            .push_bind(&e.kid)
+            .push_bind(&e.alg)
+            .push_bind(e.iat)
+            .push_bind(e.exp)
+            .push_bind(serde_json::to_string(&e.claim_names).unwrap_or_else(|_| "[]".to_owned()));
+    });
+    query.build().execute(&mut *tx).await.context("writing ledger rows")?;
+    Ok(())
+}
+
+/// The rows matching `filter`, newest first, at most `limit`.
+pub async fn query(pool: &SqlitePool, filter: &Filter, limit: i64) -> anyhow::Result<Vec<Entry>> {
+    let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(
+        "SELECT jti, profile, client, sub, kid, alg, iat, exp, claim_names FROM issuance WHERE 1 = 1",
+    );
+    for (column, value) in
+        [("sub", &filter.sub), ("kid", &filter.kid), ("client", &filter.client), ("profile", &filter.profile)]
+    {
+        if let Some(value) = value {
+            query.push(format!(" AND {column} = ")).push_bind(value.clone());
+        }
+    }
+    if let Some(since) = filter.since {
+        query.push(" AND iat >= ").push_bind(since);
+    }
+    if let Some(until) = filter.until {
+        query.push(" AND iat < ").push_bind(until);
+    }
+    query.push(" ORDER BY iat DESC, jti LIMIT ").push_bind(limit);
+    let rows = query.build().fetch_all(pool).await.context("querying the ledger")?;
+    rows.iter()
+        .map(|row| {
+            let names: String = row.try_get("claim_names")?;
+            Ok(Entry {
+                jti: row.try_get("jti")?,
+                profile: row.try_get("profile")?,
+                client: row.try_get("client")?,
+                sub: row.try_get("sub")?,
+                kid: row.try_get("kid")?,
+                alg: row.try_get("alg")?,
+                iat: row.try_get("iat")?,
+                exp: row.try_get("exp")?,
+                claim_names: serde_json::from_str(&names).unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
+/// Deletes rows issued before `before`; returns how many.
+pub async fn prune(pool: &SqlitePool, before: i64) -> anyhow::Result<u64> {
+    let done = sqlx::query("DELETE FROM issuance WHERE iat < ?")
+        .bind(before)
+        .execute(pool)
+        .await
+        .context("pruning the ledger")?;
+    Ok(done.rows_affected())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chunk_len;
+
+    #[test]
+    fn batches_split_into_power_of_two_chunks() {
+        let split = |mut n: usize| {
+            let mut sizes = Vec::new();
+            while n > 0 {
+                sizes.push(chunk_len(n));
+                n -= chunk_len(n);
+            }
+            sizes
+        };
+        assert_eq!(split(1), [1]);
+        assert_eq!(split(7), [4, 2, 1]);
+        assert_eq!(split(256), [256]);
+        assert_eq!(split(600), [256, 256, 64, 16, 8]);
+    }
+}
