@@ -11,11 +11,11 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use rand::RngCore;
 use serde::Serialize;
-use sqlx::{Row, SqlitePool};
 use zeroize::Zeroizing;
 
 use crate::config::{self, Config};
-use crate::store::sqlite;
+use crate::store::rows::ClientRow;
+use crate::store::Store;
 
 const PREFIX: &str = "kw_";
 const ID_LEN: usize = 16;
@@ -165,19 +165,19 @@ fn check_name(name: &str) -> Result<(), ClientError> {
 
 /// Creates a client and returns its token: the only time the token exists in the clear.
 pub async fn add(
-    pool: &SqlitePool,
+    store: &Store,
     config: &Config,
     name: &str,
     profiles: &[String],
     admin: bool,
     now: i64,
 ) -> Result<Zeroizing<String>, ClientError> {
-    add_with_rate(pool, config, name, profiles, admin, None, now).await
+    add_with_rate(store, config, name, profiles, admin, None, now).await
 }
 
 /// [`add`], with the client's own rate limit (requests per second, burst).
 pub async fn add_with_rate(
-    pool: &SqlitePool,
+    store: &Store,
     config: &Config,
     name: &str,
     profiles: &[String],
@@ -185,14 +185,14 @@ pub async fn add_with_rate(
     rate: Option<(u32, u32)>,
     now: i64,
 ) -> Result<Zeroizing<String>, ClientError> {
-    Ok(create(pool, config, name, profiles, admin, rate, now).await?.0)
+    Ok(create(store, config, name, profiles, admin, rate, now).await?.0)
 }
 
 /// [`add_with_rate`], saying whether the name was reused. A revoked client's name may be reused: the revoked row gives way to the new client (the ledger
 /// keeps the name on the old client's rows). Returns the token, and when the client whose
 /// name was reused had been revoked.
 pub async fn create(
-    pool: &SqlitePool,
+    store: &Store,
     config: &Config,
     name: &str,
     profiles: &[String],
@@ -214,42 +214,28 @@ pub async fn create(
     }
     let profiles: BTreeSet<&String> = profiles.iter().collect();
     let (id, token, hash) = new_token_and_hash()?;
-
-    let mut tx = sqlite::begin_write(pool).await?;
-    let existing: Option<Option<i64>> = sqlx::query_scalar("SELECT revoked_at FROM clients WHERE name = ?")
-        .bind(name)
-        .fetch_optional(&mut *tx)
-        .await
-        .context("looking up the client name")?;
-    let reused = match existing {
-        None => None,
-        Some(None) => return Err(ClientError::Exists(name.to_owned())),
-        Some(Some(revoked_at)) => {
-            sqlx::query("DELETE FROM clients WHERE name = ?")
-                .bind(name)
-                .execute(&mut *tx)
-                .await
-                .context("removing the revoked client")?;
-            Some(revoked_at)
-        }
+    let row = ClientRow {
+        name: name.to_owned(),
+        token_id: id,
+        token_hash: hash.to_vec(),
+        profiles: serde_json::to_string(&profiles).context("encoding profiles")?,
+        admin,
+        created_at: now,
+        revoked_at: None,
+        rate_limit: rate.map(|(rate, _)| rate),
+        rate_burst: rate.map(|(_, burst)| burst),
+        previous_token_id: None,
+        previous_token_hash: None,
+        previous_token_until: None,
     };
-    sqlx::query(
-        "INSERT INTO clients (name, token_id, token_hash, profiles, admin, created_at, rate_limit, rate_burst) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(name)
-    .bind(&id)
-    .bind(hash.as_slice())
-    .bind(serde_json::to_string(&profiles).context("encoding profiles")?)
-    .bind(admin)
-    .bind(now)
-    .bind(rate.map(|(rate, _)| rate))
-    .bind(rate.map(|(_, burst)| burst))
-    .execute(&mut *tx)
-    .await
-    .context("storing the client")?;
-    sqlite::bump_generation(&mut tx).await?;
-    tx.commit().await.context("committing the client")?;
+    // A revoked client's row gives way to the new client.
+    let reused = store
+        .change_client(name, |existing| match existing.map(|e| e.revoked_at) {
+            None => Ok((row, None)),
+            Some(None) => Err(ClientError::Exists(name.to_owned())),
+            Some(Some(revoked_at)) => Ok((row, Some(revoked_at))),
+        })
+        .await??;
     Ok((token, reused))
 }
 
@@ -262,82 +248,59 @@ fn new_token_and_hash() -> anyhow::Result<(String, Zeroizing<String>, [u8; 32])>
 
 /// Gives an active client a new token. The old one stops working at once, or with `grace`
 /// (seconds) at `now + grace`; a token still in the grace of an earlier rotation stops now.
-pub async fn rotate(pool: &SqlitePool, name: &str, grace: i64, now: i64) -> Result<Zeroizing<String>, ClientError> {
+pub async fn rotate(store: &Store, name: &str, grace: i64, now: i64) -> Result<Zeroizing<String>, ClientError> {
     let (id, token, hash) = new_token_and_hash()?;
-    let mut tx = sqlite::begin_write(pool).await?;
-    ensure_active(&mut tx, name).await?;
     let previous = (grace > 0).then_some(now + grace);
-    sqlx::query(
-        "UPDATE clients SET previous_token_id = CASE WHEN ?1 IS NULL THEN NULL ELSE token_id END, \
-         previous_token_hash = CASE WHEN ?1 IS NULL THEN NULL ELSE token_hash END, previous_token_until = ?1, \
-         token_id = ?2, token_hash = ?3 WHERE name = ?4",
-    )
-    .bind(previous)
-    .bind(&id)
-    .bind(hash.as_slice())
-    .bind(name)
-    .execute(&mut *tx)
-    .await
-    .context("storing the new token")?;
-    sqlite::bump_generation(&mut tx).await?;
-    tx.commit().await.context("committing the new token")?;
+    store
+        .change_client(name, |existing| {
+            let current = active(existing, name)?;
+            let row = ClientRow {
+                previous_token_id: previous.map(|_| current.token_id.clone()),
+                previous_token_hash: previous.map(|_| current.token_hash.clone()),
+                previous_token_until: previous,
+                token_id: id,
+                token_hash: hash.to_vec(),
+                ..current.clone()
+            };
+            Ok::<_, ClientError>((row, ()))
+        })
+        .await??;
     Ok(token)
 }
 
-/// Whether `name` is an active client: `NotFound` or `Revoked` otherwise.
-async fn ensure_active(tx: &mut sqlx::SqliteConnection, name: &str) -> Result<(), ClientError> {
-    let revoked_at: Option<Option<i64>> = sqlx::query_scalar("SELECT revoked_at FROM clients WHERE name = ?")
-        .bind(name)
-        .fetch_optional(&mut *tx)
-        .await
-        .context("looking up the client")?;
-    match revoked_at {
+/// `name`'s row if it is an active client: `NotFound` or `Revoked` otherwise.
+fn active<'a>(existing: Option<&'a ClientRow>, name: &str) -> Result<&'a ClientRow, ClientError> {
+    match existing {
         None => Err(ClientError::NotFound(name.to_owned())),
-        Some(Some(at)) => Err(ClientError::Revoked(name.to_owned(), at)),
-        Some(None) => Ok(()),
+        Some(ClientRow { revoked_at: Some(at), .. }) => Err(ClientError::Revoked(name.to_owned(), *at)),
+        Some(row) => Ok(row),
     }
 }
 
 /// Whether `token` (whose id part is `token_id`) is an active client's, as stored now:
 /// one indexed look-up, for a token the served snapshot does not know yet.
-pub async fn is_active_token(pool: &SqlitePool, token_id: &str, token: &str, now: i64) -> anyhow::Result<bool> {
+pub async fn is_active_token(store: &Store, token_id: &str, token: &str, now: i64) -> anyhow::Result<bool> {
     let Some((_, secret)) = split_token(token) else {
         return Ok(false);
     };
-    let hashes: Vec<Vec<u8>> = sqlx::query_scalar(
-        "SELECT token_hash FROM clients WHERE token_id = ?1 AND revoked_at IS NULL \
-         UNION ALL SELECT previous_token_hash FROM clients \
-         WHERE previous_token_id = ?1 AND previous_token_until > ?2 AND revoked_at IS NULL",
-    )
-    .bind(token_id)
-    .bind(now)
-    .fetch_all(pool)
-    .await
-    .context("looking up a token")?;
+    let hashes = store.client_token_hashes(token_id, now).await?;
     let presented = openssl::sha::sha256(secret.as_bytes());
     Ok(hashes.iter().any(|hash| openssl::memcmp::eq(&presented, hash.as_slice()) && hash.len() == 32))
 }
 
 /// Every client, active and revoked, by name.
-pub async fn list(pool: &SqlitePool) -> anyhow::Result<Vec<ClientInfo>> {
-    let rows = sqlx::query(
-        "SELECT name, profiles, admin, created_at, revoked_at, rate_limit, rate_burst, previous_token_until \
-         FROM clients ORDER BY name",
-    )
-    .fetch_all(pool)
-    .await
-    .context("listing clients")?;
-    rows.iter()
+pub async fn list(store: &Store) -> anyhow::Result<Vec<ClientInfo>> {
+    let rows = store.clients().await?;
+    rows.into_iter()
         .map(|row| {
-            let profiles: String = row.try_get("profiles")?;
             Ok(ClientInfo {
-                name: row.try_get("name")?,
-                profiles: serde_json::from_str(&profiles).context("decoding profiles")?,
-                admin: row.try_get("admin")?,
-                created_at: row.try_get("created_at")?,
-                revoked_at: row.try_get("revoked_at")?,
-                rate: rate_of(row)?,
-                previous_token_valid_until: row.try_get("previous_token_until")?,
+                profiles: serde_json::from_str(&row.profiles).context("decoding profiles")?,
+                rate: row.rate_limit.zip(row.rate_burst),
+                name: row.name,
+                admin: row.admin,
+                created_at: row.created_at,
+                revoked_at: row.revoked_at,
+                previous_token_valid_until: row.previous_token_until,
             })
         })
         .collect()
@@ -345,51 +308,35 @@ pub async fn list(pool: &SqlitePool) -> anyhow::Result<Vec<ClientInfo>> {
 
 /// Revokes a client's tokens (a rotated-out one in its grace too); a running server stops
 /// accepting them at its next change check. `Revoked` if it was revoked already.
-pub async fn revoke(pool: &SqlitePool, name: &str, now: i64) -> Result<(), ClientError> {
-    let mut tx = sqlite::begin_write(pool).await?;
-    ensure_active(&mut tx, name).await?;
-    sqlx::query("UPDATE clients SET revoked_at = ? WHERE name = ?")
-        .bind(now)
-        .bind(name)
-        .execute(&mut *tx)
-        .await
-        .context("revoking the client")?;
-    sqlite::bump_generation(&mut tx).await?;
-    tx.commit().await.context("committing the revocation")?;
-    Ok(())
-}
-
-fn rate_of(row: &sqlx::sqlite::SqliteRow) -> anyhow::Result<Option<(u32, u32)>> {
-    let rate: Option<u32> = row.try_get("rate_limit")?;
-    let burst: Option<u32> = row.try_get("rate_burst")?;
-    Ok(rate.zip(burst))
+pub async fn revoke(store: &Store, name: &str, now: i64) -> Result<(), ClientError> {
+    store
+        .change_client(name, |existing| {
+            let current = active(existing, name)?;
+            Ok((ClientRow { revoked_at: Some(now), ..current.clone() }, ()))
+        })
+        .await?
 }
 
 /// Loads the active clients for authentication (with rotated-out tokens still in grace).
-pub async fn load_directory(pool: &SqlitePool) -> anyhow::Result<ClientDirectory> {
-    let rows = sqlx::query(
-        "SELECT name, token_id, token_hash, profiles, admin, rate_limit, rate_burst, previous_token_id, \
-         previous_token_hash, previous_token_until FROM clients WHERE revoked_at IS NULL",
-    )
-    .fetch_all(pool)
-    .await
-    .context("loading clients")?;
+pub async fn load_directory(store: &Store) -> anyhow::Result<ClientDirectory> {
+    let rows: Vec<ClientRow> = store.clients().await?.into_iter().filter(|row| row.revoked_at.is_none()).collect();
     let mut by_token_id = HashMap::with_capacity(rows.len());
-    for row in &rows {
-        let name: String = row.try_get("name")?;
-        let hash: Vec<u8> = row.try_get("token_hash")?;
-        let profiles: String = row.try_get("profiles")?;
+    for row in rows {
+        let name = row.name;
         let client = Client {
-            token_hash: hash.as_slice().try_into().with_context(|| format!("client {name} has a malformed hash"))?,
-            profiles: serde_json::from_str(&profiles).context("decoding profiles")?,
-            admin: row.try_get("admin")?,
-            rate: rate_of(row)?,
+            token_hash: row
+                .token_hash
+                .as_slice()
+                .try_into()
+                .with_context(|| format!("client {name} has a malformed hash"))?,
+            profiles: serde_json::from_str(&row.profiles).context("decoding profiles")?,
+            admin: row.admin,
+            rate: row.rate_limit.zip(row.rate_burst),
             name,
         };
-        let previous_id: Option<String> = row.try_get("previous_token_id")?;
-        let previous_hash: Option<Vec<u8>> = row.try_get("previous_token_hash")?;
-        let previous_until: Option<i64> = row.try_get("previous_token_until")?;
-        if let (Some(id), Some(hash), Some(until)) = (previous_id, previous_hash, previous_until) {
+        if let (Some(id), Some(hash), Some(until)) =
+            (row.previous_token_id, row.previous_token_hash, row.previous_token_until)
+        {
             let previous = Client {
                 token_hash: hash
                     .as_slice()
@@ -399,7 +346,7 @@ pub async fn load_directory(pool: &SqlitePool) -> anyhow::Result<ClientDirectory
             };
             by_token_id.insert(id, Entry { client: previous, valid_until: Some(until) });
         }
-        by_token_id.insert(row.try_get("token_id")?, Entry { client, valid_until: None });
+        by_token_id.insert(row.token_id, Entry { client, valid_until: None });
     }
     Ok(ClientDirectory { by_token_id })
 }

@@ -2,13 +2,12 @@
 //! store's write lock.
 
 use anyhow::{bail, Context};
-use sqlx::SqlitePool;
 
 use crate::config::KeySetConfig;
 use crate::keys::rotation::{self, Step};
 use crate::keys::{self, KeyRecord};
 use crate::seal::MasterKey;
-use crate::store::sqlite::keys::{self as store_keys, KeyChange};
+use crate::store::{KeyChange, Store};
 
 /// Refuses to go on when stored keys were sealed under another master key.
 pub fn check_master_key(records: &[KeyRecord], master: &MasterKey) -> anyhow::Result<()> {
@@ -37,7 +36,7 @@ async fn make_key(set: &KeySetConfig, master: &MasterKey, now: i64) -> anyhow::R
 /// set's keys and the sealed key (which it must place with a creating step). Returns the
 /// new kid and the steps taken.
 pub async fn import<F>(
-    pool: &SqlitePool,
+    store: &Store,
     master: &MasterKey,
     set: &KeySetConfig,
     pem: &[u8],
@@ -58,10 +57,10 @@ where
     }
     let record = seal_record(set, master, imported, now)?;
     let kid = record.kid.clone();
-    if store_keys::one(pool, &kid).await?.is_some() {
+    if store.key(&kid).await?.is_some() {
         bail!("key {kid} is already stored");
     }
-    let steps = execute_with(pool, master, set, now, Some(record.clone()), |keys| decide(keys, &record)).await?;
+    let steps = execute_with(store, master, set, now, Some(record.clone()), |keys| decide(keys, &record)).await?;
     Ok((kid, steps))
 }
 
@@ -98,7 +97,7 @@ fn seal_record(
 /// makes this one retry (and usually find nothing left to do): two processes never both
 /// rotate. Returns the steps applied (empty when nothing was due).
 pub async fn execute<F>(
-    pool: &SqlitePool,
+    store: &Store,
     master: &MasterKey,
     set: &KeySetConfig,
     now: i64,
@@ -107,12 +106,12 @@ pub async fn execute<F>(
 where
     F: Fn(&[KeyRecord]) -> anyhow::Result<Vec<Step>>,
 {
-    execute_with(pool, master, set, now, None, decide).await
+    execute_with(store, master, set, now, None, decide).await
 }
 
 /// [`execute`], with `supplied` (an imported key) used for the first key a step creates.
 async fn execute_with<F>(
-    pool: &SqlitePool,
+    store: &Store,
     master: &MasterKey,
     set: &KeySetConfig,
     now: i64,
@@ -123,7 +122,7 @@ where
     F: Fn(&[KeyRecord]) -> anyhow::Result<Vec<Step>>,
 {
     for _ in 0..3 {
-        let steps = decide(&store_keys::of_set(pool, &set.name).await?)?;
+        let steps = decide(&store.keys_of_set(&set.name).await?)?;
         if steps.is_empty() {
             return Ok(steps);
         }
@@ -134,13 +133,14 @@ where
                 _ => fresh.push(make_key(set, master, now).await?),
             }
         }
-        let written = store_keys::change(pool, &set.name, |keys| {
-            if decide(keys)? != steps {
-                return Ok(KeyChange::Stale);
-            }
-            Ok(KeyChange::Write(rotation::apply(keys, &steps, fresh, now)?))
-        })
-        .await?;
+        let written = store
+            .change_keys(&set.name, |keys| {
+                if decide(keys)? != steps {
+                    return Ok(KeyChange::Stale);
+                }
+                Ok(KeyChange::Write(rotation::apply(keys, &steps, fresh, now)?))
+            })
+            .await?;
         if written {
             return Ok(steps);
         }

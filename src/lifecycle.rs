@@ -2,7 +2,6 @@
 
 use anyhow::Context;
 use serde::Serialize;
-use sqlx::SqlitePool;
 
 use crate::config::{Config, KeySetConfig};
 use crate::keys::rotation::{self, Exposure, ImportAs, Refused, Step};
@@ -10,7 +9,7 @@ use crate::keys::timeline::{self, Timeline};
 use crate::keys::KeyState;
 use crate::keystore;
 use crate::seal::MasterKey;
-use crate::store::sqlite;
+use crate::store::Store;
 
 /// Why an operator action was not carried out.
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +40,7 @@ fn key_set<'a>(config: &'a Config, name: &str) -> Result<&'a KeySetConfig, Actio
 
 /// A planned rotation of `set` now; refused while the next key is too fresh unless `force`.
 pub async fn rotate(
-    pool: &SqlitePool,
+    store: &Store,
     master: &MasterKey,
     config: &Config,
     set: &str,
@@ -50,7 +49,7 @@ pub async fn rotate(
 ) -> Result<Vec<Step>, ActionError> {
     let set = key_set(config, set)?;
     let policy = config.policy(set);
-    Ok(keystore::execute(pool, master, set, now, |keys| Ok(rotation::rotate_now(keys, &policy, now, force)?)).await?)
+    Ok(keystore::execute(store, master, set, now, |keys| Ok(rotation::rotate_now(keys, &policy, now, force)?)).await?)
 }
 
 /// What a key action did to one set.
@@ -67,17 +66,17 @@ pub struct Outcome {
 impl Outcome {
     /// The outcome of `steps`, just taken on set `set` at `now`.
     pub async fn of(
-        pool: &SqlitePool,
+        store: &Store,
         config: &Config,
         set: &str,
         steps: Vec<Step>,
         now: i64,
     ) -> Result<Self, ActionError> {
-        Ok(Self::after(pool, config, key_set(config, set)?, steps, now).await?)
+        Ok(Self::after(store, config, key_set(config, set)?, steps, now).await?)
     }
 
     async fn after(
-        pool: &SqlitePool,
+        store: &Store,
         config: &Config,
         set: &KeySetConfig,
         steps: Vec<Step>,
@@ -85,7 +84,7 @@ impl Outcome {
     ) -> anyhow::Result<Self> {
         let changes_signer = steps.iter().any(|s| matches!(s, Step::Promote { .. } | Step::CreateCurrent));
         let new_signer = if changes_signer {
-            let keys = sqlite::keys::of_set(pool, &set.name).await.context("reading keys")?;
+            let keys = store.keys_of_set(&set.name).await.context("reading keys")?;
             let policy = config.policy(set);
             keys.iter().find(|k| k.state() == KeyState::Current).map(|k| rotation::exposure(k, &policy, now))
         } else {
@@ -98,21 +97,21 @@ impl Outcome {
 /// Emergency revocation of `kid`, in whichever configured set holds it. If it was signing,
 /// the next key signs at once however recently it was published: the outcome says how long.
 pub async fn revoke(
-    pool: &SqlitePool,
+    store: &Store,
     master: &MasterKey,
     config: &Config,
     kid: &str,
     now: i64,
 ) -> Result<Outcome, ActionError> {
-    let record = sqlite::keys::one(pool, kid).await?.ok_or_else(|| Refused::UnknownKey(kid.to_owned()))?;
+    let record = store.key(kid).await?.ok_or_else(|| Refused::UnknownKey(kid.to_owned()))?;
     let set = key_set(config, &record.key_set)?;
-    let steps = keystore::execute(pool, master, set, now, |keys| Ok(rotation::revoke(keys, kid)?)).await?;
-    Ok(Outcome::after(pool, config, set, steps, now).await?)
+    let steps = keystore::execute(store, master, set, now, |keys| Ok(rotation::revoke(keys, kid)?)).await?;
+    Ok(Outcome::after(store, config, set, steps, now).await?)
 }
 
 /// Adds an existing private key (PEM) to `set` as `how` says; returns its kid.
 pub async fn import(
-    pool: &SqlitePool,
+    store: &Store,
     master: &MasterKey,
     config: &Config,
     set: &str,
@@ -122,11 +121,11 @@ pub async fn import(
 ) -> Result<(String, Outcome), ActionError> {
     let set = key_set(config, set)?;
     let policy = config.policy(set);
-    let (kid, steps) = keystore::import(pool, master, set, pem, now, |keys, imported| {
+    let (kid, steps) = keystore::import(store, master, set, pem, now, |keys, imported| {
         Ok(rotation::import(keys, imported, &policy, now, how)?)
     })
     .await?;
-    Ok((kid, Outcome::after(pool, config, set, steps, now).await?))
+    Ok((kid, Outcome::after(store, config, set, steps, now).await?))
 }
 
 /// One key set's rules and every key's timeline.
@@ -145,11 +144,11 @@ pub struct SetSchedule {
 }
 
 /// The timeline of every configured key set at `now`.
-pub async fn schedule(pool: &SqlitePool, config: &Config, now: i64) -> anyhow::Result<Vec<SetSchedule>> {
+pub async fn schedule(store: &Store, config: &Config, now: i64) -> anyhow::Result<Vec<SetSchedule>> {
     let mut sets = Vec::with_capacity(config.key_sets.len());
     for set in &config.key_sets {
         let policy = config.policy(set);
-        let keys = sqlite::keys::of_set(pool, &set.name).await.context("reading keys")?;
+        let keys = store.keys_of_set(&set.name).await.context("reading keys")?;
         sets.push(SetSchedule {
             name: set.name.clone(),
             rotate_every: policy.rotate_every,

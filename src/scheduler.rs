@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use sqlx::SqlitePool;
 use tokio::sync::watch;
 
 use crate::app::metrics::Metrics;
@@ -11,7 +10,7 @@ use crate::keys::rotation;
 use crate::keystore;
 use crate::seal::MasterKey;
 use crate::state::Shared;
-use crate::store::sqlite::{self, issuance};
+use crate::store::Store;
 
 /// The scheduler looks again at least this often, whatever the plan says.
 pub const MAX_SLEEP_SECS: i64 = 60;
@@ -30,24 +29,19 @@ pub struct Pass {
 
 /// Carries out every step due at `now` in every key set. Failures are logged, counted in
 /// `metrics` when given, and retried soon.
-pub async fn run_due(
-    pool: &SqlitePool,
-    master: &MasterKey,
-    config: &Config,
-    now: i64,
-    metrics: Option<&Metrics>,
-) -> Pass {
+pub async fn run_due(store: &Store, master: &MasterKey, config: &Config, now: i64, metrics: Option<&Metrics>) -> Pass {
     let mut pass = Pass { changed: false, wake_at: now + MAX_SLEEP_SECS };
     for set in &config.key_sets {
         let policy = config.policy(set);
-        let done = keystore::execute(pool, master, set, now, |keys| Ok(rotation::plan(keys, &policy, now).steps)).await;
+        let done =
+            keystore::execute(store, master, set, now, |keys| Ok(rotation::plan(keys, &policy, now).steps)).await;
         match done {
             Ok(steps) => {
                 for step in &steps {
                     tracing::info!(key_set = %set.name, ?step, "key lifecycle step");
                 }
                 pass.changed |= !steps.is_empty();
-                match sqlite::keys::of_set(pool, &set.name).await {
+                match store.keys_of_set(&set.name).await {
                     Ok(keys) => {
                         if let Some(at) = rotation::plan(&keys, &policy, now).wake_at {
                             pass.wake_at = pass.wake_at.min(at);
@@ -77,9 +71,9 @@ pub async fn run_until_stopped(shared: &Shared, mut stop: watch::Receiver<bool>)
     loop {
         let now = chrono::Utc::now();
         let pass =
-            run_due(shared.pool(), shared.master(), shared.config(), now.timestamp(), Some(shared.metrics())).await;
+            run_due(shared.store(), shared.master(), shared.config(), now.timestamp(), Some(shared.metrics())).await;
         let keep_from = now.timestamp() - shared.config().server.ledger_retention.as_secs_i64();
-        match issuance::prune(shared.pool(), keep_from).await {
+        match shared.store().prune_issuance(keep_from).await {
             Ok(0) => {}
             Ok(rows) => tracing::info!(rows, "pruned issuance ledger rows past ledger_retention"),
             Err(err) => tracing::warn!(error = format!("{err:#}"), "pruning the ledger failed"),

@@ -5,14 +5,13 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use serde::Serialize;
-use sqlx::SqlitePool;
 
 use crate::config::Config;
 use crate::keys::HmacAlgorithm;
 use crate::keys::SecretKey;
 use crate::seal::MasterKey;
 use crate::store::rows::SecretRow;
-use crate::store::sqlite::secrets as store_secrets;
+use crate::store::Store;
 
 /// Why a secret was not stored.
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +44,7 @@ fn algorithm_of(config: &Config, profile: &str) -> Option<HmacAlgorithm> {
 
 /// Seals and stores `secret` for `profile`, replacing any earlier one.
 pub async fn set(
-    pool: &SqlitePool,
+    store: &Store,
     master: &MasterKey,
     config: &Config,
     profile: &str,
@@ -68,7 +67,7 @@ pub async fn set(
         created_at: now,
         updated_at: now,
     };
-    store_secrets::put(pool, &row).await?;
+    store.put_secret(&row).await?;
     Ok(())
 }
 
@@ -84,8 +83,8 @@ pub struct SecretInfo {
 }
 
 /// Every stored secret's profile and dates.
-pub async fn list(pool: &SqlitePool) -> anyhow::Result<Vec<SecretInfo>> {
-    let rows = store_secrets::all(pool).await?;
+pub async fn list(store: &Store) -> anyhow::Result<Vec<SecretInfo>> {
+    let rows = store.secrets().await?;
     Ok(rows
         .into_iter()
         .map(|row| SecretInfo { profile: row.profile, created_at: row.created_at, updated_at: row.updated_at })
@@ -94,11 +93,11 @@ pub async fn list(pool: &SqlitePool) -> anyhow::Result<Vec<SecretInfo>> {
 
 /// Opens the secret of every configured shared-secret profile that has one.
 pub async fn load(
-    pool: &SqlitePool,
+    store: &Store,
     master: &MasterKey,
     config: &Config,
 ) -> anyhow::Result<HashMap<String, Arc<SecretKey>>> {
-    let rows = store_secrets::all(pool).await?;
+    let rows = store.secrets().await?;
     let mut loaded = HashMap::new();
     for SecretRow { profile, sealed_secret: sealed, master_key_id: sealed_by, .. } in rows {
         let Some(algorithm) = algorithm_of(config, &profile) else { continue };

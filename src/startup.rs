@@ -19,8 +19,7 @@ use crate::http::public::{self, PublicState};
 use crate::policy::profile::Profile;
 use crate::seal::MasterKey;
 use crate::state::Shared;
-use crate::store::sqlite;
-use crate::store::sqlite::issuance::IssuanceWriter;
+use crate::store::Store;
 use crate::{keystore, scheduler};
 
 /// How many seconds in-flight requests get to finish at shutdown.
@@ -58,19 +57,19 @@ impl Application {
     ) -> anyhow::Result<Self> {
         config::validate(&config, "configuration")?;
         let config = Arc::new(config);
-        let pool = sqlite::connect(config.database_path()).await?;
+        let store = Store::open(config.database_path()).await?;
         let now = chrono::Utc::now().timestamp();
-        keystore::check_master_key(&sqlite::keys::all(&pool).await?, &master)?;
+        keystore::check_master_key(&store.keys().await?, &master)?;
         // New sets get their keys, and anything that fell due while stopped is done, before
         // the first request.
         let metrics = Metrics::default();
-        scheduler::run_due(&pool, &master, &config, now, Some(&metrics)).await;
+        scheduler::run_due(&store, &master, &config, now, Some(&metrics)).await;
         let (ledger, ledger_writer) = Ledger::start(
-            IssuanceWriter::new(pool.clone()),
+            store.issuance_writer(),
             metrics.clone(),
             std::time::Duration::from_millis(config.server.ledger_commit_interval_ms),
         );
-        let shared = Arc::new(Shared::load(pool, Arc::clone(&config), master, metrics, ledger.health()).await?);
+        let shared = Arc::new(Shared::load(store, Arc::clone(&config), master, metrics, ledger.health()).await?);
 
         let profiles = config
             .profiles

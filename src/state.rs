@@ -9,7 +9,6 @@ use std::time::Duration;
 use actix_web::http::header::HeaderValue;
 use actix_web::web::Bytes;
 use anyhow::Context;
-use sqlx::SqlitePool;
 use tokio::sync::watch;
 
 use crate::app::ledger::LedgerHealth;
@@ -21,7 +20,7 @@ use crate::keys::{timeline, KeyState, PublicKey, SecretKey, SigningKey};
 use crate::keystore;
 use crate::seal::MasterKey;
 use crate::secrets;
-use crate::store::sqlite;
+use crate::store::{sqlite, Store};
 
 fn generation_time() -> i64 {
     chrono::Utc::now().timestamp()
@@ -94,7 +93,7 @@ impl Snapshot {
 /// The shared, swappable snapshot plus what is needed to rebuild it.
 pub struct Shared {
     current: RwLock<Arc<Snapshot>>,
-    pool: SqlitePool,
+    store: Store,
     config: Arc<Config>,
     master: MasterKey,
     metrics: Metrics,
@@ -136,7 +135,7 @@ pub enum Recheck {
 impl Shared {
     /// Loads the first snapshot.
     pub async fn load(
-        pool: SqlitePool,
+        store: Store,
         config: Arc<Config>,
         master: MasterKey,
         metrics: Metrics,
@@ -144,7 +143,7 @@ impl Shared {
     ) -> anyhow::Result<Self> {
         let shared = Shared {
             current: RwLock::new(Arc::default()),
-            pool,
+            store,
             config,
             master,
             metrics,
@@ -164,9 +163,9 @@ impl Shared {
         }
     }
 
-    /// The database pool.
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     /// The configuration the server runs with.
@@ -202,8 +201,8 @@ impl Shared {
     pub async fn reload(&self) -> anyhow::Result<()> {
         let previous = self.snapshot();
         // Read the counter first: a change committed after it triggers another reload.
-        let generation = sqlite::generation(&self.pool).await?;
-        let records = sqlite::keys::all(&self.pool).await?;
+        let generation = self.store.generation().await?;
+        let records = self.store.keys().await?;
         keystore::check_master_key(&records, &self.master)?;
         let mut key_sets = HashMap::with_capacity(self.config.key_sets.len());
         for set in &self.config.key_sets {
@@ -233,8 +232,8 @@ impl Shared {
                 .and_then(|t| t.signing_until.map(|m| m.at));
             key_sets.insert(set.name.clone(), KeySetView { signer, public, activated_at, rotation_at, jwks });
         }
-        let clients = clients::load_directory(&self.pool).await?;
-        let secrets = secrets::load(&self.pool, &self.master, &self.config).await?;
+        let clients = clients::load_directory(&self.store).await?;
+        let secrets = secrets::load(&self.store, &self.master, &self.config).await?;
         let next = Arc::new(Snapshot { generation, key_sets, clients, secrets });
         match self.current.write() {
             Ok(mut guard) => *guard = next,
@@ -259,7 +258,7 @@ impl Shared {
         if !budget.take(std::time::Instant::now()) {
             return Recheck::NotChecked;
         }
-        match clients::is_active_token(&self.pool, token_id, token, generation_time()).await {
+        match clients::is_active_token(&self.store, token_id, token, generation_time()).await {
             Ok(true) => {}
             Ok(false) => return Recheck::Unknown,
             Err(err) => {
@@ -313,7 +312,7 @@ impl Shared {
                 continue;
             }
             let seen = self.snapshot().generation;
-            let polled = sqlite::generation(&self.pool).await.context("polling for changes");
+            let polled = self.store.generation().await.context("polling for changes");
             self.database_ok.store(polled.is_ok(), Ordering::Relaxed);
             match polled {
                 Ok(generation) if generation != seen => {

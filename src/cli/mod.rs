@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use sqlx::SqlitePool;
 
 use crate::clients::ClientError;
 use crate::config::{self, EnvSettings, LoadedConfig, LogFormat};
@@ -22,7 +21,8 @@ use crate::lifecycle::{self, ActionError};
 use crate::seal::{MasterKey, MasterKeyOrigin};
 use crate::startup::Application;
 use crate::store::rows::Filter;
-use crate::store::sqlite::{self, issuance};
+use crate::store::sqlite;
+use crate::store::Store;
 use crate::{clients, keystore, private_files, secrets};
 
 mod telemetry;
@@ -320,7 +320,7 @@ fn describe(loaded: &LoadedConfig) -> (String, PathBuf) {
 
 /// Opens the database; only with `--init` may a command other than `serve` create it, so
 /// that running one in the wrong folder cannot quietly start a second, empty database.
-async fn open_database(loaded: &LoadedConfig, init: bool) -> anyhow::Result<SqlitePool> {
+async fn open_database(loaded: &LoadedConfig, init: bool) -> anyhow::Result<Store> {
     let (source, path) = describe(loaded);
     if !init && !path.exists() {
         let why = match &loaded.source {
@@ -337,15 +337,15 @@ async fn open_database(loaded: &LoadedConfig, init: bool) -> anyhow::Result<Sqli
             path.display()
         );
     }
-    sqlite::connect(&path).await
+    Store::open(&path).await
 }
 
 /// The master key; a development key is generated only for a database with no sealed keys,
 /// and only where generating is allowed (not in the Docker image unless KEYWARD_DEV=1).
-async fn master_key(loaded: &LoadedConfig, pool: &SqlitePool, settings: EnvSettings) -> anyhow::Result<MasterKey> {
+async fn master_key(loaded: &LoadedConfig, store: &Store, settings: EnvSettings) -> anyhow::Result<MasterKey> {
     let env = std::env::var("KEYWARD_MASTER_KEY").ok();
     let file = &loaded.config.server.master_key_file;
-    let empty = !sqlite::keys::holds_sealed(pool).await?;
+    let empty = !store.holds_sealed_material().await?;
     if empty && env.is_none() && !file.exists() && !settings.may_generate_master_key {
         bail!(
             "no master key: KEYWARD_MASTER_KEY is not set and {} does not exist, and KEYWARD_DEV=0 forbids \
@@ -420,7 +420,7 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
     match cli.command {
         Command::CheckConfig => check_config(&loaded, settings).await,
         Command::Serve => {
-            let master = master_key(&loaded, &sqlite::connect(&database).await?, settings).await?;
+            let master = master_key(&loaded, &Store::open(&database).await?, settings).await?;
             let workers = std::thread::available_parallelism().map(usize::from).unwrap_or(2);
             let app = Application::build(config.clone(), master, workers).await?;
             tracing::info!(public = %app.public_addr(), internal = %app.internal_addr(), workers, "listening");
@@ -428,8 +428,8 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
         }
         Command::Healthcheck => healthcheck(config.server.public_addr),
         Command::Keys(KeysCommand::List { json }) => {
-            let pool = open_database(&loaded, init).await?;
-            let records = sqlite::keys::all(&pool).await?;
+            let store = open_database(&loaded, init).await?;
+            let records = store.keys().await?;
             if json {
                 let listed: Vec<ListedKey> =
                     records.iter().map(|record| ListedKey { state: record.state(), record }).collect();
@@ -455,11 +455,11 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
             Ok(())
         }
         Command::Keys(KeysCommand::Rotate { set, force }) => {
-            let pool = open_database(&loaded, init).await?;
-            let master = master_key(&loaded, &pool, settings).await?;
-            keystore::check_master_key(&sqlite::keys::all(&pool).await?, &master)?;
+            let store = open_database(&loaded, init).await?;
+            let master = master_key(&loaded, &store, settings).await?;
+            keystore::check_master_key(&store.keys().await?, &master)?;
             let steps =
-                lifecycle::rotate(&pool, &master, config, &set, now(), force).await.map_err(|err| match err {
+                lifecycle::rotate(&store, &master, config, &set, now(), force).await.map_err(|err| match err {
                     ActionError::Refused(Refused::TooEarly { kid, not_before }) => anyhow::anyhow!(
                         "refusing to rotate {set}: the next key {kid} has not been published for publish_ahead yet; \
                      it may sign from {} (in {}). Use --force to rotate now anyway (verifiers that cached \
@@ -475,16 +475,16 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
                     other => other.into(),
                 })?;
             report(&steps);
-            if let Some(signer) = lifecycle::Outcome::of(&pool, config, &set, steps, now()).await?.new_signer {
+            if let Some(signer) = lifecycle::Outcome::of(&store, config, &set, steps, now()).await?.new_signer {
                 report_signer(&signer);
             }
             Ok(())
         }
         Command::Keys(KeysCommand::Revoke { kid }) => {
-            let pool = open_database(&loaded, init).await?;
-            let master = master_key(&loaded, &pool, settings).await?;
-            keystore::check_master_key(&sqlite::keys::all(&pool).await?, &master)?;
-            let outcome = lifecycle::revoke(&pool, &master, config, &kid, now()).await?;
+            let store = open_database(&loaded, init).await?;
+            let master = master_key(&loaded, &store, settings).await?;
+            keystore::check_master_key(&store.keys().await?, &master)?;
+            let outcome = lifecycle::revoke(&store, &master, config, &kid, now()).await?;
             report(&outcome.steps);
             if let Some(signer) = &outcome.new_signer {
                 report_signer(signer);
@@ -493,12 +493,9 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
             Ok(())
         }
         Command::Keys(KeysCommand::Export { kid, format }) => {
-            let pool = open_database(&loaded, init).await?;
-            let record = sqlite::keys::all(&pool)
-                .await?
-                .into_iter()
-                .find(|r| r.kid == kid)
-                .with_context(|| format!("no key {kid}"))?;
+            let store = open_database(&loaded, init).await?;
+            let record =
+                store.keys().await?.into_iter().find(|r| r.kid == kid).with_context(|| format!("no key {kid}"))?;
             let format = Format::parse(&format)
                 .with_context(|| format!("--format must be one of {}", Format::NAMES.join(", ")))?;
             let text = export::render(&record.kid, record.algorithm, &record.public, format)?;
@@ -508,12 +505,12 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
         Command::Keys(KeysCommand::Import { set, pem, activate, force, replace_next }) => {
             let pem =
                 zeroize::Zeroizing::new(std::fs::read(&pem).with_context(|| format!("reading {}", pem.display()))?);
-            let pool = open_database(&loaded, init).await?;
-            let master = master_key(&loaded, &pool, settings).await?;
-            keystore::check_master_key(&sqlite::keys::all(&pool).await?, &master)?;
+            let store = open_database(&loaded, init).await?;
+            let master = master_key(&loaded, &store, settings).await?;
+            keystore::check_master_key(&store.keys().await?, &master)?;
             let how = ImportAs { activate, force, replace_next };
             let (kid, outcome) =
-                lifecycle::import(&pool, &master, config, &set, &pem, how, now()).await.map_err(|err| match err {
+                lifecycle::import(&store, &master, config, &set, &pem, how, now()).await.map_err(|err| match err {
                     ActionError::Refused(Refused::NeverPublished { kid }) => anyhow::anyhow!(
                         "refusing to make {kid} sign in {set}: it has never been published, so verifiers that \
                          cached the JWKS would reject its tokens until they refetch it. Import it without \
@@ -549,17 +546,17 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
                 }
             }
             anyhow::ensure!(!secret.is_empty(), "no secret on standard input");
-            let pool = open_database(&loaded, init).await?;
-            let master = master_key(&loaded, &pool, settings).await?;
-            keystore::check_master_key(&sqlite::keys::all(&pool).await?, &master)?;
-            secrets::set(&pool, &master, config, &profile, &secret, now()).await?;
+            let store = open_database(&loaded, init).await?;
+            let master = master_key(&loaded, &store, settings).await?;
+            keystore::check_master_key(&store.keys().await?, &master)?;
+            secrets::set(&store, &master, config, &profile, &secret, now()).await?;
             eprintln!("stored the secret of profile {profile}; running servers use it within seconds");
             Ok(())
         }
         Command::Secrets(SecretsCommand::List) => {
-            let pool = open_database(&loaded, init).await?;
+            let store = open_database(&loaded, init).await?;
             println!("{:<24} {:<20} UPDATED", "PROFILE", "CREATED");
-            for info in secrets::list(&pool).await? {
+            for info in secrets::list(&store).await? {
                 println!("{:<24} {:<20} {}", info.profile, time(Some(info.created_at)), time(Some(info.updated_at)));
             }
             Ok(())
@@ -586,8 +583,8 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
                 since: instant("--since", since)?,
                 until: instant("--until", until)?,
             };
-            let pool = open_database(&loaded, init).await?;
-            let rows = issuance::query(&pool, &filter, limit).await?;
+            let store = open_database(&loaded, init).await?;
+            let rows = store.issuance(&filter, limit).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
                 return Ok(());
@@ -621,8 +618,8 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
                 file.display(),
                 folder.display()
             );
-            let pool = open_database(&loaded, init).await?;
-            sqlite::backup(&pool, &file).await?;
+            let store = open_database(&loaded, init).await?;
+            store.backup(&file).await?;
             eprintln!(
                 "wrote {}: a consistent copy of the database. It holds sealed keys: keep it with the same care as \
                  the master key, and never in the same place",
@@ -631,8 +628,8 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
             Ok(())
         }
         Command::Keys(KeysCommand::Schedule { json }) => {
-            let pool = open_database(&loaded, init).await?;
-            let sets = lifecycle::schedule(&pool, config, now()).await?;
+            let store = open_database(&loaded, init).await?;
+            let sets = lifecycle::schedule(&store, config, now()).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&sets)?);
                 return Ok(());
@@ -669,9 +666,9 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
             Ok(())
         }
         Command::Clients(ClientsCommand::Add { name, profiles, admin, rate, burst }) => {
-            let pool = open_database(&loaded, init).await?;
+            let store = open_database(&loaded, init).await?;
             let rate = rate.map(|rate| (rate, burst.unwrap_or(rate.saturating_mul(2))));
-            let (token, reused) = clients::create(&pool, config, &name, &profiles, admin, rate, now()).await?;
+            let (token, reused) = clients::create(&store, config, &name, &profiles, admin, rate, now()).await?;
             if let Some(revoked_at) = reused {
                 eprintln!(
                     "the name {name:?} was a client revoked at {}: it now names the new client",
@@ -684,8 +681,8 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
             Ok(())
         }
         Command::Clients(ClientsCommand::List { json }) => {
-            let pool = open_database(&loaded, init).await?;
-            let list = clients::list(&pool).await?;
+            let store = open_database(&loaded, init).await?;
+            let list = clients::list(&store).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
                 return Ok(());
@@ -713,8 +710,8 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
             Ok(())
         }
         Command::Clients(ClientsCommand::Revoke { name }) => {
-            let pool = open_database(&loaded, init).await?;
-            match clients::revoke(&pool, &name, now()).await {
+            let store = open_database(&loaded, init).await?;
+            match clients::revoke(&store, &name, now()).await {
                 Ok(()) => {
                     eprintln!("revoked client {name:?}; running servers refuse its token within a tenth of a second");
                     Ok(())
@@ -734,8 +731,8 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
                     .as_secs_i64(),
                 None => 0,
             };
-            let pool = open_database(&loaded, init).await?;
-            let token = clients::rotate(&pool, &name, grace, now()).await?;
+            let store = open_database(&loaded, init).await?;
+            let token = clients::rotate(&store, &name, grace, now()).await?;
             if grace > 0 {
                 eprintln!(
                     "client {name:?} has a new token (below, shown once); the old one works until {}",
@@ -777,16 +774,16 @@ async fn check_config(loaded: &LoadedConfig, settings: EnvSettings) -> anyhow::R
         eprintln!("master key {} is well formed", master.id());
     }
     if database.exists() {
-        let pool = sqlite::connect(&database).await?;
-        let sealed = sqlite::keys::holds_sealed(&pool).await?;
+        let store = Store::open(&database).await?;
+        let sealed = store.holds_sealed_material().await?;
         match &master {
             Some(master) => {
-                let records = sqlite::keys::all(&pool).await?;
+                let records = store.keys().await?;
                 keystore::check_master_key(&records, master)?;
                 for record in records.iter().filter(|r| r.sealed_private.is_some()) {
                     record.open_signing_key(master)?;
                 }
-                secrets::load(&pool, master, config).await?;
+                secrets::load(&store, master, config).await?;
                 eprintln!("master key {} opens every sealed key and secret in {}", master.id(), database.display());
             }
             None if sealed => bail!(
@@ -868,8 +865,8 @@ async fn onboarding(loaded: &LoadedConfig, init: bool, name: &str, local: bool) 
     println!("iss: {issuer}");
     println!("jwks_uri: {jwks_uri}");
 
-    let pool = open_database(loaded, init).await?;
-    let keys = sqlite::keys::of_set(&pool, set_name).await?;
+    let store = open_database(loaded, init).await?;
+    let keys = store.keys_of_set(set_name).await?;
     let wanted: Vec<(&str, String)> = [KeyState::Current, KeyState::Next]
         .into_iter()
         .filter_map(|state| {

@@ -1,6 +1,148 @@
 //! The store: what keyward keeps (keys, clients, secrets, the issuance ledger) and the
-//! transactions that change it. SQLite is the one implementation; each table's SQL is in
-//! `sqlite/<table>.rs`, rows map to records through `rows`.
+//! transactions that change it.
+//!
+//! [`Store`] is the boundary the rest of keyward uses; SQLite is its one implementation
+//! (an enum, not a trait: the key and client changes take decision closures, and the set
+//! of backends is known). Each table's SQL is in `sqlite/<table>.rs`; rows map to records
+//! through [`rows`].
+
+use std::path::Path;
+
+use crate::keys::KeyRecord;
+use rows::{ClientRow, Entry, Filter, SecretRow};
+use sqlite::issuance::IssuanceWriter;
+pub(crate) use sqlite::keys::KeyChange;
+use sqlite::SqliteStore;
 
 pub mod rows;
 pub mod sqlite;
+
+/// Where keyward keeps its state.
+#[derive(Clone)]
+pub enum Store {
+    /// A SQLite database file.
+    Sqlite(SqliteStore),
+}
+
+impl Store {
+    /// Opens (creating if needed) the SQLite database at `path` and applies pending migrations.
+    pub async fn open(path: impl AsRef<Path>) -> anyhow::Result<Store> {
+        Ok(Store::Sqlite(SqliteStore::connect(path).await?))
+    }
+
+    /// The change counter: bumped by every change to keys, clients or secrets.
+    pub async fn generation(&self) -> anyhow::Result<i64> {
+        match self {
+            Store::Sqlite(s) => sqlite::generation(s.pool()).await,
+        }
+    }
+
+    /// Writes a consistent copy of everything to `file`, created 0600.
+    pub async fn backup(&self, file: &Path) -> anyhow::Result<()> {
+        match self {
+            Store::Sqlite(s) => sqlite::backup(s.pool(), file).await,
+        }
+    }
+
+    /// Every stored key, oldest first.
+    pub async fn keys(&self) -> anyhow::Result<Vec<KeyRecord>> {
+        match self {
+            Store::Sqlite(s) => sqlite::keys::all(s.pool()).await,
+        }
+    }
+
+    /// The keys of `set`, oldest first.
+    pub async fn keys_of_set(&self, set: &str) -> anyhow::Result<Vec<KeyRecord>> {
+        match self {
+            Store::Sqlite(s) => sqlite::keys::of_set(s.pool(), set).await,
+        }
+    }
+
+    /// The key `kid`, if stored.
+    pub async fn key(&self, kid: &str) -> anyhow::Result<Option<KeyRecord>> {
+        match self {
+            Store::Sqlite(s) => sqlite::keys::one(s.pool(), kid).await,
+        }
+    }
+
+    /// Whether any private key or secret is stored sealed (so a master key exists somewhere).
+    pub async fn holds_sealed_material(&self) -> anyhow::Result<bool> {
+        match self {
+            Store::Sqlite(s) => sqlite::keys::holds_sealed(s.pool()).await,
+        }
+    }
+
+    /// Runs `decide` on the keys of `set` while holding the set's write lock, writes what it
+    /// returns and commits. Returns whether it wrote (`false` on [`KeyChange::Stale`]).
+    pub(crate) async fn change_keys(
+        &self,
+        set: &str,
+        decide: impl FnOnce(&[KeyRecord]) -> anyhow::Result<KeyChange>,
+    ) -> anyhow::Result<bool> {
+        match self {
+            Store::Sqlite(s) => sqlite::keys::change(s.pool(), set, decide).await,
+        }
+    }
+
+    /// Every client, active and revoked, by name.
+    pub async fn clients(&self) -> anyhow::Result<Vec<ClientRow>> {
+        match self {
+            Store::Sqlite(s) => sqlite::clients::all(s.pool()).await,
+        }
+    }
+
+    /// The stored hashes a token with id `token_id` may match at `now` (current tokens of
+    /// active clients, and previous ones in their grace).
+    pub async fn client_token_hashes(&self, token_id: &str, now: i64) -> anyhow::Result<Vec<Vec<u8>>> {
+        match self {
+            Store::Sqlite(s) => sqlite::clients::token_hashes(s.pool(), token_id, now).await,
+        }
+    }
+
+    /// Runs `decide` on the row of client `name` (if any) under the write lock and writes
+    /// the row it returns; a refusal (`Ok(Err(_))`) writes nothing.
+    pub(crate) async fn change_client<T, E>(
+        &self,
+        name: &str,
+        decide: impl FnOnce(Option<&ClientRow>) -> Result<(ClientRow, T), E>,
+    ) -> anyhow::Result<Result<T, E>> {
+        match self {
+            Store::Sqlite(s) => sqlite::clients::change(s.pool(), name, decide).await,
+        }
+    }
+
+    /// Every stored secret, by profile.
+    pub async fn secrets(&self) -> anyhow::Result<Vec<SecretRow>> {
+        match self {
+            Store::Sqlite(s) => sqlite::secrets::all(s.pool()).await,
+        }
+    }
+
+    /// Stores a profile's sealed secret, replacing an earlier one.
+    pub async fn put_secret(&self, row: &SecretRow) -> anyhow::Result<()> {
+        match self {
+            Store::Sqlite(s) => sqlite::secrets::put(s.pool(), row).await,
+        }
+    }
+
+    /// The issuance ledger's writer.
+    pub fn issuance_writer(&self) -> IssuanceWriter {
+        match self {
+            Store::Sqlite(s) => IssuanceWriter::new(s.pool().clone()),
+        }
+    }
+
+    /// The ledger rows matching `filter`, newest first, at most `limit`.
+    pub async fn issuance(&self, filter: &Filter, limit: i64) -> anyhow::Result<Vec<Entry>> {
+        match self {
+            Store::Sqlite(s) => sqlite::issuance::query(s.pool(), filter, limit).await,
+        }
+    }
+
+    /// Deletes ledger rows issued before `before`; returns how many.
+    pub async fn prune_issuance(&self, before: i64) -> anyhow::Result<u64> {
+        match self {
+            Store::Sqlite(s) => sqlite::issuance::prune(s.pool(), before).await,
+        }
+    }
+}

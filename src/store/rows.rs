@@ -100,3 +100,32 @@ pub struct SecretRow {
     /// Unix seconds.
     pub updated_at: i64,
 }
+
+/// A row of the `clients` table (no `Debug`: it holds token hashes).
+#[derive(Clone, sqlx::FromRow)]
+pub struct ClientRow {
+    /// Unique name.
+    pub name: String,
+    /// The id part of the current token.
+    pub token_id: String,
+    /// SHA-256 of the current token's secret part.
+    pub token_hash: Vec<u8>,
+    /// JSON array of profile names.
+    pub profiles: String,
+    /// Whether it may use the admin routes.
+    pub admin: bool,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds, once revoked.
+    pub revoked_at: Option<i64>,
+    /// Its own rate limit (requests per second), if any.
+    pub rate_limit: Option<u32>,
+    /// Its own burst, if any.
+    pub rate_burst: Option<u32>,
+    /// After a rotation with grace: the replaced token's id.
+    pub previous_token_id: Option<String>,
+    /// Its hash.
+    pub previous_token_hash: Option<Vec<u8>>,
+    /// Until when it works (Unix seconds).
+    pub previous_token_until: Option<i64>,
+}

@@ -10,9 +10,16 @@ use keyward::keys::Algorithm;
 use keyward::seal::MasterKey;
 use keyward::startup::Application;
 use keyward::state::Shared;
+use keyward::store::Store;
 use serde_json::Value;
 use sqlx::SqlitePool;
 use std::sync::Arc;
+
+/// The SQLite pool under `store`.
+pub fn sqlite(store: &Store) -> &SqlitePool {
+    let Store::Sqlite(sqlite) = store;
+    sqlite.pool()
+}
 
 /// A running keyward and what a test needs to talk to it.
 pub struct TestApp {
@@ -20,6 +27,8 @@ pub struct TestApp {
     pub internal: String,
     pub config: Config,
     pub master: MasterKey,
+    pub store: Store,
+    /// The store's SQLite pool, for tests that look at or alter tables directly.
     pub pool: SqlitePool,
     pub http: reqwest::Client,
     pub shared: Arc<Shared>,
@@ -75,15 +84,16 @@ pub async fn spawn_on(
     let internal = format!("http://127.0.0.1:{}", app.internal_port());
     let shared = app.shared();
     tokio::spawn(app.run_until_stopped());
-    let pool = keyward::store::sqlite::connect(config.database_path()).await.unwrap();
-    TestApp { public, internal, config, master, pool, http: reqwest::Client::new(), shared, dir }
+    let store = Store::open(config.database_path()).await.unwrap();
+    let pool = sqlite(&store).clone();
+    TestApp { public, internal, config, master, store, pool, http: reqwest::Client::new(), shared, dir }
 }
 
 impl TestApp {
     /// A client allowed to use `profiles`, created through the library.
     pub async fn client(&self, name: &str, profiles: &[&str]) -> String {
         let profiles: Vec<String> = profiles.iter().map(|p| p.to_string()).collect();
-        let token = keyward::clients::add(&self.pool, &self.config, name, &profiles, false, 0).await.unwrap();
+        let token = keyward::clients::add(&self.store, &self.config, name, &profiles, false, 0).await.unwrap();
         self.reload().await;
         token.to_string()
     }
@@ -98,7 +108,7 @@ impl TestApp {
     pub async fn force_rotate(&self) -> String {
         let set = &self.config.key_sets[0].name;
         let now = chrono::Utc::now().timestamp();
-        let steps = keyward::lifecycle::rotate(&self.pool, &self.master, &self.config, set, now, true).await.unwrap();
+        let steps = keyward::lifecycle::rotate(&self.store, &self.master, &self.config, set, now, true).await.unwrap();
         match &steps[0] {
             keyward::keys::rotation::Step::Promote { kid } => kid.clone(),
             other => panic!("unexpected {other:?}"),

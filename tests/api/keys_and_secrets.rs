@@ -95,7 +95,7 @@ async fn spawn_with_profiles(profiles: Vec<ProfileConfig>) -> TestApp {
 
 /// Stores a secret through the library, as an in-process admin action would.
 async fn store_secret(app: &TestApp, profile: &str, secret: &[u8]) {
-    keyward::secrets::set(&app.pool, &app.master, &app.config, profile, secret, now()).await.unwrap();
+    keyward::secrets::set(&app.store, &app.master, &app.config, profile, secret, now()).await.unwrap();
     app.reload().await;
 }
 
@@ -346,7 +346,7 @@ async fn secrets_too_short_for_rfc_7518_or_for_key_set_profiles_are_refused() {
     let app = spawn_with_profiles(vec![partner_api(), nps("nps")]).await;
     let set = |profile: &'static str, secret: Vec<u8>| {
         let app = &app;
-        async move { keyward::secrets::set(&app.pool, &app.master, &app.config, profile, &secret, now()).await }
+        async move { keyward::secrets::set(&app.store, &app.master, &app.config, profile, &secret, now()).await }
     };
 
     for (profile, min) in [("partner-api", 32), ("nps", 64)] {
@@ -360,7 +360,8 @@ async fn secrets_too_short_for_rfc_7518_or_for_key_set_profiles_are_refused() {
     assert!(matches!(err, SecretError::NotSecretProfile(ref p) if p == "npm-sandbox"), "{err:?}");
     assert!(matches!(set("nope", PARTNER_SECRET.to_vec()).await, Err(SecretError::NotSecretProfile(_))));
 
-    let listed: Vec<String> = keyward::secrets::list(&app.pool).await.unwrap().into_iter().map(|s| s.profile).collect();
+    let listed: Vec<String> =
+        keyward::secrets::list(&app.store).await.unwrap().into_iter().map(|s| s.profile).collect();
     assert_eq!(listed, ["nps", "partner-api"]);
 }
 

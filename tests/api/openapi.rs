@@ -9,7 +9,6 @@ use keyward::config::Duration as Span;
 use keyward::config::{ExchangeConfig, ExchangeStyle};
 use keyward::keys::Algorithm;
 use keyward::keys::KeyState;
-use keyward::store::sqlite;
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -139,13 +138,13 @@ async fn every_answer_to_valid_and_invalid_requests_is_documented_in_openapi_jso
     })
     .await;
     let client = app.client("backend", &["npm-sandbox", "exchanging"]).await;
-    let admin = keyward::clients::add(&app.pool, &app.config, "ops", &[], true, 0).await.unwrap().to_string();
+    let admin = keyward::clients::add(&app.store, &app.config, "ops", &[], true, 0).await.unwrap().to_string();
     app.reload().await;
     let response = app.http.get(format!("{}/openapi.json", app.internal)).send().await.unwrap();
     assert_eq!(response.status(), 200);
     let doc = Doc(response.json().await.unwrap());
 
-    let keys = sqlite::keys::all(&app.pool).await.unwrap();
+    let keys = app.store.keys().await.unwrap();
     let kid_in = |state| keys.iter().find(|k| k.state() == state).unwrap().kid.clone();
     let (current, next) = (kid_in(KeyState::Current), kid_in(KeyState::Next));
     // Valid and unknown values of each path parameter.

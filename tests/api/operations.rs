@@ -15,12 +15,12 @@ use keyward::keys::Algorithm;
 use keyward::keys::HmacAlgorithm;
 use keyward::seal::MasterKey;
 use keyward::store::rows::{Entry, Filter};
-use keyward::store::sqlite::issuance;
+use keyward::store::Store;
 use serde_json::{json, Value};
 use sqlx::SqlitePool;
 
 use crate::helpers::{
-    assert_problem, keyward_bare, serve, spawn_app_with, spawn_in, test_config, wait_healthy, TestApp,
+    assert_problem, keyward_bare, serve, spawn_app_with, spawn_in, sqlite, test_config, wait_healthy, TestApp,
 };
 use crate::verify::verify;
 
@@ -68,8 +68,8 @@ fn partner_api() -> ProfileConfig {
 }
 
 /// Every ledger row, newest first.
-async fn all_rows(pool: &SqlitePool) -> Vec<Entry> {
-    issuance::query(pool, &Filter::default(), 100_000).await.unwrap()
+async fn all_rows(store: &Store) -> Vec<Entry> {
+    store.issuance(&Filter::default(), 100_000).await.unwrap()
 }
 
 async fn row_count(pool: &SqlitePool) -> i64 {
@@ -177,8 +177,7 @@ async fn every_issued_token_has_its_ledger_row_when_the_response_arrives_and_ref
         };
         let signed = app.sign_ok(PROFILE, &token, &body).await;
         // Queried at once: the row was committed before the response was sent.
-        let rows =
-            issuance::query(&app.pool, &Filter { sub: Some(sub.clone()), ..Filter::default() }, 10).await.unwrap();
+        let rows = app.store.issuance(&Filter { sub: Some(sub.clone()), ..Filter::default() }, 10).await.unwrap();
         assert_eq!(rows.len(), 1, "{sub}: {rows:?}");
         let jwt = signed["token"].as_str().unwrap();
         let claims = verify(jwt, &jwks).unwrap().claims;
@@ -265,7 +264,7 @@ async fn concurrent_requests_share_ledger_transactions() {
         assert!(jtis.insert(body["jti"].as_str().unwrap().to_owned()), "a jti repeated");
     }
     assert_eq!(jtis.len(), 200);
-    let stored: BTreeSet<String> = all_rows(&app.pool).await.into_iter().map(|e| e.jti).collect();
+    let stored: BTreeSet<String> = all_rows(&app.store).await.into_iter().map(|e| e.jti).collect();
     assert_eq!(stored, jtis);
 
     let exposition = metrics_text(&app).await;
@@ -325,7 +324,7 @@ async fn a_ledger_that_cannot_write_refuses_to_issue() {
         .await;
     assert!(ready, "/readyz not ready 10 s after the ledger could write again");
     let signed = app.sign_ok(PROFILE, &token, &json!({"sub": "after"})).await;
-    let rows = all_rows(&app.pool).await;
+    let rows = all_rows(&app.store).await;
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].jti, signed["jti"].as_str().unwrap());
 }
@@ -340,7 +339,7 @@ async fn readyz_fails_on_both_listeners_while_the_database_does_not_answer() {
     for base in [&app.public, &app.internal] {
         assert_eq!(status_of(&app, base, "/readyz").await, 200);
     }
-    let generation = keyward::store::sqlite::generation(&app.pool).await.unwrap();
+    let generation = app.store.generation().await.unwrap();
     sqlx::query("DROP TABLE state_version").execute(&app.pool).await.unwrap();
     let failing = app
         .eventually(Duration::from_secs(3), || async {
@@ -479,7 +478,8 @@ async fn rows_older_than_the_retention_are_pruned_and_newer_ones_stay() {
     es256(&mut config);
     config.server.ledger_retention = Span::from_secs(2 * 86_400);
     let retention = config.server.ledger_retention.as_secs_i64();
-    let pool = keyward::store::sqlite::connect(config.database_path()).await.unwrap();
+    let store = Store::open(config.database_path()).await.unwrap();
+    let pool = sqlite(&store).clone();
     insert_row(&pool, "expired", "c", "s", now() - retention - 3_600).await;
     insert_row(&pool, "kept", "c", "s", now() - retention + 3_600).await;
     insert_row(&pool, "fresh", "c", "s", now()).await;
@@ -488,20 +488,20 @@ async fn rows_older_than_the_retention_are_pruned_and_newer_ones_stay() {
     // The scheduler prunes past ledger_retention (its first pass runs at start).
     let app = spawn_in(dir, config, MasterKey::generate()).await;
     let pruned = app
-        .eventually(Duration::from_secs(5), || async { all_rows(&app.pool).await.iter().all(|e| e.jti != "expired") })
+        .eventually(Duration::from_secs(5), || async { all_rows(&app.store).await.iter().all(|e| e.jti != "expired") })
         .await;
     assert!(pruned, "the scheduler did not prune a row past ledger_retention");
-    let left: BTreeSet<String> = all_rows(&app.pool).await.into_iter().map(|e| e.jti).collect();
+    let left: BTreeSet<String> = all_rows(&app.store).await.into_iter().map(|e| e.jti).collect();
     assert_eq!(left, set(&["fresh", "kept"]));
 
     // prune itself: strictly older than the cutoff goes.
     let cutoff = now() - retention;
     insert_row(&app.pool, "just-past", "c", "s", cutoff - 1).await;
     insert_row(&app.pool, "at-cutoff", "c", "s", cutoff).await;
-    assert_eq!(issuance::prune(&app.pool, cutoff).await.unwrap(), 1);
-    let left: BTreeSet<String> = all_rows(&app.pool).await.into_iter().map(|e| e.jti).collect();
+    assert_eq!(app.store.prune_issuance(cutoff).await.unwrap(), 1);
+    let left: BTreeSet<String> = all_rows(&app.store).await.into_iter().map(|e| e.jti).collect();
     assert_eq!(left, set(&["at-cutoff", "fresh", "kept"]));
-    assert_eq!(issuance::prune(&app.pool, cutoff).await.unwrap(), 0);
+    assert_eq!(app.store.prune_issuance(cutoff).await.unwrap(), 0);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -512,7 +512,7 @@ async fn rows_older_than_the_retention_are_pruned_and_newer_ones_stay() {
 async fn a_client_over_its_rate_limit_gets_429_with_retry_after_and_others_are_unaffected() {
     let app = spawn_app_with(es256).await;
     let slow =
-        keyward::clients::add_with_rate(&app.pool, &app.config, "slow", &[PROFILE.into()], false, Some((1, 2)), 0)
+        keyward::clients::add_with_rate(&app.store, &app.config, "slow", &[PROFILE.into()], false, Some((1, 2)), 0)
             .await
             .unwrap()
             .to_string();
@@ -787,8 +787,9 @@ async fn sigterm_under_load_exits_0_and_every_token_received_has_its_ledger_row(
     config.server.rate_limit = 100_000;
     config.server.rate_burst = 100_000;
     let (_, _) = MasterKey::resolve(None, &config.server.master_key_file, true).unwrap();
-    let pool = keyward::store::sqlite::connect(config.database_path()).await.unwrap();
-    let token = keyward::clients::add(&pool, &config, "loader", &[PROFILE.into()], false, now()).await.unwrap();
+    let store = Store::open(config.database_path()).await.unwrap();
+    let pool = sqlite(&store).clone();
+    let token = keyward::clients::add(&store, &config, "loader", &[PROFILE.into()], false, now()).await.unwrap();
     let token = token.to_string();
     pool.close().await;
     let mut server = serve(path, &config, "info");
@@ -849,7 +850,8 @@ async fn sigterm_under_load_exits_0_and_every_token_received_has_its_ledger_row(
     let log = server.log_text();
     assert!(log.contains("shutdown signal received") && log.contains("\"stopped\""), "{log}");
 
-    let pool = keyward::store::sqlite::connect(config.database_path()).await.unwrap();
+    let store = Store::open(config.database_path()).await.unwrap();
+    let pool = sqlite(&store).clone();
     let stored: HashSet<String> =
         sqlx::query_scalar("SELECT jti FROM issuance").fetch_all(&pool).await.unwrap().into_iter().collect();
     let missing: Vec<&String> = received.iter().filter(|jti| !stored.contains(*jti)).collect();
@@ -874,17 +876,17 @@ async fn backup_while_running_holds_the_keys_and_ledger_and_restores_the_same_jw
     let restored = tempfile::tempdir().unwrap();
     std::fs::copy(&file, restored.path().join("keyward.db")).unwrap();
 
-    let copy = keyward::store::sqlite::connect(file.to_str().unwrap()).await.unwrap();
+    let copy = Store::open(file.to_str().unwrap()).await.unwrap();
     let describe = |keys: Vec<keyward::keys::KeyRecord>| -> Vec<(Value, Option<Vec<u8>>)> {
         keys.into_iter().map(|k| (serde_json::to_value(&k).unwrap(), k.sealed_private)).collect()
     };
-    let original_keys = describe(keyward::store::sqlite::keys::all(&app.pool).await.unwrap());
+    let original_keys = describe(app.store.keys().await.unwrap());
     assert_eq!(original_keys.len(), 2);
-    assert_eq!(describe(keyward::store::sqlite::keys::all(&copy).await.unwrap()), original_keys);
-    let rows = all_rows(&app.pool).await;
+    assert_eq!(describe(copy.keys().await.unwrap()), original_keys);
+    let rows = all_rows(&app.store).await;
     assert_eq!(rows.len(), 5);
     assert_eq!(all_rows(&copy).await, rows);
-    copy.close().await;
+    sqlite(&copy).close().await;
 
     // A second backup to the same file is refused, and the file is left as it was.
     let before = std::fs::read(&file).unwrap();
@@ -903,5 +905,5 @@ async fn backup_while_running_holds_the_keys_and_ledger_and_restores_the_same_jw
     let signed = second.sign_ok(PROFILE, &token, &json!({"sub": "after-restore"})).await;
     let verified = verify(signed["token"].as_str().unwrap(), &app.jwks("/.well-known/jwks.json").await);
     assert!(verified.is_ok(), "{verified:?}");
-    assert_eq!(all_rows(&second.pool).await.len(), 6);
+    assert_eq!(all_rows(&second.store).await.len(), 6);
 }

@@ -11,7 +11,9 @@ use keyward::config::Config;
 use keyward::seal::MasterKey;
 use serde_json::{json, Value};
 
-use crate::helpers::{keyward_bare, keyward_command, serve, test_config, wait_healthy, Serve};
+use keyward::store::Store;
+
+use crate::helpers::{keyward_bare, keyward_command, serve, sqlite, test_config, wait_healthy, Serve};
 
 const PROFILE: &str = "npm-sandbox";
 
@@ -153,7 +155,8 @@ async fn status_of(http: &reqwest::Client, url: &str) -> (u16, Value) {
 }
 
 async fn committed_jtis(database: &Path) -> HashSet<String> {
-    let pool = keyward::store::sqlite::connect(database).await.unwrap();
+    let store = Store::open(database).await.unwrap();
+    let pool = sqlite(&store).clone();
     let jtis = sqlx::query_scalar("SELECT jti FROM issuance").fetch_all(&pool).await.unwrap().into_iter().collect();
     pool.close().await;
     jtis
@@ -180,10 +183,11 @@ async fn a_full_disk_refuses_tokens_without_recording_none_and_everything_recove
     config.server.rate_burst = 1_000_000;
     let database = config.database_path().to_owned();
     MasterKey::resolve(None, &config.server.master_key_file, true).unwrap();
-    let pool = keyward::store::sqlite::connect(&database).await.unwrap();
+    let store = Store::open(&database).await.unwrap();
+    let pool = sqlite(&store).clone();
     let now = chrono::Utc::now().timestamp();
-    let token = keyward::clients::add(&pool, &config, "loader", &[PROFILE.into()], false, now).await.unwrap();
-    let admin = keyward::clients::add(&pool, &config, "ops", &[], true, now).await.unwrap();
+    let token = keyward::clients::add(&store, &config, "loader", &[PROFILE.into()], false, now).await.unwrap();
+    let admin = keyward::clients::add(&store, &config, "ops", &[], true, now).await.unwrap();
     let (token, admin) = (token.to_string(), admin.to_string());
     pool.close().await;
     let mut server = serve(path, &config, "info");
@@ -299,7 +303,10 @@ async fn a_full_disk_refuses_tokens_without_recording_none_and_everything_recove
         .unwrap();
     assert!(added.status.success(), "clients add after recovery: {}", text(&added.stderr));
     let set = &config.key_sets[0].name;
-    let old_kid = keyward::store::sqlite::keys::all(&keyward::store::sqlite::connect(&database).await.unwrap())
+    let old_kid = Store::open(&database)
+        .await
+        .unwrap()
+        .keys()
         .await
         .unwrap()
         .into_iter()

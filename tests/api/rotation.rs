@@ -10,10 +10,10 @@ use keyward::config::Config;
 use keyward::config::Duration as Span;
 use keyward::keys::Algorithm;
 use keyward::keys::{KeyRecord, KeyState};
-use keyward::store::sqlite;
+use keyward::store::Store;
 use serde_json::{json, Value};
 
-use crate::helpers::{serve, spawn_app_with, test_config, wait_healthy, TestApp};
+use crate::helpers::{serve, spawn_app_with, sqlite, test_config, wait_healthy, TestApp};
 use crate::verify::verify;
 
 const PROFILE: &str = "npm-sandbox";
@@ -33,7 +33,7 @@ fn fast(config: &mut Config, algorithm: Algorithm) {
 }
 
 async fn admin_token(app: &TestApp) -> String {
-    let token = keyward::clients::add(&app.pool, &app.config, "ops", &[], true, 0).await.unwrap();
+    let token = keyward::clients::add(&app.store, &app.config, "ops", &[], true, 0).await.unwrap();
     app.reload().await;
     token.to_string()
 }
@@ -134,7 +134,7 @@ async fn accelerated_rotation_never_fails_a_caching_verifier() {
     );
     assert!(failures.is_empty(), "{failures:#?}");
     assert!(kids.len() >= 4, "only {} signing keys in {run_for:?}", kids.len());
-    let keys = sqlite::keys::all(&app.pool).await.unwrap();
+    let keys = app.store.keys().await.unwrap();
     assert!(keys.iter().any(|k| k.state() == KeyState::Retired), "no key was retired");
 }
 
@@ -184,7 +184,7 @@ async fn revoking_the_signing_key_swaps_in_the_next_with_no_gap() {
     let first_new = signed.iter().position(|k| *k == next).unwrap();
     assert!(signed[first_new..].iter().all(|k| *k == next), "the revoked key signed after the swap");
 
-    let revoked = sqlite::keys::all(&app.pool).await.unwrap().into_iter().find(|k| k.kid == current).unwrap();
+    let revoked = app.store.keys().await.unwrap().into_iter().find(|k| k.kid == current).unwrap();
     assert_eq!(revoked.state(), KeyState::Revoked);
     assert!(revoked.sealed_private.is_none());
     assert_eq!(admin_post(&app, &ops, &format!("/v1/keys/{current}/revoke"), None).await.status(), 409);
@@ -241,21 +241,16 @@ async fn admin_routes_need_an_admin_client_and_rotation_respects_publish_ahead()
 #[tokio::test]
 async fn retired_keys_leave_no_private_material_in_the_database() {
     let app = spawn_app_with(|c| fast(c, Algorithm::Es256)).await;
-    let first =
-        sqlite::keys::all(&app.pool).await.unwrap().into_iter().find(|k| k.state() == KeyState::Current).unwrap();
+    let first = app.store.keys().await.unwrap().into_iter().find(|k| k.state() == KeyState::Current).unwrap();
     let blob = first.sealed_private.clone().unwrap();
     // rotate_every 3s, then max_ttl 3s + retain_after 3s: retired about 9 s after start.
     let retired = app
         .eventually(Duration::from_secs(15), || async {
-            sqlite::keys::all(&app.pool)
-                .await
-                .unwrap()
-                .iter()
-                .any(|k| k.kid == first.kid && k.state() == KeyState::Retired)
+            app.store.keys().await.unwrap().iter().any(|k| k.kid == first.kid && k.state() == KeyState::Retired)
         })
         .await;
     assert!(retired, "the first key was not retired in time");
-    let record = sqlite::keys::all(&app.pool).await.unwrap().into_iter().find(|k| k.kid == first.kid).unwrap();
+    let record = app.store.keys().await.unwrap().into_iter().find(|k| k.kid == first.kid).unwrap();
     assert!(record.sealed_private.is_none() && record.master_key_id.is_none());
     // The scheduler commits the retirement, then reloads the served snapshot: the JWKS
     // follows within moments (seen by this check only between the two, under load).
@@ -278,15 +273,15 @@ async fn retired_keys_leave_no_private_material_in_the_database() {
 
 /// Every set has exactly one current and one next key, and no kid seen before is lost.
 async fn assert_valid_state(db: &std::path::Path, seen: &mut BTreeSet<String>) {
-    let pool = keyward::store::sqlite::connect(db).await.unwrap();
-    let keys = sqlite::keys::all(&pool).await.unwrap();
+    let store = Store::open(db).await.unwrap();
+    let keys = store.keys().await.unwrap();
     let count = |s: KeyState| keys.iter().filter(|k| k.state() == s).count();
     assert_eq!(count(KeyState::Current), 1, "{keys:?}");
     assert_eq!(count(KeyState::Next), 1, "{keys:?}");
     let now: BTreeSet<String> = keys.iter().map(|k| k.kid.clone()).collect();
     assert!(seen.is_subset(&now), "keys were lost");
     *seen = now;
-    pool.close().await;
+    sqlite(&store).close().await;
 }
 
 #[tokio::test]
@@ -315,8 +310,8 @@ async fn two_processes_on_one_database_rotate_once() {
     }
     drop((a, b));
     assert!(agreed, "the two processes never served the same JWKS");
-    let pool = keyward::store::sqlite::connect(config.database_path()).await.unwrap();
-    let keys = sqlite::keys::all(&pool).await.unwrap();
+    let store = Store::open(config.database_path()).await.unwrap();
+    let keys = store.keys().await.unwrap();
     let mut activations: Vec<i64> = keys.iter().filter_map(|k| k.activated_at).collect();
     activations.sort();
     assert!(activations.len() >= 3, "{activations:?}");
@@ -363,12 +358,12 @@ fn utc(ts: i64) -> String {
     chrono::DateTime::from_timestamp(ts, 0).unwrap().format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
-async fn key(pool: &sqlx::SqlitePool, kid: &str) -> KeyRecord {
-    sqlite::keys::all(pool).await.unwrap().into_iter().find(|k| k.kid == kid).unwrap()
+async fn key(store: &Store, kid: &str) -> KeyRecord {
+    store.keys().await.unwrap().into_iter().find(|k| k.kid == kid).unwrap()
 }
 
-async fn kid_in(pool: &sqlx::SqlitePool, state: KeyState) -> String {
-    sqlite::keys::all(pool).await.unwrap().into_iter().find(|k| k.state() == state).unwrap().kid
+async fn kid_in(store: &Store, state: KeyState) -> String {
+    store.keys().await.unwrap().into_iter().find(|k| k.state() == state).unwrap().kid
 }
 
 /// A rotation then an immediate revocation makes a seconds-old key sign: the CLI's output,
@@ -387,20 +382,20 @@ async fn revoking_right_after_a_rotation_says_until_when_verifiers_may_reject_th
             .output()
             .unwrap()
     };
-    let pool = keyward::store::sqlite::connect(config.database_path()).await.unwrap();
+    let store = Store::open(config.database_path()).await.unwrap();
     let window = 5 * 60 + 60; // jwks_max_age + clock_skew of the defaults
 
     // The CLI: rotate (forced), then revoke the signer at once.
     let out = cli(&["keys", "rotate", "npm", "--force"]);
     let said = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{said}");
-    let (signer, fresh) = (kid_in(&pool, KeyState::Current).await, kid_in(&pool, KeyState::Next).await);
+    let (signer, fresh) = (kid_in(&store, KeyState::Current).await, kid_in(&store, KeyState::Next).await);
     // A forced rotation says the same of the key it made sign.
     assert!(said.contains(&format!("the new signing key {signer} has been published for only")), "{said}");
     let out = cli(&["keys", "revoke", &signer]);
     let said = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{said}");
-    let promoted = key(&pool, &fresh).await;
+    let promoted = key(&store, &fresh).await;
     assert_eq!(promoted.state(), KeyState::Current, "revoke still swaps at once");
     let until = promoted.published_at.unwrap() + window;
     assert!(said.contains(&format!("the new signing key {fresh} has been published for only")), "{said}");
@@ -409,7 +404,7 @@ async fn revoking_right_after_a_rotation_says_until_when_verifiers_may_reject_th
 
     // The admin route: the same facts as JSON, and a log line with them.
     let ops = String::from_utf8(cli(&["clients", "add", "ops", "--admin"]).stdout).unwrap().trim().to_owned();
-    let next = kid_in(&pool, KeyState::Next).await;
+    let next = kid_in(&store, KeyState::Next).await;
     let mut answer = None;
     for _ in 0..100 {
         // The server sees the CLI's client within about a second.
@@ -423,7 +418,7 @@ async fn revoking_right_after_a_rotation_says_until_when_verifiers_may_reject_th
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let answer = answer.expect("the admin client was never accepted");
-    let published_at = key(&pool, &next).await.published_at.unwrap();
+    let published_at = key(&store, &next).await.published_at.unwrap();
     let new_signer = &answer["new_signer"];
     assert_eq!(answer["signing_kid"], next.as_str(), "{answer}");
     assert_eq!(new_signer["kid"], next.as_str(), "{answer}");
@@ -456,8 +451,8 @@ async fn revoking_a_signer_whose_successor_is_published_long_enough_says_verifie
     })
     .await;
     let ops = admin_token(&app).await;
-    let (signer, next) = (kid_in(&app.pool, KeyState::Current).await, kid_in(&app.pool, KeyState::Next).await);
-    let published_at = key(&app.pool, &next).await.published_at.unwrap();
+    let (signer, next) = (kid_in(&app.store, KeyState::Current).await, kid_in(&app.store, KeyState::Next).await);
+    let published_at = key(&app.store, &next).await.published_at.unwrap();
     while chrono::Utc::now().timestamp() < published_at + 2 {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -471,7 +466,7 @@ async fn revoking_a_signer_whose_successor_is_published_long_enough_says_verifie
     // Revoking a key that was not signing hands over nothing.
     let response = admin_post(&app, &ops, &format!("/v1/keys/{signer}/revoke"), None).await;
     assert_eq!(response.status(), 409);
-    let spare = kid_in(&app.pool, KeyState::Next).await;
+    let spare = kid_in(&app.store, KeyState::Next).await;
     let answer: Value = admin_post(&app, &ops, &format!("/v1/keys/{spare}/revoke"), None).await.json().await.unwrap();
     assert!(answer["new_signer"].is_null(), "{answer}");
 }

@@ -111,7 +111,7 @@ async fn revoked_client_is_refused_once_the_server_sees_the_change() {
     let app = spawn_app_with_algorithm(Algorithm::Es256).await;
     let token = app.client("backend", &[PROFILE]).await;
     app.sign_ok(PROFILE, &token, &json!({"sub": "a"})).await;
-    keyward::clients::revoke(&app.pool, "backend", 0).await.unwrap();
+    keyward::clients::revoke(&app.store, "backend", 0).await.unwrap();
     // No explicit reload: the server's watcher must notice the other writer's change.
     let refused = app
         .eventually(Duration::from_secs(5), || async {
@@ -158,16 +158,12 @@ async fn bad_bodies_are_refused_with_the_field_named() {
         (json!({"sub": "a", "claims": {"exp": 1}}), 422, Some("claims.exp")),
         (json!({"sub": "a", "claims": {"jwks_uri": "/x"}}), 422, Some("claims.jwks_uri")),
     ];
-    let generation = keyward::store::sqlite::generation(&app.pool).await.unwrap();
+    let generation = app.store.generation().await.unwrap();
     for (body, status, field) in cases {
         let problem = assert_problem(app.sign(PROFILE, &token, &body).await, status).await;
         assert_eq!(problem["field"].as_str(), field, "{body}: {problem}");
     }
-    assert_eq!(
-        keyward::store::sqlite::generation(&app.pool).await.unwrap(),
-        generation,
-        "a refused request changed state"
-    );
+    assert_eq!(app.store.generation().await.unwrap(), generation, "a refused request changed state");
 
     let url = format!("{}/v1/profiles/{PROFILE}/sign", app.internal);
     let send = |body: String, content_type: &'static str| {
@@ -207,14 +203,14 @@ async fn claim_values_of_the_wrong_type_or_size_are_422_naming_the_claim() {
         ("tier", json!(4), "must be an integer from 1 to 3"),
         ("tier", json!("2"), "must be an integer from 1 to 3"),
     ];
-    let before = keyward::store::sqlite::generation(&app.pool).await.unwrap();
+    let before = app.store.generation().await.unwrap();
     for (name, value, detail) in cases {
         let response = app.sign(PROFILE, &token, &json!({"sub": "a", "claims": {name: value}})).await;
         let problem = assert_problem(response, 422).await;
         assert_eq!(problem["field"], format!("claims.{name}"), "{problem}");
         assert_eq!(problem["detail"], detail, "{problem}");
     }
-    assert_eq!(keyward::store::sqlite::generation(&app.pool).await.unwrap(), before);
+    assert_eq!(app.store.generation().await.unwrap(), before);
     let body = json!({"sub": "a", "claims": {"obo_user": "x".repeat(256), "roles": ["a", "b"], "tier": 3}});
     let signed = app.sign_ok(PROFILE, &token, &body).await;
     let jwks = app.jwks("/.well-known/jwks.json").await;
@@ -226,7 +222,7 @@ async fn claim_values_of_the_wrong_type_or_size_are_422_naming_the_claim() {
 async fn a_member_named_twice_at_any_depth_is_400_naming_it_on_every_json_route() {
     let app = spawn_app_with_algorithm(Algorithm::Es256).await;
     let token = app.client("backend", &[PROFILE]).await;
-    let admin = keyward::clients::add(&app.pool, &app.config, "ops", &[], true, 0).await.unwrap().to_string();
+    let admin = keyward::clients::add(&app.store, &app.config, "ops", &[], true, 0).await.unwrap().to_string();
     app.reload().await;
     let cases = [
         ("/v1/profiles/npm-sandbox/sign", &token, r#"{"sub": "a", "sub": "b"}"#, "sub"),
@@ -244,7 +240,7 @@ async fn a_member_named_twice_at_any_depth_is_400_naming_it_on_every_json_route(
         ),
         ("/v1/key-sets/npm/rotate", &admin, r#"{"force": false, "force": true}"#, "force"),
     ];
-    let generation = keyward::store::sqlite::generation(&app.pool).await.unwrap();
+    let generation = app.store.generation().await.unwrap();
     for (path, bearer, body, member) in cases {
         let response = app
             .http
@@ -259,11 +255,7 @@ async fn a_member_named_twice_at_any_depth_is_400_naming_it_on_every_json_route(
         assert_eq!(problem["field"], member, "{path} {body}: {problem}");
         assert_eq!(problem["detail"], format!("the member {member:?} appears more than once"), "{problem}");
     }
-    assert_eq!(
-        keyward::store::sqlite::generation(&app.pool).await.unwrap(),
-        generation,
-        "a refused request changed state"
-    );
+    assert_eq!(app.store.generation().await.unwrap(), generation, "a refused request changed state");
 }
 
 /// A client that sends its headers, then its body a byte at a time, is cut off after

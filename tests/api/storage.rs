@@ -4,7 +4,6 @@ use keyward::keys::Algorithm;
 use keyward::keys::KeyRecord;
 use keyward::seal::MasterKey;
 use keyward::startup::Application;
-use keyward::store::sqlite;
 
 use crate::helpers::{spawn_app_with_algorithm, spawn_in, test_config};
 
@@ -28,7 +27,7 @@ async fn the_database_holds_no_private_key_in_the_clear() {
     for algorithm in [Algorithm::Rs256, Algorithm::Es256] {
         let app = spawn_app_with_algorithm(algorithm).await;
         app.force_rotate().await;
-        let records = sqlite::keys::all(&app.pool).await.unwrap();
+        let records = app.store.keys().await.unwrap();
         assert_eq!(records.len(), 3, "previous, current, next");
         let stored = database_bytes(app.dir.path());
         assert!(!stored.windows(11).any(|w| w == b"PRIVATE KEY"), "a PEM private key is stored");
@@ -49,7 +48,7 @@ async fn the_database_holds_no_private_key_in_the_clear() {
 #[tokio::test]
 async fn a_sealed_blob_moved_to_another_row_or_altered_fails_to_open() {
     let app = spawn_app_with_algorithm(Algorithm::Es256).await;
-    let records = sqlite::keys::all(&app.pool).await.unwrap();
+    let records = app.store.keys().await.unwrap();
     let (a, b) = (&records[0], &records[1]);
     assert!(a.open_signing_key(&app.master).is_ok());
     assert!(b.open_signing_key(&app.master).is_ok());
@@ -61,7 +60,7 @@ async fn a_sealed_blob_moved_to_another_row_or_altered_fails_to_open() {
         .execute(&app.pool)
         .await
         .unwrap();
-    let moved = sqlite::keys::all(&app.pool).await.unwrap().into_iter().find(|r| r.kid == b.kid).unwrap();
+    let moved = app.store.keys().await.unwrap().into_iter().find(|r| r.kid == b.kid).unwrap();
     let err = moved.open_signing_key(&app.master).unwrap_err();
     assert!(format!("{err:#}").contains("wrong master key, or the row was altered or moved"), "{err:#}");
 
@@ -75,7 +74,7 @@ async fn a_sealed_blob_moved_to_another_row_or_altered_fails_to_open() {
         .execute(&app.pool)
         .await
         .unwrap();
-    let altered = sqlite::keys::all(&app.pool).await.unwrap().into_iter().find(|r| r.kid == a.kid).unwrap();
+    let altered = app.store.keys().await.unwrap().into_iter().find(|r| r.kid == a.kid).unwrap();
     let err = altered.open_signing_key(&app.master).unwrap_err();
     assert!(format!("{err:#}").contains("wrong master key, or the row was altered or moved"), "{err:#}");
 
@@ -88,9 +87,8 @@ async fn a_sealed_blob_moved_to_another_row_or_altered_fails_to_open() {
 #[tokio::test]
 async fn the_wrong_master_key_refuses_to_start_and_changes_nothing() {
     let app = spawn_app_with_algorithm(Algorithm::Es256).await;
-    let before = serde_json::to_value(sqlite::keys::all(&app.pool).await.unwrap()).unwrap();
-    let blobs_before: Vec<_> =
-        sqlite::keys::all(&app.pool).await.unwrap().into_iter().map(|r| r.sealed_private).collect();
+    let before = serde_json::to_value(app.store.keys().await.unwrap()).unwrap();
+    let blobs_before: Vec<_> = app.store.keys().await.unwrap().into_iter().map(|r| r.sealed_private).collect();
 
     let mut config = test_config(app.dir.path());
     config.key_sets[0].algorithm = Algorithm::Es256;
@@ -98,9 +96,8 @@ async fn the_wrong_master_key_refuses_to_start_and_changes_nothing() {
     let message = format!("{err:#}");
     assert!(message.contains("sealed with master key") && message.contains("nothing was changed"), "{message}");
 
-    assert_eq!(serde_json::to_value(sqlite::keys::all(&app.pool).await.unwrap()).unwrap(), before);
-    let blobs_after: Vec<_> =
-        sqlite::keys::all(&app.pool).await.unwrap().into_iter().map(|r| r.sealed_private).collect();
+    assert_eq!(serde_json::to_value(app.store.keys().await.unwrap()).unwrap(), before);
+    let blobs_after: Vec<_> = app.store.keys().await.unwrap().into_iter().map(|r| r.sealed_private).collect();
     assert_eq!(blobs_before, blobs_after);
 }
 
@@ -115,5 +112,5 @@ async fn keys_survive_a_restart_with_the_same_master_key() {
     // The first server keeps running: two servers on one database is a supported setup.
     let second = spawn_in(first.dir, config, master).await;
     assert_eq!(second.jwks("/.well-known/jwks.json").await["keys"][0]["kid"], kid);
-    assert_eq!(sqlite::keys::all(&second.pool).await.unwrap().len(), 2, "no new key on restart");
+    assert_eq!(second.store.keys().await.unwrap().len(), 2, "no new key on restart");
 }

@@ -26,7 +26,6 @@ use crate::policy::profile::{Prepared, Profile, Refusal, RefusalKind, SignReques
 use crate::policy::ratelimit::{Limit, RateLimiter};
 use crate::state::{Recheck, Shared, Snapshot};
 use crate::store::rows::Entry;
-use crate::store::sqlite;
 
 /// Route paths, shared by the router and the OpenAPI document.
 pub mod paths {
@@ -285,7 +284,7 @@ impl From<ActionError> for ApiError {
 async fn key_sets(req: HttpRequest, state: web::Data<InternalState>) -> Result<HttpResponse, ApiError> {
     admin(&req, &*snapshot_for(&req, &state).await?, &state)?;
     let now = chrono::Utc::now().timestamp();
-    let key_sets = lifecycle::schedule(state.shared.pool(), state.shared.config(), now).await?;
+    let key_sets = lifecycle::schedule(state.shared.store(), state.shared.config(), now).await?;
     Ok(no_store_json(&KeySets { key_sets }))
 }
 
@@ -352,9 +351,9 @@ async fn rotate(
         if body.is_empty() { None } else { parse_json::<Option<RotateRequest>>(&body)? }.unwrap_or_default();
     let shared = &state.shared;
     let now = chrono::Utc::now().timestamp();
-    let steps = lifecycle::rotate(shared.pool(), shared.master(), shared.config(), &name, now, request.force).await?;
+    let steps = lifecycle::rotate(shared.store(), shared.master(), shared.config(), &name, now, request.force).await?;
     tracing::info!(client, key_set = %name, force = request.force, "rotation requested through the admin API");
-    after_action(&state, Outcome::of(shared.pool(), shared.config(), &name, steps, now).await?).await
+    after_action(&state, Outcome::of(shared.store(), shared.config(), &name, steps, now).await?).await
 }
 
 #[utoipa::path(post, path = paths::REVOKE, tag = "admin", security(("bearer" = [])),
@@ -370,7 +369,7 @@ async fn revoke(
     let client = admin(&req, &*snapshot_for(&req, &state).await?, &state)?.name.clone();
     let shared = &state.shared;
     let now = chrono::Utc::now().timestamp();
-    let outcome = lifecycle::revoke(shared.pool(), shared.master(), shared.config(), &kid, now).await?;
+    let outcome = lifecycle::revoke(shared.store(), shared.master(), shared.config(), &kid, now).await?;
     match &outcome.new_signer {
         Some(signer) if signer.within_cache_window => tracing::warn!(
             client,
@@ -810,9 +809,8 @@ async fn public_key(
 ) -> Result<HttpResponse, ApiError> {
     authenticate(&req, &*snapshot_for(&req, &state).await?, &state)?;
     let format = export_format(req.query_string())?;
-    let record = sqlite::keys::one(state.shared.pool(), &kid)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no key {}", kid.as_str())))?;
+    let record =
+        state.shared.store().key(&kid).await?.ok_or_else(|| ApiError::NotFound(format!("no key {}", kid.as_str())))?;
     // A revoked or retired key must not be handed out for a partner to register or trust.
     if !record.is_published() {
         return Err(ApiError::NotFound(format!("key {} is {} and no longer published", record.kid, record.state())));

@@ -13,6 +13,7 @@ use sqlx::{ConnectOptions, Sqlite, SqliteConnection, SqlitePool};
 
 use crate::private_files::{private_dir_builder, private_file_options};
 
+pub mod clients;
 pub mod issuance;
 pub mod keys;
 pub mod secrets;
@@ -27,6 +28,24 @@ fn options(path: &Path) -> SqliteConnectOptions {
         // Deleted private material is overwritten, not left in free pages.
         .pragma("secure_delete", "ON")
         .busy_timeout(Duration::from_secs(10))
+}
+
+/// The SQLite store: a pool of connections to one database file.
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and applies pending migrations.
+    pub async fn connect(path: impl AsRef<Path>) -> anyhow::Result<SqliteStore> {
+        Ok(SqliteStore { pool: connect(path).await? })
+    }
+
+    /// The connection pool, for what only SQLite has (and for tests that inspect tables).
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
 }
 
 /// Opens (creating if needed) the database at `path` and applies pending migrations.
