@@ -7,7 +7,7 @@ use tokio::sync::watch;
 use crate::app::metrics::Metrics;
 use crate::config::Config;
 use crate::keys::rotation;
-use crate::keystore;
+use crate::ops;
 use crate::seal::MasterKey;
 use crate::state::Shared;
 use crate::store::Store;
@@ -33,8 +33,7 @@ pub async fn run_due(store: &Store, master: &MasterKey, config: &Config, now: i6
     let mut pass = Pass { changed: false, wake_at: now + MAX_SLEEP_SECS };
     for set in &config.key_sets {
         let policy = config.policy(set);
-        let done =
-            keystore::execute(store, master, set, now, |keys| Ok(rotation::plan(keys, &policy, now).steps)).await;
+        let done = ops::carry_out(store, master, set, now, |keys| Ok(rotation::plan(keys, &policy, now).steps)).await;
         match done {
             Ok(steps) => {
                 for step in &steps {

@@ -16,11 +16,12 @@ use crate::config::{self, Config};
 use crate::http::internal::{self, InternalState};
 use crate::http::middleware;
 use crate::http::public::{self, PublicState};
+use crate::keys;
 use crate::policy::profile::Profile;
+use crate::scheduler;
 use crate::seal::MasterKey;
 use crate::state::Shared;
 use crate::store::Store;
-use crate::{keystore, scheduler};
 
 /// How many seconds in-flight requests get to finish at shutdown.
 const SHUTDOWN_GRACE_SECS: u64 = 10;
@@ -59,7 +60,7 @@ impl Application {
         let config = Arc::new(config);
         let store = Store::open(config.database_path()).await?;
         let now = chrono::Utc::now().timestamp();
-        keystore::check_master_key(&store.keys().await?, &master)?;
+        keys::check_master_key(&store.keys().await?, &master)?;
         // New sets get their keys, and anything that fell due while stopped is done, before
         // the first request.
         let metrics = Metrics::default();

@@ -16,8 +16,7 @@ use crate::app::metrics::Metrics;
 use crate::clients::{self, ClientDirectory};
 use crate::config::Config;
 use crate::keys::jwks::{self, JwksDocument};
-use crate::keys::{timeline, KeyState, PublicKey, SecretKey, SigningKey};
-use crate::keystore;
+use crate::keys::{self, timeline, KeyState, PublicKey, SecretKey, SigningKey};
 use crate::seal::MasterKey;
 use crate::secrets;
 use crate::store::{sqlite, Store};
@@ -203,7 +202,7 @@ impl Shared {
         // Read the counter first: a change committed after it triggers another reload.
         let generation = self.store.generation().await?;
         let records = self.store.keys().await?;
-        keystore::check_master_key(&records, &self.master)?;
+        keys::check_master_key(&records, &self.master)?;
         let mut key_sets = HashMap::with_capacity(self.config.key_sets.len());
         for set in &self.config.key_sets {
             let published = jwks::published(&records, &set.name);

@@ -17,13 +17,13 @@ use crate::keys::export::{self, Format};
 use crate::keys::rotation::{Exposure, ImportAs, Refused, Step};
 use crate::keys::timeline::Moment;
 use crate::keys::{KeyRecord, KeyState};
-use crate::lifecycle::{self, ActionError};
+use crate::ops::{self, ActionError};
 use crate::seal::{MasterKey, MasterKeyOrigin};
 use crate::startup::Application;
 use crate::store::rows::Filter;
 use crate::store::sqlite;
 use crate::store::Store;
-use crate::{clients, keystore, private_files, secrets};
+use crate::{clients, keys, private_files, secrets};
 
 mod telemetry;
 
@@ -457,25 +457,24 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
         Command::Keys(KeysCommand::Rotate { set, force }) => {
             let store = open_database(&loaded, init).await?;
             let master = master_key(&loaded, &store, settings).await?;
-            keystore::check_master_key(&store.keys().await?, &master)?;
-            let steps =
-                lifecycle::rotate(&store, &master, config, &set, now(), force).await.map_err(|err| match err {
-                    ActionError::Refused(Refused::TooEarly { kid, not_before }) => anyhow::anyhow!(
-                        "refusing to rotate {set}: the next key {kid} has not been published for publish_ahead yet; \
+            keys::check_master_key(&store.keys().await?, &master)?;
+            let steps = ops::rotate(&store, &master, config, &set, now(), force).await.map_err(|err| match err {
+                ActionError::Refused(Refused::TooEarly { kid, not_before }) => anyhow::anyhow!(
+                    "refusing to rotate {set}: the next key {kid} has not been published for publish_ahead yet; \
                      it may sign from {} (in {}). Use --force to rotate now anyway (verifiers that cached \
                      the JWKS before it appeared will reject its tokens until they refetch)",
-                        time(Some(not_before)),
-                        span(not_before - now())
-                    ),
-                    ActionError::Refused(Refused::NoNextKey) => anyhow::anyhow!(
-                        "refusing to rotate {set}: it has no published next key of its configured algorithm yet \
+                    time(Some(not_before)),
+                    span(not_before - now())
+                ),
+                ActionError::Refused(Refused::NoNextKey) => anyhow::anyhow!(
+                    "refusing to rotate {set}: it has no published next key of its configured algorithm yet \
                      (the scheduler publishes one; rotate after publish_ahead). Use --force to switch to a \
                      brand-new key now (verifiers will reject its tokens until they refetch the JWKS)"
-                    ),
-                    other => other.into(),
-                })?;
+                ),
+                other => other.into(),
+            })?;
             report(&steps);
-            if let Some(signer) = lifecycle::Outcome::of(&store, config, &set, steps, now()).await?.new_signer {
+            if let Some(signer) = ops::Outcome::of(&store, config, &set, steps, now()).await?.new_signer {
                 report_signer(&signer);
             }
             Ok(())
@@ -483,8 +482,8 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
         Command::Keys(KeysCommand::Revoke { kid }) => {
             let store = open_database(&loaded, init).await?;
             let master = master_key(&loaded, &store, settings).await?;
-            keystore::check_master_key(&store.keys().await?, &master)?;
-            let outcome = lifecycle::revoke(&store, &master, config, &kid, now()).await?;
+            keys::check_master_key(&store.keys().await?, &master)?;
+            let outcome = ops::revoke(&store, &master, config, &kid, now()).await?;
             report(&outcome.steps);
             if let Some(signer) = &outcome.new_signer {
                 report_signer(signer);
@@ -507,10 +506,10 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
                 zeroize::Zeroizing::new(std::fs::read(&pem).with_context(|| format!("reading {}", pem.display()))?);
             let store = open_database(&loaded, init).await?;
             let master = master_key(&loaded, &store, settings).await?;
-            keystore::check_master_key(&store.keys().await?, &master)?;
+            keys::check_master_key(&store.keys().await?, &master)?;
             let how = ImportAs { activate, force, replace_next };
             let (kid, outcome) =
-                lifecycle::import(&store, &master, config, &set, &pem, how, now()).await.map_err(|err| match err {
+                ops::import(&store, &master, config, &set, &pem, how, now()).await.map_err(|err| match err {
                     ActionError::Refused(Refused::NeverPublished { kid }) => anyhow::anyhow!(
                         "refusing to make {kid} sign in {set}: it has never been published, so verifiers that \
                          cached the JWKS would reject its tokens until they refetch it. Import it without \
@@ -548,7 +547,7 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
             anyhow::ensure!(!secret.is_empty(), "no secret on standard input");
             let store = open_database(&loaded, init).await?;
             let master = master_key(&loaded, &store, settings).await?;
-            keystore::check_master_key(&store.keys().await?, &master)?;
+            keys::check_master_key(&store.keys().await?, &master)?;
             secrets::set(&store, &master, config, &profile, &secret, now()).await?;
             eprintln!("stored the secret of profile {profile}; running servers use it within seconds");
             Ok(())
@@ -629,7 +628,7 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
         }
         Command::Keys(KeysCommand::Schedule { json }) => {
             let store = open_database(&loaded, init).await?;
-            let sets = lifecycle::schedule(&store, config, now()).await?;
+            let sets = ops::schedule(&store, config, now()).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&sets)?);
                 return Ok(());
@@ -779,7 +778,7 @@ async fn check_config(loaded: &LoadedConfig, settings: EnvSettings) -> anyhow::R
         match &master {
             Some(master) => {
                 let records = store.keys().await?;
-                keystore::check_master_key(&records, master)?;
+                keys::check_master_key(&records, master)?;
                 for record in records.iter().filter(|r| r.sealed_private.is_some()) {
                     record.open_signing_key(master)?;
                 }

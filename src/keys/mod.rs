@@ -22,7 +22,7 @@ mod state;
 pub mod timeline;
 
 pub use algorithm::HmacAlgorithm;
-pub use state::{KeyRecord, KeyState};
+pub use state::{check_master_key, KeyRecord, KeyState};
 
 /// A signing algorithm keyward can hold keys for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

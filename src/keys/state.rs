@@ -122,6 +122,21 @@ impl KeyRecord {
     }
 }
 
+/// Refuses to go on when stored keys were sealed under another master key.
+pub fn check_master_key(records: &[KeyRecord], master: &MasterKey) -> anyhow::Result<()> {
+    let foreign: Vec<&str> =
+        records.iter().filter_map(|r| r.master_key_id.as_deref()).filter(|id| *id != master.id()).collect();
+    if let Some(id) = foreign.first() {
+        bail!(
+            "the database holds keys sealed with master key {id}, but the configured master key is {}: \
+             set KEYWARD_MASTER_KEY or master_key_file to the key this database was created with \
+             (nothing was changed)",
+            master.id()
+        );
+    }
+    Ok(())
+}
+
 /// Test keys: ES256 in set "s", a fake public half (x = "x{kid}"), created and published at
 /// 0, 40 sealed bytes under master key "m".
 #[cfg(test)]

@@ -73,12 +73,13 @@ impl Store {
     }
 
     /// Runs `decide` on the keys of `set` while holding the set's write lock, writes what it
-    /// returns and commits. Returns whether it wrote (`false` on [`KeyChange::Stale`]).
-    pub(crate) async fn change_keys(
+    /// returns and commits. Returns whether it wrote (`false` on [`KeyChange::Stale`]); a
+    /// refusal (`Ok(Err(_))`) writes nothing.
+    pub(crate) async fn change_keys<E>(
         &self,
         set: &str,
-        decide: impl FnOnce(&[KeyRecord]) -> anyhow::Result<KeyChange>,
-    ) -> anyhow::Result<bool> {
+        decide: impl FnOnce(&[KeyRecord]) -> Result<KeyChange, E>,
+    ) -> anyhow::Result<Result<bool, E>> {
         match self {
             Store::Sqlite(s) => sqlite::keys::change(s.pool(), set, decide).await,
         }

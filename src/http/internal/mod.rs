@@ -19,7 +19,7 @@ use crate::http::problem::{ApiError, Problem};
 use crate::http::public::{readiness_json, status_json, HealthStatus};
 use crate::keys::export::{self, Format};
 use crate::keys::rotation::{Exposure, Refused, Step};
-use crate::lifecycle::{self, ActionError, Outcome};
+use crate::ops::{self, ActionError, Outcome};
 use crate::partner::cache::TokenCache;
 use crate::partner::exchange::{self, ExchangeError};
 use crate::policy::profile::{Prepared, Profile, Refusal, RefusalKind, SignRequest, SignedBy};
@@ -284,7 +284,7 @@ impl From<ActionError> for ApiError {
 async fn key_sets(req: HttpRequest, state: web::Data<InternalState>) -> Result<HttpResponse, ApiError> {
     admin(&req, &*snapshot_for(&req, &state).await?, &state)?;
     let now = chrono::Utc::now().timestamp();
-    let key_sets = lifecycle::schedule(state.shared.store(), state.shared.config(), now).await?;
+    let key_sets = ops::schedule(state.shared.store(), state.shared.config(), now).await?;
     Ok(no_store_json(&KeySets { key_sets }))
 }
 
@@ -293,7 +293,7 @@ async fn key_sets(req: HttpRequest, state: web::Data<InternalState>) -> Result<H
 struct KeySets {
     /// Per set: `name`, `rotate_every`, `publish_ahead`, `retain_for` (seconds) and `keys`.
     #[schema(value_type = Vec<Object>)]
-    key_sets: Vec<lifecycle::SetSchedule>,
+    key_sets: Vec<ops::SetSchedule>,
 }
 
 /// Optional body of the rotate route.
@@ -351,7 +351,7 @@ async fn rotate(
         if body.is_empty() { None } else { parse_json::<Option<RotateRequest>>(&body)? }.unwrap_or_default();
     let shared = &state.shared;
     let now = chrono::Utc::now().timestamp();
-    let steps = lifecycle::rotate(shared.store(), shared.master(), shared.config(), &name, now, request.force).await?;
+    let steps = ops::rotate(shared.store(), shared.master(), shared.config(), &name, now, request.force).await?;
     tracing::info!(client, key_set = %name, force = request.force, "rotation requested through the admin API");
     after_action(&state, Outcome::of(shared.store(), shared.config(), &name, steps, now).await?).await
 }
@@ -369,7 +369,7 @@ async fn revoke(
     let client = admin(&req, &*snapshot_for(&req, &state).await?, &state)?.name.clone();
     let shared = &state.shared;
     let now = chrono::Utc::now().timestamp();
-    let outcome = lifecycle::revoke(shared.store(), shared.master(), shared.config(), &kid, now).await?;
+    let outcome = ops::revoke(shared.store(), shared.master(), shared.config(), &kid, now).await?;
     match &outcome.new_signer {
         Some(signer) if signer.within_cache_window => tracing::warn!(
             client,

@@ -92,18 +92,21 @@ pub(crate) enum KeyChange {
 
 /// Runs `decide` on the keys of `set` inside a write transaction (`BEGIN IMMEDIATE`, so no
 /// other writer can change them before the commit), writes what it returns, bumps the
-/// change counter and commits. Returns whether it wrote (`false` on [`KeyChange::Stale`]).
+/// change counter and commits. Returns whether it wrote (`false` on [`KeyChange::Stale`]);
+/// a refusal (`Ok(Err(_))`) writes nothing.
 /// A written record without private material (retired, revoked) checkpoints the log, so
 /// that the deleted bytes leave no copy there.
-pub(crate) async fn change(
+pub(crate) async fn change<E>(
     pool: &SqlitePool,
     set: &str,
-    decide: impl FnOnce(&[KeyRecord]) -> anyhow::Result<KeyChange>,
-) -> anyhow::Result<bool> {
+    decide: impl FnOnce(&[KeyRecord]) -> Result<KeyChange, E>,
+) -> anyhow::Result<Result<bool, E>> {
     let mut tx = begin_write(pool).await?;
     let keys = of_set(&mut *tx, set).await?;
-    let KeyChange::Write(changed) = decide(&keys)? else {
-        return Ok(false);
+    let changed = match decide(&keys) {
+        Ok(KeyChange::Write(changed)) => changed,
+        Ok(KeyChange::Stale) => return Ok(Ok(false)),
+        Err(refused) => return Ok(Err(refused)),
     };
     let deletes_secrets = changed.iter().any(|r| r.sealed_private.is_none());
     persist(&mut tx, changed).await?;
@@ -112,5 +115,5 @@ pub(crate) async fn change(
     if deletes_secrets {
         checkpoint(pool).await;
     }
-    Ok(true)
+    Ok(Ok(true))
 }

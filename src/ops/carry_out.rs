@@ -1,28 +1,14 @@
 //! Carrying out key changes: generating and sealing keys, deciding again under the
 //! store's write lock.
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, Context};
 
+use super::ActionError;
 use crate::config::KeySetConfig;
-use crate::keys::rotation::{self, Step};
+use crate::keys::rotation::{self, Refused, Step};
 use crate::keys::{self, KeyRecord};
 use crate::seal::MasterKey;
 use crate::store::{KeyChange, Store};
-
-/// Refuses to go on when stored keys were sealed under another master key.
-pub fn check_master_key(records: &[KeyRecord], master: &MasterKey) -> anyhow::Result<()> {
-    let foreign: Vec<&str> =
-        records.iter().filter_map(|r| r.master_key_id.as_deref()).filter(|id| *id != master.id()).collect();
-    if let Some(id) = foreign.first() {
-        bail!(
-            "the database holds keys sealed with master key {id}, but the configured master key is {}: \
-             set KEYWARD_MASTER_KEY or master_key_file to the key this database was created with \
-             (nothing was changed)",
-            master.id()
-        );
-    }
-    Ok(())
-}
 
 /// Generates a key off the async executor and seals it, with no lifecycle times yet.
 async fn make_key(set: &KeySetConfig, master: &MasterKey, now: i64) -> anyhow::Result<KeyRecord> {
@@ -35,32 +21,32 @@ async fn make_key(set: &KeySetConfig, master: &MasterKey, now: i64) -> anyhow::R
 /// Adds an existing private key (PEM) to `set` with the steps `decide` wants, given the
 /// set's keys and the sealed key (which it must place with a creating step). Returns the
 /// new kid and the steps taken.
-pub async fn import<F>(
+pub(crate) async fn carry_out_import<F>(
     store: &Store,
     master: &MasterKey,
     set: &KeySetConfig,
     pem: &[u8],
     now: i64,
     decide: F,
-) -> anyhow::Result<(String, Vec<Step>)>
+) -> Result<(String, Vec<Step>), ActionError>
 where
-    F: Fn(&[KeyRecord], &KeyRecord) -> anyhow::Result<Vec<Step>>,
+    F: Fn(&[KeyRecord], &KeyRecord) -> Result<Vec<Step>, Refused>,
 {
-    let imported = keys::import_pem(set.algorithm, pem)?;
+    let imported = keys::import_pem(set.algorithm, pem).map_err(anyhow::Error::from)?;
     // The scheduler replaces keys that do not fit the set's settings: refuse them here.
     if let Some(bits) = imported.public.rsa_bits().filter(|bits| *bits != set.rsa_bits) {
-        bail!(
+        return Err(ActionError::Failed(anyhow!(
             "key set {} makes {}-bit RSA keys and this key has {bits} bits: set rsa_bits = {bits} for the set to import it",
             set.name,
             set.rsa_bits
-        );
+        )));
     }
     let record = seal_record(set, master, imported, now)?;
     let kid = record.kid.clone();
     if store.key(&kid).await?.is_some() {
-        bail!("key {kid} is already stored");
+        return Err(ActionError::Failed(anyhow!("key {kid} is already stored")));
     }
-    let steps = execute_with(store, master, set, now, Some(record.clone()), |keys| decide(keys, &record)).await?;
+    let steps = carry_out_with(store, master, set, now, Some(record.clone()), |keys| decide(keys, &record)).await?;
     Ok((kid, steps))
 }
 
@@ -96,30 +82,30 @@ fn seal_record(
 /// wants the same steps are they applied. Another process that got there first therefore
 /// makes this one retry (and usually find nothing left to do): two processes never both
 /// rotate. Returns the steps applied (empty when nothing was due).
-pub async fn execute<F>(
+pub(crate) async fn carry_out<F>(
     store: &Store,
     master: &MasterKey,
     set: &KeySetConfig,
     now: i64,
     decide: F,
-) -> anyhow::Result<Vec<Step>>
+) -> Result<Vec<Step>, ActionError>
 where
-    F: Fn(&[KeyRecord]) -> anyhow::Result<Vec<Step>>,
+    F: Fn(&[KeyRecord]) -> Result<Vec<Step>, Refused>,
 {
-    execute_with(store, master, set, now, None, decide).await
+    carry_out_with(store, master, set, now, None, decide).await
 }
 
-/// [`execute`], with `supplied` (an imported key) used for the first key a step creates.
-async fn execute_with<F>(
+/// [`carry_out`], with `supplied` (an imported key) used for the first key a step creates.
+async fn carry_out_with<F>(
     store: &Store,
     master: &MasterKey,
     set: &KeySetConfig,
     now: i64,
     supplied: Option<KeyRecord>,
     decide: F,
-) -> anyhow::Result<Vec<Step>>
+) -> Result<Vec<Step>, ActionError>
 where
-    F: Fn(&[KeyRecord]) -> anyhow::Result<Vec<Step>>,
+    F: Fn(&[KeyRecord]) -> Result<Vec<Step>, Refused>,
 {
     for _ in 0..3 {
         let steps = decide(&store.keys_of_set(&set.name).await?)?;
@@ -138,12 +124,16 @@ where
                 if decide(keys)? != steps {
                     return Ok(KeyChange::Stale);
                 }
-                Ok(KeyChange::Write(rotation::apply(keys, &steps, fresh, now)?))
+                let changed = rotation::apply(keys, &steps, fresh, now).map_err(anyhow::Error::from)?;
+                Ok::<_, ActionError>(KeyChange::Write(changed))
             })
-            .await?;
+            .await??;
         if written {
             return Ok(steps);
         }
     }
-    bail!("key set {}: the keys kept changing under a concurrent writer; try again", set.name)
+    Err(ActionError::Failed(anyhow!(
+        "key set {}: the keys kept changing under a concurrent writer; try again",
+        set.name
+    )))
 }

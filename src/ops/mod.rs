@@ -1,4 +1,7 @@
-//! Operator actions on keys (rotate, revoke, schedule), shared by the CLI and the admin API.
+//! Operations shared by the CLI and the admin API: key actions (rotate, revoke, import,
+//! schedule), carried out through the store.
+
+mod carry_out;
 
 use anyhow::Context;
 use serde::Serialize;
@@ -7,9 +10,10 @@ use crate::config::{Config, KeySetConfig};
 use crate::keys::rotation::{self, Exposure, ImportAs, Refused, Step};
 use crate::keys::timeline::{self, Timeline};
 use crate::keys::KeyState;
-use crate::keystore;
 use crate::seal::MasterKey;
 use crate::store::Store;
+pub(crate) use carry_out::carry_out;
+use carry_out::carry_out_import;
 
 /// Why an operator action was not carried out.
 #[derive(Debug, thiserror::Error)]
@@ -22,16 +26,7 @@ pub enum ActionError {
     Refused(#[from] Refused),
     /// Storage or key generation failed.
     #[error(transparent)]
-    Failed(anyhow::Error),
-}
-
-impl From<anyhow::Error> for ActionError {
-    fn from(err: anyhow::Error) -> Self {
-        match err.downcast::<Refused>() {
-            Ok(refused) => ActionError::Refused(refused),
-            Err(err) => ActionError::Failed(err),
-        }
-    }
+    Failed(#[from] anyhow::Error),
 }
 
 fn key_set<'a>(config: &'a Config, name: &str) -> Result<&'a KeySetConfig, ActionError> {
@@ -49,7 +44,7 @@ pub async fn rotate(
 ) -> Result<Vec<Step>, ActionError> {
     let set = key_set(config, set)?;
     let policy = config.policy(set);
-    Ok(keystore::execute(store, master, set, now, |keys| Ok(rotation::rotate_now(keys, &policy, now, force)?)).await?)
+    carry_out(store, master, set, now, |keys| rotation::rotate_now(keys, &policy, now, force)).await
 }
 
 /// What a key action did to one set.
@@ -105,7 +100,7 @@ pub async fn revoke(
 ) -> Result<Outcome, ActionError> {
     let record = store.key(kid).await?.ok_or_else(|| Refused::UnknownKey(kid.to_owned()))?;
     let set = key_set(config, &record.key_set)?;
-    let steps = keystore::execute(store, master, set, now, |keys| Ok(rotation::revoke(keys, kid)?)).await?;
+    let steps = carry_out(store, master, set, now, |keys| rotation::revoke(keys, kid)).await?;
     Ok(Outcome::after(store, config, set, steps, now).await?)
 }
 
@@ -121,8 +116,8 @@ pub async fn import(
 ) -> Result<(String, Outcome), ActionError> {
     let set = key_set(config, set)?;
     let policy = config.policy(set);
-    let (kid, steps) = keystore::import(store, master, set, pem, now, |keys, imported| {
-        Ok(rotation::import(keys, imported, &policy, now, how)?)
+    let (kid, steps) = carry_out_import(store, master, set, pem, now, |keys, imported| {
+        rotation::import(keys, imported, &policy, now, how)
     })
     .await?;
     Ok((kid, Outcome::after(store, config, set, steps, now).await?))
