@@ -2,8 +2,9 @@
 //!
 //! Requests hand their row to one writer task and wait for its commit. While a commit is
 //! under way, new rows queue; the next transaction takes them all (group commit), so the
-//! ledger costs one fsync per batch, not per token. Commits start at least
-//! `ledger_commit_interval_ms` apart, so under load a batch gathers that long's rows.
+//! ledger costs one fsync per batch, not per token, and batches grow with the load by
+//! themselves. `ledger_commit_interval_ms` (default 0) can space commits further apart;
+//! it caps clients that wait for each answer at one batch per interval.
 
 use std::time::{Duration, Instant};
 
