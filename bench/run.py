@@ -82,6 +82,8 @@ error_log {dir}/error.log warn;
 events {{ worker_connections 4096; }}
 http {{
     access_log off;
+    sendfile off;
+    open_file_cache max=16 inactive=60s;
     keepalive_requests 100000000;
     client_body_temp_path {dir}/body;
     proxy_temp_path {dir}/proxy;
@@ -166,8 +168,20 @@ def wait_for(what, check, seconds=60):
                 return
         except OSError:
             pass
+        except ServerExited:
+            sys.exit(f"bench: {what} exited while starting")
         time.sleep(0.1)
     sys.exit(f"bench: {what} did not come up within {seconds} s")
+
+
+class ServerExited(Exception):
+    pass
+
+
+def running(process):
+    if process.poll() is not None:
+        raise ServerExited()
+    return True
 
 
 def http(url, body=None, headers=None):
@@ -299,7 +313,7 @@ def nginx(work, answers, jwks):
                                 os.path.join(prefix, "error.log")], stdout=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_for("nginx", lambda: http(f"{base}/jwks.json")[0] == 200)
+        wait_for("nginx", lambda: running(process) and http(f"{base}/jwks.json")[0] == 200)
         served = http(f"{base}/jwks.json")[2]
         assert served == jwks, "nginx serves other bytes than keyward's JWKS"
         load = Load("nginx", process.pid)
@@ -328,7 +342,8 @@ def node_peer(work):
     process = subprocess.Popen(["node", "server.js"], cwd=copy, env=env, stdout=subprocess.DEVNULL)
     try:
         sign_url = lambda profile: f"http://127.0.0.1:{internal}/v1/profiles/{profile}/sign"
-        wait_for("the node peer", lambda: http(sign_url("es"), SIGN_BODY.encode(), sign_headers(token))[0] == 200)
+        wait_for("the node peer",
+                 lambda: running(process) and http(sign_url("es"), SIGN_BODY.encode(), sign_headers(token))[0] == 200)
         load = Load("node", process.pid)
         load.sign_and_jwks(sign_url, token, f"http://127.0.0.1:{public}/path/to/your/jwks")
         return load
