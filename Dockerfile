@@ -16,17 +16,21 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --user-group --home-dir /data --shell /usr/sbin/nologin keyward \
  && mkdir -p /data /etc/keyward \
- && chown keyward:keyward /data
+ && chown keyward:keyward /data \
+ && chmod 700 /data
 COPY --from=build /src/target/release/keyward /usr/local/bin/keyward
 COPY keys.example /etc/keyward/keys.example
 
 # Listen on all interfaces inside the container; publish 8081 on a private network only.
-# Mount your configuration as /etc/keyward/keys.toml (the working directory) and give the
-# master key as KEYWARD_MASTER_KEY from your secrets manager.
+# Mount your configuration as /etc/keyward/keys.toml (the working directory). The master key
+# is never generated here (KEYWARD_DEV=0): give it as KEYWARD_MASTER_KEY from your secrets
+# manager, or mount a file made with `openssl rand -base64 32` at /data/master.key, readable
+# by uid 10001. `-e KEYWARD_DEV=1` allows a throwaway development key.
 ENV KEYWARD_PUBLIC_ADDR=0.0.0.0:8080 \
     KEYWARD_INTERNAL_ADDR=0.0.0.0:8081 \
     KEYWARD_DATABASE_URL=sqlite:///data/keyward.db \
-    KEYWARD_MASTER_KEY_FILE=/data/master.key
+    KEYWARD_MASTER_KEY_FILE=/data/master.key \
+    KEYWARD_DEV=0
 WORKDIR /etc/keyward
 USER keyward
 VOLUME ["/data"]

@@ -4,22 +4,23 @@
 use std::collections::HashMap;
 use std::io::{IsTerminal, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use sqlx::SqlitePool;
 
-use crate::config::{self, Config, LoadedConfig};
+use crate::clients::ClientError;
+use crate::config::{self, EnvSettings, LoadedConfig, LogFormat};
 use crate::export::{self, Format};
 use crate::keystore::KeyState;
 use crate::lifecycle::{self, ActionError};
-use crate::rotation::{Moment, Refused, Step};
-use crate::seal::{self, MasterKey, MasterKeyOrigin};
+use crate::rotation::{Exposure, ImportAs, Moment, Refused, Step};
+use crate::seal::{MasterKey, MasterKeyOrigin};
 use crate::startup::Application;
-use crate::{clients, db, keystore, ledger, secrets, telemetry};
+use crate::{clients, db, keystore, ledger, private_files, secrets, telemetry};
 
 /// keyward: JWKS issuer and key-management server.
 #[derive(Debug, Parser)]
@@ -28,8 +29,33 @@ pub struct Cli {
     /// Configuration file (default: ./keys.toml if present, else the built-in defaults).
     #[arg(long, global = true, env = "KEYWARD_CONFIG", value_name = "PATH")]
     config: Option<PathBuf>,
+    /// Start even if the database or the master key file is readable by group or others
+    /// (by default keyward refuses, as ssh does for keys: fix with `chmod 600 FILE`).
+    #[arg(long, global = true)]
+    allow_insecure_permissions: bool,
+    /// Let a command other than serve create the database when there is none yet.
+    #[arg(long, global = true)]
+    init: bool,
+    /// Log more: -v info, -vv debug (commands other than serve log warnings only; RUST_LOG wins).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The end of `--help`: where the database is and every environment variable.
+fn after_help() -> String {
+    let mut text = String::from(
+        "Database: [server] database_url of the configuration (default sqlite://data/keyward.db). A relative \
+         path in a configuration file is relative to that file's folder; with no file (built-in defaults) or \
+         from KEYWARD_DATABASE_URL, to the working directory. Every command says on standard error which \
+         configuration and database it used.\n\nEnvironment variables:\n",
+    );
+    for (name, what) in config::KNOWN_ENV {
+        text.push_str(&format!("  {name:<36} {what}\n"));
+    }
+    text.push_str(&format!("  {:<36} log filter, e.g. debug or keyward=debug,sqlx=warn\n", "RUST_LOG"));
+    text
 }
 
 #[derive(Debug, Subcommand)]
@@ -61,10 +87,12 @@ enum Command {
         /// Only this profile.
         #[arg(long, allow_hyphen_values = true)]
         profile: Option<String>,
-        /// Issued at or after: RFC 3339 (2026-11-17T00:00:00Z) or an age (24h, 7d).
+        /// Issued at or after: RFC 3339 (2026-11-17T00:00:00Z), a date (2026-11-17: its start,
+        /// UTC) or an age (24h, 7d).
         #[arg(long)]
         since: Option<String>,
-        /// Issued before: RFC 3339 or an age.
+        /// Issued before: RFC 3339, a date (its start, UTC: --until 2026-11-18 ends with the
+        /// 17th) or an age.
         #[arg(long)]
         until: Option<String>,
         /// At most this many rows, newest first.
@@ -84,6 +112,9 @@ enum Command {
         /// Profile name.
         #[arg(allow_hyphen_values = true)]
         profile: String,
+        /// Check the JWKS served by this configuration's own public listener instead of iss.
+        #[arg(long)]
+        local: bool,
     },
     /// Exit 0 if the server's public /healthz answers 200 (for container health checks).
     Healthcheck,
@@ -124,13 +155,14 @@ enum KeysCommand {
         #[arg(allow_hyphen_values = true)]
         kid: String,
     },
-    /// Print a key's public half: pem, pem-base64 (what PaymentsGate calls public_key) or jwk.
+    /// Print a key's public half: jwk (default, as the JWKS publishes it), pem or pem-base64
+    /// (what PaymentsGate calls public_key); the same as GET /v1/keys/{kid}/public.
     Export {
         /// The key's kid.
         #[arg(allow_hyphen_values = true)]
         kid: String,
         /// Output format.
-        #[arg(long, default_value = "pem", value_parser = ["pem", "pem-base64", "jwk"])]
+        #[arg(long, default_value = "jwk", value_parser = export::Format::NAMES)]
         format: String,
     },
     /// Add an existing private key (PKCS#1, PKCS#8 or SEC1 PEM) to SET as its next key.
@@ -144,6 +176,12 @@ enum KeysCommand {
         /// Make it the signing key at once (the current key becomes previous).
         #[arg(long)]
         activate: bool,
+        /// With --activate: sign with it although no verifier has it yet.
+        #[arg(long, requires = "activate")]
+        force: bool,
+        /// Without --activate: retire the set's current next key to make room for it.
+        #[arg(long, conflicts_with = "activate")]
+        replace_next: bool,
     },
     /// Every key's publication and signing window, past and planned.
     Schedule {
@@ -167,11 +205,22 @@ enum ClientsCommand {
         #[arg(long)]
         admin: bool,
         /// Its own rate limit, requests per second (default: [server] rate_limit).
-        #[arg(long, requires = "burst")]
+        #[arg(long)]
         rate: Option<u32>,
-        /// Its own burst (default: [server] rate_burst).
+        /// Its own burst (default: twice --rate, as the server's 100/s with 200; without
+        /// --rate, [server] rate_burst).
         #[arg(long, requires = "rate")]
         burst: Option<u32>,
+    },
+    /// Give a client a new token (printed once, on standard output); the old one stops
+    /// working at once, or after --grace.
+    Rotate {
+        /// Client name.
+        #[arg(allow_hyphen_values = true)]
+        name: String,
+        /// Keep the old token working this long (e.g. 10m, 1h, 1d), to roll the new one out.
+        #[arg(long, value_name = "DURATION")]
+        grace: Option<String>,
     },
     /// List clients (never their tokens).
     List {
@@ -179,7 +228,7 @@ enum ClientsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Revoke a client's token.
+    /// Revoke a client's token (a revoked client's name may be given to a new client).
     Revoke {
         /// Client name.
         #[arg(allow_hyphen_values = true)]
@@ -187,11 +236,36 @@ enum ClientsCommand {
     },
 }
 
+/// The parser, with the environment variables listed in its help.
+pub fn command() -> clap::Command {
+    Cli::command().after_help(after_help())
+}
+
 /// Runs the command line and returns the process exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let json_logs = std::env::var("KEYWARD_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
-    telemetry::init(json_logs);
+    let cli = match Cli::from_arg_matches(&command().get_matches()) {
+        Ok(cli) => cli,
+        Err(err) => err.exit(),
+    };
+    let serving = matches!(cli.command, Command::Serve);
+    if !serving {
+        exit_quietly_on_closed_pipe();
+    }
+    let env: HashMap<String, String> = std::env::vars().filter(|(k, _)| k.starts_with("KEYWARD_")).collect();
+    let settings = match EnvSettings::from_env(&env) {
+        Ok(settings) => settings,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // A command run by hand says only what went wrong, unless asked for more.
+    let level = match (serving, cli.verbose) {
+        (true, 0) | (false, 1) => "info,sqlx=warn",
+        (false, 0) => "warn",
+        _ => "debug,sqlx=warn",
+    };
+    telemetry::init(settings.log_format == LogFormat::Json, level);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -199,7 +273,7 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, &env, settings)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
@@ -208,25 +282,77 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn load_config(explicit: Option<&PathBuf>) -> anyhow::Result<LoadedConfig> {
-    let env: HashMap<String, String> = std::env::vars().filter(|(k, _)| k.starts_with("KEYWARD_")).collect();
-    let source = config::choose_source(explicit.map(PathBuf::as_path), std::path::Path::new("keys.toml").is_file());
-    Ok(config::load(source, &env)?)
+/// `head` closing our standard output ends the process quietly, as it does other Unix
+/// tools, rather than as a panic of `println!` (Rust ignores SIGPIPE by default). Not for
+/// `serve`, whose sockets must not kill it.
+fn exit_quietly_on_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: restoring a signal's default disposition, before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }
 
-/// The master key; a development key is generated only for a database with no sealed keys.
-async fn master_key(loaded: &LoadedConfig, pool: &SqlitePool) -> anyhow::Result<MasterKey> {
+fn load_config(explicit: Option<&PathBuf>, env: &HashMap<String, String>) -> anyhow::Result<LoadedConfig> {
+    let source = config::choose_source(explicit.map(PathBuf::as_path), Path::new("keys.toml").is_file());
+    Ok(config::load(source, env)?)
+}
+
+/// The configuration's origin and database, as every command reports them.
+fn describe(loaded: &LoadedConfig) -> (String, PathBuf) {
+    let source = match &loaded.source {
+        config::ConfigSource::Defaults => "built-in defaults (no --config, KEYWARD_CONFIG or ./keys.toml)".to_owned(),
+        config::ConfigSource::File(path) => {
+            std::path::absolute(path).unwrap_or_else(|_| path.clone()).display().to_string()
+        }
+    };
+    let database = loaded.config.database_path();
+    (source, std::path::absolute(&database).unwrap_or(database))
+}
+
+/// Opens the database; only with `--init` may a command other than `serve` create it, so
+/// that running one in the wrong folder cannot quietly start a second, empty database.
+async fn open_database(loaded: &LoadedConfig, init: bool) -> anyhow::Result<SqlitePool> {
+    let (source, path) = describe(loaded);
+    if !init && !path.exists() {
+        let why = match &loaded.source {
+            config::ConfigSource::Defaults => format!(
+                "no configuration file was found, so the default database path is taken relative to the \
+                 working directory {}",
+                std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default()
+            ),
+            config::ConfigSource::File(_) => format!("that is the database_url of {source}"),
+        };
+        bail!(
+            "no database at {} ({why}). Run the command where keys.toml is, name it with --config, or add --init \
+             to create a new database there",
+            path.display()
+        );
+    }
+    db::connect(&path).await
+}
+
+/// The master key; a development key is generated only for a database with no sealed keys,
+/// and only where generating is allowed (not in the Docker image unless KEYWARD_DEV=1).
+async fn master_key(loaded: &LoadedConfig, pool: &SqlitePool, settings: EnvSettings) -> anyhow::Result<MasterKey> {
     let env = std::env::var("KEYWARD_MASTER_KEY").ok();
     let file = &loaded.config.server.master_key_file;
-    let may_generate = !keystore::holds_sealed_keys(pool).await?;
-    let (key, origin) = MasterKey::resolve(env.as_deref(), file, may_generate)?;
+    let empty = !keystore::holds_sealed_keys(pool).await?;
+    if empty && env.is_none() && !file.exists() && !settings.may_generate_master_key {
+        bail!(
+            "no master key: KEYWARD_MASTER_KEY is not set and {} does not exist, and KEYWARD_DEV=0 forbids \
+             generating one. Make one with `openssl rand -base64 32 > master.key`, keep a copy in your secrets \
+             manager, and give it as KEYWARD_MASTER_KEY or mount it at {} (readable by the user keyward runs \
+             as: uid 10001 in the image, mode 0400). For a throwaway development key set KEYWARD_DEV=1",
+            file.display(),
+            file.display()
+        );
+    }
+    let (key, origin) = MasterKey::resolve(env.as_deref(), file, empty)?;
     match origin {
         MasterKeyOrigin::Environment => tracing::info!(master_key_id = key.id(), "master key from KEYWARD_MASTER_KEY"),
         MasterKeyOrigin::File(path) => {
             tracing::info!(master_key_id = key.id(), file = %path.display(), "master key from file");
-            if seal::key_file_is_shared(&path) {
-                tracing::warn!(file = %path.display(), "the master key file is readable by group or others: chmod 600 it");
-            }
         }
         MasterKeyOrigin::Generated(path) => tracing::warn!(
             master_key_id = key.id(),
@@ -239,29 +365,54 @@ async fn master_key(loaded: &LoadedConfig, pool: &SqlitePool) -> anyhow::Result<
     Ok(key)
 }
 
+/// The database and the master key file hold secrets (sealed keys, client-token hashes,
+/// who got which token): refuse to use them while group or others may read them, as ssh
+/// does for keys, unless the operator says otherwise.
+fn check_private_files(loaded: &LoadedConfig, allow_insecure: bool) -> anyhow::Result<()> {
+    let mut files = db::database_files(&loaded.config.database_path());
+    if std::env::var_os("KEYWARD_MASTER_KEY").is_none() {
+        files.push(loaded.config.server.master_key_file.clone());
+    }
+    for file in files {
+        let Some(mode) = private_files::shared_mode(&file) else { continue };
+        if allow_insecure {
+            tracing::warn!(file = %file.display(), mode = format!("{mode:04o}"), "readable by group or others (allowed by --allow-insecure-permissions)");
+        } else {
+            bail!(
+                "{} has mode {mode:04o}: group or others may read it, and it holds secrets. Fix: chmod 600 {} \
+                 (or start with --allow-insecure-permissions)",
+                file.display(),
+                file.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    let loaded = load_config(cli.config.as_ref())?;
+async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> anyhow::Result<()> {
+    let loaded = load_config(cli.config.as_ref(), env)?;
     for warning in &loaded.warnings {
         tracing::warn!("{warning}");
     }
     let config = &loaded.config;
+    let (source, database) = describe(&loaded);
+    if matches!(cli.command, Command::Serve) {
+        tracing::info!(config = %source, database = %database.display(), "starting keyward {}", env!("CARGO_PKG_VERSION"));
+    } else {
+        eprintln!("keyward: configuration {source}; database {}", database.display());
+    }
+    if !matches!(cli.command, Command::Healthcheck) {
+        check_private_files(&loaded, cli.allow_insecure_permissions)?;
+    }
+    let init = cli.init;
     match cli.command {
-        Command::CheckConfig => {
-            eprintln!(
-                "{}: configuration is valid ({} key sets, {} profiles)",
-                loaded.source,
-                config.key_sets.len(),
-                config.profiles.len()
-            );
-            Ok(())
-        }
+        Command::CheckConfig => check_config(&loaded, settings).await,
         Command::Serve => {
-            tracing::info!(config = %loaded.source, "starting keyward {}", env!("CARGO_PKG_VERSION"));
-            let master = master_key(&loaded, &db::connect(config.database_path()).await?).await?;
+            let master = master_key(&loaded, &db::connect(&database).await?, settings).await?;
             let workers = std::thread::available_parallelism().map(usize::from).unwrap_or(2);
             let app = Application::build(config.clone(), master, workers).await?;
             tracing::info!(public = %app.public_addr(), internal = %app.internal_addr(), workers, "listening");
@@ -269,7 +420,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Healthcheck => healthcheck(config.server.public_addr),
         Command::Keys(KeysCommand::List { json }) => {
-            let pool = db::connect(config.database_path()).await?;
+            let pool = open_database(&loaded, init).await?;
             let records = keystore::list(&pool).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&records)?);
@@ -294,8 +445,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keys(KeysCommand::Rotate { set, force }) => {
-            let pool = db::connect(config.database_path()).await?;
-            let master = master_key(&loaded, &pool).await?;
+            let pool = open_database(&loaded, init).await?;
+            let master = master_key(&loaded, &pool, settings).await?;
             keystore::check_master_key(&keystore::list(&pool).await?, &master)?;
             let steps =
                 lifecycle::rotate(&pool, &master, config, &set, now(), force).await.map_err(|err| match err {
@@ -314,39 +465,64 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     other => other.into(),
                 })?;
             report(&steps);
+            if let Some(signer) = lifecycle::Outcome::of(&pool, config, &set, steps, now()).await?.new_signer {
+                report_signer(&signer);
+            }
             Ok(())
         }
         Command::Keys(KeysCommand::Revoke { kid }) => {
-            let pool = db::connect(config.database_path()).await?;
-            let master = master_key(&loaded, &pool).await?;
+            let pool = open_database(&loaded, init).await?;
+            let master = master_key(&loaded, &pool, settings).await?;
             keystore::check_master_key(&keystore::list(&pool).await?, &master)?;
-            let (_, steps) = lifecycle::revoke(&pool, &master, config, &kid, now()).await?;
-            report(&steps);
+            let outcome = lifecycle::revoke(&pool, &master, config, &kid, now()).await?;
+            report(&outcome.steps);
+            if let Some(signer) = &outcome.new_signer {
+                report_signer(signer);
+            }
             eprintln!("running servers drop {kid} from the JWKS within seconds");
             Ok(())
         }
         Command::Keys(KeysCommand::Export { kid, format }) => {
-            let pool = db::connect(config.database_path()).await?;
+            let pool = open_database(&loaded, init).await?;
             let record = keystore::list(&pool)
                 .await?
                 .into_iter()
                 .find(|r| r.kid == kid)
                 .with_context(|| format!("no key {kid}"))?;
-            let format = Format::parse(&format).context("format must be pem, pem-base64 or jwk")?;
+            let format = Format::parse(&format)
+                .with_context(|| format!("--format must be one of {}", Format::NAMES.join(", ")))?;
             let text = export::render(&record.kid, record.algorithm, &record.public, format)?;
             println!("{}", text.trim_end());
             Ok(())
         }
-        Command::Keys(KeysCommand::Import { set, pem, activate }) => {
-            let set_config = config.key_set(&set).with_context(|| format!("no key set is named {set:?}"))?;
+        Command::Keys(KeysCommand::Import { set, pem, activate, force, replace_next }) => {
             let pem =
                 zeroize::Zeroizing::new(std::fs::read(&pem).with_context(|| format!("reading {}", pem.display()))?);
-            let pool = db::connect(config.database_path()).await?;
-            let master = master_key(&loaded, &pool).await?;
+            let pool = open_database(&loaded, init).await?;
+            let master = master_key(&loaded, &pool, settings).await?;
             keystore::check_master_key(&keystore::list(&pool).await?, &master)?;
-            let kid = keystore::import(&pool, &master, set_config, &pem, activate, now()).await?;
+            let how = ImportAs { activate, force, replace_next };
+            let (kid, outcome) =
+                lifecycle::import(&pool, &master, config, &set, &pem, how, now()).await.map_err(|err| match err {
+                    ActionError::Refused(Refused::NeverPublished { kid }) => anyhow::anyhow!(
+                        "refusing to make {kid} sign in {set}: it has never been published, so verifiers that \
+                         cached the JWKS would reject its tokens until they refetch it. Import it without \
+                         --activate (it is published as the next key and signs after publish_ahead), or add \
+                         --force to sign with it now anyway"
+                    ),
+                    ActionError::Refused(Refused::NextKeyExists { kid }) => anyhow::anyhow!(
+                        "refusing to import into {set}: its next key {kid} is published and would be retired \
+                         (unpublished, private half deleted) to make room. Add --replace-next to retire it, or \
+                         --activate to sign with the imported key instead"
+                    ),
+                    other => other.into(),
+                })?;
+            report(&outcome.steps);
             let role = if activate { "the signing key" } else { "the next key" };
             eprintln!("imported {kid} into {set} as {role}");
+            if let Some(signer) = &outcome.new_signer {
+                report_signer(signer);
+            }
             Ok(())
         }
         Command::Secrets(SecretsCommand::Set { profile }) => {
@@ -363,40 +539,44 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
             anyhow::ensure!(!secret.is_empty(), "no secret on standard input");
-            let pool = db::connect(config.database_path()).await?;
-            let master = master_key(&loaded, &pool).await?;
+            let pool = open_database(&loaded, init).await?;
+            let master = master_key(&loaded, &pool, settings).await?;
             keystore::check_master_key(&keystore::list(&pool).await?, &master)?;
             secrets::set(&pool, &master, config, &profile, &secret, now()).await?;
             eprintln!("stored the secret of profile {profile}; running servers use it within seconds");
             Ok(())
         }
         Command::Secrets(SecretsCommand::List) => {
-            let pool = db::connect(config.database_path()).await?;
+            let pool = open_database(&loaded, init).await?;
             println!("{:<24} {:<20} UPDATED", "PROFILE", "CREATED");
             for info in secrets::list(&pool).await? {
                 println!("{:<24} {:<20} {}", info.profile, time(Some(info.created_at)), time(Some(info.updated_at)));
             }
             Ok(())
         }
-        Command::Onboarding { profile } => onboarding(config, &profile).await,
+        Command::Onboarding { profile, local } => onboarding(&loaded, init, &profile, local).await,
         Command::Audit { sub, kid, client, profile, since, until, limit, json } => {
-            let instant = |text: Option<String>| -> anyhow::Result<Option<i64>> {
-                match text {
-                    None => Ok(None),
-                    Some(text) => match config::parse_instant(&text) {
-                        Some(at) => Ok(Some(at)),
-                        None => {
-                            let age = crate::duration::Duration::parse(&text).map_err(|_| {
-                                anyhow::anyhow!("{text:?} is neither an RFC 3339 time nor an age like 24h")
-                            })?;
-                            Ok(Some(now() - age.as_secs_i64()))
-                        }
-                    },
-                }
+            let instant = |flag: &str, text: Option<String>| -> anyhow::Result<Option<i64>> {
+                text.map(|text| {
+                    audit_instant(&text, now()).with_context(|| {
+                        format!(
+                            "{flag} {text:?} is neither an RFC 3339 time (2026-11-17T09:00:00Z), a date (2026-11-17) \
+                             nor an age (24h, 7d)"
+                        )
+                    })
+                })
+                .transpose()
             };
             anyhow::ensure!(limit >= 1, "--limit must be at least 1");
-            let filter = ledger::Filter { sub, kid, client, profile, since: instant(since)?, until: instant(until)? };
-            let pool = db::connect(config.database_path()).await?;
+            let filter = ledger::Filter {
+                sub,
+                kid,
+                client,
+                profile,
+                since: instant("--since", since)?,
+                until: instant("--until", until)?,
+            };
+            let pool = open_database(&loaded, init).await?;
             let rows = ledger::query(&pool, &filter, limit).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
@@ -424,7 +604,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Backup { file } => {
             anyhow::ensure!(!file.exists(), "{} exists already; choose a new file", file.display());
-            let pool = db::connect(config.database_path()).await?;
+            let pool = open_database(&loaded, init).await?;
             db::backup(&pool, &file).await?;
             eprintln!(
                 "wrote {}: a consistent copy of the database. It holds sealed keys: keep it with the same care as \
@@ -434,7 +614,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keys(KeysCommand::Schedule { json }) => {
-            let pool = db::connect(config.database_path()).await?;
+            let pool = open_database(&loaded, init).await?;
             let sets = lifecycle::schedule(&pool, config, now()).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&sets)?);
@@ -472,45 +652,156 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Clients(ClientsCommand::Add { name, profiles, admin, rate, burst }) => {
-            let pool = db::connect(config.database_path()).await?;
-            let token = clients::add_with_rate(&pool, config, &name, &profiles, admin, rate.zip(burst), now()).await?;
+            let pool = open_database(&loaded, init).await?;
+            let rate = rate.map(|rate| (rate, burst.unwrap_or(rate.saturating_mul(2))));
+            let (token, reused) = clients::create(&pool, config, &name, &profiles, admin, rate, now()).await?;
+            if let Some(revoked_at) = reused {
+                eprintln!(
+                    "the name {name:?} was a client revoked at {}: it now names the new client",
+                    time(Some(revoked_at))
+                );
+            }
             eprintln!("created client {name:?}; its token follows on standard output and is not shown again");
             let mut stdout = std::io::stdout().lock();
             writeln!(stdout, "{}", token.as_str()).context("writing the token")?;
             Ok(())
         }
         Command::Clients(ClientsCommand::List { json }) => {
-            let pool = db::connect(config.database_path()).await?;
+            let pool = open_database(&loaded, init).await?;
             let list = clients::list(&pool).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
                 return Ok(());
             }
-            println!("{:<24} {:<6} {:<20} {:<20} PROFILES", "NAME", "ADMIN", "CREATED", "REVOKED");
+            println!(
+                "{:<24} {:<6} {:<20} {:<20} {:<20} PROFILES",
+                "NAME", "ADMIN", "CREATED", "REVOKED", "OLD TOKEN UNTIL"
+            );
             for c in list {
                 println!(
-                    "{:<24} {:<6} {:<20} {:<20} {}",
+                    "{:<24} {:<6} {:<20} {:<20} {:<20} {}",
                     c.name,
                     if c.admin { "yes" } else { "no" },
                     time(Some(c.created_at)),
                     time(c.revoked_at),
+                    time(c.previous_token_valid_until.filter(|until| *until > now() && c.revoked_at.is_none())),
                     c.profiles.join(",")
                 );
             }
             Ok(())
         }
         Command::Clients(ClientsCommand::Revoke { name }) => {
-            let pool = db::connect(config.database_path()).await?;
-            clients::revoke(&pool, &name, now()).await?;
-            eprintln!("revoked client {name:?}; running servers refuse its token within seconds");
+            let pool = open_database(&loaded, init).await?;
+            match clients::revoke(&pool, &name, now()).await {
+                Ok(()) => {
+                    eprintln!("revoked client {name:?}; running servers refuse its token within a tenth of a second");
+                    Ok(())
+                }
+                // Already in the state asked for: say so, and succeed (a retried script is fine).
+                Err(ClientError::Revoked(_, at)) => {
+                    eprintln!("client {name:?} was already revoked at {}; nothing changed", time(Some(at)));
+                    Ok(())
+                }
+                Err(err) => Err(err.into()),
+            }
+        }
+        Command::Clients(ClientsCommand::Rotate { name, grace }) => {
+            let grace = match grace {
+                Some(text) => crate::duration::Duration::parse(&text)
+                    .map_err(|why| anyhow::anyhow!("--grace {text:?}: {why}"))?
+                    .as_secs_i64(),
+                None => 0,
+            };
+            let pool = open_database(&loaded, init).await?;
+            let token = clients::rotate(&pool, &name, grace, now()).await?;
+            if grace > 0 {
+                eprintln!(
+                    "client {name:?} has a new token (below, shown once); the old one works until {}",
+                    time(Some(now() + grace))
+                );
+            } else {
+                eprintln!("client {name:?} has a new token (below, shown once); the old one no longer works");
+            }
+            let mut stdout = std::io::stdout().lock();
+            writeln!(stdout, "{}", token.as_str()).context("writing the token")?;
             Ok(())
         }
     }
 }
 
-/// Prints the onboarding values on standard output, then checks `iss + jwks_uri` serves the
-/// set's current and next keys (report on standard error; failure is a non-zero exit).
-async fn onboarding(config: &Config, name: &str) -> anyhow::Result<()> {
+/// Checks what `serve` checks before binding: the configuration (done by loading it), the
+/// master key, and, when the database exists, that the key opens every sealed row.
+async fn check_config(loaded: &LoadedConfig, settings: EnvSettings) -> anyhow::Result<()> {
+    let config = &loaded.config;
+    let (source, database) = describe(loaded);
+    for profile in &config.profiles {
+        crate::profiles::Profile::compile(profile)?;
+    }
+    let env_key = std::env::var("KEYWARD_MASTER_KEY").ok();
+    let file = &config.server.master_key_file;
+    let master = match (&env_key, file.exists()) {
+        (Some(_), _) | (None, true) => Some(MasterKey::resolve(env_key.as_deref(), file, false)?.0),
+        (None, false) => None,
+    };
+    if database.exists() {
+        let pool = db::connect(&database).await?;
+        let sealed = keystore::holds_sealed_keys(&pool).await?;
+        match &master {
+            Some(master) => {
+                let records = keystore::list(&pool).await?;
+                keystore::check_master_key(&records, master)?;
+                for record in records.iter().filter(|r| r.sealed_private.is_some()) {
+                    record.open_signing_key(master)?;
+                }
+                secrets::load(&pool, master, config).await?;
+                eprintln!("master key {} opens every sealed key and secret in {}", master.id(), database.display());
+            }
+            None if sealed => bail!(
+                "no master key: KEYWARD_MASTER_KEY is not set and {} does not exist, but {} holds sealed keys: \
+                 restore the key they were sealed with",
+                file.display(),
+                database.display()
+            ),
+            None => {}
+        }
+    }
+    match (&master, settings.may_generate_master_key) {
+        (Some(master), _) => eprintln!("master key {} is well formed", master.id()),
+        (None, true) => eprintln!(
+            "no master key yet: serve will generate a DEVELOPMENT key into {} (for production, see KEYWARD_MASTER_KEY)",
+            file.display()
+        ),
+        (None, false) => bail!(
+            "no master key: KEYWARD_MASTER_KEY is not set, {} does not exist, and KEYWARD_DEV=0 forbids generating \
+             one. Make one with `openssl rand -base64 32 > master.key` and give it as KEYWARD_MASTER_KEY or at that \
+             path (readable by uid 10001 in the image)",
+            file.display()
+        ),
+    }
+    eprintln!(
+        "{source}: configuration is valid ({} key sets, {} profiles)",
+        config.key_sets.len(),
+        config.profiles.len()
+    );
+    Ok(())
+}
+
+/// An audit bound: RFC 3339, a date (its midnight, UTC) or an age before `now`.
+fn audit_instant(text: &str, now: i64) -> Option<i64> {
+    if let Some(at) = config::parse_instant(text) {
+        return Some(at);
+    }
+    if let Ok(date) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        return date.and_hms_opt(0, 0, 0).map(|t| t.and_utc().timestamp());
+    }
+    crate::duration::Duration::parse(text).ok().map(|age| now - age.as_secs_i64())
+}
+
+/// Prints the onboarding values on standard output, then checks that the set's current and
+/// next keys are served at `iss + jwks_uri`, or with `local` at this configuration's own
+/// public listener (report on standard error; failure is a non-zero exit).
+async fn onboarding(loaded: &LoadedConfig, init: bool, name: &str, local: bool) -> anyhow::Result<()> {
+    let config = &loaded.config;
     let profile =
         config.profiles.iter().find(|p| p.name == name).with_context(|| format!("no profile is named {name:?}"))?;
     let (Some(set_name), Some(issuer)) = (&profile.key_set, &profile.issuer) else {
@@ -523,13 +814,28 @@ async fn onboarding(config: &Config, name: &str) -> anyhow::Result<()> {
             set.jwks_paths.first().cloned().with_context(|| format!("key set {set_name} publishes no JWKS path"))?
         }
     };
-    if let Some(partner_name) = &profile.partner_name {
-        println!("partner_name: {partner_name}");
+    // NPM asks for partner_name, iss and jwks_uri; the audience names the partner too.
+    let from_audience = profile
+        .audience
+        .as_deref()
+        .and_then(|aud| aud.split("/partners/").nth(1))
+        .and_then(|rest| rest.split('/').next())
+        .filter(|name| !name.is_empty());
+    match (&profile.partner_name, from_audience) {
+        (Some(partner_name), _) => println!("partner_name: {partner_name}"),
+        (None, Some(partner_name)) => println!("partner_name: {partner_name}"),
+        (None, None) => println!("partner_name: (not set: add partner_name to [[profile]] {name:?})"),
+    }
+    if profile.partner_name.is_none() {
+        eprintln!(
+            "note: partner_name {}; set partner_name in [[profile]] {name:?} to state it",
+            if from_audience.is_some() { "is taken from the audience" } else { "is not configured" }
+        );
     }
     println!("iss: {issuer}");
     println!("jwks_uri: {jwks_uri}");
 
-    let pool = db::connect(config.database_path()).await?;
+    let pool = open_database(loaded, init).await?;
     let keys = keystore::list_set(&pool, set_name).await?;
     let wanted: Vec<(&str, String)> = [KeyState::Current, KeyState::Next]
         .into_iter()
@@ -539,14 +845,21 @@ async fn onboarding(config: &Config, name: &str) -> anyhow::Result<()> {
                 .map(|k| (if state == KeyState::Current { "current" } else { "next" }, k.kid.clone()))
         })
         .collect();
-    let url = format!("{}{jwks_uri}", issuer.trim_end_matches('/'));
+    let url = if local {
+        let path = if set.jwks_paths.contains(&jwks_uri) { jwks_uri.clone() } else { set.jwks_paths[0].clone() };
+        format!("http://{}{path}", local_target(config.server.public_addr))
+    } else {
+        format!("{}{jwks_uri}", issuer.trim_end_matches('/'))
+    };
     eprintln!("checking {url} ...");
-    let response = reqwest::Client::new()
-        .get(&url)
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-        .with_context(|| format!("{url} could not be fetched: route it to keyward's public listener"))?;
+    let response =
+        reqwest::Client::new().get(&url).timeout(Duration::from_secs(10)).send().await.with_context(|| {
+            if local {
+                format!("{url} could not be fetched: is `keyward serve` running with this configuration?")
+            } else {
+                format!("{url} could not be fetched: route it to keyward's public listener")
+            }
+        })?;
     let status = response.status();
     anyhow::ensure!(status.is_success(), "{url} answered HTTP {status}");
     let jwks: serde_json::Value = response.json().await.with_context(|| format!("{url} did not answer JSON"))?;
@@ -561,7 +874,11 @@ async fn onboarding(config: &Config, name: &str) -> anyhow::Result<()> {
     }
     anyhow::ensure!(wanted.len() == 2, "key set {set_name} lacks a current or next key: start `keyward serve` once");
     anyhow::ensure!(missing == 0, "{missing} key(s) missing from {url}: is it served by this keyward's database?");
-    eprintln!("ok: the partner will find our keys");
+    if local {
+        eprintln!("ok: this server publishes our keys; check {issuer}{jwks_uri} too once it is routed here");
+    } else {
+        eprintln!("ok: the partner will find our keys");
+    }
     Ok(())
 }
 
@@ -575,6 +892,30 @@ fn report(steps: &[Step]) {
             Step::CreateCurrent => eprintln!("created a new signing key"),
             Step::CreateNext => eprintln!("published a new next key"),
         }
+    }
+}
+
+/// Says how long a new signing key has been published, and what that means for verifiers
+/// holding a cached JWKS.
+fn report_signer(signer: &Exposure) {
+    let kid = &signer.kid;
+    match signer.may_be_rejected_until {
+        Some(until) => eprintln!(
+            "WARNING: the new signing key {kid} has been published for only {}, less than jwks_max_age + \
+             clock_skew ({}): verifiers that cached the JWKS before it appeared may reject its tokens until {} \
+             (in {}). Ask partners to refetch our JWKS (purge their cache) if they can, or expect rejections \
+             until then",
+            span(signer.published_for),
+            span(signer.cache_window),
+            time(Some(until)),
+            span((until - now()).max(0))
+        ),
+        None => eprintln!(
+            "the new signing key {kid} has been published for {}, at least jwks_max_age + clock_skew ({}): \
+             verifiers with a cached JWKS have it",
+            span(signer.published_for),
+            span(signer.cache_window)
+        ),
     }
 }
 
@@ -595,16 +936,21 @@ fn time(ts: Option<i64>) -> String {
         .unwrap_or_else(|| "-".to_owned())
 }
 
-/// A plain HTTP/1.0 GET of /healthz on the public listener, without an HTTP client library.
-fn healthcheck(addr: SocketAddr) -> anyhow::Result<()> {
-    let target = if addr.ip().is_unspecified() {
+/// Where to reach a listener bound to `addr` from this machine (loopback for 0.0.0.0).
+fn local_target(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
         SocketAddr::new(
             if addr.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() },
             addr.port(),
         )
     } else {
         addr
-    };
+    }
+}
+
+/// A plain HTTP/1.0 GET of /healthz on the public listener, without an HTTP client library.
+fn healthcheck(addr: SocketAddr) -> anyhow::Result<()> {
+    let target = local_target(addr);
     let timeout = Duration::from_secs(3);
     let mut stream = TcpStream::connect_timeout(&target, timeout).with_context(|| format!("connecting to {target}"))?;
     stream.set_read_timeout(Some(timeout))?;

@@ -24,12 +24,18 @@ const SECRET_LEN: usize = 43;
 /// Why a client could not be added or revoked.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The name is taken (revoked clients keep theirs, for the audit trail).
-    #[error("a client named {0:?} already exists (revoked clients keep their name); choose another name")]
+    /// An active client has the name.
+    #[error(
+        "an active client is named {0:?}: give it a new token with `keyward clients rotate {0}`, or revoke it \
+         first to reuse the name"
+    )]
     Exists(String),
     /// No such client.
     #[error("no client is named {0:?}")]
     NotFound(String),
+    /// The client was revoked already (at these Unix seconds).
+    #[error("client {0:?} is revoked; `keyward clients add {0} ...` makes a new client of that name")]
+    Revoked(String, i64),
     /// A profile the configuration does not define.
     #[error("no profile is named {0:?} in the configuration")]
     UnknownProfile(String),
@@ -56,6 +62,9 @@ pub struct ClientInfo {
     pub revoked_at: Option<i64>,
     /// Its own rate limit (requests per second, burst), if it has one.
     pub rate: Option<(u32, u32)>,
+    /// After `clients rotate --grace`: until when the previous token works.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_token_valid_until: Option<i64>,
 }
 
 /// An authenticated caller, as the handlers see it.
@@ -89,21 +98,31 @@ impl Client {
     }
 }
 
+/// A token id's client, and until when it works (a rotated-out token in its grace).
+#[derive(Debug, Clone)]
+struct Entry {
+    client: Client,
+    valid_until: Option<i64>,
+}
+
 /// Active clients by token id, held in memory so that authentication needs no query.
 #[derive(Debug, Default, Clone)]
 pub struct ClientDirectory {
-    by_token_id: HashMap<String, Client>,
+    by_token_id: HashMap<String, Entry>,
 }
 
 impl ClientDirectory {
     /// The client a presented bearer token belongs to, if any.
     pub fn authenticate(&self, token: &str) -> Option<&Client> {
         let (id, secret) = split_token(token)?;
-        let client = self.by_token_id.get(id)?;
+        let entry = self.by_token_id.get(id)?;
+        if entry.valid_until.is_some_and(|until| chrono::Utc::now().timestamp() >= until) {
+            return None;
+        }
         // The hasher, not the one-shot `sha256()`, which fetches the algorithm on every call.
         let mut hasher = openssl::sha::Sha256::new();
         hasher.update(secret.as_bytes());
-        openssl::memcmp::eq(&hasher.finish(), &client.token_hash).then_some(client)
+        openssl::memcmp::eq(&hasher.finish(), &entry.client.token_hash).then_some(&entry.client)
     }
 
     /// How many active clients there are.
@@ -115,6 +134,11 @@ impl ClientDirectory {
     pub fn is_empty(&self) -> bool {
         self.by_token_id.is_empty()
     }
+}
+
+/// The id part of a well-formed token (what finds its row), or `None`.
+pub fn token_id(token: &str) -> Option<&str> {
+    split_token(token).map(|(id, _)| id)
 }
 
 fn split_token(token: &str) -> Option<(&str, &str)> {
@@ -163,6 +187,21 @@ pub async fn add_with_rate(
     rate: Option<(u32, u32)>,
     now: i64,
 ) -> Result<Zeroizing<String>, ClientError> {
+    Ok(create(pool, config, name, profiles, admin, rate, now).await?.0)
+}
+
+/// [`add_with_rate`], saying whether the name was reused. A revoked client's name may be reused: the revoked row gives way to the new client (the ledger
+/// keeps the name on the old client's rows). Returns the token, and when the client whose
+/// name was reused had been revoked.
+pub async fn create(
+    pool: &SqlitePool,
+    config: &Config,
+    name: &str,
+    profiles: &[String],
+    admin: bool,
+    rate: Option<(u32, u32)>,
+    now: i64,
+) -> Result<(Zeroizing<String>, Option<i64>), ClientError> {
     check_name(name)?;
     if rate.is_some_and(|(rate, burst)| rate == 0 || burst == 0) {
         return Err(ClientError::Invalid("--rate and --burst must be at least 1".to_owned()));
@@ -176,19 +215,26 @@ pub async fn add_with_rate(
         }
     }
     let profiles: BTreeSet<&String> = profiles.iter().collect();
-    let (id, token) = new_token();
-    let (_, secret) = split_token(&token).context("a fresh token must parse")?;
-    let hash = openssl::sha::sha256(secret.as_bytes());
+    let (id, token, hash) = new_token_and_hash()?;
 
     let mut tx = db::begin_write(pool).await?;
-    let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM clients WHERE name = ?")
+    let existing: Option<Option<i64>> = sqlx::query_scalar("SELECT revoked_at FROM clients WHERE name = ?")
         .bind(name)
         .fetch_optional(&mut *tx)
         .await
         .context("looking up the client name")?;
-    if exists.is_some() {
-        return Err(ClientError::Exists(name.to_owned()));
-    }
+    let reused = match existing {
+        None => None,
+        Some(None) => return Err(ClientError::Exists(name.to_owned())),
+        Some(Some(revoked_at)) => {
+            sqlx::query("DELETE FROM clients WHERE name = ?")
+                .bind(name)
+                .execute(&mut *tx)
+                .await
+                .context("removing the revoked client")?;
+            Some(revoked_at)
+        }
+    };
     sqlx::query(
         "INSERT INTO clients (name, token_id, token_hash, profiles, admin, created_at, rate_limit, rate_burst) \
          VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -206,13 +252,79 @@ pub async fn add_with_rate(
     .context("storing the client")?;
     db::bump_generation(&mut tx).await?;
     tx.commit().await.context("committing the client")?;
+    Ok((token, reused))
+}
+
+fn new_token_and_hash() -> anyhow::Result<(String, Zeroizing<String>, [u8; 32])> {
+    let (id, token) = new_token();
+    let (_, secret) = split_token(&token).context("a fresh token must parse")?;
+    let hash = openssl::sha::sha256(secret.as_bytes());
+    Ok((id, token, hash))
+}
+
+/// Gives an active client a new token. The old one stops working at once, or with `grace`
+/// (seconds) at `now + grace`; a token still in the grace of an earlier rotation stops now.
+pub async fn rotate(pool: &SqlitePool, name: &str, grace: i64, now: i64) -> Result<Zeroizing<String>, ClientError> {
+    let (id, token, hash) = new_token_and_hash()?;
+    let mut tx = db::begin_write(pool).await?;
+    ensure_active(&mut tx, name).await?;
+    let previous = (grace > 0).then_some(now + grace);
+    sqlx::query(
+        "UPDATE clients SET previous_token_id = CASE WHEN ?1 IS NULL THEN NULL ELSE token_id END, \
+         previous_token_hash = CASE WHEN ?1 IS NULL THEN NULL ELSE token_hash END, previous_token_until = ?1, \
+         token_id = ?2, token_hash = ?3 WHERE name = ?4",
+    )
+    .bind(previous)
+    .bind(&id)
+    .bind(hash.as_slice())
+    .bind(name)
+    .execute(&mut *tx)
+    .await
+    .context("storing the new token")?;
+    db::bump_generation(&mut tx).await?;
+    tx.commit().await.context("committing the new token")?;
     Ok(token)
+}
+
+/// Whether `name` is an active client: `NotFound` or `Revoked` otherwise.
+async fn ensure_active(tx: &mut sqlx::SqliteConnection, name: &str) -> Result<(), ClientError> {
+    let revoked_at: Option<Option<i64>> = sqlx::query_scalar("SELECT revoked_at FROM clients WHERE name = ?")
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await
+        .context("looking up the client")?;
+    match revoked_at {
+        None => Err(ClientError::NotFound(name.to_owned())),
+        Some(Some(at)) => Err(ClientError::Revoked(name.to_owned(), at)),
+        Some(None) => Ok(()),
+    }
+}
+
+/// Whether `token` (whose id part is `token_id`) is an active client's, as stored now:
+/// one indexed look-up, for a token the served snapshot does not know yet.
+pub async fn is_active_token(pool: &SqlitePool, token_id: &str, token: &str, now: i64) -> anyhow::Result<bool> {
+    let Some((_, secret)) = split_token(token) else {
+        return Ok(false);
+    };
+    let hashes: Vec<Vec<u8>> = sqlx::query_scalar(
+        "SELECT token_hash FROM clients WHERE token_id = ?1 AND revoked_at IS NULL \
+         UNION ALL SELECT previous_token_hash FROM clients \
+         WHERE previous_token_id = ?1 AND previous_token_until > ?2 AND revoked_at IS NULL",
+    )
+    .bind(token_id)
+    .bind(now)
+    .fetch_all(pool)
+    .await
+    .context("looking up a token")?;
+    let presented = openssl::sha::sha256(secret.as_bytes());
+    Ok(hashes.iter().any(|hash| openssl::memcmp::eq(&presented, hash.as_slice()) && hash.len() == 32))
 }
 
 /// Every client, active and revoked, by name.
 pub async fn list(pool: &SqlitePool) -> anyhow::Result<Vec<ClientInfo>> {
     let rows = sqlx::query(
-        "SELECT name, profiles, admin, created_at, revoked_at, rate_limit, rate_burst FROM clients ORDER BY name",
+        "SELECT name, profiles, admin, created_at, revoked_at, rate_limit, rate_burst, previous_token_until \
+         FROM clients ORDER BY name",
     )
     .fetch_all(pool)
     .await
@@ -227,23 +339,23 @@ pub async fn list(pool: &SqlitePool) -> anyhow::Result<Vec<ClientInfo>> {
                 created_at: row.try_get("created_at")?,
                 revoked_at: row.try_get("revoked_at")?,
                 rate: rate_of(row)?,
+                previous_token_valid_until: row.try_get("previous_token_until")?,
             })
         })
         .collect()
 }
 
-/// Revokes a client's token; a running server stops accepting it within seconds.
+/// Revokes a client's tokens (a rotated-out one in its grace too); a running server stops
+/// accepting them at its next change check. `Revoked` if it was revoked already.
 pub async fn revoke(pool: &SqlitePool, name: &str, now: i64) -> Result<(), ClientError> {
     let mut tx = db::begin_write(pool).await?;
-    let done = sqlx::query("UPDATE clients SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL")
+    ensure_active(&mut tx, name).await?;
+    sqlx::query("UPDATE clients SET revoked_at = ? WHERE name = ?")
         .bind(now)
         .bind(name)
         .execute(&mut *tx)
         .await
         .context("revoking the client")?;
-    if done.rows_affected() == 0 {
-        return Err(ClientError::NotFound(name.to_owned()));
-    }
     db::bump_generation(&mut tx).await?;
     tx.commit().await.context("committing the revocation")?;
     Ok(())
@@ -255,12 +367,15 @@ fn rate_of(row: &sqlx::sqlite::SqliteRow) -> anyhow::Result<Option<(u32, u32)>> 
     Ok(rate.zip(burst))
 }
 
-/// Loads the active clients for authentication.
+/// Loads the active clients for authentication (with rotated-out tokens still in grace).
 pub async fn load_directory(pool: &SqlitePool) -> anyhow::Result<ClientDirectory> {
-    let rows = sqlx::query("SELECT name, token_id, token_hash, profiles, admin, rate_limit, rate_burst FROM clients WHERE revoked_at IS NULL")
-        .fetch_all(pool)
-        .await
-        .context("loading clients")?;
+    let rows = sqlx::query(
+        "SELECT name, token_id, token_hash, profiles, admin, rate_limit, rate_burst, previous_token_id, \
+         previous_token_hash, previous_token_until FROM clients WHERE revoked_at IS NULL",
+    )
+    .fetch_all(pool)
+    .await
+    .context("loading clients")?;
     let mut by_token_id = HashMap::with_capacity(rows.len());
     for row in &rows {
         let name: String = row.try_get("name")?;
@@ -273,7 +388,20 @@ pub async fn load_directory(pool: &SqlitePool) -> anyhow::Result<ClientDirectory
             rate: rate_of(row)?,
             name,
         };
-        by_token_id.insert(row.try_get("token_id")?, client);
+        let previous_id: Option<String> = row.try_get("previous_token_id")?;
+        let previous_hash: Option<Vec<u8>> = row.try_get("previous_token_hash")?;
+        let previous_until: Option<i64> = row.try_get("previous_token_until")?;
+        if let (Some(id), Some(hash), Some(until)) = (previous_id, previous_hash, previous_until) {
+            let previous = Client {
+                token_hash: hash
+                    .as_slice()
+                    .try_into()
+                    .with_context(|| format!("client {} has a malformed hash", client.name))?,
+                ..client.clone()
+            };
+            by_token_id.insert(id, Entry { client: previous, valid_until: Some(until) });
+        }
+        by_token_id.insert(row.try_get("token_id")?, Entry { client, valid_until: None });
     }
     Ok(ClientDirectory { by_token_id })
 }
@@ -291,7 +419,7 @@ mod tests {
             rate: None,
             token_hash: openssl::sha::sha256(secret.as_bytes()),
         };
-        ClientDirectory { by_token_id: HashMap::from([(id.to_owned(), client)]) }
+        ClientDirectory { by_token_id: HashMap::from([(id.to_owned(), Entry { client, valid_until: None })]) }
     }
 
     #[test]

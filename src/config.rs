@@ -20,20 +20,69 @@ pub const TTL_HARD_CAP: Duration = Duration::from_secs(3_600);
 /// Paths the public listener keeps for itself.
 const RESERVED_PUBLIC_PATHS: [&str; 2] = ["/healthz", "/readyz"];
 
-/// Environment variables keyward reads; any other `KEYWARD_*` variable is a mistake.
-const KNOWN_ENV: [&str; 11] = [
-    "KEYWARD_CONFIG",
-    "KEYWARD_LEDGER_RETENTION",
-    "KEYWARD_LEDGER_COMMIT_INTERVAL_MS",
-    "KEYWARD_RATE_LIMIT",
-    "KEYWARD_RATE_BURST",
-    "KEYWARD_PUBLIC_ADDR",
-    "KEYWARD_INTERNAL_ADDR",
-    "KEYWARD_DATABASE_URL",
-    "KEYWARD_MASTER_KEY_FILE",
-    "KEYWARD_MASTER_KEY",
-    "KEYWARD_LOG_FORMAT",
+/// Environment variables keyward reads, with what each sets (shown by `--help`); any other
+/// `KEYWARD_*` variable is a mistake.
+pub const KNOWN_ENV: [(&str, &str); 13] = [
+    ("KEYWARD_CONFIG", "the configuration file (as --config)"),
+    ("KEYWARD_PUBLIC_ADDR", "[server] public_addr"),
+    ("KEYWARD_INTERNAL_ADDR", "[server] internal_addr"),
+    ("KEYWARD_DATABASE_URL", "[server] database_url"),
+    ("KEYWARD_MASTER_KEY", "the master key itself, base64 of 32 bytes (wins over the file)"),
+    ("KEYWARD_MASTER_KEY_FILE", "[server] master_key_file"),
+    ("KEYWARD_DEV", "1: a missing master key may be generated (the default outside the Docker image); 0: never"),
+    ("KEYWARD_LEDGER_RETENTION", "[server] ledger_retention"),
+    ("KEYWARD_LEDGER_COMMIT_INTERVAL_MS", "[server] ledger_commit_interval_ms"),
+    ("KEYWARD_RATE_LIMIT", "[server] rate_limit"),
+    ("KEYWARD_RATE_BURST", "[server] rate_burst"),
+    ("KEYWARD_REQUEST_BODY_TIMEOUT", "[server] request_body_timeout"),
+    ("KEYWARD_LOG_FORMAT", "text (default) or json"),
 ];
+
+/// The log's format, from `KEYWARD_LOG_FORMAT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Settings only the environment gives: they apply before (and whatever) the file says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EnvSettings {
+    /// `KEYWARD_LOG_FORMAT`.
+    pub log_format: LogFormat,
+    /// `KEYWARD_DEV`: whether a missing master key may be generated (development only).
+    pub may_generate_master_key: bool,
+}
+
+impl EnvSettings {
+    /// Reads `KEYWARD_LOG_FORMAT` and `KEYWARD_DEV`, refusing values keyward does not know.
+    pub fn from_env(env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let log_format = match env.get("KEYWARD_LOG_FORMAT").map(|v| v.to_ascii_lowercase()).as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(_) => {
+                return Err(env_error(
+                    "KEYWARD_LOG_FORMAT",
+                    format!("{:?} is not a log format: use text or json", env["KEYWARD_LOG_FORMAT"]),
+                ))
+            }
+        };
+        // Unset means allowed, so that a fresh clone runs at once; the Docker image sets 0.
+        let may_generate_master_key = match env.get("KEYWARD_DEV").map(String::as_str) {
+            None | Some("1") | Some("true") => true,
+            Some("0") | Some("false") => false,
+            Some(other) => {
+                return Err(env_error(
+                    "KEYWARD_DEV",
+                    format!("{other:?} is not allowed: use 1 (or true) or 0 (or false)"),
+                ))
+            }
+        };
+        Ok(EnvSettings { log_format, may_generate_master_key })
+    }
+}
 
 /// The whole configuration, as in `keys.example`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -58,9 +107,11 @@ pub struct ServerConfig {
     pub public_addr: SocketAddr,
     /// Signing and admin API.
     pub internal_addr: SocketAddr,
-    /// `sqlite://PATH`.
+    /// The SQLite file: `sqlite://PATH`, `sqlite:PATH` or a plain path. A relative path in a
+    /// configuration file is relative to the file's folder.
     pub database_url: String,
-    /// Where the master key lives when `KEYWARD_MASTER_KEY` is not set.
+    /// Where the master key lives when `KEYWARD_MASTER_KEY` is not set. A relative path in a
+    /// configuration file is relative to the file's folder.
     pub master_key_file: PathBuf,
     /// How long issuance ledger rows are kept.
     pub ledger_retention: Duration,
@@ -72,6 +123,9 @@ pub struct ServerConfig {
     pub rate_limit: u32,
     /// Requests a client may make at once above its rate, unless set for the client.
     pub rate_burst: u32,
+    /// How long the internal listener waits for a request's whole body once its headers
+    /// have arrived (a slow sender would hold a connection and a worker otherwise).
+    pub request_body_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -85,6 +139,7 @@ impl Default for ServerConfig {
             ledger_commit_interval_ms: 0,
             rate_limit: 100,
             rate_burst: 200,
+            request_body_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -162,6 +217,10 @@ pub struct ProfileConfig {
     /// Claim names a caller may add per request.
     #[serde(default)]
     pub allowed_claims: Vec<String>,
+    /// The type and size of allowed claims' values; an allowed claim not named here is a
+    /// string of at most 256 characters.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub allowed_claim_types: BTreeMap<String, ClaimType>,
     /// Regular expression the whole `sub` must match.
     #[serde(default = "default_subject_pattern")]
     pub subject_pattern: String,
@@ -171,6 +230,48 @@ pub struct ProfileConfig {
     /// Longest lifetime a request may ask for; under one hour.
     #[serde(default = "default_max_ttl")]
     pub max_ttl: Duration,
+}
+
+/// What values an allowed claim takes, e.g. `{ type = "string_array", max_items = 8 }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClaimType {
+    /// A string of at most `max_length` characters.
+    String {
+        /// Longest value, in characters.
+        #[serde(default = "default_claim_max_length")]
+        max_length: usize,
+    },
+    /// A whole number within the bounds given.
+    Integer {
+        /// Smallest value.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        min: Option<i64>,
+        /// Largest value.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max: Option<i64>,
+    },
+    /// `true` or `false`.
+    Boolean {},
+    /// An array of at most `max_items` strings of at most `max_length` characters each.
+    StringArray {
+        /// Most items.
+        #[serde(default = "default_claim_max_items")]
+        max_items: usize,
+        /// Longest item, in characters.
+        #[serde(default = "default_claim_max_length")]
+        max_length: usize,
+    },
+}
+
+/// The type of an allowed claim that `allowed_claim_types` does not name.
+pub const DEFAULT_CLAIM_TYPE: ClaimType = ClaimType::String { max_length: 256 };
+
+fn default_claim_max_length() -> usize {
+    256
+}
+fn default_claim_max_items() -> usize {
+    16
 }
 
 /// The HMAC algorithms of shared-secret profiles.
@@ -315,6 +416,7 @@ impl Default for Config {
                     serde_json::Value::String("/path/to/your/jwks".to_owned()),
                 )]),
                 allowed_claims: vec!["obo_user".to_owned()],
+                allowed_claim_types: BTreeMap::new(),
                 subject_pattern: default_subject_pattern(),
                 default_ttl: default_ttl(),
                 max_ttl: default_max_ttl(),
@@ -383,12 +485,57 @@ pub fn load(source: ConfigSource, env: &HashMap<String, String>) -> Result<Loade
                 location: "file".to_owned(),
                 message: format!("cannot read the configuration file: {err}"),
             })?;
-            parse_toml(&text, &source.to_string())?
+            let mut config = parse_toml(&text, &source.to_string())?;
+            resolve_relative_paths(&mut config, path, &source.to_string())?;
+            config
         }
     };
     let warnings = apply_env(&mut config, env)?;
-    validate(&config, &source.to_string())?;
+    validate(&config, &source.to_string()).map_err(|err| blame_environment(err, env))?;
     Ok(LoadedConfig { config, source, warnings })
+}
+
+/// Makes the file's relative paths relative to the file's folder, as nginx, Vault and
+/// systemd do: the same file then means the same database from any working directory.
+fn resolve_relative_paths(config: &mut Config, file: &Path, source_name: &str) -> Result<(), ConfigError> {
+    let folder =
+        std::path::absolute(file).ok().and_then(|f| f.parent().map(Path::to_path_buf)).ok_or_else(|| ConfigError {
+            source_name: source_name.to_owned(),
+            location: "file".to_owned(),
+            message: "cannot tell which folder the configuration file is in".to_owned(),
+        })?;
+    let server = &mut config.server;
+    if let Ok(path) = database_file(&server.database_url) {
+        if path.is_relative() {
+            server.database_url = format!("sqlite://{}", folder.join(path).display());
+        }
+    }
+    if server.master_key_file.is_relative() {
+        server.master_key_file = folder.join(&server.master_key_file);
+    }
+    Ok(())
+}
+
+/// A `[server]` field set by `KEYWARD_<FIELD>` is reported under that variable's name.
+fn blame_environment(err: ConfigError, env: &HashMap<String, String>) -> ConfigError {
+    let field = err.location.strip_prefix("[server], field ").map(str::to_owned);
+    match field.map(|f| format!("KEYWARD_{}", f.to_ascii_uppercase())) {
+        Some(var) if env.contains_key(&var) => env_error(&var, err.message),
+        _ => err,
+    }
+}
+
+/// The file inside a `database_url`: `sqlite://PATH`, `sqlite:PATH` (sqlx's forms, so
+/// `sqlite:///abs/x.db` is `/abs/x.db`) or a plain path.
+pub fn database_file(url: &str) -> Result<PathBuf, String> {
+    let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
+    if path.is_empty() || path.starts_with(":memory:") || path.starts_with("file:") || path.contains('?') {
+        return Err(format!(
+            "{url:?} is not a SQLite file: use sqlite://data/keyward.db, sqlite:///abs/path.db or a plain path \
+             (keyward keeps its keys in a file; in-memory databases and URL parameters are not supported)"
+        ));
+    }
+    Ok(PathBuf::from(path))
 }
 
 /// Parses TOML text, naming the table and field of any error.
@@ -418,21 +565,25 @@ fn describe_path(path: &str, message: &str) -> String {
         parts.push(field);
     }
     let mut table = String::from("top level");
-    let mut field = None;
+    let mut field: Vec<&str> = Vec::new();
     for (i, part) in parts.iter().enumerate() {
-        let last = i + 1 == parts.len();
-        if let Some((name, index)) = part.split_once('[') {
-            let index: usize = index.trim_end_matches(']').parse().unwrap_or(0);
-            table = format!("[[{name}]] #{}", index + 1);
-        } else if !last {
-            table = format!("[{part}]");
+        // The first part names the table; the rest, however deep, is the field.
+        if i == 0 && (parts.len() > 1 || part.contains('[')) {
+            table = match part.split_once('[') {
+                Some((name, index)) => {
+                    let index: usize = index.trim_end_matches(']').parse().unwrap_or(0);
+                    format!("[[{name}]] #{}", index + 1)
+                }
+                None => format!("[{part}]"),
+            };
         } else {
-            field = Some(*part);
+            field.push(part);
         }
     }
-    match field {
-        Some(field) => format!("{table}, field {field}"),
-        None => table,
+    if field.is_empty() {
+        table
+    } else {
+        format!("{table}, field {}", field.join("."))
     }
 }
 
@@ -444,12 +595,13 @@ fn env_error(var: &str, message: String) -> ConfigError {
 /// returned as warnings, not refused: container platforms inject some (a Kubernetes
 /// Service named `keyward` adds `KEYWARD_PORT`, `KEYWARD_SERVICE_HOST`, ...).
 fn apply_env(config: &mut Config, env: &HashMap<String, String>) -> Result<Vec<String>, ConfigError> {
+    let known: Vec<&str> = KNOWN_ENV.iter().map(|(name, _)| *name).collect();
     let mut unknown: Vec<&String> =
-        env.keys().filter(|k| k.starts_with("KEYWARD_") && !KNOWN_ENV.contains(&k.as_str())).collect();
+        env.keys().filter(|k| k.starts_with("KEYWARD_") && !known.contains(&k.as_str())).collect();
     unknown.sort();
     let warnings = unknown
         .iter()
-        .map(|name| format!("ignoring unknown environment variable {name} (keyward reads {})", KNOWN_ENV.join(", ")))
+        .map(|name| format!("ignoring unknown environment variable {name} (keyward reads {})", known.join(", ")))
         .collect();
     let addr = |var: &str, value: &str| {
         value
@@ -467,6 +619,10 @@ fn apply_env(config: &mut Config, env: &HashMap<String, String>) -> Result<Vec<S
     }
     if let Some(v) = env.get("KEYWARD_MASTER_KEY_FILE") {
         config.server.master_key_file = PathBuf::from(v);
+    }
+    if let Some(v) = env.get("KEYWARD_REQUEST_BODY_TIMEOUT") {
+        config.server.request_body_timeout =
+            Duration::parse(v).map_err(|m| env_error("KEYWARD_REQUEST_BODY_TIMEOUT", m))?;
     }
     if let Some(v) = env.get("KEYWARD_LEDGER_RETENTION") {
         config.server.ledger_retention = Duration::parse(v).map_err(|m| env_error("KEYWARD_LEDGER_RETENTION", m))?;
@@ -491,12 +647,7 @@ pub fn validate(config: &Config, source_name: &str) -> Result<(), ConfigError> {
     let fail =
         |location: String, message: String| ConfigError { source_name: source_name.to_owned(), location, message };
     let server = &config.server;
-    if server.database_url.strip_prefix("sqlite://").is_none_or(str::is_empty) {
-        return Err(fail(
-            "[server], field database_url".to_owned(),
-            format!("{:?} is not a SQLite URL like sqlite://data/keyward.db", server.database_url),
-        ));
-    }
+    database_file(&server.database_url).map_err(|m| fail("[server], field database_url".to_owned(), m))?;
     if server.ledger_retention.as_secs() < 86_400 {
         return Err(fail(
             "[server], field ledger_retention".to_owned(),
@@ -512,11 +663,16 @@ pub fn validate(config: &Config, source_name: &str) -> Result<(), ConfigError> {
             ),
         ));
     }
-    if server.rate_limit == 0 || server.rate_burst == 0 {
+    if !(1..=60).contains(&server.request_body_timeout.as_secs()) {
         return Err(fail(
-            "[server], field rate_limit".to_owned(),
-            "rate_limit and rate_burst must be at least 1".to_owned(),
+            "[server], field request_body_timeout".to_owned(),
+            format!("{} is out of range: use 1s to 60s (default 5s)", server.request_body_timeout),
         ));
+    }
+    for (field, value) in [("rate_limit", server.rate_limit), ("rate_burst", server.rate_burst)] {
+        if value == 0 {
+            return Err(fail(format!("[server], field {field}"), "must be at least 1".to_owned()));
+        }
     }
     if server.public_addr == server.internal_addr && server.public_addr.port() != 0 {
         return Err(fail(
@@ -568,7 +724,7 @@ pub fn validate(config: &Config, source_name: &str) -> Result<(), ConfigError> {
                 return Err(fail(at(field), "must be at least 1s".to_owned()));
             }
         }
-        let cache_window = Duration::from_secs(set.jwks_max_age.as_secs().saturating_add(set.clock_skew.as_secs()));
+        let cache_window = set.cache_window();
         if set.publish_ahead < cache_window {
             return Err(fail(
                 at("publish_ahead"),
@@ -753,6 +909,20 @@ fn validate_ttls_and_claims(profile: &ProfileConfig) -> Result<(), FieldError> {
             return Err(("allowed_claims", format!("{name:?} is empty or listed twice")));
         }
     }
+    for (name, claim_type) in &profile.allowed_claim_types {
+        let problem = match *claim_type {
+            _ if !seen.contains(name) => Some("is not in allowed_claims"),
+            ClaimType::String { max_length: 0 } | ClaimType::StringArray { max_length: 0, .. } => {
+                Some("has max_length 0: use at least 1")
+            }
+            ClaimType::StringArray { max_items: 0, .. } => Some("has max_items 0: use at least 1"),
+            ClaimType::Integer { min: Some(min), max: Some(max) } if min > max => Some("has min above max"),
+            _ => None,
+        };
+        if let Some(problem) = problem {
+            return Err(("allowed_claim_types", format!("{name:?} {problem}")));
+        }
+    }
     Ok(())
 }
 
@@ -793,15 +963,22 @@ pub(crate) fn check_name(name: &str) -> Result<(), String> {
     }
 }
 
+impl KeySetConfig {
+    /// How long a verifier may hold a JWKS it fetched: `jwks_max_age + clock_skew`.
+    pub fn cache_window(&self) -> Duration {
+        Duration::from_secs(self.jwks_max_age.as_secs().saturating_add(self.clock_skew.as_secs()))
+    }
+}
+
 impl Config {
     /// The key set named `name`.
     pub fn key_set(&self, name: &str) -> Option<&KeySetConfig> {
         self.key_sets.iter().find(|s| s.name == name)
     }
 
-    /// The SQLite file path inside `database_url`.
-    pub fn database_path(&self) -> &str {
-        self.server.database_url.strip_prefix("sqlite://").unwrap_or(&self.server.database_url)
+    /// The SQLite file inside `database_url` (checked by [`validate`]).
+    pub fn database_path(&self) -> PathBuf {
+        database_file(&self.server.database_url).unwrap_or_else(|_| PathBuf::from(&self.server.database_url))
     }
 }
 
@@ -975,6 +1152,49 @@ jwks_paths = ["/.well-known/jwks.json"]
     }
 
     #[test]
+    fn allowed_claim_types_are_parsed_at_load_and_bad_declarations_name_the_field_and_line() {
+        let names = r#"allowed_claims = ["obo_user"]"#;
+        let declared =
+            |types: &str| format!("allowed_claims = [\"obo_user\", \"roles\"]\nallowed_claim_types = {types}");
+        let config = example_with(
+            names,
+            &declared(r#"{ obo_user = { type = "string", max_length = 320 }, roles = { type = "string_array", max_items = 8 } }"#),
+        )
+        .unwrap();
+        let types = &config.profiles[0].allowed_claim_types;
+        assert_eq!(types["obo_user"], ClaimType::String { max_length: 320 });
+        // keys.example's commented declaration works as it is.
+        let uncommented = example_with("# allowed_claim_types = ", "allowed_claim_types = ").unwrap();
+        assert_eq!(uncommented.profiles[0].allowed_claim_types["obo_user"], ClaimType::String { max_length: 320 });
+        assert_eq!(types["roles"], ClaimType::StringArray { max_items: 8, max_length: 256 });
+        let line = include_str!("../keys.example").lines().position(|l| l.starts_with(names)).unwrap() + 2;
+        let cases = [
+            (r#"{ roles = { type = "float" } }"#, "field allowed_claim_types"),
+            (r#"{ roles = { type = "string", max_len = 5 } }"#, "field allowed_claim_types"),
+            (r#"{ roles = { type = "boolean", max_length = 5 } }"#, "field allowed_claim_types"),
+            (r#"{ roles = { type = "string", max_length = -1 } }"#, "field allowed_claim_types"),
+            (r#"{ roles = { max_length = 5 } }"#, "field allowed_claim_types"),
+        ];
+        for (types, field) in cases {
+            let msg = error_of(names, &declared(types));
+            assert!(msg.contains(field) && msg.contains(&format!("(line {line})")), "{types}: {msg}");
+        }
+        let cases = [
+            (r#"{ role = { type = "string" } }"#, "\"role\" is not in allowed_claims"),
+            (r#"{ roles = { type = "string", max_length = 0 } }"#, "\"roles\" has max_length 0"),
+            (r#"{ roles = { type = "string_array", max_items = 0 } }"#, "\"roles\" has max_items 0"),
+            (r#"{ roles = { type = "integer", min = 5, max = 4 } }"#, "\"roles\" has min above max"),
+        ];
+        for (types, says) in cases {
+            let msg = error_of(names, &declared(types));
+            assert!(
+                msg.contains(r#"[[profile]] "npm-sandbox", field allowed_claim_types"#) && msg.contains(says),
+                "{msg}"
+            );
+        }
+    }
+
+    #[test]
     fn max_ttl_just_under_an_hour_is_accepted() {
         example_with(r#"max_ttl = "55m""#, r#"max_ttl = "3599s""#).unwrap();
     }
@@ -992,6 +1212,25 @@ jwks_paths = ["/.well-known/jwks.json"]
     }
 
     #[test]
+    fn request_body_timeout_is_one_to_sixty_seconds_from_the_file_or_the_environment() {
+        let config = example_with(r#"request_body_timeout = "5s""#, r#"request_body_timeout = "60s""#).unwrap();
+        assert_eq!(config.server.request_body_timeout, Duration::from_secs(60));
+        for bad in ["0s", "61s"] {
+            let err = error_of(r#"request_body_timeout = "5s""#, &format!("request_body_timeout = {bad:?}"));
+            assert!(err.contains("[server], field request_body_timeout") && err.contains("1s to 60s"), "{err}");
+        }
+        let err = error_of(r#"request_body_timeout = "5s""#, "request_body_timeout = 5");
+        assert!(err.contains("[server], field request_body_timeout (line"), "{err}");
+        let loaded = load(ConfigSource::Defaults, &env(&[("KEYWARD_REQUEST_BODY_TIMEOUT", "2s")])).unwrap();
+        assert_eq!(loaded.config.server.request_body_timeout, Duration::from_secs(2));
+        let err = load(ConfigSource::Defaults, &env(&[("KEYWARD_REQUEST_BODY_TIMEOUT", "2")])).unwrap_err();
+        assert!(err.to_string().contains("KEYWARD_REQUEST_BODY_TIMEOUT"), "{err}");
+        let err = load(ConfigSource::Defaults, &env(&[("KEYWARD_REQUEST_BODY_TIMEOUT", "0s")])).unwrap_err();
+        assert!(err.to_string().starts_with("environment: KEYWARD_REQUEST_BODY_TIMEOUT: "), "{err}");
+        assert!(err.to_string().contains("1s to 60s"), "{err}");
+    }
+
+    #[test]
     fn env_overrides_server_fields_and_warns_about_unknown_names() {
         let loaded = load(
             ConfigSource::Defaults,
@@ -999,7 +1238,7 @@ jwks_paths = ["/.well-known/jwks.json"]
         )
         .unwrap();
         assert_eq!(loaded.config.server.public_addr.port(), 9000);
-        assert_eq!(loaded.config.database_path(), "/tmp/x.db");
+        assert_eq!(loaded.config.database_path(), Path::new("/tmp/x.db"));
 
         let loaded =
             load(ConfigSource::Defaults, &env(&[("KEYWARD_PUBLC_ADDR", "x"), ("KEYWARD_PORT", "tcp://x")])).unwrap();
@@ -1017,6 +1256,63 @@ jwks_paths = ["/.well-known/jwks.json"]
         );
         assert_eq!(choose_source(None, true), ConfigSource::File(PathBuf::from("keys.toml")));
         assert_eq!(choose_source(None, false), ConfigSource::Defaults);
+    }
+
+    #[test]
+    fn database_url_takes_the_forms_sqlx_takes_and_plain_paths() {
+        for (url, path) in [
+            ("sqlite://data/keyward.db", "data/keyward.db"),
+            ("sqlite:x.db", "x.db"),
+            ("sqlite:///abs/x.db", "/abs/x.db"),
+            ("/abs/y.db", "/abs/y.db"),
+            ("rel/z.db", "rel/z.db"),
+        ] {
+            assert_eq!(database_file(url).unwrap(), Path::new(path), "{url}");
+        }
+        for url in ["sqlite::memory:", "sqlite://", "sqlite://x.db?mode=ro", ""] {
+            assert!(database_file(url).is_err(), "{url}");
+        }
+    }
+
+    #[test]
+    fn an_error_in_a_value_from_the_environment_names_the_variable() {
+        let err = load(ConfigSource::Defaults, &env(&[("KEYWARD_DATABASE_URL", "sqlite::memory:")])).unwrap_err();
+        assert_eq!((err.source_name.as_str(), err.location.as_str()), ("environment", "KEYWARD_DATABASE_URL"));
+        let err = load(ConfigSource::Defaults, &env(&[("KEYWARD_RATE_BURST", "0")])).unwrap_err();
+        assert_eq!(err.location, "KEYWARD_RATE_BURST", "{err}");
+        let err = load(ConfigSource::Defaults, &env(&[("KEYWARD_LEDGER_RETENTION", "1h")])).unwrap_err();
+        assert_eq!(err.location, "KEYWARD_LEDGER_RETENTION", "{err}");
+        // A value from the built-in defaults or a file keeps its table and field.
+        let loaded = load(ConfigSource::Defaults, &env(&[("KEYWARD_DATABASE_URL", "/tmp/x.db")])).unwrap();
+        assert_eq!(loaded.config.database_path(), Path::new("/tmp/x.db"));
+    }
+
+    #[test]
+    fn log_format_and_dev_take_only_known_values() {
+        assert_eq!(EnvSettings::from_env(&env(&[])).unwrap().log_format, LogFormat::Text);
+        assert!(EnvSettings::from_env(&env(&[])).unwrap().may_generate_master_key);
+        assert_eq!(EnvSettings::from_env(&env(&[("KEYWARD_LOG_FORMAT", "JSON")])).unwrap().log_format, LogFormat::Json);
+        assert!(!EnvSettings::from_env(&env(&[("KEYWARD_DEV", "0")])).unwrap().may_generate_master_key);
+        let err = EnvSettings::from_env(&env(&[("KEYWARD_LOG_FORMAT", "josn")])).unwrap_err().to_string();
+        assert!(err.contains("KEYWARD_LOG_FORMAT") && err.contains("text or json"), "{err}");
+        let err = EnvSettings::from_env(&env(&[("KEYWARD_DEV", "yes")])).unwrap_err().to_string();
+        assert!(err.contains("KEYWARD_DEV"), "{err}");
+    }
+
+    #[test]
+    fn relative_paths_in_a_file_are_relative_to_its_folder_and_absolute_ones_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("keys.toml");
+        let text = include_str!("../keys.example")
+            .replace(r#"master_key_file = "data/master.key""#, r#"master_key_file = "/secure/master.key""#);
+        std::fs::write(&file, text).unwrap();
+        let loaded = load(ConfigSource::File(file), &HashMap::new()).unwrap();
+        assert_eq!(loaded.config.database_path(), dir.path().join("data/keyward.db"));
+        assert_eq!(loaded.config.server.master_key_file, Path::new("/secure/master.key"));
+        // From the environment, relative stays relative (to the working directory).
+        let file = dir.path().join("keys.toml");
+        let loaded = load(ConfigSource::File(file), &env(&[("KEYWARD_DATABASE_URL", "here.db")])).unwrap();
+        assert_eq!(loaded.config.database_path(), Path::new("here.db"));
     }
 
     #[test]

@@ -12,7 +12,8 @@ use openssl::rsa::Rsa;
 use crate::keys::{Algorithm, PublicKey};
 
 /// An export format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, utoipa::ToSchema)]
+#[schema(rename_all = "kebab-case")]
 pub enum Format {
     /// SubjectPublicKeyInfo PEM (`-----BEGIN PUBLIC KEY-----`).
     Pem,
@@ -23,6 +24,12 @@ pub enum Format {
 }
 
 impl Format {
+    /// What `keyward keys export` and `GET /v1/keys/{kid}/public` give unless asked.
+    pub const DEFAULT: Format = Format::Jwk;
+
+    /// The names [`Format::parse`] takes.
+    pub const NAMES: [&'static str; 3] = ["jwk", "pem", "pem-base64"];
+
     /// Parses `pem`, `pem-base64` or `jwk`.
     pub fn parse(name: &str) -> Option<Self> {
         match name {

@@ -18,13 +18,13 @@ use crate::exchange::{self, ExchangeError, TokenCache};
 use crate::export::{self, Format};
 use crate::keystore;
 use crate::ledger::{Entry, Ledger};
-use crate::lifecycle::{self, ActionError};
+use crate::lifecycle::{self, ActionError, Outcome};
 use crate::problem::{ApiError, Problem};
 use crate::profiles::{Prepared, Profile, Refusal, RefusalKind, SignRequest, SignedBy};
-use crate::public_api::status_json;
+use crate::public_api::{readiness_json, status_json, HealthStatus};
 use crate::ratelimit::{Limit, RateLimiter};
-use crate::rotation::{Refused, Step};
-use crate::state::{Shared, Snapshot};
+use crate::rotation::{Exposure, Refused, Step};
+use crate::state::{Recheck, Shared, Snapshot};
 
 /// Route paths, shared by the router and the OpenAPI document.
 pub mod paths {
@@ -69,7 +69,8 @@ pub const ROUTES: [(&str, &str); 10] = [
 #[openapi(
     info(title = "keyward internal API", description = "Signing, token exchange and key administration."),
     paths(sign, token, key_sets, rotate, revoke, public_key, metrics, openapi, healthz, readyz),
-    modifiers(&BearerAuth)
+    components(schemas(Format)),
+    modifiers(&BearerAuth, &ProblemResponses)
 )]
 pub struct ApiDoc;
 
@@ -83,7 +84,32 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
-#[utoipa::path(get, path = paths::OPENAPI, tag = "operations", responses((status = 200, description = "This document")))]
+/// [`Problem`] bodies are `application/problem+json` (utoipa labels every body
+/// `application/json`): relabelled once here rather than on each route's errors.
+struct ProblemResponses;
+
+impl utoipa::Modify for ProblemResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::RefOr;
+        let is_problem = |content: &utoipa::openapi::Content| matches!(&content.schema, Some(RefOr::Ref(r)) if r.ref_location.ends_with("/Problem"));
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [&mut item.get, &mut item.post, &mut item.head, &mut item.put, &mut item.delete];
+            for operation in operations.into_iter().flatten() {
+                for response in operation.responses.responses.values_mut() {
+                    let RefOr::T(response) = response else { continue };
+                    if response.content.get("application/json").is_some_and(is_problem) {
+                        if let Some(problem) = response.content.shift_remove("application/json") {
+                            response.content.insert("application/problem+json".to_owned(), problem);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[utoipa::path(get, path = paths::OPENAPI, tag = "operations",
+    responses((status = 200, description = "This document", body = Object, content_type = "application/json")))]
 async fn openapi() -> HttpResponse {
     use utoipa::OpenApi;
     HttpResponse::Ok().content_type("application/json").body(ApiDoc::openapi().to_json().unwrap_or_default())
@@ -117,6 +143,11 @@ impl InternalState {
         }
     }
 
+    /// How long a request body may take to arrive.
+    fn body_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.shared.config().server.request_body_timeout.as_secs())
+    }
+
     /// Admits one request of `client` under its rate limit (or the server default).
     fn admit(&self, client: &Client) -> Result<(), ApiError> {
         let server = &self.shared.config().server;
@@ -140,8 +171,8 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .service(resource(paths::PUBLIC_KEY, web::get().to(public_key), "GET"))
         .service(resource(paths::METRICS, web::get().to(metrics), "GET"))
         .service(resource(paths::OPENAPI, web::get().to(openapi), "GET"))
-        .service(resource(paths::HEALTHZ, web::get().to(healthz), "GET"))
-        .service(resource(paths::READYZ, web::get().to(readyz), "GET"))
+        .service(resource(paths::HEALTHZ, web::get().to(healthz), "GET, HEAD").route(web::head().to(healthz)))
+        .service(resource(paths::READYZ, web::get().to(readyz), "GET, HEAD").route(web::head().to(readyz)))
         .default_service(web::to(|| async {
             Err::<HttpResponse, _>(ApiError::NotFound("no such resource".to_owned()))
         }));
@@ -170,17 +201,42 @@ async fn metrics(state: web::Data<InternalState>) -> HttpResponse {
         .body(metrics.render())
 }
 
-#[utoipa::path(get, path = paths::HEALTHZ, tag = "operations", responses((status = 200, description = "The process is alive")))]
+#[utoipa::path(method(get, head), path = paths::HEALTHZ, tag = "operations",
+    responses((status = 200, description = "The process is alive", body = HealthStatus)))]
 async fn healthz() -> HttpResponse {
     status_json(HttpResponse::Ok(), "ok")
 }
 
-#[utoipa::path(get, path = paths::READYZ, tag = "operations", responses((status = 200, description = "Ready: the database answers and every key set can sign"), (status = 503, description = "Not ready")))]
+#[utoipa::path(method(get, head), path = paths::READYZ, tag = "operations",
+    responses((status = 200, description = "Ready: the database answers, the ledger commits and every key set can sign", body = HealthStatus),
+        (status = 503, description = "Not ready; `reason` says why", body = HealthStatus, content_type = "application/json")))]
 async fn readyz(state: web::Data<InternalState>) -> HttpResponse {
-    if state.shared.is_ready() {
-        status_json(HttpResponse::Ok(), "ready")
-    } else {
-        status_json(HttpResponse::ServiceUnavailable(), "not ready")
+    readiness_json(state.shared.readiness())
+}
+
+/// The request's bearer token, if it sent one in the `Authorization: Bearer` form.
+fn bearer(req: &HttpRequest) -> Result<&str, ApiError> {
+    let value = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).ok_or(ApiError::Unauthorized)?;
+    let (scheme, token) = value.split_once(' ').ok_or(ApiError::Unauthorized)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(ApiError::Unauthorized);
+    }
+    Ok(token.trim())
+}
+
+/// The snapshot to serve the request from, one that knows its bearer token if the store
+/// does: a token `keyward clients add` printed a moment ago works on the next request,
+/// before the change watch reloads.
+async fn snapshot_for(req: &HttpRequest, state: &InternalState) -> Result<Arc<Snapshot>, ApiError> {
+    let snapshot = state.shared.snapshot();
+    let token = bearer(req)?;
+    if snapshot.clients.authenticate(token).is_some() {
+        return Ok(snapshot);
+    }
+    match state.shared.recheck(token).await {
+        Recheck::Known(fresh) => Ok(fresh),
+        Recheck::Unknown => Err(ApiError::UnknownToken),
+        Recheck::NotChecked => Err(ApiError::TokenNotChecked),
     }
 }
 
@@ -191,14 +247,9 @@ fn authenticate<'a>(req: &HttpRequest, snapshot: &'a Snapshot, state: &InternalS
     Ok(client)
 }
 
-/// The client behind the request's bearer token.
+/// The client behind the request's bearer token (in a snapshot from [`snapshot_for`]).
 fn identify<'a>(req: &HttpRequest, snapshot: &'a Snapshot) -> Result<&'a Client, ApiError> {
-    let value = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).ok_or(ApiError::Unauthorized)?;
-    let (scheme, token) = value.split_once(' ').ok_or(ApiError::Unauthorized)?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(ApiError::Unauthorized);
-    }
-    snapshot.clients.authenticate(token.trim()).ok_or(ApiError::Unauthorized)
+    snapshot.clients.authenticate(bearer(req)?).ok_or(ApiError::UnknownToken)
 }
 
 /// The calling client, if it may use the admin routes.
@@ -227,14 +278,21 @@ impl From<ActionError> for ApiError {
 }
 
 #[utoipa::path(get, path = paths::KEY_SETS, tag = "admin", security(("bearer" = [])),
-    responses((status = 200, description = "Every key set's rules and keys' timelines"), (status = 401, body = Problem), (status = 403, body = Problem)))]
+    responses((status = 200, description = "Every key set's rules and keys' timelines", body = KeySets),
+        (status = 401, body = Problem), (status = 403, body = Problem), (status = 429, body = Problem)))]
 async fn key_sets(req: HttpRequest, state: web::Data<InternalState>) -> Result<HttpResponse, ApiError> {
-    admin(&req, &state.shared.snapshot(), &state)?;
+    admin(&req, &*snapshot_for(&req, &state).await?, &state)?;
     let now = chrono::Utc::now().timestamp();
-    let sets = lifecycle::schedule(state.shared.pool(), state.shared.config(), now).await?;
-    Ok(HttpResponse::Ok()
-        .insert_header((header::CACHE_CONTROL, "no-store"))
-        .json(serde_json::json!({ "key_sets": sets })))
+    let key_sets = lifecycle::schedule(state.shared.pool(), state.shared.config(), now).await?;
+    Ok(no_store_json(&KeySets { key_sets }))
+}
+
+/// Every key set's rules and keys' timelines.
+#[derive(Serialize, utoipa::ToSchema)]
+struct KeySets {
+    /// Per set: `name`, `rotate_every`, `publish_ahead`, `retain_for` (seconds) and `keys`.
+    #[schema(value_type = Vec<Object>)]
+    key_sets: Vec<lifecycle::SetSchedule>,
 }
 
 /// Optional body of the rotate route.
@@ -245,61 +303,114 @@ struct RotateRequest {
     force: bool,
 }
 
-/// Answers a key action with its steps and the set's signing key afterwards.
-async fn after_action(state: &InternalState, set: &str, steps: Vec<Step>) -> Result<HttpResponse, ApiError> {
+/// What a key action did.
+#[derive(Serialize, utoipa::ToSchema)]
+struct ActionAnswer {
+    key_set: String,
+    /// Each step: `{"step": "promote" | "revoke" | "retire" | "create_current" | "create_next", "kid"?}`.
+    #[schema(value_type = Vec<Object>)]
+    steps: Vec<Step>,
+    /// The set's signing key afterwards.
+    signing_kid: Option<String>,
+    /// When the action made another key sign: `kid`, `published_for` and `cache_window`
+    /// (seconds), `within_cache_window`, and `may_be_rejected_until` (Unix seconds or null).
+    #[schema(value_type = Option<Object>)]
+    new_signer: Option<Exposure>,
+}
+
+/// Answers a key action with its steps, the set's signing key afterwards and, if the action
+/// made a new key sign, how long verifiers have had it.
+async fn after_action(state: &InternalState, outcome: Outcome) -> Result<HttpResponse, ApiError> {
     state.shared.reload().await?;
     let snapshot = state.shared.snapshot();
-    let signing_kid = snapshot.key_sets.get(set).and_then(|v| v.signer.as_ref()).map(|s| s.kid().to_owned());
-    Ok(HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).json(serde_json::json!({
-        "key_set": set,
-        "steps": steps,
-        "signing_kid": signing_kid,
-    })))
+    let signing_kid =
+        snapshot.key_sets.get(&outcome.key_set).and_then(|v| v.signer.as_ref()).map(|s| s.kid().to_owned());
+    let Outcome { key_set, steps, new_signer } = outcome;
+    Ok(no_store_json(&ActionAnswer { key_set, steps, signing_kid, new_signer }))
 }
 
 #[utoipa::path(post, path = paths::ROTATE, tag = "admin", security(("bearer" = [])),
-    params(("name" = String, Path, description = "Key set")), request_body(content = Option<RotateRequest>, description = "Optional"),
-    responses((status = 200, description = "Steps taken and the new signing kid"), (status = 404, body = Problem),
-        (status = 409, body = Problem, description = "The next key was published too recently")))]
+    params(("name" = String, Path, description = "Key set")),
+    request_body(content = Option<RotateRequest>, description = "Optional: no body or `null` means `{\"force\": false}`"),
+    responses((status = 200, description = "Steps taken and the new signing kid", body = ActionAnswer),
+        (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 404, body = Problem), (status = 408, body = Problem),
+        (status = 409, body = Problem, description = "The next key was published too recently"),
+        (status = 413, body = Problem), (status = 415, body = Problem), (status = 429, body = Problem)))]
 async fn rotate(
     req: HttpRequest,
     name: web::Path<String>,
     payload: web::Payload,
     state: web::Data<InternalState>,
 ) -> Result<HttpResponse, ApiError> {
-    let client = admin(&req, &state.shared.snapshot(), &state)?.name.clone();
-    let body = read_body(&req, payload).await?;
-    let request: RotateRequest = if body.is_empty() { RotateRequest::default() } else { parse_json(&body)? };
+    let client = admin(&req, &*snapshot_for(&req, &state).await?, &state)?.name.clone();
+    let body = read_body(&req, payload, state.body_timeout()).await?;
+    // No body and `null` both mean the defaults.
+    let request: RotateRequest =
+        if body.is_empty() { None } else { parse_json::<Option<RotateRequest>>(&body)? }.unwrap_or_default();
     let shared = &state.shared;
     let now = chrono::Utc::now().timestamp();
     let steps = lifecycle::rotate(shared.pool(), shared.master(), shared.config(), &name, now, request.force).await?;
     tracing::info!(client, key_set = %name, force = request.force, "rotation requested through the admin API");
-    after_action(&state, &name, steps).await
+    after_action(&state, Outcome::of(shared.pool(), shared.config(), &name, steps, now).await?).await
 }
 
 #[utoipa::path(post, path = paths::REVOKE, tag = "admin", security(("bearer" = [])),
     params(("kid" = String, Path, description = "The key's kid")),
-    responses((status = 200, description = "Steps taken and the new signing kid"), (status = 404, body = Problem), (status = 409, body = Problem)))]
+    responses((status = 200, description = "Steps taken, the new signing kid and, if the revoked key was signing, how long its successor has been published", body = ActionAnswer),
+        (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem),
+        (status = 409, body = Problem, description = "Already revoked"), (status = 429, body = Problem)))]
 async fn revoke(
     req: HttpRequest,
     kid: web::Path<String>,
     state: web::Data<InternalState>,
 ) -> Result<HttpResponse, ApiError> {
-    let client = admin(&req, &state.shared.snapshot(), &state)?.name.clone();
+    let client = admin(&req, &*snapshot_for(&req, &state).await?, &state)?.name.clone();
     let shared = &state.shared;
     let now = chrono::Utc::now().timestamp();
-    let (set, steps) = lifecycle::revoke(shared.pool(), shared.master(), shared.config(), &kid, now).await?;
-    tracing::warn!(client, kid = %kid, key_set = %set, "key revoked through the admin API");
-    after_action(&state, &set, steps).await
+    let outcome = lifecycle::revoke(shared.pool(), shared.master(), shared.config(), &kid, now).await?;
+    match &outcome.new_signer {
+        Some(signer) if signer.within_cache_window => tracing::warn!(
+            client,
+            kid = %kid,
+            key_set = %outcome.key_set,
+            new_signer = %signer.kid,
+            published_for_s = signer.published_for,
+            cache_window_s = signer.cache_window,
+            may_be_rejected_until = signer.may_be_rejected_until,
+            "key revoked through the admin API; its successor was published for less than jwks_max_age + \
+             clock_skew: verifiers that cached the JWKS before it appeared may reject its tokens until then"
+        ),
+        Some(signer) => tracing::warn!(
+            client,
+            kid = %kid,
+            key_set = %outcome.key_set,
+            new_signer = %signer.kid,
+            published_for_s = signer.published_for,
+            cache_window_s = signer.cache_window,
+            "key revoked through the admin API; its successor was published long enough for cached JWKS to hold it"
+        ),
+        None => tracing::warn!(client, kid = %kid, key_set = %outcome.key_set, "key revoked through the admin API"),
+    }
+    after_action(&state, outcome).await
 }
 
-/// Reads a JSON body of at most [`MAX_BODY_BYTES`].
-async fn json_body<T: DeserializeOwned>(req: &HttpRequest, payload: web::Payload) -> Result<T, ApiError> {
-    parse_json(&read_body(req, payload).await?)
+/// Reads a JSON body of at most [`MAX_BODY_BYTES`] within `timeout`.
+async fn json_body<T: DeserializeOwned>(
+    req: &HttpRequest,
+    payload: web::Payload,
+    timeout: std::time::Duration,
+) -> Result<T, ApiError> {
+    parse_json(&read_body(req, payload, timeout).await?)
 }
 
-/// Reads a body of at most [`MAX_BODY_BYTES`], which must be JSON if it says what it is.
-async fn read_body(req: &HttpRequest, payload: web::Payload) -> Result<actix_web::web::Bytes, ApiError> {
+/// Reads a body of at most [`MAX_BODY_BYTES`], which must be JSON if it says what it is,
+/// and must arrive within `timeout` (actix-web's own timeout covers the headers only).
+async fn read_body(
+    req: &HttpRequest,
+    payload: web::Payload,
+    timeout: std::time::Duration,
+) -> Result<actix_web::web::Bytes, ApiError> {
     if let Some(content_type) = req.headers().get(header::CONTENT_TYPE) {
         let media = content_type.to_str().unwrap_or_default().split(';').next().unwrap_or_default().trim();
         let json = media.eq_ignore_ascii_case("application/json") || media.to_ascii_lowercase().ends_with("+json");
@@ -307,9 +418,9 @@ async fn read_body(req: &HttpRequest, payload: web::Payload) -> Result<actix_web
             return Err(ApiError::UnsupportedMediaType);
         }
     }
-    payload
-        .to_bytes_limited(MAX_BODY_BYTES)
+    tokio::time::timeout(timeout, payload.to_bytes_limited(MAX_BODY_BYTES))
         .await
+        .map_err(|_| ApiError::BodyTimeout(timeout.as_secs()))?
         .map_err(|_| ApiError::TooLarge(MAX_BODY_BYTES))?
         .map_err(|_| ApiError::InvalidBody { field: None, detail: "the body could not be read".to_owned() })
 }
@@ -321,6 +432,14 @@ fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     if body.iter().find(|b| !b.is_ascii_whitespace()).is_some_and(|b| *b == b'[') {
         return Err(ApiError::InvalidBody { field: None, detail: "the body must be a JSON object".to_owned() });
     }
+    // Malformed JSON is reported as such, even after a duplicate.
+    let well_formed = || serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok();
+    if let Some(member) = duplicate_member(body).filter(|_| well_formed()) {
+        return Err(ApiError::InvalidBody {
+            detail: format!("the member {member:?} appears more than once"),
+            field: Some(member),
+        });
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
         let path = err.path().to_string();
@@ -329,6 +448,89 @@ fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     })?;
     deserializer.end().map_err(|err| body_error(".", &err))?;
     Ok(value)
+}
+
+/// The path (`claims.role`, `a[2].b`) of the first member whose name appears twice in one
+/// object of `body`, at any depth. serde_json keeps the last of two members silently, so
+/// this looks before the body is read for real.
+fn duplicate_member(body: &[u8]) -> Option<String> {
+    let found = std::cell::RefCell::new(None);
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let _ = serde::de::DeserializeSeed::deserialize(
+        UniqueMembers { path: String::new(), found: &found },
+        &mut deserializer,
+    );
+    found.into_inner()
+}
+
+/// Walks one JSON value, failing at the first duplicate member name (recorded in `found`).
+struct UniqueMembers<'a> {
+    path: String,
+    found: &'a std::cell::RefCell<Option<String>>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for UniqueMembers<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for UniqueMembers<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut index = 0;
+        while seq
+            .next_element_seed(UniqueMembers { path: format!("{}[{index}]", self.path), found: self.found })?
+            .is_some()
+        {
+            index += 1;
+        }
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(name) = map.next_key::<String>()? {
+            let path = if self.path.is_empty() { name.clone() } else { format!("{}.{name}", self.path) };
+            if !seen.insert(name) {
+                *self.found.borrow_mut() = Some(path);
+                return Err(serde::de::Error::custom("duplicate member"));
+            }
+            map.next_value_seed(UniqueMembers { path, found: self.found })?;
+        }
+        Ok(())
+    }
 }
 
 fn body_error(path: &str, err: &serde_json::Error) -> ApiError {
@@ -449,18 +651,18 @@ fn no_store_json(body: &impl Serialize) -> HttpResponse {
 #[utoipa::path(post, path = paths::SIGN, tag = "signing", security(("bearer" = [])),
     params(("profile" = String, Path, description = "Profile name")), request_body = SignRequest,
     responses((status = 200, body = Signed), (status = 400, body = Problem), (status = 401, body = Problem),
-        (status = 403, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem),
-        (status = 413, body = Problem), (status = 415, body = Problem), (status = 422, body = Problem),
-        (status = 429, body = Problem), (status = 503, body = Problem)))]
+        (status = 403, body = Problem), (status = 404, body = Problem), (status = 408, body = Problem),
+        (status = 409, body = Problem), (status = 413, body = Problem), (status = 415, body = Problem),
+        (status = 422, body = Problem), (status = 429, body = Problem), (status = 503, body = Problem)))]
 async fn sign(
     req: HttpRequest,
     name: web::Path<String>,
     payload: web::Payload,
     state: web::Data<InternalState>,
 ) -> Result<HttpResponse, ApiError> {
-    let snapshot = state.shared.snapshot();
+    let snapshot = snapshot_for(&req, &state).await?;
     let (client, profile) = authorize(&req, &snapshot, &state, &name)?;
-    let request: SignRequest = json_body(&req, payload).await?;
+    let request: SignRequest = json_body(&req, payload, state.body_timeout()).await?;
     if request.cache.is_some() {
         return Err(ApiError::InvalidBody {
             field: Some("cache".into()),
@@ -523,17 +725,19 @@ struct PartnerToken {
 #[utoipa::path(post, path = paths::TOKEN, tag = "signing", security(("bearer" = [])),
     params(("profile" = String, Path, description = "Profile name")), request_body = SignRequest,
     responses((status = 200, body = PartnerToken), (status = 400, body = Problem), (status = 401, body = Problem),
-        (status = 404, body = Problem), (status = 422, body = Problem), (status = 429, body = Problem),
-        (status = 502, body = Problem), (status = 503, body = Problem), (status = 504, body = Problem)))]
+        (status = 403, body = Problem), (status = 404, body = Problem), (status = 408, body = Problem),
+        (status = 409, body = Problem), (status = 413, body = Problem), (status = 415, body = Problem),
+        (status = 422, body = Problem), (status = 429, body = Problem), (status = 502, body = Problem),
+        (status = 503, body = Problem), (status = 504, body = Problem)))]
 async fn token(
     req: HttpRequest,
     name: web::Path<String>,
     payload: web::Payload,
     state: web::Data<InternalState>,
 ) -> Result<HttpResponse, ApiError> {
-    let snapshot = state.shared.snapshot();
+    let snapshot = snapshot_for(&req, &state).await?;
     let (client, profile) = authorize(&req, &snapshot, &state, &name)?;
-    let request: SignRequest = json_body(&req, payload).await?;
+    let request: SignRequest = json_body(&req, payload, state.body_timeout()).await?;
     let exchange = profile
         .exchange
         .as_ref()
@@ -591,26 +795,19 @@ async fn token(
     Ok(no_store_json(&PartnerToken { token: issued.token, expires_at: issued.expires_at }))
 }
 
-#[derive(serde::Deserialize)]
-struct ExportQuery {
-    format: Option<String>,
-}
-
 #[utoipa::path(get, path = paths::PUBLIC_KEY, tag = "keys", security(("bearer" = [])),
-    params(("kid" = String, Path, description = "The key's kid"), ("format" = Option<String>, Query, description = "pem, pem-base64 or jwk (default)")),
-    responses((status = 200, description = "The public key"), (status = 400, body = Problem), (status = 404, body = Problem)))]
+    params(("kid" = String, Path, description = "The key's kid"), ("format" = Option<Format>, Query, description = "The key's form (default jwk)")),
+    responses((status = 200, description = "The public key in the form asked for", content(
+            (String = "application/x-pem-file"), (String = "text/plain"), (Object = "application/jwk+json"))),
+        (status = 400, body = Problem), (status = 401, body = Problem), (status = 404, body = Problem),
+        (status = 429, body = Problem)))]
 async fn public_key(
     req: HttpRequest,
     kid: web::Path<String>,
-    query: web::Query<ExportQuery>,
     state: web::Data<InternalState>,
 ) -> Result<HttpResponse, ApiError> {
-    authenticate(&req, &state.shared.snapshot(), &state)?;
-    let format_name = query.format.as_deref().unwrap_or("jwk");
-    let format = Format::parse(format_name).ok_or_else(|| ApiError::InvalidBody {
-        field: Some("format".into()),
-        detail: "format must be pem, pem-base64 or jwk".into(),
-    })?;
+    authenticate(&req, &*snapshot_for(&req, &state).await?, &state)?;
+    let format = export_format(req.query_string())?;
     let record = keystore::list(state.shared.pool())
         .await?
         .into_iter()
@@ -623,6 +820,26 @@ async fn public_key(
         Format::Jwk => "application/jwk+json",
     };
     Ok(HttpResponse::Ok().content_type(content_type).body(body))
+}
+
+/// The `format` of a public key request: the only query parameter, JWK when absent (as
+/// `keyward keys export`).
+fn export_format(query: &str) -> Result<Format, ApiError> {
+    let mut format = Format::DEFAULT;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if name != "format" {
+            return Err(ApiError::InvalidQuery {
+                parameter: name.to_owned(),
+                detail: format!("unknown query parameter {name:?}: this resource takes only format"),
+            });
+        }
+        format = Format::parse(value).ok_or_else(|| ApiError::InvalidQuery {
+            parameter: "format".to_owned(),
+            detail: format!("format must be one of {} (default jwk)", Format::NAMES.join(", ")),
+        })?;
+    }
+    Ok(format)
 }
 
 #[cfg(test)]
@@ -648,6 +865,27 @@ mod tests {
         assert_eq!(field_of(r#"{"sub": "a", "claims": []}"#).0.as_deref(), Some("claims"));
         assert_eq!(field_of(r#"{"sub": "a""#).0, None);
         assert_eq!(field_of(r#"{"sub": "a"} trailing"#).0, None);
+    }
+
+    #[test]
+    fn a_member_named_twice_in_any_object_is_refused_naming_it() {
+        let cases = [
+            (r#"{"sub": "a", "sub": "b"}"#, "sub"),
+            (r#"{"sub": "a", "claims": {"obo_user": "x", "obo_user": "y"}}"#, "claims.obo_user"),
+            (r#"{"sub": "a", "claims": {"roles": [{"k": 1}, {"k": 1, "k": 2}]}}"#, "claims.roles[1].k"),
+            (r#"{"s\u0075b": "a", "sub": "b"}"#, "sub"),
+        ];
+        for (body, member) in cases {
+            let (field, detail) = field_of(body);
+            assert_eq!(field.as_deref(), Some(member), "{body}");
+            assert_eq!(detail, format!("the member {member:?} appears more than once"));
+        }
+        // The same name in different objects is fine; malformed JSON keeps its own message.
+        assert!(duplicate_member(br#"{"a": {"x": 1}, "b": {"x": 1}, "x": [{"x": 1}, {"x": 2}]}"#).is_none());
+        assert_eq!(
+            field_of(r#"{"claims": {"a": 1, "a": 2}, "sub": "#).1,
+            "the body is not valid JSON (line 1, column 36)"
+        );
     }
 
     #[test]

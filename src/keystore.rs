@@ -193,16 +193,20 @@ async fn make_key(set: &KeySetConfig, master: &MasterKey, now: i64) -> anyhow::R
     seal_record(set, master, generated, now)
 }
 
-/// Adds an existing private key (PEM) to `set`: as its next key, or with `activate` as its
-/// signing key at once (the current key becomes previous). Returns the new kid.
-pub async fn import(
+/// Adds an existing private key (PEM) to `set` with the steps `decide` wants, given the
+/// set's keys and the sealed key (which it must place with a creating step). Returns the
+/// new kid and the steps taken.
+pub async fn import<F>(
     pool: &SqlitePool,
     master: &MasterKey,
     set: &KeySetConfig,
     pem: &[u8],
-    activate: bool,
     now: i64,
-) -> anyhow::Result<String> {
+    decide: F,
+) -> anyhow::Result<(String, Vec<Step>)>
+where
+    F: Fn(&[KeyRecord], &KeyRecord) -> anyhow::Result<Vec<Step>>,
+{
     let imported = keys::import_pem(set.algorithm, pem)?;
     // The scheduler replaces keys that do not fit the set's settings: refuse them here.
     if let Some(bits) = imported.public.rsa_bits().filter(|bits| *bits != set.rsa_bits) {
@@ -219,19 +223,8 @@ pub async fn import(
     if known.is_some() {
         bail!("key {kid} is already stored");
     }
-    execute_with(pool, master, set, now, Some(record), |keys| {
-        let mut steps: Vec<Step> = Vec::new();
-        if activate {
-            steps.push(Step::CreateCurrent);
-        } else {
-            let nexts = keys.iter().filter(|k| k.state() == KeyState::Next);
-            steps.extend(nexts.map(|k| Step::Retire { kid: k.kid.clone() }));
-            steps.push(Step::CreateNext);
-        }
-        Ok(steps)
-    })
-    .await?;
-    Ok(kid)
+    let steps = execute_with(pool, master, set, now, Some(record.clone()), |keys| decide(keys, &record)).await?;
+    Ok((kid, steps))
 }
 
 fn seal_record(
@@ -271,7 +264,7 @@ pub async fn list_set(executor: impl sqlx::SqliteExecutor<'_>, set: &str) -> any
 
 /// Writes new and changed records; the one current key last, so that the old current key
 /// has stopped signing before the new one starts (one current key per set, always).
-async fn persist(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, mut records: Vec<KeyRecord>) -> anyhow::Result<()> {
+async fn persist(tx: &mut sqlx::SqliteConnection, mut records: Vec<KeyRecord>) -> anyhow::Result<()> {
     records.sort_by_key(|r| r.state() == KeyState::Current);
     for record in &records {
         sqlx::query(&format!(
@@ -293,7 +286,7 @@ async fn persist(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, mut records: Vec<
         .bind(record.deactivated_at)
         .bind(record.retired_at)
         .bind(record.revoked_at)
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await
         .with_context(|| format!("storing key {}", record.kid))?;
     }

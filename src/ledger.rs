@@ -5,19 +5,32 @@
 //! ledger costs one fsync per batch, not per token, and batches grow with the load by
 //! themselves. `ledger_commit_interval_ms` (default 0) can space commits further apart;
 //! it caps clients that wait for each answer at one batch per interval.
+//!
+//! When commits fail (a full disk), every waiting request is refused, the server reports
+//! not ready, and the writer tries a probe write every second while no rows come, so it
+//! finds out by itself when writing works again.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde::Serialize;
 use sqlx::pool::PoolConnection;
-use sqlx::{Connection, QueryBuilder, Row, Sqlite, SqlitePool};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::db::WriteTx;
 use crate::metrics::Metrics;
 
 /// Rows one transaction takes at most.
 const MAX_BATCH: usize = 1_024;
+
+/// While commits fail and no rows come, how often the writer tries a probe write.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The `jti` of the row a probe writes and deletes again (real jtis are 22 characters).
+const PROBE_JTI: &str = "-ledger-probe-";
 
 /// One issued token, as the ledger keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -49,10 +62,22 @@ pub struct NotRecorded;
 
 type Job = (Entry, oneshot::Sender<Result<(), NotRecorded>>);
 
+/// Whether the ledger's last write failed (then the server is not ready); cheap to clone.
+#[derive(Clone, Default)]
+pub struct LedgerHealth(Arc<AtomicBool>);
+
+impl LedgerHealth {
+    /// True from a failed commit until one succeeds again.
+    pub fn is_failing(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// Where handlers send rows.
 #[derive(Clone)]
 pub struct Ledger {
     jobs: mpsc::UnboundedSender<Job>,
+    health: LedgerHealth,
 }
 
 impl Ledger {
@@ -60,7 +85,23 @@ impl Ledger {
     /// Commits start at least `min_interval` apart.
     pub fn start(pool: SqlitePool, metrics: Metrics, min_interval: Duration) -> (Ledger, Writer) {
         let (jobs, queue) = mpsc::unbounded_channel();
-        (Ledger { jobs }, Writer { pool, metrics, queue, connection: None, min_interval, last_commit: None })
+        let health = LedgerHealth::default();
+        let writer = Writer {
+            pool,
+            metrics,
+            queue,
+            connection: None,
+            min_interval,
+            last_commit: None,
+            health: health.clone(),
+            outage: None,
+        };
+        (Ledger { jobs, health }, writer)
+    }
+
+    /// Whether commits are failing.
+    pub fn health(&self) -> LedgerHealth {
+        self.health.clone()
     }
 
     /// Records `entry`; returns once its row is committed.
@@ -82,6 +123,16 @@ pub struct Writer {
     /// Commits start at least this far apart (rows arriving meanwhile join the next one).
     min_interval: Duration,
     last_commit: Option<Instant>,
+    health: LedgerHealth,
+    /// The current run of failed commits, if any.
+    outage: Option<Outage>,
+}
+
+/// A run of failed commits: logged once when it starts and once when it ends.
+struct Outage {
+    since: Instant,
+    failed_batches: u64,
+    refused_rows: u64,
 }
 
 /// How long a commit waits for company: none when the last one started `min_interval` or
@@ -100,6 +151,10 @@ impl Writer {
                     if changed.is_err() || *stop.borrow() {
                         self.queue.close();
                     }
+                    continue;
+                }
+                () = tokio::time::sleep(PROBE_INTERVAL), if self.outage.is_some() => {
+                    self.probe().await;
                     continue;
                 }
             };
@@ -129,27 +184,66 @@ impl Writer {
         let started = Instant::now();
         let size = batch.len();
         let result = self.insert(batch.iter().map(|(entry, _)| entry).collect()).await;
-        if result.is_err() {
-            // Start afresh next time, in case the connection itself is at fault.
-            self.connection = None;
-        }
         self.metrics.ledger_batch(size, started.elapsed(), result.is_ok());
-        if let Err(err) = &result {
-            tracing::error!(error = format!("{err:#}"), rows = size, "ledger commit failed; those tokens are refused");
-        }
+        self.outcome(&result, size);
         for (_, done) in batch {
             let _ = done.send(result.as_ref().map(|_| ()).map_err(|_| NotRecorded));
         }
     }
+
+    /// Whether writing works again, without waiting for a request to find out.
+    async fn probe(&mut self) {
+        let result = self.probe_write().await;
+        self.outcome(&result, 0);
+    }
+
+    /// Tracks outages: the log says once why commits fail and once that they work again.
+    fn outcome(&mut self, result: &anyhow::Result<()>, rows: usize) {
+        let Err(err) = result else {
+            if let Some(outage) = self.outage.take() {
+                tracing::warn!(
+                    seconds = outage.since.elapsed().as_secs(),
+                    failed_batches = outage.failed_batches,
+                    refused_rows = outage.refused_rows,
+                    "the issuance ledger commits again: sign and token requests are served"
+                );
+                self.health.0.store(false, Ordering::Relaxed);
+            }
+            return;
+        };
+        // The failed transaction marked its connection to close: drop it, the next
+        // transaction starts on a fresh one.
+        self.connection = None;
+        let (batches, rows) = (u64::from(rows > 0), rows as u64);
+        if let Some(outage) = &mut self.outage {
+            outage.failed_batches += batches;
+            outage.refused_rows += rows;
+            tracing::debug!(error = format!("{err:#}"), rows, "ledger commit failed again");
+            return;
+        }
+        tracing::error!(
+            error = format!("{err:#}"),
+            rows,
+            "the issuance ledger cannot commit: sign and token requests are refused (503 not-recorded) \
+             and /readyz reports not ready until it can; retried every second"
+        );
+        self.outage = Some(Outage { since: Instant::now(), failed_batches: batches, refused_rows: rows });
+        self.health.0.store(true, Ordering::Relaxed);
+    }
 }
 
 impl Writer {
-    async fn insert(&mut self, entries: Vec<&Entry>) -> anyhow::Result<()> {
+    /// A write transaction on the writer's own connection (opened if needed).
+    async fn begin(&mut self) -> anyhow::Result<WriteTx<&mut PoolConnection<Sqlite>>> {
         let connection = match &mut self.connection {
             Some(connection) => connection,
             slot => slot.insert(self.pool.acquire().await.context("connecting the ledger writer")?),
         };
-        let mut tx = connection.begin().await.context("beginning the ledger transaction")?;
+        WriteTx::begin(connection).await.context("beginning the ledger transaction")
+    }
+
+    async fn insert(&mut self, entries: Vec<&Entry>) -> anyhow::Result<()> {
+        let mut tx = self.begin().await?;
         let mut rest = entries.as_slice();
         while !rest.is_empty() {
             let (chunk, tail) = rest.split_at(chunk_len(rest.len()));
@@ -157,6 +251,25 @@ impl Writer {
             rest = tail;
         }
         tx.commit().await.context("committing ledger rows")
+    }
+
+    /// A row written and deleted in one transaction: its pages change (so a full disk fails
+    /// the commit as a real batch would) and nothing remains.
+    async fn probe_write(&mut self) -> anyhow::Result<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO issuance (jti, profile, client, alg, iat, exp, claim_names) VALUES (?, '', '', '', 0, 0, '[]')",
+        )
+        .bind(PROBE_JTI)
+        .execute(&mut *tx)
+        .await
+        .context("writing the probe row")?;
+        sqlx::query("DELETE FROM issuance WHERE jti = ?")
+            .bind(PROBE_JTI)
+            .execute(&mut *tx)
+            .await
+            .context("deleting the probe row")?;
+        tx.commit().await.context("committing the probe")
     }
 }
 
@@ -170,7 +283,7 @@ fn chunk_len(remaining: usize) -> usize {
     size
 }
 
-async fn insert_rows(tx: &mut sqlx::Transaction<'_, Sqlite>, entries: &[&Entry]) -> anyhow::Result<()> {
+async fn insert_rows(tx: &mut sqlx::SqliteConnection, entries: &[&Entry]) -> anyhow::Result<()> {
     let mut query: QueryBuilder<Sqlite> =
         QueryBuilder::new("INSERT INTO issuance (jti, profile, client, sub, kid, alg, iat, exp, claim_names) ");
     query.push_values(entries, |mut row, e| {
@@ -184,7 +297,7 @@ async fn insert_rows(tx: &mut sqlx::Transaction<'_, Sqlite>, entries: &[&Entry])
             .push_bind(e.exp)
             .push_bind(serde_json::to_string(&e.claim_names).unwrap_or_else(|_| "[]".to_owned()));
     });
-    query.build().execute(&mut **tx).await.context("writing ledger rows")?;
+    query.build().execute(&mut *tx).await.context("writing ledger rows")?;
     Ok(())
 }
 

@@ -20,6 +20,7 @@ pub mod keystore;
 pub mod ledger;
 pub mod lifecycle;
 pub mod metrics;
+pub mod private_files;
 pub mod problem;
 pub mod profiles;
 pub mod public_api;

@@ -6,7 +6,8 @@ use sqlx::SqlitePool;
 
 use crate::config::{Config, KeySetConfig};
 use crate::keystore;
-use crate::rotation::{self, Policy, Refused, Step, Timeline};
+use crate::keystore::KeyState;
+use crate::rotation::{self, Exposure, ImportAs, Policy, Refused, Step, Timeline};
 use crate::seal::MasterKey;
 
 /// Why an operator action was not carried out.
@@ -50,15 +51,57 @@ pub async fn rotate(
     Ok(keystore::execute(pool, master, set, now, |keys| Ok(rotation::rotate_now(keys, &policy, now, force)?)).await?)
 }
 
-/// Emergency revocation of `kid`, in whichever configured set holds it; returns that set's
-/// name and the steps taken.
+/// What a key action did to one set.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The set.
+    pub key_set: String,
+    /// The steps taken.
+    pub steps: Vec<Step>,
+    /// When the action gave the set a new signing key: how long verifiers have had it.
+    pub new_signer: Option<Exposure>,
+}
+
+impl Outcome {
+    /// The outcome of `steps`, just taken on set `set` at `now`.
+    pub async fn of(
+        pool: &SqlitePool,
+        config: &Config,
+        set: &str,
+        steps: Vec<Step>,
+        now: i64,
+    ) -> Result<Self, ActionError> {
+        Ok(Self::after(pool, config, key_set(config, set)?, steps, now).await?)
+    }
+
+    async fn after(
+        pool: &SqlitePool,
+        config: &Config,
+        set: &KeySetConfig,
+        steps: Vec<Step>,
+        now: i64,
+    ) -> anyhow::Result<Self> {
+        let changes_signer = steps.iter().any(|s| matches!(s, Step::Promote { .. } | Step::CreateCurrent));
+        let new_signer = if changes_signer {
+            let keys = keystore::list_set(pool, &set.name).await.context("reading keys")?;
+            let policy = Policy::for_set(config, set);
+            keys.iter().find(|k| k.state() == KeyState::Current).map(|k| rotation::exposure(k, &policy, now))
+        } else {
+            None
+        };
+        Ok(Outcome { key_set: set.name.clone(), steps, new_signer })
+    }
+}
+
+/// Emergency revocation of `kid`, in whichever configured set holds it. If it was signing,
+/// the next key signs at once however recently it was published: the outcome says how long.
 pub async fn revoke(
     pool: &SqlitePool,
     master: &MasterKey,
     config: &Config,
     kid: &str,
     now: i64,
-) -> Result<(String, Vec<Step>), ActionError> {
+) -> Result<Outcome, ActionError> {
     let record = keystore::list(pool)
         .await?
         .into_iter()
@@ -66,7 +109,26 @@ pub async fn revoke(
         .ok_or_else(|| Refused::UnknownKey(kid.to_owned()))?;
     let set = key_set(config, &record.key_set)?;
     let steps = keystore::execute(pool, master, set, now, |keys| Ok(rotation::revoke(keys, kid)?)).await?;
-    Ok((set.name.clone(), steps))
+    Ok(Outcome::after(pool, config, set, steps, now).await?)
+}
+
+/// Adds an existing private key (PEM) to `set` as `how` says; returns its kid.
+pub async fn import(
+    pool: &SqlitePool,
+    master: &MasterKey,
+    config: &Config,
+    set: &str,
+    pem: &[u8],
+    how: ImportAs,
+    now: i64,
+) -> Result<(String, Outcome), ActionError> {
+    let set = key_set(config, set)?;
+    let policy = Policy::for_set(config, set);
+    let (kid, steps) = keystore::import(pool, master, set, pem, now, |keys, imported| {
+        Ok(rotation::import(keys, imported, &policy, now, how)?)
+    })
+    .await?;
+    Ok((kid, Outcome::after(pool, config, set, steps, now).await?))
 }
 
 /// One key set's rules and every key's timeline.

@@ -9,9 +9,23 @@ use crate::exchange::ExchangeError;
 /// Every way an API request can fail.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// No or unknown bearer token.
+    /// No bearer token, or not in the `Authorization: Bearer` form.
     #[error("missing or invalid bearer token")]
     Unauthorized,
+    /// A bearer token that no active client has (checked against the store).
+    #[error("unknown bearer token")]
+    UnknownToken,
+    /// A bearer token not in the snapshot and not looked up (too many unknown tokens).
+    #[error("bearer token not recognised yet")]
+    TokenNotChecked,
+    /// A query parameter with a value it does not take.
+    #[error("invalid query parameter {parameter}: {detail}")]
+    InvalidQuery {
+        /// The parameter.
+        parameter: String,
+        /// What it takes.
+        detail: String,
+    },
     /// The client may not use this resource.
     #[error("client may not use {0}")]
     Forbidden(String),
@@ -49,6 +63,9 @@ pub enum ApiError {
     /// The body is over the limit.
     #[error("request body over {0} bytes")]
     TooLarge(usize),
+    /// The body did not arrive within this many seconds; the connection is closed.
+    #[error("the request body did not arrive within {0} s")]
+    BodyTimeout(u64),
     /// The body is not JSON.
     #[error("unsupported media type")]
     UnsupportedMediaType,
@@ -83,7 +100,10 @@ pub struct Problem<'a> {
 impl ApiError {
     fn slug_and_title(&self) -> (&'static str, &'static str) {
         match self {
-            ApiError::Unauthorized => ("unauthorized", "Unauthorized"),
+            ApiError::Unauthorized | ApiError::UnknownToken | ApiError::TokenNotChecked => {
+                ("unauthorized", "Unauthorized")
+            }
+            ApiError::InvalidQuery { .. } => ("invalid-query", "Invalid query parameter"),
             ApiError::Forbidden(_) => ("forbidden", "Forbidden"),
             ApiError::NotFound(_) => ("not-found", "Not Found"),
             ApiError::MethodNotAllowed(_) => ("method-not-allowed", "Method Not Allowed"),
@@ -91,8 +111,12 @@ impl ApiError {
             ApiError::Refused { .. } => ("request-refused", "Request refused by the profile"),
             ApiError::Conflict(_) => ("conflict", "Conflict"),
             ApiError::TooManyRequests(_) => ("rate-limited", "Too Many Requests"),
-            ApiError::NotRecorded => ("not-recorded", "The issuance could not be recorded"),
+            // The same for /token (the assertion behind it): callers handle one type.
+            ApiError::NotRecorded | ApiError::Upstream(ExchangeError::NotRecorded) => {
+                ("not-recorded", "The issuance could not be recorded")
+            }
             ApiError::TooLarge(_) => ("body-too-large", "Request body too large"),
+            ApiError::BodyTimeout(_) => ("body-timeout", "Request Timeout"),
             ApiError::UnsupportedMediaType => ("unsupported-media-type", "Unsupported Media Type"),
             ApiError::NoSigningKey(_) => ("no-signing-key", "No signing key available"),
             ApiError::Upstream(_) => ("upstream", "The partner did not issue a token"),
@@ -113,6 +137,20 @@ impl ApiError {
             ApiError::Unauthorized => {
                 "send Authorization: Bearer <client token> (create one with `keyward clients add`)".to_owned()
             }
+            ApiError::UnknownToken => "no active client has this token: it was revoked or replaced, or it belongs \
+                                       to another keyward database (`keyward clients list` shows the clients)"
+                .to_owned(),
+            ApiError::TokenNotChecked => {
+                "this token is not known yet and too many unknown tokens arrived to look it up now; retry in a \
+                 second"
+                    .to_owned()
+            }
+            ApiError::UnsupportedMediaType => {
+                "the body must be JSON sent with Content-Type: application/json (curl: -H 'Content-Type: \
+                 application/json', or --json)"
+                    .to_owned()
+            }
+            ApiError::InvalidQuery { detail, .. } => detail.clone(),
             ApiError::InvalidBody { detail, .. } | ApiError::Refused { detail, .. } => detail.clone(),
             other => other.to_string(),
         }
@@ -122,6 +160,7 @@ impl ApiError {
         match self {
             ApiError::InvalidBody { field, .. } => field.as_deref(),
             ApiError::Refused { field, .. } => Some(field),
+            ApiError::InvalidQuery { parameter, .. } => Some(parameter),
             _ => None,
         }
     }
@@ -130,7 +169,8 @@ impl ApiError {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized | ApiError::UnknownToken | ApiError::TokenNotChecked => StatusCode::UNAUTHORIZED,
+            ApiError::InvalidQuery { .. } => StatusCode::BAD_REQUEST,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -140,6 +180,7 @@ impl ResponseError for ApiError {
             ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotRecorded => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::NoSigningKey(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Upstream(ExchangeError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
@@ -170,11 +211,22 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized => {
                 response.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"keyward\""));
             }
+            ApiError::UnknownToken => {
+                response.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"keyward\", error=\"invalid_token\""));
+            }
+            ApiError::TokenNotChecked => {
+                response.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"keyward\", error=\"invalid_token\""));
+                response.insert_header((header::RETRY_AFTER, "1"));
+            }
             ApiError::MethodNotAllowed(allow) => {
                 response.insert_header((header::ALLOW, *allow));
             }
             ApiError::TooManyRequests(wait) => {
                 response.insert_header((header::RETRY_AFTER, wait.to_string()));
+            }
+            // The rest of the body may still be on its way: the connection cannot be reused.
+            ApiError::BodyTimeout(_) => {
+                response.force_close();
             }
             _ => {}
         }

@@ -1,14 +1,16 @@
 //! Signing profiles: what a caller may get signed, decided as a pure function of the
 //! request, the profile and `now`.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use anyhow::Context;
 use regex::Regex;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::config::{parse_instant, ExchangeConfig, HmacAlgorithm, ProfileConfig, TTL_HARD_CAP};
+use crate::config::{
+    parse_instant, ClaimType, ExchangeConfig, HmacAlgorithm, ProfileConfig, DEFAULT_CLAIM_TYPE, TTL_HARD_CAP,
+};
 use crate::duration::Duration;
 
 /// What signs a profile's tokens.
@@ -37,7 +39,8 @@ pub struct Profile {
     /// The key set or secret that signs.
     pub signed_by: SignedBy,
     claims: Claims,
-    allowed_claims: BTreeSet<String>,
+    /// The claims a caller may add, with the values each takes.
+    allowed_claims: BTreeMap<String, ClaimType>,
     subject: Regex,
     subject_pattern: String,
     default_ttl: Duration,
@@ -57,7 +60,7 @@ pub struct SignRequest {
     #[serde(default)]
     pub sub: Option<String>,
     /// Lifetime in seconds; the profile's default when absent.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
     pub ttl_seconds: Option<i64>,
     /// Extra claims, each named in the profile's `allowed_claims`.
     #[serde(default)]
@@ -66,6 +69,21 @@ pub struct SignRequest {
     /// `/token` only: `false` asks the partner for a fresh token instead of a cached one.
     #[serde(default)]
     pub cache: Option<bool>,
+}
+
+/// A JSON integer, written `60` or `60.0`: JSON Schema's `integer` (what the OpenAPI
+/// document says) includes numbers with a zero fraction.
+fn whole_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    // Within ±2^53 a float is exact, so the conversion loses nothing.
+    let exact = |f: f64| (f.fract() == 0.0 && f.abs() <= 9_007_199_254_740_992.0).then_some(f as i64);
+    number
+        .as_i64()
+        .or_else(|| number.as_f64().and_then(exact))
+        .map(Some)
+        .ok_or_else(|| serde::de::Error::custom("not a whole number"))
 }
 
 /// How a refusal should be answered.
@@ -130,7 +148,11 @@ impl Profile {
             name: config.name.clone(),
             signed_by,
             claims,
-            allowed_claims: config.allowed_claims.iter().cloned().collect(),
+            allowed_claims: config
+                .allowed_claims
+                .iter()
+                .map(|name| (name.clone(), config.allowed_claim_types.get(name).copied().unwrap_or(DEFAULT_CLAIM_TYPE)))
+                .collect(),
             subject,
             subject_pattern: config.subject_pattern.clone(),
             default_ttl: config.default_ttl,
@@ -199,14 +221,21 @@ impl Profile {
         if !(1..=max).contains(&ttl) {
             return Err(refuse(RefusalKind::Unacceptable, "ttl_seconds", format!("must be between 1 and {max}")));
         }
-        for name in request.claims.keys() {
-            if !self.allowed_claims.contains(name) {
-                let allowed = self.allowed_claims.iter().cloned().collect::<Vec<_>>().join(", ");
+        for (name, value) in &request.claims {
+            let Some(claim_type) = self.allowed_claims.get(name) else {
+                let allowed = self.allowed_claims.keys().cloned().collect::<Vec<_>>().join(", ");
                 let allowed = if allowed.is_empty() { "none".to_owned() } else { allowed };
                 return Err(refuse(
                     RefusalKind::Unacceptable,
                     &format!("claims.{name}"),
                     format!("this profile does not allow the claim (allowed: {allowed})"),
+                ));
+            };
+            if !admits(claim_type, value) {
+                return Err(refuse(
+                    RefusalKind::Unacceptable,
+                    &format!("claims.{name}"),
+                    format!("must be {}", describe(claim_type)),
                 ));
             }
         }
@@ -241,6 +270,39 @@ impl Profile {
         }
         claims.extend(request.claims);
         Ok(Prepared { claims, issued_at: now, expires_at })
+    }
+}
+
+/// Whether `value` is of `claim_type`, within its size.
+fn admits(claim_type: &ClaimType, value: &Value) -> bool {
+    let short = |text: &str, max: usize| text.chars().count() <= max;
+    match (*claim_type, value) {
+        (ClaimType::String { max_length }, Value::String(text)) => short(text, max_length),
+        (ClaimType::Integer { min, max }, Value::Number(number)) => {
+            number.as_i64().is_some_and(|n| min.is_none_or(|min| n >= min) && max.is_none_or(|max| n <= max))
+        }
+        (ClaimType::Boolean {}, Value::Bool(_)) => true,
+        (ClaimType::StringArray { max_items, max_length }, Value::Array(items)) => {
+            items.len() <= max_items && items.iter().all(|item| item.as_str().is_some_and(|t| short(t, max_length)))
+        }
+        _ => false,
+    }
+}
+
+/// `claim_type` in words, for a caller whose value it refused.
+fn describe(claim_type: &ClaimType) -> String {
+    match *claim_type {
+        ClaimType::String { max_length } => format!("a string of at most {max_length} characters"),
+        ClaimType::Integer { min, max } => match (min, max) {
+            (Some(min), Some(max)) => format!("an integer from {min} to {max}"),
+            (Some(min), None) => format!("an integer of at least {min}"),
+            (None, Some(max)) => format!("an integer of at most {max}"),
+            (None, None) => "an integer".to_owned(),
+        },
+        ClaimType::Boolean {} => "true or false".to_owned(),
+        ClaimType::StringArray { max_items, max_length } => {
+            format!("an array of at most {max_items} strings of at most {max_length} characters each")
+        }
     }
 }
 
@@ -290,6 +352,19 @@ mod tests {
     }
 
     #[test]
+    fn ttl_seconds_is_any_json_integer_including_a_zero_fraction() {
+        let ttl = |body: &str| serde_json::from_str::<SignRequest>(body).map(|r| r.ttl_seconds);
+        assert_eq!(ttl(r#"{"ttl_seconds": 60}"#).unwrap(), Some(60));
+        assert_eq!(ttl(r#"{"ttl_seconds": 60.0}"#).unwrap(), Some(60));
+        assert_eq!(ttl(r#"{"ttl_seconds": -1}"#).unwrap(), Some(-1));
+        assert_eq!(ttl(r#"{"ttl_seconds": null}"#).unwrap(), None);
+        assert_eq!(ttl("{}").unwrap(), None);
+        for bad in [r#"{"ttl_seconds": 60.5}"#, r#"{"ttl_seconds": "60"}"#, r#"{"ttl_seconds": 1e300}"#] {
+            assert!(ttl(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn subject_must_match_the_whole_pattern() {
         let p = profile();
         for bad in ["", "has space", "x".repeat(129).as_str(), "ok\nnewline", "é"] {
@@ -310,6 +385,67 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.field, "claims.role");
         assert!(err.detail.contains("obo_user"));
+    }
+
+    #[test]
+    fn allowed_claims_are_strings_of_at_most_256_characters_unless_declared_otherwise() {
+        let p = profile();
+        let at = |value: Value| {
+            p.prepare(request(serde_json::json!({"sub": "a", "claims": {"obo_user": value}})), 0, "j".into())
+        };
+        assert!(at(Value::String("u".repeat(256))).is_ok());
+        for bad in [
+            Value::String("u".repeat(257)),
+            serde_json::json!(5),
+            serde_json::json!(["u"]),
+            serde_json::json!({"a": 1}),
+            Value::Null,
+        ] {
+            let err = at(bad.clone()).unwrap_err();
+            assert_eq!((err.kind, err.field.as_str()), (RefusalKind::Unacceptable, "claims.obo_user"), "{bad}");
+            assert_eq!(err.detail, "must be a string of at most 256 characters");
+        }
+
+        let mut config = Config::default().profiles[0].clone();
+        config.allowed_claims = ["obo_user", "roles", "tier", "beta"].map(str::to_owned).to_vec();
+        config.allowed_claim_types = BTreeMap::from([
+            ("obo_user".to_owned(), ClaimType::String { max_length: 3 }),
+            ("roles".to_owned(), ClaimType::StringArray { max_items: 2, max_length: 4 }),
+            ("tier".to_owned(), ClaimType::Integer { min: Some(0), max: Some(10) }),
+            ("beta".to_owned(), ClaimType::Boolean {}),
+        ]);
+        let p = Profile::compile(&config).unwrap();
+        let judge = |name: &str, value: Value| {
+            p.prepare(request(serde_json::json!({"sub": "a", "claims": {name: value}})), 0, "j".into())
+                .map(|_| ())
+                .map_err(|e| e.field)
+        };
+        let cases = [
+            ("obo_user", serde_json::json!("abc"), true),
+            ("obo_user", serde_json::json!("abcd"), false),
+            ("roles", serde_json::json!(["a", "abcd"]), true),
+            ("roles", serde_json::json!([]), true),
+            ("roles", serde_json::json!(["a", "b", "c"]), false),
+            ("roles", serde_json::json!(["abcde"]), false),
+            ("roles", serde_json::json!([1]), false),
+            ("roles", serde_json::json!([["a"]]), false),
+            ("roles", serde_json::json!("a"), false),
+            ("tier", serde_json::json!(0), true),
+            ("tier", serde_json::json!(10), true),
+            ("tier", serde_json::json!(11), false),
+            ("tier", serde_json::json!(-1), false),
+            ("tier", serde_json::json!(1.5), false),
+            ("tier", serde_json::json!("1"), false),
+            ("beta", serde_json::json!(true), true),
+            ("beta", serde_json::json!("true"), false),
+        ];
+        for (name, value, accepted) in cases {
+            let judged = judge(name, value.clone());
+            assert_eq!(judged.is_ok(), accepted, "{name} = {value}: {judged:?}");
+            if !accepted {
+                assert_eq!(judged.unwrap_err(), format!("claims.{name}"));
+            }
+        }
     }
 
     #[test]

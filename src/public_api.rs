@@ -60,8 +60,7 @@ async fn dispatch(req: HttpRequest, state: web::Data<PublicState>) -> Result<Htt
     let snapshot = state.shared.snapshot();
     match (path, route) {
         ("/healthz", _) => Ok(status_json(HttpResponse::Ok(), "ok")),
-        ("/readyz", _) if state.shared.is_ready() => Ok(status_json(HttpResponse::Ok(), "ready")),
-        ("/readyz", _) => Ok(status_json(HttpResponse::ServiceUnavailable(), "not ready")),
+        ("/readyz", _) => Ok(readiness_json(state.shared.readiness())),
         (_, Some(route)) => {
             let doc = snapshot
                 .key_sets
@@ -91,7 +90,27 @@ async fn dispatch(req: HttpRequest, state: web::Data<PublicState>) -> Result<Htt
     }
 }
 
+/// The body of the health routes.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct HealthStatus {
+    /// `ok`, `ready` or `not ready`.
+    status: &'static str,
+    /// Why the server is not ready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+}
+
+/// `/readyz`'s answer: 200 `ready`, or 503 `not ready` with the reason.
+pub fn readiness_json(readiness: Result<(), &str>) -> HttpResponse {
+    match readiness {
+        Ok(()) => status_json(HttpResponse::Ok(), "ready"),
+        Err(reason) => HttpResponse::ServiceUnavailable()
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .json(HealthStatus { status: "not ready", reason: Some(reason.to_owned()) }),
+    }
+}
+
 /// A tiny `{"status": ...}` body, never cached.
-pub fn status_json(mut builder: actix_web::HttpResponseBuilder, status: &str) -> HttpResponse {
-    builder.insert_header((header::CACHE_CONTROL, "no-store")).json(serde_json::json!({ "status": status }))
+pub fn status_json(mut builder: actix_web::HttpResponseBuilder, status: &'static str) -> HttpResponse {
+    builder.insert_header((header::CACHE_CONTROL, "no-store")).json(HealthStatus { status, reason: None })
 }

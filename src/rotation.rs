@@ -30,6 +30,8 @@ pub struct Policy {
     pub publish_ahead: i64,
     /// How long a key stays published after it stopped signing.
     pub retain_for: i64,
+    /// How long a verifier may hold a JWKS: `jwks_max_age + clock_skew`.
+    pub cache_window: i64,
 }
 
 impl Policy {
@@ -49,6 +51,7 @@ impl Policy {
             rotate_every: set.rotate_every.as_secs_i64(),
             publish_ahead: set.publish_ahead.as_secs_i64(),
             retain_for: max_ttl.as_secs_i64().saturating_add(set.retain_after.as_secs_i64()),
+            cache_window: set.cache_window().as_secs_i64(),
         }
     }
 
@@ -115,6 +118,18 @@ pub enum Refused {
     /// There is no next key of the configured kind to hand over to.
     #[error("the set has no published next key of its configured algorithm; the scheduler publishes one")]
     NoNextKey,
+    /// The key was never in the JWKS, so no verifier has it.
+    #[error("key {kid} has never been published: verifiers would reject its tokens")]
+    NeverPublished {
+        /// The key.
+        kid: String,
+    },
+    /// Adding a next key would retire the set's published next key.
+    #[error("the set already has a next key, {kid}; replacing it retires it")]
+    NextKeyExists {
+        /// The published next key.
+        kid: String,
+    },
     /// No such key in the set.
     #[error("no key {0}")]
     UnknownKey(String),
@@ -200,19 +215,96 @@ pub fn plan(keys: &[KeyRecord], policy: &Policy, now: i64) -> Plan {
     Plan { steps, wake_at }
 }
 
+/// Whether `key` may start signing at `now`: only once it has been published for
+/// `publish_ahead`, so that every verifier's cached JWKS holds it; `force` overrides.
+pub fn may_sign(key: &KeyRecord, policy: &Policy, now: i64, force: bool) -> Result<(), Refused> {
+    if force {
+        return Ok(());
+    }
+    let Some(published) = key.published_at else {
+        return Err(Refused::NeverPublished { kid: key.kid.clone() });
+    };
+    let not_before = published.saturating_add(policy.publish_ahead);
+    if not_before > now {
+        return Err(Refused::TooEarly { kid: key.kid.clone(), not_before });
+    }
+    Ok(())
+}
+
 /// An operator's planned rotation at `now`: refused while the next key is too freshly
 /// published, unless `force`.
 pub fn rotate_now(keys: &[KeyRecord], policy: &Policy, now: i64, force: bool) -> Result<Vec<Step>, Refused> {
     match next(keys).filter(|n| policy.fits(n)) {
         Some(next) => {
-            let not_before = published_at(next).saturating_add(policy.publish_ahead);
-            if not_before > now && !force {
-                return Err(Refused::TooEarly { kid: next.kid.clone(), not_before });
-            }
+            may_sign(next, policy, now, force)?;
             Ok(vec![Step::Promote { kid: next.kid.clone() }, Step::CreateNext])
         }
         None if force => Ok(vec![Step::CreateCurrent, Step::CreateNext]),
         None => Err(Refused::NoNextKey),
+    }
+}
+
+/// What an operator asks of an imported key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ImportAs {
+    /// Sign with it at once (the current key becomes previous).
+    pub activate: bool,
+    /// With `activate`: even though no verifier can have it yet.
+    pub force: bool,
+    /// Without `activate`: retire the set's next key to make room for it.
+    pub replace_next: bool,
+}
+
+/// The steps that add `imported` (not stored yet, never published) to a set at `now`.
+pub fn import(
+    keys: &[KeyRecord],
+    imported: &KeyRecord,
+    policy: &Policy,
+    now: i64,
+    how: ImportAs,
+) -> Result<Vec<Step>, Refused> {
+    if how.activate {
+        may_sign(imported, policy, now, how.force)?;
+        return Ok(vec![Step::CreateCurrent]);
+    }
+    let nexts: Vec<&KeyRecord> = find(keys, KeyState::Next).collect();
+    if let (Some(existing), false) = (nexts.first(), how.replace_next) {
+        return Err(Refused::NextKeyExists { kid: existing.kid.clone() });
+    }
+    let mut steps: Vec<Step> = nexts.iter().map(|k| Step::Retire { kid: k.kid.clone() }).collect();
+    steps.push(Step::CreateNext);
+    Ok(steps)
+}
+
+/// How long a key had been published when it started signing, against how long verifiers
+/// may cache the JWKS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Exposure {
+    /// The signing key.
+    pub kid: String,
+    /// Seconds it had been in the JWKS when it started signing.
+    pub published_for: i64,
+    /// `jwks_max_age + clock_skew` of its set, in seconds.
+    pub cache_window: i64,
+    /// Whether `published_for` is under `cache_window`.
+    pub within_cache_window: bool,
+    /// If so, until when (Unix seconds) a verifier holding a JWKS cached before the key
+    /// appeared may reject its tokens.
+    pub may_be_rejected_until: Option<i64>,
+}
+
+/// The exposure of `signer`, which signs since `now` at the latest.
+pub fn exposure(signer: &KeyRecord, policy: &Policy, now: i64) -> Exposure {
+    let published = published_at(signer);
+    let signing_from = signer.activated_at.unwrap_or(now);
+    let published_for = signing_from.saturating_sub(published).max(0);
+    let within = published_for < policy.cache_window;
+    Exposure {
+        kid: signer.kid.clone(),
+        published_for,
+        cache_window: policy.cache_window,
+        within_cache_window: within,
+        may_be_rejected_until: within.then(|| published.saturating_add(policy.cache_window)),
     }
 }
 
@@ -406,7 +498,14 @@ mod tests {
     }
 
     fn small_policy() -> Policy {
-        Policy { algorithm: Algorithm::Es256, rsa_bits: 2048, rotate_every: 10, publish_ahead: 4, retain_for: 6 }
+        Policy {
+            algorithm: Algorithm::Es256,
+            rsa_bits: 2048,
+            rotate_every: 10,
+            publish_ahead: 4,
+            retain_for: 6,
+            cache_window: 4,
+        }
     }
 
     /// A fresh key of the policy's kind, as the key store would hand it over.
@@ -599,6 +698,69 @@ mod tests {
         assert_eq!(states(&keys, KeyState::Next), 1);
         assert_eq!(revoke(&keys, &cur), Err(Refused::AlreadyRevoked(cur)));
         assert_eq!(revoke(&keys, "nope"), Err(Refused::UnknownKey("nope".into())));
+    }
+
+    #[test]
+    fn revoking_right_after_a_rotation_promotes_a_key_inside_the_cache_window_and_says_until_when() {
+        let p = policy();
+        let mut keys = Vec::new();
+        settle(&mut keys, &p, 0);
+        // A forced rotation at t=1000 publishes a new next key; revoking the signer at 1010
+        // makes that ten-second-old key sign.
+        let steps = rotate_now(&keys, &p, 1_000, true).unwrap();
+        run(&mut keys, &steps, &p, 1_000);
+        let (cur, nxt) = (current(&keys).unwrap().kid.clone(), next(&keys).unwrap().kid.clone());
+        let steps = revoke(&keys, &cur).unwrap();
+        run(&mut keys, &steps, &p, 1_010);
+        let signer = current(&keys).unwrap();
+        assert_eq!(signer.kid, nxt);
+        let seen = exposure(signer, &p, 1_010);
+        assert_eq!((seen.published_for, seen.cache_window), (10, 360));
+        assert!(seen.within_cache_window);
+        assert_eq!(seen.may_be_rejected_until, Some(1_000 + 360));
+        // A next key published for the whole window is safe, to the second.
+        let mut keys = Vec::new();
+        settle(&mut keys, &p, 0);
+        let cur = current(&keys).unwrap().kid.clone();
+        let steps = revoke(&keys, &cur).unwrap();
+        run(&mut keys, &steps, &p, 360);
+        let seen = exposure(current(&keys).unwrap(), &p, 360);
+        assert_eq!((seen.published_for, seen.within_cache_window, seen.may_be_rejected_until), (360, false, None));
+    }
+
+    #[test]
+    fn an_imported_key_signs_at_once_only_with_force_by_the_rotation_rule() {
+        let p = policy();
+        let mut keys = Vec::new();
+        settle(&mut keys, &p, 0);
+        let imported = fresh(1, &p, 50).remove(0);
+        let activate = ImportAs { activate: true, ..ImportAs::default() };
+        assert_eq!(
+            import(&keys, &imported, &p, 50, activate),
+            Err(Refused::NeverPublished { kid: imported.kid.clone() })
+        );
+        // The same rule as a planned rotation: may_sign refuses it for both.
+        assert_eq!(may_sign(&imported, &p, 50, false), Err(Refused::NeverPublished { kid: imported.kid.clone() }));
+        let forced = ImportAs { activate: true, force: true, ..ImportAs::default() };
+        assert_eq!(import(&keys, &imported, &p, 50, forced), Ok(vec![Step::CreateCurrent]));
+    }
+
+    #[test]
+    fn importing_a_next_key_retires_the_published_one_only_when_told() {
+        let p = policy();
+        let mut keys = Vec::new();
+        settle(&mut keys, &p, 0);
+        let nxt = next(&keys).unwrap().kid.clone();
+        let imported = fresh(1, &p, 50).remove(0);
+        assert_eq!(
+            import(&keys, &imported, &p, 50, ImportAs::default()),
+            Err(Refused::NextKeyExists { kid: nxt.clone() })
+        );
+        let replace = ImportAs { replace_next: true, ..ImportAs::default() };
+        assert_eq!(import(&keys, &imported, &p, 50, replace), Ok(vec![Step::Retire { kid: nxt }, Step::CreateNext]));
+        // A set without a next key takes it as its next key with no flag.
+        let without_next: Vec<KeyRecord> = keys.iter().filter(|k| k.state() != KeyState::Next).cloned().collect();
+        assert_eq!(import(&without_next, &imported, &p, 50, ImportAs::default()), Ok(vec![Step::CreateNext]));
     }
 
     #[test]

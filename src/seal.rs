@@ -22,7 +22,9 @@ const NONCE_LEN: usize = 12;
 #[derive(Debug, thiserror::Error)]
 pub enum SealError {
     /// The master key given is not base64 of 32 bytes.
-    #[error("the master key from {origin} is not base64 of exactly 32 bytes")]
+    #[error(
+        "the master key from {origin} is not base64 of exactly 32 bytes (make one with `openssl rand -base64 32`)"
+    )]
     BadMasterKey {
         /// Where it came from.
         origin: String,
@@ -178,7 +180,7 @@ impl MasterKey {
 /// whole (written aside, then linked into place), so a concurrent reader never sees it empty.
 fn write_new_key_file(path: &Path, key: &MasterKey) -> std::io::Result<()> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)?;
+        crate::private_files::private_dir_builder().create(parent)?;
     }
     let mut aside = path.as_os_str().to_owned();
     aside.push(format!(".{}-{:08x}.tmp", std::process::id(), rand::random::<u32>()));
@@ -195,32 +197,11 @@ fn write_new_key_file(path: &Path, key: &MasterKey) -> std::io::Result<()> {
 
 /// Creates `path` (which must not exist) with mode 0600 and the key in base64.
 fn write_key_file(path: &Path, key: &MasterKey) -> std::io::Result<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(path)?;
+    let mut file = crate::private_files::private_file_options().write(true).create_new(true).open(path)?;
     let encoded = Zeroizing::new(STANDARD.encode(key.key.as_ref()));
     file.write_all(encoded.as_bytes())?;
     file.write_all(b"\n")?;
     file.sync_all()
-}
-
-/// Whether a key file can be read by others than its owner (unix only).
-pub fn key_file_is_shared(path: &Path) -> bool {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 != 0)
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = path;
-        false
-    }
 }
 
 #[cfg(test)]
@@ -265,7 +246,7 @@ mod tests {
         let path = dir.path().join("sub/master.key");
         let (first, origin) = MasterKey::resolve(None, &path, true).unwrap();
         assert_eq!(origin, MasterKeyOrigin::Generated(path.clone()));
-        assert!(!key_file_is_shared(&path));
+        assert_eq!(crate::private_files::shared_mode(&path), None);
         let (second, origin) = MasterKey::resolve(None, &path, true).unwrap();
         assert_eq!(origin, MasterKeyOrigin::File(path.clone()));
         assert_eq!(first.id(), second.id());

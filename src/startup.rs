@@ -68,7 +68,7 @@ impl Application {
             metrics.clone(),
             std::time::Duration::from_millis(config.server.ledger_commit_interval_ms),
         );
-        let shared = Arc::new(Shared::load(pool, Arc::clone(&config), master, metrics).await?);
+        let shared = Arc::new(Shared::load(pool, Arc::clone(&config), master, metrics, ledger.health()).await?);
 
         let profiles = config
             .profiles

@@ -16,6 +16,7 @@ use crate::db;
 use crate::jwks::{self, JwksDocument};
 use crate::keys::{PublicKey, SecretKey, SigningKey};
 use crate::keystore::{self, KeyState};
+use crate::ledger::LedgerHealth;
 use crate::metrics::Metrics;
 use crate::rotation::{self, Policy};
 use crate::seal::MasterKey;
@@ -25,8 +26,13 @@ fn generation_time() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
-/// How often a server looks for changes made by other processes.
-pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a server looks for changes made by other processes (a `PRAGMA data_version`
+/// on a connection of its own: no table is read unless something was committed).
+pub const WATCH_INTERVAL: Duration = Duration::from_millis(50);
+
+/// At most this many store look-ups per second for bearer tokens the snapshot does not know,
+/// so that a flood of bad tokens cannot become a flood of queries.
+const RECHECKS_PER_SECOND: u32 = 20;
 
 /// One key set as served.
 #[derive(Debug, Clone)]
@@ -71,6 +77,38 @@ pub struct Shared {
     master: MasterKey,
     metrics: Metrics,
     database_ok: AtomicBool,
+    ledger: LedgerHealth,
+    /// Held during a re-check: concurrent unknown tokens wait for it (single flight), and
+    /// it counts the look-ups of the current second.
+    recheck: tokio::sync::Mutex<RecheckBudget>,
+}
+
+/// Look-ups spent in the current one-second window.
+#[derive(Default)]
+struct RecheckBudget {
+    window: Option<std::time::Instant>,
+    spent: u32,
+}
+
+impl RecheckBudget {
+    fn take(&mut self, now: std::time::Instant) -> bool {
+        if self.window.is_none_or(|start| now.duration_since(start) >= Duration::from_secs(1)) {
+            self.window = Some(now);
+            self.spent = 0;
+        }
+        self.spent += 1;
+        self.spent <= RECHECKS_PER_SECOND
+    }
+}
+
+/// What a re-check of an unknown bearer token found.
+pub enum Recheck {
+    /// The store knows it: here is a snapshot that does too.
+    Known(Arc<Snapshot>),
+    /// The store does not know it (or it is revoked, or not a keyward token).
+    Unknown,
+    /// Not looked up: too many unknown tokens this second.
+    NotChecked,
 }
 
 impl Shared {
@@ -80,6 +118,7 @@ impl Shared {
         config: Arc<Config>,
         master: MasterKey,
         metrics: Metrics,
+        ledger: LedgerHealth,
     ) -> anyhow::Result<Self> {
         let shared = Shared {
             current: RwLock::new(Arc::default()),
@@ -88,6 +127,8 @@ impl Shared {
             master,
             metrics,
             database_ok: AtomicBool::new(true),
+            ledger,
+            recheck: tokio::sync::Mutex::default(),
         };
         shared.reload().await?;
         Ok(shared)
@@ -121,9 +162,18 @@ impl Shared {
         &self.metrics
     }
 
-    /// Ready to serve: the database answered the last poll and every key set can sign.
-    pub fn is_ready(&self) -> bool {
-        self.database_ok.load(Ordering::Relaxed) && self.snapshot().is_ready()
+    /// Ready to serve: the database answered the last poll, the ledger commits and every
+    /// key set can sign. Otherwise, why not.
+    pub fn readiness(&self) -> Result<(), &'static str> {
+        if !self.database_ok.load(Ordering::Relaxed) {
+            Err("the database does not answer")
+        } else if self.ledger.is_failing() {
+            Err("the issuance ledger cannot commit (is the disk full?)")
+        } else if !self.snapshot().is_ready() {
+            Err("a key set has no signing key")
+        } else {
+            Ok(())
+        }
     }
 
     /// Rebuilds the snapshot from the database and swaps it in.
@@ -171,10 +221,43 @@ impl Shared {
         Ok(())
     }
 
+    /// A bearer token the snapshot does not know may have been created a moment ago by the
+    /// CLI: look its hash up in the store and, if it is there, reload before answering.
+    /// Bounded: one look-up at a time, at most [`RECHECKS_PER_SECOND`].
+    pub async fn recheck(&self, token: &str) -> Recheck {
+        let Some(token_id) = clients::token_id(token) else {
+            return Recheck::Unknown;
+        };
+        let mut budget = self.recheck.lock().await;
+        // A re-check that ran while this one waited may have loaded the client already.
+        let snapshot = self.snapshot();
+        if snapshot.clients.authenticate(token).is_some() {
+            return Recheck::Known(snapshot);
+        }
+        if !budget.take(std::time::Instant::now()) {
+            return Recheck::NotChecked;
+        }
+        match clients::is_active_token(&self.pool, token_id, token, generation_time()).await {
+            Ok(true) => {}
+            Ok(false) => return Recheck::Unknown,
+            Err(err) => {
+                tracing::warn!(error = format!("{err:#}"), "looking up an unknown bearer token failed");
+                return Recheck::NotChecked;
+            }
+        }
+        if let Err(err) = self.reload().await {
+            tracing::error!(error = format!("{err:#}"), "reloading after finding a new client failed");
+            return Recheck::NotChecked;
+        }
+        Recheck::Known(self.snapshot())
+    }
+
     /// Reloads whenever another process changes keys or clients, until `stop` turns true.
     pub async fn watch_until_stopped(&self, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
         let mut ticker = tokio::time::interval(WATCH_INTERVAL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let path = self.config.database_path();
+        let mut watcher: Option<(sqlx::SqliteConnection, i64)> = None;
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
@@ -184,21 +267,64 @@ impl Shared {
                     }
                 }
             }
+            // Only a commit by any connection (this server's included) moves data_version;
+            // then the generation says whether keys or clients changed (ledger rows do not).
+            let polled = async {
+                let (mut conn, seen) = match watcher.take() {
+                    Some(w) => w,
+                    None => (db::connect_watcher(&path).await?, i64::MIN),
+                };
+                let version = db::data_version(&mut conn).await?;
+                watcher = Some((conn, version));
+                anyhow::Ok(version != seen)
+            }
+            .await;
+            let committed = match polled {
+                Ok(committed) => committed,
+                Err(err) => {
+                    self.database_ok.store(false, Ordering::Relaxed);
+                    tracing::warn!(error = format!("{err:#}"), "database unavailable");
+                    continue;
+                }
+            };
+            if !committed {
+                continue;
+            }
             let seen = self.snapshot().generation;
             let polled = db::generation(&self.pool).await.context("polling for changes");
             self.database_ok.store(polled.is_ok(), Ordering::Relaxed);
             match polled {
                 Ok(generation) if generation != seen => {
                     if let Err(err) = self.reload().await {
-                        // Keep serving the last good snapshot; try again next tick.
+                        // Keep serving the last good snapshot; try again at the next tick.
+                        watcher = None;
                         tracing::error!(error = format!("{err:#}"), "reloading keys and clients failed");
                     } else {
                         tracing::info!(generation, "reloaded keys and clients after a change");
                     }
                 }
                 Ok(_) => {}
-                Err(err) => tracing::warn!(error = format!("{err:#}"), "database unavailable"),
+                Err(err) => {
+                    // Not ready until the generation reads again: ask at every tick.
+                    watcher = None;
+                    tracing::warn!(error = format!("{err:#}"), "database unavailable");
+                }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_token_lookups_are_bounded_per_second() {
+        let start = std::time::Instant::now();
+        let mut budget = RecheckBudget::default();
+        let granted = (0..RECHECKS_PER_SECOND * 5).filter(|_| budget.take(start)).count();
+        assert_eq!(granted, RECHECKS_PER_SECOND as usize);
+        assert!(!budget.take(start + Duration::from_millis(999)));
+        assert!(budget.take(start + Duration::from_secs(1)), "a new second grants look-ups again");
     }
 }

@@ -62,14 +62,14 @@ fn unknown_environment_variables_are_named_in_a_warning() {
 #[test]
 fn a_missing_or_wrong_master_key_is_refused_and_nothing_is_written() {
     let dir = tempfile::tempdir().unwrap();
-    let out = keyward(dir.path(), &["keys", "rotate", "npm", "--force"]);
+    let out = keyward(dir.path(), &["--init", "keys", "rotate", "npm", "--force"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let key_file = dir.path().join("master.key");
     let original = std::fs::read(&key_file).unwrap();
 
     // Another key in the file: refused, naming both ids; the file is left as it is.
     let other = format!("{}\n", base64_of([3u8; 32]));
-    std::fs::write(&key_file, &other).unwrap();
+    write_key_file(&key_file, &other);
     let out = keyward(dir.path(), &["keys", "rotate", "npm", "--force"]);
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("sealed with master key"), "{}", text(&out.stderr));
@@ -82,9 +82,16 @@ fn a_missing_or_wrong_master_key_is_refused_and_nothing_is_written() {
     assert!(text(&out.stderr).contains("restore that key"), "{}", text(&out.stderr));
     assert!(!key_file.exists());
 
-    std::fs::write(&key_file, &original).unwrap();
+    write_key_file(&key_file, &original);
     let out = keyward(dir.path(), &["keys", "rotate", "npm", "--force"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+/// A master key file as an operator must leave it: readable by its owner only.
+fn write_key_file(path: &std::path::Path, text: impl AsRef<[u8]>) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
 fn base64_of(bytes: [u8; 32]) -> String {
@@ -95,7 +102,7 @@ fn base64_of(bytes: [u8; 32]) -> String {
 #[test]
 fn clients_add_prints_only_the_token_and_stores_only_its_hash() {
     let dir = tempfile::tempdir().unwrap();
-    let out = keyward(dir.path(), &["clients", "add", "billing", "--profiles", "npm-sandbox"]);
+    let out = keyward(dir.path(), &["--init", "clients", "add", "billing", "--profiles", "npm-sandbox"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     let lines: Vec<&str> = stdout.lines().collect();
@@ -190,6 +197,6 @@ fn kids_and_names_that_start_with_a_hyphen_are_values_not_options() {
         assert!(!err.contains("unexpected argument"), "{args:?}: {err}");
     }
     // Parsed as a kid, it is simply not found.
-    let out = keyward(dir.path(), &["keys", "export", "-nMObhUPmukzpuzzHBkXCsjtv_98tyLvbc7iMBKjqhs"]);
+    let out = keyward(dir.path(), &["--init", "keys", "export", "-nMObhUPmukzpuzzHBkXCsjtv_98tyLvbc7iMBKjqhs"]);
     assert!(!out.status.success() && text(&out.stderr).contains("no key -nMOb"), "{}", text(&out.stderr));
 }

@@ -264,11 +264,9 @@ fn write_pem(dir: &Path, name: &str, pem: &[u8]) -> PathBuf {
     path
 }
 
-fn import(dir: &Path, pem: &Path, activate: bool) -> Output {
+fn import(dir: &Path, pem: &Path, flags: &[&str]) -> Output {
     let mut args = vec!["keys", "import", "npm", "--pem", pem.to_str().unwrap()];
-    if activate {
-        args.push("--activate");
-    }
+    args.extend(flags);
     keyward(dir, &args)
 }
 
@@ -412,7 +410,7 @@ async fn secrets_set_reads_standard_input_and_a_server_on_that_database_signs_wi
     // As `printf '%s\n' "$SECRET" | keyward secrets set partner-api`: the shell's newline goes.
     let mut piped = PARTNER_SECRET.to_vec();
     piped.push(b'\n');
-    let out = keyward_with_stdin(&path, &["secrets", "set", "partner-api"], &piped);
+    let out = keyward_with_stdin(&path, &["--init", "secrets", "set", "partner-api"], &piped);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(out.stdout.is_empty(), "stdout: {:?}", text(&out.stdout));
     assert!(!contains(&out.stderr, PARTNER_SECRET));
@@ -488,7 +486,7 @@ async fn public_keys_export_as_pem_pem_base64_and_jwk_equal_to_the_jwks() {
             assert!(out.status.success(), "{}", text(&out.stderr));
             assert_eq!(text(&out.stdout), pem);
             let out = keyward(dir, &["keys", "export", kid]);
-            assert_eq!(text(&out.stdout), pem, "pem is the CLI's default");
+            assert_eq!(&serde_json::from_slice::<Value>(&out.stdout).unwrap(), jwk, "jwk is the default, as the API's");
             let out = keyward(dir, &["keys", "export", kid, "--format", "pem-base64"]);
             assert!(out.status.success(), "{}", text(&out.stderr));
             assert_eq!(text(&out.stdout), format!("{pem_base64}\n"));
@@ -540,10 +538,11 @@ async fn imported_rsa_keys_join_as_next_or_with_activate_sign_at_once() {
     let pkcs1_file = write_pem(&dir, "pkcs1.pem", &pkcs1);
     let (n1, e1) = rsa_public_members(&pkcs1);
     let kid1 = rsa_thumbprint(&n1, &e1);
-    let out = import(&dir, &pkcs1_file, false);
+    let out = import(&dir, &pkcs1_file, &["--replace-next"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(out.stdout.is_empty());
     assert!(text(&out.stderr).contains(&kid1), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains(&format!("{old_next} is retired")), "{}", text(&out.stderr));
     let states = key_states(&dir);
     assert_eq!(states[&kid1], "next", "{states:?}");
     assert_eq!(states[&old_next], "retired", "{states:?}");
@@ -565,7 +564,7 @@ async fn imported_rsa_keys_join_as_next_or_with_activate_sign_at_once() {
     let pkcs8_file = write_pem(&dir, "pkcs8.pem", &pkcs8);
     let (n2, e2) = rsa_public_members(&pkcs8);
     let kid2 = rsa_thumbprint(&n2, &e2);
-    let out = import(&dir, &pkcs8_file, true);
+    let out = import(&dir, &pkcs8_file, &["--activate", "--force"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let states = key_states(&dir);
     assert_eq!(states[&kid2], "current", "{states:?}");
@@ -588,12 +587,58 @@ async fn imported_rsa_keys_join_as_next_or_with_activate_sign_at_once() {
     assert_eq!(jwks["keys"][0]["kid"], kid2.as_str(), "the signing key is listed first");
 
     // The same key twice: refused, nothing changes.
-    for (file, activate) in [(&pkcs1_file, false), (&pkcs8_file, true)] {
-        let out = import(&dir, file, activate);
+    for (file, flags) in [(&pkcs1_file, &["--replace-next"][..]), (&pkcs8_file, &["--activate", "--force"][..])] {
+        let out = import(&dir, file, flags);
         assert!(!out.status.success(), "a key was imported twice");
         assert!(text(&out.stderr).contains("already stored"), "{}", text(&out.stderr));
     }
     assert_eq!(key_states(&dir), states);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_neither_retires_the_next_key_nor_signs_with_an_unpublished_key_unless_told() {
+    let app = spawn_for_cli(|_| {}).await;
+    let dir = app.dir.path().to_owned();
+    let before = key_states(&dir);
+    let (old_current, old_next) = (kid_in_state(&before, "current"), kid_in_state(&before, "next"));
+    let first = write_pem(&dir, "first.pem", &rsa_pkcs8_pem(2048));
+    let (n, e) = rsa_public_members(&std::fs::read(&first).unwrap());
+    let first_kid = rsa_thumbprint(&n, &e);
+
+    // As the next key: the published next key would be retired, so it is refused, naming it.
+    let out = import(&dir, &first, &[]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains(&old_next) && err.contains("--replace-next"), "{err}");
+    assert_eq!(key_states(&dir), before, "a refused import changed the keys");
+
+    // As the signing key: never published, so refused as `keys rotate` refuses a fresh key.
+    let out = import(&dir, &first, &["--activate"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("never been published") && err.contains("--force"), "{err}");
+    assert_eq!(key_states(&dir), before, "a refused import changed the keys");
+
+    // --replace-next says what it retired.
+    let out = import(&dir, &first, &["--replace-next"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let said = text(&out.stderr);
+    assert!(said.contains(&format!("{old_next} is retired")) && said.contains(&first_kid), "{said}");
+    let states = key_states(&dir);
+    assert_eq!((states[&first_kid].as_str(), states[&old_next].as_str()), ("next", "retired"), "{states:?}");
+
+    // --activate --force signs at once, and says until when verifiers may reject its tokens.
+    let second = write_pem(&dir, "second.pem", &rsa_pkcs8_pem(2048));
+    let (n, e) = rsa_public_members(&std::fs::read(&second).unwrap());
+    let second_kid = rsa_thumbprint(&n, &e);
+    let out = import(&dir, &second, &["--activate", "--force"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let said = text(&out.stderr);
+    assert!(said.contains(&format!("the new signing key {second_kid} has been published for only")), "{said}");
+    assert!(said.contains("may reject its tokens until"), "{said}");
+    let states = key_states(&dir);
+    assert_eq!((states[&second_kid].as_str(), states[&old_current].as_str()), ("current", "previous"));
+    assert_eq!(states[&first_kid], "next", "an activated import leaves the next key alone");
 }
 
 #[test]
@@ -616,9 +661,11 @@ fn unusable_private_keys_are_refused_without_echoing_them() {
         ("garbage.pem", b"this is not a key at all\nAAAAbbbbCCCCddddEEEE\n".to_vec(), "not a PEM private key"),
         ("damaged.pem", damaged, ""),
     ];
+    // The database exists (only `serve` or `--init` creates one).
+    assert!(keyward(dir, &["--init", "keys", "list"]).status.success());
     for (name, pem, says) in cases {
         let file = write_pem(dir, name, &pem);
-        let out = import(dir, &file, false);
+        let out = import(dir, &file, &[]);
         let err = text(&out.stderr);
         assert!(!out.status.success(), "{name} was imported");
         assert!(out.stdout.is_empty(), "{name}: {}", text(&out.stdout));
@@ -639,7 +686,7 @@ async fn an_imported_key_of_another_size_than_the_set_makes_is_refused_and_chang
     let dir = app.dir.path().to_owned();
     let before = key_states(&dir);
     let pem = rsa_pkcs8_pem(3072);
-    let out = import(&dir, &write_pem(&dir, "rsa3072.pem", &pem), false);
+    let out = import(&dir, &write_pem(&dir, "rsa3072.pem", &pem), &["--replace-next"]);
     assert!(!out.status.success());
     let err = text(&out.stderr);
     assert!(err.contains("2048") && err.contains("3072") && err.contains("rsa_bits"), "{err}");

@@ -1,11 +1,14 @@
 //! Integration tests: the real application on port 0, spoken to over HTTP.
 
 mod cli;
+mod first_hour;
 mod helpers;
 mod jwks;
 mod keys_and_secrets;
+mod openapi;
 mod operations;
 mod partners;
+mod reliability;
 mod rotation;
 mod sign;
 mod storage;

@@ -301,14 +301,26 @@ async fn a_ledger_that_cannot_write_refuses_to_issue() {
     let failed = [("profile", PROFILE), ("alg", "ES256"), ("outcome", "failed")];
     assert_eq!(sample(&exposition, "keyward_tokens_issued_total", &failed), Some(3.0), "{exposition}");
 
-    // The database still answers the watcher's poll: ready, signing from memory.
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-    assert_eq!(status_of(&app, &app.internal, "/readyz").await, 200);
-    assert_eq!(status_of(&app, &app.public, "/readyz").await, 200);
+    // Not ready while the ledger cannot commit, on both listeners, saying why.
+    for base in [&app.public, &app.internal] {
+        let response = app.http.get(format!("{base}/readyz")).send().await.unwrap();
+        assert_eq!(response.status(), 503);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["status"], "not ready");
+        assert!(body["reason"].as_str().is_some_and(|r| r.contains("ledger")), "{body}");
+    }
 
-    // Once the ledger can write again, tokens are issued (and recorded) again.
+    // Once the ledger can write again, the writer's own probe finds out (no request
+    // needed): ready again, and tokens are issued (and recorded) again.
     let migration = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/20261123000003_issuance_ledger.sql"));
     sqlx::raw_sql(migration).execute(&app.pool).await.unwrap();
+    let ready = app
+        .eventually(Duration::from_secs(10), || async {
+            status_of(&app, &app.public, "/readyz").await == 200
+                && status_of(&app, &app.internal, "/readyz").await == 200
+        })
+        .await;
+    assert!(ready, "/readyz not ready 10 s after the ledger could write again");
     let signed = app.sign_ok(PROFILE, &token, &json!({"sub": "after"})).await;
     let rows = all_rows(&app.pool).await;
     assert_eq!(rows.len(), 1);
@@ -337,7 +349,10 @@ async fn readyz_fails_on_both_listeners_while_the_database_does_not_answer() {
     for base in [&app.public, &app.internal] {
         let response = app.http.get(format!("{base}/readyz")).send().await.unwrap();
         assert_eq!(response.status(), 503);
-        assert_eq!(response.json::<Value>().await.unwrap(), json!({"status": "not ready"}));
+        assert_eq!(
+            response.json::<Value>().await.unwrap(),
+            json!({"status": "not ready", "reason": "the database does not answer"})
+        );
         assert_eq!(status_of(&app, base, "/healthz").await, 200, "{base}/healthz");
     }
 

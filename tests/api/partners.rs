@@ -252,6 +252,17 @@ async fn npm_getting_started_runs_end_to_end_through_keyward() {
 }
 
 #[tokio::test]
+async fn a_token_whose_assertion_cannot_be_recorded_is_refused_and_never_reaches_the_partner() {
+    let world = npm_world(|_| {}).await;
+    sqlx::query("DROP TABLE issuance").execute(&world.app.pool).await.unwrap();
+    let response = world.partner_token(json!({"sub": "acct-42"})).await;
+    // assert_problem allows only the problem members: no token.
+    let problem = assert_problem(response, 503).await;
+    assert_eq!(problem["type"], "urn:keyward:problem:not-recorded", "{problem}");
+    assert!(world.npm.issued.lock().unwrap().is_empty(), "the unrecorded assertion was sent to NPM");
+}
+
+#[tokio::test]
 async fn concurrent_identical_requests_share_one_upstream_call() {
     let world = Arc::new(npm_world(|_| {}).await);
     world.npm.delay_ms.store(300, Ordering::SeqCst);

@@ -275,7 +275,7 @@ async fn retired_keys_leave_no_private_material_in_the_database() {
 }
 
 /// Every set has exactly one current and one next key, and no kid seen before is lost.
-async fn assert_valid_state(db: &str, seen: &mut BTreeSet<String>) {
+async fn assert_valid_state(db: &std::path::Path, seen: &mut BTreeSet<String>) {
     let pool = keyward::db::connect(db).await.unwrap();
     let keys = keystore::list(&pool).await.unwrap();
     let count = |s: KeyState| keys.iter().filter(|k| k.state() == s).count();
@@ -330,7 +330,7 @@ async fn two_processes_on_one_database_rotate_once() {
         m
     });
     assert!(created.values().all(|n| *n <= 2), "more keys than one rotation makes in one second: {created:?}");
-    assert_valid_state(config.database_path(), &mut BTreeSet::new()).await;
+    assert_valid_state(&config.database_path(), &mut BTreeSet::new()).await;
 }
 
 #[tokio::test]
@@ -352,7 +352,143 @@ async fn a_process_killed_mid_rotation_restarts_into_a_valid_state() {
         tokio::time::sleep(Duration::from_millis(700 + 450 * round)).await;
         let _ = process.child.kill(); // SIGKILL
         let _ = process.child.wait();
-        assert_valid_state(config.database_path(), &mut seen).await;
+        assert_valid_state(&config.database_path(), &mut seen).await;
     }
     assert!(seen.len() >= 4, "too few rotations happened to test anything: {}", seen.len());
+}
+
+fn utc(ts: i64) -> String {
+    chrono::DateTime::from_timestamp(ts, 0).unwrap().format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+async fn key(pool: &sqlx::SqlitePool, kid: &str) -> keystore::KeyRecord {
+    keystore::list(pool).await.unwrap().into_iter().find(|k| k.kid == kid).unwrap()
+}
+
+async fn kid_in(pool: &sqlx::SqlitePool, state: KeyState) -> String {
+    keystore::list(pool).await.unwrap().into_iter().find(|k| k.state() == state).unwrap().kid
+}
+
+/// A rotation then an immediate revocation makes a seconds-old key sign: the CLI's output,
+/// the admin route's answer and the server's log say so, and until when.
+#[tokio::test]
+async fn revoking_right_after_a_rotation_says_until_when_verifiers_may_reject_the_new_signer() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.key_sets[0].algorithm = Algorithm::Es256;
+    let mut server = serve(dir.path(), &config, "info");
+    let http = reqwest::Client::new();
+    assert!(wait_healthy(&http, &mut server).await);
+    let config_file = server.config_file.to_str().unwrap().to_owned();
+    let cli = |args: &[&str]| {
+        crate::helpers::keyward_bare(dir.path(), &[&["--config", config_file.as_str()][..], args].concat())
+            .output()
+            .unwrap()
+    };
+    let pool = keyward::db::connect(config.database_path()).await.unwrap();
+    let window = 5 * 60 + 60; // jwks_max_age + clock_skew of the defaults
+
+    // The CLI: rotate (forced), then revoke the signer at once.
+    let out = cli(&["keys", "rotate", "npm", "--force"]);
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{said}");
+    let (signer, fresh) = (kid_in(&pool, KeyState::Current).await, kid_in(&pool, KeyState::Next).await);
+    // A forced rotation says the same of the key it made sign.
+    assert!(said.contains(&format!("the new signing key {signer} has been published for only")), "{said}");
+    let out = cli(&["keys", "revoke", &signer]);
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{said}");
+    let promoted = key(&pool, &fresh).await;
+    assert_eq!(promoted.state(), KeyState::Current, "revoke still swaps at once");
+    let until = promoted.published_at.unwrap() + window;
+    assert!(said.contains(&format!("the new signing key {fresh} has been published for only")), "{said}");
+    assert!(said.contains("less than jwks_max_age + clock_skew (6m)"), "{said}");
+    assert!(said.contains(&format!("may reject its tokens until {}", utc(until))), "{said}");
+
+    // The admin route: the same facts as JSON, and a log line with them.
+    let ops = String::from_utf8(cli(&["clients", "add", "ops", "--admin"]).stdout).unwrap().trim().to_owned();
+    let next = kid_in(&pool, KeyState::Next).await;
+    let mut answer = None;
+    for _ in 0..100 {
+        // The server sees the CLI's client within about a second.
+        let response =
+            http.post(format!("{}/v1/keys/{fresh}/revoke", server.internal)).bearer_auth(&ops).send().await.unwrap();
+        if response.status() != 401 {
+            assert_eq!(response.status(), 200);
+            answer = Some(response.json::<Value>().await.unwrap());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let answer = answer.expect("the admin client was never accepted");
+    let published_at = key(&pool, &next).await.published_at.unwrap();
+    let new_signer = &answer["new_signer"];
+    assert_eq!(answer["signing_kid"], next.as_str(), "{answer}");
+    assert_eq!(new_signer["kid"], next.as_str(), "{answer}");
+    assert_eq!(new_signer["within_cache_window"], true, "{answer}");
+    assert_eq!(new_signer["cache_window"], window, "{answer}");
+    assert!(new_signer["published_for"].as_i64().unwrap() < window, "{answer}");
+    assert_eq!(new_signer["may_be_rejected_until"], published_at + window, "{answer}");
+    let logged = server
+        .log_text()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find(|line| line["fields"]["new_signer"] == next.as_str());
+    let fields = &logged.expect("no log line names the new signer")["fields"];
+    assert_eq!(fields["may_be_rejected_until"], published_at + window, "{fields}");
+    assert_eq!(fields["cache_window_s"], window, "{fields}");
+    assert!(fields["message"].as_str().unwrap().contains("may reject its tokens until then"), "{fields}");
+}
+
+/// A next key published for longer than jwks_max_age + clock_skew is safe to promote: the
+/// answer says so, with no time until which tokens may be rejected.
+#[tokio::test]
+async fn revoking_a_signer_whose_successor_is_published_long_enough_says_verifiers_have_it() {
+    let app = spawn_app_with(|c| {
+        let set = &mut c.key_sets[0];
+        set.algorithm = Algorithm::Es256;
+        set.jwks_max_age = Span::from_secs(1);
+        set.clock_skew = Span::from_secs(1);
+        set.publish_ahead = Span::from_secs(2);
+        set.retain_after = Span::from_secs(2);
+    })
+    .await;
+    let ops = admin_token(&app).await;
+    let (signer, next) = (kid_in(&app.pool, KeyState::Current).await, kid_in(&app.pool, KeyState::Next).await);
+    let published_at = key(&app.pool, &next).await.published_at.unwrap();
+    while chrono::Utc::now().timestamp() < published_at + 2 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let response = admin_post(&app, &ops, &format!("/v1/keys/{signer}/revoke"), None).await;
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["new_signer"]["kid"], next.as_str(), "{answer}");
+    assert_eq!(answer["new_signer"]["within_cache_window"], false, "{answer}");
+    assert!(answer["new_signer"]["published_for"].as_i64().unwrap() >= 2, "{answer}");
+    assert!(answer["new_signer"]["may_be_rejected_until"].is_null(), "{answer}");
+    // Revoking a key that was not signing hands over nothing.
+    let response = admin_post(&app, &ops, &format!("/v1/keys/{signer}/revoke"), None).await;
+    assert_eq!(response.status(), 409);
+    let spare = kid_in(&app.pool, KeyState::Next).await;
+    let answer: Value = admin_post(&app, &ops, &format!("/v1/keys/{spare}/revoke"), None).await.json().await.unwrap();
+    assert!(answer["new_signer"].is_null(), "{answer}");
+}
+
+/// The document allows a `null` rotate body: it means the defaults, as no body does.
+#[tokio::test]
+async fn a_null_rotate_body_is_taken_as_the_defaults() {
+    let app = spawn_app_with(|c| c.key_sets[0].algorithm = Algorithm::Es256).await;
+    let ops = admin_token(&app).await;
+    for body in [None, Some(Value::Null)] {
+        let response = admin_post(&app, &ops, "/v1/key-sets/npm/rotate", body.clone()).await;
+        // Not forced: refused as too early, not as a malformed body.
+        assert_eq!(response.status(), 409, "{body:?}");
+        let problem: Value = response.json().await.unwrap();
+        assert!(problem["detail"].as_str().unwrap().contains("force"), "{problem}");
+    }
+    let forced = admin_post(&app, &ops, "/v1/key-sets/npm/rotate", Some(json!({"force": true}))).await;
+    assert_eq!(forced.status(), 200);
+    let forced: Value = forced.json().await.unwrap();
+    assert_eq!(forced["new_signer"]["kid"], forced["signing_kid"], "{forced}");
+    assert_eq!(forced["new_signer"]["within_cache_window"], true, "{forced}");
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use keyward::config::ClaimType;
 use keyward::keys::Algorithm;
 use serde_json::json;
 
@@ -136,7 +137,12 @@ async fn a_profile_the_client_may_not_use_is_403_and_an_unknown_one_404() {
 
 #[tokio::test]
 async fn bad_bodies_are_refused_with_the_field_named() {
-    let app = spawn_app_with_algorithm(Algorithm::Es256).await;
+    // obo_user as long as a body may be, so that the body limit is what is tested below.
+    let app = spawn_app_with(|c| {
+        c.key_sets[0].algorithm = Algorithm::Es256;
+        c.profiles[0].allowed_claim_types.insert("obo_user".into(), ClaimType::String { max_length: 16 * 1024 });
+    })
+    .await;
     let token = app.client("backend", &[PROFILE]).await;
     let cases = [
         (json!({"sub": "a", "scope": "all"}), 400, Some("scope")),
@@ -171,6 +177,152 @@ async fn bad_bodies_are_refused_with_the_field_named() {
     // Just under the limit is fine as far as size goes.
     let fits = json!({"sub": "a", "claims": {"obo_user": "x".repeat(15 * 1024)}}).to_string();
     assert_eq!(send(fits, "application/json").await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn claim_values_of_the_wrong_type_or_size_are_422_naming_the_claim() {
+    let app = spawn_app_with(|c| {
+        c.key_sets[0].algorithm = Algorithm::Es256;
+        let profile = &mut c.profiles[0];
+        profile.allowed_claims.extend(["roles".to_owned(), "tier".to_owned()]);
+        profile.allowed_claim_types.insert("roles".into(), ClaimType::StringArray { max_items: 3, max_length: 8 });
+        profile.allowed_claim_types.insert("tier".into(), ClaimType::Integer { min: Some(1), max: Some(3) });
+    })
+    .await;
+    let token = app.client("backend", &[PROFILE]).await;
+    let mut deep = json!("x");
+    for _ in 0..100 {
+        deep = json!([deep]);
+    }
+    let cases = [
+        ("obo_user", json!("x".repeat(16 * 1024 - 100)), "must be a string of at most 256 characters"),
+        ("obo_user", deep, "must be a string of at most 256 characters"),
+        ("obo_user", json!(12), "must be a string of at most 256 characters"),
+        ("roles", json!(["a", "b", "c", "d"]), "must be an array of at most 3 strings of at most 8 characters each"),
+        ("roles", json!(["waytoolong"]), "must be an array of at most 3 strings of at most 8 characters each"),
+        ("tier", json!(4), "must be an integer from 1 to 3"),
+        ("tier", json!("2"), "must be an integer from 1 to 3"),
+    ];
+    let before = keyward::db::generation(&app.pool).await.unwrap();
+    for (name, value, detail) in cases {
+        let response = app.sign(PROFILE, &token, &json!({"sub": "a", "claims": {name: value}})).await;
+        let problem = assert_problem(response, 422).await;
+        assert_eq!(problem["field"], format!("claims.{name}"), "{problem}");
+        assert_eq!(problem["detail"], detail, "{problem}");
+    }
+    assert_eq!(keyward::db::generation(&app.pool).await.unwrap(), before);
+    let body = json!({"sub": "a", "claims": {"obo_user": "x".repeat(256), "roles": ["a", "b"], "tier": 3}});
+    let signed = app.sign_ok(PROFILE, &token, &body).await;
+    let jwks = app.jwks("/.well-known/jwks.json").await;
+    let claims = verify(signed["token"].as_str().unwrap(), &jwks).unwrap().claims;
+    assert_eq!((claims["roles"].clone(), claims["tier"].clone()), (json!(["a", "b"]), json!(3)));
+}
+
+#[tokio::test]
+async fn a_member_named_twice_at_any_depth_is_400_naming_it_on_every_json_route() {
+    let app = spawn_app_with_algorithm(Algorithm::Es256).await;
+    let token = app.client("backend", &[PROFILE]).await;
+    let admin = keyward::clients::add(&app.pool, &app.config, "ops", &[], true, 0).await.unwrap().to_string();
+    app.reload().await;
+    let cases = [
+        ("/v1/profiles/npm-sandbox/sign", &token, r#"{"sub": "a", "sub": "b"}"#, "sub"),
+        (
+            "/v1/profiles/npm-sandbox/sign",
+            &token,
+            r#"{"sub": "a", "claims": {"obo_user": "x", "obo_user": "y"}}"#,
+            "claims.obo_user",
+        ),
+        (
+            "/v1/profiles/npm-sandbox/token",
+            &token,
+            r#"{"sub": "a", "ttl_seconds": 5, "ttl_seconds": 6}"#,
+            "ttl_seconds",
+        ),
+        ("/v1/key-sets/npm/rotate", &admin, r#"{"force": false, "force": true}"#, "force"),
+    ];
+    let generation = keyward::db::generation(&app.pool).await.unwrap();
+    for (path, bearer, body, member) in cases {
+        let response = app
+            .http
+            .post(format!("{}{path}", app.internal))
+            .bearer_auth(bearer)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let problem = assert_problem(response, 400).await;
+        assert_eq!(problem["field"], member, "{path} {body}: {problem}");
+        assert_eq!(problem["detail"], format!("the member {member:?} appears more than once"), "{problem}");
+    }
+    assert_eq!(keyward::db::generation(&app.pool).await.unwrap(), generation, "a refused request changed state");
+}
+
+/// A client that sends its headers, then its body a byte at a time, is cut off after
+/// request_body_timeout instead of holding the connection for as long as it likes.
+#[tokio::test]
+async fn a_body_that_trickles_in_gets_408_and_the_connection_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app_with(|c| {
+        c.key_sets[0].algorithm = Algorithm::Es256;
+        c.server.request_body_timeout = keyward::duration::Duration::from_secs(1);
+    })
+    .await;
+    let token = app.client("backend", &[PROFILE]).await;
+    // 300 bytes at one per 100 ms: the whole body would take 30 s.
+    let body = format!("{:<300}", r#"{"sub": "a"}"#).into_bytes();
+    let stream = tokio::net::TcpStream::connect(app.internal.trim_start_matches("http://")).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let head = format!(
+        "POST /v1/profiles/{PROFILE}/sign HTTP/1.1\r\nHost: keyward\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    writer.write_all(head.as_bytes()).await.unwrap();
+    let trickle = tokio::spawn(async move {
+        for byte in body {
+            if writer.write_all(&[byte]).await.is_err() {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        true
+    });
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 1024];
+    // Read until the server closes the connection (or resets it, having unread bytes).
+    let closed = tokio::time::timeout(Duration::from_secs(25), async {
+        loop {
+            match reader.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the connection was still open after 25 s");
+    assert!(!trickle.is_finished() || !trickle.await.unwrap(), "the server waited for the whole body");
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    let lower = answer.to_ascii_lowercase();
+    assert!(lower.contains("content-type: application/problem+json"), "{answer}");
+    assert!(lower.contains("connection: close"), "{answer}");
+    assert!(answer.contains("the request body did not arrive within 1 s"), "{answer}");
+}
+
+#[tokio::test]
+async fn head_of_health_routes_is_200_with_no_body_on_both_listeners() {
+    let app = spawn_app().await;
+    for base in [&app.public, &app.internal] {
+        for path in ["/healthz", "/readyz"] {
+            let response = app.http.head(format!("{base}{path}")).send().await.unwrap();
+            assert_eq!(response.status(), 200, "HEAD {base}{path}");
+            assert!(response.bytes().await.unwrap().is_empty(), "HEAD {base}{path} has a body");
+        }
+    }
+    let post = app.http.post(format!("{}/healthz", app.internal)).send().await.unwrap();
+    assert_eq!(post.headers()["allow"], "GET, HEAD");
+    assert_problem(post, 405).await;
 }
 
 #[tokio::test]
