@@ -115,9 +115,9 @@ pub struct ServerConfig {
     pub master_key_file: PathBuf,
     /// How long issuance ledger rows are kept.
     pub ledger_retention: Duration,
-    /// Ledger commits start at least this many milliseconds apart; rows arriving meanwhile
-    /// share the next commit (fewer fsyncs under load). 0 (the default): commit as soon as
-    /// the previous commit is done.
+    /// How long after the previous ledger commit started a commit may wait for company, in
+    /// milliseconds, and only while fewer rows have come than the previous one carried.
+    /// 0 (the default): commit as soon as the writer is free.
     pub ledger_commit_interval_ms: u64,
     /// Requests per second a client may make, unless set for the client.
     pub rate_limit: u32,

@@ -505,9 +505,12 @@ mod tests {
 
     #[test]
     fn signatures_have_the_jws_form_of_their_algorithm() {
-        for (alg, bits, length) in
-            [(Algorithm::Rs256, 2048, 256), (Algorithm::Ps256, 3072, 384), (Algorithm::Es256, 0, 64), (Algorithm::Es384, 0, 96)]
-        {
+        for (alg, bits, length) in [
+            (Algorithm::Rs256, 2048, 256),
+            (Algorithm::Ps256, 3072, 384),
+            (Algorithm::Es256, 0, 64),
+            (Algorithm::Es384, 0, 96),
+        ] {
             let generated = generate(alg, bits).unwrap();
             let key = SigningKey::from_der(&generated.kid, alg, &generated.private_der).unwrap();
             let mut claims = serde_json::Map::new();
