@@ -172,14 +172,17 @@ impl Writer {
             let Some(first) = first else { return Ok(()) };
             let mut batch = vec![first];
             self.drain(&mut batch);
-            let deadline = Instant::now() + commit_delay(self.last_commit.map(|at| at.elapsed()), self.max_wait);
-            while wants_company(batch.len(), self.last_batch) && !*stop.borrow() {
-                match tokio::time::timeout_at(deadline.into(), self.queue.recv()).await {
-                    Ok(Some(job)) => {
-                        batch.push(job);
-                        self.drain(&mut batch);
+            let wait = commit_delay(self.last_commit.map(|at| at.elapsed()), self.max_wait);
+            if !wait.is_zero() {
+                let deadline = tokio::time::Instant::now() + wait;
+                while wants_company(batch.len(), self.last_batch) && !*stop.borrow() {
+                    match tokio::time::timeout_at(deadline, self.queue.recv()).await {
+                        Ok(Some(job)) => {
+                            batch.push(job);
+                            self.drain(&mut batch);
+                        }
+                        Ok(None) | Err(_) => break,
                     }
-                    Ok(None) | Err(_) => break,
                 }
             }
             self.last_commit = Some(Instant::now());
