@@ -265,7 +265,10 @@ pub fn main() -> ExitCode {
         (false, 0) => "warn",
         _ => "debug,sqlx=warn",
     };
-    telemetry::init(settings.log_format == LogFormat::Json, level);
+    if let Err(err) = telemetry::init(settings.log_format == LogFormat::Json, level) {
+        eprintln!("error: {err}");
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -423,7 +426,9 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
             let pool = open_database(&loaded, init).await?;
             let records = keystore::list(&pool).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&records)?);
+                let listed: Vec<ListedKey> =
+                    records.iter().map(|record| ListedKey { state: record.state(), record }).collect();
+                println!("{}", serde_json::to_string_pretty(&listed)?);
                 return Ok(());
             }
             println!(
@@ -452,10 +457,10 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
                 lifecycle::rotate(&pool, &master, config, &set, now(), force).await.map_err(|err| match err {
                     ActionError::Refused(Refused::TooEarly { kid, not_before }) => anyhow::anyhow!(
                         "refusing to rotate {set}: the next key {kid} has not been published for publish_ahead yet; \
-                     it may sign from {} (in {}s). Use --force to rotate now anyway (verifiers that cached \
+                     it may sign from {} (in {}). Use --force to rotate now anyway (verifiers that cached \
                      the JWKS before it appeared will reject its tokens until they refetch)",
                         time(Some(not_before)),
-                        not_before - now()
+                        span(not_before - now())
                     ),
                     ActionError::Refused(Refused::NoNextKey) => anyhow::anyhow!(
                         "refusing to rotate {set}: it has no published next key of its configured algorithm yet \
@@ -604,6 +609,13 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
         }
         Command::Backup { file } => {
             anyhow::ensure!(!file.exists(), "{} exists already; choose a new file", file.display());
+            let folder = file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            anyhow::ensure!(
+                folder.is_dir(),
+                "cannot write {}: the folder {} does not exist (keyward backup does not create folders)",
+                file.display(),
+                folder.display()
+            );
             let pool = open_database(&loaded, init).await?;
             db::backup(&pool, &file).await?;
             eprintln!(
@@ -674,17 +686,22 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
                 return Ok(());
             }
             println!(
-                "{:<24} {:<6} {:<20} {:<20} {:<20} PROFILES",
-                "NAME", "ADMIN", "CREATED", "REVOKED", "OLD TOKEN UNTIL"
+                "{:<24} {:<6} {:<20} {:<20} {:<20} {:<24} PROFILES",
+                "NAME", "ADMIN", "CREATED", "REVOKED", "OLD TOKEN UNTIL", "RATE LIMIT"
             );
             for c in list {
+                let limit = match c.rate {
+                    Some((rate, burst)) => format!("{rate}/s, burst {burst}"),
+                    None => format!("{}/s, burst {} (default)", config.server.rate_limit, config.server.rate_burst),
+                };
                 println!(
-                    "{:<24} {:<6} {:<20} {:<20} {:<20} {}",
+                    "{:<24} {:<6} {:<20} {:<20} {:<20} {:<24} {}",
                     c.name,
                     if c.admin { "yes" } else { "no" },
                     time(Some(c.created_at)),
                     time(c.revoked_at),
                     time(c.previous_token_valid_until.filter(|until| *until > now() && c.revoked_at.is_none())),
+                    limit,
                     c.profiles.join(",")
                 );
             }
@@ -729,6 +746,14 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
     }
 }
 
+/// A row of `keys list --json`: the stored record and the state derived from it.
+#[derive(serde::Serialize)]
+struct ListedKey<'a> {
+    state: KeyState,
+    #[serde(flatten)]
+    record: &'a keystore::KeyRecord,
+}
+
 /// Checks what `serve` checks before binding: the configuration (done by loading it), the
 /// master key, and, when the database exists, that the key opens every sealed row.
 async fn check_config(loaded: &LoadedConfig, settings: EnvSettings) -> anyhow::Result<()> {
@@ -743,6 +768,9 @@ async fn check_config(loaded: &LoadedConfig, settings: EnvSettings) -> anyhow::R
         (Some(_), _) | (None, true) => Some(MasterKey::resolve(env_key.as_deref(), file, false)?.0),
         (None, false) => None,
     };
+    if let Some(master) = &master {
+        eprintln!("master key {} is well formed", master.id());
+    }
     if database.exists() {
         let pool = db::connect(&database).await?;
         let sealed = keystore::holds_sealed_keys(&pool).await?;
@@ -766,7 +794,7 @@ async fn check_config(loaded: &LoadedConfig, settings: EnvSettings) -> anyhow::R
         }
     }
     match (&master, settings.may_generate_master_key) {
-        (Some(master), _) => eprintln!("master key {} is well formed", master.id()),
+        (Some(_), _) => {}
         (None, true) => eprintln!(
             "no master key yet: serve will generate a DEVELOPMENT key into {} (for production, see KEYWARD_MASTER_KEY)",
             file.display()

@@ -813,6 +813,10 @@ async fn public_key(
         .into_iter()
         .find(|r| r.kid == *kid)
         .ok_or_else(|| ApiError::NotFound(format!("no key {}", kid.as_str())))?;
+    // A revoked or retired key must not be handed out for a partner to register or trust.
+    if !record.is_published() {
+        return Err(ApiError::NotFound(format!("key {} is {} and no longer published", record.kid, record.state())));
+    }
     let body = export::render(&record.kid, record.algorithm, &record.public, format)?;
     let content_type = match format {
         Format::Pem => "application/x-pem-file",

@@ -13,3 +13,4 @@ mod rotation;
 mod sign;
 mod storage;
 mod verify;
+mod walkthrough;
