@@ -1,9 +1,23 @@
-"""Drives keyward with wrk and prints the benchmark table (called by bench/run.sh)."""
+"""keyward beside its floors, in one run with one wrk load (called by bench/run.sh).
+
+Floors, measured in the same run as keyward:
+  - `openssl speed`: OpenSSL's own RSA-2048 and P-256 signing cost, one process;
+  - nginx (Debian's) on loopback: the JWKS bytes keyward served, as a static file with
+    ETag, and a fixed answer (a real keyward answer) to the sign POSTs: the HTTP floor;
+  - the node peer (`jose` on node:cluster, no ledger), when PEERS_DIR holds it and node is
+    installed: the throughput a hand-rolled server reaches.
+Then keyward itself, on a fresh database. One server runs at a time.
+
+Environment: KEYWARD_BIN (required, set by run.sh), DURATION (s per row, 10), WARMUP (s
+before each row, 2), SIGN_CONNS (16), JWKS_CONNS (64), OPENSSL_SECONDS (3), PEERS_DIR,
+SERVERS (which to run, default "nginx node keyward"). KEYWARD_* variables reach keyward.
+"""
 import json
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -11,12 +25,21 @@ import threading
 import time
 import urllib.request
 
-BIN = os.path.abspath("target/release/keyward")
-SIGN_LOOP = os.path.abspath("target/release/examples/sign_loop")
-CORES = os.cpu_count()
+HERE = os.path.dirname(os.path.abspath(__file__))
+LUA = os.path.join(HERE, "load.lua")
+BIN = os.path.abspath(os.environ["KEYWARD_BIN"])
 DURATION = int(os.environ.get("DURATION", "10"))
-CONNECTIONS = int(os.environ.get("CONNECTIONS", "64"))
+WARMUP = int(os.environ.get("WARMUP", "2"))
+SIGN_CONNS = int(os.environ.get("SIGN_CONNS", "16"))
+JWKS_CONNS = int(os.environ.get("JWKS_CONNS", "64"))
+OPENSSL_SECONDS = int(os.environ.get("OPENSSL_SECONDS", "3"))
+PEERS_DIR = os.environ.get("PEERS_DIR", "")
+SERVERS = os.environ.get("SERVERS", "nginx node keyward").split()
+SIGN_BODY = '{"sub":"acct_1","ttl_seconds":300}'
+CORES = os.cpu_count()
 TICKS = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+SIGN_ROWS = (("RS256 sign", "rs"), ("ES256 sign", "es"))
 
 CONFIG = """
 [server]
@@ -50,150 +73,384 @@ issuer = "https://bench.example"
 audience = "https://partner.example/token"
 """
 
-POST_LUA = """
-wrk.method = "POST"
-wrk.body = '{"sub":"acct-1"}'
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer " .. os.getenv("KEYWARD_TOKEN")
+NGINX = """
+daemon off;
+{user}
+worker_processes {workers};
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    sendfile off;
+    open_file_cache max=16 inactive=60s;
+    keepalive_requests 100000000;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        etag on;
+        location = /jwks.json {{
+            root {dir}/www;
+            default_type application/json;
+            add_header Cache-Control "public, max-age=300";
+        }}
+        location = /v1/profiles/rs/sign {{
+            default_type application/json;
+            return 200 '{rs}';
+        }}
+        location = /v1/profiles/es/sign {{
+            default_type application/json;
+            return 200 '{es}';
+        }}
+    }}
+}}
 """
 
 
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
-def rss_mib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+def tree(root):
+    """`root` and all its descendants."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                pass
+    found, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, pp in parents.items() if pp == parent and pid not in found]
+        found.update(children)
+        frontier.extend(children)
+    return found
 
 
-def to_ms(value):
-    number, unit = re.match(r"([\d.]+)(us|ms|s)", value).groups()
-    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+def cpu_seconds(root):
+    """utime + stime of `root`'s process tree (a process's dead children are not counted)."""
+    total = 0
+    for pid in tree(root):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except OSError:
+            pass
+    return total / TICKS
 
 
-def wrk(url, threads, extra, env):
-    cmd = ["wrk", f"-t{threads}", f"-c{CONNECTIONS}", f"-d{DURATION}s", "--latency", *extra, url]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
-    requests = int(re.search(r"(\d+) requests in", out).group(1))
-    errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
-    errors += sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
-    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.M))
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    return requests, rps, to_ms(latency["50"]), to_ms(latency["99"]), errors
+def rss_mib(root):
+    total = 0
+    for pid in tree(root):
+        try:
+            with open(f"/proc/{pid}/statm") as f:
+                total += int(f.read().split()[1]) * PAGE
+        except OSError:
+            pass
+    return total / 2**20
 
 
-def openssl_speed(processes):
-    """OpenSSL's own microseconds per signature on one core: alone, or with `processes` busy."""
-    multi = ["-multi", str(processes)] if processes > 1 else []
+def wait_for(what, check, seconds=60):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            if check():
+                return
+        except OSError:
+            pass
+        except ServerExited:
+            sys.exit(f"bench: {what} exited while starting")
+        time.sleep(0.1)
+    sys.exit(f"bench: {what} did not come up within {seconds} s")
+
+
+class ServerExited(Exception):
+    pass
+
+
+def running(process):
+    if process.poll() is not None:
+        raise ServerExited()
+    return True
+
+
+def http(url, body=None, headers=None):
+    request = urllib.request.Request(url, data=body, headers=headers or {})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.status, response.headers, response.read()
+
+
+def sign_headers(token):
+    return {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
+
+
+class Load:
+    """wrk rows against one server, with that server's CPU time per request."""
+
+    def __init__(self, label, root):
+        self.label, self.root, self.rows = label, root, {}
+
+    def run(self, row, url, conns, mode, arg):
+        command = ["wrk", "-t1", f"-c{conns}", "--latency", "-s", LUA, url, "--", mode, arg]
+        env = dict(os.environ, SIGN_BODY=SIGN_BODY)
+        if WARMUP:
+            subprocess.run(command[:3] + [f"-d{WARMUP}s"] + command[3:], env=env, capture_output=True)
+        before = cpu_seconds(self.root)
+        out = subprocess.run(command[:3] + [f"-d{DURATION}s"] + command[3:], env=env, capture_output=True, text=True)
+        cpu = cpu_seconds(self.root) - before
+        line = re.search(r"^RESULT (.*)$", out.stdout, re.M)
+        if not line:
+            sys.exit(f"bench: wrk gave no result for {self.label} {row}:\n{out.stdout}{out.stderr}")
+        r = {k: int(v) for k, v in (kv.split("=") for kv in line.group(1).split())}
+        requests = max(r["requests"], 1)
+        self.rows[row] = {
+            "requests": r["requests"],
+            "rps": r["requests"] / (r["duration_us"] / 1e6),
+            "p50": r["p50_us"] / 1000,
+            "p99": r["p99_us"] / 1000,
+            "cpu": cpu * 1e6 / requests,
+            "errors": r["status_err"] + r["sock_err"],
+        }
+        print(f"bench: {self.label:8} {row:11} {self.rows[row]['rps']:9,.0f} req/s  "
+              f"{self.rows[row]['cpu']:7.1f} µs CPU/req  errors {self.rows[row]['errors']}", file=sys.stderr)
+
+    def sign_and_jwks(self, sign_url, token, jwks_url):
+        for row, profile in SIGN_ROWS:
+            self.run(row, sign_url(profile), SIGN_CONNS, "sign", token)
+        etag = http(jwks_url)[1]["ETag"]
+        self.run("JWKS 200", jwks_url, JWKS_CONNS, "get", "")
+        self.run("JWKS 304", jwks_url, JWKS_CONNS, "get", etag)
+
+
+def stop(process):
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def openssl_speed():
+    """OpenSSL's own µs per signature, one process."""
     out = subprocess.run(
-        ["openssl", "speed", "-seconds", "5", *multi, "rsa2048", "ecdsap256"], capture_output=True, text=True, check=True
+        ["openssl", "speed", "-seconds", str(OPENSSL_SECONDS), "rsa2048", "ecdsap256"],
+        capture_output=True, text=True, check=True,
     ).stdout
-    rsa = float(re.search(r"^rsa\s+2048 bits\s+\S+s\s+\S+s\s+([\d.]+)", out, re.M).group(1))
-    ec = float(re.search(r"256 bits ecdsa \(nistp256\)\s+\S+s\s+\S+s\s+([\d.]+)", out).group(1))
-    return {"RS256 sign": 1e6 * processes / rsa, "ES256 sign": 1e6 * processes / ec}
+
+    def rate(pattern):
+        # sign/s follows the two "...s" time columns (OpenSSL 3.0 to 3.2+ layouts).
+        line = re.search(pattern, out, re.M).group(0)
+        return float(re.search(r"[\d.]+s\s+[\d.]+s\s+([\d.]+)", line).group(1))
+
+    return {"RS256 sign": 1e6 / rate(r"^rsa\s+2048 bits.*$"), "ES256 sign": 1e6 / rate(r"^.*256 bits ecdsa \(nistp256\).*$")}
 
 
-def sign_loop():
-    """keyward's own signing code in a loop on every core, without the server."""
-    out = subprocess.run([SIGN_LOOP, str(CORES), "5"], capture_output=True, text=True, check=True).stdout
-    return {f"{row['alg']} sign": row for row in map(json.loads, out.splitlines())}
+class Keyward:
+    """keyward on a fresh database in `work`; started, stopped and restarted on the same keys."""
+
+    def __init__(self, work):
+        self.work = work
+        self.config = os.path.join(work, "keys.toml")
+        with open(self.config, "w") as f:
+            f.write(CONFIG.format(dir=work))
+        self.env = dict(os.environ, RUST_LOG="warn,keyward::cli=info", KEYWARD_LOG_FORMAT="json")
+        self.process = None
+
+    def start(self, wrapper=(), timeout=60):
+        log = open(os.path.join(self.work, "serve.log"), "w+")
+        self.process = subprocess.Popen([*wrapper, BIN, "--config", self.config, "serve"], stdout=subprocess.DEVNULL,
+                                        stderr=log, env=self.env)
+        found = {}
+
+        def listening():
+            log.seek(0)
+            for line in log:
+                if '"listening"' in line:
+                    found.update(json.loads(line)["fields"])
+            if self.process.poll() is not None:
+                sys.exit(f"bench: keyward exited; see {log.name}")
+            return "public" in found
+
+        wait_for("keyward", listening, timeout)
+        self.public, self.internal = found["public"], found["internal"]
+
+    def add_client(self):
+        self.token = subprocess.run([BIN, "--config", self.config, "clients", "add", "bench", "--profiles", "rs,es"],
+                                    capture_output=True, text=True, check=True, env=self.env).stdout.strip()
+
+    def sign_url(self, profile):
+        return f"http://{self.internal}/v1/profiles/{profile}/sign"
+
+    def jwks_url(self):
+        return f"http://{self.public}/.well-known/jwks.json"
+
+    def signs(self):
+        status = http(self.sign_url("es"), SIGN_BODY.encode(), sign_headers(self.token))[0]
+        return status == 200
+
+
+def nginx(work, answers, jwks):
+    prefix = os.path.join(work, "nginx")
+    os.makedirs(os.path.join(prefix, "www"))
+    with open(os.path.join(prefix, "www", "jwks.json"), "wb") as f:
+        f.write(jwks)
+    port = free_port()
+    with open(os.path.join(prefix, "nginx.conf"), "w") as f:
+        f.write(NGINX.format(dir=prefix, port=port, workers=CORES, rs=answers["rs"], es=answers["es"],
+                             user="user root;" if os.geteuid() == 0 else ""))
+    process = subprocess.Popen(["nginx", "-p", prefix, "-c", os.path.join(prefix, "nginx.conf"), "-e",
+                                os.path.join(prefix, "error.log")], stdout=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for("nginx", lambda: running(process) and http(f"{base}/jwks.json")[0] == 200)
+        served = http(f"{base}/jwks.json")[2]
+        assert served == jwks, "nginx serves other bytes than keyward's JWKS"
+        load = Load("nginx", process.pid)
+        load.sign_and_jwks(lambda profile: f"{base}/v1/profiles/{profile}/sign", "-", f"{base}/jwks.json")
+        return load
+    finally:
+        stop(process)
+
+
+def node_peer(work):
+    source = os.path.join(PEERS_DIR, "node")
+    if not (PEERS_DIR and os.path.isfile(os.path.join(source, "server.js")) and shutil.which("node")
+            and shutil.which("npm")):
+        print("bench: no node peer (set PEERS_DIR to the peers' folder, with node and npm installed)",
+              file=sys.stderr)
+        return None
+    copy = os.path.join(work, "node")
+    shutil.copytree(source, copy, ignore=shutil.ignore_patterns("node_modules"))
+    for path in (copy, *(os.path.join(copy, f) for f in os.listdir(copy))):
+        os.chmod(path, 0o755 if os.path.isdir(path) else 0o644)
+    subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=copy, check=True,
+                   stdout=subprocess.DEVNULL)
+    public, internal, token = free_port(), free_port(), "bench-peer-token"
+    env = dict(os.environ, PUBLIC_PORT=str(public), INTERNAL_PORT=str(internal), CLIENT_TOKEN=token,
+               NODE_ENV="production")
+    process = subprocess.Popen(["node", "server.js"], cwd=copy, env=env, stdout=subprocess.DEVNULL)
+    try:
+        sign_url = lambda profile: f"http://127.0.0.1:{internal}/v1/profiles/{profile}/sign"
+        wait_for("the node peer",
+                 lambda: running(process) and http(sign_url("es"), SIGN_BODY.encode(), sign_headers(token))[0] == 200)
+        load = Load("node", process.pid)
+        load.sign_and_jwks(sign_url, token, f"http://127.0.0.1:{public}/path/to/your/jwks")
+        return load
+    finally:
+        stop(process)
+
+
+def keyward_load(server):
+    server.start()
+    wait_for("the bench client", server.signs)
+    idle = rss_mib(server.process.pid)
+    peak = [idle]
+    sampling = threading.Event()
+
+    def sample():
+        while not sampling.wait(0.2):
+            peak[0] = max(peak[0], rss_mib(server.process.pid))
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        load = Load("keyward", server.process.pid)
+        load.sign_and_jwks(server.sign_url, server.token, server.jwks_url())
+    finally:
+        sampling.set()
+        sampler.join()
+        stop(server.process)
+    return load, idle, peak[0]
+
+
+def ratio(value, floor):
+    return f"{value / floor:.2f}x" if floor else "-"
+
+
+def report(speed, loads, idle, peak):
+    cpu_model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    nginx_rows = loads.get("nginx").rows if "nginx" in loads else {}
+    keyward = loads["keyward"].rows if "keyward" in loads else {}
+    print(f"keyward benchmark, {time.strftime('%Y-%m-%d %H:%M %Z')}, {CORES} cores, {cpu_model}")
+    print(f"keyward binary: {BIN}")
+    print(f"wrk -t1, {DURATION} s per row after {WARMUP} s of warm-up; sign rows {SIGN_CONNS} connections, "
+          f"JWKS rows {JWKS_CONNS}; one server at a time, all on loopback.")
+    print()
+    print("| Row | Server | Requests/s | p50 ms | p99 ms | Server CPU µs/req | Errors |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for row in ("RS256 sign", "ES256 sign", "JWKS 200", "JWKS 304"):
+        for label, load in loads.items():
+            if row in load.rows:
+                r = load.rows[row]
+                print(f"| {row} | {label} | {r['rps']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['cpu']:,.1f} | "
+                      f"{r['errors']} |")
+    print()
+    print(f"openssl speed, one process: RSA-2048 sign {speed['RS256 sign']:.0f} µs, "
+          f"P-256 sign {speed['ES256 sign']:.1f} µs.")
+    if not keyward:
+        return
+    print()
+    print("keyward against its floors (same run):")
+    print()
+    print("| Row | keyward CPU µs/req | Floor CPU µs/req | CPU ratio | keyward req/s | vs nginx req/s | vs node req/s |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    node = loads["node"].rows if "node" in loads else {}
+    for row in ("RS256 sign", "ES256 sign", "JWKS 200", "JWKS 304"):
+        if row not in keyward:
+            continue
+        k = keyward[row]
+        http_floor = nginx_rows.get(row, {}).get("cpu")
+        floor = None if http_floor is None else http_floor + speed.get(row, 0.0)
+        floor_text = "-" if floor is None else (
+            f"{floor:,.1f} (OpenSSL {speed[row]:,.1f} + nginx {http_floor:.1f})" if row in speed else f"{floor:.1f} (nginx)")
+        vs_nginx = ratio(k["rps"], nginx_rows[row]["rps"]) if row.startswith("JWKS") and row in nginx_rows else "-"
+        vs_node = ratio(k["rps"], node[row]["rps"]) if row in node else "-"
+        print(f"| {row} | {k['cpu']:,.1f} | {floor_text} | {ratio(k['cpu'], floor) if floor else '-'} | "
+              f"{k['rps']:,.0f} | {vs_nginx} | {vs_node} |")
+    print()
+    print(f"keyward RSS: idle {idle:.1f} MiB, peak under load {peak:.1f} MiB.")
 
 
 def main():
     work = tempfile.mkdtemp(prefix="keyward-bench-")
-    config = os.path.join(work, "keys.toml")
-    with open(config, "w") as f:
-        f.write(CONFIG.format(dir=work))
-    lua = os.path.join(work, "post.lua")
-    with open(lua, "w") as f:
-        f.write(POST_LUA)
-    env = dict(os.environ, RUST_LOG="warn,keyward::cli=info", KEYWARD_LOG_FORMAT="json")
-    log = open(os.path.join(work, "serve.log"), "w+")
-    server = subprocess.Popen([BIN, "--config", config, "serve"], stdout=subprocess.DEVNULL, stderr=log, env=env)
     try:
-        public = internal = None
-        for _ in range(200):
-            log.seek(0)
-            for line in log:
-                if '"listening"' in line:
-                    fields = json.loads(line)["fields"]
-                    public, internal = fields["public"], fields["internal"]
-            if public:
-                break
-            time.sleep(0.05)
-        if not public:
-            sys.exit("keyward did not start; see " + log.name)
-        token = subprocess.run(
-            [BIN, "--config", config, "clients", "add", "bench", "--profiles", "rs,es"],
-            capture_output=True, text=True, check=True, env=env,
-        ).stdout.strip()
-        time.sleep(1.5)  # the server picks up the new client within a second
-        idle_rss = rss_mib(server.pid)
-
-        peak = [idle_rss]
-        sampling = [True]
-
-        def sample():
-            while sampling[0]:
-                peak[0] = max(peak[0], rss_mib(server.pid))
-                time.sleep(0.2)
-
-        sampler = threading.Thread(target=sample)
-        sampler.start()
-        rows = []
-        wrk_env = dict(os.environ, KEYWARD_TOKEN=token)
-        for name, profile in (("RS256 sign", "rs"), ("ES256 sign", "es")):
-            url = f"http://{internal}/v1/profiles/{profile}/sign"
-            before = cpu_seconds(server.pid)
-            requests, rps, p50, p99, errors = wrk(url, 2, ["-s", lua], wrk_env)
-            cpu_us = (cpu_seconds(server.pid) - before) * 1e6 / max(requests, 1)
-            rows.append((name, rps, p50, p99, cpu_us, errors))
-        jwks_url = f"http://{public}/.well-known/jwks.json"
-        etag = urllib.request.urlopen(jwks_url).headers["ETag"]
-        for name, extra in (("JWKS 200", []), ("JWKS 304", ["-H", f"If-None-Match: {etag}"])):
-            before = cpu_seconds(server.pid)
-            requests, rps, p50, p99, errors = wrk(jwks_url, 1, extra, wrk_env)
-            cpu_us = (cpu_seconds(server.pid) - before) * 1e6 / max(requests, 1)
-            rows.append((name, rps, p50, p99, cpu_us, errors))
-        sampling[0] = False
-        sampler.join()
-    finally:
-        server.send_signal(signal.SIGTERM)
+        print("bench: openssl speed", file=sys.stderr)
+        speed = openssl_speed()
+        # keyward first, briefly: its JWKS bytes and real answers become nginx's content.
+        server = Keyward(work)
+        server.start()
         try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
+            server.add_client()
+            wait_for("the bench client", server.signs)
+            answers = {p: http(server.sign_url(p), SIGN_BODY.encode(), sign_headers(server.token))[2].decode()
+                       for p in ("rs", "es")}
+            jwks = http(server.jwks_url())[2]
+        finally:
+            stop(server.process)
+        loads = {}
+        if "nginx" in SERVERS:
+            loads["nginx"] = nginx(work, answers, jwks)
+        if "node" in SERVERS:
+            peer = node_peer(work)
+            if peer:
+                loads["node"] = peer
+        idle = peak = 0.0
+        if "keyward" in SERVERS:
+            loads["keyward"], idle, peak = keyward_load(server)
+        report(speed, loads, idle, peak)
+    finally:
         shutil.rmtree(work, ignore_errors=True)
-
-    alone, busy, floor = openssl_speed(1), openssl_speed(CORES), sign_loop()
-    cpu_model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-    print(f"keyward benchmark, {time.strftime('%Y-%m-%d')}, {CORES} cores, {cpu_model}")
-    print(f"wrk: {CONNECTIONS} connections, {DURATION} s per row (2 threads for signing, 1 for JWKS)")
-    print()
-    print("| Load | Requests/s | p50 ms | p99 ms | Server CPU µs/req | vs OpenSSL alone | "
-          f"vs OpenSSL on {CORES} cores | Errors |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for name, rps, p50, p99, cpu_us, errors in rows:
-        ratios = [f"{cpu_us / ref[name]:.2f}x" if name in ref else "-" for ref in (alone, busy)]
-        print(f"| {name} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {cpu_us:,.1f} | {ratios[0]} | {ratios[1]} | {errors} |")
-    print()
-    print("CPU µs per signature, same run:")
-    print()
-    print("| Signer | RS256 / RSA-2048 | ES256 / P-256 |")
-    print("|---|---:|---:|")
-    print(f"| openssl speed, one process | {alone['RS256 sign']:.0f} | {alone['ES256 sign']:.1f} |")
-    print(f"| openssl speed -multi {CORES} (every core busy) | {busy['RS256 sign']:.0f} | {busy['ES256 sign']:.1f} |")
-    print(f"| keyward's signing code in a loop on {CORES} threads, no server | {floor['RS256 sign']['cpu_us']:.0f} | "
-          f"{floor['ES256 sign']['cpu_us']:.1f} |")
-    print()
-    print(f"server RSS: idle {idle_rss:.1f} MiB, peak under load {peak[0]:.1f} MiB")
 
 
 if __name__ == "__main__":

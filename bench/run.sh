@@ -1,13 +1,31 @@
 #!/usr/bin/env bash
-# keyward's benchmark (never part of `cargo test`): builds the release server, starts it on a
-# fresh database, drives load over loopback with wrk for a bounded time, stops everything
-# it started, and prints one table. See README "Performance".
-#   DURATION=10 CONNECTIONS=64 bash bench/run.sh
+# keyward's benchmark (never part of `cargo test`): in one run and with one wrk load, measures
+# the floors (`openssl speed`, nginx on loopback serving keyward's JWKS bytes and a fixed
+# sign answer, the node peer when PEERS_DIR is given), then keyward on a fresh database,
+# and prints each keyward row beside its floor. Everything it starts, it stops; its files
+# live in a temporary folder that it removes. Takes about 2 + 12 x (WARMUP + DURATION) s.
+#
+#   bash bench/run.sh                                    # builds target/release/keyward
+#   KEYWARD_BIN=/path/to/keyward bash bench/run.sh       # a prebuilt (e.g. older) binary
+#   DURATION=30 PEERS_DIR=/path/to/bench-peers bash bench/run.sh
+#   KEYWARD_LEDGER_COMMIT_INTERVAL_MS=5 SERVERS=keyward bash bench/run.sh   # keyward alone
+#
+# DURATION (10) and WARMUP (2) are seconds per row; SIGN_CONNS (16), JWKS_CONNS (64),
+# OPENSSL_SECONDS (3); SERVERS picks among "nginx node keyward". Installs wrk and nginx
+# with apt-get when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v wrk >/dev/null 2>&1; then
-    echo "installing wrk" >&2
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
+missing=()
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "bench: installing ${missing[*]}" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-cargo build --release --locked --bin keyward --example sign_loop >&2
+export PATH="$PATH:/usr/sbin"
+if [ -z "${KEYWARD_BIN:-}" ]; then
+    cargo build --release --locked --bin keyward >&2
+    KEYWARD_BIN=${CARGO_TARGET_DIR:-target}/release/keyward
+fi
+export KEYWARD_BIN
 exec python3 bench/run.py

@@ -119,8 +119,10 @@ impl ClientDirectory {
         if entry.valid_until.is_some_and(|until| chrono::Utc::now().timestamp() >= until) {
             return None;
         }
-        let presented = openssl::sha::sha256(secret.as_bytes());
-        openssl::memcmp::eq(&presented, &entry.client.token_hash).then_some(&entry.client)
+        // The hasher, not the one-shot `sha256()`, which fetches the algorithm on every call.
+        let mut hasher = openssl::sha::Sha256::new();
+        hasher.update(secret.as_bytes());
+        openssl::memcmp::eq(&hasher.finish(), &entry.client.token_hash).then_some(&entry.client)
     }
 
     /// How many active clients there are.

@@ -2,8 +2,11 @@
 //!
 //! Requests hand their row to one writer task and wait for its commit. While a commit is
 //! under way, new rows queue; the next transaction takes them all (group commit), so the
-//! ledger costs one fsync per batch, not per token. Commits start at least
-//! `ledger_commit_interval_ms` apart, so under load a batch gathers that long's rows.
+//! ledger costs one fsync per batch, not per token. A commit waits for company only while
+//! fewer rows have come than the previous commit carried (about the number of requests in
+//! flight at this load), and at most until `ledger_commit_interval_ms` after the previous
+//! commit started: a quiet server commits at once, a busy one in full batches, and a
+//! client that waits for each answer is never held to one batch per interval.
 //!
 //! When commits fail (a full disk), every waiting request is refused, the server reports
 //! not ready, and the writer tries a probe write every second while no rows come, so it
@@ -52,12 +55,20 @@ pub struct Ledger {
 
 impl Ledger {
     /// A ledger and its writer, which runs until `stop` and then commits what is queued.
-    /// Commits start at least `min_interval` apart.
-    pub fn start(issuance: IssuanceWriter, metrics: Metrics, min_interval: Duration) -> (Ledger, Writer) {
+    /// A commit waits for company at most until `max_wait` after the previous one started.
+    pub fn start(issuance: IssuanceWriter, metrics: Metrics, max_wait: Duration) -> (Ledger, Writer) {
         let (jobs, queue) = mpsc::unbounded_channel();
         let health = LedgerHealth::default();
-        let writer =
-            Writer { issuance, metrics, queue, min_interval, last_commit: None, health: health.clone(), outage: None };
+        let writer = Writer {
+            issuance,
+            metrics,
+            queue,
+            max_wait,
+            last_commit: None,
+            last_batch: 0,
+            health: health.clone(),
+            outage: None,
+        };
         (Ledger { jobs, health }, writer)
     }
 
@@ -79,9 +90,11 @@ pub struct Writer {
     issuance: IssuanceWriter,
     metrics: Metrics,
     queue: mpsc::UnboundedReceiver<Job>,
-    /// Commits start at least this far apart (rows arriving meanwhile join the next one).
-    min_interval: Duration,
+    /// A commit waits for company at most this long after the previous one started.
+    max_wait: Duration,
     last_commit: Option<Instant>,
+    /// Rows the previous commit carried.
+    last_batch: usize,
     health: LedgerHealth,
     /// The current run of failed commits, if any.
     outage: Option<Outage>,
@@ -94,10 +107,16 @@ struct Outage {
     refused_rows: u64,
 }
 
-/// How long a commit waits for company: none when the last one started `min_interval` or
-/// longer ago (or never), else the rest of the interval.
-fn commit_delay(since_last: Option<Duration>, min_interval: Duration) -> Duration {
-    since_last.map_or(Duration::ZERO, |since| min_interval.saturating_sub(since))
+/// How long a commit may still wait for company: none when the last one started
+/// `max_wait` or longer ago (or never), else the rest of that time.
+fn commit_delay(since_last: Option<Duration>, max_wait: Duration) -> Duration {
+    since_last.map_or(Duration::ZERO, |since| max_wait.saturating_sub(since))
+}
+
+/// Whether a batch of `rows` should wait for more: while fewer rows have come than the
+/// previous commit carried, since as many requests are likely in flight.
+fn wants_company(rows: usize, last_batch: usize) -> bool {
+    rows < last_batch.min(MAX_BATCH)
 }
 
 impl Writer {
@@ -120,12 +139,21 @@ impl Writer {
             let Some(first) = first else { return Ok(()) };
             let mut batch = vec![first];
             self.drain(&mut batch);
-            let wait = commit_delay(self.last_commit.map(|at| at.elapsed()), self.min_interval);
-            if !wait.is_zero() && batch.len() < MAX_BATCH && !*stop.borrow() {
-                tokio::time::sleep(wait).await;
-                self.drain(&mut batch);
+            let wait = commit_delay(self.last_commit.map(|at| at.elapsed()), self.max_wait);
+            if !wait.is_zero() {
+                let deadline = tokio::time::Instant::now() + wait;
+                while wants_company(batch.len(), self.last_batch) && !*stop.borrow() {
+                    match tokio::time::timeout_at(deadline, self.queue.recv()).await {
+                        Ok(Some(job)) => {
+                            batch.push(job);
+                            self.drain(&mut batch);
+                        }
+                        Ok(None) | Err(_) => break,
+                    }
+                }
             }
             self.last_commit = Some(Instant::now());
+            self.last_batch = batch.len();
             self.commit(batch).await;
         }
     }
@@ -193,7 +221,7 @@ impl Writer {
 mod tests {
     use std::time::Duration;
 
-    use super::commit_delay;
+    use super::{commit_delay, wants_company, MAX_BATCH};
 
     #[test]
     fn a_commit_waits_only_for_the_rest_of_the_interval() {
@@ -203,5 +231,15 @@ mod tests {
         assert_eq!(commit_delay(Some(ms(5)), ms(5)), Duration::ZERO);
         assert_eq!(commit_delay(Some(ms(900)), ms(5)), Duration::ZERO, "a quiet server commits at once");
         assert_eq!(commit_delay(Some(ms(1)), Duration::ZERO), Duration::ZERO, "0 turns pacing off");
+    }
+
+    #[test]
+    fn a_commit_waits_for_company_only_while_fewer_rows_came_than_last_time() {
+        assert!(!wants_company(1, 0), "the first commit never waits");
+        assert!(!wants_company(1, 1), "a quiet server commits each row at once");
+        assert!(wants_company(3, 16), "16 requests were in flight: wait for the rest");
+        assert!(!wants_company(16, 16));
+        assert!(!wants_company(20, 16), "more than last time: commit");
+        assert!(!wants_company(MAX_BATCH, 5_000), "never more than one transaction's rows");
     }
 }

@@ -118,8 +118,9 @@ pub struct ServerConfig {
     pub master_key_file: PathBuf,
     /// How long issuance ledger rows are kept.
     pub ledger_retention: Duration,
-    /// Ledger commits start at least this many milliseconds apart; rows arriving meanwhile
-    /// share the next commit (fewer fsyncs under load). 0: commit as soon as possible.
+    /// How long after the previous ledger commit started a commit may wait for company, in
+    /// milliseconds, and only while fewer rows have come than the previous one carried.
+    /// 0 (the default): commit as soon as the writer is free.
     pub ledger_commit_interval_ms: u64,
     /// Requests per second a client may make, unless set for the client.
     pub rate_limit: u32,
@@ -138,7 +139,7 @@ impl Default for ServerConfig {
             database_url: "sqlite://data/keyward.db".to_owned(),
             master_key_file: PathBuf::from("data/master.key"),
             ledger_retention: Duration::from_secs(90 * 86_400),
-            ledger_commit_interval_ms: 5,
+            ledger_commit_interval_ms: 0,
             rate_limit: 100,
             rate_burst: 200,
             request_body_timeout: Duration::from_secs(5),
@@ -1194,9 +1195,9 @@ jwks_paths = ["/.well-known/jwks.json"]
 
     #[test]
     fn ledger_commit_interval_is_at_most_a_second() {
-        let config = example_with("ledger_commit_interval_ms = 5", "ledger_commit_interval_ms = 0").unwrap();
-        assert_eq!(config.server.ledger_commit_interval_ms, 0);
-        let err = error_of("ledger_commit_interval_ms = 5", "ledger_commit_interval_ms = 1001");
+        let config = example_with("ledger_commit_interval_ms = 0", "ledger_commit_interval_ms = 5").unwrap();
+        assert_eq!(config.server.ledger_commit_interval_ms, 5);
+        let err = error_of("ledger_commit_interval_ms = 0", "ledger_commit_interval_ms = 1001");
         assert!(err.contains("ledger_commit_interval_ms") && err.contains("at most 1000"), "{err}");
         let loaded = load(ConfigSource::Defaults, &env(&[("KEYWARD_LEDGER_COMMIT_INTERVAL_MS", "20")])).unwrap();
         assert_eq!(loaded.config.server.ledger_commit_interval_ms, 20);

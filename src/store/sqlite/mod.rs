@@ -60,13 +60,9 @@ pub async fn connect(path: impl AsRef<Path>) -> anyhow::Result<SqlitePool> {
             .with_context(|| format!("creating the database folder {}", parent.display()))?;
     }
     create_database_file(path).with_context(|| format!("creating the database file {}", path.display()))?;
-    let pool = SqlitePoolOptions::new()
-        .max_connections(4)
-        .connect_with(options(path))
-        .await
-        .with_context(|| format!("opening the database {}", path.display()))?;
-    // Processes starting together on a fresh database would otherwise all try to apply the
-    // same migrations (sqlx takes no lock on SQLite): they take turns on a lock file.
+    // Processes starting together on a fresh database take turns on a lock file, from opening
+    // to migrated: sqlx takes no lock for migrations on SQLite, and turning a new database to
+    // WAL while another process has it open can fail at once with "database is locked".
     let lock_path = format!("{}.migrate-lock", path.display());
     let lock_file = private_file_options()
         .create(true)
@@ -78,6 +74,11 @@ pub async fn connect(path: impl AsRef<Path>) -> anyhow::Result<SqlitePool> {
         .await
         .context("migration lock task")?
         .with_context(|| format!("locking {lock_path}"))?;
+    let pool = SqlitePoolOptions::new()
+        .max_connections(4)
+        .connect_with(options(path))
+        .await
+        .with_context(|| format!("opening the database {}", path.display()))?;
     let migrated = sqlx::migrate!("./migrations").run(&pool).await;
     drop(lock_file);
     migrated.with_context(|| format!("applying migrations to {}", path.display()))?;
