@@ -1,5 +1,8 @@
 //! The algorithms keyward signs with.
 
+use std::fmt;
+
+use openssl::sha::{Sha256, Sha384};
 use serde::{Deserialize, Serialize};
 
 /// The HMAC algorithms of shared-secret profiles.
@@ -28,5 +31,79 @@ impl HmacAlgorithm {
             HmacAlgorithm::Hs256 => 32,
             HmacAlgorithm::Hs512 => 64,
         }
+    }
+}
+
+/// A signing algorithm keyward can hold keys for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Algorithm {
+    /// RSASSA-PKCS1-v1_5 with SHA-256.
+    #[serde(rename = "RS256")]
+    Rs256,
+    /// RSASSA-PSS with SHA-256.
+    #[serde(rename = "PS256")]
+    Ps256,
+    /// ECDSA on P-256 with SHA-256.
+    #[serde(rename = "ES256")]
+    Es256,
+    /// ECDSA on P-384 with SHA-384.
+    #[serde(rename = "ES384")]
+    Es384,
+}
+
+impl Algorithm {
+    /// The JOSE name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::Rs256 => "RS256",
+            Algorithm::Ps256 => "PS256",
+            Algorithm::Es256 => "ES256",
+            Algorithm::Es384 => "ES384",
+        }
+    }
+
+    /// Parses a JOSE name.
+    pub fn parse(name: &str) -> Option<Self> {
+        [Algorithm::Rs256, Algorithm::Ps256, Algorithm::Es256, Algorithm::Es384]
+            .into_iter()
+            .find(|a| a.as_str() == name)
+    }
+
+    /// Whether keys of this algorithm are RSA keys.
+    pub fn is_rsa(self) -> bool {
+        matches!(self, Algorithm::Rs256 | Algorithm::Ps256)
+    }
+
+    /// The signing input's hash. OpenSSL's one-shot `SHA256()` fetches the algorithm anew
+    /// on every call (as much work as hashing a token); the hasher objects do not.
+    pub(super) fn hash(self, input: &[u8]) -> Vec<u8> {
+        if self == Algorithm::Es384 {
+            let mut hasher = Sha384::new();
+            hasher.update(input);
+            hasher.finish().to_vec()
+        } else {
+            let mut hasher = Sha256::new();
+            hasher.update(input);
+            hasher.finish().to_vec()
+        }
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn algorithm_names_round_trip() {
+        for alg in [Algorithm::Rs256, Algorithm::Ps256, Algorithm::Es256, Algorithm::Es384] {
+            assert_eq!(Algorithm::parse(alg.as_str()), Some(alg));
+        }
+        assert_eq!(Algorithm::parse("HS256"), None);
     }
 }
