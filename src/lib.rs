@@ -8,7 +8,6 @@
 
 pub mod app;
 pub mod cli;
-pub mod clients;
 pub mod config;
 pub mod http;
 pub mod keys;
@@ -18,7 +17,6 @@ pub mod policy;
 pub mod private_files;
 pub mod scheduler;
 pub mod seal;
-pub mod secrets;
 pub mod startup;
 pub mod state;
 pub mod store;

@@ -13,12 +13,13 @@ use tokio::sync::watch;
 
 use crate::app::ledger::LedgerHealth;
 use crate::app::metrics::Metrics;
-use crate::clients::{self, ClientDirectory};
 use crate::config::Config;
 use crate::keys::jwks::{self, JwksDocument};
 use crate::keys::{self, timeline, KeyState, PublicKey, SecretKey, SigningKey};
+use crate::ops::clients;
+use crate::ops::secrets;
+use crate::policy::client::{self, ClientDirectory};
 use crate::seal::MasterKey;
-use crate::secrets;
 use crate::store::{sqlite, Store};
 
 fn generation_time() -> i64 {
@@ -245,7 +246,7 @@ impl Shared {
     /// CLI: look its hash up in the store and, if it is there, reload before answering.
     /// Bounded: one look-up at a time, at most [`RECHECKS_PER_SECOND`].
     pub async fn recheck(&self, token: &str) -> Recheck {
-        let Some(token_id) = clients::token_id(token) else {
+        let Some(token_id) = client::token_id(token) else {
             return Recheck::Unknown;
         };
         let mut budget = self.recheck.lock().await;

@@ -11,19 +11,20 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use crate::clients::ClientError;
 use crate::config::{self, EnvSettings, LoadedConfig, LogFormat};
 use crate::keys::export::{self, Format};
 use crate::keys::rotation::{Exposure, ImportAs, Refused, Step};
 use crate::keys::timeline::Moment;
 use crate::keys::{KeyRecord, KeyState};
+use crate::ops::clients::ClientError;
 use crate::ops::{self, ActionError};
+use crate::ops::{clients, secrets};
 use crate::seal::{MasterKey, MasterKeyOrigin};
 use crate::startup::Application;
 use crate::store::rows::Filter;
 use crate::store::sqlite;
 use crate::store::Store;
-use crate::{clients, keys, private_files, secrets};
+use crate::{keys, private_files};
 
 mod telemetry;
 

@@ -2,6 +2,8 @@
 //! schedule), carried out through the store.
 
 mod carry_out;
+pub mod clients;
+pub mod secrets;
 
 use anyhow::Context;
 use serde::Serialize;

@@ -1,4 +1,5 @@
 //! Policy: what a profile lets a caller sign, and how often a client may ask.
 
+pub mod client;
 pub mod profile;
 pub mod ratelimit;

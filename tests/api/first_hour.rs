@@ -90,7 +90,8 @@ async fn a_client_stored_a_moment_ago_is_accepted_before_the_watch_reloads() {
     let app = spawn_app().await;
     for name in ["a", "b", "c", "d", "e"] {
         // Stored as the CLI stores it, with no reload: the next request must find it anyway.
-        let token = keyward::clients::add(&app.store, &app.config, name, &[PROFILE.into()], false, 0).await.unwrap();
+        let token =
+            keyward::ops::clients::add(&app.store, &app.config, name, &[PROFILE.into()], false, 0).await.unwrap();
         let response = app.sign(PROFILE, &token, &json!({"sub": "a"})).await;
         let status = response.status();
         assert_eq!(status, 200, "{}", response.text().await.unwrap());

@@ -93,7 +93,7 @@ impl TestApp {
     /// A client allowed to use `profiles`, created through the library.
     pub async fn client(&self, name: &str, profiles: &[&str]) -> String {
         let profiles: Vec<String> = profiles.iter().map(|p| p.to_string()).collect();
-        let token = keyward::clients::add(&self.store, &self.config, name, &profiles, false, 0).await.unwrap();
+        let token = keyward::ops::clients::add(&self.store, &self.config, name, &profiles, false, 0).await.unwrap();
         self.reload().await;
         token.to_string()
     }

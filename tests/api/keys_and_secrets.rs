@@ -17,8 +17,8 @@ use keyward::config::Duration as Span;
 use keyward::config::{Config, ProfileConfig};
 use keyward::keys::Algorithm;
 use keyward::keys::HmacAlgorithm;
+use keyward::ops::secrets::SecretError;
 use keyward::seal::MasterKey;
-use keyward::secrets::SecretError;
 use rsa::pkcs1::DecodeRsaPrivateKey;
 use rsa::pkcs8::{DecodePrivateKey, DecodePublicKey};
 use rsa::traits::PublicKeyParts;
@@ -95,7 +95,7 @@ async fn spawn_with_profiles(profiles: Vec<ProfileConfig>) -> TestApp {
 
 /// Stores a secret through the library, as an in-process admin action would.
 async fn store_secret(app: &TestApp, profile: &str, secret: &[u8]) {
-    keyward::secrets::set(&app.store, &app.master, &app.config, profile, secret, now()).await.unwrap();
+    keyward::ops::secrets::set(&app.store, &app.master, &app.config, profile, secret, now()).await.unwrap();
     app.reload().await;
 }
 
@@ -346,7 +346,7 @@ async fn secrets_too_short_for_rfc_7518_or_for_key_set_profiles_are_refused() {
     let app = spawn_with_profiles(vec![partner_api(), nps("nps")]).await;
     let set = |profile: &'static str, secret: Vec<u8>| {
         let app = &app;
-        async move { keyward::secrets::set(&app.store, &app.master, &app.config, profile, &secret, now()).await }
+        async move { keyward::ops::secrets::set(&app.store, &app.master, &app.config, profile, &secret, now()).await }
     };
 
     for (profile, min) in [("partner-api", 32), ("nps", 64)] {
@@ -361,7 +361,7 @@ async fn secrets_too_short_for_rfc_7518_or_for_key_set_profiles_are_refused() {
     assert!(matches!(set("nope", PARTNER_SECRET.to_vec()).await, Err(SecretError::NotSecretProfile(_))));
 
     let listed: Vec<String> =
-        keyward::secrets::list(&app.store).await.unwrap().into_iter().map(|s| s.profile).collect();
+        keyward::ops::secrets::list(&app.store).await.unwrap().into_iter().map(|s| s.profile).collect();
     assert_eq!(listed, ["nps", "partner-api"]);
 }
 

@@ -138,7 +138,7 @@ async fn every_answer_to_valid_and_invalid_requests_is_documented_in_openapi_jso
     })
     .await;
     let client = app.client("backend", &["npm-sandbox", "exchanging"]).await;
-    let admin = keyward::clients::add(&app.store, &app.config, "ops", &[], true, 0).await.unwrap().to_string();
+    let admin = keyward::ops::clients::add(&app.store, &app.config, "ops", &[], true, 0).await.unwrap().to_string();
     app.reload().await;
     let response = app.http.get(format!("{}/openapi.json", app.internal)).send().await.unwrap();
     assert_eq!(response.status(), 200);

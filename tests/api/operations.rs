@@ -511,11 +511,18 @@ async fn rows_older_than_the_retention_are_pruned_and_newer_ones_stay() {
 #[tokio::test]
 async fn a_client_over_its_rate_limit_gets_429_with_retry_after_and_others_are_unaffected() {
     let app = spawn_app_with(es256).await;
-    let slow =
-        keyward::clients::add_with_rate(&app.store, &app.config, "slow", &[PROFILE.into()], false, Some((1, 2)), 0)
-            .await
-            .unwrap()
-            .to_string();
+    let slow = keyward::ops::clients::add_with_rate(
+        &app.store,
+        &app.config,
+        "slow",
+        &[PROFILE.into()],
+        false,
+        Some((1, 2)),
+        0,
+    )
+    .await
+    .unwrap()
+    .to_string();
     app.reload().await;
     let other = app.client("other", &[PROFILE]).await;
 
@@ -789,7 +796,7 @@ async fn sigterm_under_load_exits_0_and_every_token_received_has_its_ledger_row(
     let (_, _) = MasterKey::resolve(None, &config.server.master_key_file, true).unwrap();
     let store = Store::open(config.database_path()).await.unwrap();
     let pool = sqlite(&store).clone();
-    let token = keyward::clients::add(&store, &config, "loader", &[PROFILE.into()], false, now()).await.unwrap();
+    let token = keyward::ops::clients::add(&store, &config, "loader", &[PROFILE.into()], false, now()).await.unwrap();
     let token = token.to_string();
     pool.close().await;
     let mut server = serve(path, &config, "info");

@@ -186,8 +186,8 @@ async fn a_full_disk_refuses_tokens_without_recording_none_and_everything_recove
     let store = Store::open(&database).await.unwrap();
     let pool = sqlite(&store).clone();
     let now = chrono::Utc::now().timestamp();
-    let token = keyward::clients::add(&store, &config, "loader", &[PROFILE.into()], false, now).await.unwrap();
-    let admin = keyward::clients::add(&store, &config, "ops", &[], true, now).await.unwrap();
+    let token = keyward::ops::clients::add(&store, &config, "loader", &[PROFILE.into()], false, now).await.unwrap();
+    let admin = keyward::ops::clients::add(&store, &config, "ops", &[], true, now).await.unwrap();
     let (token, admin) = (token.to_string(), admin.to_string());
     pool.close().await;
     let mut server = serve(path, &config, "info");

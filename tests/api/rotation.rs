@@ -33,7 +33,7 @@ fn fast(config: &mut Config, algorithm: Algorithm) {
 }
 
 async fn admin_token(app: &TestApp) -> String {
-    let token = keyward::clients::add(&app.store, &app.config, "ops", &[], true, 0).await.unwrap();
+    let token = keyward::ops::clients::add(&app.store, &app.config, "ops", &[], true, 0).await.unwrap();
     app.reload().await;
     token.to_string()
 }

@@ -111,7 +111,7 @@ async fn revoked_client_is_refused_once_the_server_sees_the_change() {
     let app = spawn_app_with_algorithm(Algorithm::Es256).await;
     let token = app.client("backend", &[PROFILE]).await;
     app.sign_ok(PROFILE, &token, &json!({"sub": "a"})).await;
-    keyward::clients::revoke(&app.store, "backend", 0).await.unwrap();
+    keyward::ops::clients::revoke(&app.store, "backend", 0).await.unwrap();
     // No explicit reload: the server's watcher must notice the other writer's change.
     let refused = app
         .eventually(Duration::from_secs(5), || async {
@@ -222,7 +222,7 @@ async fn claim_values_of_the_wrong_type_or_size_are_422_naming_the_claim() {
 async fn a_member_named_twice_at_any_depth_is_400_naming_it_on_every_json_route() {
     let app = spawn_app_with_algorithm(Algorithm::Es256).await;
     let token = app.client("backend", &[PROFILE]).await;
-    let admin = keyward::clients::add(&app.store, &app.config, "ops", &[], true, 0).await.unwrap().to_string();
+    let admin = keyward::ops::clients::add(&app.store, &app.config, "ops", &[], true, 0).await.unwrap().to_string();
     app.reload().await;
     let cases = [
         ("/v1/profiles/npm-sandbox/sign", &token, r#"{"sub": "a", "sub": "b"}"#, "sub"),

@@ -13,7 +13,6 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::app::ledger::Ledger;
-use crate::clients::Client;
 use crate::config::ExchangeStyle;
 use crate::http::problem::{ApiError, Problem};
 use crate::http::public::{readiness_json, status_json, HealthStatus};
@@ -22,6 +21,7 @@ use crate::keys::rotation::{Exposure, Refused, Step};
 use crate::ops::{self, ActionError, Outcome};
 use crate::partner::cache::TokenCache;
 use crate::partner::exchange::{self, ExchangeError};
+use crate::policy::client::Client;
 use crate::policy::profile::{Prepared, Profile, Refusal, RefusalKind, SignRequest, SignedBy};
 use crate::policy::ratelimit::{Limit, RateLimiter};
 use crate::state::{Recheck, Shared, Snapshot};

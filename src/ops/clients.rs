@@ -1,25 +1,16 @@
-//! Internal API clients: bearer tokens, their stored hashes, and authentication.
-//!
-//! A token is `kw_<16 hex id>_<43 base64url secret>`. The id finds the row; only a SHA-256
-//! hash of the secret is stored, and it is compared in constant time.
+//! Adding, rotating and revoking internal API clients, decided on the row read under the
+//! store's write lock.
 
-use std::collections::{BTreeSet, HashMap};
-use std::fmt;
+use std::collections::BTreeSet;
 
 use anyhow::Context;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
-use rand::RngCore;
 use serde::Serialize;
 use zeroize::Zeroizing;
 
 use crate::config::{self, Config};
+use crate::policy::client::{matches_any, new_token_and_hash, split_token, Client, ClientDirectory};
 use crate::store::rows::ClientRow;
 use crate::store::Store;
-
-const PREFIX: &str = "kw_";
-const ID_LEN: usize = 16;
-const SECRET_LEN: usize = 43;
 
 /// Why a client could not be added or revoked.
 #[derive(Debug, thiserror::Error)]
@@ -65,100 +56,6 @@ pub struct ClientInfo {
     /// After `clients rotate --grace`: until when the previous token works.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub previous_token_valid_until: Option<i64>,
-}
-
-/// An authenticated caller, as the handlers see it.
-#[derive(Clone)]
-pub struct Client {
-    /// Unique name.
-    pub name: String,
-    /// Profiles it may sign with.
-    pub profiles: BTreeSet<String>,
-    /// Whether it may use the admin routes.
-    pub admin: bool,
-    /// Its own rate limit (requests per second, burst), if it has one.
-    pub rate: Option<(u32, u32)>,
-    token_hash: [u8; 32],
-}
-
-impl fmt::Debug for Client {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Client")
-            .field("name", &self.name)
-            .field("profiles", &self.profiles)
-            .field("admin", &self.admin)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Client {
-    /// Whether this client may sign with `profile`.
-    pub fn may_use(&self, profile: &str) -> bool {
-        self.profiles.contains(profile)
-    }
-}
-
-/// A token id's client, and until when it works (a rotated-out token in its grace).
-#[derive(Debug, Clone)]
-struct Entry {
-    client: Client,
-    valid_until: Option<i64>,
-}
-
-/// Active clients by token id, held in memory so that authentication needs no query.
-#[derive(Debug, Default, Clone)]
-pub struct ClientDirectory {
-    by_token_id: HashMap<String, Entry>,
-}
-
-impl ClientDirectory {
-    /// The client a presented bearer token belongs to, if any.
-    pub fn authenticate(&self, token: &str) -> Option<&Client> {
-        let (id, secret) = split_token(token)?;
-        let entry = self.by_token_id.get(id)?;
-        if entry.valid_until.is_some_and(|until| chrono::Utc::now().timestamp() >= until) {
-            return None;
-        }
-        // The hasher, not the one-shot `sha256()`, which fetches the algorithm on every call.
-        let mut hasher = openssl::sha::Sha256::new();
-        hasher.update(secret.as_bytes());
-        openssl::memcmp::eq(&hasher.finish(), &entry.client.token_hash).then_some(&entry.client)
-    }
-
-    /// How many active clients there are.
-    pub fn len(&self) -> usize {
-        self.by_token_id.len()
-    }
-
-    /// Whether there are no active clients.
-    pub fn is_empty(&self) -> bool {
-        self.by_token_id.is_empty()
-    }
-}
-
-/// The id part of a well-formed token (what finds its row), or `None`.
-pub fn token_id(token: &str) -> Option<&str> {
-    split_token(token).map(|(id, _)| id)
-}
-
-fn split_token(token: &str) -> Option<(&str, &str)> {
-    let rest = token.strip_prefix(PREFIX)?;
-    if rest.len() != ID_LEN + 1 + SECRET_LEN || !rest.is_char_boundary(ID_LEN) {
-        return None;
-    }
-    let (id, secret) = rest.split_at(ID_LEN);
-    Some((id, secret.strip_prefix('_')?))
-}
-
-fn new_token() -> (String, Zeroizing<String>) {
-    let mut rng = rand::rng();
-    let mut id = [0u8; ID_LEN / 2];
-    rng.fill_bytes(&mut id);
-    let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
-    let mut secret = Zeroizing::new([0u8; 32]);
-    rng.fill_bytes(secret.as_mut());
-    let token = Zeroizing::new(format!("{PREFIX}{id}_{}", URL_SAFE_NO_PAD.encode(secret.as_ref())));
-    (id, token)
 }
 
 fn check_name(name: &str) -> Result<(), ClientError> {
@@ -241,13 +138,6 @@ pub async fn create(
     Ok((token, reused))
 }
 
-fn new_token_and_hash() -> anyhow::Result<(String, Zeroizing<String>, [u8; 32])> {
-    let (id, token) = new_token();
-    let (_, secret) = split_token(&token).context("a fresh token must parse")?;
-    let hash = openssl::sha::sha256(secret.as_bytes());
-    Ok((id, token, hash))
-}
-
 /// Gives an active client a new token. The old one stops working at once, or with `grace`
 /// (seconds) at `now + grace`; a token still in the grace of an earlier rotation stops now.
 pub async fn rotate(store: &Store, name: &str, grace: i64, now: i64) -> Result<Zeroizing<String>, ClientError> {
@@ -282,12 +172,11 @@ fn active<'a>(existing: Option<&'a ClientRow>, name: &str) -> Result<&'a ClientR
 /// Whether `token` (whose id part is `token_id`) is an active client's, as stored now:
 /// one indexed look-up, for a token the served snapshot does not know yet.
 pub async fn is_active_token(store: &Store, token_id: &str, token: &str, now: i64) -> anyhow::Result<bool> {
-    let Some((_, secret)) = split_token(token) else {
+    if split_token(token).is_none() {
         return Ok(false);
-    };
+    }
     let hashes = store.client_token_hashes(token_id, now).await?;
-    let presented = openssl::sha::sha256(secret.as_bytes());
-    Ok(hashes.iter().any(|hash| openssl::memcmp::eq(&presented, hash.as_slice()) && hash.len() == 32))
+    Ok(matches_any(token, &hashes))
 }
 
 /// Every client, active and revoked, by name.
@@ -322,7 +211,7 @@ pub async fn revoke(store: &Store, name: &str, now: i64) -> Result<(), ClientErr
 /// Loads the active clients for authentication (with rotated-out tokens still in grace).
 pub async fn load_directory(store: &Store) -> anyhow::Result<ClientDirectory> {
     let rows: Vec<ClientRow> = store.clients().await?.into_iter().filter(|row| row.revoked_at.is_none()).collect();
-    let mut by_token_id = HashMap::with_capacity(rows.len());
+    let mut directory = ClientDirectory::default();
     for row in rows {
         let name = row.name;
         let client = Client {
@@ -346,58 +235,9 @@ pub async fn load_directory(store: &Store) -> anyhow::Result<ClientDirectory> {
                     .with_context(|| format!("client {} has a malformed hash", client.name))?,
                 ..client.clone()
             };
-            by_token_id.insert(id, Entry { client: previous, valid_until: Some(until) });
+            directory.insert(id, previous, Some(until));
         }
-        by_token_id.insert(row.token_id, Entry { client, valid_until: None });
+        directory.insert(row.token_id, client, None);
     }
-    Ok(ClientDirectory { by_token_id })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn directory_with(token: &str, name: &str) -> ClientDirectory {
-        let (id, secret) = split_token(token).unwrap();
-        let client = Client {
-            name: name.to_owned(),
-            profiles: BTreeSet::from(["p".to_owned()]),
-            admin: false,
-            rate: None,
-            token_hash: openssl::sha::sha256(secret.as_bytes()),
-        };
-        ClientDirectory { by_token_id: HashMap::from([(id.to_owned(), Entry { client, valid_until: None })]) }
-    }
-
-    #[test]
-    fn fresh_tokens_are_unique_and_well_formed() {
-        let (id, token) = new_token();
-        assert_eq!(token.len(), PREFIX.len() + ID_LEN + 1 + SECRET_LEN);
-        assert_eq!(split_token(&token).unwrap().0, id);
-        assert_ne!(*new_token().1, *token);
-    }
-
-    #[test]
-    fn only_the_exact_token_authenticates() {
-        let (_, token) = new_token();
-        let dir = directory_with(&token, "svc");
-        assert_eq!(dir.authenticate(&token).unwrap().name, "svc");
-        let mut wrong = token.to_string();
-        let last = wrong.pop().unwrap();
-        wrong.push(if last == 'A' { 'B' } else { 'A' });
-        assert!(dir.authenticate(&wrong).is_none());
-        assert!(dir.authenticate(&token[..token.len() - 1]).is_none());
-        assert!(dir.authenticate("").is_none());
-        assert!(dir.authenticate("kw_ü").is_none());
-        let (_, other) = new_token();
-        assert!(dir.authenticate(&other).is_none());
-    }
-
-    #[test]
-    fn debug_shows_no_hash() {
-        let (_, token) = new_token();
-        let dir = directory_with(&token, "svc");
-        let shown = format!("{dir:?}");
-        assert!(!shown.contains("token_hash") && shown.contains("svc"), "{shown}");
-    }
+    Ok(directory)
 }
