@@ -15,8 +15,6 @@ pub mod ops;
 pub mod partner;
 pub mod policy;
 pub mod private_files;
-pub mod scheduler;
 pub mod seal;
 pub mod startup;
-pub mod state;
 pub mod store;

@@ -12,15 +12,15 @@ use tokio::sync::watch;
 
 use crate::app::ledger::{Ledger, Writer};
 use crate::app::metrics::Metrics;
+use crate::app::scheduler;
+use crate::app::snapshot::Shared;
 use crate::config::{self, Config};
 use crate::http::internal::{self, InternalState};
 use crate::http::middleware;
 use crate::http::public::{self, PublicState};
 use crate::keys;
 use crate::policy::profile::Profile;
-use crate::scheduler;
 use crate::seal::MasterKey;
-use crate::state::Shared;
 use crate::store::Store;
 
 /// How many seconds in-flight requests get to finish at shutdown.

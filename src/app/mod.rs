@@ -1,4 +1,8 @@
-//! The running application's parts: the issuance ledger and the metrics.
+//! The running application's parts: the served snapshot and its reloads, the scheduler,
+//! the issuance ledger and the metrics.
 
 pub mod ledger;
 pub mod metrics;
+pub mod scheduler;
+pub mod snapshot;
+mod watch;

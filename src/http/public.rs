@@ -8,9 +8,9 @@ use actix_web::{web, HttpRequest, HttpResponse};
 
 use prometheus_client::metrics::counter::Counter;
 
+use crate::app::snapshot::Shared;
 use crate::http::problem::ApiError;
 use crate::keys::jwks;
-use crate::state::Shared;
 
 /// What the public handlers need.
 pub struct PublicState {

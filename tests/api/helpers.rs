@@ -5,11 +5,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use keyward::app::snapshot::Shared;
 use keyward::config::Config;
 use keyward::keys::Algorithm;
 use keyward::seal::MasterKey;
 use keyward::startup::Application;
-use keyward::state::Shared;
 use keyward::store::Store;
 use serde_json::Value;
 use sqlx::SqlitePool;

@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::app::ledger::Ledger;
+use crate::app::snapshot::{Recheck, Shared, Snapshot};
 use crate::config::ExchangeStyle;
 use crate::http::problem::{ApiError, Problem};
 use crate::http::public::{readiness_json, status_json, HealthStatus};
@@ -24,7 +25,6 @@ use crate::partner::exchange::{self, ExchangeError};
 use crate::policy::client::Client;
 use crate::policy::profile::{Prepared, Profile, Refusal, RefusalKind, SignRequest, SignedBy};
 use crate::policy::ratelimit::{Limit, RateLimiter};
-use crate::state::{Recheck, Shared, Snapshot};
 use crate::store::rows::Entry;
 
 /// Route paths, shared by the router and the OpenAPI document.

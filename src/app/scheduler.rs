@@ -5,11 +5,11 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::app::metrics::Metrics;
+use crate::app::snapshot::Shared;
 use crate::config::Config;
 use crate::keys::rotation;
 use crate::ops;
 use crate::seal::MasterKey;
-use crate::state::Shared;
 use crate::store::Store;
 
 /// The scheduler looks again at least this often, whatever the plan says.

@@ -8,8 +8,6 @@ use std::time::Duration;
 
 use actix_web::http::header::HeaderValue;
 use actix_web::web::Bytes;
-use anyhow::Context;
-use tokio::sync::watch;
 
 use crate::app::ledger::LedgerHealth;
 use crate::app::metrics::Metrics;
@@ -20,15 +18,11 @@ use crate::ops::clients;
 use crate::ops::secrets;
 use crate::policy::client::{self, ClientDirectory};
 use crate::seal::MasterKey;
-use crate::store::{sqlite, Store};
+use crate::store::Store;
 
 fn generation_time() -> i64 {
     chrono::Utc::now().timestamp()
 }
-
-/// How often a server looks for changes made by other processes (a `PRAGMA data_version`
-/// on a connection of its own: no table is read unless something was committed).
-pub const WATCH_INTERVAL: Duration = Duration::from_millis(50);
 
 /// At most this many store look-ups per second for bearer tokens the snapshot does not know,
 /// so that a flood of bad tokens cannot become a flood of queries.
@@ -97,7 +91,7 @@ pub struct Shared {
     config: Arc<Config>,
     master: MasterKey,
     metrics: Metrics,
-    database_ok: AtomicBool,
+    pub(super) database_ok: AtomicBool,
     ledger: LedgerHealth,
     /// Held during a re-check: concurrent unknown tokens wait for it (single flight), and
     /// it counts the look-ups of the current second.
@@ -271,67 +265,6 @@ impl Shared {
             return Recheck::NotChecked;
         }
         Recheck::Known(self.snapshot())
-    }
-
-    /// Reloads whenever another process changes keys or clients, until `stop` turns true.
-    pub async fn watch_until_stopped(&self, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
-        let mut ticker = tokio::time::interval(WATCH_INTERVAL);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let path = self.config.database_path();
-        let mut watcher: Option<(sqlx::SqliteConnection, i64)> = None;
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => {}
-                changed = stop.changed() => {
-                    if changed.is_err() || *stop.borrow() {
-                        return Ok(());
-                    }
-                }
-            }
-            // Only a commit by any connection (this server's included) moves data_version;
-            // then the generation says whether keys or clients changed (ledger rows do not).
-            let polled = async {
-                let (mut conn, seen) = match watcher.take() {
-                    Some(w) => w,
-                    None => (sqlite::connect_watcher(&path).await?, i64::MIN),
-                };
-                let version = sqlite::data_version(&mut conn).await?;
-                watcher = Some((conn, version));
-                anyhow::Ok(version != seen)
-            }
-            .await;
-            let committed = match polled {
-                Ok(committed) => committed,
-                Err(err) => {
-                    self.database_ok.store(false, Ordering::Relaxed);
-                    tracing::warn!(error = format!("{err:#}"), "database unavailable");
-                    continue;
-                }
-            };
-            if !committed {
-                continue;
-            }
-            let seen = self.snapshot().generation;
-            let polled = self.store.generation().await.context("polling for changes");
-            self.database_ok.store(polled.is_ok(), Ordering::Relaxed);
-            match polled {
-                Ok(generation) if generation != seen => {
-                    if let Err(err) = self.reload().await {
-                        // Keep serving the last good snapshot; try again at the next tick.
-                        watcher = None;
-                        tracing::error!(error = format!("{err:#}"), "reloading keys and clients failed");
-                    } else {
-                        tracing::info!(generation, "reloaded keys and clients after a change");
-                    }
-                }
-                Ok(_) => {}
-                Err(err) => {
-                    // Not ready until the generation reads again: ask at every tick.
-                    watcher = None;
-                    tracing::warn!(error = format!("{err:#}"), "database unavailable");
-                }
-            }
-        }
     }
 }
 
