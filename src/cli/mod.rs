@@ -524,7 +524,14 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
                     ),
                     other => other.into(),
                 })?;
-            report(&outcome.steps);
+            // The imported key is the one a creating step places: said once, below.
+            let others: Vec<Step> = outcome
+                .steps
+                .iter()
+                .filter(|s| !matches!(s, Step::CreateCurrent | Step::CreateNext))
+                .cloned()
+                .collect();
+            report(&others);
             let role = if activate { "the signing key" } else { "the next key" };
             eprintln!("imported {kid} into {set} as {role}");
             if let Some(signer) = &outcome.new_signer {

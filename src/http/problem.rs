@@ -194,7 +194,18 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         let status = self.status_code();
         if status.is_server_error() {
-            tracing::error!(error = format!("{self:#}"), status = status.as_u16(), "request failed");
+            // A ledger outage or a missing key or secret is one episode for the operator, logged
+            // once where it starts (ledger writer, scheduler) and shown by /readyz: not once per
+            // request.
+            let episode = matches!(
+                self,
+                ApiError::NotRecorded | ApiError::Upstream(ExchangeError::NotRecorded) | ApiError::NoSigningKey(_)
+            );
+            if episode {
+                tracing::debug!(error = format!("{self:#}"), status = status.as_u16(), "request refused");
+            } else {
+                tracing::error!(error = format!("{self:#}"), status = status.as_u16(), "request failed");
+            }
         }
         let (slug, title) = self.slug_and_title();
         let problem = Problem {

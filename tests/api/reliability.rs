@@ -296,6 +296,12 @@ async fn a_full_disk_refuses_tokens_without_recording_none_and_everything_recove
     println!("log: {outages} outage line(s), {recoveries} recovery line(s)");
     assert!(outages >= 1 && outages == recoveries, "{outages} outage and {recoveries} recovery log lines");
     assert!(outages * 20 <= full.not_recorded, "{outages} outage log lines for {} refusals", full.not_recorded);
+    let per_request = log_lines(&server, "request failed");
+    assert!(
+        per_request * 20 <= full.not_recorded,
+        "{per_request} per-request error lines for {} refusals",
+        full.not_recorded
+    );
 
     // Other writers work again: the CLI (another process), then rotation and revocation.
     let added = keyward_bare(path, &["--config", &config_arg, "clients", "add", "later", "--profiles", PROFILE])
