@@ -71,25 +71,13 @@ pub async fn add(
     admin: bool,
     now: i64,
 ) -> Result<Zeroizing<String>, ClientError> {
-    add_with_rate(store, config, name, profiles, admin, None, now).await
+    Ok(create(store, config, name, profiles, admin, None, now).await?.0)
 }
 
-/// [`add`], with the client's own rate limit (requests per second, burst).
-pub async fn add_with_rate(
-    store: &Store,
-    config: &Config,
-    name: &str,
-    profiles: &[String],
-    admin: bool,
-    rate: Option<(u32, u32)>,
-    now: i64,
-) -> Result<Zeroizing<String>, ClientError> {
-    Ok(create(store, config, name, profiles, admin, rate, now).await?.0)
-}
-
-/// [`add_with_rate`], saying whether the name was reused. A revoked client's name may be reused: the revoked row gives way to the new client (the ledger
-/// keeps the name on the old client's rows). Returns the token, and when the client whose
-/// name was reused had been revoked.
+/// [`add`], with the client's own rate limit (requests per second, burst), saying whether
+/// the name was reused. A revoked client's name may be reused: the revoked row gives way to
+/// the new client (the ledger keeps the name on the old client's rows). Returns the token,
+/// and when the client whose name was reused had been revoked.
 pub async fn create(
     store: &Store,
     config: &Config,
