@@ -15,9 +15,11 @@ use crate::app::metrics::Metrics;
 use crate::app::scheduler;
 use crate::app::snapshot::Shared;
 use crate::config::{self, Config};
+use crate::http::client_cert;
 use crate::http::internal::{self, InternalState};
 use crate::http::middleware;
 use crate::http::public::{self, PublicState};
+use crate::http::tls::{self, TlsListener};
 use crate::keys;
 use crate::policy::profile::Profile;
 use crate::seal::MasterKey;
@@ -34,6 +36,7 @@ pub struct Application {
     internal: Server,
     shared: Arc<Shared>,
     ledger_writer: Writer,
+    tls: Vec<Arc<TlsListener>>,
 }
 
 impl Application {
@@ -85,15 +88,25 @@ impl Application {
 
         let public_addr = public_listener.local_addr()?;
         let internal_addr = internal_listener.local_addr()?;
+        let start_tls = |name, files: &Option<config::TlsConfig>| {
+            files.as_ref().map(|files| TlsListener::start(name, files, shared.metrics())).transpose()
+        };
+        let public_tls = start_tls("public", &config.server.public_tls)?;
+        let internal_tls = start_tls("internal", &config.server.internal_tls)?;
+        let mutual = internal_tls.as_ref().is_some_and(|tls| tls.mutual());
 
-        let public_state = web::Data::new(PublicState::new(Arc::clone(&shared), routes));
+        let public_state =
+            web::Data::new(PublicState::new(Arc::clone(&shared), routes, config::discovery::documents(&config)));
         let public = HttpServer::new(move || {
             App::new().wrap(from_fn(middleware::quiet)).app_data(public_state.clone()).configure(public::configure)
         })
         .workers(workers)
         .disable_signals()
-        .shutdown_timeout(SHUTDOWN_GRACE_SECS)
-        .listen(public_listener)?
+        .shutdown_timeout(SHUTDOWN_GRACE_SECS);
+        let public = match &public_tls {
+            Some(tls) => public.listen_rustls_0_23(public_listener, tls.server_config()?)?,
+            None => public.listen(public_listener)?,
+        }
         .run();
         let internal_state = web::Data::new(InternalState::new(Arc::clone(&shared), profiles, ledger));
         let internal = HttpServer::new(move || {
@@ -102,9 +115,14 @@ impl Application {
         .workers(workers)
         .disable_signals()
         .shutdown_timeout(SHUTDOWN_GRACE_SECS)
-        .listen(internal_listener)?
+        .on_connect(client_cert::on_connect(mutual));
+        let internal = match &internal_tls {
+            Some(tls) => internal.listen_rustls_0_23(internal_listener, tls.server_config()?)?,
+            None => internal.listen(internal_listener)?,
+        }
         .run();
-        Ok(Application { public_addr, internal_addr, public, internal, shared, ledger_writer })
+        let tls = public_tls.into_iter().chain(internal_tls).collect();
+        Ok(Application { public_addr, internal_addr, public, internal, shared, ledger_writer, tls })
     }
 
     /// The public listener's port.
@@ -149,11 +167,12 @@ impl Application {
         };
         // The ledger writer stops after the servers (which finish in-flight requests
         // first), committing every row still queued.
-        let (served, watched, scheduled, recorded) = tokio::join!(
+        let (served, watched, scheduled, recorded, ()) = tokio::join!(
             servers,
             shared.watch_until_stopped(stop_rx.clone()),
             scheduler::run_until_stopped(&shared, stop_rx.clone()),
-            self.ledger_writer.run_until_stopped(stop_rx)
+            self.ledger_writer.run_until_stopped(stop_rx.clone()),
+            tls::reload_until_stopped(&self.tls, stop_rx)
         );
         served?;
         watched?;

@@ -33,6 +33,11 @@ struct ClientLabels {
     client: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: &'static str,
+}
+
 struct Inner {
     registry: Registry,
     issued: Family<IssuedLabels, Counter>,
@@ -45,6 +50,7 @@ struct Inner {
     ledger_commit_seconds: Histogram,
     ledger_failures: Counter,
     rate_limited: Family<ClientLabels, Counter>,
+    certificate_expiry: Family<ListenerLabels, Gauge>,
 }
 
 /// The process's metrics; cheap to clone.
@@ -78,6 +84,12 @@ impl Default for Metrics {
             "Requests refused by the per-client rate limit",
             rate_limited.clone(),
         );
+        let certificate_expiry = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "When the certificate a TLS listener serves expires (Unix seconds)",
+            certificate_expiry.clone(),
+        );
         Metrics(Arc::new(Inner {
             registry,
             issued,
@@ -90,6 +102,7 @@ impl Default for Metrics {
             ledger_commit_seconds,
             ledger_failures,
             rate_limited,
+            certificate_expiry,
         }))
     }
 }
@@ -136,6 +149,11 @@ impl Metrics {
     /// A request over its client's rate limit.
     pub fn rate_limited(&self, client: &str) {
         self.0.rate_limited.get_or_create(&ClientLabels { client: client.to_owned() }).inc();
+    }
+
+    /// When the certificate `listener` serves now expires (Unix seconds).
+    pub fn certificate_expiry(&self, listener: &'static str, not_after: i64) {
+        self.0.certificate_expiry.get_or_create(&ListenerLabels { listener }).set(not_after);
     }
 
     /// The Prometheus text exposition.

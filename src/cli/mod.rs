@@ -19,6 +19,7 @@ use crate::keys::{KeyRecord, KeyState};
 use crate::ops::clients::ClientError;
 use crate::ops::{self, ActionError};
 use crate::ops::{clients, secrets};
+use crate::policy::certificate::CertFingerprint;
 use crate::seal::{MasterKey, MasterKeyOrigin};
 use crate::startup::Application;
 use crate::store::rows::Filter;
@@ -217,6 +218,10 @@ enum ClientsCommand {
         /// --rate, [server] rate_burst).
         #[arg(long, requires = "rate")]
         burst: Option<u32>,
+        /// Bind the client to its TLS certificate: the SHA-256 of its DER (`openssl x509
+        /// -noout -fingerprint -sha256`); it must then connect with it over mutual TLS.
+        #[arg(long, value_name = "FINGERPRINT")]
+        cert_sha256: Option<CertFingerprint>,
     },
     /// Give a client a new token (printed once, on standard output); the old one stops
     /// working at once, or after --grace.
@@ -672,10 +677,11 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
             }
             Ok(())
         }
-        Command::Clients(ClientsCommand::Add { name, profiles, admin, rate, burst }) => {
+        Command::Clients(ClientsCommand::Add { name, profiles, admin, rate, burst, cert_sha256 }) => {
             let store = open_database(&loaded, init).await?;
             let rate = rate.map(|rate| (rate, burst.unwrap_or(rate.saturating_mul(2))));
-            let (token, reused) = clients::create(&store, config, &name, &profiles, admin, rate, now()).await?;
+            let options = clients::ClientOptions { rate, certificate: cert_sha256 };
+            let (token, reused) = clients::create(&store, config, &name, &profiles, admin, options, now()).await?;
             if let Some(revoked_at) = reused {
                 eprintln!(
                     "the name {name:?} was a client revoked at {}: it now names the new client",

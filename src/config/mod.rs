@@ -11,8 +11,11 @@ use serde::{Deserialize, Serialize};
 use crate::keys::rotation::Policy;
 use crate::keys::{Algorithm, HmacAlgorithm};
 
+pub mod discovery;
 mod duration;
+mod tls;
 pub use duration::Duration;
+pub use tls::TlsConfig;
 
 /// Claims a caller may never set: they are fixed by the profile or by keyward.
 pub const REGISTERED_CLAIMS: [&str; 7] = ["iss", "sub", "aud", "exp", "nbf", "iat", "jti"];
@@ -129,6 +132,12 @@ pub struct ServerConfig {
     /// How long the internal listener waits for a request's whole body once its headers
     /// have arrived (a slow sender would hold a connection and a worker otherwise).
     pub request_body_timeout: Duration,
+    /// Serve the public listener over TLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_tls: Option<TlsConfig>,
+    /// Serve the internal listener over TLS, with client certificates when it names a CA.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub internal_tls: Option<TlsConfig>,
 }
 
 impl Default for ServerConfig {
@@ -143,6 +152,8 @@ impl Default for ServerConfig {
             rate_limit: 100,
             rate_burst: 200,
             request_body_timeout: Duration::from_secs(5),
+            public_tls: None,
+            internal_tls: None,
         }
     }
 }
@@ -233,6 +244,9 @@ pub struct ProfileConfig {
     /// Longest lifetime a request may ask for; under one hour.
     #[serde(default = "default_max_ttl")]
     pub max_ttl: Duration,
+    /// Serve the issuer's discovery documents on the public listener (key-set profiles).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub discovery: bool,
 }
 
 /// What values an allowed claim takes, e.g. `{ type = "string_array", max_items = 8 }`.
@@ -394,6 +408,7 @@ impl Default for Config {
                 subject_pattern: default_subject_pattern(),
                 default_ttl: default_ttl(),
                 max_ttl: default_max_ttl(),
+                discovery: false,
             }],
         }
     }
@@ -486,6 +501,9 @@ fn resolve_relative_paths(config: &mut Config, file: &Path, source_name: &str) -
     }
     if server.master_key_file.is_relative() {
         server.master_key_file = folder.join(&server.master_key_file);
+    }
+    for tls in [&mut server.public_tls, &mut server.internal_tls].into_iter().flatten() {
+        tls.resolve_relative_to(&folder);
     }
     Ok(())
 }
@@ -648,6 +666,8 @@ pub fn validate(config: &Config, source_name: &str) -> Result<(), ConfigError> {
             return Err(fail(format!("[server], field {field}"), "must be at least 1".to_owned()));
         }
     }
+    tls::validate(server.public_tls.as_ref(), server.internal_tls.as_ref())
+        .map_err(|(field, m)| fail(format!("[server], field {field}"), m))?;
     if server.public_addr == server.internal_addr && server.public_addr.port() != 0 {
         return Err(fail(
             "[server], field internal_addr".to_owned(),
@@ -765,6 +785,7 @@ pub fn validate(config: &Config, source_name: &str) -> Result<(), ConfigError> {
             validate_exchange(profile, exchange).map_err(|(field, m)| fail(at(field), m))?;
         }
     }
+    discovery::validate(config).map_err(|(name, field, m)| fail(format!("[[profile]] {name:?}, field {field}"), m))?;
     Ok(())
 }
 

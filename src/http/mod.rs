@@ -1,6 +1,9 @@
 //! HTTP: problem+json errors, request logging, the public and the internal listener.
 
+pub mod client_cert;
+pub mod discovery;
 pub mod internal;
 pub mod middleware;
 pub mod problem;
 pub mod public;
+pub mod tls;

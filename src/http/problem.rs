@@ -29,6 +29,12 @@ pub enum ApiError {
     /// The client may not use this resource.
     #[error("client may not use {0}")]
     Forbidden(String),
+    /// A mutual-TLS listener, and the connection presented no client certificate.
+    #[error("a client certificate is required")]
+    CertificateRequired,
+    /// The client is bound to a certificate that the connection did not present; says why.
+    #[error("{0}")]
+    WrongCertificate(String),
     /// No such resource.
     #[error("{0}")]
     NotFound(String),
@@ -105,6 +111,8 @@ impl ApiError {
             }
             ApiError::InvalidQuery { .. } => ("invalid-query", "Invalid query parameter"),
             ApiError::Forbidden(_) => ("forbidden", "Forbidden"),
+            ApiError::CertificateRequired => ("certificate-required", "Client certificate required"),
+            ApiError::WrongCertificate(_) => ("wrong-certificate", "Client certificate refused"),
             ApiError::NotFound(_) => ("not-found", "Not Found"),
             ApiError::MethodNotAllowed(_) => ("method-not-allowed", "Method Not Allowed"),
             ApiError::InvalidBody { .. } => ("invalid-body", "Invalid request body"),
@@ -150,6 +158,9 @@ impl ApiError {
                  application/json', or --json)"
                     .to_owned()
             }
+            ApiError::CertificateRequired => "this listener takes mutual TLS only: connect with a client \
+                                              certificate issued by its client CA"
+                .to_owned(),
             ApiError::InvalidQuery { detail, .. } => detail.clone(),
             ApiError::InvalidBody { detail, .. } | ApiError::Refused { detail, .. } => detail.clone(),
             other => other.to_string(),
@@ -171,7 +182,8 @@ impl ResponseError for ApiError {
         match self {
             ApiError::Unauthorized | ApiError::UnknownToken | ApiError::TokenNotChecked => StatusCode::UNAUTHORIZED,
             ApiError::InvalidQuery { .. } => StatusCode::BAD_REQUEST,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Forbidden(_) | ApiError::WrongCertificate(_) => StatusCode::FORBIDDEN,
+            ApiError::CertificateRequired => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::InvalidBody { .. } => StatusCode::BAD_REQUEST,

@@ -9,6 +9,8 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use prometheus_client::metrics::counter::Counter;
 
 use crate::app::snapshot::Shared;
+use crate::config::discovery::Discovery;
+use crate::http::discovery::DiscoveryDocument;
 use crate::http::problem::ApiError;
 use crate::keys::jwks;
 
@@ -17,6 +19,8 @@ pub struct PublicState {
     shared: Arc<Shared>,
     /// JWKS path to its key set and its counters.
     routes: HashMap<String, Route>,
+    /// Discovery document path to the document.
+    discovery: HashMap<String, Arc<DiscoveryDocument>>,
 }
 
 struct Route {
@@ -27,8 +31,9 @@ struct Route {
 }
 
 impl PublicState {
-    /// Routes every configured JWKS path (path to key set name) to its key set.
-    pub fn new(shared: Arc<Shared>, routes: HashMap<String, String>) -> Self {
+    /// Routes every configured JWKS path (path to key set name) to its key set, and each
+    /// discovery document's paths to it.
+    pub fn new(shared: Arc<Shared>, routes: HashMap<String, String>, discovery: Vec<Discovery>) -> Self {
         let metrics = shared.metrics().clone();
         let routes = routes
             .into_iter()
@@ -37,7 +42,7 @@ impl PublicState {
                 (path, route)
             })
             .collect();
-        PublicState { shared, routes }
+        PublicState { shared, routes, discovery: DiscoveryDocument::by_path(discovery) }
     }
 }
 
@@ -50,7 +55,8 @@ pub fn configure(config: &mut web::ServiceConfig) {
 async fn dispatch(req: HttpRequest, state: web::Data<PublicState>) -> Result<HttpResponse, ApiError> {
     let path = req.path();
     let route = state.routes.get(path);
-    let known = route.is_some() || path == "/healthz" || path == "/readyz";
+    let discovery = state.discovery.get(path);
+    let known = route.is_some() || discovery.is_some() || path == "/healthz" || path == "/readyz";
     if !known {
         return Err(ApiError::NotFound("no such resource".to_owned()));
     }
@@ -58,6 +64,9 @@ async fn dispatch(req: HttpRequest, state: web::Data<PublicState>) -> Result<Htt
         return Err(ApiError::MethodNotAllowed("GET, HEAD"));
     }
     let snapshot = state.shared.snapshot();
+    if let Some(document) = discovery {
+        return document.respond(&req, &snapshot);
+    }
     match (path, route) {
         ("/healthz", _) => Ok(status_json(HttpResponse::Ok(), "ok")),
         ("/readyz", _) => Ok(readiness_json(state.shared.readiness())),

@@ -49,6 +49,9 @@ pub enum Algorithm {
     /// ECDSA on P-384 with SHA-384.
     #[serde(rename = "ES384")]
     Es384,
+    /// EdDSA on Ed25519 (RFC 8037): signs the message itself, no separate hash.
+    #[serde(rename = "EdDSA")]
+    EdDsa,
 }
 
 impl Algorithm {
@@ -59,14 +62,17 @@ impl Algorithm {
             Algorithm::Ps256 => "PS256",
             Algorithm::Es256 => "ES256",
             Algorithm::Es384 => "ES384",
+            Algorithm::EdDsa => "EdDSA",
         }
     }
 
+    /// Every algorithm, in the order the documentation lists them.
+    pub const ALL: [Algorithm; 5] =
+        [Algorithm::Rs256, Algorithm::Ps256, Algorithm::Es256, Algorithm::Es384, Algorithm::EdDsa];
+
     /// Parses a JOSE name.
     pub fn parse(name: &str) -> Option<Self> {
-        [Algorithm::Rs256, Algorithm::Ps256, Algorithm::Es256, Algorithm::Es384]
-            .into_iter()
-            .find(|a| a.as_str() == name)
+        Algorithm::ALL.into_iter().find(|a| a.as_str() == name)
     }
 
     /// Whether keys of this algorithm are RSA keys.
@@ -74,7 +80,7 @@ impl Algorithm {
         matches!(self, Algorithm::Rs256 | Algorithm::Ps256)
     }
 
-    /// The signing input's hash. OpenSSL's one-shot `SHA256()` fetches the algorithm anew
+    /// The signing input's hash (not used by EdDSA, which hashes inside). OpenSSL's one-shot `SHA256()` fetches the algorithm anew
     /// on every call (as much work as hashing a token); the hasher objects do not.
     pub(super) fn hash(self, input: &[u8]) -> Vec<u8> {
         if self == Algorithm::Es384 {
@@ -101,7 +107,7 @@ mod tests {
 
     #[test]
     fn algorithm_names_round_trip() {
-        for alg in [Algorithm::Rs256, Algorithm::Ps256, Algorithm::Es256, Algorithm::Es384] {
+        for alg in Algorithm::ALL {
             assert_eq!(Algorithm::parse(alg.as_str()), Some(alg));
         }
         assert_eq!(Algorithm::parse("HS256"), None);

@@ -62,6 +62,13 @@ pub fn pem(public: &PublicKey) -> anyhow::Result<String> {
             key.check_key().context("the point is not on the curve")?;
             PKey::from_ec_key(key)?
         }
+        PublicKey::Okp { crv, x } => {
+            if crv != "Ed25519" {
+                bail!("unsupported curve {crv}");
+            }
+            let raw = URL_SAFE_NO_PAD.decode(x).context("a JWK member is not base64url")?;
+            PKey::public_key_from_raw_bytes(&raw, openssl::pkey::Id::ED25519)?
+        }
     };
     String::from_utf8(pkey.public_key_to_pem()?).context("PEM is ASCII")
 }

@@ -76,6 +76,14 @@ pub enum PublicKey {
         /// Y coordinate, base64url.
         y: String,
     },
+    /// An octet key pair's public half (RFC 8037): Ed25519 for EdDSA.
+    #[serde(rename = "OKP")]
+    Okp {
+        /// Curve name.
+        crv: String,
+        /// The public key's bytes, base64url.
+        x: String,
+    },
 }
 
 impl PublicKey {
@@ -87,11 +95,13 @@ impl PublicKey {
             PublicKey::Ec { crv, x, y } => {
                 format!(r#"{{"crv":{},"kty":"EC","x":{},"y":{}}}"#, q(crv), q(x), q(y))
             }
+            // RFC 8037 section 2: the required members of an OKP key are crv, kty and x.
+            PublicKey::Okp { crv, x } => format!(r#"{{"crv":{},"kty":"OKP","x":{}}}"#, q(crv), q(x)),
         };
         URL_SAFE_NO_PAD.encode(openssl::sha::sha256(canonical.as_bytes()))
     }
 
-    /// The modulus size of an RSA key; `None` for EC keys.
+    /// The modulus size of an RSA key; `None` for other keys.
     pub fn rsa_bits(&self) -> Option<u32> {
         let PublicKey::Rsa { n, .. } = self else { return None };
         let bytes = URL_SAFE_NO_PAD.decode(n).ok()?;
@@ -106,6 +116,7 @@ impl PublicKey {
         };
         match jwk.key_type() {
             "RSA" => Ok(PublicKey::Rsa { n: member("n")?, e: member("e")? }),
+            "OKP" => Ok(PublicKey::Okp { crv: member("crv")?, x: member("x")? }),
             _ => Ok(PublicKey::Ec { crv: member("crv")?, x: member("x")?, y: member("y")? }),
         }
     }
@@ -144,6 +155,10 @@ pub fn generate(algorithm: Algorithm, rsa_bits: u32) -> Result<GeneratedKey, Key
             let curve = if algorithm == Algorithm::Es256 { EcCurve::P256 } else { EcCurve::P384 };
             let pair = EcKeyPair::generate(curve).map_err(crypto("EC key generation"))?;
             (pair.to_jwk_public_key(), pair.to_der_private_key())
+        }
+        Algorithm::EdDsa => {
+            let key = PKey::generate_ed25519().map_err(openssl_error("Ed25519 key generation"))?;
+            return ed25519_key(&key);
         }
     };
     let private_der = Zeroizing::new(private_der);
@@ -197,10 +212,20 @@ pub fn import_pem(algorithm: Algorithm, pem: &[u8]) -> Result<GeneratedKey, KeyE
         Algorithm::Es384 => {
             EcKeyPair::from_der(&*der, Some(EcCurve::P384)).map_err(crypto("reading the key"))?.to_jwk_public_key()
         }
+        Algorithm::EdDsa => return ed25519_key(&pkey),
     };
     let public = PublicKey::from_jwk(&public_jwk)?;
     SigningKey::from_der("", algorithm, &der)?;
     Ok(GeneratedKey { kid: public.thumbprint(), algorithm, public, private_der: der })
+}
+
+/// An Ed25519 key's public JWK (`x` is the raw 32-byte public key) and PKCS#8 DER.
+fn ed25519_key(key: &PKey<openssl::pkey::Private>) -> Result<GeneratedKey, KeyError> {
+    let raw = key.raw_public_key().map_err(openssl_error("reading the Ed25519 public key"))?;
+    let private_der = Zeroizing::new(key.private_key_to_pkcs8().map_err(openssl_error("encoding the key"))?);
+    let public = PublicKey::Okp { crv: "Ed25519".to_owned(), x: URL_SAFE_NO_PAD.encode(raw) };
+    SigningKey::from_der("", Algorithm::EdDsa, &private_der)?;
+    Ok(GeneratedKey { kid: public.thumbprint(), algorithm: Algorithm::EdDsa, public, private_der })
 }
 
 #[cfg(test)]
@@ -218,8 +243,29 @@ mod tests {
     }
 
     #[test]
+    fn okp_thumbprint_matches_rfc_8037_example() {
+        // RFC 8037 appendix A.3.
+        let key =
+            PublicKey::Okp { crv: "Ed25519".to_owned(), x: "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo".to_owned() };
+        assert_eq!(key.thumbprint(), "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k");
+        assert_eq!(serde_json::to_value(&key).unwrap()["kty"], "OKP");
+    }
+
+    #[test]
+    fn an_ed25519_pem_imports_for_eddsa_only() {
+        let key = PKey::generate_ed25519().unwrap();
+        let pem = key.private_key_to_pem_pkcs8().unwrap();
+        let imported = import_pem(Algorithm::EdDsa, &pem).unwrap();
+        let PublicKey::Okp { crv, x } = &imported.public else { panic!("not OKP: {:?}", imported.public) };
+        assert_eq!((crv.as_str(), URL_SAFE_NO_PAD.decode(x).unwrap()), ("Ed25519", key.raw_public_key().unwrap()));
+        assert!(matches!(import_pem(Algorithm::Es256, &pem), Err(KeyError::Import(_))));
+        let ec = EcKeyPair::generate(EcCurve::P256).unwrap().to_pem_private_key();
+        assert!(matches!(import_pem(Algorithm::EdDsa, &ec), Err(KeyError::Import(_))));
+    }
+
+    #[test]
     fn generated_keys_carry_only_public_members_and_their_thumbprint() {
-        for alg in [Algorithm::Rs256, Algorithm::Ps256, Algorithm::Es256, Algorithm::Es384] {
+        for alg in Algorithm::ALL {
             let key = generate(alg, 2048).unwrap();
             assert_eq!(key.kid, key.public.thumbprint());
             let json = serde_json::to_value(&key.public).unwrap();
@@ -227,6 +273,9 @@ mod tests {
             if alg.is_rsa() {
                 assert_eq!(members.len(), 3, "{members:?}");
                 assert!(members.contains(&"n") && members.contains(&"e"));
+            } else if alg == Algorithm::EdDsa {
+                assert_eq!(members.len(), 3, "{members:?}");
+                assert!(members.contains(&"crv") && members.contains(&"x"));
             } else {
                 assert_eq!(members.len(), 4, "{members:?}");
                 assert!(members.contains(&"crv") && members.contains(&"x") && members.contains(&"y"));

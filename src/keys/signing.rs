@@ -36,6 +36,9 @@ enum Signer {
     Rsa { key: PKey<Private>, contexts: Mutex<Vec<PkeyCtx<Private>>> },
     /// ECDSA straight on the key: no context, and no DER encoding to undo.
     Ec { key: EcKey<Private>, width: i32 },
+    /// Ed25519 signs the whole signing input (it hashes inside), through a one-shot
+    /// OpenSSL signer on the parsed key.
+    Ed25519 { key: PKey<Private> },
 }
 
 impl fmt::Debug for SigningKey {
@@ -65,6 +68,7 @@ impl SigningKey {
                     _ => return Err(KeyError::WrongKind(algorithm)),
                 }
             }
+            Algorithm::EdDsa if key.id() == Id::ED25519 => Signer::Ed25519 { key },
             _ => return Err(KeyError::WrongKind(algorithm)),
         };
         let header = serde_json::json!({"alg": algorithm.as_str(), "kid": kid, "typ": "JWT"});
@@ -88,16 +92,17 @@ impl SigningKey {
         token.push_str(&self.header);
         token.push('.');
         URL_SAFE_NO_PAD.encode_string(payload, &mut token);
-        let signature = self.sign_hash(&self.algorithm.hash(token.as_bytes()))?;
+        let signature = self.sign_input(token.as_bytes())?;
         token.push('.');
         URL_SAFE_NO_PAD.encode_string(signature, &mut token);
         Ok(token)
     }
 
-    /// The JWS signature (RFC 7518 section 3) over a hash of the signing input.
-    fn sign_hash(&self, hash: &[u8]) -> Result<Vec<u8>, KeyError> {
+    /// The JWS signature (RFC 7518 section 3, RFC 8037 section 3.1) of the signing input.
+    fn sign_input(&self, input: &[u8]) -> Result<Vec<u8>, KeyError> {
         match &self.signer {
             Signer::Rsa { key, contexts } => {
+                let hash = self.algorithm.hash(input);
                 let pooled = contexts.lock().unwrap_or_else(PoisonError::into_inner).pop();
                 let mut context = match pooled {
                     Some(context) => context,
@@ -105,13 +110,17 @@ impl SigningKey {
                 };
                 let mut signature = Vec::new();
                 // A context whose signature failed is dropped rather than trusted again.
-                context.sign_to_vec(hash, &mut signature).map_err(openssl_error("signing"))?;
+                context.sign_to_vec(&hash, &mut signature).map_err(openssl_error("signing"))?;
                 contexts.lock().unwrap_or_else(PoisonError::into_inner).push(context);
                 Ok(signature)
             }
             Signer::Ec { key, width } => {
-                let signature = EcdsaSig::sign(hash, key).map_err(openssl_error("signing"))?;
+                let signature = EcdsaSig::sign(&self.algorithm.hash(input), key).map_err(openssl_error("signing"))?;
                 ecdsa_to_jose(&signature, *width)
+            }
+            Signer::Ed25519 { key } => {
+                let mut signer = openssl::sign::Signer::new_without_digest(key).map_err(openssl_error("signing"))?;
+                signer.sign_oneshot_to_vec(input).map_err(openssl_error("signing"))
             }
         }
     }
@@ -217,6 +226,7 @@ mod tests {
             (Algorithm::Ps256, 3072, 384),
             (Algorithm::Es256, 0, 64),
             (Algorithm::Es384, 0, 96),
+            (Algorithm::EdDsa, 0, 64),
         ] {
             let generated = generate(alg, bits).unwrap();
             let key = SigningKey::from_der(&generated.kid, alg, &generated.private_der).unwrap();
@@ -236,5 +246,8 @@ mod tests {
         let p384 = generate(Algorithm::Es384, 0).unwrap();
         assert!(matches!(SigningKey::from_der("k", Algorithm::Rs256, &ec.private_der), Err(KeyError::WrongKind(_))));
         assert!(matches!(SigningKey::from_der("k", Algorithm::Es256, &p384.private_der), Err(KeyError::WrongKind(_))));
+        assert!(matches!(SigningKey::from_der("k", Algorithm::EdDsa, &ec.private_der), Err(KeyError::WrongKind(_))));
+        let ed = generate(Algorithm::EdDsa, 0).unwrap();
+        assert!(matches!(SigningKey::from_der("k", Algorithm::Es256, &ed.private_der), Err(KeyError::WrongKind(_))));
     }
 }

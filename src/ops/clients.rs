@@ -8,6 +8,7 @@ use serde::Serialize;
 use zeroize::Zeroizing;
 
 use crate::config::{self, Config};
+use crate::policy::certificate::CertFingerprint;
 use crate::policy::client::{matches_any, new_token_and_hash, split_token, Client, ClientDirectory};
 use crate::store::rows::ClientRow;
 use crate::store::Store;
@@ -56,6 +57,18 @@ pub struct ClientInfo {
     /// After `clients rotate --grace`: until when the previous token works.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub previous_token_valid_until: Option<i64>,
+    /// The SHA-256 of the client certificate it is bound to, lowercase hex.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_sha256: Option<String>,
+}
+
+/// What a new client may have beside its profiles.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClientOptions {
+    /// Its own rate limit (requests per second, burst).
+    pub rate: Option<(u32, u32)>,
+    /// The client certificate it must connect with (mutual TLS).
+    pub certificate: Option<CertFingerprint>,
 }
 
 fn check_name(name: &str) -> Result<(), ClientError> {
@@ -71,10 +84,10 @@ pub async fn add(
     admin: bool,
     now: i64,
 ) -> Result<Zeroizing<String>, ClientError> {
-    Ok(create(store, config, name, profiles, admin, None, now).await?.0)
+    Ok(create(store, config, name, profiles, admin, ClientOptions::default(), now).await?.0)
 }
 
-/// [`add`], with the client's own rate limit (requests per second, burst), saying whether
+/// [`add`], with the client's own rate limit or certificate, saying whether
 /// the name was reused. A revoked client's name may be reused: the revoked row gives way to
 /// the new client (the ledger keeps the name on the old client's rows). Returns the token,
 /// and when the client whose name was reused had been revoked.
@@ -84,10 +97,11 @@ pub async fn create(
     name: &str,
     profiles: &[String],
     admin: bool,
-    rate: Option<(u32, u32)>,
+    options: ClientOptions,
     now: i64,
 ) -> Result<(Zeroizing<String>, Option<i64>), ClientError> {
     check_name(name)?;
+    let rate = options.rate;
     if rate.is_some_and(|(rate, burst)| rate == 0 || burst == 0) {
         return Err(ClientError::Invalid("--rate and --burst must be at least 1".to_owned()));
     }
@@ -114,6 +128,7 @@ pub async fn create(
         previous_token_id: None,
         previous_token_hash: None,
         previous_token_until: None,
+        cert_sha256: options.certificate.map(|c| c.to_string()),
     };
     // A revoked client's row gives way to the new client.
     let reused = store
@@ -180,6 +195,7 @@ pub async fn list(store: &Store) -> anyhow::Result<Vec<ClientInfo>> {
                 created_at: row.created_at,
                 revoked_at: row.revoked_at,
                 previous_token_valid_until: row.previous_token_until,
+                cert_sha256: row.cert_sha256,
             })
         })
         .collect()
@@ -211,6 +227,12 @@ pub async fn load_directory(store: &Store) -> anyhow::Result<ClientDirectory> {
             profiles: serde_json::from_str(&row.profiles).context("decoding profiles")?,
             admin: row.admin,
             rate: row.rate_limit.zip(row.rate_burst),
+            certificate: row
+                .cert_sha256
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .map_err(|why| anyhow::anyhow!("client {name} has a malformed certificate fingerprint: {why}"))?,
             name,
         };
         if let (Some(id), Some(hash), Some(until)) =

@@ -13,6 +13,8 @@ use base64::Engine;
 use rand::RngCore;
 use zeroize::Zeroizing;
 
+use super::certificate::CertFingerprint;
+
 const PREFIX: &str = "kw_";
 const ID_LEN: usize = 16;
 const SECRET_LEN: usize = 43;
@@ -28,6 +30,8 @@ pub struct Client {
     pub admin: bool,
     /// Its own rate limit (requests per second, burst), if it has one.
     pub rate: Option<(u32, u32)>,
+    /// The client certificate it must connect with, if it is bound to one.
+    pub certificate: Option<CertFingerprint>,
     pub(crate) token_hash: [u8; 32],
 }
 

@@ -128,4 +128,6 @@ pub struct ClientRow {
     pub previous_token_hash: Option<Vec<u8>>,
     /// Until when it works (Unix seconds).
     pub previous_token_until: Option<i64>,
+    /// The SHA-256 (lowercase hex) of the client certificate it must present, if bound.
+    pub cert_sha256: Option<String>,
 }

@@ -511,10 +511,17 @@ async fn rows_older_than_the_retention_are_pruned_and_newer_ones_stay() {
 #[tokio::test]
 async fn a_client_over_its_rate_limit_gets_429_with_retry_after_and_others_are_unaffected() {
     let app = spawn_app_with(es256).await;
-    let (slow, _) =
-        keyward::ops::clients::create(&app.store, &app.config, "slow", &[PROFILE.into()], false, Some((1, 2)), 0)
-            .await
-            .unwrap();
+    let (slow, _) = keyward::ops::clients::create(
+        &app.store,
+        &app.config,
+        "slow",
+        &[PROFILE.into()],
+        false,
+        keyward::ops::clients::ClientOptions { rate: Some((1, 2)), certificate: None },
+        0,
+    )
+    .await
+    .unwrap();
     let slow = slow.to_string();
     app.reload().await;
     let other = app.client("other", &[PROFILE]).await;

@@ -15,6 +15,7 @@ use serde::Serialize;
 use crate::app::ledger::Ledger;
 use crate::app::snapshot::{Recheck, Shared, Snapshot};
 use crate::config::ExchangeStyle;
+use crate::http::client_cert;
 use crate::http::problem::{ApiError, Problem};
 use crate::http::public::{readiness_json, status_json, HealthStatus};
 use crate::keys::export::{self, Format};
@@ -229,6 +230,7 @@ fn bearer(req: &HttpRequest) -> Result<&str, ApiError> {
 /// does: a token `keyward clients add` printed a moment ago works on the next request,
 /// before the change watch reloads.
 async fn snapshot_for(req: &HttpRequest, state: &InternalState) -> Result<Arc<Snapshot>, ApiError> {
+    client_cert::require_if_mutual(req)?;
     let snapshot = state.shared.snapshot();
     let token = bearer(req)?;
     if snapshot.clients.authenticate(token).is_some() {
@@ -244,6 +246,7 @@ async fn snapshot_for(req: &HttpRequest, state: &InternalState) -> Result<Arc<Sn
 /// The client behind the request's bearer token, within its rate limit.
 fn authenticate<'a>(req: &HttpRequest, snapshot: &'a Snapshot, state: &InternalState) -> Result<&'a Client, ApiError> {
     let client = identify(req, snapshot)?;
+    client_cert::check_binding(req, client)?;
     state.admit(client)?;
     Ok(client)
 }
