@@ -61,12 +61,19 @@ impl Application {
     ) -> anyhow::Result<Self> {
         config::validate(&config, "configuration")?;
         let config = Arc::new(config);
+        // Certificates are checked before anything is opened or written.
+        let metrics = Metrics::default();
+        let start_tls = |name, files: &Option<config::TlsConfig>| {
+            files.as_ref().map(|files| TlsListener::start(name, files, &metrics)).transpose()
+        };
+        let public_tls = start_tls("public", &config.server.public_tls)?;
+        let internal_tls = start_tls("internal", &config.server.internal_tls)?;
+        let mutual = internal_tls.as_ref().is_some_and(|tls| tls.mutual());
         let store = Store::open(config.database_path()).await?;
         let now = chrono::Utc::now().timestamp();
         keys::check_master_key(&store.keys().await?, &master)?;
         // New sets get their keys, and anything that fell due while stopped is done, before
         // the first request.
-        let metrics = Metrics::default();
         scheduler::run_due(&store, &master, &config, now, Some(&metrics)).await;
         let (ledger, ledger_writer) = Ledger::start(
             store.issuance_writer(),
@@ -88,12 +95,6 @@ impl Application {
 
         let public_addr = public_listener.local_addr()?;
         let internal_addr = internal_listener.local_addr()?;
-        let start_tls = |name, files: &Option<config::TlsConfig>| {
-            files.as_ref().map(|files| TlsListener::start(name, files, shared.metrics())).transpose()
-        };
-        let public_tls = start_tls("public", &config.server.public_tls)?;
-        let internal_tls = start_tls("internal", &config.server.internal_tls)?;
-        let mutual = internal_tls.as_ref().is_some_and(|tls| tls.mutual());
 
         let public_state =
             web::Data::new(PublicState::new(Arc::clone(&shared), routes, config::discovery::documents(&config)));

@@ -199,6 +199,8 @@ pub fn import_pem(algorithm: Algorithm, pem: &[u8]) -> Result<GeneratedKey, KeyE
                 return Err(refuse("the EC key's parts are inconsistent"));
             }
         }
+        // An Ed25519 key has no parts that could disagree: any 32 bytes are a private key.
+        (Algorithm::EdDsa, Id::ED25519) => {}
         _ => return Err(KeyError::Import(format!("the key's type does not fit the key set's algorithm {algorithm}"))),
     }
     let der = Zeroizing::new(pkey.private_key_to_pkcs8().map_err(|_| refuse("cannot convert to PKCS#8"))?);

@@ -147,6 +147,7 @@ mod tests {
             profiles: BTreeSet::from(["p".to_owned()]),
             admin: false,
             rate: None,
+            certificate: None,
             token_hash: openssl::sha::sha256(secret.as_bytes()),
         };
         ClientDirectory { by_token_id: HashMap::from([(id.to_owned(), Entry { client, valid_until: None })]) }

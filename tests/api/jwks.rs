@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use base64::Engine;
 use keyward::keys::Algorithm;
 use serde_json::json;
 
@@ -13,6 +14,7 @@ async fn jwks_holds_public_members_only_with_cache_headers() {
     for (algorithm, members) in [
         (Algorithm::Rs256, vec!["alg", "e", "kid", "kty", "n", "use"]),
         (Algorithm::Es256, vec!["alg", "crv", "kid", "kty", "use", "x", "y"]),
+        (Algorithm::EdDsa, vec!["alg", "crv", "kid", "kty", "use", "x"]),
     ] {
         let app = spawn_app_with_algorithm(algorithm).await;
         for path in ["/path/to/your/jwks", "/.well-known/jwks.json"] {
@@ -33,6 +35,14 @@ async fn jwks_holds_public_members_only_with_cache_headers() {
                 assert_eq!(names, members, "{algorithm}");
                 assert_eq!(key["use"], "sig");
                 assert_eq!(key["alg"], algorithm.as_str());
+                if algorithm == Algorithm::EdDsa {
+                    assert_eq!((&key["kty"], &key["crv"]), (&json!("OKP"), &json!("Ed25519")));
+                    // RFC 7638 with the OKP members of RFC 8037, computed here independently.
+                    let canonical = format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#, key["x"].as_str().unwrap());
+                    let thumbprint = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                        .encode(<sha2::Sha256 as sha2::Digest>::digest(canonical.as_bytes()));
+                    assert_eq!(key["kid"], thumbprint.as_str());
+                }
             }
             assert_eq!(body.as_object().unwrap().len(), 1, "only the keys member");
         }

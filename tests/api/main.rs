@@ -1,5 +1,6 @@
 //! Integration tests: the real application on port 0, spoken to over HTTP.
 
+mod certs;
 mod cli;
 mod first_hour;
 mod helpers;
@@ -12,5 +13,6 @@ mod reliability;
 mod rotation;
 mod sign;
 mod storage;
+mod tls;
 mod verify;
 mod walkthrough;

@@ -1,4 +1,5 @@
-//! An independent JWT verifier built on the pure-Rust `rsa`, `p256` and `p384` crates,
+//! An independent JWT verifier built on the pure-Rust `rsa`, `p256`, `p384` and
+//! `ed25519-dalek` crates,
 //! so that no test trusts the signer (josekit/OpenSSL) to check its own work.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -83,6 +84,16 @@ pub fn verify(token: &str, jwks: &Value) -> Result<Verified, String> {
             let vk = p384::ecdsa::VerifyingKey::from_encoded_point(&point).map_err(|e| e.to_string())?;
             let sig = p384::ecdsa::Signature::from_slice(&signature).map_err(|e| e.to_string())?;
             vk.verify(message, &sig).map_err(|e| format!("ES384 signature invalid: {e}"))?;
+        }
+        "EdDSA" => {
+            use ed25519_dalek::Verifier;
+            if jwk["kty"] != "OKP" || jwk["crv"] != "Ed25519" {
+                return Err("EdDSA key is not an Ed25519 OKP key".into());
+            }
+            let x: [u8; 32] = member(jwk, "x")?.try_into().map_err(|_| "x is not 32 bytes")?;
+            let vk = ed25519_dalek::VerifyingKey::from_bytes(&x).map_err(|e| e.to_string())?;
+            let sig = ed25519_dalek::Signature::from_slice(&signature).map_err(|e| e.to_string())?;
+            vk.verify(message, &sig).map_err(|e| format!("EdDSA signature invalid: {e}"))?;
         }
         other => return Err(format!("unexpected alg {other}")),
     }
