@@ -2,6 +2,7 @@
 
 mod certs;
 mod cli;
+mod discovery;
 mod first_hour;
 mod helpers;
 mod jwks;
