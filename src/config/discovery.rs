@@ -5,7 +5,8 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use super::{Config, ProfileConfig, RESERVED_PUBLIC_PATHS};
+use super::validate::RESERVED_PUBLIC_PATHS;
+use super::{Config, ProfileConfig};
 
 /// One issuer's metadata, ready to serve at its two well-known paths.
 #[derive(Debug, Clone, PartialEq, Eq)]
