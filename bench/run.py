@@ -8,6 +8,11 @@ Floors, measured in the same run as keyward:
     installed: the throughput a hand-rolled server reaches.
 Then keyward itself, on a fresh database. One server runs at a time.
 
+The "JWKS TLS 200" row serves the same JWKS over TLS (one self-signed P-256 certificate made
+with the openssl command, for keyward's public listener and for nginx with a session cache):
+wrk keeps its connections open, so the row measures TLS records more than handshakes, and a
+reconnecting wrk connection resumes its session.
+
 Environment: KEYWARD_BIN (required, set by run.sh), DURATION (s per row, 10), WARMUP (s
 before each row, 2), SIGN_CONNS (16), JWKS_CONNS (64), OPENSSL_SECONDS (3), PEERS_DIR,
 SERVERS (which to run, default "nginx node keyward"). KEYWARD_* variables reach keyward.
@@ -40,6 +45,7 @@ CORES = os.cpu_count()
 TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 SIGN_ROWS = (("RS256 sign", "rs"), ("ES256 sign", "es"))
+ROWS = ("RS256 sign", "ES256 sign", "JWKS 200", "JWKS 304", "JWKS TLS 200")
 
 CONFIG = """
 [server]
@@ -49,6 +55,7 @@ database_url = "sqlite://{dir}/keyward.db"
 master_key_file = "{dir}/master.key"
 rate_limit = 100000000
 rate_burst = 100000000
+{tls}
 
 [[key_set]]
 name = "rs"
@@ -107,6 +114,19 @@ http {{
             return 200 '{es}';
         }}
     }}
+    server {{
+        listen 127.0.0.1:{tls_port} ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache shared:SSL:1m;
+        etag on;
+        location = /jwks.json {{
+            root {dir}/www;
+            default_type application/json;
+            add_header Cache-Control "public, max-age=300";
+        }}
+    }}
 }}
 """
 
@@ -158,6 +178,16 @@ def rss_mib(root):
         except OSError:
             pass
     return total / 2**20
+
+
+def make_certificate(work):
+    """A self-signed P-256 certificate for 127.0.0.1 and its key (0600), for both TLS rows."""
+    cert, key = os.path.join(work, "tls.crt"), os.path.join(work, "tls.key")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    os.chmod(key, 0o600)
+    return cert, key
 
 
 def wait_for(what, check, seconds=60):
@@ -262,8 +292,7 @@ class Keyward:
     def __init__(self, work):
         self.work = work
         self.config = os.path.join(work, "keys.toml")
-        with open(self.config, "w") as f:
-            f.write(CONFIG.format(dir=work))
+        self.use_tls(None)
         self.env = dict(os.environ, RUST_LOG="warn,keyward::cli=info", KEYWARD_LOG_FORMAT="json")
         self.process = None
 
@@ -285,6 +314,13 @@ class Keyward:
         wait_for("keyward", listening, timeout)
         self.public, self.internal = found["public"], found["internal"]
 
+    def use_tls(self, certificate):
+        """Serves the public listener over TLS with (cert, key) from the next start; plain with None."""
+        self.tls = certificate
+        tls = "" if certificate is None else 'public_tls = {{ cert_file = "{}", key_file = "{}" }}'.format(*certificate)
+        with open(self.config, "w") as f:
+            f.write(CONFIG.format(dir=self.work, tls=tls))
+
     def add_client(self):
         self.token = subprocess.run([BIN, "--config", self.config, "clients", "add", "bench", "--profiles", "rs,es"],
                                     capture_output=True, text=True, check=True, env=self.env).stdout.strip()
@@ -293,22 +329,23 @@ class Keyward:
         return f"http://{self.internal}/v1/profiles/{profile}/sign"
 
     def jwks_url(self):
-        return f"http://{self.public}/.well-known/jwks.json"
+        return f"{'https' if self.tls else 'http'}://{self.public}/.well-known/jwks.json"
 
     def signs(self):
         status = http(self.sign_url("es"), SIGN_BODY.encode(), sign_headers(self.token))[0]
         return status == 200
 
 
-def nginx(work, answers, jwks):
+def nginx(work, answers, jwks, certificate):
     prefix = os.path.join(work, "nginx")
     os.makedirs(os.path.join(prefix, "www"))
     with open(os.path.join(prefix, "www", "jwks.json"), "wb") as f:
         f.write(jwks)
-    port = free_port()
+    port, tls_port = free_port(), free_port()
     with open(os.path.join(prefix, "nginx.conf"), "w") as f:
         f.write(NGINX.format(dir=prefix, port=port, workers=CORES, rs=answers["rs"], es=answers["es"],
-                             user="user root;" if os.geteuid() == 0 else ""))
+                             user="user root;" if os.geteuid() == 0 else "", tls_port=tls_port,
+                             cert=certificate[0], key=certificate[1]))
     process = subprocess.Popen(["nginx", "-p", prefix, "-c", os.path.join(prefix, "nginx.conf"), "-e",
                                 os.path.join(prefix, "error.log")], stdout=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
@@ -318,6 +355,7 @@ def nginx(work, answers, jwks):
         assert served == jwks, "nginx serves other bytes than keyward's JWKS"
         load = Load("nginx", process.pid)
         load.sign_and_jwks(lambda profile: f"{base}/v1/profiles/{profile}/sign", "-", f"{base}/jwks.json")
+        load.run("JWKS TLS 200", f"https://127.0.0.1:{tls_port}/jwks.json", JWKS_CONNS, "get", "")
         return load
     finally:
         stop(process)
@@ -351,7 +389,7 @@ def node_peer(work):
         stop(process)
 
 
-def keyward_load(server):
+def keyward_load(server, certificate):
     server.start()
     wait_for("the bench client", server.signs)
     idle = rss_mib(server.process.pid)
@@ -371,6 +409,14 @@ def keyward_load(server):
         sampling.set()
         sampler.join()
         stop(server.process)
+    # The same keys again, the public listener now over TLS.
+    server.use_tls(certificate)
+    server.start()
+    try:
+        load.run("JWKS TLS 200", server.jwks_url(), JWKS_CONNS, "get", "")
+    finally:
+        stop(server.process)
+        server.use_tls(None)
     return load, idle, peak[0]
 
 
@@ -389,7 +435,7 @@ def report(speed, loads, idle, peak):
     print()
     print("| Row | Server | Requests/s | p50 ms | p99 ms | Server CPU µs/req | Errors |")
     print("|---|---|---:|---:|---:|---:|---:|")
-    for row in ("RS256 sign", "ES256 sign", "JWKS 200", "JWKS 304"):
+    for row in ROWS:
         for label, load in loads.items():
             if row in load.rows:
                 r = load.rows[row]
@@ -406,7 +452,7 @@ def report(speed, loads, idle, peak):
     print("| Row | keyward CPU µs/req | Floor CPU µs/req | CPU ratio | keyward req/s | vs nginx req/s | vs node req/s |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     node = loads["node"].rows if "node" in loads else {}
-    for row in ("RS256 sign", "ES256 sign", "JWKS 200", "JWKS 304"):
+    for row in ROWS:
         if row not in keyward:
             continue
         k = keyward[row]
@@ -427,6 +473,7 @@ def main():
     try:
         print("bench: openssl speed", file=sys.stderr)
         speed = openssl_speed()
+        certificate = make_certificate(work)
         # keyward first, briefly: its JWKS bytes and real answers become nginx's content.
         server = Keyward(work)
         server.start()
@@ -440,14 +487,14 @@ def main():
             stop(server.process)
         loads = {}
         if "nginx" in SERVERS:
-            loads["nginx"] = nginx(work, answers, jwks)
+            loads["nginx"] = nginx(work, answers, jwks, certificate)
         if "node" in SERVERS:
             peer = node_peer(work)
             if peer:
                 loads["node"] = peer
         idle = peak = 0.0
         if "keyward" in SERVERS:
-            loads["keyward"], idle, peak = keyward_load(server)
+            loads["keyward"], idle, peak = keyward_load(server, certificate)
         report(speed, loads, idle, peak)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -3,7 +3,8 @@
 # the floors (`openssl speed`, nginx on loopback serving keyward's JWKS bytes and a fixed
 # sign answer, the node peer when PEERS_DIR is given), then keyward on a fresh database,
 # and prints each keyward row beside its floor. Everything it starts, it stops; its files
-# live in a temporary folder that it removes. Takes about 2 + 12 x (WARMUP + DURATION) s.
+# live in a temporary folder that it removes. The JWKS is also served over TLS by both
+# (a self-signed certificate made at run time). Takes about 2 + 14 x (WARMUP + DURATION) s.
 #
 #   bash bench/run.sh                                    # builds target/release/keyward
 #   KEYWARD_BIN=/path/to/keyward bash bench/run.sh       # a prebuilt (e.g. older) binary
