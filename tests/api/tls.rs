@@ -293,3 +293,49 @@ async fn a_certificate_expiring_soon_is_served_with_its_expiry_exported_and_warn
     let expected = in_a_week.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() as i64;
     assert!((not_after - expected).abs() <= 1, "{not_after} vs {expected}");
 }
+
+#[tokio::test]
+async fn sighup_reloads_the_certificate_even_when_the_files_look_unchanged() {
+    let ca = Ca::new("test CA");
+    let first = ca.server(None);
+    // A renewal of the very same sizes, whose modification times are put back: only the
+    // signal can tell the server to read it.
+    let renewed = loop {
+        let candidate = ca.server(None);
+        if candidate.cert_pem.len() == first.cert_pem.len() && candidate.key_pem.len() == first.key_pem.len() {
+            break candidate;
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.server.internal_tls = Some(tls_files(dir.path(), &first, "internal", None));
+    let mut serve = crate::helpers::serve(dir.path(), &config, "info");
+    assert!(crate::helpers::wait_healthy(&reqwest::Client::new(), &mut serve).await);
+    let url = https(&serve.internal, "/healthz");
+    let served = || async { served_certificate(&https_client(&ca, None).get(&url).send().await.unwrap()) };
+    assert_eq!(served().await, first.der);
+
+    let times: Vec<_> = ["internal.crt", "internal.key"]
+        .iter()
+        .map(|name| std::fs::metadata(dir.path().join(name)).unwrap().modified().unwrap())
+        .collect();
+    renewed.write(dir.path(), "internal");
+    for (name, time) in ["internal.crt", "internal.key"].iter().zip(times) {
+        std::fs::File::options().write(true).open(dir.path().join(name)).unwrap().set_modified(time).unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(served().await, first.der, "files that look unchanged are not read again");
+
+    let sent = std::process::Command::new("kill").args(["-HUP", &serve.child.id().to_string()]).status().unwrap();
+    assert!(sent.success());
+    let mut reloaded = false;
+    for _ in 0..600 {
+        if served().await == renewed.der {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(reloaded, "SIGHUP did not reload the certificate; log:\n{}", serve.log_text());
+    assert!(serve.child.try_wait().unwrap().is_none(), "the server kept running");
+}
