@@ -31,6 +31,19 @@ fn keys_example_is_exactly_the_built_in_defaults() {
 }
 
 #[test]
+fn a_table_that_leaves_a_field_out_gets_the_value_keys_example_gives() {
+    let text = "[server]\n[[key_set]]\nname = \"other\"\n[[profile]]\nname = \"p\"\nkey_set = \"other\"\n";
+    let config = parse_toml(text, "keys.toml").unwrap();
+    let example = Config::default();
+    assert_eq!(config.server, example.server);
+    assert_eq!(KeySetConfig { name: "npm".into(), ..config.key_sets[0].clone() }, example.key_sets[0]);
+    let (p, e) = (&config.profiles[0], &example.profiles[0]);
+    assert_eq!((&p.subject_pattern, p.default_ttl, p.max_ttl), (&e.subject_pattern, e.default_ttl, e.max_ttl));
+    // With no [server] at all, too.
+    assert_eq!(parse_toml("", "keys.toml").unwrap().server, example.server);
+}
+
+#[test]
 fn a_minimal_file_gets_every_documented_default() {
     let text = r#"
         [[key_set]]
