@@ -58,7 +58,7 @@ fn after_help() -> String {
          configuration and database it used.\n\nEnvironment variables:\n",
         config::Config::default().server.database_url
     );
-    for (name, what) in config::KNOWN_ENV {
+    for (name, what) in config::known_env() {
         text.push_str(&format!("  {name:<36} {what}\n"));
     }
     text.push_str(&format!("  {:<36} log filter, e.g. debug or keyward=debug,sqlx=warn\n", "RUST_LOG"));
