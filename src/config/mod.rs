@@ -22,7 +22,7 @@ mod validate;
 
 pub use duration::Duration;
 use env::{apply_env, blame_environment};
-pub use env::{EnvSettings, LogFormat, KNOWN_ENV};
+pub use env::{known_env, EnvSettings, LogFormat};
 pub use parse::{parse_toml, ConfigError};
 pub use schema::{
     parse_instant, ClaimType, ExchangeConfig, ExchangeStyle, KeySetConfig, ProfileConfig, ServerConfig,
