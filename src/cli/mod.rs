@@ -778,6 +778,12 @@ async fn check_config(loaded: &LoadedConfig, settings: EnvSettings) -> anyhow::R
     for profile in &config.profiles {
         crate::policy::profile::Profile::compile(profile)?;
     }
+    for (name, tls) in [("public", &config.server.public_tls), ("internal", &config.server.internal_tls)] {
+        if let Some(tls) = tls {
+            crate::http::tls::check(name, tls)?;
+            eprintln!("[server] {name}_tls: the certificate and its key are usable");
+        }
+    }
     let env_key = std::env::var("KEYWARD_MASTER_KEY").ok();
     let file = &config.server.master_key_file;
     let master = match (&env_key, file.exists()) {

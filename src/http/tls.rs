@@ -129,6 +129,11 @@ impl TlsListener {
     }
 }
 
+/// The start-up checks of a listener's files, serving nothing (`keyward check-config`).
+pub fn check(name: &'static str, files: &TlsConfig) -> anyhow::Result<()> {
+    TlsListener::start(name, files, &Metrics::default())?.server_config().map(drop)
+}
+
 /// Reloads the listeners' certificates when their files change or on SIGHUP, until `stop`.
 pub async fn reload_until_stopped(listeners: &[Arc<TlsListener>], mut stop: watch::Receiver<bool>) {
     if listeners.is_empty() {

@@ -339,3 +339,31 @@ async fn sighup_reloads_the_certificate_even_when_the_files_look_unchanged() {
     assert!(reloaded, "SIGHUP did not reload the certificate; log:\n{}", serve.log_text());
     assert!(serve.child.try_wait().unwrap().is_none(), "the server kept running");
 }
+
+#[tokio::test]
+async fn check_config_refuses_the_certificate_files_start_up_would_refuse() {
+    let ca = Ca::new("test CA");
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    let tls = tls_files(dir.path(), &ca.server(None), "public", None);
+    config.server.public_tls =
+        Some(TlsConfig { key_file: tls_files(dir.path(), &ca.server(None), "other", None).key_file, ..tls.clone() });
+    let file = dir.path().join("keys.toml");
+    std::fs::write(&file, toml::to_string(&config).unwrap()).unwrap();
+    let output = crate::helpers::keyward_bare(dir.path(), &["--config", file.to_str().unwrap(), "check-config"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("is not the key of the certificate"), "{stderr}");
+
+    config.server.public_tls = Some(tls);
+    std::fs::write(&file, toml::to_string(&config).unwrap()).unwrap();
+    let output = crate::helpers::keyward_bare(dir.path(), &["--config", file.to_str().unwrap(), "check-config"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stderr.contains("public_tls: the certificate and its key are usable"),
+        "{stderr}"
+    );
+}
