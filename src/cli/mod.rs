@@ -223,6 +223,9 @@ enum ClientsCommand {
         /// -noout -fingerprint -sha256`); it must then connect with it over mutual TLS.
         #[arg(long, value_name = "FINGERPRINT")]
         cert_sha256: Option<CertFingerprint>,
+        /// The certificate alone authenticates the client: no bearer token needed.
+        #[arg(long, requires = "cert_sha256")]
+        cert_only: bool,
     },
     /// Give a client a new token (printed once, on standard output); the old one stops
     /// working at once, or after --grace.
@@ -678,10 +681,10 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
             }
             Ok(())
         }
-        Command::Clients(ClientsCommand::Add { name, profiles, admin, rate, burst, cert_sha256 }) => {
+        Command::Clients(ClientsCommand::Add { name, profiles, admin, rate, burst, cert_sha256, cert_only }) => {
             let store = open_database(&loaded, init).await?;
             let rate = rate.map(|rate| (rate, burst.unwrap_or(rate.saturating_mul(2))));
-            let options = clients::ClientOptions { rate, certificate: cert_sha256 };
+            let options = clients::ClientOptions { rate, certificate: cert_sha256, certificate_only: cert_only };
             let (token, reused) = clients::create(&store, config, &name, &profiles, admin, options, now()).await?;
             if let Some(revoked_at) = reused {
                 eprintln!(

@@ -2,12 +2,14 @@
 //! recorded once per connection, and the checks every authenticated request passes.
 
 use std::any::Any;
+use std::sync::Arc;
 
 use actix_tls::accept::rustls_0_23::TlsStream;
 use actix_web::dev::Extensions;
 use actix_web::rt::net::TcpStream;
 use actix_web::HttpRequest;
 
+use crate::app::snapshot::Snapshot;
 use crate::http::problem::ApiError;
 use crate::policy::certificate::CertFingerprint;
 use crate::policy::client::Client;
@@ -37,6 +39,14 @@ pub fn require_if_mutual(req: &HttpRequest) -> Result<(), ApiError> {
         Some(Presented(None)) => Err(ApiError::CertificateRequired),
         _ => Ok(()),
     }
+}
+
+/// The certificate-only client of the certificate this connection presented, with the
+/// snapshot that knows it (a request that sends no bearer token).
+pub fn certificate_only_client(req: &HttpRequest, snapshot: Arc<Snapshot>) -> Option<(Arc<Snapshot>, Client)> {
+    let Some(Presented(Some(presented))) = req.conn_data::<Presented>() else { return None };
+    let client = snapshot.clients.by_certificate(presented)?.clone();
+    Some((snapshot, client))
 }
 
 /// A client bound to a certificate is served only on connections that presented it.

@@ -60,6 +60,9 @@ pub struct ClientInfo {
     /// The SHA-256 of the client certificate it is bound to, lowercase hex.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cert_sha256: Option<String>,
+    /// Whether that certificate alone authenticates it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub cert_only: bool,
 }
 
 /// What a new client may have beside its profiles.
@@ -69,6 +72,8 @@ pub struct ClientOptions {
     pub rate: Option<(u32, u32)>,
     /// The client certificate it must connect with (mutual TLS).
     pub certificate: Option<CertFingerprint>,
+    /// Whether that certificate alone authenticates it, with no bearer token.
+    pub certificate_only: bool,
 }
 
 fn check_name(name: &str) -> Result<(), ClientError> {
@@ -102,6 +107,9 @@ pub async fn create(
 ) -> Result<(Zeroizing<String>, Option<i64>), ClientError> {
     check_name(name)?;
     let rate = options.rate;
+    if options.certificate_only && options.certificate.is_none() {
+        return Err(ClientError::Invalid("--cert-only needs the certificate: --cert-sha256 FINGERPRINT".to_owned()));
+    }
     if rate.is_some_and(|(rate, burst)| rate == 0 || burst == 0) {
         return Err(ClientError::Invalid("--rate and --burst must be at least 1".to_owned()));
     }
@@ -129,6 +137,7 @@ pub async fn create(
         previous_token_hash: None,
         previous_token_until: None,
         cert_sha256: options.certificate.map(|c| c.to_string()),
+        cert_only: options.certificate_only,
     };
     // A revoked client's row gives way to the new client.
     let reused = store
@@ -196,6 +205,7 @@ pub async fn list(store: &Store) -> anyhow::Result<Vec<ClientInfo>> {
                 revoked_at: row.revoked_at,
                 previous_token_valid_until: row.previous_token_until,
                 cert_sha256: row.cert_sha256,
+                cert_only: row.cert_only,
             })
         })
         .collect()
@@ -233,6 +243,7 @@ pub async fn load_directory(store: &Store) -> anyhow::Result<ClientDirectory> {
                 .map(str::parse)
                 .transpose()
                 .map_err(|why| anyhow::anyhow!("client {name} has a malformed certificate fingerprint: {why}"))?,
+            certificate_only: row.cert_only,
             name,
         };
         if let (Some(id), Some(hash), Some(until)) =

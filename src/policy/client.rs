@@ -32,6 +32,8 @@ pub struct Client {
     pub rate: Option<(u32, u32)>,
     /// The client certificate it must connect with, if it is bound to one.
     pub certificate: Option<CertFingerprint>,
+    /// Whether that certificate alone authenticates it, with no bearer token.
+    pub certificate_only: bool,
     pub(crate) token_hash: [u8; 32],
 }
 
@@ -63,6 +65,8 @@ struct Entry {
 #[derive(Debug, Default, Clone)]
 pub struct ClientDirectory {
     by_token_id: HashMap<String, Entry>,
+    /// Certificate-only clients by their certificate.
+    by_certificate: HashMap<CertFingerprint, Client>,
 }
 
 impl ClientDirectory {
@@ -79,8 +83,17 @@ impl ClientDirectory {
         openssl::memcmp::eq(&hasher.finish(), &entry.client.token_hash).then_some(&entry.client)
     }
 
+    /// The certificate-only client a presented certificate belongs to, if any.
+    pub fn by_certificate(&self, certificate: &CertFingerprint) -> Option<&Client> {
+        self.by_certificate.get(certificate)
+    }
+
     /// Adds `client` under `token_id`; `valid_until` for a rotated-out token in its grace.
+    /// A certificate-only client is also found by its certificate.
     pub(crate) fn insert(&mut self, token_id: String, client: Client, valid_until: Option<i64>) {
+        if let (Some(certificate), true, None) = (client.certificate, client.certificate_only, valid_until) {
+            self.by_certificate.insert(certificate, client.clone());
+        }
         self.by_token_id.insert(token_id, Entry { client, valid_until });
     }
 
@@ -148,9 +161,13 @@ mod tests {
             admin: false,
             rate: None,
             certificate: None,
+            certificate_only: false,
             token_hash: openssl::sha::sha256(secret.as_bytes()),
         };
-        ClientDirectory { by_token_id: HashMap::from([(id.to_owned(), Entry { client, valid_until: None })]) }
+        ClientDirectory {
+            by_token_id: HashMap::from([(id.to_owned(), Entry { client, valid_until: None })]),
+            by_certificate: HashMap::new(),
+        }
     }
 
     #[test]

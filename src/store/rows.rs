@@ -130,4 +130,6 @@ pub struct ClientRow {
     pub previous_token_until: Option<i64>,
     /// The SHA-256 (lowercase hex) of the client certificate it must present, if bound.
     pub cert_sha256: Option<String>,
+    /// Whether that certificate alone authenticates it (no bearer token needed).
+    pub cert_only: bool,
 }

@@ -517,7 +517,7 @@ async fn a_client_over_its_rate_limit_gets_429_with_retry_after_and_others_are_u
         "slow",
         &[PROFILE.into()],
         false,
-        keyward::ops::clients::ClientOptions { rate: Some((1, 2)), certificate: None },
+        keyward::ops::clients::ClientOptions { rate: Some((1, 2)), ..Default::default() },
         0,
     )
     .await

@@ -222,11 +222,43 @@ async fn mutual_tls_serves_bound_clients_with_their_certificate_only_and_refuses
 }
 
 #[tokio::test]
+async fn a_certificate_only_client_signs_without_a_bearer_token_and_other_certificates_still_need_one() {
+    let ca = Ca::new("test CA");
+    let clients_ca = Ca::new("clients CA");
+    let mine = clients_ca.client("backend");
+    let app = spawn_tls(None, Some(&ca.server(None)), Some(&clients_ca), |_| {}).await;
+    let machine = clients_ca.client("machine");
+    let output = keyward_command(
+        app.dir.path(),
+        &["clients", "add", "machine", "--profiles", PROFILE, "--cert-sha256", &machine.fingerprint(), "--cert-only"],
+    )
+    .output()
+    .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    app.reload().await;
+    let url = https(&app.internal, &format!("/v1/profiles/{PROFILE}/sign"));
+    let tokenless = |leaf: Option<&Leaf>| https_client(&ca, leaf).post(&url).json(&json!({"sub": "a"})).send();
+    let signed = tokenless(Some(&machine)).await.unwrap();
+    assert_eq!(signed.status(), 200, "{}", signed.text().await.unwrap());
+    assert_problem(tokenless(Some(&mine)).await.unwrap(), 401).await;
+    assert_problem(tokenless(None).await.unwrap(), 401).await;
+
+    let listed = keyward_command(app.dir.path(), &["clients", "list", "--json"]).output().unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let machine_entry = listed.as_array().unwrap().iter().find(|c| c["name"] == "machine").unwrap();
+    assert_eq!(machine_entry["cert_only"], true);
+    let refused = keyward_command(app.dir.path(), &["clients", "add", "x", "--profiles", PROFILE, "--cert-only"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success(), "--cert-only without --cert-sha256");
+}
+
+#[tokio::test]
 async fn a_client_bound_to_a_certificate_is_refused_where_no_certificate_can_be_presented() {
     let app = spawn_app().await;
     let fingerprint = Ca::new("clients CA").client("backend").fingerprint();
     let certificate = Some(fingerprint.parse().unwrap());
-    let options = keyward::ops::clients::ClientOptions { rate: None, certificate };
+    let options = keyward::ops::clients::ClientOptions { certificate, ..Default::default() };
     let (token, _) =
         keyward::ops::clients::create(&app.store, &app.config, "bound", &[PROFILE.into()], false, options, 0)
             .await

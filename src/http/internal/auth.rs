@@ -48,10 +48,20 @@ impl FromRequest for Caller {
                 .app_data::<web::Data<InternalState>>()
                 .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("the internal state is not registered")))?;
             client_cert::require_if_mutual(&req)?;
-            let token = bearer(&req)?;
-            let snapshot = snapshot_for(token, state).await?;
-            let client = snapshot.clients.authenticate(token).ok_or(ApiError::UnknownToken)?.clone();
-            client_cert::check_binding(&req, &client)?;
+            let certificate_only = match req.headers().get(header::AUTHORIZATION) {
+                None => client_cert::certificate_only_client(&req, state.shared.snapshot()),
+                Some(_) => None,
+            };
+            let (snapshot, client) = match certificate_only {
+                Some(found) => found,
+                None => {
+                    let token = bearer(&req)?;
+                    let snapshot = snapshot_for(token, state).await?;
+                    let client = snapshot.clients.authenticate(token).ok_or(ApiError::UnknownToken)?.clone();
+                    client_cert::check_binding(&req, &client)?;
+                    (snapshot, client)
+                }
+            };
             admit(state, &client)?;
             Ok(Caller { snapshot, client })
         })
