@@ -305,7 +305,10 @@ fn exit_quietly_on_closed_pipe() {
 
 fn load_config(explicit: Option<&PathBuf>, env: &HashMap<String, String>) -> anyhow::Result<LoadedConfig> {
     let source = config::choose_source(explicit.map(PathBuf::as_path), Path::new("keys.toml").is_file());
-    Ok(config::load(source, env)?)
+    let loaded = config::load(source, env)?;
+    // Profiles are checked as they are parsed: every command refuses a bad one, as serve does.
+    crate::policy::profile::parse_profiles(&loaded.config, &loaded.source.to_string())?;
+    Ok(loaded)
 }
 
 /// The configuration's origin and database, as every command reports them.
@@ -769,9 +772,6 @@ struct ListedKey<'a> {
 async fn check_config(loaded: &LoadedConfig, settings: EnvSettings) -> anyhow::Result<()> {
     let config = &loaded.config;
     let (source, database) = describe(loaded);
-    for profile in &config.profiles {
-        crate::policy::profile::Profile::compile(profile)?;
-    }
     let env_key = std::env::var("KEYWARD_MASTER_KEY").ok();
     let file = &config.server.master_key_file;
     let master = match (&env_key, file.exists()) {

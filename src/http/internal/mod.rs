@@ -14,7 +14,6 @@ use serde::Serialize;
 
 use crate::app::ledger::Ledger;
 use crate::app::snapshot::{Recheck, Shared, Snapshot};
-use crate::config::ExchangeStyle;
 use crate::http::problem::{ApiError, Problem};
 use crate::http::public::{readiness_json, status_json, HealthStatus};
 use crate::keys::export::{self, Format};
@@ -23,7 +22,7 @@ use crate::ops::{self, ActionError, Outcome};
 use crate::partner::cache::TokenCache;
 use crate::partner::exchange::{self, ExchangeError};
 use crate::policy::client::Client;
-use crate::policy::profile::{Prepared, Profile, Refusal, RefusalKind, SignRequest, SignedBy};
+use crate::policy::profile::{Exchange, Prepared, Profile, ProfileKind, Refusal, RefusalKind, SignRequest};
 use crate::policy::ratelimit::{Limit, RateLimiter};
 use crate::store::rows::Entry;
 
@@ -613,8 +612,8 @@ fn authorize<'a>(
 
 /// Signs prepared claims with the profile's key set or secret.
 fn sign_prepared(snapshot: &Snapshot, profile: &Profile, prepared: Prepared, jti: String) -> Result<Signed, ApiError> {
-    let (token, kid, alg) = match &profile.signed_by {
-        SignedBy::KeySet(set) => {
+    let (token, kid, alg) = match &profile.kind {
+        ProfileKind::KeySet { key_set: set, .. } => {
             let signer = snapshot
                 .key_sets
                 .get(set)
@@ -623,7 +622,7 @@ fn sign_prepared(snapshot: &Snapshot, profile: &Profile, prepared: Prepared, jti
             let token = signer.sign(prepared.claims).map_err(anyhow::Error::from)?;
             (token, Some(signer.kid().to_owned()), signer.algorithm().as_str())
         }
-        SignedBy::Secret(_) => {
+        ProfileKind::SharedSecret { .. } => {
             let secret = snapshot.secrets.get(&profile.name).ok_or_else(|| {
                 ApiError::NoSigningKey(format!(
                     "profile {0} has no secret yet (an operator sets it with `keyward secrets set {0}`)",
@@ -745,8 +744,8 @@ async fn token(
         .ok_or_else(|| ApiError::NotFound(format!("profile {:?} has no [profile.exchange]", profile.name)))?;
     let use_cache = request.cache.unwrap_or(true);
     let clock = || chrono::Utc::now().timestamp();
-    let issued = match exchange.style {
-        ExchangeStyle::BearerAssertion => {
+    let issued = match exchange {
+        Exchange::BearerAssertion(bearer) => {
             // Per client too: a token obtained with one client's assertion (and ledger row)
             // is never handed to another; and per ttl_seconds, which shapes the assertion.
             let key = format!(
@@ -767,18 +766,18 @@ async fn token(
                         ExchangeError::Local
                     }
                 })?;
-                exchange::bearer_assertion(&state.http, exchange, &signed.token).await
+                exchange::bearer_assertion(&state.http, bearer, &signed.token).await
             };
             state.tokens.get(&key, use_cache, clock, fetch).await?
         }
-        ExchangeStyle::AccountKey => {
+        Exchange::AccountKey(account) => {
             if request.sub.is_some() || !request.claims.is_empty() || request.ttl_seconds.is_some() {
                 return Err(ApiError::InvalidBody {
                     field: None,
                     detail: "this profile's exchange takes only \"cache\"".into(),
                 });
             }
-            let set = profile.key_set().unwrap_or_default();
+            let set = &account.key_set;
             let view = snapshot.key_sets.get(set);
             let (Some(signer), Some(public)) =
                 (view.and_then(|v| v.signer.clone()), view.and_then(|v| v.public.clone()))
@@ -788,7 +787,7 @@ async fn token(
             let public_key = export::render(signer.kid(), signer.algorithm(), &public, Format::PemBase64)?;
             // The partner knows us by our current key: a rotation starts a new cache entry.
             let key = format!("{}\0account\0{}", profile.name, signer.kid());
-            let fetch = |refresh| exchange::account_key(&state.http, exchange, &public_key, refresh, clock());
+            let fetch = |refresh| exchange::account_key(&state.http, account, &public_key, refresh, clock());
             state.tokens.get(&key, use_cache, clock, fetch).await?
         }
     };
