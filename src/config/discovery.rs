@@ -38,11 +38,9 @@ pub fn documents(config: &Config) -> Vec<Discovery> {
 
 /// A profile's document, or which field is at fault and why.
 fn document(config: &Config, profile: &ProfileConfig) -> Result<Discovery, (&'static str, String)> {
-    let set = profile
-        .key_set
-        .as_deref()
-        .and_then(|name| config.key_set(name))
-        .ok_or(("discovery", "only key-set profiles publish keys to discover".to_owned()))?;
+    let name =
+        profile.key_set.as_deref().ok_or(("discovery", "only key-set profiles publish keys to discover".to_owned()))?;
+    let set = config.key_set(name).ok_or_else(|| ("key_set", format!("no [[key_set]] is named {name:?}")))?;
     let issuer = profile.issuer.clone().unwrap_or_default();
     let (origin, path) = split_issuer(&issuer).ok_or_else(|| {
         (

@@ -4,6 +4,7 @@ mod certs;
 mod cli;
 mod discovery;
 mod first_hour;
+mod handover;
 mod helpers;
 mod jwks;
 mod keys_and_secrets;
