@@ -13,9 +13,6 @@ use crate::store::Store;
 pub(super) async fn run(ctx: &Context) -> anyhow::Result<()> {
     let config = ctx.config();
     let (source, database) = ctx.describe();
-    for profile in &config.profiles {
-        crate::policy::profile::Profile::compile(profile)?;
-    }
     let env_key = std::env::var("KEYWARD_MASTER_KEY").ok();
     let file = &config.server.master_key_file;
     let master = match (&env_key, file.exists()) {

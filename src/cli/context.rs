@@ -30,7 +30,10 @@ impl Context {
         init: bool,
     ) -> anyhow::Result<Self> {
         let source = config::choose_source(explicit, Path::new("keys.toml").is_file());
-        Ok(Context { loaded: config::load(source, env)?, settings, init })
+        let loaded = config::load(source, env)?;
+        // Profiles are checked as they are parsed: every command refuses a bad one, as serve does.
+        crate::policy::profile::parse_profiles(&loaded.config, &loaded.source.to_string())?;
+        Ok(Context { loaded, settings, init })
     }
 
     pub(super) fn config(&self) -> &Config {

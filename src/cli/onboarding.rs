@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 
 use super::context::Context;
-use super::format::local_target;
+use super::format::{local_target, now};
 use crate::keys::KeyState;
 
 #[derive(Debug, clap::Args)]
@@ -59,11 +59,12 @@ pub(super) async fn run(ctx: &Context, Args { profile: name, local }: Args) -> a
 
     let store = ctx.store().await?;
     let keys = store.keys_of_set(set_name).await?;
+    let now = now();
     let wanted: Vec<(&str, String)> = [KeyState::Current, KeyState::Next]
         .into_iter()
         .filter_map(|state| {
             keys.iter()
-                .find(|k| k.state() == state)
+                .find(|k| k.state_at(now) == state)
                 .map(|k| (if state == KeyState::Current { "current" } else { "next" }, k.kid.clone()))
         })
         .collect();

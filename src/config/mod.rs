@@ -20,7 +20,7 @@ mod validate;
 
 pub use duration::Duration;
 use env::{apply_env, blame_environment};
-pub use env::{EnvSettings, LogFormat, KNOWN_ENV};
+pub use env::{known_env, EnvSettings, LogFormat};
 pub use parse::{parse_toml, ConfigError};
 pub use schema::{
     parse_instant, ClaimType, ExchangeConfig, ExchangeStyle, KeySetConfig, ProfileConfig, ServerConfig,
@@ -82,7 +82,8 @@ pub fn choose_source(explicit: Option<&Path>, cwd_has_keys_toml: bool) -> Config
     }
 }
 
-/// Loads and validates: the file (if any), then the environment, then every rule.
+/// Loads and validates: the file (if any), then the environment, then every rule of
+/// `[server]` and the key sets (profiles are checked as `policy::profile` parses them).
 pub fn load(source: ConfigSource, env: &HashMap<String, String>) -> Result<LoadedConfig, ConfigError> {
     let mut config = match &source {
         ConfigSource::Defaults => Config::default(),

@@ -50,7 +50,7 @@ pub(super) async fn run(ctx: &Context, Args { set, pem, activate, force, replace
         })?;
     // The imported key is the one a creating step places: said once, below.
     let others: Vec<Step> =
-        outcome.steps.iter().filter(|s| !matches!(s, Step::CreateCurrent | Step::CreateNext)).cloned().collect();
+        outcome.steps.iter().filter(|s| !matches!(s, Step::CreateCurrent | Step::CreateNext { .. })).cloned().collect();
     report(&others);
     let role = if activate { "the signing key" } else { "the next key" };
     eprintln!("imported {kid} into {set} as {role}");

@@ -1,7 +1,7 @@
 //! `keyward keys list`: every key with its state and timestamps.
 
 use super::super::context::Context;
-use super::super::format::time;
+use super::super::format::{now, time};
 use crate::keys::{KeyRecord, KeyState};
 
 #[derive(Debug, clap::Args)]
@@ -22,8 +22,10 @@ struct ListedKey<'a> {
 pub(super) async fn run(ctx: &Context, Args { json }: Args) -> anyhow::Result<()> {
     let store = ctx.store().await?;
     let records = store.keys().await?;
+    let now = now();
     if json {
-        let listed: Vec<ListedKey> = records.iter().map(|record| ListedKey { state: record.state(), record }).collect();
+        let listed: Vec<ListedKey> =
+            records.iter().map(|record| ListedKey { state: record.state_at(now), record }).collect();
         println!("{}", serde_json::to_string_pretty(&listed)?);
         return Ok(());
     }
@@ -37,10 +39,10 @@ pub(super) async fn run(ctx: &Context, Args { json }: Args) -> anyhow::Result<()
             r.key_set,
             r.kid,
             r.algorithm.as_str(),
-            r.state().to_string(),
+            r.state_at(now).to_string(),
             time(Some(r.created_at)),
-            time(r.activated_at),
-            time(r.deactivated_at.or(r.revoked_at)),
+            time(r.activates_at.filter(|at| *at <= now)),
+            time(r.deactivates_at.filter(|at| *at <= now).or(r.revoked_at)),
         );
     }
     Ok(())

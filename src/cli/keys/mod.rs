@@ -47,7 +47,10 @@ fn report(steps: &[Step]) {
             Step::Revoke { kid } => eprintln!("{kid} is revoked: unpublished, private half deleted"),
             Step::Retire { kid } => eprintln!("{kid} is retired"),
             Step::CreateCurrent => eprintln!("created a new signing key"),
-            Step::CreateNext => eprintln!("published a new next key"),
+            Step::CreateNext { activates_at } => {
+                eprintln!("published a new next key; it signs from {}", time(Some(*activates_at)))
+            }
+            Step::Schedule { kid, activates_at } => eprintln!("{kid} signs from {}", time(Some(*activates_at))),
         }
     }
 }
