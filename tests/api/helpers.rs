@@ -143,18 +143,27 @@ impl TestApp {
         response.json().await.unwrap()
     }
 
-    /// Polls `check` until it holds or `limit` passes.
+    /// Polls `check` every 100 ms until it holds or `limit` passes (slower than
+    /// [`eventually`]: a check that reads the database holds the log a checkpoint waits for).
     pub async fn eventually<F, Fut>(&self, limit: Duration, check: F) -> bool
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = bool>,
     {
-        eventually(limit, check).await
+        poll_until(limit, Duration::from_millis(100), check).await
     }
 }
 
 /// Polls `check` every 20 ms until it holds or `limit` passes.
-pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
+pub async fn eventually<F, Fut>(limit: Duration, check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    poll_until(limit, Duration::from_millis(20), check).await
+}
+
+async fn poll_until<F, Fut>(limit: Duration, every: Duration, mut check: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -164,7 +173,7 @@ where
         if check().await {
             return true;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(every).await;
     }
     false
 }
