@@ -477,6 +477,23 @@ async fn public_key_export_refuses_unknown_kids_bad_formats_and_strangers() {
 // =======================================================================================
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_retired_key_does_not_claim_to_drop_it_from_the_jwks() {
+    let app = spawn_for_cli(|_| {}).await;
+    let dir = app.dir.path().to_owned();
+    let old_next = kid_in_state(&key_states(&dir), "next");
+    let pem = write_pem(&dir, "next.pem", &rsa_pkcs1_pem(2048));
+    assert!(import(&dir, &pem, &["--replace-next"]).status.success());
+    assert_eq!(key_states(&dir)[&old_next], "retired");
+
+    let out = keyward(&dir, &["keys", "revoke", &old_next]);
+    let said = text(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains(&format!("{old_next} was no longer in the JWKS")), "{said}");
+    assert!(!said.contains("drop"), "{said}");
+    assert_eq!(key_states(&dir)[&old_next], "revoked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn imported_rsa_keys_join_as_next_or_with_activate_sign_at_once() {
     let app = spawn_for_cli(|_| {}).await;
     let dir = app.dir.path().to_owned();
