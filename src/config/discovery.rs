@@ -152,4 +152,22 @@ mod tests {
         assert_eq!((profile.as_str(), field), (config_with("x", true).profiles[0].name.as_str(), "issuer"));
         assert!(why.contains("https://"), "{why}");
     }
+
+    #[test]
+    fn profiles_sharing_an_issuer_must_publish_the_same_keys_there() {
+        let mut config = config_with("https://id.example.com", true);
+        let mut same = config.profiles[0].clone();
+        same.name = "same-issuer-same-keys".to_owned();
+        config.profiles.push(same);
+        assert!(validate(&config).is_ok(), "one issuer and key set may back several profiles");
+
+        let mut other_set = config.key_sets[0].clone();
+        other_set.name = "other".to_owned();
+        other_set.jwks_paths = vec!["/other/jwks.json".to_owned()];
+        config.key_sets.push(other_set);
+        config.profiles[1].key_set = Some("other".to_owned());
+        let (profile, field, why) = validate(&config).unwrap_err();
+        assert_eq!((profile.as_str(), field), ("same-issuer-same-keys", "issuer"));
+        assert!(why.contains("with other contents"), "{why}");
+    }
 }
