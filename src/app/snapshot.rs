@@ -12,6 +12,7 @@ use actix_web::web::Bytes;
 use crate::app::ledger::LedgerHealth;
 use crate::app::metrics::Metrics;
 use crate::config::Config;
+use crate::keys::custody::Custody;
 use crate::keys::jwks::{self, JwksDocument};
 use crate::keys::{self, timeline, KeyState, PublicKey, SecretKey, SigningKey};
 use crate::ops::clients;
@@ -89,7 +90,7 @@ pub struct Shared {
     current: RwLock<Arc<Snapshot>>,
     store: Store,
     config: Arc<Config>,
-    master: MasterKey,
+    custody: Custody,
     metrics: Metrics,
     pub(super) database_ok: AtomicBool,
     ledger: LedgerHealth,
@@ -131,7 +132,7 @@ impl Shared {
     pub async fn load(
         store: Store,
         config: Arc<Config>,
-        master: MasterKey,
+        custody: Custody,
         metrics: Metrics,
         ledger: LedgerHealth,
     ) -> anyhow::Result<Self> {
@@ -139,7 +140,7 @@ impl Shared {
             current: RwLock::new(Arc::default()),
             store,
             config,
-            master,
+            custody,
             metrics,
             database_ok: AtomicBool::new(true),
             ledger,
@@ -169,7 +170,12 @@ impl Shared {
 
     /// The master key.
     pub fn master(&self) -> &MasterKey {
-        &self.master
+        self.custody.master()
+    }
+
+    /// Who holds the private keys.
+    pub fn custody(&self) -> &Custody {
+        &self.custody
     }
 
     /// The process's metrics.
@@ -197,7 +203,7 @@ impl Shared {
         // Read the counter first: a change committed after it triggers another reload.
         let generation = self.store.generation().await?;
         let records = self.store.keys().await?;
-        keys::check_master_key(&records, &self.master)?;
+        keys::check_master_key(&records, self.master())?;
         let mut key_sets = HashMap::with_capacity(self.config.key_sets.len());
         for set in &self.config.key_sets {
             let published = jwks::published(&records, &set.name);
@@ -211,7 +217,7 @@ impl Shared {
                         .filter(|s| s.kid() == record.kid);
                     match reused {
                         Some(signer) => Some(signer),
-                        None => Some(Arc::new(record.open_signing_key(&self.master)?)),
+                        None => Some(Arc::new(self.custody.signer(record).await?)),
                     }
                 }
                 None => None,
@@ -227,7 +233,7 @@ impl Shared {
             key_sets.insert(set.name.clone(), KeySetView { signer, public, activated_at, rotation_at, jwks });
         }
         let clients = clients::load_directory(&self.store).await?;
-        let secrets = secrets::load(&self.store, &self.master, &self.config).await?;
+        let secrets = secrets::load(&self.store, self.master(), &self.config).await?;
         let next = Arc::new(Snapshot { generation, key_sets, clients, secrets });
         match self.current.write() {
             Ok(mut guard) => *guard = next,

@@ -12,6 +12,7 @@ use anyhow::{bail, Context};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::config::{self, EnvSettings, LoadedConfig, LogFormat};
+use crate::keys::custody::{sealed, Custody};
 use crate::keys::export::{self, Format};
 use crate::keys::rotation::{Exposure, ImportAs, Refused, Step};
 use crate::keys::timeline::Moment;
@@ -374,6 +375,13 @@ async fn master_key(loaded: &LoadedConfig, store: &Store, settings: EnvSettings)
     Ok(key)
 }
 
+/// The master key, checked against the stored keys, and whatever else holds private keys.
+async fn custody(loaded: &LoadedConfig, store: &Store, settings: EnvSettings) -> anyhow::Result<Custody> {
+    let master = master_key(loaded, store, settings).await?;
+    keys::check_master_key(&store.keys().await?, &master)?;
+    Ok(Custody::sealed(master))
+}
+
 /// The database and the master key file hold secrets (sealed keys, client-token hashes,
 /// who got which token): refuse to use them while group or others may read them, as ssh
 /// does for keys, unless the operator says otherwise.
@@ -450,16 +458,15 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
                     r.state().to_string(),
                     time(Some(r.created_at)),
                     time(r.activated_at),
-                    time(r.deactivated_at.or(r.revoked_at)),
+                    time(r.deactivated_at.or(r.revoked_at())),
                 );
             }
             Ok(())
         }
         Command::Keys(KeysCommand::Rotate { set, force }) => {
             let store = open_database(&loaded, init).await?;
-            let master = master_key(&loaded, &store, settings).await?;
-            keys::check_master_key(&store.keys().await?, &master)?;
-            let steps = ops::rotate(&store, &master, config, &set, now(), force).await.map_err(|err| match err {
+            let custody = custody(&loaded, &store, settings).await?;
+            let steps = ops::rotate(&store, &custody, config, &set, now(), force).await.map_err(|err| match err {
                 ActionError::Refused(Refused::TooEarly { kid, not_before }) => anyhow::anyhow!(
                     "refusing to rotate {set}: the next key {kid} has not been published for publish_ahead yet; \
                      it may sign from {} (in {}). Use --force to rotate now anyway (verifiers that cached \
@@ -482,9 +489,8 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
         }
         Command::Keys(KeysCommand::Revoke { kid }) => {
             let store = open_database(&loaded, init).await?;
-            let master = master_key(&loaded, &store, settings).await?;
-            keys::check_master_key(&store.keys().await?, &master)?;
-            let outcome = ops::revoke(&store, &master, config, &kid, now()).await?;
+            let custody = custody(&loaded, &store, settings).await?;
+            let outcome = ops::revoke(&store, &custody, config, &kid, now()).await?;
             report(&outcome.steps);
             if let Some(signer) = &outcome.new_signer {
                 report_signer(signer);
@@ -506,11 +512,10 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
             let pem =
                 zeroize::Zeroizing::new(std::fs::read(&pem).with_context(|| format!("reading {}", pem.display()))?);
             let store = open_database(&loaded, init).await?;
-            let master = master_key(&loaded, &store, settings).await?;
-            keys::check_master_key(&store.keys().await?, &master)?;
+            let custody = custody(&loaded, &store, settings).await?;
             let how = ImportAs { activate, force, replace_next };
             let (kid, outcome) =
-                ops::import(&store, &master, config, &set, &pem, how, now()).await.map_err(|err| match err {
+                ops::import(&store, &custody, config, &set, &pem, how, now()).await.map_err(|err| match err {
                     ActionError::Refused(Refused::NeverPublished { kid }) => anyhow::anyhow!(
                         "refusing to make {kid} sign in {set}: it has never been published, so verifiers that \
                          cached the JWKS would reject its tokens until they refetch it. Import it without \
@@ -787,8 +792,8 @@ async fn check_config(loaded: &LoadedConfig, settings: EnvSettings) -> anyhow::R
             Some(master) => {
                 let records = store.keys().await?;
                 keys::check_master_key(&records, master)?;
-                for record in records.iter().filter(|r| r.sealed_private.is_some()) {
-                    record.open_signing_key(master)?;
+                for record in records.iter().filter(|r| r.sealed().is_some()) {
+                    sealed::open(record, master)?;
                 }
                 secrets::load(&store, master, config).await?;
                 eprintln!("master key {} opens every sealed key and secret in {}", master.id(), database.display());

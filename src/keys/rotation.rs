@@ -342,9 +342,7 @@ pub fn apply(keys: &[KeyRecord], steps: &[Step], fresh: Vec<KeyRecord>, now: i64
                     .iter_mut()
                     .find(|k| &k.kid == kid && matches!(k.state(), KeyState::Previous | KeyState::Next))
                     .ok_or_else(|| fail(step, "not a previous or next key"))?;
-                key.retired_at = Some(now);
-                key.sealed_private = None;
-                key.master_key_id = None;
+                key.retire(now);
                 changed.push(kid.clone());
             }
             Step::Revoke { kid } => {
@@ -355,9 +353,7 @@ pub fn apply(keys: &[KeyRecord], steps: &[Step], fresh: Vec<KeyRecord>, now: i64
                 if key.state() == KeyState::Current {
                     key.deactivated_at = Some(now);
                 }
-                key.revoked_at = Some(now);
-                key.sealed_private = None;
-                key.master_key_id = None;
+                key.revoke(now);
                 changed.push(kid.clone());
             }
         }
@@ -514,7 +510,7 @@ mod tests {
         settle(&mut keys, &p, deadline);
         let retired = keys.iter().find(|k| k.kid == previous.kid).unwrap();
         assert_eq!(retired.state(), KeyState::Retired);
-        assert!(retired.sealed_private.is_none() && retired.master_key_id.is_none());
+        assert!(retired.private().is_none() && retired.sealed().is_none());
     }
 
     /// Many periods with a fake clock, second by second, checking every invariant and a
@@ -569,7 +565,7 @@ mod tests {
         assert_eq!(current(&keys).unwrap().kid, nxt);
         let revoked = keys.iter().find(|k| k.kid == cur).unwrap();
         assert_eq!(revoked.state(), KeyState::Revoked);
-        assert!(!revoked.is_published() && revoked.sealed_private.is_none());
+        assert!(!revoked.is_published() && revoked.private().is_none());
         assert_eq!(states(&keys, KeyState::Next), 1);
         assert_eq!(revoke(&keys, &cur), Err(Refused::AlreadyRevoked(cur)));
         assert_eq!(revoke(&keys, "nope"), Err(Refused::UnknownKey("nope".into())));

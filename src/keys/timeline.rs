@@ -68,7 +68,7 @@ pub fn timeline(keys: &[KeyRecord], policy: &Policy, now: i64) -> Vec<Timeline> 
                 algorithm: k.algorithm,
                 state: k.state(),
                 published_from: Moment::fact(k.published_at),
-                published_until: Moment::fact(k.retired_at.or(k.revoked_at)),
+                published_until: Moment::fact(k.retired_at().or(k.revoked_at())),
                 signing_from: Moment::fact(k.activated_at),
                 signing_until: Moment::fact(k.deactivated_at),
             };

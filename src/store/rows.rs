@@ -3,7 +3,7 @@
 use anyhow::Context;
 use serde::Serialize;
 
-use crate::keys::{Algorithm, KeyRecord};
+use crate::keys::{Algorithm, KeyRecord, Private, Status};
 
 /// A row of the `keys` table.
 #[derive(sqlx::FromRow)]
@@ -14,6 +14,7 @@ pub(crate) struct KeyRow {
     public_jwk: String,
     sealed_private: Option<Vec<u8>>,
     master_key_id: Option<String>,
+    token_label: Option<String>,
     created_at: i64,
     published_at: Option<i64>,
     activated_at: Option<i64>,
@@ -26,22 +27,31 @@ impl TryFrom<KeyRow> for KeyRecord {
     type Error = anyhow::Error;
 
     fn try_from(row: KeyRow) -> anyhow::Result<KeyRecord> {
-        let KeyRow { kid, algorithm, public_jwk, .. } = &row;
+        let KeyRow { kid, algorithm, public_jwk, sealed_private, master_key_id, token_label, .. } = row;
+        let status = match (row.revoked_at, row.retired_at) {
+            (Some(at), retired_at) => Status::Revoked { at, retired_at },
+            (None, Some(at)) => Status::Retired { at },
+            (None, None) => {
+                let private = match (sealed_private, master_key_id, token_label) {
+                    (Some(blob), Some(master_key_id), None) => Private::Sealed { blob, master_key_id },
+                    (None, None, Some(token)) => Private::Token { token },
+                    _ => anyhow::bail!("key {kid} is live but its row holds no single private half"),
+                };
+                Status::Live { private }
+            }
+        };
         Ok(KeyRecord {
-            algorithm: Algorithm::parse(algorithm)
+            algorithm: Algorithm::parse(&algorithm)
                 .with_context(|| format!("key {kid} has unknown algorithm {algorithm:?}"))?,
-            public: serde_json::from_str(public_jwk)
+            public: serde_json::from_str(&public_jwk)
                 .with_context(|| format!("key {kid} has an unreadable public JWK"))?,
             key_set: row.key_set,
-            sealed_private: row.sealed_private,
-            master_key_id: row.master_key_id,
             created_at: row.created_at,
             published_at: row.published_at,
             activated_at: row.activated_at,
             deactivated_at: row.deactivated_at,
-            retired_at: row.retired_at,
-            revoked_at: row.revoked_at,
-            kid: row.kid,
+            status,
+            kid,
         })
     }
 }

@@ -108,7 +108,8 @@ impl TestApp {
     pub async fn force_rotate(&self) -> String {
         let set = &self.config.key_sets[0].name;
         let now = chrono::Utc::now().timestamp();
-        let steps = keyward::ops::rotate(&self.store, &self.master, &self.config, set, now, true).await.unwrap();
+        let steps =
+            keyward::ops::rotate(&self.store, self.shared.custody(), &self.config, set, now, true).await.unwrap();
         match &steps[0] {
             keyward::keys::rotation::Step::Promote { kid } => kid.clone(),
             other => panic!("unexpected {other:?}"),

@@ -4,11 +4,11 @@ use anyhow::Context;
 use sqlx::SqlitePool;
 
 use super::{begin_write, bump_generation, checkpoint};
-use crate::keys::{KeyRecord, KeyState};
+use crate::keys::{KeyRecord, KeyState, Private};
 use crate::store::rows::KeyRow;
 
-const COLUMNS: &str = "kid, key_set, algorithm, public_jwk, sealed_private, master_key_id, created_at, \
-     published_at, activated_at, deactivated_at, retired_at, revoked_at";
+const COLUMNS: &str = "kid, key_set, algorithm, public_jwk, sealed_private, master_key_id, token_label, \
+     created_at, published_at, activated_at, deactivated_at, retired_at, revoked_at";
 
 /// Every stored key, oldest first.
 pub async fn all(pool: &SqlitePool) -> anyhow::Result<Vec<KeyRecord>> {
@@ -56,10 +56,16 @@ pub async fn of_set(executor: impl sqlx::SqliteExecutor<'_>, set: &str) -> anyho
 async fn persist(tx: &mut sqlx::SqliteConnection, mut records: Vec<KeyRecord>) -> anyhow::Result<()> {
     records.sort_by_key(|r| r.state() == KeyState::Current);
     for record in &records {
+        let (sealed_private, master_key_id, token_label) = match record.private() {
+            Some(Private::Sealed { blob, master_key_id }) => (Some(blob), Some(master_key_id), None),
+            Some(Private::Token { token }) => (None, None, Some(token)),
+            None => (None, None, None),
+        };
         sqlx::query(&format!(
-            "INSERT INTO keys ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+            "INSERT INTO keys ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
              ON CONFLICT (kid) DO UPDATE SET sealed_private = excluded.sealed_private, \
-             master_key_id = excluded.master_key_id, published_at = excluded.published_at, \
+             master_key_id = excluded.master_key_id, token_label = excluded.token_label, \
+             published_at = excluded.published_at, \
              activated_at = excluded.activated_at, deactivated_at = excluded.deactivated_at, \
              retired_at = excluded.retired_at, revoked_at = excluded.revoked_at"
         ))
@@ -67,14 +73,15 @@ async fn persist(tx: &mut sqlx::SqliteConnection, mut records: Vec<KeyRecord>) -
         .bind(&record.key_set)
         .bind(record.algorithm.as_str())
         .bind(serde_json::to_string(&record.public)?)
-        .bind(&record.sealed_private)
-        .bind(&record.master_key_id)
+        .bind(sealed_private)
+        .bind(master_key_id)
+        .bind(token_label)
         .bind(record.created_at)
         .bind(record.published_at)
         .bind(record.activated_at)
         .bind(record.deactivated_at)
-        .bind(record.retired_at)
-        .bind(record.revoked_at)
+        .bind(record.retired_at())
+        .bind(record.revoked_at())
         .execute(&mut *tx)
         .await
         .with_context(|| format!("storing key {}", record.kid))?;
@@ -108,7 +115,7 @@ pub(crate) async fn change<E>(
         Ok(KeyChange::Stale) => return Ok(Ok(false)),
         Err(refused) => return Ok(Err(refused)),
     };
-    let deletes_secrets = changed.iter().any(|r| r.sealed_private.is_none());
+    let deletes_secrets = changed.iter().any(|r| r.private().is_none());
     persist(&mut tx, changed).await?;
     bump_generation(&mut tx).await?;
     tx.commit().await.context("committing key changes")?;
