@@ -62,10 +62,11 @@ impl Application {
         let store = Store::open(config.database_path()).await?;
         let now = chrono::Utc::now().timestamp();
         keys::check_master_key(&store.keys().await?, &master)?;
+        let token = config.token_settings(std::env::var(config::PIN_ENV).ok().as_deref())?;
+        let custody = Custody::open(master, token).await?;
         // New sets get their keys, and anything that fell due while stopped is done, before
         // the first request.
         let metrics = Metrics::default();
-        let custody = Custody::sealed(master);
         scheduler::run_due(&store, &custody, &config, now, Some(&metrics)).await;
         let (ledger, ledger_writer) = Ledger::start(
             store.issuance_writer(),

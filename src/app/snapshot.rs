@@ -190,6 +190,8 @@ impl Shared {
             Err("the database does not answer")
         } else if self.ledger.is_failing() {
             Err("the issuance ledger cannot commit (is the disk full?)")
+        } else if !self.custody.is_available() {
+            Err("the PKCS#11 token does not answer")
         } else if !self.snapshot().is_ready() {
             Err("a key set has no signing key")
         } else {

@@ -379,7 +379,8 @@ async fn master_key(loaded: &LoadedConfig, store: &Store, settings: EnvSettings)
 async fn custody(loaded: &LoadedConfig, store: &Store, settings: EnvSettings) -> anyhow::Result<Custody> {
     let master = master_key(loaded, store, settings).await?;
     keys::check_master_key(&store.keys().await?, &master)?;
-    Ok(Custody::sealed(master))
+    let token = loaded.config.token_settings(std::env::var(crate::config::PIN_ENV).ok().as_deref())?;
+    Custody::open(master, token).await
 }
 
 /// The database and the master key file hold secrets (sealed keys, client-token hashes,

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use super::{Config, Duration, KeySetConfig, ProfileConfig, ServerConfig};
+use crate::keys::custody::CustodyKind;
 use crate::keys::Algorithm;
 
 impl Default for ServerConfig {
@@ -78,6 +79,7 @@ impl Default for Config {
             key_sets: vec![KeySetConfig {
                 name: "npm".to_owned(),
                 algorithm: default_algorithm(),
+                custody: CustodyKind::Sealed,
                 rsa_bits: default_rsa_bits(),
                 jwks_paths: default_jwks_paths(),
                 jwks_max_age: default_jwks_max_age(),
@@ -107,6 +109,7 @@ impl Default for Config {
                 default_ttl: default_ttl(),
                 max_ttl: default_max_ttl(),
             }],
+            pkcs11: None,
         }
     }
 }

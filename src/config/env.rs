@@ -8,7 +8,7 @@ use super::{Config, ConfigError, Duration};
 
 /// Environment variables keyward reads, with what each sets (shown by `--help`); any other
 /// `KEYWARD_*` variable is a mistake.
-pub const KNOWN_ENV: [(&str, &str); 13] = [
+pub const KNOWN_ENV: [(&str, &str); 14] = [
     ("KEYWARD_CONFIG", "the configuration file (as --config)"),
     ("KEYWARD_PUBLIC_ADDR", "[server] public_addr"),
     ("KEYWARD_INTERNAL_ADDR", "[server] internal_addr"),
@@ -22,6 +22,7 @@ pub const KNOWN_ENV: [(&str, &str); 13] = [
     ("KEYWARD_RATE_BURST", "[server] rate_burst"),
     ("KEYWARD_REQUEST_BODY_TIMEOUT", "[server] request_body_timeout"),
     ("KEYWARD_LOG_FORMAT", "text (default) or json"),
+    ("KEYWARD_PKCS11_PIN", "the PKCS#11 token's user PIN (wins over [pkcs11] pin_file)"),
 ];
 
 /// The log's format, from `KEYWARD_LOG_FORMAT`.

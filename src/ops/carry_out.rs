@@ -7,12 +7,12 @@ use super::ActionError;
 use crate::config::KeySetConfig;
 use crate::keys::custody::Custody;
 use crate::keys::rotation::{self, Refused, Step};
-use crate::keys::KeyRecord;
+use crate::keys::{KeyRecord, Private};
 use crate::store::{KeyChange, Store};
 
 /// Makes a key in the set's custody, with no lifecycle times yet.
 async fn make_key(set: &KeySetConfig, custody: &Custody, now: i64) -> anyhow::Result<KeyRecord> {
-    let key = custody.generate(&set.name, set.algorithm, set.rsa_bits).await?;
+    let key = custody.generate(set.custody, &set.name, set.algorithm, set.rsa_bits).await?;
     Ok(KeyRecord::new(&set.name, key, now))
 }
 
@@ -42,7 +42,7 @@ where
     if store.key(&imported.kid).await?.is_some() {
         return Err(ActionError::Failed(anyhow!("key {} is already stored", imported.kid)));
     }
-    let record = KeyRecord::new(&set.name, custody.take(&set.name, imported).await?, now);
+    let record = KeyRecord::new(&set.name, custody.take(set.custody, &set.name, imported)?, now);
     let kid = record.kid.clone();
     let steps = carry_out_with(store, custody, set, now, Some(record.clone()), |keys| decide(keys, &record)).await?;
     Ok((kid, steps))
@@ -68,6 +68,11 @@ where
     carry_out_with(store, custody, set, now, None, decide).await
 }
 
+/// The kids of `keys` whose private halves are token objects.
+fn in_token(keys: &[KeyRecord]) -> Vec<String> {
+    keys.iter().filter(|k| matches!(k.private(), Some(Private::Token { .. }))).map(|k| k.kid.clone()).collect()
+}
+
 /// [`carry_out`], with `supplied` (an imported key) used for the first key a step creates.
 async fn carry_out_with<F>(
     store: &Store,
@@ -81,7 +86,8 @@ where
     F: Fn(&[KeyRecord]) -> Result<Vec<Step>, Refused>,
 {
     for _ in 0..3 {
-        let steps = decide(&store.keys_of_set(&set.name).await?)?;
+        let keys = store.keys_of_set(&set.name).await?;
+        let steps = decide(&keys)?;
         if steps.is_empty() {
             return Ok(steps);
         }
@@ -89,9 +95,16 @@ where
         for (i, _) in steps.iter().filter(|s| s.creates_key()).enumerate() {
             match (&supplied, i) {
                 (Some(key), 0) => fresh.push(key.clone()),
-                _ => fresh.push(make_key(set, custody, now).await?),
+                _ => match make_key(set, custody, now).await {
+                    Ok(key) => fresh.push(key),
+                    Err(err) => {
+                        custody.destroy(in_token(&fresh)).await;
+                        return Err(err.into());
+                    }
+                },
             }
         }
+        let made = in_token(&fresh);
         let written = store
             .change_keys(&set.name, |keys| {
                 if decide(keys)? != steps {
@@ -100,9 +113,28 @@ where
                 let changed = rotation::apply(keys, &steps, fresh, now).map_err(anyhow::Error::from)?;
                 Ok::<_, ActionError>(KeyChange::Write(changed))
             })
-            .await??;
-        if written {
-            return Ok(steps);
+            .await
+            .map_err(ActionError::from)
+            .and_then(|refused| refused);
+        match written {
+            Ok(true) => {
+                // After the commit: a token object destroyed first would leave a key that
+                // signs with nothing if the write failed.
+                let ended: Vec<KeyRecord> = keys
+                    .into_iter()
+                    .filter(|k| {
+                        steps.iter().any(|s| matches!(s, Step::Retire { kid } | Step::Revoke { kid } if *kid == k.kid))
+                    })
+                    .collect();
+                custody.destroy(in_token(&ended)).await;
+                return Ok(steps);
+            }
+            // Keys made for a decision that was not written would stay in the token unused.
+            Ok(false) => custody.destroy(made).await,
+            Err(err) => {
+                custody.destroy(made).await;
+                return Err(err);
+            }
         }
     }
     Err(ActionError::Failed(anyhow!(

@@ -219,6 +219,11 @@ static SERVES: AtomicUsize = AtomicUsize::new(0);
 /// Starts `keyward serve` on port 0 over a configuration file in `dir`, logging JSON at
 /// `level` to a file.
 pub fn serve(dir: &Path, config: &Config, level: &str) -> Serve {
+    serve_with_env(dir, config, level, &[])
+}
+
+/// [`serve`], with these environment variables too.
+pub fn serve_with_env(dir: &Path, config: &Config, level: &str, env: &[(&str, &str)]) -> Serve {
     let mut config = config.clone();
     config.server.public_addr = "127.0.0.1:0".parse().unwrap();
     config.server.internal_addr = "127.0.0.1:0".parse().unwrap();
@@ -232,6 +237,7 @@ pub fn serve(dir: &Path, config: &Config, level: &str) -> Serve {
         .env_clear()
         .env("RUST_LOG", level)
         .env("KEYWARD_LOG_FORMAT", "json")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()

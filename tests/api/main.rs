@@ -3,6 +3,7 @@
 mod cli;
 mod first_hour;
 mod helpers;
+mod hsm;
 mod jwks;
 mod keys_and_secrets;
 mod openapi;

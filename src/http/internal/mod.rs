@@ -17,8 +17,10 @@ use crate::app::snapshot::{Recheck, Shared, Snapshot};
 use crate::config::ExchangeStyle;
 use crate::http::problem::{ApiError, Problem};
 use crate::http::public::{readiness_json, status_json, HealthStatus};
+use crate::keys::custody::pkcs11::TokenError;
 use crate::keys::export::{self, Format};
 use crate::keys::rotation::{Exposure, Refused, Step};
+use crate::keys::KeyError;
 use crate::ops::{self, ActionError, Outcome};
 use crate::partner::cache::TokenCache;
 use crate::partner::exchange::{self, ExchangeError};
@@ -612,7 +614,12 @@ fn authorize<'a>(
 }
 
 /// Signs prepared claims with the profile's key set or secret.
-fn sign_prepared(snapshot: &Snapshot, profile: &Profile, prepared: Prepared, jti: String) -> Result<Signed, ApiError> {
+async fn sign_prepared(
+    snapshot: &Snapshot,
+    profile: &Profile,
+    prepared: Prepared,
+    jti: String,
+) -> Result<Signed, ApiError> {
     let (token, kid, alg) = match &profile.signed_by {
         SignedBy::KeySet(set) => {
             let signer = snapshot
@@ -620,7 +627,12 @@ fn sign_prepared(snapshot: &Snapshot, profile: &Profile, prepared: Prepared, jti
                 .get(set)
                 .and_then(|view| view.signer.clone())
                 .ok_or_else(|| ApiError::NoSigningKey(format!("key set {set} has no signing key yet")))?;
-            let token = signer.sign(prepared.claims).map_err(anyhow::Error::from)?;
+            let token = signer.sign_async(prepared.claims).await.map_err(|err| match err {
+                KeyError::Token(TokenError::Unavailable) => {
+                    ApiError::NoSigningKey(format!("key set {set}'s PKCS#11 token does not answer"))
+                }
+                other => ApiError::from(anyhow::Error::from(other)),
+            })?;
             (token, Some(signer.kid().to_owned()), signer.algorithm().as_str())
         }
         SignedBy::Secret(_) => {
@@ -692,7 +704,7 @@ async fn issue(
         metrics.token(&profile.name, "none", "refused");
         refused(refusal)
     })?;
-    let signed = sign_prepared(snapshot, profile, prepared, jti).inspect_err(|_| {
+    let signed = sign_prepared(snapshot, profile, prepared, jti).await.inspect_err(|_| {
         metrics.token(&profile.name, "none", "failed");
     })?;
     metrics.signed_in(started.elapsed());
