@@ -1,115 +1,92 @@
-//! The built-in defaults: exactly what `keys.example` says (a test compares them).
+//! The built-in defaults are `keys.example` itself, read at first use: the file operators
+//! copy is the configuration keyward runs with when there is none, and a field a file
+//! leaves out takes the value `keys.example` gives it.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::LazyLock;
 
-use super::{Config, Duration, KeySetConfig, ProfileConfig, ServerConfig};
-use crate::keys::custody::CustodyKind;
+use serde::de::DeserializeOwned;
+
+use super::{parse_toml, Config, Duration, ServerConfig};
 use crate::keys::Algorithm;
 
-impl Default for ServerConfig {
-    fn default() -> Self {
-        ServerConfig {
-            public_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            internal_addr: SocketAddr::from(([127, 0, 0, 1], 8081)),
-            database_url: "sqlite://data/keyward.db".to_owned(),
-            master_key_file: PathBuf::from("data/master.key"),
-            ledger_retention: Duration::from_secs(90 * 86_400),
-            ledger_commit_interval_ms: 0,
-            rate_limit: 100,
-            rate_burst: 200,
-            request_body_timeout: Duration::from_secs(5),
-        }
-    }
-}
+/// The complete, commented example shipped beside the binary's sources.
+pub(super) const EXAMPLE: &str = include_str!("../../keys.example");
 
-pub(super) fn default_claim_max_length() -> usize {
-    256
-}
-pub(super) fn default_claim_max_items() -> usize {
-    16
-}
-pub(super) fn default_token_field() -> String {
-    "token".to_owned()
-}
-pub(super) fn default_exchange_timeout() -> Duration {
-    Duration::from_secs(5)
-}
+/// `keys.example` as plain TOML, without the schema: the per-field defaults below read it,
+/// so parsing the example into a [`Config`] never needs a default it is the source of.
+#[allow(clippy::expect_used, reason = "keys.example is compiled in; a test parses it")]
+static EXAMPLE_TABLE: LazyLock<toml::Table> =
+    LazyLock::new(|| toml::from_str(EXAMPLE).expect("keys.example is valid TOML"));
 
-pub(super) fn default_algorithm() -> Algorithm {
-    Algorithm::Rs256
-}
-pub(super) fn default_rsa_bits() -> u32 {
-    2048
-}
-pub(super) fn default_jwks_paths() -> Vec<String> {
-    vec!["/path/to/your/jwks".to_owned(), "/.well-known/jwks.json".to_owned()]
-}
-pub(super) fn default_jwks_max_age() -> Duration {
-    Duration::from_secs(5 * 60)
-}
-pub(super) fn default_rotate_every() -> Duration {
-    Duration::from_secs(30 * 86_400)
-}
-pub(super) fn default_publish_ahead() -> Duration {
-    Duration::from_secs(24 * 3_600)
-}
-pub(super) fn default_retain_after() -> Duration {
-    Duration::from_secs(24 * 3_600)
-}
-pub(super) fn default_clock_skew() -> Duration {
-    Duration::from_secs(60)
-}
-pub(super) fn default_subject_pattern() -> String {
-    "^[A-Za-z0-9._@:-]{1,128}$".to_owned()
-}
-pub(super) fn default_ttl() -> Duration {
-    Duration::from_secs(5 * 60)
-}
-pub(super) fn default_max_ttl() -> Duration {
-    Duration::from_secs(55 * 60)
-}
+#[allow(clippy::expect_used, reason = "keys.example is compiled in; a test parses it")]
+static BUILT_IN: LazyLock<Config> =
+    LazyLock::new(|| parse_toml(EXAMPLE, "keys.example").expect("keys.example is a valid configuration"));
 
 impl Default for Config {
-    /// The built-in defaults: exactly what `keys.example` says (a test compares them).
+    /// The built-in defaults: `keys.example`, parsed.
     fn default() -> Self {
-        Config {
-            server: ServerConfig::default(),
-            key_sets: vec![KeySetConfig {
-                name: "npm".to_owned(),
-                algorithm: default_algorithm(),
-                custody: CustodyKind::Sealed,
-                rsa_bits: default_rsa_bits(),
-                jwks_paths: default_jwks_paths(),
-                jwks_max_age: default_jwks_max_age(),
-                rotate_every: default_rotate_every(),
-                publish_ahead: default_publish_ahead(),
-                retain_after: default_retain_after(),
-                clock_skew: default_clock_skew(),
-            }],
-            profiles: vec![ProfileConfig {
-                name: "npm-sandbox".to_owned(),
-                key_set: Some("npm".to_owned()),
-                algorithm: None,
-                issuer: Some("https://yourdomain.com".to_owned()),
-                audience: Some("http://sandbox.npmdev.net/api/partners/acme/oauth2/v1/token".to_owned()),
-                claims: None,
-                partner_name: None,
-                valid_from: None,
-                valid_until: None,
-                exchange: None,
-                static_claims: BTreeMap::from([(
-                    "jwks_uri".to_owned(),
-                    serde_json::Value::String("/path/to/your/jwks".to_owned()),
-                )]),
-                allowed_claims: vec!["obo_user".to_owned()],
-                allowed_claim_types: BTreeMap::new(),
-                subject_pattern: default_subject_pattern(),
-                default_ttl: default_ttl(),
-                max_ttl: default_max_ttl(),
-            }],
-            pkcs11: None,
-        }
+        BUILT_IN.clone()
     }
 }
+
+impl Default for ServerConfig {
+    /// `keys.example`'s `[server]`.
+    fn default() -> Self {
+        example(&["server"])
+    }
+}
+
+/// The value at `path` in `keys.example`, the first entry of an array of tables standing
+/// for every entry (`["key_set", "rsa_bits"]` is the first `[[key_set]]`'s `rsa_bits`).
+#[allow(clippy::expect_used, reason = "a test checks that keys.example gives every defaulted field")]
+fn example<T: DeserializeOwned>(path: &[&str]) -> T {
+    let mut value = toml::Value::Table(EXAMPLE_TABLE.clone());
+    for key in path {
+        value = match value {
+            toml::Value::Array(items) => items.into_iter().next().and_then(|item| item.get(key).cloned()),
+            other => other.get(key).cloned(),
+        }
+        .expect("keys.example gives every defaulted field");
+    }
+    value.try_into().expect("keys.example's values fit the schema")
+}
+
+/// `fn field() -> Type` for each field: its value in `keys.example`'s first `[table]`.
+macro_rules! from_example {
+    ($table:ident { $($field:ident: $ty:ty),* $(,)? }) => {
+        pub(super) mod $table {
+            #[allow(unused_imports, reason = "each table uses some of them")]
+            use super::*;
+            $(pub(in crate::config) fn $field() -> $ty {
+                example(&[stringify!($table), stringify!($field)])
+            })*
+        }
+    };
+}
+
+from_example!(server {
+    public_addr: SocketAddr,
+    internal_addr: SocketAddr,
+    database_url: String,
+    master_key_file: PathBuf,
+    ledger_retention: Duration,
+    ledger_commit_interval_ms: u64,
+    rate_limit: u32,
+    rate_burst: u32,
+    request_body_timeout: Duration,
+});
+
+from_example!(key_set {
+    algorithm: Algorithm,
+    rsa_bits: u32,
+    jwks_paths: Vec<String>,
+    jwks_max_age: Duration,
+    rotate_every: Duration,
+    publish_ahead: Duration,
+    retain_after: Duration,
+    clock_skew: Duration,
+});
+
+from_example!(profile { subject_pattern: String, default_ttl: Duration, max_ttl: Duration });

@@ -1,29 +1,42 @@
 //! `KEYWARD_*` environment variables.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::path::PathBuf;
 
-use super::{Config, ConfigError, Duration};
+use serde_json::{Map, Value};
 
-/// Environment variables keyward reads, with what each sets (shown by `--help`); any other
-/// `KEYWARD_*` variable is a mistake.
-pub const KNOWN_ENV: [(&str, &str); 14] = [
+use super::{Config, ConfigError, ServerConfig};
+
+/// Variables that set no `[server]` field, with what each does (shown by `--help`).
+const ENVIRONMENT_ONLY: [(&str, &str); 5] = [
     ("KEYWARD_CONFIG", "the configuration file (as --config)"),
-    ("KEYWARD_PUBLIC_ADDR", "[server] public_addr"),
-    ("KEYWARD_INTERNAL_ADDR", "[server] internal_addr"),
-    ("KEYWARD_DATABASE_URL", "[server] database_url"),
     ("KEYWARD_MASTER_KEY", "the master key itself, base64 of 32 bytes (wins over the file)"),
-    ("KEYWARD_MASTER_KEY_FILE", "[server] master_key_file"),
     ("KEYWARD_DEV", "1: a missing master key may be generated (the default outside the Docker image); 0: never"),
-    ("KEYWARD_LEDGER_RETENTION", "[server] ledger_retention"),
-    ("KEYWARD_LEDGER_COMMIT_INTERVAL_MS", "[server] ledger_commit_interval_ms"),
-    ("KEYWARD_RATE_LIMIT", "[server] rate_limit"),
-    ("KEYWARD_RATE_BURST", "[server] rate_burst"),
-    ("KEYWARD_REQUEST_BODY_TIMEOUT", "[server] request_body_timeout"),
     ("KEYWARD_LOG_FORMAT", "text (default) or json"),
     ("KEYWARD_PKCS11_PIN", "the PKCS#11 token's user PIN (wins over [pkcs11] pin_file)"),
 ];
+
+/// The variable that sets `[server]` field `field`.
+fn variable_of(field: &str) -> String {
+    format!("KEYWARD_{}", field.to_ascii_uppercase())
+}
+
+/// `[server]` as a JSON object: its keys are the schema's field names, so every field,
+/// including one added later, has its variable without a list to keep.
+fn server_fields(server: &ServerConfig) -> Map<String, Value> {
+    match serde_json::to_value(server) {
+        Ok(Value::Object(fields)) => fields,
+        _ => Map::new(),
+    }
+}
+
+/// Every environment variable keyward reads, with what it sets (shown by `--help`); any
+/// other `KEYWARD_*` variable is a mistake.
+pub fn known_env() -> Vec<(String, String)> {
+    let server = server_fields(&ServerConfig::default()).into_iter();
+    let server = server.map(|(field, _)| (variable_of(&field), format!("[server] {field}")));
+    let only = ENVIRONMENT_ONLY.iter().map(|(name, what)| ((*name).to_owned(), (*what).to_owned()));
+    server.chain(only).collect()
+}
 
 /// The log's format, from `KEYWARD_LOG_FORMAT`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,7 +87,7 @@ impl EnvSettings {
 /// A `[server]` field set by `KEYWARD_<FIELD>` is reported under that variable's name.
 pub(super) fn blame_environment(err: ConfigError, env: &HashMap<String, String>) -> ConfigError {
     let field = err.location.strip_prefix("[server], field ").map(str::to_owned);
-    match field.map(|f| format!("KEYWARD_{}", f.to_ascii_uppercase())) {
+    match field.map(|f| variable_of(&f)) {
         Some(var) if env.contains_key(&var) => env_error(&var, err.message),
         _ => err,
     }
@@ -88,49 +101,35 @@ pub(super) fn env_error(var: &str, message: String) -> ConfigError {
 /// returned as warnings, not refused: container platforms inject some (a Kubernetes
 /// Service named `keyward` adds `KEYWARD_PORT`, `KEYWARD_SERVICE_HOST`, ...).
 pub(super) fn apply_env(config: &mut Config, env: &HashMap<String, String>) -> Result<Vec<String>, ConfigError> {
-    let known: Vec<&str> = KNOWN_ENV.iter().map(|(name, _)| *name).collect();
-    let mut unknown: Vec<&String> =
-        env.keys().filter(|k| k.starts_with("KEYWARD_") && !known.contains(&k.as_str())).collect();
+    let known: Vec<String> = known_env().into_iter().map(|(name, _)| name).collect();
+    let mut unknown: Vec<&String> = env.keys().filter(|k| k.starts_with("KEYWARD_") && !known.contains(k)).collect();
     unknown.sort();
     let warnings = unknown
         .iter()
         .map(|name| format!("ignoring unknown environment variable {name} (keyward reads {})", known.join(", ")))
         .collect();
-    let addr = |var: &str, value: &str| {
-        value
-            .parse::<SocketAddr>()
-            .map_err(|_| env_error(var, format!("{value:?} is not an address like 127.0.0.1:8080")))
-    };
-    if let Some(v) = env.get("KEYWARD_PUBLIC_ADDR") {
-        config.server.public_addr = addr("KEYWARD_PUBLIC_ADDR", v)?;
+    let mut fields = server_fields(&config.server);
+    let mut overridden = false;
+    for (field, value) in fields.iter_mut() {
+        let var = variable_of(field);
+        let Some(text) = env.get(&var) else { continue };
+        // The environment has only text: a field that is a number takes it as one.
+        *value = match value {
+            Value::Number(_) => text
+                .parse::<u64>()
+                .map(Value::from)
+                .map_err(|_| env_error(&var, format!("{text:?} is not a whole number")))?,
+            _ => Value::String(text.clone()),
+        };
+        overridden = true;
     }
-    if let Some(v) = env.get("KEYWARD_INTERNAL_ADDR") {
-        config.server.internal_addr = addr("KEYWARD_INTERNAL_ADDR", v)?;
-    }
-    if let Some(v) = env.get("KEYWARD_DATABASE_URL") {
-        config.server.database_url = v.clone();
-    }
-    if let Some(v) = env.get("KEYWARD_MASTER_KEY_FILE") {
-        config.server.master_key_file = PathBuf::from(v);
-    }
-    if let Some(v) = env.get("KEYWARD_REQUEST_BODY_TIMEOUT") {
-        config.server.request_body_timeout =
-            Duration::parse(v).map_err(|m| env_error("KEYWARD_REQUEST_BODY_TIMEOUT", m))?;
-    }
-    if let Some(v) = env.get("KEYWARD_LEDGER_RETENTION") {
-        config.server.ledger_retention = Duration::parse(v).map_err(|m| env_error("KEYWARD_LEDGER_RETENTION", m))?;
-    }
-    if let Some(v) = env.get("KEYWARD_LEDGER_COMMIT_INTERVAL_MS") {
-        config.server.ledger_commit_interval_ms = v
-            .parse()
-            .map_err(|_| env_error("KEYWARD_LEDGER_COMMIT_INTERVAL_MS", format!("{v:?} is not a whole number")))?;
-    }
-    for (var, field) in
-        [("KEYWARD_RATE_LIMIT", &mut config.server.rate_limit), ("KEYWARD_RATE_BURST", &mut config.server.rate_burst)]
-    {
-        if let Some(v) = env.get(var) {
-            *field = v.parse().map_err(|_| env_error(var, format!("{v:?} is not a whole number")))?;
-        }
+    if overridden {
+        config.server = serde_path_to_error::deserialize(Value::Object(fields)).map_err(|err| {
+            let field = err.path().to_string();
+            let var = variable_of(&field);
+            let text = env.get(&var).map_or("", String::as_str);
+            env_error(&var, format!("{text:?} is not a valid {field}: {}", err.into_inner()))
+        })?;
     }
     Ok(warnings)
 }

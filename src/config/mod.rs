@@ -21,7 +21,7 @@ mod validate;
 
 pub use duration::Duration;
 use env::{apply_env, blame_environment};
-pub use env::{EnvSettings, LogFormat, KNOWN_ENV};
+pub use env::{known_env, EnvSettings, LogFormat};
 pub use parse::{parse_toml, ConfigError};
 pub use pkcs11::{Pkcs11Config, PIN_ENV};
 pub use schema::{

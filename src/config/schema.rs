@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::defaults::*;
+use super::defaults;
 use super::Duration;
 use crate::keys::custody::CustodyKind;
 use crate::keys::{Algorithm, HmacAlgorithm};
@@ -19,30 +19,39 @@ pub const TTL_HARD_CAP: Duration = Duration::from_secs(3_600);
 
 /// `[server]`: where keyward listens and keeps its data.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     /// JWKS and health only.
+    #[serde(default = "defaults::server::public_addr")]
     pub public_addr: SocketAddr,
     /// Signing and admin API.
+    #[serde(default = "defaults::server::internal_addr")]
     pub internal_addr: SocketAddr,
     /// The SQLite file: `sqlite://PATH`, `sqlite:PATH` or a plain path. A relative path in a
     /// configuration file is relative to the file's folder.
+    #[serde(default = "defaults::server::database_url")]
     pub database_url: String,
     /// Where the master key lives when `KEYWARD_MASTER_KEY` is not set. A relative path in a
     /// configuration file is relative to the file's folder.
+    #[serde(default = "defaults::server::master_key_file")]
     pub master_key_file: PathBuf,
     /// How long issuance ledger rows are kept.
+    #[serde(default = "defaults::server::ledger_retention")]
     pub ledger_retention: Duration,
     /// How long after the previous ledger commit started a commit may wait for company, in
     /// milliseconds, and only while fewer rows have come than the previous one carried.
     /// 0 (the default): commit as soon as the writer is free.
+    #[serde(default = "defaults::server::ledger_commit_interval_ms")]
     pub ledger_commit_interval_ms: u64,
     /// Requests per second a client may make, unless set for the client.
+    #[serde(default = "defaults::server::rate_limit")]
     pub rate_limit: u32,
     /// Requests a client may make at once above its rate, unless set for the client.
+    #[serde(default = "defaults::server::rate_burst")]
     pub rate_burst: u32,
     /// How long the internal listener waits for a request's whole body once its headers
     /// have arrived (a slow sender would hold a connection and a worker otherwise).
+    #[serde(default = "defaults::server::request_body_timeout")]
     pub request_body_timeout: Duration,
 }
 
@@ -53,31 +62,31 @@ pub struct KeySetConfig {
     /// Unique name, used by profiles and commands.
     pub name: String,
     /// Signing algorithm of every key in the set.
-    #[serde(default = "default_algorithm")]
+    #[serde(default = "defaults::key_set::algorithm")]
     pub algorithm: Algorithm,
     /// Who holds the private keys: sealed in the database, or a PKCS#11 token.
     #[serde(default)]
     pub custody: CustodyKind,
     /// RSA modulus size; ignored for EC algorithms.
-    #[serde(default = "default_rsa_bits")]
+    #[serde(default = "defaults::key_set::rsa_bits")]
     pub rsa_bits: u32,
     /// Public paths serving this set's JWKS.
-    #[serde(default = "default_jwks_paths")]
+    #[serde(default = "defaults::key_set::jwks_paths")]
     pub jwks_paths: Vec<String>,
     /// `Cache-Control: max-age` of the JWKS responses.
-    #[serde(default = "default_jwks_max_age")]
+    #[serde(default = "defaults::key_set::jwks_max_age")]
     pub jwks_max_age: Duration,
     /// How often the signing key is replaced.
-    #[serde(default = "default_rotate_every")]
+    #[serde(default = "defaults::key_set::rotate_every")]
     pub rotate_every: Duration,
     /// How long a key is published before it may sign.
-    #[serde(default = "default_publish_ahead")]
+    #[serde(default = "defaults::key_set::publish_ahead")]
     pub publish_ahead: Duration,
     /// How long a key stays published after its last token expired.
-    #[serde(default = "default_retain_after")]
+    #[serde(default = "defaults::key_set::retain_after")]
     pub retain_after: Duration,
     /// Margin for clocks that disagree and for the time servers take to see a change.
-    #[serde(default = "default_clock_skew")]
+    #[serde(default = "defaults::key_set::clock_skew")]
     pub clock_skew: Duration,
 }
 
@@ -127,13 +136,13 @@ pub struct ProfileConfig {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub allowed_claim_types: BTreeMap<String, ClaimType>,
     /// Regular expression the whole `sub` must match.
-    #[serde(default = "default_subject_pattern")]
+    #[serde(default = "defaults::profile::subject_pattern")]
     pub subject_pattern: String,
     /// Lifetime when the request names none.
-    #[serde(default = "default_ttl")]
+    #[serde(default = "defaults::profile::default_ttl")]
     pub default_ttl: Duration,
     /// Longest lifetime a request may ask for; under one hour.
-    #[serde(default = "default_max_ttl")]
+    #[serde(default = "defaults::profile::max_ttl")]
     pub max_ttl: Duration,
 }
 
@@ -144,7 +153,7 @@ pub enum ClaimType {
     /// A string of at most `max_length` characters.
     String {
         /// Longest value, in characters.
-        #[serde(default = "default_claim_max_length")]
+        #[serde(default = "claim_max_length")]
         max_length: usize,
     },
     /// A whole number within the bounds given.
@@ -161,16 +170,30 @@ pub enum ClaimType {
     /// An array of at most `max_items` strings of at most `max_length` characters each.
     StringArray {
         /// Most items.
-        #[serde(default = "default_claim_max_items")]
+        #[serde(default = "claim_max_items")]
         max_items: usize,
         /// Longest item, in characters.
-        #[serde(default = "default_claim_max_length")]
+        #[serde(default = "claim_max_length")]
         max_length: usize,
     },
 }
 
 /// The type of an allowed claim that `allowed_claim_types` does not name.
 pub const DEFAULT_CLAIM_TYPE: ClaimType = ClaimType::String { max_length: 256 };
+
+// Defaults of optional parts that keys.example shows only in comments.
+fn claim_max_length() -> usize {
+    256
+}
+fn claim_max_items() -> usize {
+    16
+}
+fn token_field() -> String {
+    "token".to_owned()
+}
+fn exchange_timeout() -> Duration {
+    Duration::from_secs(5)
+}
 
 /// `[profile.exchange]`: trading our assertion or key for a partner's token.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -181,7 +204,7 @@ pub struct ExchangeConfig {
     /// The partner's token endpoint.
     pub token_url: String,
     /// `bearer_assertion`: where the issued token is in the JSON reply.
-    #[serde(default = "default_token_field")]
+    #[serde(default = "token_field")]
     pub token_field: String,
     /// `account_key`: the service account id sent with the public key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -190,7 +213,7 @@ pub struct ExchangeConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh_url: Option<String>,
     /// How long one upstream call may take.
-    #[serde(default = "default_exchange_timeout")]
+    #[serde(default = "exchange_timeout")]
     pub timeout: Duration,
 }
 

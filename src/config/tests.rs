@@ -1,4 +1,4 @@
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use super::env::*;
@@ -28,6 +28,19 @@ fn keys_example_is_exactly_the_built_in_defaults() {
     let parsed = parse_toml(include_str!("../../keys.example"), "keys.example").unwrap();
     assert_eq!(parsed, Config::default());
     validate(&parsed, "keys.example").unwrap();
+}
+
+#[test]
+fn a_table_that_leaves_a_field_out_gets_the_value_keys_example_gives() {
+    let text = "[server]\n[[key_set]]\nname = \"other\"\n[[profile]]\nname = \"p\"\nkey_set = \"other\"\n";
+    let config = parse_toml(text, "keys.toml").unwrap();
+    let example = Config::default();
+    assert_eq!(config.server, example.server);
+    assert_eq!(KeySetConfig { name: "npm".into(), ..config.key_sets[0].clone() }, example.key_sets[0]);
+    let (p, e) = (&config.profiles[0], &example.profiles[0]);
+    assert_eq!((&p.subject_pattern, p.default_ttl, p.max_ttl), (&e.subject_pattern, e.default_ttl, e.max_ttl));
+    // With no [server] at all, too.
+    assert_eq!(parse_toml("", "keys.toml").unwrap().server, example.server);
 }
 
 #[test]
@@ -246,6 +259,66 @@ fn env_overrides_server_fields_and_warns_about_unknown_names() {
     assert!(loaded.warnings[1].contains("KEYWARD_PUBLC_ADDR"), "{:?}", loaded.warnings);
     let err = load(ConfigSource::Defaults, &env(&[("KEYWARD_PUBLIC_ADDR", "nowhere")])).unwrap_err();
     assert!(err.to_string().contains("KEYWARD_PUBLIC_ADDR"));
+}
+
+#[test]
+fn every_server_field_and_no_other_is_read_from_its_environment_variable() {
+    let values = [
+        ("KEYWARD_PUBLIC_ADDR", "127.0.0.1:9"),
+        ("KEYWARD_INTERNAL_ADDR", "127.0.0.1:10"),
+        ("KEYWARD_DATABASE_URL", "/tmp/e.db"),
+        ("KEYWARD_MASTER_KEY_FILE", "/tmp/m.key"),
+        ("KEYWARD_LEDGER_RETENTION", "2d"),
+        ("KEYWARD_LEDGER_COMMIT_INTERVAL_MS", "7"),
+        ("KEYWARD_RATE_LIMIT", "3"),
+        ("KEYWARD_RATE_BURST", "4"),
+        ("KEYWARD_REQUEST_BODY_TIMEOUT", "9s"),
+    ];
+    let loaded = load(ConfigSource::Defaults, &env(&values)).unwrap();
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let expected = ServerConfig {
+        public_addr: "127.0.0.1:9".parse().unwrap(),
+        internal_addr: "127.0.0.1:10".parse().unwrap(),
+        database_url: "/tmp/e.db".into(),
+        master_key_file: "/tmp/m.key".into(),
+        ledger_retention: Duration::from_secs(2 * 86_400),
+        ledger_commit_interval_ms: 7,
+        rate_limit: 3,
+        rate_burst: 4,
+        request_body_timeout: Duration::from_secs(9),
+    };
+    assert_eq!(loaded.config.server, expected);
+    // The variables come from the schema: one per [server] field, plus the five that
+    // only the environment gives.
+    let known: BTreeSet<String> = known_env().into_iter().map(|(name, _)| name).collect();
+    let mut expected: BTreeSet<String> = values.iter().map(|(name, _)| (*name).to_owned()).collect();
+    expected.extend(
+        ["KEYWARD_CONFIG", "KEYWARD_MASTER_KEY", "KEYWARD_DEV", "KEYWARD_LOG_FORMAT", "KEYWARD_PKCS11_PIN"]
+            .map(String::from),
+    );
+    assert_eq!(known, expected);
+    let quiet = [
+        ("KEYWARD_CONFIG", "k.toml"),
+        ("KEYWARD_MASTER_KEY", "x"),
+        ("KEYWARD_DEV", "1"),
+        ("KEYWARD_LOG_FORMAT", "json"),
+        ("KEYWARD_PKCS11_PIN", "1234"),
+    ];
+    assert!(load(ConfigSource::Defaults, &env(&quiet)).unwrap().warnings.is_empty());
+}
+
+#[test]
+fn a_bad_value_from_the_environment_names_the_variable_and_the_field() {
+    for (var, value, says) in [
+        ("KEYWARD_PUBLIC_ADDR", "nowhere", "\"nowhere\" is not a valid public_addr"),
+        ("KEYWARD_RATE_LIMIT", "-1", "\"-1\" is not a whole number"),
+        ("KEYWARD_RATE_LIMIT", "4294967296", "is not a valid rate_limit"),
+        ("KEYWARD_LEDGER_RETENTION", "90", "add a unit"),
+    ] {
+        let err = load(ConfigSource::Defaults, &env(&[(var, value)])).unwrap_err();
+        assert_eq!((err.source_name.as_str(), err.location.as_str()), ("environment", var));
+        assert!(err.message.contains(says), "{var}={value}: {err}");
+    }
 }
 
 #[test]
