@@ -12,7 +12,7 @@ use anyhow::{bail, Context};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::config::{self, EnvSettings, LoadedConfig, LogFormat};
-use crate::keys::custody::{sealed, Custody};
+use crate::keys::custody::{self, sealed, Custody};
 use crate::keys::export::{self, Format};
 use crate::keys::rotation::{Exposure, ImportAs, Refused, Step};
 use crate::keys::timeline::Moment;
@@ -821,6 +821,12 @@ async fn check_config(loaded: &LoadedConfig, settings: EnvSettings) -> anyhow::R
              path (readable by uid 10001 in the image)",
             file.display()
         ),
+    }
+    if let Some(settings) = config.token_settings(std::env::var(crate::config::PIN_ENV).ok().as_deref())? {
+        let label = settings.token_label.clone();
+        let records = if database.exists() { Store::open(&database).await?.keys().await? } else { Vec::new() };
+        let held = custody::check_token(settings, records).await?;
+        eprintln!("PKCS#11 token {label:?}: logged in; it holds every one of the {held} live keys kept there");
     }
     eprintln!(
         "{source}: configuration is valid ({} key sets, {} profiles)",

@@ -425,6 +425,19 @@ async fn a_wrong_pin_a_missing_token_or_module_stop_start_up_naming_what_to_chec
     let wrong = refused_start(&hsm, &written(&|_| {}), &[conf, ("KEYWARD_PKCS11_PIN", "987654")]);
     assert!(wrong.contains("KEYWARD_PKCS11_PIN") && wrong.contains("refused the user PIN"), "{wrong}");
     assert!(!wrong.contains("987654"), "the PIN is never shown: {wrong}");
+    let file = hsm.path().join("checked.toml");
+    std::fs::write(&file, written(&|_| {})).unwrap();
+    let check = |pin: &str| {
+        keyward_bare(hsm.path(), &["--config", file.to_str().unwrap(), "check-config"])
+            .envs([conf, ("KEYWARD_PKCS11_PIN", pin)])
+            .output()
+            .unwrap()
+    };
+    let checked = check("987654");
+    assert!(!checked.status.success() && text(&checked.stderr).contains("refused the user PIN"));
+    let checked = check(PIN);
+    assert!(checked.status.success(), "{}", text(&checked.stderr));
+    assert!(text(&checked.stderr).contains("PKCS#11 token \"keyward\": logged in"), "{}", text(&checked.stderr));
 
     let missing = refused_start(
         &hsm,
@@ -466,4 +479,46 @@ async fn keys_import_into_a_token_key_set_is_refused_with_the_reason() {
     let stderr = text(&out.stderr);
     assert!(stderr.contains("does not import") && stderr.contains("existed outside"), "{stderr}");
     assert_eq!(hsm.private_ids(), before, "nothing was added to the token");
+}
+
+#[tokio::test]
+async fn a_sealed_key_set_moved_to_pkcs11_custody_keeps_its_keys_and_makes_new_ones_in_the_token() {
+    let hsm = SoftHsm::new();
+    let mut config = hsm.config(Algorithm::Es256);
+    config.key_sets[0].custody = CustodyKind::Sealed;
+    let (mut server, http) = hsm.serve(&config).await;
+    let token = hsm.client(&server, "backend", false);
+    let admin = hsm.client(&server, "ops", true);
+    let sealed = sign_verified(&http, &server, &token, "a").await;
+    assert!(hsm.private_ids().is_empty());
+    assert!(server.terminate(Duration::from_secs(30)).await.is_some_and(|s| s.success()));
+
+    config.key_sets[0].custody = CustodyKind::Pkcs11;
+    let (server, http) = hsm.serve(&config).await;
+    assert_eq!(sign_verified(&http, &server, &token, "b").await, sealed, "the sealed key keeps signing");
+    for _ in 0..2 {
+        let rotated = http
+            .post(format!("{}/v1/key-sets/npm/rotate", server.internal))
+            .bearer_auth(&admin)
+            .json(&json!({"force": true}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(rotated.status(), 200, "{}", rotated.text().await.unwrap());
+    }
+    let in_token = sign_verified(&http, &server, &token, "c").await;
+    let held = hsm.private_ids();
+    assert!(held.contains(&in_token) && held.len() == 2, "current and next in the token: {held:?}");
+    let published = kids(&jwks(&http, &server).await);
+    assert!(published.contains(&sealed), "the sealed key stays published until it retires");
+    let store = Store::open(hsm.path().join("keyward.db")).await.unwrap();
+    let rows: Vec<(String, Option<String>, bool)> =
+        sqlx::query_as("SELECT kid, token_label, sealed_private IS NOT NULL FROM keys ORDER BY created_at, rowid")
+            .fetch_all(sqlite(&store))
+            .await
+            .unwrap();
+    sqlite(&store).close().await;
+    let token_kids: Vec<&str> = rows.iter().filter(|r| r.1.as_deref() == Some(LABEL)).map(|r| r.0.as_str()).collect();
+    assert_eq!(token_kids.len(), 2, "{rows:?}");
+    assert!(rows.iter().filter(|r| r.1.is_none()).all(|r| r.2), "the other keys are sealed: {rows:?}");
 }

@@ -26,6 +26,20 @@ pub enum CustodyKind {
     Pkcs11,
 }
 
+/// Opens the token `settings` describe and checks that it holds every live key of
+/// `records` kept there; returns how many (for `check-config`).
+pub async fn check_token(settings: TokenSettings, records: Vec<KeyRecord>) -> anyhow::Result<usize> {
+    let token = tokio::task::spawn_blocking(move || Token::open(settings)).await??;
+    let kept: Vec<KeyRecord> =
+        records.into_iter().filter(|r| matches!(r.private(), Some(Private::Token { .. }))).collect();
+    let count = kept.len();
+    let custody = Custody { master: MasterKey::generate(), token: Some(token) };
+    for record in &kept {
+        custody.signer(record).await?;
+    }
+    Ok(count)
+}
+
 /// A key just made or imported, its private half already in custody.
 pub struct NewKey {
     /// RFC 7638 thumbprint.
