@@ -9,7 +9,8 @@ use super::custody::NewKey;
 use super::{Algorithm, PublicKey};
 use crate::seal::MasterKey;
 
-/// Where a key is in its life; derived from its timestamps.
+/// Where a key is in its life at a given instant; derived from its timestamps and that
+/// instant, so a planned hand-over happens without a write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum KeyState {
@@ -70,7 +71,7 @@ impl fmt::Debug for Private {
 /// private half, so a retired or revoked key with private material cannot be represented.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Status {
-    /// Next, current or previous (its timestamps say which).
+    /// Published: next, current or previous (its signing period and the clock say which).
     Live {
         /// Its private half.
         private: Private,
@@ -104,16 +105,16 @@ pub struct KeyRecord {
     pub created_at: i64,
     /// First served in the JWKS.
     pub published_at: Option<i64>,
-    /// Started signing.
-    pub activated_at: Option<i64>,
-    /// Stopped signing.
-    pub deactivated_at: Option<i64>,
+    /// Starts signing, past or planned; `None` while no instant is planned.
+    pub activates_at: Option<i64>,
+    /// Stops signing, past or planned; `None` while no successor is planned.
+    pub deactivates_at: Option<i64>,
     /// Live with its private half, retired or revoked.
     pub status: Status,
 }
 
-/// A record as `keys list --json` and the admin API show it: every timestamp, the master
-/// key or token that holds the private half, never the sealed bytes.
+/// A record as `keys list --json` shows it: every timestamp, the master key or token that
+/// holds the private half, never the sealed bytes.
 #[derive(Serialize)]
 struct Shown<'a> {
     kid: &'a str,
@@ -125,8 +126,8 @@ struct Shown<'a> {
     token: Option<&'a str>,
     created_at: i64,
     published_at: Option<i64>,
-    activated_at: Option<i64>,
-    deactivated_at: Option<i64>,
+    activates_at: Option<i64>,
+    deactivates_at: Option<i64>,
     retired_at: Option<i64>,
     revoked_at: Option<i64>,
 }
@@ -147,8 +148,8 @@ impl Serialize for KeyRecord {
             token,
             created_at: self.created_at,
             published_at: self.published_at,
-            activated_at: self.activated_at,
-            deactivated_at: self.deactivated_at,
+            activates_at: self.activates_at,
+            deactivates_at: self.deactivates_at,
             retired_at: self.retired_at(),
             revoked_at: self.revoked_at(),
         }
@@ -167,7 +168,8 @@ impl fmt::Debug for KeyRecord {
             .field("kid", &self.kid)
             .field("key_set", &self.key_set)
             .field("algorithm", &self.algorithm)
-            .field("state", &self.state())
+            .field("activates_at", &self.activates_at)
+            .field("deactivates_at", &self.deactivates_at)
             .field("private", &private)
             .finish_non_exhaustive()
     }
@@ -183,26 +185,40 @@ impl KeyRecord {
             public: key.public,
             created_at: now,
             published_at: None,
-            activated_at: None,
-            deactivated_at: None,
+            activates_at: None,
+            deactivates_at: None,
             status: Status::Live { private: key.private },
         }
     }
 
-    /// The lifecycle state its status and timestamps define.
-    pub fn state(&self) -> KeyState {
-        match self.status {
-            Status::Revoked { .. } => KeyState::Revoked,
-            Status::Retired { .. } => KeyState::Retired,
-            Status::Live { .. } if self.deactivated_at.is_some() => KeyState::Previous,
-            Status::Live { .. } if self.activated_at.is_some() => KeyState::Current,
-            Status::Live { .. } => KeyState::Next,
+    /// The lifecycle state at `now`: it signs from `activates_at` until `deactivates_at`.
+    pub fn state_at(&self, now: i64) -> KeyState {
+        if matches!(self.status, Status::Revoked { .. }) {
+            KeyState::Revoked
+        } else if matches!(self.status, Status::Retired { .. }) {
+            KeyState::Retired
+        } else if self.activates_at.is_none_or(|at| at > now) {
+            KeyState::Next
+        } else if self.deactivates_at.is_some_and(|at| at <= now) {
+            KeyState::Previous
+        } else {
+            KeyState::Current
         }
     }
 
-    /// Whether verifiers may see it in the JWKS.
+    /// The instants it signs between, once planned: `[from, until)`, `until` `None` while
+    /// open-ended. Empty when a forced rotation replaced it within the second it started.
+    pub fn signing_period(&self) -> Option<(i64, Option<i64>)> {
+        let from = self.activates_at?;
+        match self.deactivates_at {
+            Some(until) if until <= from => None,
+            until => Some((from, until)),
+        }
+    }
+
+    /// Whether verifiers may see it in the JWKS (not retired, not revoked).
     pub fn is_published(&self) -> bool {
-        matches!(self.state(), KeyState::Next | KeyState::Current | KeyState::Previous)
+        matches!(self.status, Status::Live { .. })
     }
 
     /// Its private half, while it is live.
@@ -249,6 +265,38 @@ impl KeyRecord {
     }
 }
 
+/// The key of a set that signs at `now`: the one whose signing period holds `now`. The
+/// store keeps a set's periods from overlapping, so there is at most one; every process
+/// reading the same keys finds the same signer at the same instant.
+pub fn signer_at(keys: &[KeyRecord], now: i64) -> Option<&KeyRecord> {
+    keys.iter().find(|k| k.state_at(now) == KeyState::Current)
+}
+
+/// The first instant after `now` at which some key's state changes by itself (a planned
+/// hand-over), if any.
+pub fn next_change_after(keys: &[KeyRecord], now: i64) -> Option<i64> {
+    keys.iter()
+        .filter(|k| k.is_published())
+        .flat_map(|k| [k.activates_at, k.deactivates_at])
+        .flatten()
+        .filter(|at| *at > now)
+        .min()
+}
+
+/// Whether two keys of one set would sign at the same instant.
+pub(crate) fn periods_overlap(keys: &[KeyRecord]) -> bool {
+    let periods: Vec<(&str, i64, i64)> = keys
+        .iter()
+        .filter_map(|k| k.signing_period().map(|(from, until)| (k.key_set.as_str(), from, until.unwrap_or(i64::MAX))))
+        .collect();
+    periods.iter().enumerate().any(|(i, (set, from, until))| {
+        periods
+            .iter()
+            .skip(i + 1)
+            .any(|(other_set, other_from, other_until)| set == other_set && from < other_until && other_from < until)
+    })
+}
+
 /// Refuses to go on when stored keys were sealed under another master key.
 pub fn check_master_key(records: &[KeyRecord], master: &MasterKey) -> anyhow::Result<()> {
     let foreign: Vec<&str> =
@@ -279,8 +327,8 @@ impl KeyBuilder {
             public: PublicKey::Ec { crv: "P-256".into(), x: format!("x{kid}"), y: "y".into() },
             created_at: 0,
             published_at: Some(0),
-            activated_at: None,
-            deactivated_at: None,
+            activates_at: None,
+            deactivates_at: None,
             status: Status::Live { private: Private::Sealed { blob: vec![0; 40], master_key_id: "m".into() } },
         })
     }
@@ -302,13 +350,10 @@ impl KeyBuilder {
         self
     }
 
-    pub(crate) fn activated(mut self, at: Option<i64>) -> Self {
-        self.0.activated_at = at;
-        self
-    }
-
-    pub(crate) fn deactivated(mut self, at: Option<i64>) -> Self {
-        self.0.deactivated_at = at;
+    /// Signs from `from` until `until`.
+    pub(crate) fn signing(mut self, from: Option<i64>, until: Option<i64>) -> Self {
+        self.0.activates_at = from;
+        self.0.deactivates_at = until;
         self
     }
 
@@ -331,18 +376,55 @@ mod tests {
     #[test]
     fn state_follows_the_latest_lifecycle_timestamp() {
         let mut r = record();
-        assert_eq!(r.state(), KeyState::Next);
-        r.activated_at = Some(20);
-        assert_eq!(r.state(), KeyState::Current);
-        r.deactivated_at = Some(30);
-        assert_eq!(r.state(), KeyState::Previous);
+        assert_eq!(r.state_at(100), KeyState::Next);
+        r.activates_at = Some(20);
+        assert_eq!(r.state_at(100), KeyState::Current);
+        r.deactivates_at = Some(30);
+        assert_eq!(r.state_at(100), KeyState::Previous);
         assert!(r.is_published());
         r.retire(40);
-        assert_eq!(r.state(), KeyState::Retired);
+        assert_eq!(r.state_at(100), KeyState::Retired);
         assert!(!r.is_published());
         r.revoke(50);
-        assert_eq!(r.state(), KeyState::Revoked);
+        assert_eq!(r.state_at(100), KeyState::Revoked);
         assert_eq!((r.retired_at(), r.revoked_at(), r.private()), (Some(40), Some(50), None));
+    }
+
+    #[test]
+    fn planned_instants_change_the_state_as_time_passes_without_a_write() {
+        let r = KeyBuilder::new("k").created(10).signing(Some(20), Some(30)).build();
+        let states: Vec<KeyState> = [19, 20, 29, 30].into_iter().map(|now| r.state_at(now)).collect();
+        assert_eq!(states, [KeyState::Next, KeyState::Current, KeyState::Current, KeyState::Previous]);
+    }
+
+    #[test]
+    fn the_signer_is_the_key_whose_period_holds_now() {
+        let keys = vec![
+            KeyBuilder::new("a").signing(Some(0), Some(10)).build(),
+            KeyBuilder::new("b").signing(Some(10), Some(20)).build(),
+            KeyBuilder::new("c").signing(Some(20), None).build(),
+        ];
+        let signer = |now| signer_at(&keys, now).map(|k| k.kid.as_str());
+        assert_eq!(
+            [signer(9), signer(10), signer(19), signer(20), signer(1_000)],
+            [Some("a"), Some("b"), Some("b"), Some("c"), Some("c")]
+        );
+        assert_eq!(signer(-1), None);
+        assert_eq!(next_change_after(&keys, 10), Some(20));
+        assert_eq!(next_change_after(&keys, 20), None);
+        assert!(!periods_overlap(&keys));
+    }
+
+    #[test]
+    fn overlapping_signing_periods_are_detected_and_empty_ones_ignored() {
+        let open = KeyBuilder::new("a").signing(Some(0), None).build();
+        let later = KeyBuilder::new("b").signing(Some(5), None).build();
+        assert!(periods_overlap(&[open.clone(), later.clone()]));
+        let other_set = KeyBuilder::new("c").set("t").signing(Some(5), None).build();
+        assert!(!periods_overlap(&[open.clone(), other_set]));
+        // Replaced within the second it started: it signed in no whole second.
+        let empty = KeyBuilder::new("d").signing(Some(0), Some(0)).build();
+        assert!(!periods_overlap(&[empty, open]));
     }
 
     #[test]

@@ -17,8 +17,8 @@ pub(crate) struct KeyRow {
     token_label: Option<String>,
     created_at: i64,
     published_at: Option<i64>,
-    activated_at: Option<i64>,
-    deactivated_at: Option<i64>,
+    activates_at: Option<i64>,
+    deactivates_at: Option<i64>,
     retired_at: Option<i64>,
     revoked_at: Option<i64>,
 }
@@ -48,8 +48,8 @@ impl TryFrom<KeyRow> for KeyRecord {
             key_set: row.key_set,
             created_at: row.created_at,
             published_at: row.published_at,
-            activated_at: row.activated_at,
-            deactivated_at: row.deactivated_at,
+            activates_at: row.activates_at,
+            deactivates_at: row.deactivates_at,
             status,
             kid,
         })

@@ -2,6 +2,7 @@
 
 mod cli;
 mod first_hour;
+mod handover;
 mod helpers;
 mod hsm;
 mod jwks;

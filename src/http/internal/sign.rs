@@ -16,7 +16,7 @@ use crate::http::problem::{ApiError, Problem};
 use crate::keys::custody::pkcs11::TokenError;
 use crate::keys::KeyError;
 use crate::policy::client::Client;
-use crate::policy::profile::{Prepared, Profile, Refusal, RefusalKind, SignRequest, SignedBy};
+use crate::policy::profile::{Prepared, Profile, ProfileKind, Refusal, RefusalKind, SignRequest};
 use crate::store::rows::Entry;
 
 #[utoipa::path(post, path = "/v1/profiles/{profile}/sign", tag = "signing", security(("bearer" = [])),
@@ -93,8 +93,8 @@ async fn sign_prepared(
     prepared: Prepared,
     jti: String,
 ) -> Result<Signed, ApiError> {
-    let (token, kid, alg) = match &profile.signed_by {
-        SignedBy::KeySet(set) => {
+    let (token, kid, alg) = match &profile.kind {
+        ProfileKind::KeySet { key_set: set, .. } => {
             let signer = snapshot
                 .key_sets
                 .get(set)
@@ -108,7 +108,7 @@ async fn sign_prepared(
             })?;
             (token, Some(signer.kid().to_owned()), signer.algorithm().as_str())
         }
-        SignedBy::Secret(_) => {
+        ProfileKind::SharedSecret { .. } => {
             let secret = snapshot.secrets.get(&profile.name).ok_or_else(|| {
                 ApiError::NoSigningKey(format!(
                     "profile {0} has no secret yet (an operator sets it with `keyward secrets set {0}`)",

@@ -27,7 +27,7 @@ pub(super) fn seal(master: &MasterKey, key_set: &str, key: GeneratedKey) -> anyh
 /// Unseals the private half of a live sealed key for signing.
 pub fn open(record: &KeyRecord, master: &MasterKey) -> anyhow::Result<SigningKey> {
     let Some((blob, sealed_by)) = record.sealed() else {
-        bail!("key {} has no sealed private half (state {})", record.kid, record.state());
+        bail!("key {} has no sealed private half (retired, revoked or held by a token)", record.kid);
     };
     if sealed_by != master.id() {
         bail!(
