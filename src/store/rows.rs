@@ -139,3 +139,42 @@ pub struct ClientRow {
     /// Until when it works (Unix seconds).
     pub previous_token_until: Option<i64>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(sealed: Option<Vec<u8>>, token: Option<&str>, retired_at: Option<i64>) -> KeyRow {
+        KeyRow {
+            kid: "k".into(),
+            key_set: "s".into(),
+            algorithm: "ES256".into(),
+            public_jwk: r#"{"kty":"EC","crv":"P-256","x":"x","y":"y"}"#.into(),
+            master_key_id: sealed.as_ref().map(|_| "m".to_owned()),
+            sealed_private: sealed,
+            token_label: token.map(str::to_owned),
+            created_at: 0,
+            published_at: Some(0),
+            activates_at: None,
+            deactivates_at: None,
+            retired_at,
+            revoked_at: None,
+        }
+    }
+
+    #[test]
+    fn a_live_row_needs_exactly_one_private_half_and_an_ended_one_holds_none() {
+        let sealed = KeyRecord::try_from(row(Some(vec![1; 40]), None, None)).unwrap();
+        assert!(matches!(sealed.private(), Some(Private::Sealed { .. })));
+        let in_token = KeyRecord::try_from(row(None, Some("hsm"), None)).unwrap();
+        assert_eq!(in_token.private(), Some(&Private::Token { token: "hsm".into() }));
+        for (sealed, token) in [(None, None), (Some(vec![1; 40]), Some("hsm"))] {
+            let err = KeyRecord::try_from(row(sealed, token, None)).expect_err("refused");
+            assert!(err.to_string().contains("no single private half"), "{err}");
+        }
+        // A retired row is read as retired whatever its columns say: it has no private half.
+        let retired = KeyRecord::try_from(row(Some(vec![1; 40]), None, Some(5))).unwrap();
+        assert!(retired.private().is_none());
+        assert!(retired.status == Status::Retired { at: 5 });
+    }
+}

@@ -299,6 +299,31 @@ async fn keys_made_in_the_token_sign_rs256_ps256_es256_and_es384_verified_agains
 }
 
 #[tokio::test]
+async fn concurrent_signatures_share_a_bounded_pool_of_token_sessions() {
+    let hsm = SoftHsm::new();
+    let mut config = hsm.config(Algorithm::Es256);
+    config.pkcs11.as_mut().unwrap().max_sessions = 2;
+    let (server, http) = hsm.serve(&config).await;
+    let token = hsm.client(&server, "backend", false);
+    let served = jwks(&http, &server).await;
+    let url = format!("{}/v1/profiles/{PROFILE}/sign", server.internal);
+    let signing: Vec<_> = (0..32)
+        .map(|i| {
+            let (http, url, token) = (http.clone(), url.clone(), token.clone());
+            tokio::spawn(async move {
+                let response = http.post(url).bearer_auth(token).json(&json!({ "sub": format!("s{i}") })).send().await;
+                response.unwrap().json::<Value>().await.unwrap()
+            })
+        })
+        .collect();
+    for (i, signed) in signing.into_iter().enumerate() {
+        let body = signed.await.unwrap();
+        let verified = verify(body["token"].as_str().unwrap_or_default(), &served);
+        assert_eq!(verified.map(|v| v.claims["sub"].clone()).ok(), Some(json!(format!("s{i}"))), "{body}");
+    }
+}
+
+#[tokio::test]
 async fn retired_and_revoked_keys_are_destroyed_in_the_token() {
     let hsm = SoftHsm::new();
     let mut config = hsm.config(Algorithm::Es256);
@@ -412,7 +437,7 @@ fn refused_start(hsm: &SoftHsm, config_text: &str, env: &[(&str, &str)]) -> Stri
 }
 
 #[tokio::test]
-async fn a_wrong_pin_a_missing_token_or_module_stop_start_up_naming_what_to_check() {
+async fn a_wrong_or_locked_pin_a_missing_token_or_module_stop_start_up_naming_what_to_check() {
     let hsm = SoftHsm::new();
     let config = hsm.config(Algorithm::Es256);
     let written = |adjust: &dyn Fn(&mut Config)| {
@@ -463,6 +488,24 @@ async fn a_wrong_pin_a_missing_token_or_module_stop_start_up_naming_what_to_chec
 
     let no_table = refused_start(&hsm, &written(&|c| c.pkcs11 = None), &[conf]);
     assert!(no_table.contains("field custody") && no_table.contains("needs a [pkcs11] table"), "{no_table}");
+
+    // SoftHSM2 never locks a PIN itself: set the token's "user PIN locked" flag in its file,
+    // as a token that counted too many wrong PINs reports it.
+    let token_file = std::fs::read_dir(hsm.path().join("tokens"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path().join("token.object"))
+        .find(|path| path.exists())
+        .unwrap();
+    let bytes = std::fs::read(&token_file).unwrap();
+    // Login required, RNG, initialised, user PIN set, restore key not needed.
+    let flags = 0x42d_u64.to_be_bytes();
+    let at = bytes.windows(8).position(|w| w == flags).expect("the token's flags in its file");
+    let mut locked = bytes.clone();
+    locked[at..at + 8].copy_from_slice(&(0x42d_u64 | 0x0004_0000).to_be_bytes());
+    std::fs::write(&token_file, locked).unwrap();
+    let pin_locked = refused_start(&hsm, &written(&|_| {}), &[conf, ("KEYWARD_PKCS11_PIN", PIN)]);
+    assert!(pin_locked.contains("user PIN of token \"keyward\" is locked"), "{pin_locked}");
+    assert!(pin_locked.contains("did not try to log in"), "{pin_locked}");
 }
 
 #[tokio::test]

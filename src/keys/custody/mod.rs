@@ -182,7 +182,7 @@ impl Custody {
 
     /// Checks the token, or reconnects to one that failed (at most once a second).
     pub async fn probe(&self) {
-        if let Some(token) = self.token.clone() {
+        if let Some(token) = self.token.clone().filter(|token| token.probe_due()) {
             let _ = tokio::task::spawn_blocking(move || token.probe()).await;
         }
     }

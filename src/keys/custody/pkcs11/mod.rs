@@ -194,17 +194,20 @@ impl Token {
         })
     }
 
-    /// Checks a connected token, or tries to reconnect a failed one, at most once per
-    /// [`PROBE_EVERY`]. Blocking: call it off the async executor. Returns whether the
-    /// token is available.
-    pub fn probe(&self) -> bool {
-        {
-            let mut last = self.last_probe.lock().unwrap_or_else(PoisonError::into_inner);
-            if last.is_some_and(|at| at.elapsed() < PROBE_EVERY) {
-                return self.is_available();
-            }
-            *last = Some(Instant::now());
+    /// Whether [`PROBE_EVERY`] has passed since the last probe; if so, the next one starts
+    /// now (cheap: no call to the module).
+    pub fn probe_due(&self) -> bool {
+        let mut last = self.last_probe.lock().unwrap_or_else(PoisonError::into_inner);
+        if last.is_some_and(|at| at.elapsed() < PROBE_EVERY) {
+            return false;
         }
+        *last = Some(Instant::now());
+        true
+    }
+
+    /// Checks a connected token, or tries to reconnect a failed one. Blocking: call it off
+    /// the async executor, when [`Token::probe_due`]. Returns whether the token answers.
+    pub fn probe(&self) -> bool {
         match self.current() {
             Some(_) => self.with_session("checking the token", |session| session.get_session_info().map(drop)).is_ok(),
             None => match self.connect() {
