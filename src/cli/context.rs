@@ -130,13 +130,17 @@ impl Context {
         Ok(key)
     }
 
-    /// The database and the master key file hold secrets (sealed keys, client-token hashes,
-    /// who got which token): refuse to use them while group or others may read them, as ssh
+    /// The database, the master key file and the PKCS#11 PIN file hold secrets (sealed keys,
+    /// client-token hashes, who got which token, the token's PIN): refuse to use them while group or others may read them, as ssh
     /// does for keys, unless the operator says otherwise.
     pub(super) fn check_private_files(&self, allow_insecure: bool) -> anyhow::Result<()> {
         let mut files = sqlite::database_files(&self.config().database_path());
         if std::env::var_os("KEYWARD_MASTER_KEY").is_none() {
             files.push(self.config().server.master_key_file.clone());
+        }
+        let pin_file = self.config().pkcs11.as_ref().and_then(|p| p.pin_file.clone());
+        if let Some(file) = pin_file.filter(|_| std::env::var_os(crate::config::PIN_ENV).is_none()) {
+            files.push(file);
         }
         for file in files {
             let Some(mode) = private_files::shared_mode(&file) else { continue };

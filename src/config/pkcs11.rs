@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -24,9 +25,10 @@ pub struct Pkcs11Config {
     /// A file holding the user PIN (0600); `KEYWARD_PKCS11_PIN` wins over it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pin_file: Option<PathBuf>,
-    /// Refused with a message: a PIN in the configuration file would travel with it.
+    /// Refused with a message: a PIN in the configuration file would travel with it. Its
+    /// value is never kept (nor shown by `Debug`).
     #[serde(default, skip_serializing)]
-    pub pin: Option<String>,
+    pub pin: Option<IgnoredAny>,
     /// Most sessions open at once (signatures in parallel).
     #[serde(default = "default_max_sessions")]
     pub max_sessions: u32,
@@ -115,5 +117,37 @@ impl Config {
     /// `KEYWARD_PKCS11_PIN`, or the PIN file).
     pub fn token_settings(&self, env_pin: Option<&str>) -> anyhow::Result<Option<TokenSettings>> {
         self.pkcs11.as_ref().map(|p| p.settings(env_pin)).transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_toml;
+
+    fn with_table(table: &str) -> Config {
+        parse_toml(&format!("{}\n[pkcs11]\n{table}", super::super::defaults::EXAMPLE), "k.toml").unwrap()
+    }
+
+    #[test]
+    fn a_pin_in_the_configuration_file_is_refused_and_never_kept() {
+        let config = with_table("module = \"/m.so\"\ntoken_label = \"t\"\npin = \"4321\"\n");
+        assert!(!format!("{config:?}").contains("4321"));
+        let err = validate(&config, "k.toml").unwrap_err();
+        assert_eq!(err.location, "[pkcs11], field pin");
+    }
+
+    #[test]
+    fn the_pin_comes_from_the_environment_before_the_pin_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pin");
+        std::fs::write(&file, "5678\n").unwrap();
+        let config = with_table(&format!("module = \"/m.so\"\ntoken_label = \"t\"\npin_file = {:?}\n", file));
+        let pkcs11 = config.pkcs11.as_ref().unwrap();
+        assert_eq!(pkcs11.settings(None).unwrap().pin.as_str(), "5678");
+        assert_eq!(pkcs11.settings(Some("1111")).unwrap().pin.as_str(), "1111");
+        std::fs::remove_file(&file).unwrap();
+        let err = pkcs11.settings(None).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("[pkcs11] pin_file: cannot read"), "{err}");
     }
 }

@@ -479,6 +479,20 @@ async fn a_wrong_or_locked_pin_a_missing_token_or_module_stop_start_up_naming_wh
     );
     assert!(no_module.contains("[pkcs11] module: cannot load /nonexistent/libpkcs11.so"), "{no_module}");
 
+    // A PIN file others may read is refused, as the master key file is; a 0600 one works.
+    let pin_file = hsm.path().join("pkcs11.pin");
+    std::fs::write(&pin_file, format!("{PIN}\n")).unwrap();
+    let from_file = written(&|c| c.pkcs11.as_mut().unwrap().pin_file = Some(pin_file.clone()));
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&pin_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let shared = refused_start(&hsm, &from_file, &[conf]);
+    assert!(shared.contains("pkcs11.pin has mode 0644"), "{shared}");
+    std::fs::set_permissions(&pin_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(&file, &from_file).unwrap();
+    let checked =
+        keyward_bare(hsm.path(), &["--config", file.to_str().unwrap(), "check-config"]).envs([conf]).output().unwrap();
+    assert!(text(&checked.stderr).contains("PKCS#11 token \"keyward\": logged in"), "{}", text(&checked.stderr));
+
     let no_pin = refused_start(&hsm, &written(&|_| {}), &[conf]);
     assert!(no_pin.contains("KEYWARD_PKCS11_PIN or pin_file"), "{no_pin}");
 
