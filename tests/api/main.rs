@@ -6,6 +6,7 @@ mod discovery;
 mod first_hour;
 mod handover;
 mod helpers;
+mod hsm;
 mod jwks;
 mod keys_and_secrets;
 mod openapi;
