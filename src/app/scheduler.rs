@@ -9,6 +9,7 @@ use crate::app::snapshot::Shared;
 use crate::config::Config;
 use crate::keys::rotation;
 use crate::ops;
+use crate::ops::gates::Gates;
 use crate::seal::MasterKey;
 use crate::store::Store;
 
@@ -33,15 +34,16 @@ pub async fn run_due(store: &Store, master: &MasterKey, config: &Config, now: i6
     let mut pass = Pass { changed: false, wake_at: now + MAX_SLEEP_SECS };
     for set in &config.key_sets {
         let policy = config.policy(set);
-        let done = ops::carry_out(store, master, set, now, |keys| Ok(rotation::plan(keys, &policy, now).steps)).await;
+        let done = ops::carry_out(store, master, config, set, now, |keys| Ok(rotation::plan(keys, &policy, now).steps)).await;
         match done {
             Ok(steps) => {
                 for step in &steps {
                     tracing::info!(key_set = %set.name, ?step, "key lifecycle step");
                 }
                 pass.changed |= !steps.is_empty();
-                match store.keys_of_set(&set.name).await {
-                    Ok(keys) => {
+                let keys = async { anyhow::Ok(Gates::load(store, config).await?.apply(&set.name, &store.keys_of_set(&set.name).await?, now)) };
+                match keys.await {
+                    Ok((keys, _)) => {
                         if let Some(at) = rotation::plan(&keys, &policy, now).wake_at {
                             pass.wake_at = pass.wake_at.min(at);
                         }

@@ -13,6 +13,7 @@ mod defaults;
 mod duration;
 mod env;
 mod parse;
+mod partner;
 mod schema;
 #[cfg(test)]
 mod tests;
@@ -22,6 +23,7 @@ pub use duration::Duration;
 use env::{apply_env, blame_environment};
 pub use env::{known_env, EnvSettings, LogFormat};
 pub use parse::{parse_toml, ConfigError};
+pub use partner::{Cidr, PartnerConfig, PartnerMatch, UserAgentPattern};
 pub use schema::{
     parse_instant, ClaimType, ExchangeConfig, ExchangeStyle, KeySetConfig, ProfileConfig, ServerConfig,
     DEFAULT_CLAIM_TYPE, PLACEHOLDERS, REGISTERED_CLAIMS, TTL_HARD_CAP,
@@ -42,6 +44,9 @@ pub struct Config {
     /// Signing profiles.
     #[serde(default, rename = "profile")]
     pub profiles: Vec<ProfileConfig>,
+    /// The verifiers that fetch our JWKS.
+    #[serde(default, rename = "partner", skip_serializing_if = "Vec::is_empty")]
+    pub partners: Vec<PartnerConfig>,
 }
 
 /// Where the configuration came from, for messages.

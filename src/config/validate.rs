@@ -159,7 +159,7 @@ pub fn validate(config: &Config, source_name: &str) -> Result<(), ConfigError> {
             validate_exchange(profile, exchange).map_err(|(field, m)| fail(at(field), m))?;
         }
     }
-    Ok(())
+    super::partner::validate(config, source_name)
 }
 
 type FieldError = (&'static str, String);

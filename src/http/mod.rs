@@ -2,5 +2,6 @@
 
 pub mod internal;
 pub mod middleware;
+pub mod forwarded;
 pub mod problem;
 pub mod public;

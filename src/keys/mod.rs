@@ -7,6 +7,7 @@
 
 mod algorithm;
 pub mod export;
+pub mod gate;
 pub mod jwks;
 mod material;
 pub mod rotation;

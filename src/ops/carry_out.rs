@@ -4,7 +4,9 @@
 use anyhow::{anyhow, Context};
 
 use super::ActionError;
-use crate::config::KeySetConfig;
+use super::gates::Gates;
+use crate::config::{Config, KeySetConfig};
+use crate::keys::gate;
 use crate::keys::rotation::{self, Refused, Step};
 use crate::keys::{self, KeyRecord};
 use crate::seal::MasterKey;
@@ -24,6 +26,7 @@ async fn make_key(set: &KeySetConfig, master: &MasterKey, now: i64) -> anyhow::R
 pub(crate) async fn carry_out_import<F>(
     store: &Store,
     master: &MasterKey,
+    config: &Config,
     set: &KeySetConfig,
     pem: &[u8],
     now: i64,
@@ -46,7 +49,7 @@ where
     if store.key(&kid).await?.is_some() {
         return Err(ActionError::Failed(anyhow!("key {kid} is already stored")));
     }
-    let steps = carry_out_with(store, master, set, now, Some(record.clone()), |keys| decide(keys, &record)).await?;
+    let steps = carry_out_with(store, master, config, set, now, Some(record.clone()), |keys| decide(keys, &record)).await?;
     Ok((kid, steps))
 }
 
@@ -85,6 +88,7 @@ fn seal_record(
 pub(crate) async fn carry_out<F>(
     store: &Store,
     master: &MasterKey,
+    config: &Config,
     set: &KeySetConfig,
     now: i64,
     decide: F,
@@ -92,13 +96,16 @@ pub(crate) async fn carry_out<F>(
 where
     F: Fn(&[KeyRecord]) -> Result<Vec<Step>, Refused>,
 {
-    carry_out_with(store, master, set, now, None, decide).await
+    carry_out_with(store, master, config, set, now, None, decide).await
 }
 
 /// [`carry_out`], with `supplied` (an imported key) used for the first key a step creates.
+/// Decisions see the keys with the set's gate applied; a gated hand-over that has happened
+/// is written with the change (lazily: writing it changes nothing about who signs).
 async fn carry_out_with<F>(
     store: &Store,
     master: &MasterKey,
+    config: &Config,
     set: &KeySetConfig,
     now: i64,
     supplied: Option<KeyRecord>,
@@ -107,8 +114,10 @@ async fn carry_out_with<F>(
 where
     F: Fn(&[KeyRecord]) -> Result<Vec<Step>, Refused>,
 {
+    let gates = Gates::load(store, config).await?;
     for _ in 0..3 {
-        let steps = decide(&store.keys_of_set(&set.name).await?)?;
+        let (keys, _) = gates.apply(&set.name, &store.keys_of_set(&set.name).await?, now);
+        let steps = decide(&keys)?;
         if steps.is_empty() {
             return Ok(steps);
         }
@@ -120,11 +129,21 @@ where
             }
         }
         let written = store
-            .change_keys(&set.name, |keys| {
-                if decide(keys)? != steps {
+            .change_keys(&set.name, |stored| {
+                let (keys, gate) = gates.apply(&set.name, stored, now);
+                if decide(&keys)? != steps {
                     return Ok(KeyChange::Stale);
                 }
-                let changed = rotation::apply(keys, &steps, fresh, now).map_err(anyhow::Error::from)?;
+                let mut changed = rotation::apply(&keys, &steps, fresh, now).map_err(anyhow::Error::from)?;
+                if gate.is_some_and(|g| gate::settled(&g, now)) {
+                    let moved = keys.iter().filter(|k| {
+                        let before = stored.iter().find(|s| s.kid == k.kid);
+                        before.is_some_and(|s| (s.activates_at, s.deactivates_at) != (k.activates_at, k.deactivates_at))
+                    });
+                    let unwritten: Vec<KeyRecord> =
+                        moved.filter(|k| !changed.iter().any(|c| c.kid == k.kid)).cloned().collect();
+                    changed.extend(unwritten);
+                }
                 Ok::<_, ActionError>(KeyChange::Write(changed))
             })
             .await??;

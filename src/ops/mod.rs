@@ -3,6 +3,7 @@
 
 mod carry_out;
 pub mod clients;
+pub mod gates;
 pub mod secrets;
 
 use anyhow::Context;
@@ -10,6 +11,8 @@ use serde::Serialize;
 
 use crate::config::{Config, KeySetConfig};
 use crate::keys;
+use crate::keys::gate::GateState;
+use gates::Gates;
 use crate::keys::rotation::{self, Exposure, ImportAs, Refused, Step};
 use crate::keys::timeline::{self, Timeline};
 use crate::seal::MasterKey;
@@ -46,7 +49,7 @@ pub async fn rotate(
 ) -> Result<Vec<Step>, ActionError> {
     let set = key_set(config, set)?;
     let policy = config.policy(set);
-    carry_out(store, master, set, now, |keys| rotation::rotate_now(keys, &policy, now, force)).await
+    carry_out(store, master, config, set, now, |keys| rotation::rotate_now(keys, &policy, now, force)).await
 }
 
 /// What a key action did to one set.
@@ -82,6 +85,7 @@ impl Outcome {
         let changes_signer = steps.iter().any(|s| matches!(s, Step::Promote { .. } | Step::CreateCurrent));
         let new_signer = if changes_signer {
             let keys = store.keys_of_set(&set.name).await.context("reading keys")?;
+            let (keys, _) = Gates::load(store, config).await?.apply(&set.name, &keys, now);
             let policy = config.policy(set);
             keys::signer_at(&keys, now).map(|k| rotation::exposure(k, &policy, now))
         } else {
@@ -103,7 +107,7 @@ pub async fn revoke(
     let record = store.key(kid).await?.ok_or_else(|| Refused::UnknownKey(kid.to_owned()))?;
     let set = key_set(config, &record.key_set)?;
     let policy = config.policy(set);
-    let steps = carry_out(store, master, set, now, |keys| rotation::revoke(keys, kid, &policy, now)).await?;
+    let steps = carry_out(store, master, config, set, now, |keys| rotation::revoke(keys, kid, &policy, now)).await?;
     Ok(Outcome::after(store, config, set, steps, now).await?)
 }
 
@@ -119,7 +123,7 @@ pub async fn import(
 ) -> Result<(String, Outcome), ActionError> {
     let set = key_set(config, set)?;
     let policy = config.policy(set);
-    let (kid, steps) = carry_out_import(store, master, set, pem, now, |keys, imported| {
+    let (kid, steps) = carry_out_import(store, master, config, set, pem, now, |keys, imported| {
         rotation::import(keys, imported, &policy, now, how)
     })
     .await?;
@@ -139,20 +143,25 @@ pub struct SetSchedule {
     pub retain_for: i64,
     /// Every key, oldest first.
     pub keys: Vec<Timeline>,
+    /// Where the hand-over gate stands, when partners gate this set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gate: Option<GateState>,
 }
 
 /// The timeline of every configured key set at `now`.
 pub async fn schedule(store: &Store, config: &Config, now: i64) -> anyhow::Result<Vec<SetSchedule>> {
     let mut sets = Vec::with_capacity(config.key_sets.len());
+    let gates = Gates::load(store, config).await?;
     for set in &config.key_sets {
         let policy = config.policy(set);
-        let keys = store.keys_of_set(&set.name).await.context("reading keys")?;
+        let (keys, gate) = gates.apply(&set.name, &store.keys_of_set(&set.name).await.context("reading keys")?, now);
         sets.push(SetSchedule {
             name: set.name.clone(),
             rotate_every: policy.rotate_every,
             publish_ahead: policy.publish_ahead,
             retain_for: policy.retain_for,
             keys: timeline::timeline(&keys, &policy, now),
+            gate,
         });
     }
     Ok(sets)

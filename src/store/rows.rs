@@ -129,3 +129,51 @@ pub struct ClientRow {
     /// Until when it works (Unix seconds).
     pub previous_token_until: Option<i64>,
 }
+
+/// Fetches of one partner from one address of one document, in one batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct PartnerFetches {
+    /// The partner.
+    pub partner: String,
+    /// The key set whose JWKS it fetched.
+    pub key_set: String,
+    /// The client address.
+    pub address: String,
+    /// The document's ETag (served, or confirmed by a 304).
+    pub etag: String,
+    /// How many fetches.
+    pub count: i64,
+    /// The first (Unix seconds).
+    pub first_at: i64,
+    /// The last (Unix seconds).
+    pub last_at: i64,
+}
+
+/// Fetches that matched no partner, by user agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct UnmatchedFetches {
+    /// The `User-Agent` header (or `-` when absent), cut to 200 characters.
+    pub user_agent: String,
+    /// How many fetches.
+    pub count: i64,
+    /// The latest (Unix seconds).
+    pub last_at: i64,
+}
+
+/// One batch of observations, written in one transaction.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observations {
+    /// Partner fetches.
+    pub fetches: Vec<PartnerFetches>,
+    /// The keys the fetched documents held.
+    pub holdings: Vec<crate::keys::gate::Holding>,
+    /// Fetches that matched no partner.
+    pub unmatched: Vec<UnmatchedFetches>,
+}
+
+impl Observations {
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.fetches.is_empty() && self.holdings.is_empty() && self.unmatched.is_empty()
+    }
+}
