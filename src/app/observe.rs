@@ -29,11 +29,14 @@ struct Partner {
     key_sets: Vec<String>,
 }
 
+/// A partner (by index), key set, address and ETag.
+type FetchKey = (usize, String, IpAddr, String);
+
 /// What was seen since the last flush.
 #[derive(Default)]
 struct Pending {
-    /// (partner, key set, address, etag) -> (count, first, last).
-    fetches: HashMap<(usize, String, IpAddr, String), (i64, i64, i64)>,
+    /// -> (count, first, last).
+    fetches: HashMap<FetchKey, (i64, i64, i64)>,
     /// (partner, key set, kid) -> (first, last).
     holdings: HashMap<(usize, String, String), (i64, i64)>,
     /// user agent -> (count, last).
@@ -76,9 +79,10 @@ impl Observer {
 
     /// Records one fetch from `address` with `user_agent` at `now`.
     pub fn observe(&self, address: IpAddr, user_agent: Option<&str>, fetched: &Fetched<'_>, now: i64) {
-        let partner = self.partners.iter().position(|p| {
-            p.key_sets.iter().any(|s| s == fetched.key_set) && p.matches.matches(address, user_agent)
-        });
+        let partner = self
+            .partners
+            .iter()
+            .position(|p| p.key_sets.iter().any(|s| s == fetched.key_set) && p.matches.matches(address, user_agent));
         let mut pending = self.pending();
         let Some(partner) = partner else {
             let agent = user_agent.unwrap_or("-");
@@ -100,7 +104,8 @@ impl Observer {
         let entry = pending.fetches.entry(key).or_insert((0, now, now));
         (entry.0, entry.2) = (entry.0 + 1, now);
         for kid in fetched.kids {
-            let entry = pending.holdings.entry((partner, fetched.key_set.to_owned(), kid.clone())).or_insert((now, now));
+            let entry =
+                pending.holdings.entry((partner, fetched.key_set.to_owned(), kid.clone())).or_insert((now, now));
             entry.1 = now;
         }
     }
@@ -159,7 +164,8 @@ impl Observer {
         let mut pending = self.pending();
         for f in batch.fetches {
             let (Some(partner), Ok(address)) = (index(&f.partner), f.address.parse()) else { continue };
-            let entry = pending.fetches.entry((partner, f.key_set, address, f.etag)).or_insert((0, f.first_at, f.last_at));
+            let entry =
+                pending.fetches.entry((partner, f.key_set, address, f.etag)).or_insert((0, f.first_at, f.last_at));
             (entry.0, entry.1, entry.2) = (entry.0 + f.count, entry.1.min(f.first_at), entry.2.max(f.last_at));
         }
         for h in batch.holdings {

@@ -16,6 +16,9 @@ use crate::store::Store;
 /// The scheduler looks again at least this often, whatever the plan says.
 pub const MAX_SLEEP_SECS: i64 = 60;
 
+/// How often a sleeping scheduler looks whether the keys or observations changed.
+const LOOK_FOR_CHANGES: Duration = Duration::from_secs(1);
+
 /// After a failure, try again this soon.
 const RETRY_SECS: i64 = 5;
 
@@ -34,14 +37,21 @@ pub async fn run_due(store: &Store, master: &MasterKey, config: &Config, now: i6
     let mut pass = Pass { changed: false, wake_at: now + MAX_SLEEP_SECS };
     for set in &config.key_sets {
         let policy = config.policy(set);
-        let done = ops::carry_out(store, master, config, set, now, |keys| Ok(rotation::plan(keys, &policy, now).steps)).await;
+        let done =
+            ops::carry_out(store, master, config, set, now, |keys| Ok(rotation::plan(keys, &policy, now).steps)).await;
         match done {
             Ok(steps) => {
                 for step in &steps {
                     tracing::info!(key_set = %set.name, ?step, "key lifecycle step");
                 }
                 pass.changed |= !steps.is_empty();
-                let keys = async { anyhow::Ok(Gates::load(store, config).await?.apply(&set.name, &store.keys_of_set(&set.name).await?, now)) };
+                let keys = async {
+                    anyhow::Ok(Gates::load(store, config).await?.apply(
+                        &set.name,
+                        &store.keys_of_set(&set.name).await?,
+                        now,
+                    ))
+                };
                 match keys.await {
                     Ok((keys, _)) => {
                         if let Some(at) = rotation::plan(&keys, &policy, now).wake_at {
@@ -85,13 +95,21 @@ pub async fn run_until_stopped(shared: &Shared, mut stop: watch::Receiver<bool>)
             }
         }
         // Wake just after the due second begins: decisions use whole seconds, rounded down.
+        // A change by another process (such as a partner's fetch releasing a gate) may
+        // make something due sooner: look again then too.
         let wake_ms = pass.wake_at.min(now.timestamp() + MAX_SLEEP_SECS) * 1_000 + 5;
-        let wait = u64::try_from(wake_ms - chrono::Utc::now().timestamp_millis()).unwrap_or(0);
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
-            changed = stop.changed() => {
-                if changed.is_err() || *stop.borrow() {
-                    return Ok(());
+        let seen = shared.snapshot().generation;
+        loop {
+            let wait = u64::try_from(wake_ms - chrono::Utc::now().timestamp_millis()).unwrap_or(0);
+            if wait == 0 || shared.snapshot().generation != seen {
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(wait).min(LOOK_FOR_CHANGES)) => {}
+                changed = stop.changed() => {
+                    if changed.is_err() || *stop.borrow() {
+                        return Ok(());
+                    }
                 }
             }
         }

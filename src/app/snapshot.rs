@@ -281,7 +281,10 @@ impl Shared {
                 None => None,
             };
             let kids = published.iter().map(|r| r.kid.clone()).collect();
-            let jwks = Arc::new(ServedJwks { kids, ..ServedJwks::from(jwks::document(&published, set.jwks_max_age.as_secs())) });
+            let jwks = Arc::new(ServedJwks {
+                kids,
+                ..ServedJwks::from(jwks::document(&published, set.jwks_max_age.as_secs()))
+            });
             let public = current.map(|r| Arc::new(r.public.clone()));
             let activated_at = current.and_then(|r| r.activates_at);
             let rotation_at = timeline::timeline(&set_keys, &self.config.policy(set), now)

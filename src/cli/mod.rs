@@ -26,6 +26,7 @@ use crate::store::sqlite;
 use crate::store::Store;
 use crate::{keys, private_files};
 
+mod partners;
 mod telemetry;
 
 /// keyward: JWKS issuer and key-management server.
@@ -125,6 +126,13 @@ enum Command {
     },
     /// Exit 0 if the server's public /healthz answers 200 (for container health checks).
     Healthcheck,
+    /// Per partner: last fetch, fetches in 24 h, addresses, whether it holds the current and
+    /// the next key, gate states; and fetches that matched no partner.
+    Partners {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -491,6 +499,14 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
             if let Some(signer) = &outcome.new_signer {
                 report_signer(signer);
             }
+            for lagging in &outcome.not_yet_fetched {
+                eprintln!(
+                    "warning: partner {} has not yet fetched the new signing key (last fetch {}): it may reject its \
+                     tokens until it refetches the JWKS",
+                    lagging.partner,
+                    time(lagging.last_fetch)
+                );
+            }
             eprintln!("running servers drop {kid} from the JWKS within seconds");
             Ok(())
         }
@@ -636,6 +652,10 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
             );
             Ok(())
         }
+        Command::Partners { json } => {
+            let store = open_database(&loaded, init).await?;
+            partners::print(&ops::partners::report(&store, config, now()).await?, json, time)
+        }
         Command::Keys(KeysCommand::Schedule { json }) => {
             let store = open_database(&loaded, init).await?;
             let sets = ops::schedule(&store, config, now()).await?;
@@ -660,6 +680,9 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
                     "  {:<44} {:<9} {:<21} {:<21} {:<21} {:<21}",
                     "KID", "STATE", "PUBLISHED FROM", "PUBLISHED UNTIL", "SIGNING FROM", "SIGNING UNTIL"
                 );
+                if let Some(gate) = &set.gate {
+                    println!("  gate: {}", partners::describe(gate, time));
+                }
                 for k in set.keys {
                     println!(
                         "  {:<44} {:<9} {:<21} {:<21} {:<21} {:<21}",

@@ -160,7 +160,10 @@ pub(super) fn validate(config: &Config, source_name: &str) -> Result<(), ConfigE
             return Err(fail("key_sets", format!("there is no [[key_set]] named {unknown:?}")));
         }
         if partner.matches.cidrs.is_empty() && partner.matches.user_agent.is_none() {
-            return Err(fail("match", "give cidrs, user_agent or both, so that its fetches can be recognised".to_owned()));
+            return Err(fail(
+                "match",
+                "give cidrs, user_agent or both, so that its fetches can be recognised".to_owned(),
+            ));
         }
         if partner.gate_handover && partner.gate_max_wait.as_secs() == 0 {
             return Err(fail("gate_max_wait", "must be longer than 0s".to_owned()));

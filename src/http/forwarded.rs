@@ -77,8 +77,10 @@ mod tests {
         // The client put a fake first hop; our proxies appended the real one and themselves.
         let chain = headers(&[("x-forwarded-for", "1.2.3.4, 203.0.113.9, 10.0.0.5")]);
         assert_eq!(client_address(ip("10.0.0.1"), &chain, &trusted), ip("203.0.113.9"));
-        let forwarded =
-            headers(&[("forwarded", "for=1.2.3.4, for=\"[2001:db8::1]:4711\";proto=https"), ("x-forwarded-for", "9.9.9.9")]);
+        let forwarded = headers(&[
+            ("forwarded", "for=1.2.3.4, for=\"[2001:db8::1]:4711\";proto=https"),
+            ("x-forwarded-for", "9.9.9.9"),
+        ]);
         assert_eq!(client_address(ip("10.0.0.1"), &forwarded, &trusted), ip("2001:db8::1"));
         let only_ours = headers(&[("x-forwarded-for", "10.0.0.9, 10.0.0.5")]);
         assert_eq!(client_address(ip("10.0.0.1"), &only_ours, &trusted), ip("10.0.0.9"));

@@ -110,7 +110,11 @@ pub fn apply(
     }
     // The latest planned hand-over: the published key starting last, with a predecessor
     // whose signing ends at that instant. An earlier one has happened and stays so.
-    let Some(next) = keys.iter().filter(|k| k.is_published()).filter_map(|k| k.activates_at.map(|at| (at, k))).max_by_key(|(at, _)| *at)
+    let Some(next) = keys
+        .iter()
+        .filter(|k| k.is_published())
+        .filter_map(|k| k.activates_at.map(|at| (at, k)))
+        .max_by_key(|(at, _)| *at)
     else {
         return (keys, None);
     };

@@ -3,8 +3,8 @@
 
 use anyhow::{anyhow, Context};
 
-use super::ActionError;
 use super::gates::Gates;
+use super::ActionError;
 use crate::config::{Config, KeySetConfig};
 use crate::keys::gate;
 use crate::keys::rotation::{self, Refused, Step};
@@ -49,7 +49,8 @@ where
     if store.key(&kid).await?.is_some() {
         return Err(ActionError::Failed(anyhow!("key {kid} is already stored")));
     }
-    let steps = carry_out_with(store, master, config, set, now, Some(record.clone()), |keys| decide(keys, &record)).await?;
+    let steps =
+        carry_out_with(store, master, config, set, now, Some(record.clone()), |keys| decide(keys, &record)).await?;
     Ok((kid, steps))
 }
 

@@ -4,6 +4,7 @@
 mod carry_out;
 pub mod clients;
 pub mod gates;
+pub mod partners;
 pub mod secrets;
 
 use anyhow::Context;
@@ -12,13 +13,13 @@ use serde::Serialize;
 use crate::config::{Config, KeySetConfig};
 use crate::keys;
 use crate::keys::gate::GateState;
-use gates::Gates;
 use crate::keys::rotation::{self, Exposure, ImportAs, Refused, Step};
 use crate::keys::timeline::{self, Timeline};
 use crate::seal::MasterKey;
 use crate::store::Store;
 pub(crate) use carry_out::carry_out;
 use carry_out::carry_out_import;
+use gates::Gates;
 
 /// Why an operator action was not carried out.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +62,9 @@ pub struct Outcome {
     pub steps: Vec<Step>,
     /// When the action gave the set a new signing key: how long verifiers have had it.
     pub new_signer: Option<Exposure>,
+    /// Then: the set's partners not yet seen fetching it (a gate does not hold an
+    /// operator's action, so they may reject its tokens until they refetch).
+    pub not_yet_fetched: Vec<partners::NotYetFetched>,
 }
 
 impl Outcome {
@@ -91,7 +95,11 @@ impl Outcome {
         } else {
             None
         };
-        Ok(Outcome { key_set: set.name.clone(), steps, new_signer })
+        let not_yet_fetched = match &new_signer {
+            Some(signer) => partners::not_yet_holding(store, config, &set.name, &signer.kid).await?,
+            None => Vec::new(),
+        };
+        Ok(Outcome { key_set: set.name.clone(), steps, new_signer, not_yet_fetched })
     }
 }
 

@@ -8,8 +8,8 @@
 
 use std::path::Path;
 
-use crate::keys::KeyRecord;
 use crate::keys::gate::Holding;
+use crate::keys::KeyRecord;
 use rows::{ClientRow, Entry, Filter, Observations, PartnerFetches, SecretRow, UnmatchedFetches};
 use sqlite::issuance::IssuanceWriter;
 pub(crate) use sqlite::keys::KeyChange;
