@@ -31,3 +31,13 @@ CREATE TABLE unmatched_fetches (
     count      INTEGER NOT NULL,
     last_at    INTEGER NOT NULL
 ) STRICT;
+
+-- Gated hand-overs as they happened: confirmed (every gating partner held the key) or not
+-- (the wait ran out and the gate proceeded), with the partners that had not fetched it.
+CREATE TABLE gated_handovers (
+    kid       TEXT PRIMARY KEY NOT NULL,
+    key_set   TEXT NOT NULL,
+    at        INTEGER NOT NULL,
+    confirmed INTEGER NOT NULL,
+    missing   TEXT NOT NULL
+) STRICT;

@@ -485,9 +485,11 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
                 other => other.into(),
             })?;
             report(&steps);
-            if let Some(signer) = ops::Outcome::of(&store, config, &set, steps, now()).await?.new_signer {
-                report_signer(&signer);
+            let outcome = ops::Outcome::of(&store, config, &set, steps, now()).await?;
+            if let Some(signer) = &outcome.new_signer {
+                report_signer(signer);
             }
+            report_lagging(&outcome.not_yet_fetched);
             Ok(())
         }
         Command::Keys(KeysCommand::Revoke { kid }) => {
@@ -499,14 +501,7 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
             if let Some(signer) = &outcome.new_signer {
                 report_signer(signer);
             }
-            for lagging in &outcome.not_yet_fetched {
-                eprintln!(
-                    "warning: partner {} has not yet fetched the new signing key (last fetch {}): it may reject its \
-                     tokens until it refetches the JWKS",
-                    lagging.partner,
-                    time(lagging.last_fetch)
-                );
-            }
+            report_lagging(&outcome.not_yet_fetched);
             eprintln!("running servers drop {kid} from the JWKS within seconds");
             Ok(())
         }
@@ -555,6 +550,7 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
             if let Some(signer) = &outcome.new_signer {
                 report_signer(signer);
             }
+            report_lagging(&outcome.not_yet_fetched);
             Ok(())
         }
         Command::Secrets(SecretsCommand::Set { profile }) => {
@@ -958,6 +954,18 @@ fn report(steps: &[Step]) {
             }
             Step::Schedule { kid, activates_at } => eprintln!("{kid} signs from {}", time(Some(*activates_at))),
         }
+    }
+}
+
+/// Names each partner that has not fetched a new signing key (no gate holds an operator).
+fn report_lagging(lagging: &[ops::partners::NotYetFetched]) {
+    for partner in lagging {
+        eprintln!(
+            "warning: partner {} has not yet fetched the new signing key (last fetch {}): it may reject its \
+             tokens until it refetches the JWKS",
+            partner.partner,
+            time(partner.last_fetch)
+        );
     }
 }
 

@@ -33,6 +33,14 @@ pub(super) fn print(report: &PartnersReport, json: bool, time: impl Fn(Option<i6
             }
         }
     }
+    for h in &report.handovers {
+        let how = if h.confirmed {
+            "confirmed".to_owned()
+        } else {
+            format!("UNCONFIRMED ({} had not fetched it)", h.missing.join(", "))
+        };
+        println!("hand-over in {}: {} signs from {}, {how}", h.key_set, h.kid, time(Some(h.at)));
+    }
     if !report.unmatched.is_empty() {
         println!("fetches matching no partner, by user agent:");
         for u in &report.unmatched {

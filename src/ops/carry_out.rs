@@ -10,6 +10,7 @@ use crate::keys::gate;
 use crate::keys::rotation::{self, Refused, Step};
 use crate::keys::{self, KeyRecord};
 use crate::seal::MasterKey;
+use crate::store::rows::GatedHandover;
 use crate::store::{KeyChange, Store};
 
 /// Generates a key off the async executor and seals it, with no lifecycle times yet.
@@ -136,7 +137,12 @@ where
                     return Ok(KeyChange::Stale);
                 }
                 let mut changed = rotation::apply(&keys, &steps, fresh, now).map_err(anyhow::Error::from)?;
-                if gate.is_some_and(|g| gate::settled(&g, now)) {
+                let settled = gate.filter(|g| gate::settled(g, now));
+                let handover = settled.as_ref().and_then(|g| GatedHandover::of(&set.name, g));
+                if let Some(GatedHandover { kid, missing, confirmed: false, .. }) = &handover {
+                    tracing::warn!(key_set = %set.name, kid = %kid, ?missing, "hand-over proceeded UNCONFIRMED: gate_max_wait passed before these partners fetched the key");
+                }
+                if settled.is_some() {
                     let moved = keys.iter().filter(|k| {
                         let before = stored.iter().find(|s| s.kid == k.kid);
                         before.is_some_and(|s| (s.activates_at, s.deactivates_at) != (k.activates_at, k.deactivates_at))
@@ -145,7 +151,7 @@ where
                         moved.filter(|k| !changed.iter().any(|c| c.kid == k.kid)).cloned().collect();
                     changed.extend(unwritten);
                 }
-                Ok::<_, ActionError>(KeyChange::Write(changed))
+                Ok::<_, ActionError>(KeyChange::Write(changed, handover))
             })
             .await??;
         if written {

@@ -9,11 +9,14 @@ use serde::Serialize;
 use super::gates::Gates;
 use crate::config::Config;
 use crate::keys::gate::{self, GateState};
-use crate::store::rows::UnmatchedFetches;
+use crate::store::rows::{GatedHandover, UnmatchedFetches};
 use crate::store::Store;
 
 /// Seconds in the window of "fetches in 24 h".
 const DAY: i64 = 86_400;
+
+/// Gated hand-overs a report lists.
+const HANDOVERS_SHOWN: i64 = 20;
 
 /// One partner's fetches and holdings.
 #[derive(Debug, Clone, Serialize)]
@@ -62,6 +65,8 @@ pub struct PartnersReport {
     pub partners: Vec<PartnerReport>,
     /// By user agent, most first.
     pub unmatched: Vec<UnmatchedFetches>,
+    /// The latest gated hand-overs, confirmed or not, newest first.
+    pub handovers: Vec<GatedHandover>,
 }
 
 /// The report at `now`.
@@ -105,7 +110,11 @@ pub async fn report(store: &Store, config: &Config, now: i64) -> anyhow::Result<
             key_sets,
         });
     }
-    Ok(PartnersReport { partners, unmatched: store.unmatched_fetches().await? })
+    Ok(PartnersReport {
+        partners,
+        unmatched: store.unmatched_fetches().await?,
+        handovers: store.gated_handovers(HANDOVERS_SHOWN).await?,
+    })
 }
 
 /// A partner of a set that has not fetched a JWKS holding a key.

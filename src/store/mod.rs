@@ -10,7 +10,7 @@ use std::path::Path;
 
 use crate::keys::gate::Holding;
 use crate::keys::KeyRecord;
-use rows::{ClientRow, Entry, Filter, Observations, PartnerFetches, SecretRow, UnmatchedFetches};
+use rows::{ClientRow, Entry, Filter, GatedHandover, Observations, PartnerFetches, SecretRow, UnmatchedFetches};
 use sqlite::issuance::IssuanceWriter;
 pub(crate) use sqlite::keys::KeyChange;
 use sqlite::SqliteStore;
@@ -187,6 +187,13 @@ impl Store {
     pub async fn prune_partner_fetches(&self, before: i64) -> anyhow::Result<u64> {
         match self {
             Store::Sqlite(s) => sqlite::partners::prune(s.pool(), before).await,
+        }
+    }
+
+    /// The latest `limit` gated hand-overs, newest first.
+    pub async fn gated_handovers(&self, limit: i64) -> anyhow::Result<Vec<GatedHandover>> {
+        match self {
+            Store::Sqlite(s) => sqlite::partners::handovers(s.pool(), limit).await,
         }
     }
 }

@@ -177,3 +177,31 @@ impl Observations {
         self.fetches.is_empty() && self.holdings.is_empty() && self.unmatched.is_empty()
     }
 }
+
+/// A gated hand-over as it happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GatedHandover {
+    /// The key that started signing.
+    pub kid: String,
+    /// Its set.
+    pub key_set: String,
+    /// When (Unix seconds).
+    pub at: i64,
+    /// Whether every gating partner held it; if not, the wait ran out and the gate proceeded.
+    pub confirmed: bool,
+    /// The gating partners that had not fetched it.
+    pub missing: Vec<String>,
+}
+
+impl GatedHandover {
+    /// The record of a settled gate, if it is one.
+    pub fn of(key_set: &str, gate: &crate::keys::gate::GateState) -> Option<GatedHandover> {
+        use crate::keys::gate::GateState;
+        let (kid, at, confirmed, missing) = match gate {
+            GateState::Released { kid, at } => (kid, *at, true, Vec::new()),
+            GateState::ProceededUnconfirmed { kid, missing, at } => (kid, *at, false, missing.clone()),
+            GateState::Waiting { .. } | GateState::Held { .. } => return None,
+        };
+        Some(GatedHandover { kid: kid.clone(), key_set: key_set.to_owned(), at, confirmed, missing })
+    }
+}

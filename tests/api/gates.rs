@@ -180,6 +180,18 @@ async fn proceed_hands_over_unconfirmed_when_the_wait_is_over_and_hold_keeps_the
         .eventually(Duration::from_secs(10), || async { signer(&proceeding.public).await == p_next.kid })
         .await;
     assert!(proceeded, "proceed did not hand over after gate_max_wait");
+    // Recorded as unconfirmed, naming the partner that had not fetched it.
+    let p_ops = admin(&proceeding).await;
+    let recorded = proceeding
+        .eventually(Duration::from_secs(10), || async {
+            let report = partners(&proceeding, &p_ops).await;
+            report["handovers"].as_array().unwrap().iter().any(|h| h["kid"] == p_next.kid.as_str())
+        })
+        .await;
+    assert!(recorded, "the unconfirmed hand-over was not recorded");
+    let report = partners(&proceeding, &p_ops).await;
+    let handover = report["handovers"].as_array().unwrap().iter().find(|h| h["kid"] == p_next.kid.as_str()).unwrap();
+    assert_eq!((&handover["confirmed"], &handover["missing"]), (&json!(false), &json!(["alpha"])), "{report}");
     // Hold: past the wait, the current key still signs, and the gate says held.
     let ops = admin(&holding).await;
     wait_past(h_next.activates_at.unwrap() + 2, 3, &beta, &holding.public).await;
@@ -216,4 +228,64 @@ async fn observations_made_on_one_replica_release_the_hand_over_on_the_other() {
     }
     assert!(switched, "replica y did not see alpha's fetch made on x");
     assert_eq!(signer(&x.public).await, next.kid);
+}
+
+#[tokio::test]
+async fn revoking_the_signer_ignores_the_gate_and_names_the_partners_that_have_not_fetched_its_successor() {
+    let app = spawn_app_with(|c| gated(c, "gate_max_wait = \"10m\"")).await;
+    let ops = admin(&app).await;
+    let (current, next) = planned(&app.store).await;
+    // Beta holds the successor; alpha never fetched.
+    fetch(&client_from("127.0.0.3"), &app.public).await;
+    let written = app
+        .eventually(Duration::from_secs(10), || async {
+            !partner_named(&partners(&app, &ops).await, "beta")["last_fetch"].is_null()
+        })
+        .await;
+    assert!(written);
+    let answer: Value = app
+        .http
+        .post(format!("{}/v1/keys/{current}/revoke", app.internal))
+        .bearer_auth(&ops)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["signing_kid"], next.kid.as_str(), "revocation waited for the gate: {answer}");
+    assert_eq!(answer["not_yet_fetched"], json!([{"partner": "alpha", "last_fetch": null}]), "{answer}");
+}
+
+#[tokio::test]
+async fn fetches_matching_no_partner_are_counted_per_user_agent_and_keyward_partners_lists_them() {
+    let app = spawn_app_with(|c| gated(c, "gate_max_wait = \"10m\"")).await;
+    let curious = reqwest::Client::builder().user_agent("curious-verifier/2.1").build().unwrap();
+    for _ in 0..3 {
+        fetch(&curious, &app.public).await;
+    }
+    fetch(&client_from("127.0.0.3"), &app.public).await;
+    let config_file = app.dir.path().join("keys-partners.toml");
+    std::fs::write(&config_file, toml::to_string(&app.config).unwrap()).unwrap();
+    let run = || {
+        let args = ["--config", config_file.to_str().unwrap(), "partners", "--json"];
+        crate::helpers::keyward_command(app.dir.path(), &args).output().unwrap()
+    };
+    let mut report = Value::Null;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(15) {
+        let out = run();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        report = serde_json::from_slice(&out.stdout).unwrap();
+        let counted = report["unmatched"].as_array().unwrap().iter().any(|u| u["user_agent"] == "curious-verifier/2.1");
+        if counted && !partner_named(&report, "beta")["last_fetch"].is_null() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let curious = report["unmatched"].as_array().unwrap().iter().find(|u| u["user_agent"] == "curious-verifier/2.1");
+    assert_eq!(curious.map(|u| u["count"].clone()), Some(json!(3)), "{report}");
+    let beta = partner_named(&report, "beta");
+    assert_eq!((&beta["fetches_24h"], &beta["key_sets"][0]["holds_next"]), (&json!(1), &json!(true)), "{report}");
+    assert_eq!(partner_named(&report, "alpha")["key_sets"][0]["holds_current"], false, "{report}");
 }

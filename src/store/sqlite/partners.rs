@@ -5,7 +5,7 @@ use sqlx::SqlitePool;
 
 use super::{begin_write, bump_generation};
 use crate::keys::gate::Holding;
-use crate::store::rows::{Observations, PartnerFetches, UnmatchedFetches};
+use crate::store::rows::{GatedHandover, Observations, PartnerFetches, UnmatchedFetches};
 
 /// Every holding of every partner.
 pub async fn holdings(pool: &SqlitePool) -> anyhow::Result<Vec<Holding>> {
@@ -128,4 +128,21 @@ pub async fn prune(pool: &SqlitePool, before: i64) -> anyhow::Result<u64> {
     .await
     .context("pruning partner fetches")?;
     Ok(done.rows_affected())
+}
+
+/// The latest gated hand-overs, newest first.
+pub async fn handovers(pool: &SqlitePool, limit: i64) -> anyhow::Result<Vec<GatedHandover>> {
+    let rows: Vec<(String, String, i64, bool, String)> = sqlx::query_as(
+        "SELECT kid, key_set, at, confirmed, missing FROM gated_handovers ORDER BY at DESC, kid LIMIT ?",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .context("reading gated hand-overs")?;
+    rows.into_iter()
+        .map(|(kid, key_set, at, confirmed, missing)| {
+            let missing = serde_json::from_str(&missing).context("reading a gated hand-over")?;
+            Ok(GatedHandover { kid, key_set, at, confirmed, missing })
+        })
+        .collect()
 }
