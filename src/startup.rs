@@ -19,7 +19,7 @@ use crate::http::internal::{self, InternalState};
 use crate::http::middleware;
 use crate::http::public::{self, PublicState};
 use crate::keys;
-use crate::policy::profile::Profile;
+use crate::policy::profile::parse_profiles;
 use crate::seal::MasterKey;
 use crate::store::Store;
 
@@ -57,6 +57,7 @@ impl Application {
         internal_listener: TcpListener,
     ) -> anyhow::Result<Self> {
         config::validate(&config, "configuration")?;
+        let profiles = parse_profiles(&config, "configuration")?;
         let config = Arc::new(config);
         let store = Store::open(config.database_path()).await?;
         let now = chrono::Utc::now().timestamp();
@@ -72,11 +73,7 @@ impl Application {
         );
         let shared = Arc::new(Shared::load(store, Arc::clone(&config), master, metrics, ledger.health()).await?);
 
-        let profiles = config
-            .profiles
-            .iter()
-            .map(|p| Ok((p.name.clone(), Profile::compile(p)?)))
-            .collect::<anyhow::Result<HashMap<_, _>>>()?;
+        let profiles: HashMap<_, _> = profiles.into_iter().map(|p| (p.name.clone(), p)).collect();
         let routes: HashMap<String, String> = config
             .key_sets
             .iter()

@@ -1,12 +1,23 @@
 //! `keyward partners`: what each partner has fetched, and the hand-over gates.
 
+use super::context::Context;
+use super::format::{now, time};
 use crate::keys::gate::GateState;
-use crate::ops::partners::PartnersReport;
+use crate::ops;
 
-/// Prints the report as a table (or JSON).
-pub(super) fn print(report: &PartnersReport, json: bool, time: impl Fn(Option<i64>) -> String) -> anyhow::Result<()> {
+#[derive(Debug, clap::Args)]
+pub(super) struct Args {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Prints the report as text (or JSON).
+pub(super) async fn run(ctx: &Context, Args { json }: Args) -> anyhow::Result<()> {
+    let store = ctx.store().await?;
+    let report = ops::partners::report(&store, ctx.config(), now()).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(report)?);
+        println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
     if report.partners.is_empty() {
@@ -29,7 +40,7 @@ pub(super) fn print(report: &PartnersReport, json: bool, time: impl Fn(Option<i6
                 holds(&set.next, set.holds_next)
             );
             if let Some(gate) = &set.gate {
-                println!("    gate: {}", describe(gate, &time));
+                println!("    gate: {}", describe(gate));
             }
         }
     }
@@ -51,7 +62,7 @@ pub(super) fn print(report: &PartnersReport, json: bool, time: impl Fn(Option<i6
 }
 
 /// One line on a gate.
-pub(super) fn describe(gate: &GateState, time: impl Fn(Option<i64>) -> String) -> String {
+pub(super) fn describe(gate: &GateState) -> String {
     match gate {
         GateState::Released { kid, at } => format!("released: {kid} signs from {}", time(Some(*at))),
         GateState::Waiting { kid, missing, deadline, then, .. } => format!(

@@ -9,7 +9,7 @@ use keyward::keys::KeyRecord;
 use keyward::store::Store;
 use serde_json::{json, Value};
 
-use crate::helpers::{serve, spawn_app_with, test_config, wait_healthy, TestApp};
+use crate::helpers::{now, serve, spawn_app_with, test_config, wait_healthy, TestApp};
 use crate::verify::verify;
 
 const PROFILE: &str = "npm-sandbox";
@@ -57,10 +57,6 @@ async fn fetch(http: &reqwest::Client, base: &str) -> Value {
 /// The kid the server signs with: the first of the JWKS.
 async fn signer(base: &str) -> String {
     fetch(&reqwest::Client::new(), base).await["keys"][0]["kid"].as_str().unwrap().to_owned()
-}
-
-fn now() -> i64 {
-    chrono::Utc::now().timestamp()
 }
 
 /// The latest planned hand-over as stored: the key that signs until it, and the next key.
