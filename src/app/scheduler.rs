@@ -19,6 +19,10 @@ pub const MAX_SLEEP_SECS: i64 = 60;
 /// How often a sleeping scheduler looks whether the keys or observations changed.
 const LOOK_FOR_CHANGES: Duration = Duration::from_secs(1);
 
+/// Partner fetch rows are kept this long (reports look at the last 24 hours; each
+/// partner's latest row stays whatever its age).
+const PARTNER_FETCHES_KEPT_SECS: i64 = 7 * 86_400;
+
 /// After a failure, try again this soon.
 const RETRY_SECS: i64 = 5;
 
@@ -88,6 +92,9 @@ pub async fn run_until_stopped(shared: &Shared, mut stop: watch::Receiver<bool>)
             Ok(0) => {}
             Ok(rows) => tracing::info!(rows, "pruned issuance ledger rows past ledger_retention"),
             Err(err) => tracing::warn!(error = format!("{err:#}"), "pruning the ledger failed"),
+        }
+        if let Err(err) = shared.store().prune_partner_fetches(now.timestamp() - PARTNER_FETCHES_KEPT_SECS).await {
+            tracing::warn!(error = format!("{err:#}"), "pruning partner fetches failed");
         }
         if pass.changed {
             if let Err(err) = shared.reload().await {

@@ -146,3 +146,43 @@ pub async fn handovers(pool: &SqlitePool, limit: i64) -> anyhow::Result<Vec<Gate
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fetch(partner: &str, etag: &str, at: i64) -> PartnerFetches {
+        PartnerFetches {
+            partner: partner.into(),
+            key_set: "s".into(),
+            address: "127.0.0.2".into(),
+            etag: etag.into(),
+            count: 1,
+            first_at: at,
+            last_at: at,
+        }
+    }
+
+    fn holding(kid: &str, at: i64) -> Holding {
+        Holding { partner: "p".into(), key_set: "s".into(), kid: kid.into(), first_seen: at, last_seen: at }
+    }
+
+    #[tokio::test]
+    async fn a_holdings_first_sighting_never_moves_and_old_fetches_are_pruned_but_the_latest() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = super::super::connect(dir.path().join("p.db")).await.unwrap();
+        let generation = || super::super::generation(&pool);
+        let before = generation().await.unwrap();
+        let batch = |fetches, holdings| Observations { fetches, holdings, unmatched: Vec::new() };
+        record(&pool, &batch(vec![fetch("p", "e1", 10), fetch("q", "e1", 11)], vec![holding("k", 10)])).await.unwrap();
+        assert_eq!(generation().await.unwrap(), before + 1, "a new holding makes servers reload");
+        record(&pool, &batch(vec![fetch("p", "e2", 50)], vec![holding("k", 50)])).await.unwrap();
+        assert_eq!(generation().await.unwrap(), before + 1, "a known holding does not");
+        let held = holdings(&pool).await.unwrap();
+        assert_eq!((held[0].first_seen, held[0].last_seen), (10, 50));
+        assert_eq!(prune(&pool, 40).await.unwrap(), 1, "p's old row goes; q's only row stays");
+        let left: Vec<(String, i64)> =
+            fetches_since(&pool, 0).await.unwrap().into_iter().map(|f| (f.partner, f.last_at)).collect();
+        assert_eq!(left, [("q".to_owned(), 11), ("p".to_owned(), 50)]);
+    }
+}
