@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -23,24 +23,35 @@ const MAX_UNMATCHED_AGENTS: usize = 1_000;
 /// User agents are kept to this many characters.
 const MAX_AGENT_CHARS: usize = 200;
 
+/// While writes fail, at most this many fetch rows wait in memory.
+const MAX_KEPT_FETCH_ROWS: usize = 10_000;
+
 struct Partner {
     name: String,
     matches: PartnerMatch,
     key_sets: Vec<String>,
 }
 
-/// A partner (by index), key set, address and ETag.
-type FetchKey = (usize, String, IpAddr, String);
+/// One document version fetched by one partner from one address since the last flush.
+struct Seen {
+    key_set: String,
+    etag: String,
+    kids: Arc<[String]>,
+    count: i64,
+    first: i64,
+    last: i64,
+}
 
-/// What was seen since the last flush.
+/// What was seen since the last flush. Keyed so that a repeated fetch allocates nothing:
+/// a partner fetches from few addresses, each time one of one or two document versions.
 #[derive(Default)]
 struct Pending {
-    /// -> (count, first, last).
-    fetches: HashMap<FetchKey, (i64, i64, i64)>,
-    /// (partner, key set, kid) -> (first, last).
-    holdings: HashMap<(usize, String, String), (i64, i64)>,
+    /// (partner, address) -> the versions fetched.
+    fetches: HashMap<(usize, IpAddr), Vec<Seen>>,
     /// user agent -> (count, last).
     unmatched: HashMap<String, (i64, i64)>,
+    /// A batch whose write failed, written with the next one.
+    failed: Option<Observations>,
 }
 
 /// The recorder of JWKS fetches.
@@ -56,7 +67,7 @@ pub struct Fetched<'a> {
     /// The ETag served or confirmed (a 304 counts: the client holds that version).
     pub etag: &'a str,
     /// The kids of that version.
-    pub kids: &'a [String],
+    pub kids: &'a Arc<[String]>,
 }
 
 impl Observer {
@@ -100,83 +111,77 @@ impl Observer {
             }
             return;
         };
-        let key = (partner, fetched.key_set.to_owned(), address, fetched.etag.to_owned());
-        let entry = pending.fetches.entry(key).or_insert((0, now, now));
-        (entry.0, entry.2) = (entry.0 + 1, now);
-        for kid in fetched.kids {
-            let entry =
-                pending.holdings.entry((partner, fetched.key_set.to_owned(), kid.clone())).or_insert((now, now));
-            entry.1 = now;
+        let versions = pending.fetches.entry((partner, address)).or_default();
+        match versions.iter_mut().find(|v| v.etag == fetched.etag && v.key_set == fetched.key_set) {
+            Some(seen) => (seen.count, seen.last) = (seen.count + 1, now),
+            None => versions.push(Seen {
+                key_set: fetched.key_set.to_owned(),
+                etag: fetched.etag.to_owned(),
+                kids: Arc::clone(fetched.kids),
+                count: 1,
+                first: now,
+                last: now,
+            }),
         }
     }
 
-    /// Takes what was recorded since the last call.
+    /// Takes what was recorded since the last call (with a batch that failed before).
     fn take(&self) -> Observations {
-        let pending = std::mem::take(&mut *self.pending());
-        let name = |i: usize| self.partners.get(i).map(|p| p.name.clone()).unwrap_or_default();
-        let fetches = pending
-            .fetches
-            .into_iter()
-            .map(|((partner, key_set, address, etag), (count, first_at, last_at))| PartnerFetches {
-                partner: name(partner),
-                key_set,
-                address: address.to_string(),
-                etag,
-                count,
-                first_at,
-                last_at,
-            })
-            .collect();
-        let holdings = pending
-            .holdings
-            .into_iter()
-            .map(|((partner, key_set, kid), (first_seen, last_seen))| Holding {
-                partner: name(partner),
-                key_set,
-                kid,
-                first_seen,
-                last_seen,
-            })
-            .collect();
-        let unmatched = pending
-            .unmatched
-            .into_iter()
-            .map(|(user_agent, (count, last_at))| UnmatchedFetches { user_agent, count, last_at })
-            .collect();
-        Observations { fetches, holdings, unmatched }
+        let (fetched, unmatched, failed) = {
+            let mut pending = self.pending();
+            let taken = std::mem::take(&mut *pending);
+            (taken.fetches, taken.unmatched, taken.failed)
+        };
+        let mut batch = failed.unwrap_or_default();
+        let mut holdings: HashMap<(usize, &str, &str), (i64, i64)> = HashMap::new();
+        for ((partner, address), versions) in &fetched {
+            let name = self.partners.get(*partner).map(|p| p.name.clone()).unwrap_or_default();
+            for seen in versions {
+                batch.fetches.push(PartnerFetches {
+                    partner: name.clone(),
+                    key_set: seen.key_set.clone(),
+                    address: address.to_string(),
+                    etag: seen.etag.clone(),
+                    count: seen.count,
+                    first_at: seen.first,
+                    last_at: seen.last,
+                });
+                for kid in seen.kids.iter() {
+                    let held = holdings
+                        .entry((*partner, seen.key_set.as_str(), kid.as_str()))
+                        .or_insert((seen.first, seen.last));
+                    (held.0, held.1) = (held.0.min(seen.first), held.1.max(seen.last));
+                }
+            }
+        }
+        batch.holdings.extend(holdings.into_iter().map(|((partner, key_set, kid), (first_seen, last_seen))| Holding {
+            partner: self.partners.get(partner).map(|p| p.name.clone()).unwrap_or_default(),
+            key_set: key_set.to_owned(),
+            kid: kid.to_owned(),
+            first_seen,
+            last_seen,
+        }));
+        batch.unmatched.extend(unmatched.into_iter().map(|(user_agent, (count, last_at))| UnmatchedFetches {
+            user_agent,
+            count,
+            last_at,
+        }));
+        batch
     }
 
-    /// Writes what was recorded; on failure it is kept for the next attempt.
+    /// Writes what was recorded; on failure it is kept for the next attempt (the fetch
+    /// rows of a long outage only up to a bound: the holdings, which gates read, always).
     pub async fn flush(&self, store: &Store) -> anyhow::Result<()> {
-        let batch = self.take();
+        let mut batch = self.take();
         if batch.is_empty() {
             return Ok(());
         }
         if let Err(err) = store.record_observations(&batch).await {
-            self.put_back(batch);
+            batch.fetches.truncate(MAX_KEPT_FETCH_ROWS);
+            self.pending().failed = Some(batch);
             return Err(err);
         }
         Ok(())
-    }
-
-    fn put_back(&self, batch: Observations) {
-        let index = |name: &str| self.partners.iter().position(|p| p.name == name);
-        let mut pending = self.pending();
-        for f in batch.fetches {
-            let (Some(partner), Ok(address)) = (index(&f.partner), f.address.parse()) else { continue };
-            let entry =
-                pending.fetches.entry((partner, f.key_set, address, f.etag)).or_insert((0, f.first_at, f.last_at));
-            (entry.0, entry.1, entry.2) = (entry.0 + f.count, entry.1.min(f.first_at), entry.2.max(f.last_at));
-        }
-        for h in batch.holdings {
-            let Some(partner) = index(&h.partner) else { continue };
-            let entry = pending.holdings.entry((partner, h.key_set, h.kid)).or_insert((h.first_seen, h.last_seen));
-            (entry.0, entry.1) = (entry.0.min(h.first_seen), entry.1.max(h.last_seen));
-        }
-        for u in batch.unmatched {
-            let entry = pending.unmatched.entry(u.user_agent).or_insert((0, u.last_at));
-            (entry.0, entry.1) = (entry.0 + u.count, entry.1.max(u.last_at));
-        }
     }
 
     /// Writes observations every [`FLUSH_INTERVAL`] until `stop`, then once more.
@@ -212,7 +217,7 @@ mod tests {
     #[test]
     fn matched_fetches_aggregate_and_unmatched_ones_count_per_user_agent() {
         let observer = observer();
-        let kids = ["a".to_owned(), "b".to_owned()];
+        let kids: Arc<[String]> = Arc::from(["a".to_owned(), "b".to_owned()]);
         let fetched = Fetched { key_set: "npm", etag: "\"e1\"", kids: &kids };
         for now in [10, 11, 12] {
             observer.observe("127.0.0.2".parse().unwrap(), Some("x"), &fetched, now);
