@@ -13,6 +13,7 @@ use crate::app::ledger::LedgerHealth;
 use crate::app::metrics::Metrics;
 use crate::app::observe::Observer;
 use crate::config::Config;
+use crate::keys::custody::Custody;
 use crate::keys::jwks::{self, JwksDocument};
 use crate::keys::{self, timeline, KeyRecord, KeyState, PublicKey, SecretKey, SigningKey};
 use crate::ops::clients;
@@ -99,7 +100,7 @@ pub struct Shared {
     current: RwLock<Arc<Snapshot>>,
     store: Store,
     config: Arc<Config>,
-    master: MasterKey,
+    custody: Custody,
     metrics: Metrics,
     observer: Observer,
     pub(super) database_ok: AtomicBool,
@@ -142,7 +143,7 @@ impl Shared {
     pub async fn load(
         store: Store,
         config: Arc<Config>,
-        master: MasterKey,
+        custody: Custody,
         metrics: Metrics,
         ledger: LedgerHealth,
     ) -> anyhow::Result<Self> {
@@ -151,7 +152,7 @@ impl Shared {
             current: RwLock::new(Arc::default()),
             store,
             config,
-            master,
+            custody,
             metrics,
             observer,
             database_ok: AtomicBool::new(true),
@@ -182,7 +183,12 @@ impl Shared {
 
     /// The master key.
     pub fn master(&self) -> &MasterKey {
-        &self.master
+        self.custody.master()
+    }
+
+    /// Who holds the private keys.
+    pub fn custody(&self) -> &Custody {
+        &self.custody
     }
 
     /// The recorder of JWKS fetches.
@@ -202,6 +208,8 @@ impl Shared {
             Err("the database does not answer")
         } else if self.ledger.is_failing() {
             Err("the issuance ledger cannot commit (is the disk full?)")
+        } else if !self.custody.is_available() {
+            Err("the PKCS#11 token does not answer")
         } else if !self.snapshot().is_ready() {
             Err("a key set has no signing key")
         } else {
@@ -215,12 +223,12 @@ impl Shared {
         // Read the counter first: a change committed after it triggers another reload.
         let generation = self.store.generation().await?;
         let records = Arc::new(self.store.keys().await?);
-        keys::check_master_key(&records, &self.master)?;
+        keys::check_master_key(&records, self.master())?;
         let gates = Gates::load(&self.store, &self.config).await?;
         let clients = clients::load_directory(&self.store).await?;
-        let secrets = secrets::load(&self.store, &self.master, &self.config).await?;
+        let secrets = secrets::load(&self.store, self.master(), &self.config).await?;
         let now = generation_time();
-        let (key_sets, next_change_at) = self.key_set_views(&records, &gates, &previous, now)?;
+        let (key_sets, next_change_at) = self.key_set_views(&records, &gates, &previous, now).await?;
         let next = Arc::new(Snapshot { generation, records, gates, next_change_at, key_sets, clients, secrets });
         match self.current.write() {
             Ok(mut guard) => *guard = next,
@@ -232,9 +240,9 @@ impl Shared {
     /// Rebuilds what the snapshot serves at `now` from the keys it holds, without reading
     /// the store: a planned hand-over happens in every process at its instant, whatever
     /// the database does then. Returns whether it swapped (not when a reload came first).
-    pub fn refresh(&self, now: i64) -> anyhow::Result<bool> {
+    pub async fn refresh(&self, now: i64) -> anyhow::Result<bool> {
         let previous = self.snapshot();
-        let (key_sets, next_change_at) = self.key_set_views(&previous.records, &previous.gates, &previous, now)?;
+        let (key_sets, next_change_at) = self.key_set_views(&previous.records, &previous.gates, &previous, now).await?;
         let next = Arc::new(Snapshot { key_sets, next_change_at, ..(*previous).clone() });
         let mut guard = match self.current.write() {
             Ok(guard) => guard,
@@ -249,7 +257,7 @@ impl Shared {
 
     /// What each key set serves at `now` with its gate applied, and when that next changes
     /// by itself; signers already open in `previous` are reused.
-    fn key_set_views(
+    async fn key_set_views(
         &self,
         records: &[KeyRecord],
         gates: &Gates,
@@ -275,7 +283,7 @@ impl Shared {
                         .filter(|s| s.kid() == record.kid);
                     match reused {
                         Some(signer) => Some(signer),
-                        None => Some(Arc::new(record.open_signing_key(&self.master)?)),
+                        None => Some(Arc::new(self.custody.signer(record).await?)),
                     }
                 }
                 None => None,

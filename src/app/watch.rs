@@ -30,6 +30,7 @@ impl Shared {
                     }
                 }
             }
+            self.custody().probe().await;
             // Only a commit by any connection (this server's included) moves data_version;
             // then the generation says whether keys or clients changed (ledger rows do not).
             let polled = async {

@@ -14,6 +14,7 @@ mod duration;
 mod env;
 mod parse;
 mod partner;
+mod pkcs11;
 mod schema;
 #[cfg(test)]
 mod tests;
@@ -24,6 +25,7 @@ use env::{apply_env, blame_environment};
 pub use env::{known_env, EnvSettings, LogFormat};
 pub use parse::{parse_toml, ConfigError};
 pub use partner::{Cidr, PartnerConfig, PartnerMatch, UserAgentPattern};
+pub use pkcs11::{Pkcs11Config, PIN_ENV};
 pub use schema::{
     parse_instant, ClaimType, ExchangeConfig, ExchangeStyle, KeySetConfig, ProfileConfig, ServerConfig,
     DEFAULT_CLAIM_TYPE, PLACEHOLDERS, REGISTERED_CLAIMS, TTL_HARD_CAP,
@@ -47,6 +49,9 @@ pub struct Config {
     /// The verifiers that fetch our JWKS.
     #[serde(default, rename = "partner", skip_serializing_if = "Vec::is_empty")]
     pub partners: Vec<PartnerConfig>,
+    /// The PKCS#11 token of `custody = "pkcs11"` key sets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pkcs11: Option<Pkcs11Config>,
 }
 
 /// Where the configuration came from, for messages.
@@ -126,6 +131,7 @@ fn resolve_relative_paths(config: &mut Config, file: &Path, source_name: &str) -
     if server.master_key_file.is_relative() {
         server.master_key_file = folder.join(&server.master_key_file);
     }
+    pkcs11::resolve_relative_paths(config, &folder);
     Ok(())
 }
 

@@ -70,8 +70,11 @@ async fn planned(store: &Store) -> (String, KeyRecord) {
 
 /// Waits until `at` has passed by `margin`, while `beta` keeps fetching (it holds every key).
 async fn wait_past(at: i64, margin: i64, beta: &reqwest::Client, base: &str) {
-    while now() < at + margin {
+    loop {
         fetch(beta, base).await;
+        if now() >= at + margin {
+            return;
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -166,6 +169,9 @@ async fn proceed_hands_over_unconfirmed_when_the_wait_is_over_and_hold_keeps_the
     let (p_current, p_next) = planned(&proceeding.store).await;
     let (h_current, h_next) = planned(&holding.store).await;
     let p_at = p_next.activates_at.unwrap();
+    // Beta holds every key of both (only alpha is missing), however long the set-up took.
+    fetch(&beta, &proceeding.public).await;
+    fetch(&beta, &holding.public).await;
     // Proceed: not before the planned instant plus gate_max_wait, then the next key signs.
     while now() < p_at + 2 {
         fetch(&beta, &proceeding.public).await;

@@ -5,6 +5,7 @@ mod first_hour;
 mod gates;
 mod handover;
 mod helpers;
+mod hsm;
 mod jwks;
 mod keys_and_secrets;
 mod openapi;
