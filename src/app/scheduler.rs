@@ -8,6 +8,7 @@ use crate::app::metrics::Metrics;
 use crate::app::snapshot::Shared;
 use crate::config::Config;
 use crate::keys::custody::Custody;
+use crate::keys::gate::GateState;
 use crate::keys::rotation;
 use crate::ops;
 use crate::ops::gates::Gates;
@@ -57,9 +58,20 @@ pub async fn run_due(store: &Store, custody: &Custody, config: &Config, now: i64
                     ))
                 };
                 match keys.await {
-                    Ok((keys, _)) => {
+                    Ok((keys, gate)) => {
                         if let Some(at) = rotation::plan(&keys, &policy, now).wake_at {
                             pass.wake_at = pass.wake_at.min(at);
+                        }
+                        // Loudly, at every pass while it lasts: someone must talk to the partner.
+                        if let Some(GateState::Held { kid, missing, since }) = gate {
+                            tracing::error!(
+                                key_set = %set.name,
+                                next_kid = %kid,
+                                ?missing,
+                                held_since = since,
+                                "hand-over HELD: gating partners have not fetched the next key within gate_max_wait; \
+                                 the current key keeps signing"
+                            );
                         }
                     }
                     Err(err) => {
