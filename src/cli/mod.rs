@@ -20,6 +20,7 @@ mod format;
 mod healthcheck;
 mod keys;
 mod onboarding;
+mod partners;
 mod secrets;
 mod serve;
 mod telemetry;
@@ -84,6 +85,9 @@ enum Command {
     Onboarding(onboarding::Args),
     /// Exit 0 if the server's public /healthz answers 200 (for container health checks).
     Healthcheck,
+    /// Per partner: last fetch, fetches in 24 h, addresses, whether it holds the current and
+    /// the next key, gate states; and fetches that matched no partner.
+    Partners(partners::Args),
 }
 
 /// The parser, with the environment variables listed in its help.
@@ -170,5 +174,6 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
         Command::Backup(args) => backup::run(&ctx, args).await,
         Command::Onboarding(args) => onboarding::run(&ctx, args).await,
         Command::Healthcheck => healthcheck::run(&ctx).await,
+        Command::Partners(args) => partners::run(&ctx, args).await,
     }
 }

@@ -59,6 +59,9 @@ pub struct ServerConfig {
     /// Serve the internal listener over TLS, with client certificates when it names a CA.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub internal_tls: Option<TlsConfig>,
+    /// Reverse proxies whose `X-Forwarded-For` / `Forwarded` headers name the client.
+    #[serde(default)]
+    pub trusted_proxies: Vec<super::Cidr>,
 }
 
 /// `[[key_set]]`: a rotating family of signing keys published at some JWKS paths.

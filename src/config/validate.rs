@@ -128,7 +128,7 @@ pub fn validate(config: &Config, source_name: &str) -> Result<(), ConfigError> {
     }
     super::discovery::validate(config)
         .map_err(|(name, field, m)| fail(format!("[[profile]] {name:?}, field {field}"), m))?;
-    Ok(())
+    super::partner::validate(config, source_name)
 }
 
 /// Names appear in URLs and commands: keep them plain.

@@ -2,6 +2,7 @@
 
 pub mod client_cert;
 pub mod discovery;
+pub mod forwarded;
 pub mod internal;
 pub mod middleware;
 pub mod problem;

@@ -4,6 +4,7 @@ mod certs;
 mod cli;
 mod discovery;
 mod first_hour;
+mod gates;
 mod handover;
 mod helpers;
 mod hsm;

@@ -5,7 +5,7 @@ use sqlx::SqlitePool;
 
 use super::{begin_write, bump_generation, checkpoint};
 use crate::keys::{KeyRecord, Private};
-use crate::store::rows::KeyRow;
+use crate::store::rows::{GatedHandover, KeyRow};
 
 const COLUMNS: &str = "kid, key_set, algorithm, public_jwk, sealed_private, master_key_id, token_label, \
      created_at, published_at, activates_at, deactivates_at, retired_at, revoked_at";
@@ -98,8 +98,8 @@ async fn persist(tx: &mut sqlx::SqliteConnection, records: Vec<KeyRecord>) -> an
 
 /// What a decision made under the write lock asks to be written.
 pub(crate) enum KeyChange {
-    /// These new and changed records.
-    Write(Vec<KeyRecord>),
+    /// These new and changed records, and a gated hand-over that has happened, if any.
+    Write(Vec<KeyRecord>, Option<GatedHandover>),
     /// The keys changed since the decision was first made: nothing is written.
     Stale,
 }
@@ -117,13 +117,27 @@ pub(crate) async fn change<E>(
 ) -> anyhow::Result<Result<bool, E>> {
     let mut tx = begin_write(pool).await?;
     let keys = of_set(&mut *tx, set).await?;
-    let changed = match decide(&keys) {
-        Ok(KeyChange::Write(changed)) => changed,
+    let (changed, handover) = match decide(&keys) {
+        Ok(KeyChange::Write(changed, handover)) => (changed, handover),
         Ok(KeyChange::Stale) => return Ok(Ok(false)),
         Err(refused) => return Ok(Err(refused)),
     };
     let deletes_secrets = changed.iter().any(|r| r.private().is_none());
     persist(&mut tx, changed).await?;
+    if let Some(handover) = handover {
+        sqlx::query(
+            "INSERT INTO gated_handovers (kid, key_set, at, confirmed, missing) VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT (kid) DO NOTHING",
+        )
+        .bind(&handover.kid)
+        .bind(&handover.key_set)
+        .bind(handover.at)
+        .bind(handover.confirmed)
+        .bind(serde_json::to_string(&handover.missing)?)
+        .execute(&mut *tx)
+        .await
+        .context("recording a gated hand-over")?;
+    }
     bump_generation(&mut tx).await?;
     tx.commit().await.context("committing key changes")?;
     if deletes_secrets {
