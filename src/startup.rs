@@ -58,7 +58,7 @@ impl Application {
     ) -> anyhow::Result<Self> {
         config::validate(&config, "configuration")?;
         let config = Arc::new(config);
-        let store = Store::open(config.database_path()).await?;
+        let store = Store::connect(&config.database()).await?;
         let now = chrono::Utc::now().timestamp();
         keys::check_master_key(&store.keys().await?, &master)?;
         // New sets get their keys, and anything that fell due while stopped is done, before

@@ -93,8 +93,8 @@ pub struct Shared {
     metrics: Metrics,
     pub(super) database_ok: AtomicBool,
     ledger: LedgerHealth,
-    /// Held during a re-check: concurrent unknown tokens wait for it (single flight), and
-    /// it counts the look-ups of the current second.
+    /// Held during a re-check or a catch-up: concurrent ones wait for it (single flight),
+    /// and it counts the look-ups of unknown tokens in the current second.
     recheck: tokio::sync::Mutex<RecheckBudget>,
 }
 
@@ -183,7 +183,7 @@ impl Shared {
         if !self.database_ok.load(Ordering::Relaxed) {
             Err("the database does not answer")
         } else if self.ledger.is_failing() {
-            Err("the issuance ledger cannot commit (is the disk full?)")
+            Err("the issuance ledger cannot commit (is the disk full or the database unreachable?)")
         } else if !self.snapshot().is_ready() {
             Err("a key set has no signing key")
         } else {
@@ -234,6 +234,17 @@ impl Shared {
             Err(poisoned) => *poisoned.into_inner() = next,
         }
         Ok(())
+    }
+
+    /// The ledger refused a row because its key may no longer sign: the snapshot of
+    /// `generation` is behind the store. Reloads once for all the requests that find out
+    /// together, and returns the snapshot to sign with now.
+    pub async fn catch_up(&self, generation: i64) -> anyhow::Result<Arc<Snapshot>> {
+        let _one_at_a_time = self.recheck.lock().await;
+        if self.snapshot().generation == generation {
+            self.reload().await?;
+        }
+        Ok(self.snapshot())
     }
 
     /// A bearer token the snapshot does not know may have been created a moment ago by the

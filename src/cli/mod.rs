@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use crate::config::{self, EnvSettings, LoadedConfig, LogFormat};
+use crate::config::{self, Database, EnvSettings, LoadedConfig, LogFormat};
 use crate::keys::export::{self, Format};
 use crate::keys::rotation::{Exposure, ImportAs, Refused, Step};
 use crate::keys::timeline::Moment;
@@ -308,21 +308,28 @@ fn load_config(explicit: Option<&PathBuf>, env: &HashMap<String, String>) -> any
 }
 
 /// The configuration's origin and database, as every command reports them.
-fn describe(loaded: &LoadedConfig) -> (String, PathBuf) {
+fn describe(loaded: &LoadedConfig) -> (String, Database) {
     let source = match &loaded.source {
         config::ConfigSource::Defaults => "built-in defaults (no --config, KEYWARD_CONFIG or ./keys.toml)".to_owned(),
         config::ConfigSource::File(path) => {
             std::path::absolute(path).unwrap_or_else(|_| path.clone()).display().to_string()
         }
     };
-    let database = loaded.config.database_path();
-    (source, std::path::absolute(&database).unwrap_or(database))
+    match loaded.config.database() {
+        Database::Sqlite(path) => (source, Database::Sqlite(std::path::absolute(&path).unwrap_or(path))),
+        postgres => (source, postgres),
+    }
 }
 
 /// Opens the database; only with `--init` may a command other than `serve` create it, so
 /// that running one in the wrong folder cannot quietly start a second, empty database.
 async fn open_database(loaded: &LoadedConfig, init: bool) -> anyhow::Result<Store> {
-    let (source, path) = describe(loaded);
+    let (source, database) = describe(loaded);
+    let path = match &database {
+        Database::Sqlite(path) => path,
+        // A PostgreSQL database is made by its administrator, never by a mistyped folder.
+        Database::Postgres(_) => return Store::connect(&database).await,
+    };
     if !init && !path.exists() {
         let why = match &loaded.source {
             config::ConfigSource::Defaults => format!(
@@ -378,7 +385,10 @@ async fn master_key(loaded: &LoadedConfig, store: &Store, settings: EnvSettings)
 /// who got which token): refuse to use them while group or others may read them, as ssh
 /// does for keys, unless the operator says otherwise.
 fn check_private_files(loaded: &LoadedConfig, allow_insecure: bool) -> anyhow::Result<()> {
-    let mut files = sqlite::database_files(&loaded.config.database_path());
+    let mut files = match loaded.config.database() {
+        Database::Sqlite(path) => sqlite::database_files(&path),
+        Database::Postgres(_) => Vec::new(),
+    };
     if std::env::var_os("KEYWARD_MASTER_KEY").is_none() {
         files.push(loaded.config.server.master_key_file.clone());
     }
@@ -410,9 +420,9 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
     let config = &loaded.config;
     let (source, database) = describe(&loaded);
     if matches!(cli.command, Command::Serve) {
-        tracing::info!(config = %source, database = %database.display(), "starting keyward {}", env!("CARGO_PKG_VERSION"));
+        tracing::info!(config = %source, database = %database, "starting keyward {}", env!("CARGO_PKG_VERSION"));
     } else {
-        eprintln!("keyward: configuration {source}; database {}", database.display());
+        eprintln!("keyward: configuration {source}; database {database}");
     }
     if !matches!(cli.command, Command::Healthcheck) {
         check_private_files(&loaded, cli.allow_insecure_permissions)?;
@@ -421,7 +431,7 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
     match cli.command {
         Command::CheckConfig => check_config(&loaded, settings).await,
         Command::Serve => {
-            let master = master_key(&loaded, &Store::open(&database).await?, settings).await?;
+            let master = master_key(&loaded, &Store::connect(&database).await?, settings).await?;
             let workers = std::thread::available_parallelism().map(usize::from).unwrap_or(2);
             let app = Application::build(config.clone(), master, workers).await?;
             tracing::info!(public = %app.public_addr(), internal = %app.internal_addr(), workers, "listening");
@@ -780,8 +790,12 @@ async fn check_config(loaded: &LoadedConfig, settings: EnvSettings) -> anyhow::R
     if let Some(master) = &master {
         eprintln!("master key {} is well formed", master.id());
     }
-    if database.exists() {
-        let store = Store::open(&database).await?;
+    let exists = match &database {
+        Database::Sqlite(path) => path.exists(),
+        Database::Postgres(_) => true,
+    };
+    if exists {
+        let store = Store::connect(&database).await?;
         let sealed = store.holds_sealed_material().await?;
         match &master {
             Some(master) => {
@@ -791,13 +805,13 @@ async fn check_config(loaded: &LoadedConfig, settings: EnvSettings) -> anyhow::R
                     record.open_signing_key(master)?;
                 }
                 secrets::load(&store, master, config).await?;
-                eprintln!("master key {} opens every sealed key and secret in {}", master.id(), database.display());
+                eprintln!("master key {} opens every sealed key and secret in {database}", master.id());
             }
             None if sealed => bail!(
                 "no master key: KEYWARD_MASTER_KEY is not set and {} does not exist, but {} holds sealed keys: \
                  restore the key they were sealed with",
                 file.display(),
-                database.display()
+                database
             ),
             None => {}
         }

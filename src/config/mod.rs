@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 use crate::keys::rotation::Policy;
 use crate::keys::{Algorithm, HmacAlgorithm};
 
+mod database;
 mod duration;
+pub use database::{Database, PostgresUrl};
 pub use duration::Duration;
 
 /// Claims a caller may never set: they are fixed by the profile or by keyward.
@@ -110,8 +112,9 @@ pub struct ServerConfig {
     pub public_addr: SocketAddr,
     /// Signing and admin API.
     pub internal_addr: SocketAddr,
-    /// The SQLite file: `sqlite://PATH`, `sqlite:PATH` or a plain path. A relative path in a
-    /// configuration file is relative to the file's folder.
+    /// The SQLite file (`sqlite://PATH`, `sqlite:PATH` or a plain path; a relative path in a
+    /// configuration file is relative to the file's folder), or a PostgreSQL server
+    /// (`postgres://USER@HOST/DB?sslmode=verify-full`).
     pub database_url: String,
     /// Where the master key lives when `KEYWARD_MASTER_KEY` is not set. A relative path in a
     /// configuration file is relative to the file's folder.
@@ -502,6 +505,9 @@ fn blame_environment(err: ConfigError, env: &HashMap<String, String>) -> ConfigE
 /// The file inside a `database_url`: `sqlite://PATH`, `sqlite:PATH` (sqlx's forms, so
 /// `sqlite:///abs/x.db` is `/abs/x.db`) or a plain path.
 pub fn database_file(url: &str) -> Result<PathBuf, String> {
+    if database::is_postgres(url) {
+        return Err(format!("{url:?} is a PostgreSQL server, not a SQLite file"));
+    }
     let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
     if path.is_empty() || path.starts_with(":memory:") || path.starts_with("file:") || path.contains('?') {
         return Err(format!(
@@ -621,7 +627,7 @@ pub fn validate(config: &Config, source_name: &str) -> Result<(), ConfigError> {
     let fail =
         |location: String, message: String| ConfigError { source_name: source_name.to_owned(), location, message };
     let server = &config.server;
-    database_file(&server.database_url).map_err(|m| fail("[server], field database_url".to_owned(), m))?;
+    Database::parse(&server.database_url).map_err(|m| fail("[server], field database_url".to_owned(), m))?;
     if server.ledger_retention.as_secs() < 86_400 {
         return Err(fail(
             "[server], field ledger_retention".to_owned(),
@@ -968,6 +974,12 @@ impl Config {
     /// The key set named `name`.
     pub fn key_set(&self, name: &str) -> Option<&KeySetConfig> {
         self.key_sets.iter().find(|s| s.name == name)
+    }
+
+    /// The store `database_url` names (checked by [`validate`]).
+    pub fn database(&self) -> Database {
+        Database::parse(&self.server.database_url)
+            .unwrap_or_else(|_| Database::Sqlite(PathBuf::from(&self.server.database_url)))
     }
 
     /// The SQLite file inside `database_url` (checked by [`validate`]).

@@ -7,6 +7,7 @@ mod jwks;
 mod keys_and_secrets;
 mod openapi;
 mod operations;
+mod postgres;
 mod partners;
 mod reliability;
 mod rotation;

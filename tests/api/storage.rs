@@ -57,7 +57,7 @@ async fn a_sealed_blob_moved_to_another_row_or_altered_fails_to_open() {
     sqlx::query("UPDATE keys SET sealed_private = ? WHERE kid = ?")
         .bind(a.sealed_private.as_ref().unwrap())
         .bind(&b.kid)
-        .execute(&app.pool)
+        .execute(app.pool())
         .await
         .unwrap();
     let moved = app.store.keys().await.unwrap().into_iter().find(|r| r.kid == b.kid).unwrap();
@@ -71,7 +71,7 @@ async fn a_sealed_blob_moved_to_another_row_or_altered_fails_to_open() {
     sqlx::query("UPDATE keys SET sealed_private = ? WHERE kid = ?")
         .bind(&flipped)
         .bind(&a.kid)
-        .execute(&app.pool)
+        .execute(app.pool())
         .await
         .unwrap();
     let altered = app.store.keys().await.unwrap().into_iter().find(|r| r.kid == a.kid).unwrap();

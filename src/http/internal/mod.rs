@@ -12,7 +12,7 @@ use rand::RngCore;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::app::ledger::Ledger;
+use crate::app::ledger::{Ledger, NotRecorded};
 use crate::app::snapshot::{Recheck, Shared, Snapshot};
 use crate::config::ExchangeStyle;
 use crate::http::problem::{ApiError, Problem};
@@ -675,7 +675,9 @@ async fn sign(
 }
 
 /// Judges, signs and records one token. The caller gets it only once its ledger row is
-/// committed; if the ledger cannot record it, nobody gets it.
+/// committed; if the ledger cannot record it, nobody gets it. If the signing key was
+/// revoked meanwhile (on any replica), the row is refused: the token is signed once more
+/// with the signer of an up-to-date snapshot, or refused (503).
 async fn issue(
     state: &InternalState,
     snapshot: &Snapshot,
@@ -683,6 +685,30 @@ async fn issue(
     profile: &Profile,
     request: SignRequest,
 ) -> Result<Signed, ApiError> {
+    match issue_once(state, snapshot, client, profile, request.clone()).await? {
+        Ok(signed) => Ok(signed),
+        Err(NotRecorded::KeyWithdrawn) => {
+            let fresh = state.shared.catch_up(snapshot.generation).await.map_err(|err| {
+                tracing::warn!(error = format!("{err:#}"), "reloading after a withdrawn signer failed");
+                ApiError::NotRecorded
+            })?;
+            match issue_once(state, &fresh, client, profile, request).await? {
+                Ok(signed) => Ok(signed),
+                Err(_) => Err(ApiError::NotRecorded),
+            }
+        }
+        Err(NotRecorded::Failed) => Err(ApiError::NotRecorded),
+    }
+}
+
+/// One attempt of [`issue`]: the ledger's refusal is the inner error.
+async fn issue_once(
+    state: &InternalState,
+    snapshot: &Snapshot,
+    client: &Client,
+    profile: &Profile,
+    request: SignRequest,
+) -> Result<Result<Signed, NotRecorded>, ApiError> {
     let metrics = state.shared.metrics();
     let sub = request.sub.clone();
     let claim_names: Vec<String> = request.claims.keys().cloned().collect();
@@ -707,13 +733,13 @@ async fn issue(
         exp: signed.expires_at,
         claim_names,
     };
-    if state.ledger.record(entry).await.is_err() {
+    if let Err(refusal) = state.ledger.record(entry).await {
         metrics.token(&profile.name, signed.alg, "failed");
-        return Err(ApiError::NotRecorded);
+        return Ok(Err(refusal));
     }
     metrics.token(&profile.name, signed.alg, "issued");
     tracing::debug!(profile = %profile.name, client = %client.name, kid = signed.kid, jti = signed.jti, "token issued");
-    Ok(signed)
+    Ok(Ok(signed))
 }
 
 /// A partner's token.

@@ -1,5 +1,7 @@
 //! The SQL of the `issuance` table: the ledger writer's inserts, audit queries, pruning.
 
+use std::collections::HashSet;
+
 use anyhow::Context;
 use sqlx::pool::PoolConnection;
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
@@ -33,9 +35,12 @@ impl IssuanceWriter {
         WriteTx::begin(connection).await.context("beginning the ledger transaction")
     }
 
-    /// Commits `entries` in one transaction. After a failure the connection is dropped
-    /// (the failed transaction marked it to close): the next one starts on a fresh one.
-    pub async fn insert(&mut self, entries: &[&Entry]) -> anyhow::Result<()> {
+    /// Commits `entries` in one transaction, except those whose key may no longer sign
+    /// (revoked or retired): their kids are returned and their rows not written. The check
+    /// runs under the write lock, so no row of a revoked key commits after its revocation.
+    /// After a failure the connection is dropped (the failed transaction marked it to
+    /// close): the next one starts on a fresh one.
+    pub async fn insert(&mut self, entries: &[&Entry]) -> anyhow::Result<HashSet<String>> {
         let result = self.insert_all(entries).await;
         self.forget_after(&result);
         result
@@ -49,21 +54,25 @@ impl IssuanceWriter {
         result
     }
 
-    fn forget_after(&mut self, result: &anyhow::Result<()>) {
+    fn forget_after<T>(&mut self, result: &anyhow::Result<T>) {
         if result.is_err() {
             self.connection = None;
         }
     }
 
-    async fn insert_all(&mut self, entries: &[&Entry]) -> anyhow::Result<()> {
+    async fn insert_all(&mut self, entries: &[&Entry]) -> anyhow::Result<HashSet<String>> {
         let mut tx = self.begin().await?;
-        let mut rest = entries;
+        let withdrawn = withdrawn_kids(&mut tx, entries).await?;
+        let kept: Vec<&Entry> =
+            entries.iter().copied().filter(|e| e.kid.as_ref().is_none_or(|kid| !withdrawn.contains(kid))).collect();
+        let mut rest = kept.as_slice();
         while !rest.is_empty() {
             let (chunk, tail) = rest.split_at(chunk_len(rest.len()));
             insert_rows(&mut tx, chunk).await?;
             rest = tail;
         }
-        tx.commit().await.context("committing ledger rows")
+        tx.commit().await.context("committing ledger rows")?;
+        Ok(withdrawn)
     }
 
     async fn probe_write(&mut self) -> anyhow::Result<()> {
@@ -82,6 +91,27 @@ impl IssuanceWriter {
             .context("deleting the probe row")?;
         tx.commit().await.context("committing the probe")
     }
+}
+
+/// The kids among `entries` that may no longer sign: revoked, retired or unknown.
+async fn withdrawn_kids(tx: &mut sqlx::SqliteConnection, entries: &[&Entry]) -> anyhow::Result<HashSet<String>> {
+    let mut withdrawn: HashSet<String> = entries.iter().filter_map(|e| e.kid.clone()).collect();
+    if withdrawn.is_empty() {
+        return Ok(withdrawn);
+    }
+    let mut query: QueryBuilder<Sqlite> =
+        QueryBuilder::new("SELECT kid FROM keys WHERE revoked_at IS NULL AND retired_at IS NULL AND kid IN (");
+    let mut kids = query.separated(", ");
+    for kid in &withdrawn {
+        kids.push_bind(kid.clone());
+    }
+    query.push(")");
+    let allowed: Vec<String> =
+        query.build_query_scalar().fetch_all(&mut *tx).await.context("checking the signing keys")?;
+    for kid in allowed {
+        withdrawn.remove(&kid);
+    }
+    Ok(withdrawn)
 }
 
 /// Rows go in chunks of 256, 128, ... or 1, so that only nine different statements exist
@@ -132,22 +162,49 @@ pub async fn query(pool: &SqlitePool, filter: &Filter, limit: i64) -> anyhow::Re
     }
     query.push(" ORDER BY iat DESC, jti LIMIT ").push_bind(limit);
     let rows = query.build().fetch_all(pool).await.context("querying the ledger")?;
-    rows.iter()
-        .map(|row| {
-            let names: String = row.try_get("claim_names")?;
-            Ok(Entry {
-                jti: row.try_get("jti")?,
-                profile: row.try_get("profile")?,
-                client: row.try_get("client")?,
-                sub: row.try_get("sub")?,
-                kid: row.try_get("kid")?,
-                alg: row.try_get("alg")?,
-                iat: row.try_get("iat")?,
-                exp: row.try_get("exp")?,
-                claim_names: serde_json::from_str(&names).unwrap_or_default(),
-            })
-        })
-        .collect()
+    rows.iter().map(entry).collect()
+}
+
+fn entry(row: &sqlx::sqlite::SqliteRow) -> anyhow::Result<Entry> {
+    let names: String = row.try_get("claim_names")?;
+    Ok(Entry {
+        jti: row.try_get("jti")?,
+        profile: row.try_get("profile")?,
+        client: row.try_get("client")?,
+        sub: row.try_get("sub")?,
+        kid: row.try_get("kid")?,
+        alg: row.try_get("alg")?,
+        iat: row.try_get("iat")?,
+        exp: row.try_get("exp")?,
+        claim_names: serde_json::from_str(&names).unwrap_or_default(),
+    })
+}
+
+/// Up to `limit` rows issued after (`iat`, `jti`), in that order.
+pub async fn page(pool: &SqlitePool, iat: i64, jti: &str, limit: i64) -> anyhow::Result<Vec<Entry>> {
+    let rows = sqlx::query(
+        "SELECT jti, profile, client, sub, kid, alg, iat, exp, claim_names FROM issuance \
+         WHERE (iat, jti) > (?, ?) ORDER BY iat, jti LIMIT ?",
+    )
+    .bind(iat)
+    .bind(jti)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .context("reading the ledger")?;
+    rows.iter().map(entry).collect()
+}
+
+/// Writes `entries` as they are, in one transaction.
+pub async fn copy(pool: &SqlitePool, entries: &[&Entry]) -> anyhow::Result<()> {
+    let mut tx = super::begin_write(pool).await?;
+    let mut rest = entries;
+    while !rest.is_empty() {
+        let (chunk, tail) = rest.split_at(chunk_len(rest.len()));
+        insert_rows(&mut tx, chunk).await?;
+        rest = tail;
+    }
+    tx.commit().await.context("committing copied ledger rows")
 }
 
 /// Deletes rows issued before `before`; returns how many.
