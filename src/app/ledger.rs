@@ -10,6 +10,7 @@
 //!
 //! A row whose key may no longer sign (revoked, or retired, since the request signed with
 //! it) is refused in the same transaction: the request may sign again with the new signer.
+//! So is a row of a client revoked since the request was authenticated.
 //!
 //! When commits fail (a full disk), every waiting request is refused, the server reports
 //! not ready, and the writer tries a probe write every second while no rows come, so it
@@ -22,8 +23,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::app::metrics::Metrics;
-use crate::store::rows::Entry;
 use crate::store::issuance::IssuanceWriter;
+use crate::store::rows::Entry;
 
 /// Rows one transaction takes at most.
 const MAX_BATCH: usize = 1_024;
@@ -40,6 +41,9 @@ pub enum NotRecorded {
     /// Its key was revoked or retired after it signed: sign again with the current signer.
     #[error("the signing key may no longer sign")]
     KeyWithdrawn,
+    /// The client was revoked after the request was authenticated.
+    #[error("the client was revoked")]
+    ClientRevoked,
 }
 
 type Job = (Entry, oneshot::Sender<Result<(), NotRecorded>>);
@@ -187,9 +191,8 @@ impl Writer {
         for (entry, done) in batch {
             let answer = match &result {
                 Err(_) => Err(NotRecorded::Failed),
-                Ok(withdrawn) if entry.kid.as_ref().is_some_and(|kid| withdrawn.contains(kid)) => {
-                    Err(NotRecorded::KeyWithdrawn)
-                }
+                Ok(refused) if refused.clients.contains(&entry.client) => Err(NotRecorded::ClientRevoked),
+                Ok(refused) if refused.covers(&entry) => Err(NotRecorded::KeyWithdrawn),
                 Ok(_) => Ok(()),
             };
             let _ = done.send(answer);

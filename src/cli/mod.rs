@@ -26,6 +26,7 @@ use crate::store::sqlite;
 use crate::store::Store;
 use crate::{keys, private_files};
 
+mod migrate_store;
 mod telemetry;
 
 /// keyward: JWKS issuer and key-management server.
@@ -108,7 +109,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Write a consistent copy of the database to FILE while keyward runs (VACUUM INTO).
+    /// Write a consistent copy of the database to FILE while keyward runs (SQLite: VACUUM
+    /// INTO; PostgreSQL: pg_dump --format=custom, which must be installed).
     Backup {
         /// The copy; must not exist.
         file: PathBuf,
@@ -124,6 +126,8 @@ enum Command {
     },
     /// Exit 0 if the server's public /healthz answers 200 (for container health checks).
     Healthcheck,
+    /// Copy everything into a new, empty database (e.g. SQLite to PostgreSQL) and verify the counts.
+    MigrateStore(migrate_store::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -438,6 +442,7 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
             app.run_until_stopped().await
         }
         Command::Healthcheck => healthcheck(config.server.public_addr),
+        Command::MigrateStore(args) => migrate_store::exec(args).await,
         Command::Keys(KeysCommand::List { json }) => {
             let store = open_database(&loaded, init).await?;
             let records = store.keys().await?;

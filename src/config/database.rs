@@ -88,7 +88,9 @@ impl PostgresUrl {
     /// `pg_dump` that take the password from the environment rather than the command line.
     pub fn split_password(&self) -> (String, Option<String>) {
         match user_info(&self.url) {
-            Some((scheme, name, Some(password), rest)) => (format!("{scheme}://{name}@{rest}"), Some(percent_decode(password))),
+            Some((scheme, name, Some(password), rest)) => {
+                (format!("{scheme}://{name}@{rest}"), Some(percent_decode(password)))
+            }
             _ => (self.url.clone(), None),
         }
     }

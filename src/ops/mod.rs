@@ -3,6 +3,7 @@
 
 mod carry_out;
 pub mod clients;
+pub mod migrate_store;
 pub mod secrets;
 
 use anyhow::Context;

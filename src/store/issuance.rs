@@ -3,6 +3,31 @@
 use std::collections::HashSet;
 
 use super::rows::Entry;
+
+/// What a ledger commit refused to write, decided inside its transaction: rows whose key
+/// may no longer sign (revoked or retired since it signed), and rows of revoked clients.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// Keys that may no longer sign.
+    pub kids: HashSet<String>,
+    /// Clients revoked meanwhile.
+    pub clients: HashSet<String>,
+}
+
+impl Refused {
+    /// Starts from every kid and client in `entries` (all refused until found allowed).
+    pub(crate) fn all_of(entries: &[&Entry]) -> Refused {
+        Refused {
+            kids: entries.iter().filter_map(|e| e.kid.clone()).collect(),
+            clients: entries.iter().map(|e| e.client.clone()).collect(),
+        }
+    }
+
+    /// Whether `entry`'s row was refused.
+    pub fn covers(&self, entry: &Entry) -> bool {
+        self.clients.contains(&entry.client) || entry.kid.as_ref().is_some_and(|kid| self.kids.contains(kid))
+    }
+}
 use super::{postgres, sqlite, Store};
 
 /// Commits ledger rows for the one writer task.
@@ -24,9 +49,9 @@ impl Store {
 }
 
 impl IssuanceWriter {
-    /// Commits `entries` in one transaction, except rows whose key may no longer sign
-    /// (revoked or retired since it signed): their kids are returned, their rows not written.
-    pub async fn insert(&mut self, entries: &[&Entry]) -> anyhow::Result<HashSet<String>> {
+    /// Commits `entries` in one transaction, except rows whose key may no longer sign or
+    /// whose client was revoked: those are returned, their rows not written.
+    pub async fn insert(&mut self, entries: &[&Entry]) -> anyhow::Result<Refused> {
         match self {
             IssuanceWriter::Sqlite(w) => w.insert(entries).await,
             IssuanceWriter::Postgres(pool) => postgres::issuance::insert(pool, entries).await,

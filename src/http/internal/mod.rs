@@ -677,7 +677,8 @@ async fn sign(
 /// Judges, signs and records one token. The caller gets it only once its ledger row is
 /// committed; if the ledger cannot record it, nobody gets it. If the signing key was
 /// revoked meanwhile (on any replica), the row is refused: the token is signed once more
-/// with the signer of an up-to-date snapshot, or refused (503).
+/// with the signer of an up-to-date snapshot, or refused (503). If the client was revoked
+/// meanwhile, 401.
 async fn issue(
     state: &InternalState,
     snapshot: &Snapshot,
@@ -694,9 +695,11 @@ async fn issue(
             })?;
             match issue_once(state, &fresh, client, profile, request).await? {
                 Ok(signed) => Ok(signed),
+                Err(NotRecorded::ClientRevoked) => Err(ApiError::Unauthorized),
                 Err(_) => Err(ApiError::NotRecorded),
             }
         }
+        Err(NotRecorded::ClientRevoked) => Err(ApiError::Unauthorized),
         Err(NotRecorded::Failed) => Err(ApiError::NotRecorded),
     }
 }

@@ -1,11 +1,10 @@
 //! The SQL of the `issuance` table: the ledger writer's inserts, audit queries, pruning.
 
-use std::collections::HashSet;
-
 use anyhow::Context;
 use sqlx::{PgPool, Postgres, QueryBuilder, Row};
 
 use super::WriteTx;
+use crate::store::issuance::Refused;
 use crate::store::rows::{Entry, Filter};
 
 /// The `jti` of the row a probe writes and deletes again (real jtis are 22 characters).
@@ -15,33 +14,36 @@ const PROBE_JTI: &str = "-ledger-probe-";
 const CHUNK: usize = 1_024;
 
 /// Commits `entries` in one transaction, except those whose key may no longer sign
-/// (revoked or retired): their kids are returned and their rows not written. The keys'
-/// rows are read `FOR SHARE`, so a revoke that commits first is seen, and one that comes
-/// later waits for this commit: no row of a revoked key commits after its revocation.
-pub async fn insert(pool: &PgPool, entries: &[&Entry]) -> anyhow::Result<HashSet<String>> {
+/// (revoked or retired) or whose client was revoked: those are returned, their rows not
+/// written. The key and client rows are read `FOR SHARE`, so a revocation that committed
+/// first is seen, and one that comes later waits for this commit: no row of a revoked key
+/// or client commits after the revocation, whichever replica revoked it.
+pub async fn insert(pool: &PgPool, entries: &[&Entry]) -> anyhow::Result<Refused> {
     let mut tx = WriteTx::begin(pool).await.context("beginning the ledger transaction")?;
-    let kids: Vec<&str> =
-        entries.iter().filter_map(|e| e.kid.as_deref()).collect::<HashSet<_>>().into_iter().collect();
-    let mut withdrawn: HashSet<String> = kids.iter().map(|kid| (*kid).to_owned()).collect();
-    if !kids.is_empty() {
-        let allowed: Vec<String> = sqlx::query_scalar(
+    let mut refused = Refused::all_of(entries);
+    for (sql, names) in [
+        (
             "SELECT kid FROM keys WHERE kid = ANY($1) AND revoked_at IS NULL AND retired_at IS NULL FOR SHARE",
-        )
-        .bind(&kids)
-        .fetch_all(&mut *tx)
-        .await
-        .context("checking the signing keys")?;
-        for kid in allowed {
-            withdrawn.remove(&kid);
+            &mut refused.kids,
+        ),
+        ("SELECT name FROM clients WHERE name = ANY($1) AND revoked_at IS NULL FOR SHARE", &mut refused.clients),
+    ] {
+        if names.is_empty() {
+            continue;
+        }
+        let list: Vec<&String> = names.iter().collect();
+        let allowed: Vec<String> =
+            sqlx::query_scalar(sql).bind(&list).fetch_all(&mut *tx).await.context("checking keys and clients")?;
+        for name in allowed {
+            names.remove(&name);
         }
     }
-    let kept: Vec<&Entry> =
-        entries.iter().copied().filter(|e| e.kid.as_ref().is_none_or(|kid| !withdrawn.contains(kid))).collect();
+    let kept: Vec<&Entry> = entries.iter().copied().filter(|e| !refused.covers(e)).collect();
     for chunk in kept.chunks(CHUNK) {
         insert_rows(&mut tx, chunk).await?;
     }
     tx.commit().await.context("committing ledger rows")?;
-    Ok(withdrawn)
+    Ok(refused)
 }
 
 /// A row written and deleted in one transaction: whether the ledger can commit now.

@@ -1,12 +1,11 @@
 //! The SQL of the `issuance` table: the ledger writer's inserts, audit queries, pruning.
 
-use std::collections::HashSet;
-
 use anyhow::Context;
 use sqlx::pool::PoolConnection;
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
 use super::WriteTx;
+use crate::store::issuance::Refused;
 use crate::store::rows::{Entry, Filter};
 
 /// The `jti` of the row a probe writes and deletes again (real jtis are 22 characters).
@@ -36,11 +35,12 @@ impl IssuanceWriter {
     }
 
     /// Commits `entries` in one transaction, except those whose key may no longer sign
-    /// (revoked or retired): their kids are returned and their rows not written. The check
-    /// runs under the write lock, so no row of a revoked key commits after its revocation.
+    /// (revoked or retired) or whose client was revoked: those are returned and their rows
+    /// not written. The check runs under the write lock, so no row of a revoked key or
+    /// client commits after the revocation.
     /// After a failure the connection is dropped (the failed transaction marked it to
     /// close): the next one starts on a fresh one.
-    pub async fn insert(&mut self, entries: &[&Entry]) -> anyhow::Result<HashSet<String>> {
+    pub async fn insert(&mut self, entries: &[&Entry]) -> anyhow::Result<Refused> {
         let result = self.insert_all(entries).await;
         self.forget_after(&result);
         result
@@ -60,11 +60,10 @@ impl IssuanceWriter {
         }
     }
 
-    async fn insert_all(&mut self, entries: &[&Entry]) -> anyhow::Result<HashSet<String>> {
+    async fn insert_all(&mut self, entries: &[&Entry]) -> anyhow::Result<Refused> {
         let mut tx = self.begin().await?;
-        let withdrawn = withdrawn_kids(&mut tx, entries).await?;
-        let kept: Vec<&Entry> =
-            entries.iter().copied().filter(|e| e.kid.as_ref().is_none_or(|kid| !withdrawn.contains(kid))).collect();
+        let refused = refused(&mut tx, entries).await?;
+        let kept: Vec<&Entry> = entries.iter().copied().filter(|e| !refused.covers(e)).collect();
         let mut rest = kept.as_slice();
         while !rest.is_empty() {
             let (chunk, tail) = rest.split_at(chunk_len(rest.len()));
@@ -72,7 +71,7 @@ impl IssuanceWriter {
             rest = tail;
         }
         tx.commit().await.context("committing ledger rows")?;
-        Ok(withdrawn)
+        Ok(refused)
     }
 
     async fn probe_write(&mut self) -> anyhow::Result<()> {
@@ -93,25 +92,30 @@ impl IssuanceWriter {
     }
 }
 
-/// The kids among `entries` that may no longer sign: revoked, retired or unknown.
-async fn withdrawn_kids(tx: &mut sqlx::SqliteConnection, entries: &[&Entry]) -> anyhow::Result<HashSet<String>> {
-    let mut withdrawn: HashSet<String> = entries.iter().filter_map(|e| e.kid.clone()).collect();
-    if withdrawn.is_empty() {
-        return Ok(withdrawn);
+/// The rows of `entries` that may not be written: their key may no longer sign (revoked,
+/// retired or unknown) or their client is revoked.
+async fn refused(tx: &mut sqlx::SqliteConnection, entries: &[&Entry]) -> anyhow::Result<Refused> {
+    let mut refused = Refused::all_of(entries);
+    for (sql, names) in [
+        ("SELECT kid FROM keys WHERE revoked_at IS NULL AND retired_at IS NULL AND kid IN (", &mut refused.kids),
+        ("SELECT name FROM clients WHERE revoked_at IS NULL AND name IN (", &mut refused.clients),
+    ] {
+        if names.is_empty() {
+            continue;
+        }
+        let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(sql);
+        let mut list = query.separated(", ");
+        for name in names.iter() {
+            list.push_bind(name.clone());
+        }
+        query.push(")");
+        let allowed: Vec<String> =
+            query.build_query_scalar().fetch_all(&mut *tx).await.context("checking keys and clients")?;
+        for name in allowed {
+            names.remove(&name);
+        }
     }
-    let mut query: QueryBuilder<Sqlite> =
-        QueryBuilder::new("SELECT kid FROM keys WHERE revoked_at IS NULL AND retired_at IS NULL AND kid IN (");
-    let mut kids = query.separated(", ");
-    for kid in &withdrawn {
-        kids.push_bind(kid.clone());
-    }
-    query.push(")");
-    let allowed: Vec<String> =
-        query.build_query_scalar().fetch_all(&mut *tx).await.context("checking the signing keys")?;
-    for kid in allowed {
-        withdrawn.remove(&kid);
-    }
-    Ok(withdrawn)
+    Ok(refused)
 }
 
 /// Rows go in chunks of 256, 128, ... or 1, so that only nine different statements exist

@@ -1,0 +1,254 @@
+//! The store suite: every test runs on SQLite and on PostgreSQL (a real server started by
+//! the tests), through the same `Store` the server uses.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keyward::app::scheduler;
+use keyward::keys::KeyState;
+use keyward::store::rows::{Entry, Filter};
+use keyward::store::Store;
+use serde_json::json;
+
+use crate::helpers::{on_both_stores, spawn_app_on, Backend, TestApp};
+
+const PROFILE: &str = "npm-sandbox";
+
+/// Another process's handle on the app's database (a pool of its own).
+async fn elsewhere(app: &TestApp) -> Store {
+    Store::connect(&app.config.database()).await.unwrap()
+}
+
+fn entry(jti: &str, client: &str, kid: Option<&str>, iat: i64) -> Entry {
+    Entry {
+        jti: jti.to_owned(),
+        profile: PROFILE.to_owned(),
+        client: client.to_owned(),
+        sub: Some(format!("sub-{jti}")),
+        kid: kid.map(str::to_owned),
+        alg: "ES256".to_owned(),
+        iat,
+        exp: iat + 60,
+        claim_names: vec!["obo_user".to_owned()],
+    }
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+async fn current_kid(store: &Store) -> String {
+    store.keys().await.unwrap().into_iter().find(|k| k.state() == KeyState::Current).unwrap().kid
+}
+
+on_both_stores! {
+    async fn concurrent_schedulers_take_each_rotation_step_once(backend: Backend) {
+        let app = spawn_app_on(backend, |_| {}).await;
+        assert_eq!(app.store.keys().await.unwrap().len(), 2);
+        let set = &app.config.key_sets[0];
+        // A moment when the rotation is due: six replicas decide it at once.
+        let due = now() + set.rotate_every.as_secs_i64() + 1;
+        let mut passes = Vec::new();
+        for _ in 0..6 {
+            let (store, master, config) = (elsewhere(&app).await, app.master.clone(), app.config.clone());
+            passes.push(tokio::spawn(async move { scheduler::run_due(&store, &master, &config, due, None).await }));
+        }
+        for pass in passes {
+            pass.await.unwrap();
+        }
+        let keys = app.store.keys().await.unwrap();
+        let count = |s: KeyState| keys.iter().filter(|k| k.state() == s).count();
+        assert_eq!(keys.len(), 3, "one rotation makes one new key: {keys:?}");
+        assert_eq!((count(KeyState::Current), count(KeyState::Next)), (1, 1), "{keys:?}");
+    }
+
+    async fn a_client_added_by_two_processes_at_once_exists_once(backend: Backend) {
+        let app = spawn_app_on(backend, |_| {}).await;
+        let mut adds = Vec::new();
+        for _ in 0..4 {
+            let (store, config) = (elsewhere(&app).await, app.config.clone());
+            adds.push(tokio::spawn(async move {
+                keyward::ops::clients::add(&store, &config, "backend", &[PROFILE.to_owned()], false, now()).await
+            }));
+        }
+        let mut made = 0;
+        for add in adds {
+            match add.await.unwrap() {
+                Ok(_) => made += 1,
+                Err(keyward::ops::clients::ClientError::Exists(_)) => {}
+                Err(other) => panic!("{other}"),
+            }
+        }
+        assert_eq!(made, 1);
+        assert_eq!(app.store.clients().await.unwrap().len(), 1);
+    }
+
+    async fn a_ledger_row_of_a_revoked_key_or_client_is_refused_in_its_own_transaction(backend: Backend) {
+        let app = spawn_app_on(backend, |_| {}).await;
+        app.client("backend", &[PROFILE]).await;
+        app.client("gone", &[PROFILE]).await;
+        let revoked = current_kid(&app.store).await;
+        keyward::ops::revoke(&app.store, &app.master, &app.config, &revoked, now()).await.unwrap();
+        keyward::ops::clients::revoke(&app.store, "gone", now()).await.unwrap();
+        let signer = current_kid(&app.store).await;
+        let rows = [
+            entry("old-key", "backend", Some(&revoked), now()),
+            entry("new-key", "backend", Some(&signer), now()),
+            entry("no-key", "backend", None, now()),
+            entry("gone-client", "gone", Some(&signer), now()),
+            entry("unknown-key", "backend", Some("no-such-kid"), now()),
+        ];
+        let mut writer = app.store.issuance_writer();
+        let refused = writer.insert(&rows.iter().collect::<Vec<_>>()).await.unwrap();
+        assert_eq!(refused.kids, HashSet::from([revoked.clone(), "no-such-kid".to_owned()]));
+        assert_eq!(refused.clients, HashSet::from(["gone".to_owned()]));
+        let stored: HashSet<String> =
+            app.store.issuance(&Filter::default(), 100).await.unwrap().into_iter().map(|e| e.jti).collect();
+        assert_eq!(stored, HashSet::from(["new-key".to_owned(), "no-key".to_owned()]));
+    }
+
+    async fn a_change_committed_by_another_process_is_heard(backend: Backend) {
+        let app = spawn_app_on(backend, |_| {}).await;
+        let mut changes = app.store.changes().await.unwrap();
+        changes.next().await.unwrap();
+        let before = app.store.generation().await.unwrap();
+        let other = elsewhere(&app).await;
+        let mut heard = Vec::new();
+        for round in 0..5 {
+            let (store, seen) = (app.store.clone(), app.store.generation().await.unwrap());
+            let waiting = tokio::spawn(async move {
+                loop {
+                    changes.next().await.unwrap();
+                    if store.generation().await.unwrap() > seen {
+                        return changes;
+                    }
+                }
+            });
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let committed = Instant::now();
+            keyward::ops::clients::add(&other, &app.config, &format!("c{round}"), &[PROFILE.to_owned()], false, now())
+                .await
+                .unwrap();
+            changes = tokio::time::timeout(Duration::from_secs(30), waiting).await.expect("no change heard").unwrap();
+            heard.push(committed.elapsed());
+        }
+        assert_eq!(app.store.generation().await.unwrap(), before + 5);
+        println!("{backend:?}: changes heard after {heard:?}");
+    }
+
+    async fn the_ledger_is_queried_and_pruned_alike(backend: Backend) {
+        let app = spawn_app_on(backend, |_| {}).await;
+        app.client("alpha", &[PROFILE]).await;
+        app.client("beta", &[PROFILE]).await;
+        let kid = current_kid(&app.store).await;
+        let t = now();
+        let rows: Vec<Entry> = (0..600)
+            .map(|i| entry(&format!("jti-{i:04}"), if i % 3 == 0 { "alpha" } else { "beta" }, Some(&kid), t - 1_000 + i))
+            .collect();
+        let refused = app.store.issuance_writer().insert(&rows.iter().collect::<Vec<_>>()).await.unwrap();
+        assert!(refused.kids.is_empty() && refused.clients.is_empty());
+        let alpha = Filter { client: Some("alpha".to_owned()), ..Filter::default() };
+        let found = app.store.issuance(&alpha, 1_000).await.unwrap();
+        assert_eq!(found.len(), 200);
+        assert_eq!(found[0], rows[597], "newest first, every field kept");
+        let window = Filter { since: Some(t - 1_000 + 10), until: Some(t - 1_000 + 20), ..Filter::default() };
+        assert_eq!(app.store.issuance(&window, 1_000).await.unwrap().len(), 10);
+        assert_eq!(app.store.prune_issuance(t - 1_000 + 100).await.unwrap(), 100);
+        assert_eq!(app.store.counts().await.unwrap().issuance, 500);
+    }
+
+    async fn migrate_store_copies_everything_from_sqlite_and_verifies_the_counts(backend: Backend) {
+        let source = spawn_app_on(Backend::Sqlite, |_| {}).await;
+        let token = source.client("backend", &[PROFILE]).await;
+        keyward::ops::clients::add(&source.store, &source.config, "old", &[PROFILE.to_owned()], false, now())
+            .await
+            .unwrap();
+        keyward::ops::clients::revoke(&source.store, "old", now()).await.unwrap();
+        let mut jtis = Vec::new();
+        for i in 0..5 {
+            jtis.push(source.sign_ok(PROFILE, &token, &json!({"sub": format!("s{i}")})).await["jti"].clone());
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let target = Store::connect(
+            &keyward::config::Database::parse(&backend.new_database_url(dir.path()).await).unwrap(),
+        )
+        .await
+        .unwrap();
+        let counts = keyward::ops::migrate_store::migrate_store(&source.store, &target).await.unwrap();
+        assert_eq!((counts.keys, counts.clients, counts.issuance), (2, 2, 5));
+        // Oldest first in both; keys of the same second in either order.
+        let by_kid = |mut keys: Vec<keyward::keys::KeyRecord>| {
+            keys.sort_by(|a, b| a.kid.cmp(&b.kid));
+            keys
+        };
+        let as_json = |keys: Vec<keyward::keys::KeyRecord>| serde_json::to_value(by_kid(keys)).unwrap();
+        assert_eq!(
+            as_json(target.keys().await.unwrap()),
+            as_json(source.store.keys().await.unwrap()),
+            "keys copied as they are"
+        );
+        let sealed =
+            |keys: Vec<keyward::keys::KeyRecord>| by_kid(keys).into_iter().map(|k| k.sealed_private).collect::<Vec<_>>();
+        assert_eq!(sealed(target.keys().await.unwrap()), sealed(source.store.keys().await.unwrap()), "still sealed");
+        let ledger = target.issuance(&Filter::default(), 10).await.unwrap();
+        assert_eq!(ledger, source.store.issuance(&Filter::default(), 10).await.unwrap());
+        // A second run refuses: the target is no longer empty.
+        let again = keyward::ops::migrate_store::migrate_store(&source.store, &target).await.unwrap_err();
+        assert!(again.to_string().contains("not empty"), "{again}");
+    }
+
+    async fn a_key_revoked_by_another_process_signs_nothing_once_the_revoke_returned(backend: Backend) {
+        let app = Arc::new(spawn_app_on(backend, |_| {}).await);
+        let token = app.client("backend", &[PROFILE]).await;
+        let revoked = current_kid(&app.store).await;
+        let revoked_at: Arc<std::sync::Mutex<Option<Instant>>> = Arc::default();
+        let mut signers = Vec::new();
+        for n in 0..4 {
+            let (app, token, revoked_at) = (Arc::clone(&app), token.clone(), Arc::clone(&revoked_at));
+            signers.push(tokio::spawn(async move {
+                let mut seen = Vec::new();
+                for i in 0..60 {
+                    let sent = Instant::now();
+                    let response = app.sign(PROFILE, &token, &json!({"sub": format!("{n}-{i}")})).await;
+                    let status = response.status().as_u16();
+                    let body: serde_json::Value = response.json().await.unwrap();
+                    let after_revoke = revoked_at.lock().unwrap().is_some_and(|at| sent > at);
+                    seen.push((status, body, after_revoke));
+                }
+                seen
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let other = elsewhere(&app).await;
+        keyward::ops::revoke(&other, &app.master, &app.config, &revoked, now()).await.unwrap();
+        *revoked_at.lock().unwrap() = Some(Instant::now());
+        let mut issued = Vec::new();
+        for signer in signers {
+            for (status, body, after_revoke) in signer.await.unwrap() {
+                assert_eq!(status, 200, "{body}");
+                if after_revoke {
+                    assert_ne!(body["kid"], revoked.as_str(), "the revoked key signed after the revoke returned");
+                }
+                issued.push(body["jti"].as_str().unwrap().to_owned());
+            }
+        }
+        let rows: HashSet<String> =
+            app.store.issuance(&Filter::default(), 10_000).await.unwrap().into_iter().map(|e| e.jti).collect();
+        assert!(issued.iter().all(|jti| rows.contains(jti)), "a 200 without its ledger row");
+    }
+
+    async fn a_client_added_or_revoked_by_another_process_counts_on_the_very_next_request(backend: Backend) {
+        let app = spawn_app_on(backend, |_| {}).await;
+        let other = elsewhere(&app).await;
+        for round in 0..5 {
+            let name = format!("c{round}");
+            let token =
+                keyward::ops::clients::add(&other, &app.config, &name, &[PROFILE.to_owned()], false, now()).await.unwrap();
+            app.sign_ok(PROFILE, &token, &json!({"sub": "a"})).await;
+            keyward::ops::clients::revoke(&other, &name, now()).await.unwrap();
+            let refused = app.sign(PROFILE, &token, &json!({"sub": "b"})).await;
+            assert_eq!(refused.status(), 401, "round {round}: a revoked client was served");
+        }
+    }
+}
