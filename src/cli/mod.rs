@@ -52,13 +52,14 @@ pub struct Cli {
 
 /// The end of `--help`: where the database is and every environment variable.
 fn after_help() -> String {
-    let mut text = String::from(
-        "Database: [server] database_url of the configuration (default sqlite://data/keyward.db). A relative \
+    let mut text = format!(
+        "Database: [server] database_url of the configuration (default {}). A relative \
          path in a configuration file is relative to that file's folder; with no file (built-in defaults) or \
          from KEYWARD_DATABASE_URL, to the working directory. Every command says on standard error which \
          configuration and database it used.\n\nEnvironment variables:\n",
+        config::Config::default().server.database_url
     );
-    for (name, what) in config::KNOWN_ENV {
+    for (name, what) in config::known_env() {
         text.push_str(&format!("  {name:<36} {what}\n"));
     }
     text.push_str(&format!("  {:<36} log filter, e.g. debug or keyward=debug,sqlx=warn\n", "RUST_LOG"));

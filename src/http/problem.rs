@@ -34,7 +34,7 @@ pub enum ApiError {
     NotFound(String),
     /// The method is not supported here.
     #[error("method not allowed")]
-    MethodNotAllowed(&'static str),
+    MethodNotAllowed(String),
     /// The body is not usable JSON of the expected shape.
     #[error("invalid request body: {detail}")]
     InvalidBody {
@@ -230,7 +230,7 @@ impl ResponseError for ApiError {
                 response.insert_header((header::RETRY_AFTER, "1"));
             }
             ApiError::MethodNotAllowed(allow) => {
-                response.insert_header((header::ALLOW, *allow));
+                response.insert_header((header::ALLOW, allow.as_str()));
             }
             ApiError::TooManyRequests(wait) => {
                 response.insert_header((header::RETRY_AFTER, wait.to_string()));

@@ -55,7 +55,7 @@ async fn dispatch(req: HttpRequest, state: web::Data<PublicState>) -> Result<Htt
         return Err(ApiError::NotFound("no such resource".to_owned()));
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return Err(ApiError::MethodNotAllowed("GET, HEAD"));
+        return Err(ApiError::MethodNotAllowed("GET, HEAD".to_owned()));
     }
     let snapshot = state.shared.snapshot();
     match (path, route) {

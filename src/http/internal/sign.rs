@@ -1,0 +1,210 @@
+//! Signing: `POST /v1/profiles/{profile}/sign`, and the issuance shared with the token exchange.
+
+use std::time::Instant;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use rand::RngCore;
+use serde::Serialize;
+
+use super::auth::Caller;
+use super::body::json_body;
+use super::{no_store_json, InternalState};
+use crate::app::ledger::NotRecorded;
+use crate::app::snapshot::Snapshot;
+use crate::http::problem::{ApiError, Problem};
+use crate::policy::client::Client;
+use crate::policy::profile::{Prepared, Profile, Refusal, RefusalKind, SignRequest, SignedBy};
+use crate::store::rows::Entry;
+
+#[utoipa::path(post, path = "/v1/profiles/{profile}/sign", tag = "signing", security(("bearer" = [])),
+    params(("profile" = String, Path, description = "Profile name")), request_body = SignRequest,
+    responses((status = 200, body = Signed), (status = 400, body = Problem), (status = 401, body = Problem),
+        (status = 403, body = Problem), (status = 404, body = Problem), (status = 408, body = Problem),
+        (status = 409, body = Problem), (status = 413, body = Problem), (status = 415, body = Problem),
+        (status = 422, body = Problem), (status = 429, body = Problem), (status = 503, body = Problem)))]
+pub(super) async fn sign(
+    caller: Caller,
+    req: HttpRequest,
+    name: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<InternalState>,
+) -> Result<HttpResponse, ApiError> {
+    let profile = caller.profile(&state, &name)?;
+    let request: SignRequest = json_body(&req, payload, state.body_timeout()).await?;
+    if request.cache.is_some() {
+        return Err(ApiError::InvalidBody {
+            field: Some("cache".into()),
+            detail: "only /token takes \"cache\"".into(),
+        });
+    }
+    let signed = issue(&state, &caller.snapshot, &caller.client, profile, request).await?;
+    Ok(no_store_json(&signed))
+}
+
+/// Judges, signs and records one token. The caller gets it only once its ledger row is
+/// committed; if the ledger cannot record it, nobody gets it. If the signing key was
+/// revoked meanwhile (on any replica), the row is refused: the token is signed once more
+/// with the signer of an up-to-date snapshot, or refused (503). If the client was revoked
+/// meanwhile, 401.
+pub(super) async fn issue(
+    state: &InternalState,
+    snapshot: &Snapshot,
+    client: &Client,
+    profile: &Profile,
+    request: SignRequest,
+) -> Result<Signed, ApiError> {
+    match issue_once(state, snapshot, client, profile, request.clone()).await? {
+        Ok(signed) => Ok(signed),
+        Err(NotRecorded::KeyWithdrawn) => {
+            let fresh = state.shared.catch_up(snapshot.generation).await.map_err(|err| {
+                tracing::warn!(error = format!("{err:#}"), "reloading after a withdrawn signer failed");
+                ApiError::NotRecorded
+            })?;
+            match issue_once(state, &fresh, client, profile, request).await? {
+                Ok(signed) => Ok(signed),
+                Err(NotRecorded::ClientRevoked) => Err(ApiError::Unauthorized),
+                Err(_) => Err(ApiError::NotRecorded),
+            }
+        }
+        Err(NotRecorded::ClientRevoked) => Err(ApiError::Unauthorized),
+        Err(NotRecorded::Failed) => Err(ApiError::NotRecorded),
+    }
+}
+
+/// One attempt of [`issue`]: the ledger's refusal is the inner error.
+async fn issue_once(
+    state: &InternalState,
+    snapshot: &Snapshot,
+    client: &Client,
+    profile: &Profile,
+    request: SignRequest,
+) -> Result<Result<Signed, NotRecorded>, ApiError> {
+    let metrics = state.shared.metrics();
+    let sub = request.sub.clone();
+    let claim_names: Vec<String> = request.claims.keys().cloned().collect();
+    let started = Instant::now();
+    let jti = new_jti();
+    let prepared = profile.prepare(request, chrono::Utc::now().timestamp(), jti.clone()).map_err(|refusal| {
+        metrics.token(&profile.name, "none", "refused");
+        refused(refusal)
+    })?;
+    let signed = sign_prepared(snapshot, profile, prepared, jti).inspect_err(|_| {
+        metrics.token(&profile.name, "none", "failed");
+    })?;
+    metrics.signed_in(started.elapsed());
+    let entry = Entry {
+        jti: signed.jti.clone(),
+        profile: profile.name.clone(),
+        client: client.name.clone(),
+        sub,
+        kid: signed.kid.clone(),
+        alg: signed.alg.to_owned(),
+        iat: signed.issued_at,
+        exp: signed.expires_at,
+        claim_names,
+    };
+    if let Err(refusal) = state.ledger.record(entry).await {
+        metrics.token(&profile.name, signed.alg, "failed");
+        return Ok(Err(refusal));
+    }
+    metrics.token(&profile.name, signed.alg, "issued");
+    tracing::debug!(profile = %profile.name, client = %client.name, kid = signed.kid, jti = signed.jti, "token issued");
+    Ok(Ok(signed))
+}
+
+/// Signs prepared claims with the profile's key set or secret.
+fn sign_prepared(snapshot: &Snapshot, profile: &Profile, prepared: Prepared, jti: String) -> Result<Signed, ApiError> {
+    let (token, kid, alg) = match &profile.signed_by {
+        SignedBy::KeySet(set) => {
+            let signer = snapshot
+                .key_sets
+                .get(set)
+                .and_then(|view| view.signer.clone())
+                .ok_or_else(|| ApiError::NoSigningKey(format!("key set {set} has no signing key yet")))?;
+            let token = signer.sign(prepared.claims).map_err(anyhow::Error::from)?;
+            (token, Some(signer.kid().to_owned()), signer.algorithm().as_str())
+        }
+        SignedBy::Secret(_) => {
+            let secret = snapshot.secrets.get(&profile.name).ok_or_else(|| {
+                ApiError::NoSigningKey(format!(
+                    "profile {0} has no secret yet (an operator sets it with `keyward secrets set {0}`)",
+                    profile.name
+                ))
+            })?;
+            let token = secret.sign(prepared.claims).map_err(anyhow::Error::from)?;
+            (token, None, secret.algorithm().as_str())
+        }
+    };
+    Ok(Signed {
+        token,
+        kid,
+        alg,
+        jti,
+        issued_at: prepared.issued_at,
+        expires_at: prepared.expires_at,
+        expires_in: prepared.expires_at - prepared.issued_at,
+    })
+}
+
+/// A signed token.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct Signed {
+    pub(super) token: String,
+    kid: Option<String>,
+    alg: &'static str,
+    jti: String,
+    issued_at: i64,
+    expires_at: i64,
+    expires_in: i64,
+}
+
+/// A fresh `jti`: the issue time in milliseconds (48 bits) then 80 random bits, base64url.
+///
+/// The time prefix keeps the ledger's `jti` index local: the rows of one commit land on
+/// neighbouring pages instead of one random page each (which cost a page write apiece).
+/// Uniqueness rests on the random part: 2^40 tokens in one millisecond before a collision
+/// becomes likely.
+fn new_jti() -> String {
+    let mut random = [0u8; 10];
+    rand::rng().fill_bytes(&mut random);
+    jti_from(chrono::Utc::now().timestamp_millis(), random)
+}
+
+fn jti_from(unix_millis: i64, random: [u8; 10]) -> String {
+    let mut bytes = [0u8; 16];
+    bytes[..6].copy_from_slice(&unix_millis.to_be_bytes()[2..]);
+    bytes[6..].copy_from_slice(&random);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+pub(super) fn refused(refusal: Refusal) -> ApiError {
+    match refusal.kind {
+        RefusalKind::Malformed => ApiError::InvalidBody { field: Some(refusal.field), detail: refusal.detail },
+        RefusalKind::Unacceptable => ApiError::Refused { field: refusal.field, detail: refusal.detail },
+        RefusalKind::NotNow => ApiError::Conflict(refusal.detail),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jti_is_the_time_then_80_random_bits() {
+        let a = new_jti();
+        assert_eq!(URL_SAFE_NO_PAD.decode(&a).unwrap().len(), 16);
+        assert_ne!(a, new_jti());
+        let jti = jti_from(0x0123_4567_89ab, [0xff; 10]);
+        let mut expected = vec![0x01, 0x23, 0x45, 0x67, 0x89, 0xab];
+        expected.extend([0xff; 10]);
+        assert_eq!(URL_SAFE_NO_PAD.decode(&jti).unwrap(), expected);
+        // Tokens issued close together share a prefix (and so neighbouring index pages):
+        // the first five characters are the top 30 bits of the time, 2^18 ms (4.4 minutes).
+        let window_start = 1_795_000_000_000 & !0x3_ffff;
+        let (first, last) = (jti_from(window_start, [0; 10]), jti_from(window_start + 0x3_ffff, [0xff; 10]));
+        assert_eq!(first[..5], last[..5]);
+        assert_ne!(first[..5], jti_from(window_start + 0x4_0000, [0; 10])[..5]);
+    }
+}
