@@ -10,6 +10,7 @@ mod operations;
 mod partners;
 mod postgres;
 mod reliability;
+mod replicas;
 mod rotation;
 mod sign;
 mod storage;
