@@ -5,6 +5,7 @@ mod first_hour;
 mod helpers;
 mod jwks;
 mod keys_and_secrets;
+mod migrate;
 mod openapi;
 mod operations;
 mod partners;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 const UNPRIVILEGED_UID: u32 = 65534;
 
 /// The folder of `initdb` and `postgres`, or a failure that says what to install.
-fn bin_dir() -> PathBuf {
+pub fn bin_dir() -> PathBuf {
     let from_pg_config = Command::new("pg_config")
         .arg("--bindir")
         .output()
@@ -60,6 +60,8 @@ pub struct PgServer {
     _folder: Option<tempfile::TempDir>,
     port: u16,
     process: Mutex<Option<Child>>,
+    /// With TLS: the server's self-signed certificate (its own CA).
+    certificate: Option<PathBuf>,
 }
 
 static DATABASES: AtomicUsize = AtomicUsize::new(0);
@@ -72,6 +74,35 @@ impl PgServer {
         let server = PgServer::init(data, Some(folder));
         server.launch();
         server
+    }
+
+    /// A new server that also accepts TLS, with a self-signed certificate for localhost
+    /// and 127.0.0.1 (see [`PgServer::certificate`]).
+    pub fn start_with_tls() -> PgServer {
+        let folder = tempfile::Builder::new().prefix("keyward-pg-").tempdir().unwrap();
+        let mut server = PgServer::init(folder.path().join("data"), Some(folder));
+        let (crt, key) = (server.data.join("server.crt"), server.data.join("server.key"));
+        let made = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
+            .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+            .args(["-keyout", key.to_str().unwrap(), "-out", crt.to_str().unwrap()])
+            .output()
+            .expect("the openssl command (Debian: apt-get install openssl)");
+        assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        if running_as_root() {
+            for file in [&crt, &key] {
+                std::os::unix::fs::chown(file, Some(UNPRIVILEGED_UID), Some(UNPRIVILEGED_UID)).unwrap();
+            }
+        }
+        server.certificate = Some(crt);
+        server.launch();
+        server
+    }
+
+    /// The TLS server's certificate, to trust as `sslrootcert`.
+    pub fn certificate(&self) -> &Path {
+        self.certificate.as_deref().expect("a server started with TLS")
     }
 
     fn init(data: PathBuf, folder: Option<tempfile::TempDir>) -> PgServer {
@@ -89,7 +120,7 @@ impl PgServer {
             .output()
             .unwrap();
         assert!(output.status.success(), "initdb failed: {}", String::from_utf8_lossy(&output.stderr));
-        PgServer { bin, data, _folder: folder, port: free_port(), process: Mutex::new(None) }
+        PgServer { bin, data, _folder: folder, port: free_port(), process: Mutex::new(None), certificate: None }
     }
 
     /// Starts `postgres` and waits until it accepts connections.
@@ -103,6 +134,11 @@ impl PgServer {
             .env_clear()
             .stdout(Stdio::null())
             .stderr(log);
+        if let Some(crt) = &self.certificate {
+            let key = crt.with_file_name("server.key");
+            command.args(["-c", "ssl=on", "-c", &format!("ssl_cert_file={}", crt.display())]);
+            command.args(["-c", &format!("ssl_key_file={}", key.display())]);
+        }
         // SAFETY: prctl is async-signal-safe. The server dies with the process that started
         // it (the test binary's keeper thread), even when the tests are killed.
         unsafe {

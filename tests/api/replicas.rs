@@ -263,3 +263,37 @@ async fn while_postgres_is_down_the_jwks_is_served_signing_is_refused_and_all_re
         .await;
     assert!(recovered, "not ready again a minute after the database came back");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_postgres_is_taken_from_sslmode_in_the_url_and_verified() {
+    let pg = PgServer::start_with_tls();
+    let plain = pg.new_database().await;
+    let database = plain.replace("127.0.0.1", "localhost");
+    let root = pg.certificate().display().to_string();
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.server.database_url = format!("{database}?sslmode=verify-full&sslrootcert={root}");
+    let app = spawn_in(dir, config, keyward::seal::MasterKey::generate()).await;
+    let token = app.client("backend", &[PROFILE]).await;
+    app.sign_ok(PROFILE, &token, &json!({"sub": "over-tls"})).await;
+    let keyward::store::Store::Postgres(pg_store) = &app.store else { panic!("not PostgreSQL") };
+    let encrypted: bool = sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        .fetch_one(pg_store.pool())
+        .await
+        .unwrap();
+    assert!(encrypted, "the connection is not encrypted");
+
+    // A certificate the URL does not trust is refused at start-up.
+    let other = tempfile::tempdir().unwrap();
+    let wrong = other.path().join("other.crt");
+    let made = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .args(["-keyout", other.path().join("k").to_str().unwrap(), "-out", wrong.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let url = format!("{database}?sslmode=verify-full&sslrootcert={}", wrong.display());
+    let refused = Store::connect(&keyward::config::Database::parse(&url).unwrap()).await;
+    assert!(refused.is_err(), "a server whose certificate is not trusted was accepted");
+}
