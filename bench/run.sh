@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # keyward's benchmark (never part of `cargo test`): in one run and with one wrk load, measures
 # the floors (`openssl speed`, nginx on loopback serving keyward's JWKS bytes and a fixed
-# sign answer, the node peer when PEERS_DIR is given), then keyward on a fresh database,
-# and prints each keyward row beside its floor. Everything it starts, it stops; its files
+# sign answer, the node peer when PEERS_DIR is given), then keyward on a fresh database
+# (SQLite, then its sign rows on a PostgreSQL server of its own), and prints each keyward row
+# beside its floor. Everything it starts, it stops; its files
 # live in a temporary folder that it removes. Takes about 2 + 12 x (WARMUP + DURATION) s.
 #
 #   bash bench/run.sh                                    # builds target/release/keyward
@@ -11,13 +12,16 @@
 #   KEYWARD_LEDGER_COMMIT_INTERVAL_MS=5 SERVERS=keyward bash bench/run.sh   # keyward alone
 #
 # DURATION (10) and WARMUP (2) are seconds per row; SIGN_CONNS (16), JWKS_CONNS (64),
-# OPENSSL_SECONDS (3); SERVERS picks among "nginx node keyward". Installs wrk and nginx
-# with apt-get when missing.
+# OPENSSL_SECONDS (3); SERVERS picks among "nginx node keyward keyward-pg". Installs wrk,
+# nginx and postgresql with apt-get when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 missing=()
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+case " ${SERVERS:-keyward-pg} " in
+*" keyward-pg "*) compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql) ;;
+esac
 if [ ${#missing[@]} -gt 0 ]; then
     echo "bench: installing ${missing[*]}" >&2
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
