@@ -5,7 +5,7 @@ use keyward::keys::KeyRecord;
 use keyward::seal::MasterKey;
 use keyward::startup::Application;
 
-use crate::helpers::{spawn_app_with_algorithm, spawn_in, test_config};
+use crate::helpers::{on_both_stores, spawn_app_on, spawn_app_with_algorithm, spawn_in, Backend};
 
 fn private_der(app_master: &MasterKey, record: &KeyRecord) -> Vec<u8> {
     let blob = record.sealed_private.as_ref().unwrap();
@@ -84,33 +84,27 @@ async fn a_sealed_blob_moved_to_another_row_or_altered_fails_to_open() {
     assert!(relabelled.open_signing_key(&app.master).is_err());
 }
 
-#[tokio::test]
-async fn the_wrong_master_key_refuses_to_start_and_changes_nothing() {
-    let app = spawn_app_with_algorithm(Algorithm::Es256).await;
-    let before = serde_json::to_value(app.store.keys().await.unwrap()).unwrap();
-    let blobs_before: Vec<_> = app.store.keys().await.unwrap().into_iter().map(|r| r.sealed_private).collect();
+on_both_stores! {
+    async fn the_wrong_master_key_refuses_to_start_and_changes_nothing(backend: Backend) {
+        let app = spawn_app_on(backend, |c| c.key_sets[0].algorithm = Algorithm::Es256).await;
+        let before = serde_json::to_value(app.store.keys().await.unwrap()).unwrap();
+        let blobs_before: Vec<_> = app.store.keys().await.unwrap().into_iter().map(|r| r.sealed_private).collect();
 
-    let mut config = test_config(app.dir.path());
-    config.key_sets[0].algorithm = Algorithm::Es256;
-    let err = Application::build(config, MasterKey::generate(), 1).await.err().expect("must refuse");
-    let message = format!("{err:#}");
-    assert!(message.contains("sealed with master key") && message.contains("nothing was changed"), "{message}");
+        let err = Application::build(app.config.clone(), MasterKey::generate(), 1).await.err().expect("must refuse");
+        let message = format!("{err:#}");
+        assert!(message.contains("sealed with master key") && message.contains("nothing was changed"), "{message}");
 
-    assert_eq!(serde_json::to_value(app.store.keys().await.unwrap()).unwrap(), before);
-    let blobs_after: Vec<_> = app.store.keys().await.unwrap().into_iter().map(|r| r.sealed_private).collect();
-    assert_eq!(blobs_before, blobs_after);
-}
+        assert_eq!(serde_json::to_value(app.store.keys().await.unwrap()).unwrap(), before);
+        let blobs_after: Vec<_> = app.store.keys().await.unwrap().into_iter().map(|r| r.sealed_private).collect();
+        assert_eq!(blobs_before, blobs_after);
+    }
 
-#[tokio::test]
-async fn keys_survive_a_restart_with_the_same_master_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(dir.path());
-    config.key_sets[0].algorithm = Algorithm::Es256;
-    let master = MasterKey::generate();
-    let first = spawn_in(dir, config.clone(), master.clone()).await;
-    let kid = first.jwks("/.well-known/jwks.json").await["keys"][0]["kid"].clone();
-    // The first server keeps running: two servers on one database is a supported setup.
-    let second = spawn_in(first.dir, config, master).await;
-    assert_eq!(second.jwks("/.well-known/jwks.json").await["keys"][0]["kid"], kid);
-    assert_eq!(second.store.keys().await.unwrap().len(), 2, "no new key on restart");
+    async fn keys_survive_a_restart_with_the_same_master_key(backend: Backend) {
+        let first = spawn_app_on(backend, |c| c.key_sets[0].algorithm = Algorithm::Es256).await;
+        let kid = first.jwks("/.well-known/jwks.json").await["keys"][0]["kid"].clone();
+        // The first server keeps running: two servers on one database is a supported setup.
+        let second = spawn_in(tempfile::tempdir().unwrap(), first.config.clone(), first.master.clone()).await;
+        assert_eq!(second.jwks("/.well-known/jwks.json").await["keys"][0]["kid"], kid);
+        assert_eq!(second.store.keys().await.unwrap().len(), 2, "no new key on restart");
+    }
 }
