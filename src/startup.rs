@@ -19,7 +19,7 @@ use crate::http::internal::{self, InternalState};
 use crate::http::middleware;
 use crate::http::public::{self, PublicState};
 use crate::keys;
-use crate::policy::profile::Profile;
+use crate::policy::profile::parse_profiles;
 use crate::seal::MasterKey;
 use crate::store::Store;
 
@@ -57,6 +57,7 @@ impl Application {
         internal_listener: TcpListener,
     ) -> anyhow::Result<Self> {
         config::validate(&config, "configuration")?;
+        let profiles = parse_profiles(&config, "configuration")?;
         let config = Arc::new(config);
         let store = Store::connect(&config.database()).await?;
         let now = chrono::Utc::now().timestamp();
@@ -72,11 +73,7 @@ impl Application {
         );
         let shared = Arc::new(Shared::load(store, Arc::clone(&config), master, metrics, ledger.health()).await?);
 
-        let profiles = config
-            .profiles
-            .iter()
-            .map(|p| Ok((p.name.clone(), Profile::compile(p)?)))
-            .collect::<anyhow::Result<HashMap<_, _>>>()?;
+        let profiles: HashMap<_, _> = profiles.into_iter().map(|p| (p.name.clone(), p)).collect();
         let routes: HashMap<String, String> = config
             .key_sets
             .iter()
@@ -149,14 +146,16 @@ impl Application {
         };
         // The ledger writer stops after the servers (which finish in-flight requests
         // first), committing every row still queued.
-        let (served, watched, scheduled, recorded) = tokio::join!(
+        let (served, watched, handed_over, scheduled, recorded) = tokio::join!(
             servers,
             shared.watch_until_stopped(stop_rx.clone()),
+            shared.hand_over_until_stopped(stop_rx.clone()),
             scheduler::run_until_stopped(&shared, stop_rx.clone()),
             self.ledger_writer.run_until_stopped(stop_rx)
         );
         served?;
         watched?;
+        handed_over?;
         scheduled?;
         recorded?;
         tracing::info!("stopped");

@@ -13,7 +13,7 @@ use crate::app::ledger::LedgerHealth;
 use crate::app::metrics::Metrics;
 use crate::config::Config;
 use crate::keys::jwks::{self, JwksDocument};
-use crate::keys::{self, timeline, KeyState, PublicKey, SecretKey, SigningKey};
+use crate::keys::{self, timeline, KeyRecord, KeyState, PublicKey, SecretKey, SigningKey};
 use crate::ops::clients;
 use crate::ops::secrets;
 use crate::policy::client::{self, ClientDirectory};
@@ -69,6 +69,10 @@ impl From<JwksDocument> for ServedJwks {
 pub struct Snapshot {
     /// The change counter this snapshot reflects.
     pub generation: i64,
+    /// The stored keys it was built from: a planned hand-over rebuilds it from them.
+    records: Arc<Vec<KeyRecord>>,
+    /// When a planned hand-over next changes what is served (Unix seconds), if ever.
+    pub next_change_at: Option<i64>,
     /// By key set name.
     pub key_sets: HashMap<String, KeySetView>,
     /// Active clients.
@@ -196,12 +200,54 @@ impl Shared {
         let previous = self.snapshot();
         // Read the counter first: a change committed after it triggers another reload.
         let generation = self.store.generation().await?;
-        let records = self.store.keys().await?;
+        let records = Arc::new(self.store.keys().await?);
         keys::check_master_key(&records, &self.master)?;
+        let clients = clients::load_directory(&self.store).await?;
+        let secrets = secrets::load(&self.store, &self.master, &self.config).await?;
+        let now = generation_time();
+        let key_sets = self.key_set_views(&records, &previous, now)?;
+        let next_change_at = keys::next_change_after(&records, now);
+        let next = Arc::new(Snapshot { generation, records, next_change_at, key_sets, clients, secrets });
+        match self.current.write() {
+            Ok(mut guard) => *guard = next,
+            Err(poisoned) => *poisoned.into_inner() = next,
+        }
+        Ok(())
+    }
+
+    /// Rebuilds what the snapshot serves at `now` from the keys it holds, without reading
+    /// the store: a planned hand-over happens in every process at its instant, whatever
+    /// the database does then. Returns whether it swapped (not when a reload came first).
+    pub fn refresh(&self, now: i64) -> anyhow::Result<bool> {
+        let previous = self.snapshot();
+        let key_sets = self.key_set_views(&previous.records, &previous, now)?;
+        let next = Arc::new(Snapshot {
+            key_sets,
+            next_change_at: keys::next_change_after(&previous.records, now),
+            ..(*previous).clone()
+        });
+        let mut guard = match self.current.write() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let unchanged = Arc::ptr_eq(&guard, &previous);
+        if unchanged {
+            *guard = next;
+        }
+        Ok(unchanged)
+    }
+
+    /// What each key set serves at `now`; signers already open in `previous` are reused.
+    fn key_set_views(
+        &self,
+        records: &[KeyRecord],
+        previous: &Snapshot,
+        now: i64,
+    ) -> anyhow::Result<HashMap<String, KeySetView>> {
         let mut key_sets = HashMap::with_capacity(self.config.key_sets.len());
         for set in &self.config.key_sets {
-            let published = jwks::published(&records, &set.name);
-            let current = published.iter().find(|r| r.state() == KeyState::Current);
+            let published = jwks::published(records, &set.name, now);
+            let current = published.iter().find(|r| r.state_at(now) == KeyState::Current);
             let signer = match current {
                 Some(record) => {
                     let reused = previous
@@ -218,22 +264,15 @@ impl Shared {
             };
             let jwks = Arc::new(ServedJwks::from(jwks::document(&published, set.jwks_max_age.as_secs())));
             let public = current.map(|r| Arc::new(r.public.clone()));
-            let activated_at = current.and_then(|r| r.activated_at);
+            let activated_at = current.and_then(|r| r.activates_at);
             let set_keys: Vec<_> = records.iter().filter(|r| r.key_set == set.name).cloned().collect();
-            let rotation_at = timeline::timeline(&set_keys, &self.config.policy(set), generation_time())
+            let rotation_at = timeline::timeline(&set_keys, &self.config.policy(set), now)
                 .into_iter()
                 .find(|t| t.state == KeyState::Current)
                 .and_then(|t| t.signing_until.map(|m| m.at));
             key_sets.insert(set.name.clone(), KeySetView { signer, public, activated_at, rotation_at, jwks });
         }
-        let clients = clients::load_directory(&self.store).await?;
-        let secrets = secrets::load(&self.store, &self.master, &self.config).await?;
-        let next = Arc::new(Snapshot { generation, key_sets, clients, secrets });
-        match self.current.write() {
-            Ok(mut guard) => *guard = next,
-            Err(poisoned) => *poisoned.into_inner() = next,
-        }
-        Ok(())
+        Ok(key_sets)
     }
 
     /// The ledger refused a row because its key may no longer sign: the snapshot of

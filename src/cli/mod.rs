@@ -309,7 +309,10 @@ fn exit_quietly_on_closed_pipe() {
 
 fn load_config(explicit: Option<&PathBuf>, env: &HashMap<String, String>) -> anyhow::Result<LoadedConfig> {
     let source = config::choose_source(explicit.map(PathBuf::as_path), Path::new("keys.toml").is_file());
-    Ok(config::load(source, env)?)
+    let loaded = config::load(source, env)?;
+    // Profiles are checked as they are parsed: every command refuses a bad one, as serve does.
+    crate::policy::profile::parse_profiles(&loaded.config, &loaded.source.to_string())?;
+    Ok(loaded)
 }
 
 /// The configuration's origin and database, as every command reports them.
@@ -447,9 +450,10 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
         Command::Keys(KeysCommand::List { json }) => {
             let store = open_database(&loaded, init).await?;
             let records = store.keys().await?;
+            let now = now();
             if json {
                 let listed: Vec<ListedKey> =
-                    records.iter().map(|record| ListedKey { state: record.state(), record }).collect();
+                    records.iter().map(|record| ListedKey { state: record.state_at(now), record }).collect();
                 println!("{}", serde_json::to_string_pretty(&listed)?);
                 return Ok(());
             }
@@ -463,10 +467,10 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
                     r.key_set,
                     r.kid,
                     r.algorithm.as_str(),
-                    r.state().to_string(),
+                    r.state_at(now).to_string(),
                     time(Some(r.created_at)),
-                    time(r.activated_at),
-                    time(r.deactivated_at.or(r.revoked_at)),
+                    time(r.activates_at.filter(|at| *at <= now)),
+                    time(r.deactivates_at.filter(|at| *at <= now).or(r.revoked_at)),
                 );
             }
             Ok(())
@@ -544,7 +548,7 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
             let others: Vec<Step> = outcome
                 .steps
                 .iter()
-                .filter(|s| !matches!(s, Step::CreateCurrent | Step::CreateNext))
+                .filter(|s| !matches!(s, Step::CreateCurrent | Step::CreateNext { .. }))
                 .cloned()
                 .collect();
             report(&others);
@@ -784,9 +788,6 @@ struct ListedKey<'a> {
 async fn check_config(loaded: &LoadedConfig, settings: EnvSettings) -> anyhow::Result<()> {
     let config = &loaded.config;
     let (source, database) = describe(loaded);
-    for profile in &config.profiles {
-        crate::policy::profile::Profile::compile(profile)?;
-    }
     let env_key = std::env::var("KEYWARD_MASTER_KEY").ok();
     let file = &config.server.master_key_file;
     let master = match (&env_key, file.exists()) {
@@ -894,11 +895,12 @@ async fn onboarding(loaded: &LoadedConfig, init: bool, name: &str, local: bool) 
 
     let store = open_database(loaded, init).await?;
     let keys = store.keys_of_set(set_name).await?;
+    let now = now();
     let wanted: Vec<(&str, String)> = [KeyState::Current, KeyState::Next]
         .into_iter()
         .filter_map(|state| {
             keys.iter()
-                .find(|k| k.state() == state)
+                .find(|k| k.state_at(now) == state)
                 .map(|k| (if state == KeyState::Current { "current" } else { "next" }, k.kid.clone()))
         })
         .collect();
@@ -947,7 +949,10 @@ fn report(steps: &[Step]) {
             Step::Revoke { kid } => eprintln!("{kid} is revoked: unpublished, private half deleted"),
             Step::Retire { kid } => eprintln!("{kid} is retired"),
             Step::CreateCurrent => eprintln!("created a new signing key"),
-            Step::CreateNext => eprintln!("published a new next key"),
+            Step::CreateNext { activates_at } => {
+                eprintln!("published a new next key; it signs from {}", time(Some(*activates_at)))
+            }
+            Step::Schedule { kid, activates_at } => eprintln!("{kid} signs from {}", time(Some(*activates_at))),
         }
     }
 }

@@ -84,7 +84,8 @@ pub fn choose_source(explicit: Option<&Path>, cwd_has_keys_toml: bool) -> Config
     }
 }
 
-/// Loads and validates: the file (if any), then the environment, then every rule.
+/// Loads and validates: the file (if any), then the environment, then every rule of
+/// `[server]` and the key sets (profiles are checked as `policy::profile` parses them).
 pub fn load(source: ConfigSource, env: &HashMap<String, String>) -> Result<LoadedConfig, ConfigError> {
     let mut config = match &source {
         ConfigSource::Defaults => Config::default(),

@@ -13,6 +13,7 @@ fn example_with(replace: &str, with: &str) -> Result<Config, ConfigError> {
     assert!(text.contains(replace), "keys.example lacks {replace:?}");
     let config = parse_toml(&text.replacen(replace, with, 1), "keys.toml")?;
     validate(&config, "keys.toml")?;
+    crate::policy::profile::parse_profiles(&config, "keys.toml")?;
     Ok(config)
 }
 
@@ -28,6 +29,7 @@ fn keys_example_is_exactly_the_built_in_defaults() {
     let parsed = parse_toml(include_str!("../../keys.example"), "keys.example").unwrap();
     assert_eq!(parsed, Config::default());
     validate(&parsed, "keys.example").unwrap();
+    crate::policy::profile::parse_profiles(&parsed, "keys.example").unwrap();
 }
 
 #[test]
@@ -148,6 +150,7 @@ fn every_duration_may_be_as_short_as_one_second() {
         .replace(r#"max_ttl = "55m""#, r#"max_ttl = "1s""#);
     let config = parse_toml(&text, "keys.toml").unwrap();
     validate(&config, "keys.toml").unwrap();
+    crate::policy::profile::parse_profiles(&config, "keys.toml").unwrap();
     assert_eq!(config.key_sets[0].rotate_every.as_secs(), 2);
 }
 

@@ -32,11 +32,11 @@ struct Jwks<'a> {
     keys: Vec<Jwk<'a>>,
 }
 
-/// The published keys of `set`: the signing key first, then the next key, then previous
-/// keys newest first.
-pub fn published<'a>(records: &'a [KeyRecord], set: &str) -> Vec<&'a KeyRecord> {
+/// The published keys of `set` at `now`: the signing key first, then the next key, then
+/// previous keys newest first.
+pub fn published<'a>(records: &'a [KeyRecord], set: &str, now: i64) -> Vec<&'a KeyRecord> {
     let mut keys: Vec<&KeyRecord> = records.iter().filter(|r| r.key_set == set && r.is_published()).collect();
-    let rank = |r: &KeyRecord| match r.state() {
+    let rank = |r: &KeyRecord| match r.state_at(now) {
         KeyState::Current => 0,
         KeyState::Next => 1,
         _ => 2,
@@ -73,7 +73,7 @@ mod tests {
     use crate::keys::state::KeyBuilder;
 
     fn key(kid: &str, set: &str, created: i64, activated: Option<i64>, deactivated: Option<i64>) -> KeyRecord {
-        KeyBuilder::new(kid).set(set).created(created).activated(activated).deactivated(deactivated).build()
+        KeyBuilder::new(kid).set(set).created(created).signing(activated, deactivated).build()
     }
 
     #[test]
@@ -83,19 +83,19 @@ mod tests {
         let records = vec![
             key("old", "s", 1, Some(1), Some(2)),
             key("older", "s", 0, Some(0), Some(1)),
-            key("next", "s", 3, None, None),
-            key("cur", "s", 2, Some(2), None),
+            key("next", "s", 3, Some(9), None),
+            key("cur", "s", 2, Some(2), Some(9)),
             key("other-set", "t", 2, Some(2), None),
             revoked,
         ];
-        let kids: Vec<&str> = published(&records, "s").iter().map(|r| r.kid.as_str()).collect();
+        let kids: Vec<&str> = published(&records, "s", 8).iter().map(|r| r.kid.as_str()).collect();
         assert_eq!(kids, ["cur", "next", "old", "older"]);
     }
 
     #[test]
     fn document_holds_public_members_only() {
         let records = vec![key("cur", "s", 2, Some(2), None)];
-        let doc = document(&published(&records, "s"), 300);
+        let doc = document(&published(&records, "s", 2), 300);
         let json: serde_json::Value = serde_json::from_slice(&doc.body).unwrap();
         assert_eq!(
             json,
@@ -110,8 +110,8 @@ mod tests {
         let a = vec![key("a", "s", 1, Some(1), None)];
         let b = vec![key("b", "s", 1, Some(1), None)];
         let max = 60;
-        assert_ne!(document(&published(&a, "s"), max).etag, document(&published(&b, "s"), max).etag);
-        assert_eq!(document(&published(&a, "s"), max).etag, document(&published(&a, "s"), max).etag);
+        assert_ne!(document(&published(&a, "s", 1), max).etag, document(&published(&b, "s", 1), max).etag);
+        assert_eq!(document(&published(&a, "s", 1), max).etag, document(&published(&a, "s", 1), max).etag);
     }
 
     #[test]

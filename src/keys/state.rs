@@ -8,7 +8,8 @@ use serde::Serialize;
 use super::{Algorithm, PublicKey, SigningKey};
 use crate::seal::MasterKey;
 
-/// Where a key is in its life; derived from its timestamps.
+/// Where a key is in its life at a given instant; derived from its timestamps and that
+/// instant, so a planned hand-over happens without a write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum KeyState {
@@ -56,10 +57,10 @@ pub struct KeyRecord {
     pub created_at: i64,
     /// First served in the JWKS.
     pub published_at: Option<i64>,
-    /// Started signing.
-    pub activated_at: Option<i64>,
-    /// Stopped signing.
-    pub deactivated_at: Option<i64>,
+    /// Starts signing, past or planned; `None` while no instant is planned.
+    pub activates_at: Option<i64>,
+    /// Stops signing, past or planned; `None` while no successor is planned.
+    pub deactivates_at: Option<i64>,
     /// Left the JWKS after its tokens expired.
     pub retired_at: Option<i64>,
     /// Withdrawn in an emergency.
@@ -72,31 +73,42 @@ impl fmt::Debug for KeyRecord {
             .field("kid", &self.kid)
             .field("key_set", &self.key_set)
             .field("algorithm", &self.algorithm)
-            .field("state", &self.state())
+            .field("activates_at", &self.activates_at)
+            .field("deactivates_at", &self.deactivates_at)
             .field("sealed_private", &self.sealed_private.as_ref().map(|b| format!("<{} bytes>", b.len())))
             .finish_non_exhaustive()
     }
 }
 
 impl KeyRecord {
-    /// The lifecycle state its timestamps define.
-    pub fn state(&self) -> KeyState {
+    /// The lifecycle state at `now`: it signs from `activates_at` until `deactivates_at`.
+    pub fn state_at(&self, now: i64) -> KeyState {
         if self.revoked_at.is_some() {
             KeyState::Revoked
         } else if self.retired_at.is_some() {
             KeyState::Retired
-        } else if self.deactivated_at.is_some() {
-            KeyState::Previous
-        } else if self.activated_at.is_some() {
-            KeyState::Current
-        } else {
+        } else if self.activates_at.is_none_or(|at| at > now) {
             KeyState::Next
+        } else if self.deactivates_at.is_some_and(|at| at <= now) {
+            KeyState::Previous
+        } else {
+            KeyState::Current
         }
     }
 
-    /// Whether verifiers may see it in the JWKS.
+    /// The instants it signs between, once planned: `[from, until)`, `until` `None` while
+    /// open-ended. Empty when a forced rotation replaced it within the second it started.
+    pub fn signing_period(&self) -> Option<(i64, Option<i64>)> {
+        let from = self.activates_at?;
+        match self.deactivates_at {
+            Some(until) if until <= from => None,
+            until => Some((from, until)),
+        }
+    }
+
+    /// Whether verifiers may see it in the JWKS (not retired, not revoked).
     pub fn is_published(&self) -> bool {
-        matches!(self.state(), KeyState::Next | KeyState::Current | KeyState::Previous)
+        self.retired_at.is_none() && self.revoked_at.is_none()
     }
 
     pub(crate) fn seal_context(&self) -> [&str; 3] {
@@ -106,7 +118,7 @@ impl KeyRecord {
     /// Unseals the private half for signing.
     pub fn open_signing_key(&self, master: &MasterKey) -> anyhow::Result<SigningKey> {
         let (Some(blob), Some(sealed_by)) = (&self.sealed_private, &self.master_key_id) else {
-            bail!("key {} has no private material (state {})", self.kid, self.state());
+            bail!("key {} has no private material (retired or revoked)", self.kid);
         };
         if sealed_by != master.id() {
             bail!(
@@ -120,6 +132,38 @@ impl KeyRecord {
             .with_context(|| format!("opening the private half of key {}", self.kid))?;
         SigningKey::from_der(&self.kid, self.algorithm, &der).with_context(|| format!("loading key {}", self.kid))
     }
+}
+
+/// The key of a set that signs at `now`: the one whose signing period holds `now`. The
+/// store keeps a set's periods from overlapping, so there is at most one; every process
+/// reading the same keys finds the same signer at the same instant.
+pub fn signer_at(keys: &[KeyRecord], now: i64) -> Option<&KeyRecord> {
+    keys.iter().find(|k| k.state_at(now) == KeyState::Current)
+}
+
+/// The first instant after `now` at which some key's state changes by itself (a planned
+/// hand-over), if any.
+pub fn next_change_after(keys: &[KeyRecord], now: i64) -> Option<i64> {
+    keys.iter()
+        .filter(|k| k.is_published())
+        .flat_map(|k| [k.activates_at, k.deactivates_at])
+        .flatten()
+        .filter(|at| *at > now)
+        .min()
+}
+
+/// Whether two keys of one set would sign at the same instant.
+pub(crate) fn periods_overlap(keys: &[KeyRecord]) -> bool {
+    let periods: Vec<(&str, i64, i64)> = keys
+        .iter()
+        .filter_map(|k| k.signing_period().map(|(from, until)| (k.key_set.as_str(), from, until.unwrap_or(i64::MAX))))
+        .collect();
+    periods.iter().enumerate().any(|(i, (set, from, until))| {
+        periods
+            .iter()
+            .skip(i + 1)
+            .any(|(other_set, other_from, other_until)| set == other_set && from < other_until && other_from < until)
+    })
 }
 
 /// Refuses to go on when stored keys were sealed under another master key.
@@ -154,8 +198,8 @@ impl KeyBuilder {
             master_key_id: Some("m".into()),
             created_at: 0,
             published_at: Some(0),
-            activated_at: None,
-            deactivated_at: None,
+            activates_at: None,
+            deactivates_at: None,
             retired_at: None,
             revoked_at: None,
         })
@@ -178,13 +222,10 @@ impl KeyBuilder {
         self
     }
 
-    pub(crate) fn activated(mut self, at: Option<i64>) -> Self {
-        self.0.activated_at = at;
-        self
-    }
-
-    pub(crate) fn deactivated(mut self, at: Option<i64>) -> Self {
-        self.0.deactivated_at = at;
+    /// Signs from `from` until `until`.
+    pub(crate) fn signing(mut self, from: Option<i64>, until: Option<i64>) -> Self {
+        self.0.activates_at = from;
+        self.0.deactivates_at = until;
         self
     }
 
@@ -204,17 +245,54 @@ mod tests {
     #[test]
     fn state_follows_the_latest_lifecycle_timestamp() {
         let mut r = record();
-        assert_eq!(r.state(), KeyState::Next);
-        r.activated_at = Some(20);
-        assert_eq!(r.state(), KeyState::Current);
-        r.deactivated_at = Some(30);
-        assert_eq!(r.state(), KeyState::Previous);
+        assert_eq!(r.state_at(100), KeyState::Next);
+        r.activates_at = Some(20);
+        assert_eq!(r.state_at(100), KeyState::Current);
+        r.deactivates_at = Some(30);
+        assert_eq!(r.state_at(100), KeyState::Previous);
         assert!(r.is_published());
         r.retired_at = Some(40);
-        assert_eq!(r.state(), KeyState::Retired);
+        assert_eq!(r.state_at(100), KeyState::Retired);
         assert!(!r.is_published());
         r.revoked_at = Some(50);
-        assert_eq!(r.state(), KeyState::Revoked);
+        assert_eq!(r.state_at(100), KeyState::Revoked);
+    }
+
+    #[test]
+    fn planned_instants_change_the_state_as_time_passes_without_a_write() {
+        let r = KeyBuilder::new("k").created(10).signing(Some(20), Some(30)).build();
+        let states: Vec<KeyState> = [19, 20, 29, 30].into_iter().map(|now| r.state_at(now)).collect();
+        assert_eq!(states, [KeyState::Next, KeyState::Current, KeyState::Current, KeyState::Previous]);
+    }
+
+    #[test]
+    fn the_signer_is_the_key_whose_period_holds_now() {
+        let keys = vec![
+            KeyBuilder::new("a").signing(Some(0), Some(10)).build(),
+            KeyBuilder::new("b").signing(Some(10), Some(20)).build(),
+            KeyBuilder::new("c").signing(Some(20), None).build(),
+        ];
+        let signer = |now| signer_at(&keys, now).map(|k| k.kid.as_str());
+        assert_eq!(
+            [signer(9), signer(10), signer(19), signer(20), signer(1_000)],
+            [Some("a"), Some("b"), Some("b"), Some("c"), Some("c")]
+        );
+        assert_eq!(signer(-1), None);
+        assert_eq!(next_change_after(&keys, 10), Some(20));
+        assert_eq!(next_change_after(&keys, 20), None);
+        assert!(!periods_overlap(&keys));
+    }
+
+    #[test]
+    fn overlapping_signing_periods_are_detected_and_empty_ones_ignored() {
+        let open = KeyBuilder::new("a").signing(Some(0), None).build();
+        let later = KeyBuilder::new("b").signing(Some(5), None).build();
+        assert!(periods_overlap(&[open.clone(), later.clone()]));
+        let other_set = KeyBuilder::new("c").set("t").signing(Some(5), None).build();
+        assert!(!periods_overlap(&[open.clone(), other_set]));
+        // Replaced within the second it started: it signed in no whole second.
+        let empty = KeyBuilder::new("d").signing(Some(0), Some(0)).build();
+        assert!(!periods_overlap(&[empty, open]));
     }
 
     #[test]

@@ -15,8 +15,9 @@ pub struct Moment {
 }
 
 impl Moment {
-    fn fact(at: Option<i64>) -> Option<Moment> {
-        at.map(|at| Moment { at, planned: false })
+    /// `at`, a fact once `now` has reached it.
+    fn seen_at(at: Option<i64>, now: i64) -> Option<Moment> {
+        at.map(|at| Moment { at, planned: at > now })
     }
 
     fn plan(at: i64) -> Option<Moment> {
@@ -48,13 +49,13 @@ pub struct Timeline {
 /// Every key's timeline at `now`, if the scheduler carries out the plan, in the order the
 /// keys sign (or signed, or were published).
 pub fn timeline(keys: &[KeyRecord], policy: &Policy, now: i64) -> Vec<Timeline> {
-    let next_key = next(keys).filter(|n| policy.fits(n));
-    // When the current key hands over: to the next key if there is one, else to a next key
-    // the scheduler is about to publish.
-    let handover = match (current(keys), next_key) {
-        (Some(c), Some(n)) => rotation_due_at(c, n, policy).max(now),
+    let next_key = next(keys, now).filter(|n| policy.fits(n));
+    // When the current key hands over: as planned when the next key was published, else
+    // to a next key the scheduler is about to publish.
+    let handover = match (current(keys, now), next_key) {
+        (Some(c), Some(n)) => n.activates_at.unwrap_or_else(|| rotation_due_at(c, n, policy)).max(now),
         (Some(c), None) => {
-            let period_over = c.activated_at.unwrap_or(now).saturating_add(policy.rotate_every);
+            let period_over = c.activates_at.unwrap_or(now).saturating_add(policy.rotate_every);
             period_over.max(now.saturating_add(policy.publish_ahead))
         }
         _ => now,
@@ -62,17 +63,18 @@ pub fn timeline(keys: &[KeyRecord], policy: &Policy, now: i64) -> Vec<Timeline> 
     let mut lines: Vec<Timeline> = keys
         .iter()
         .map(|k| {
+            let state = k.state_at(now);
             let mut t = Timeline {
                 kid: k.kid.clone(),
                 key_set: k.key_set.clone(),
                 algorithm: k.algorithm,
-                state: k.state(),
-                published_from: Moment::fact(k.published_at),
-                published_until: Moment::fact(k.retired_at.or(k.revoked_at)),
-                signing_from: Moment::fact(k.activated_at),
-                signing_until: Moment::fact(k.deactivated_at),
+                state,
+                published_from: Moment::seen_at(k.published_at, now),
+                published_until: Moment::seen_at(k.retired_at.or(k.revoked_at), now),
+                signing_from: Moment::seen_at(k.activates_at, now),
+                signing_until: Moment::seen_at(k.deactivates_at, now),
             };
-            match k.state() {
+            match state {
                 KeyState::Current => {
                     t.signing_until = Moment::plan(handover);
                     t.published_until = Moment::plan(handover.saturating_add(policy.retain_for));
@@ -83,7 +85,9 @@ pub fn timeline(keys: &[KeyRecord], policy: &Policy, now: i64) -> Vec<Timeline> 
                     t.signing_until = Moment::plan(until);
                     t.published_until = Moment::plan(until.saturating_add(policy.retain_for));
                 }
-                KeyState::Next => t.published_until = Moment::plan(now),
+                KeyState::Next => {
+                    (t.signing_from, t.published_until) = (None, Moment::plan(now));
+                }
                 KeyState::Previous => t.published_until = Moment::plan(retire_at(k, policy)),
                 KeyState::Retired | KeyState::Revoked => {}
             }

@@ -66,8 +66,8 @@ fn seal_record(
         master_key_id: Some(master.id().to_owned()),
         created_at: now,
         published_at: None,
-        activated_at: None,
-        deactivated_at: None,
+        activates_at: None,
+        deactivates_at: None,
         retired_at: None,
         revoked_at: None,
     };

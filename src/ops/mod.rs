@@ -10,9 +10,9 @@ use anyhow::Context;
 use serde::Serialize;
 
 use crate::config::{Config, KeySetConfig};
+use crate::keys;
 use crate::keys::rotation::{self, Exposure, ImportAs, Refused, Step};
 use crate::keys::timeline::{self, Timeline};
-use crate::keys::KeyState;
 use crate::seal::MasterKey;
 use crate::store::Store;
 pub(crate) use carry_out::carry_out;
@@ -84,7 +84,7 @@ impl Outcome {
         let new_signer = if changes_signer {
             let keys = store.keys_of_set(&set.name).await.context("reading keys")?;
             let policy = config.policy(set);
-            keys.iter().find(|k| k.state() == KeyState::Current).map(|k| rotation::exposure(k, &policy, now))
+            keys::signer_at(&keys, now).map(|k| rotation::exposure(k, &policy, now))
         } else {
             None
         };
@@ -103,7 +103,8 @@ pub async fn revoke(
 ) -> Result<Outcome, ActionError> {
     let record = store.key(kid).await?.ok_or_else(|| Refused::UnknownKey(kid.to_owned()))?;
     let set = key_set(config, &record.key_set)?;
-    let steps = carry_out(store, master, set, now, |keys| rotation::revoke(keys, kid)).await?;
+    let policy = config.policy(set);
+    let steps = carry_out(store, master, set, now, |keys| rotation::revoke(keys, kid, &policy, now)).await?;
     Ok(Outcome::after(store, config, set, steps, now).await?)
 }
 

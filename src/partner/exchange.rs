@@ -7,7 +7,8 @@ use base64::Engine;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::config::ExchangeConfig;
+use crate::config::Duration;
+use crate::policy::profile::{AccountKey, BearerAssertion};
 
 /// Why a partner did not give us a token. Never carries a token or an assertion.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -66,8 +67,8 @@ fn classify(err: &reqwest::Error, timeout_secs: u64) -> ExchangeError {
     }
 }
 
-async fn post(exchange: &ExchangeConfig, url: &str, request: reqwest::RequestBuilder) -> Result<Value, ExchangeError> {
-    let secs = exchange.timeout.as_secs();
+async fn post(timeout: Duration, url: &str, request: reqwest::RequestBuilder) -> Result<Value, ExchangeError> {
+    let secs = timeout.as_secs();
     let response = request
         .timeout(std::time::Duration::from_secs(secs))
         .header(reqwest::header::ACCEPT, "application/json")
@@ -100,11 +101,11 @@ pub fn jwt_expiry(token: &str) -> Option<i64> {
 /// NPM's style: POST the assertion as a bearer token, read the token from the reply.
 pub async fn bearer_assertion(
     http: &reqwest::Client,
-    exchange: &ExchangeConfig,
+    exchange: &BearerAssertion,
     assertion: &str,
 ) -> Result<Fetched, ExchangeError> {
     let url = &exchange.token_url;
-    let reply = post(exchange, url, http.post(url).bearer_auth(assertion)).await?;
+    let reply = post(exchange.timeout, url, http.post(url).bearer_auth(assertion)).await?;
     let token = reply.get(&exchange.token_field).and_then(Value::as_str).ok_or(ExchangeError::BadReply("token"))?;
     Ok(Fetched { issued: Issued { token: token.to_owned(), expires_at: jwt_expiry(token) }, refresh_token: None })
 }
@@ -128,21 +129,21 @@ fn account_tokens(reply: Value, now: i64) -> Result<Fetched, ExchangeError> {
 /// PaymentsGate's style: refresh if we can, else POST `{account_id, public_key}`.
 pub async fn account_key(
     http: &reqwest::Client,
-    exchange: &ExchangeConfig,
+    exchange: &AccountKey,
     public_key: &str,
     refresh_token: Option<String>,
     now: i64,
 ) -> Result<Fetched, ExchangeError> {
     if let (Some(refresh_token), Some(url)) = (refresh_token, &exchange.refresh_url) {
         let request = http.post(url).json(&serde_json::json!({ "refresh_token": refresh_token }));
-        match post(exchange, url, request).await.and_then(|reply| account_tokens(reply, now)) {
+        match post(exchange.timeout, url, request).await.and_then(|reply| account_tokens(reply, now)) {
             Ok(fetched) => return Ok(fetched),
             Err(err) => tracing::warn!(error = %err, "refreshing the partner token failed; requesting a new one"),
         }
     }
     let url = &exchange.token_url;
     let body = serde_json::json!({ "account_id": exchange.account_id, "public_key": public_key });
-    let reply = post(exchange, url, http.post(url).json(&body)).await?;
+    let reply = post(exchange.timeout, url, http.post(url).json(&body)).await?;
     account_tokens(reply, now)
 }
 

@@ -2,6 +2,7 @@
 
 mod cli;
 mod first_hour;
+mod handover;
 mod helpers;
 mod jwks;
 mod keys_and_secrets;

@@ -145,7 +145,7 @@ async fn every_answer_to_valid_and_invalid_requests_is_documented_in_openapi_jso
     let doc = Doc(response.json().await.unwrap());
 
     let keys = app.store.keys().await.unwrap();
-    let kid_in = |state| keys.iter().find(|k| k.state() == state).unwrap().kid.clone();
+    let kid_in = |state| keys.iter().find(|k| k.state_at(chrono::Utc::now().timestamp()) == state).unwrap().kid.clone();
     let (current, next) = (kid_in(KeyState::Current), kid_in(KeyState::Next));
     // Valid and unknown values of each path parameter.
     let path_values = |name: &str| -> Vec<String> {

@@ -316,7 +316,7 @@ async fn a_full_disk_refuses_tokens_without_recording_none_and_everything_recove
         .await
         .unwrap()
         .into_iter()
-        .find(|k| k.state() == keyward::keys::KeyState::Current)
+        .find(|k| k.state_at(chrono::Utc::now().timestamp()) == keyward::keys::KeyState::Current)
         .unwrap()
         .kid;
     let rotated = http

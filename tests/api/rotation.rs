@@ -135,7 +135,7 @@ async fn accelerated_rotation_never_fails_a_caching_verifier() {
     assert!(failures.is_empty(), "{failures:#?}");
     assert!(kids.len() >= 4, "only {} signing keys in {run_for:?}", kids.len());
     let keys = app.store.keys().await.unwrap();
-    assert!(keys.iter().any(|k| k.state() == KeyState::Retired), "no key was retired");
+    assert!(keys.iter().any(|k| k.state_at(now()) == KeyState::Retired), "no key was retired");
 }
 
 #[tokio::test]
@@ -185,7 +185,7 @@ async fn revoking_the_signing_key_swaps_in_the_next_with_no_gap() {
     assert!(signed[first_new..].iter().all(|k| *k == next), "the revoked key signed after the swap");
 
     let revoked = app.store.keys().await.unwrap().into_iter().find(|k| k.kid == current).unwrap();
-    assert_eq!(revoked.state(), KeyState::Revoked);
+    assert_eq!(revoked.state_at(now()), KeyState::Revoked);
     assert!(revoked.sealed_private.is_none());
     assert_eq!(admin_post(&app, &ops, &format!("/v1/keys/{current}/revoke"), None).await.status(), 409);
     assert_eq!(admin_post(&app, &ops, "/v1/keys/nope/revoke", None).await.status(), 404);
@@ -241,12 +241,12 @@ async fn admin_routes_need_an_admin_client_and_rotation_respects_publish_ahead()
 #[tokio::test]
 async fn retired_keys_leave_no_private_material_in_the_database() {
     let app = spawn_app_with(|c| fast(c, Algorithm::Es256)).await;
-    let first = app.store.keys().await.unwrap().into_iter().find(|k| k.state() == KeyState::Current).unwrap();
+    let first = app.store.keys().await.unwrap().into_iter().find(|k| k.state_at(now()) == KeyState::Current).unwrap();
     let blob = first.sealed_private.clone().unwrap();
     // rotate_every 3s, then max_ttl 3s + retain_after 3s: retired about 9 s after start.
     let retired = app
         .eventually(Duration::from_secs(15), || async {
-            app.store.keys().await.unwrap().iter().any(|k| k.kid == first.kid && k.state() == KeyState::Retired)
+            app.store.keys().await.unwrap().iter().any(|k| k.kid == first.kid && k.state_at(now()) == KeyState::Retired)
         })
         .await;
     assert!(retired, "the first key was not retired in time");
@@ -271,13 +271,22 @@ async fn retired_keys_leave_no_private_material_in_the_database() {
     );
 }
 
-/// Every set has exactly one current and one next key, and no kid seen before is lost.
+/// Every set has exactly one current key at every instant ahead, and one next key; no kid
+/// seen before is lost. A planned hand-over happens with no process running (nothing is
+/// written then): after it, until a process publishes the successor, the new current key
+/// signs with no planned end and the set has no next key.
 async fn assert_valid_state(db: &std::path::Path, seen: &mut BTreeSet<String>) {
     let store = Store::open(db).await.unwrap();
     let keys = store.keys().await.unwrap();
-    let count = |s: KeyState| keys.iter().filter(|k| k.state() == s).count();
-    assert_eq!(count(KeyState::Current), 1, "{keys:?}");
-    assert_eq!(count(KeyState::Next), 1, "{keys:?}");
+    let at = now();
+    let count = |s: KeyState, at: i64| keys.iter().filter(|k| k.state_at(at) == s).count();
+    for later in at..at + 30 {
+        assert_eq!(count(KeyState::Current, later), 1, "at {later}: {keys:?}");
+    }
+    let handed_over_unattended = keyward::keys::signer_at(&keys, at).is_some_and(|k| k.deactivates_at.is_none());
+    if !handed_over_unattended {
+        assert_eq!(count(KeyState::Next, at), 1, "{keys:?}");
+    }
     let now: BTreeSet<String> = keys.iter().map(|k| k.kid.clone()).collect();
     assert!(seen.is_subset(&now), "keys were lost");
     *seen = now;
@@ -312,7 +321,7 @@ async fn two_processes_on_one_database_rotate_once() {
     assert!(agreed, "the two processes never served the same JWKS");
     let store = Store::open(config.database_path()).await.unwrap();
     let keys = store.keys().await.unwrap();
-    let mut activations: Vec<i64> = keys.iter().filter_map(|k| k.activated_at).collect();
+    let mut activations: Vec<i64> = keys.iter().filter_map(|k| k.activates_at).filter(|at| *at <= now()).collect();
     activations.sort();
     assert!(activations.len() >= 3, "{activations:?}");
     for pair in activations.windows(2) {
@@ -354,6 +363,10 @@ async fn a_process_killed_mid_rotation_restarts_into_a_valid_state() {
     assert!(seen.len() >= 4, "too few rotations happened to test anything: {}", seen.len());
 }
 
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
 fn utc(ts: i64) -> String {
     chrono::DateTime::from_timestamp(ts, 0).unwrap().format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
@@ -363,7 +376,7 @@ async fn key(store: &Store, kid: &str) -> KeyRecord {
 }
 
 async fn kid_in(store: &Store, state: KeyState) -> String {
-    store.keys().await.unwrap().into_iter().find(|k| k.state() == state).unwrap().kid
+    store.keys().await.unwrap().into_iter().find(|k| k.state_at(now()) == state).unwrap().kid
 }
 
 /// A rotation then an immediate revocation makes a seconds-old key sign: the CLI's output,
@@ -396,7 +409,7 @@ async fn revoking_right_after_a_rotation_says_until_when_verifiers_may_reject_th
     let said = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{said}");
     let promoted = key(&store, &fresh).await;
-    assert_eq!(promoted.state(), KeyState::Current, "revoke still swaps at once");
+    assert_eq!(promoted.state_at(now()), KeyState::Current, "revoke still swaps at once");
     let until = promoted.published_at.unwrap() + window;
     assert!(said.contains(&format!("the new signing key {fresh} has been published for only")), "{said}");
     assert!(said.contains("less than jwks_max_age + clock_skew (6m)"), "{said}");

@@ -5,7 +5,7 @@ use keyward::keys::KeyRecord;
 use keyward::seal::MasterKey;
 use keyward::startup::Application;
 
-use crate::helpers::{on_both_stores, spawn_app_on, spawn_app_with_algorithm, spawn_in, Backend};
+use crate::helpers::{on_both_stores, spawn_app_on, spawn_app_with_algorithm, spawn_in};
 
 fn private_der(app_master: &MasterKey, record: &KeyRecord) -> Vec<u8> {
     let blob = record.sealed_private.as_ref().unwrap();

@@ -39,7 +39,7 @@ fn now() -> i64 {
 }
 
 async fn current_kid(store: &Store) -> String {
-    store.keys().await.unwrap().into_iter().find(|k| k.state() == KeyState::Current).unwrap().kid
+    store.keys().await.unwrap().into_iter().find(|k| k.state_at(now()) == KeyState::Current).unwrap().kid
 }
 
 on_both_stores! {
@@ -58,7 +58,7 @@ on_both_stores! {
             pass.await.unwrap();
         }
         let keys = app.store.keys().await.unwrap();
-        let count = |s: KeyState| keys.iter().filter(|k| k.state() == s).count();
+        let count = |s: KeyState| keys.iter().filter(|k| k.state_at(due) == s).count();
         assert_eq!(keys.len(), 3, "one rotation makes one new key: {keys:?}");
         assert_eq!((count(KeyState::Current), count(KeyState::Next)), (1, 1), "{keys:?}");
     }

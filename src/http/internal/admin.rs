@@ -54,7 +54,7 @@ struct RotateRequest {
 #[derive(Serialize, utoipa::ToSchema)]
 struct ActionAnswer {
     key_set: String,
-    /// Each step: `{"step": "promote" | "revoke" | "retire" | "create_current" | "create_next", "kid"?}`.
+    /// Each step: `{"step": "promote" | "schedule" | "revoke" | "retire" | "create_current" | "create_next", "kid"?, "activates_at"?}`.
     #[schema(value_type = Vec<Object>)]
     steps: Vec<Step>,
     /// The set's signing key afterwards.

@@ -24,7 +24,8 @@ pub(super) async fn public_key(
         state.shared.store().key(&kid).await?.ok_or_else(|| ApiError::NotFound(format!("no key {}", kid.as_str())))?;
     // A revoked or retired key must not be handed out for a partner to register or trust.
     if !record.is_published() {
-        return Err(ApiError::NotFound(format!("key {} is {} and no longer published", record.kid, record.state())));
+        let state = record.state_at(chrono::Utc::now().timestamp());
+        return Err(ApiError::NotFound(format!("key {} is {state} and no longer published", record.kid)));
     }
     let body = export::render(&record.kid, record.algorithm, &record.public, format)?;
     let content_type = match format {

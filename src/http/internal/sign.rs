@@ -15,7 +15,7 @@ use crate::app::ledger::NotRecorded;
 use crate::app::snapshot::Snapshot;
 use crate::http::problem::{ApiError, Problem};
 use crate::policy::client::Client;
-use crate::policy::profile::{Prepared, Profile, Refusal, RefusalKind, SignRequest, SignedBy};
+use crate::policy::profile::{Prepared, Profile, ProfileKind, Refusal, RefusalKind, SignRequest};
 use crate::store::rows::Entry;
 
 #[utoipa::path(post, path = "/v1/profiles/{profile}/sign", tag = "signing", security(("bearer" = [])),
@@ -116,8 +116,8 @@ async fn issue_once(
 
 /// Signs prepared claims with the profile's key set or secret.
 fn sign_prepared(snapshot: &Snapshot, profile: &Profile, prepared: Prepared, jti: String) -> Result<Signed, ApiError> {
-    let (token, kid, alg) = match &profile.signed_by {
-        SignedBy::KeySet(set) => {
+    let (token, kid, alg) = match &profile.kind {
+        ProfileKind::KeySet { key_set: set, .. } => {
             let signer = snapshot
                 .key_sets
                 .get(set)
@@ -126,7 +126,7 @@ fn sign_prepared(snapshot: &Snapshot, profile: &Profile, prepared: Prepared, jti
             let token = signer.sign(prepared.claims).map_err(anyhow::Error::from)?;
             (token, Some(signer.kid().to_owned()), signer.algorithm().as_str())
         }
-        SignedBy::Secret(_) => {
+        ProfileKind::SharedSecret { .. } => {
             let secret = snapshot.secrets.get(&profile.name).ok_or_else(|| {
                 ApiError::NoSigningKey(format!(
                     "profile {0} has no secret yet (an operator sets it with `keyward secrets set {0}`)",

@@ -8,11 +8,10 @@ use super::auth::Caller;
 use super::body::json_body;
 use super::sign::{issue, refused};
 use super::{no_store_json, InternalState};
-use crate::config::ExchangeStyle;
 use crate::http::problem::{ApiError, Problem};
 use crate::keys::export::{self, Format};
 use crate::partner::exchange::{self, ExchangeError};
-use crate::policy::profile::SignRequest;
+use crate::policy::profile::{Exchange, SignRequest};
 
 /// A partner's token.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -44,8 +43,8 @@ pub(super) async fn token(
         .ok_or_else(|| ApiError::NotFound(format!("profile {:?} has no [profile.exchange]", profile.name)))?;
     let use_cache = request.cache.unwrap_or(true);
     let clock = || chrono::Utc::now().timestamp();
-    let issued = match exchange.style {
-        ExchangeStyle::BearerAssertion => {
+    let issued = match exchange {
+        Exchange::BearerAssertion(bearer) => {
             // Per client too: a token obtained with one client's assertion (and ledger row)
             // is never handed to another; and per ttl_seconds, which shapes the assertion.
             let key = format!(
@@ -66,18 +65,18 @@ pub(super) async fn token(
                         ExchangeError::Local
                     }
                 })?;
-                exchange::bearer_assertion(&state.http, exchange, &signed.token).await
+                exchange::bearer_assertion(&state.http, bearer, &signed.token).await
             };
             state.tokens.get(&key, use_cache, clock, fetch).await?
         }
-        ExchangeStyle::AccountKey => {
+        Exchange::AccountKey(account) => {
             if request.sub.is_some() || !request.claims.is_empty() || request.ttl_seconds.is_some() {
                 return Err(ApiError::InvalidBody {
                     field: None,
                     detail: "this profile's exchange takes only \"cache\"".into(),
                 });
             }
-            let set = profile.key_set().unwrap_or_default();
+            let set = &account.key_set;
             let view = snapshot.key_sets.get(set);
             let (Some(signer), Some(public)) =
                 (view.and_then(|v| v.signer.clone()), view.and_then(|v| v.public.clone()))
@@ -87,7 +86,7 @@ pub(super) async fn token(
             let public_key = export::render(signer.kid(), signer.algorithm(), &public, Format::PemBase64)?;
             // The partner knows us by our current key: a rotation starts a new cache entry.
             let key = format!("{}\0account\0{}", profile.name, signer.kid());
-            let fetch = |refresh| exchange::account_key(&state.http, exchange, &public_key, refresh, clock());
+            let fetch = |refresh| exchange::account_key(&state.http, account, &public_key, refresh, clock());
             state.tokens.get(&key, use_cache, clock, fetch).await?
         }
     };

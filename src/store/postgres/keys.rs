@@ -4,12 +4,12 @@ use anyhow::Context;
 use sqlx::PgPool;
 
 use super::{bump_generation, WriteTx};
-use crate::keys::{KeyRecord, KeyState};
+use crate::keys::KeyRecord;
 use crate::store::rows::KeyRow;
 use crate::store::KeyChange;
 
 const COLUMNS: &str = "kid, key_set, algorithm, public_jwk, sealed_private, master_key_id, created_at, \
-     published_at, activated_at, deactivated_at, retired_at, revoked_at";
+     published_at, activates_at, deactivates_at, retired_at, revoked_at";
 
 /// Every stored key, oldest first.
 pub async fn all(pool: &PgPool) -> anyhow::Result<Vec<KeyRecord>> {
@@ -51,16 +51,23 @@ pub async fn of_set(executor: impl sqlx::PgExecutor<'_>, set: &str) -> anyhow::R
     rows.into_iter().map(KeyRecord::try_from).collect()
 }
 
-/// Writes new and changed records; the one current key last, so that the old current key
-/// has stopped signing before the new one starts (one current key per set, always).
-pub(crate) async fn persist(tx: &mut sqlx::PgConnection, mut records: Vec<KeyRecord>) -> anyhow::Result<()> {
-    records.sort_by_key(|r| r.state() == KeyState::Current);
+/// Writes new and changed records. The schema refuses overlapping signing periods row by
+/// row, so the changed rows' periods are cleared first: each final row is then checked
+/// against rows that are final or have no period, and the final state has no overlap.
+pub(crate) async fn persist(tx: &mut sqlx::PgConnection, records: Vec<KeyRecord>) -> anyhow::Result<()> {
+    for record in &records {
+        sqlx::query("UPDATE keys SET activates_at = NULL, deactivates_at = NULL WHERE kid = $1")
+            .bind(&record.kid)
+            .execute(&mut *tx)
+            .await
+            .with_context(|| format!("storing key {}", record.kid))?;
+    }
     for record in &records {
         sqlx::query(&format!(
             "INSERT INTO keys ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
              ON CONFLICT (kid) DO UPDATE SET sealed_private = excluded.sealed_private, \
              master_key_id = excluded.master_key_id, published_at = excluded.published_at, \
-             activated_at = excluded.activated_at, deactivated_at = excluded.deactivated_at, \
+             activates_at = excluded.activates_at, deactivates_at = excluded.deactivates_at, \
              retired_at = excluded.retired_at, revoked_at = excluded.revoked_at"
         ))
         .bind(&record.kid)
@@ -71,8 +78,8 @@ pub(crate) async fn persist(tx: &mut sqlx::PgConnection, mut records: Vec<KeyRec
         .bind(&record.master_key_id)
         .bind(record.created_at)
         .bind(record.published_at)
-        .bind(record.activated_at)
-        .bind(record.deactivated_at)
+        .bind(record.activates_at)
+        .bind(record.deactivates_at)
         .bind(record.retired_at)
         .bind(record.revoked_at)
         .execute(&mut *tx)

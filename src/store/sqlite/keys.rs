@@ -4,11 +4,11 @@ use anyhow::Context;
 use sqlx::SqlitePool;
 
 use super::{begin_write, bump_generation, checkpoint};
-use crate::keys::{KeyRecord, KeyState};
+use crate::keys::KeyRecord;
 use crate::store::rows::KeyRow;
 
 const COLUMNS: &str = "kid, key_set, algorithm, public_jwk, sealed_private, master_key_id, created_at, \
-     published_at, activated_at, deactivated_at, retired_at, revoked_at";
+     published_at, activates_at, deactivates_at, retired_at, revoked_at";
 
 /// Every stored key, oldest first.
 pub async fn all(pool: &SqlitePool) -> anyhow::Result<Vec<KeyRecord>> {
@@ -51,16 +51,23 @@ pub async fn of_set(executor: impl sqlx::SqliteExecutor<'_>, set: &str) -> anyho
     rows.into_iter().map(KeyRecord::try_from).collect()
 }
 
-/// Writes new and changed records; the one current key last, so that the old current key
-/// has stopped signing before the new one starts (one current key per set, always).
-async fn persist(tx: &mut sqlx::SqliteConnection, mut records: Vec<KeyRecord>) -> anyhow::Result<()> {
-    records.sort_by_key(|r| r.state() == KeyState::Current);
+/// Writes new and changed records. The schema refuses overlapping signing periods row by
+/// row, so the changed rows' periods are cleared first: each final row is then checked
+/// against rows that are final or have no period, and the final state has no overlap.
+async fn persist(tx: &mut sqlx::SqliteConnection, records: Vec<KeyRecord>) -> anyhow::Result<()> {
+    for record in &records {
+        sqlx::query("UPDATE keys SET activates_at = NULL, deactivates_at = NULL WHERE kid = ?")
+            .bind(&record.kid)
+            .execute(&mut *tx)
+            .await
+            .with_context(|| format!("storing key {}", record.kid))?;
+    }
     for record in &records {
         sqlx::query(&format!(
             "INSERT INTO keys ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
              ON CONFLICT (kid) DO UPDATE SET sealed_private = excluded.sealed_private, \
              master_key_id = excluded.master_key_id, published_at = excluded.published_at, \
-             activated_at = excluded.activated_at, deactivated_at = excluded.deactivated_at, \
+             activates_at = excluded.activates_at, deactivates_at = excluded.deactivates_at, \
              retired_at = excluded.retired_at, revoked_at = excluded.revoked_at"
         ))
         .bind(&record.kid)
@@ -71,8 +78,8 @@ async fn persist(tx: &mut sqlx::SqliteConnection, mut records: Vec<KeyRecord>) -
         .bind(&record.master_key_id)
         .bind(record.created_at)
         .bind(record.published_at)
-        .bind(record.activated_at)
-        .bind(record.deactivated_at)
+        .bind(record.activates_at)
+        .bind(record.deactivates_at)
         .bind(record.retired_at)
         .bind(record.revoked_at)
         .execute(&mut *tx)
@@ -116,4 +123,80 @@ pub(crate) async fn change<E>(
         checkpoint(pool).await;
     }
     Ok(Ok(true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::rotation::{self, Step};
+    use crate::keys::{generate, Algorithm};
+
+    fn key(kid: &str, from: Option<i64>, until: Option<i64>) -> KeyRecord {
+        let generated = generate(Algorithm::Es256, 2048).unwrap();
+        KeyRecord {
+            kid: kid.into(),
+            key_set: "s".into(),
+            algorithm: Algorithm::Es256,
+            public: generated.public,
+            sealed_private: None,
+            master_key_id: None,
+            created_at: 0,
+            published_at: Some(0),
+            activates_at: from,
+            deactivates_at: until,
+            retired_at: None,
+            revoked_at: None,
+        }
+    }
+
+    async fn write(pool: &SqlitePool, records: Vec<KeyRecord>) -> anyhow::Result<()> {
+        let mut tx = begin_write(pool).await?;
+        persist(&mut tx, records).await?;
+        tx.commit().await
+    }
+
+    #[tokio::test]
+    async fn the_schema_refuses_two_keys_of_a_set_signing_at_one_instant() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = super::super::connect(dir.path().join("k.db")).await.unwrap();
+        write(&pool, vec![key("a", Some(0), Some(10)), key("b", Some(10), None)]).await.unwrap();
+        // Raw rows, as another writer might send them: each overlap is refused.
+        let insert = |kid: &'static str, from: i64, until: Option<i64>| {
+            sqlx::query(
+                "INSERT INTO keys (kid, key_set, algorithm, public_jwk, created_at, activates_at, deactivates_at) \
+                 VALUES (?, 's', 'ES256', '{}', 0, ?, ?)",
+            )
+            .bind(kid)
+            .bind(from)
+            .bind(until)
+            .execute(&pool)
+        };
+        assert!(insert("c", 15, None).await.is_err(), "two open-ended signers");
+        assert!(insert("c", 5, Some(6)).await.is_err(), "inside another's period");
+        let update = sqlx::query("UPDATE keys SET deactivates_at = 12 WHERE kid = 'a'").execute(&pool).await;
+        assert!(update.is_err(), "a period stretched over its successor's");
+        // An empty period (replaced within its first second) and another set are fine.
+        insert("d", 10, Some(10)).await.unwrap();
+        sqlx::query(
+            "INSERT INTO keys (kid, key_set, algorithm, public_jwk, created_at, activates_at) \
+             VALUES ('e', 't', 'ES256', '{}', 0, 3)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_hand_over_moved_later_is_stored_although_each_row_alone_would_overlap() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = super::super::connect(dir.path().join("k.db")).await.unwrap();
+        write(&pool, vec![key("a", Some(0), Some(10)), key("b", Some(10), None)]).await.unwrap();
+        let keys = of_set(&pool, "s").await.unwrap();
+        let later = Step::Schedule { kid: "b".into(), activates_at: 20 };
+        let changed = rotation::apply(&keys, &[later], vec![], 5).unwrap();
+        write(&pool, changed).await.unwrap();
+        let keys = of_set(&pool, "s").await.unwrap();
+        let periods: Vec<_> = keys.iter().map(|k| (k.kid.as_str(), k.activates_at, k.deactivates_at)).collect();
+        assert_eq!(periods, [("a", Some(0), Some(20)), ("b", Some(20), None)]);
+    }
 }
