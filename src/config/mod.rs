@@ -130,7 +130,8 @@ fn resolve_relative_paths(config: &mut Config, file: &Path, source_name: &str) -
 /// `sqlite:///abs/x.db` is `/abs/x.db`) or a plain path.
 pub fn database_file(url: &str) -> Result<PathBuf, String> {
     if database::is_postgres(url) {
-        return Err(format!("{url:?} is a PostgreSQL server, not a SQLite file"));
+        // Not the URL itself: it may hold a password.
+        return Err("a PostgreSQL URL names a server, not a SQLite file".to_owned());
     }
     let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
     if path.is_empty() || path.starts_with(":memory:") || path.starts_with("file:") || path.contains('?') {

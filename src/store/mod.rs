@@ -12,7 +12,6 @@ use crate::config::Database;
 use crate::keys::KeyRecord;
 use postgres::PgStore;
 use rows::{ClientRow, Entry, Filter, SecretRow};
-pub(crate) use sqlite::keys::KeyChange;
 use sqlite::SqliteStore;
 
 pub mod changes;
@@ -21,6 +20,14 @@ pub mod issuance;
 pub mod postgres;
 pub mod rows;
 pub mod sqlite;
+
+/// What a decision made under a key set's write lock asks to be written.
+pub(crate) enum KeyChange {
+    /// These new and changed records.
+    Write(Vec<KeyRecord>),
+    /// The keys changed since the decision was first made: nothing is written.
+    Stale,
+}
 
 /// Where keyward keeps its state.
 #[derive(Clone)]

@@ -73,7 +73,7 @@ fn shared_secret_profile(
 }
 
 /// The partner API seed: HS256 over `clientId`, `iat`, `exp`, 15 minutes.
-fn partner_api() -> ProfileConfig {
+pub(crate) fn partner_api() -> ProfileConfig {
     let claims = json!({"clientId": "your-client-id", "iat": "{iat}", "exp": "{exp}"});
     shared_secret_profile("partner-api", HmacAlgorithm::Hs256, claims, 900, 900)
 }
@@ -104,7 +104,7 @@ fn json_part(part: &str) -> Value {
 }
 
 /// Checks a compact JWS's HMAC with `secret`, independently of keyward; header and claims.
-fn verify_hmac<M: Mac + KeyInit>(token: &str, secret: &[u8]) -> Result<(Value, Value), String> {
+pub(crate) fn verify_hmac<M: Mac + KeyInit>(token: &str, secret: &[u8]) -> Result<(Value, Value), String> {
     let (signed, signature) = token.rsplit_once('.').ok_or("not a JWS")?;
     let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|e| e.to_string())?;
     let mut mac = <M as Mac>::new_from_slice(secret).map_err(|e| e.to_string())?;

@@ -113,9 +113,29 @@ async fn three_replicas_on_one_postgres_rotate_revoke_and_survive_a_kill_and_a_d
         let now = chrono::Utc::now().timestamp();
         // Tokens of a revoked key are meant to stop verifying.
         live.retain(|(_, exp, kid)| *exp > now && Some(kid) != revoked.as_ref());
+        let mut failed = false;
         for (jwt, exp, _) in &live {
             if let Err(e) = verifier.verify(jwt).await {
                 failures.push(format!("verification failed (exp {exp}, now {now}): {e}"));
+                failed = true;
+            }
+        }
+        if failed && failures.len() < 20 {
+            // What each replica serves, and the stored keys, to tell which one lagged.
+            for replica in replicas.iter().skip(usize::from(killed)) {
+                let served = status(&http, &format!("{}/.well-known/jwks.json", replica.public)).await;
+                let kids: Vec<Value> = served
+                    .map(|s| s.1["keys"].as_array().unwrap().iter().map(|k| k["kid"].clone()).collect())
+                    .unwrap_or_default();
+                failures.push(format!("{} serves {kids:?}", replica.public));
+            }
+            if let Ok(keys) = store.keys().await {
+                for k in keys {
+                    failures.push(format!(
+                        "{} published {:?} activates {:?} deactivates {:?} retired {:?} revoked {:?}",
+                        k.kid, k.published_at, k.activates_at, k.deactivates_at, k.retired_at, k.revoked_at
+                    ));
+                }
             }
         }
         let t = start.elapsed();

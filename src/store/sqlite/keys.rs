@@ -6,6 +6,7 @@ use sqlx::SqlitePool;
 use super::{begin_write, bump_generation, checkpoint};
 use crate::keys::KeyRecord;
 use crate::store::rows::KeyRow;
+use crate::store::KeyChange;
 
 const COLUMNS: &str = "kid, key_set, algorithm, public_jwk, sealed_private, master_key_id, created_at, \
      published_at, activates_at, deactivates_at, retired_at, revoked_at";
@@ -87,14 +88,6 @@ async fn persist(tx: &mut sqlx::SqliteConnection, records: Vec<KeyRecord>) -> an
         .with_context(|| format!("storing key {}", record.kid))?;
     }
     Ok(())
-}
-
-/// What a decision made under the write lock asks to be written.
-pub(crate) enum KeyChange {
-    /// These new and changed records.
-    Write(Vec<KeyRecord>),
-    /// The keys changed since the decision was first made: nothing is written.
-    Stale,
 }
 
 /// Runs `decide` on the keys of `set` inside a write transaction (`BEGIN IMMEDIATE`, so no
