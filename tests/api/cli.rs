@@ -1,23 +1,12 @@
 //! The `keyward` binary's subcommands, against the same database as a running server.
 
-use std::path::Path;
-use std::process::Output;
 use std::time::Duration;
 
 use keyward::keys::Algorithm;
 use keyward::seal::MasterKey;
 use serde_json::json;
 
-use crate::helpers::{keyward_bare, keyward_command, spawn_in, test_config};
-
-/// The binary, run in `dir` with its database and master key file there.
-fn keyward(dir: &Path, args: &[&str]) -> Output {
-    keyward_command(dir, args).output().unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+use crate::helpers::{database_bytes, free_port, keyward, keyward_bare, spawn_app, spawn_in, test_config, text};
 
 #[test]
 fn check_config_names_the_file_table_and_field() {
@@ -118,8 +107,7 @@ fn clients_add_prints_only_the_token_and_stores_only_its_hash() {
     // kw_ + 16-character id + _ + secret (whose base64url alphabet includes '_').
     let secret = &token["kw_".len() + 16 + 1..];
     assert_eq!(secret.len(), 43);
-    let mut stored = std::fs::read(dir.path().join("keyward.db")).unwrap();
-    stored.extend(std::fs::read(dir.path().join("keyward.db-wal")).unwrap_or_default());
+    let stored = database_bytes(dir.path());
     assert!(!stored.windows(secret.len()).any(|w| w == secret.as_bytes()), "token stored in the clear");
 
     let again = keyward(dir.path(), &["clients", "add", "billing", "--profiles", "npm-sandbox"]);
@@ -199,4 +187,29 @@ fn kids_and_names_that_start_with_a_hyphen_are_values_not_options() {
     // Parsed as a kid, it is simply not found.
     let out = keyward(dir.path(), &["--init", "keys", "export", "-nMObhUPmukzpuzzHBkXCsjtv_98tyLvbc7iMBKjqhs"]);
     assert!(!out.status.success() && text(&out.stderr).contains("no key -nMOb"), "{}", text(&out.stderr));
+}
+
+#[tokio::test]
+async fn healthcheck_succeeds_against_a_running_server_past_any_proxy_and_fails_when_nothing_listens() {
+    let app = spawn_app().await;
+    let dir = app.dir.path();
+    let file = dir.join("probe.toml");
+    let probe = |public: &str| {
+        let mut config = test_config(dir);
+        config.server.public_addr = public.trim_start_matches("http://").parse().unwrap();
+        std::fs::write(&file, toml::to_string(&config).unwrap()).unwrap();
+        // A proxy that does not exist: the probe of a local listener must not go through it.
+        let proxy = format!("http://127.0.0.1:{}", free_port());
+        keyward_bare(dir, &["--config", file.to_str().unwrap(), "healthcheck"])
+            .env("HTTP_PROXY", &proxy)
+            .env("http_proxy", &proxy)
+            .output()
+            .unwrap()
+    };
+    let up = probe(&app.public);
+    assert!(up.status.success(), "{}", text(&up.stderr));
+    let nothing = format!("http://127.0.0.1:{}", free_port());
+    let down = probe(&nothing);
+    assert!(!down.status.success());
+    assert!(text(&down.stderr).contains("connecting to 127.0.0.1"), "{}", text(&down.stderr));
 }

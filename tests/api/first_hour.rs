@@ -10,20 +10,12 @@ use keyward::seal::MasterKey;
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    assert_problem, keyward_bare, keyward_command, serve, spawn_app, spawn_on, test_config, wait_healthy, Serve,
+    assert_problem, eventually, free_port, keyward, keyward_bare, keyward_command, serve, spawn_app, spawn_on,
+    test_config, text, wait_healthy, Serve,
 };
 use crate::verify::verify;
 
 const PROFILE: &str = "npm-sandbox";
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// The binary in `dir` with the database and master key there.
-fn keyward(dir: &Path, args: &[&str]) -> Output {
-    keyward_command(dir, args).output().unwrap()
-}
 
 /// The binary against a running `serve`'s configuration file.
 fn keyward_for(server: &Serve, dir: &Path, args: &[&str]) -> Output {
@@ -39,22 +31,6 @@ async fn sign_at(http: &reqwest::Client, internal: &str, token: &str) -> reqwest
         .send()
         .await
         .unwrap()
-}
-
-/// Polls `check` every 20 ms until it holds or `limit` passes.
-async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = std::time::Instant::now();
-    while start.elapsed() < limit {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
 }
 
 async fn started(dir: &Path) -> (Serve, reqwest::Client) {
@@ -544,10 +520,6 @@ fn commands(block: &str) -> Vec<String> {
         }
     }
     out
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Runs the Quickstart in a fresh folder. The only changes to what the README says: the

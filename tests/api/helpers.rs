@@ -2,13 +2,14 @@
 //! database on the tests' PostgreSQL server.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use keyward::app::snapshot::Shared;
-use keyward::config::Config;
-use keyward::keys::Algorithm;
+use keyward::config::Duration as Span;
+use keyward::config::{Config, ProfileConfig};
+use keyward::keys::{Algorithm, HmacAlgorithm};
 use keyward::seal::MasterKey;
 use keyward::startup::Application;
 use keyward::store::Store;
@@ -194,21 +195,97 @@ impl TestApp {
         response.json().await.unwrap()
     }
 
-    /// Polls `check` until it holds or `limit` passes.
-    pub async fn eventually<F, Fut>(&self, limit: Duration, mut check: F) -> bool
+    /// Polls `check` every 100 ms until it holds or `limit` passes (slower than
+    /// [`eventually`]: a check that reads the database holds the log a checkpoint waits for).
+    pub async fn eventually<F, Fut>(&self, limit: Duration, check: F) -> bool
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = bool>,
     {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if check().await {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        false
+        poll_until(limit, Duration::from_millis(100), check).await
     }
+}
+
+/// Polls `check` every 20 ms until it holds or `limit` passes.
+pub async fn eventually<F, Fut>(limit: Duration, check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    poll_until(limit, Duration::from_millis(20), check).await
+}
+
+async fn poll_until<F, Fut>(limit: Duration, every: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(every).await;
+    }
+    false
+}
+
+pub fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// A process's output as text.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Whether `needle` (not empty) occurs in `haystack`.
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Everything SQLite wrote for the database in `dir`: the file and its write-ahead log.
+pub fn database_bytes(dir: &Path) -> Vec<u8> {
+    let mut stored = std::fs::read(dir.join("keyward.db")).unwrap();
+    stored.extend(std::fs::read(dir.join("keyward.db-wal")).unwrap_or_default());
+    stored
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The binary, run in `dir` with its database and master key file there.
+pub fn keyward(dir: &Path, args: &[&str]) -> Output {
+    keyward_command(dir, args).output().unwrap()
+}
+
+/// A shared-secret profile: the built-in profile without its key set and assertion claims.
+pub fn shared_secret_profile(
+    name: &str,
+    algorithm: HmacAlgorithm,
+    claims: Value,
+    default_ttl: u64,
+    max_ttl: u64,
+) -> ProfileConfig {
+    let mut profile = Config::default().profiles[0].clone();
+    profile.name = name.to_owned();
+    profile.key_set = None;
+    profile.algorithm = Some(algorithm);
+    profile.issuer = None;
+    profile.audience = None;
+    profile.static_claims.clear();
+    profile.allowed_claims.clear();
+    profile.claims = Some(serde_json::from_value(claims).unwrap());
+    profile.default_ttl = Span::from_secs(default_ttl);
+    profile.max_ttl = Span::from_secs(max_ttl);
+    profile
+}
+
+/// The partner API seed: HS256 over `clientId`, `iat`, `exp`, 15 minutes.
+pub fn partner_api() -> ProfileConfig {
+    let claims = serde_json::json!({"clientId": "your-client-id", "iat": "{iat}", "exp": "{exp}"});
+    shared_secret_profile("partner-api", HmacAlgorithm::Hs256, claims, 900, 900)
 }
 
 /// Asserts a problem+json response with `status`, returning its body.

@@ -13,7 +13,6 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use hmac::digest::KeyInit;
 use hmac::{Hmac, Mac};
-use keyward::config::Duration as Span;
 use keyward::config::{Config, ProfileConfig};
 use keyward::keys::Algorithm;
 use keyward::keys::HmacAlgorithm;
@@ -25,7 +24,10 @@ use rsa::traits::PublicKeyParts;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256, Sha512};
 
-use crate::helpers::{assert_problem, keyward_command, spawn_app_with, spawn_in, test_config, TestApp};
+use crate::helpers::{
+    assert_problem, contains, database_bytes, keyward, keyward_command, now, partner_api, shared_secret_profile,
+    spawn_app_with, spawn_in, test_config, text, TestApp,
+};
 use crate::verify::verify;
 
 const JWKS_PATH: &str = "/.well-known/jwks.json";
@@ -34,49 +36,9 @@ const PARTNER_SECRET: &[u8] = b"partner-api-shared-secret-0123456789abcdefXYZ";
 /// 72 bytes: enough for HS512.
 const NPS_SECRET: &[u8] = b"nps-api-key-secret-0123456789abcdefghijklmnopqrstuvwxyz-ABCDEFGHIJKLMNOP";
 
-fn now() -> i64 {
-    chrono::Utc::now().timestamp()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
-}
-
 // ---------------------------------------------------------------------------------------
 // Profiles and secrets
 // ---------------------------------------------------------------------------------------
-
-/// A shared-secret profile: the built-in profile without its key set and assertion claims.
-fn shared_secret_profile(
-    name: &str,
-    algorithm: HmacAlgorithm,
-    claims: Value,
-    default_ttl: u64,
-    max_ttl: u64,
-) -> ProfileConfig {
-    let mut profile = Config::default().profiles[0].clone();
-    profile.name = name.to_owned();
-    profile.key_set = None;
-    profile.algorithm = Some(algorithm);
-    profile.issuer = None;
-    profile.audience = None;
-    profile.static_claims.clear();
-    profile.allowed_claims.clear();
-    profile.claims = Some(serde_json::from_value(claims).unwrap());
-    profile.default_ttl = Span::from_secs(default_ttl);
-    profile.max_ttl = Span::from_secs(max_ttl);
-    profile
-}
-
-/// The partner API seed: HS256 over `clientId`, `iat`, `exp`, 15 minutes.
-pub(crate) fn partner_api() -> ProfileConfig {
-    let claims = json!({"clientId": "your-client-id", "iat": "{iat}", "exp": "{exp}"});
-    shared_secret_profile("partner-api", HmacAlgorithm::Hs256, claims, 900, 900)
-}
 
 /// The NPS seed: HS512 over `sub` (the API key id), `iat`, `exp`; 5 minutes, at most 30.
 fn nps(name: &str) -> ProfileConfig {
@@ -114,21 +76,9 @@ pub(crate) fn verify_hmac<M: Mac + KeyInit>(token: &str, secret: &[u8]) -> Resul
     Ok((json_part(header), json_part(claims)))
 }
 
-/// The bytes of the database and its write-ahead log.
-fn stored_bytes(dir: &Path) -> Vec<u8> {
-    let mut stored = std::fs::read(dir.join("keyward.db")).unwrap();
-    stored.extend(std::fs::read(dir.join("keyward.db-wal")).unwrap_or_default());
-    stored
-}
-
 // ---------------------------------------------------------------------------------------
 // The binary
 // ---------------------------------------------------------------------------------------
-
-/// The binary, run in `dir` with its database and master key file there.
-fn keyward(dir: &Path, args: &[&str]) -> Output {
-    keyward_command(dir, args).output().unwrap()
-}
 
 /// The binary with `input` piped to its standard input.
 fn keyward_with_stdin(dir: &Path, args: &[&str], input: &[u8]) -> Output {
@@ -393,7 +343,7 @@ async fn secrets_are_stored_sealed_never_in_the_clear() {
     let body = app.sign_ok("partner-api", &token, &json!({})).await;
     verify_hmac::<Hmac<Sha256>>(body["token"].as_str().unwrap(), replacement).unwrap();
 
-    let stored = stored_bytes(app.dir.path());
+    let stored = database_bytes(app.dir.path());
     for secret in [PARTNER_SECRET, NPS_SECRET, replacement.as_slice()] {
         assert!(!contains(&stored, secret), "a secret is stored in the clear");
         assert!(!contains(&stored, &secret[..16]), "part of a secret is stored in the clear");
@@ -416,7 +366,7 @@ async fn secrets_set_reads_standard_input_and_a_server_on_that_database_signs_wi
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(out.stdout.is_empty(), "stdout: {:?}", text(&out.stdout));
     assert!(!contains(&out.stderr, PARTNER_SECRET));
-    assert!(!contains(&stored_bytes(&path), PARTNER_SECRET), "secret stored in the clear");
+    assert!(!contains(&database_bytes(&path), PARTNER_SECRET), "secret stored in the clear");
 
     let list = keyward(&path, &["secrets", "list"]);
     assert!(list.status.success(), "{}", text(&list.stderr));
@@ -525,6 +475,23 @@ async fn public_key_export_refuses_unknown_kids_bad_formats_and_strangers() {
 // =======================================================================================
 // Key import
 // =======================================================================================
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_retired_key_does_not_claim_to_drop_it_from_the_jwks() {
+    let app = spawn_for_cli(|_| {}).await;
+    let dir = app.dir.path().to_owned();
+    let old_next = kid_in_state(&key_states(&dir), "next");
+    let pem = write_pem(&dir, "next.pem", &rsa_pkcs1_pem(2048));
+    assert!(import(&dir, &pem, &["--replace-next"]).status.success());
+    assert_eq!(key_states(&dir)[&old_next], "retired");
+
+    let out = keyward(&dir, &["keys", "revoke", &old_next]);
+    let said = text(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains(&format!("{old_next} was no longer in the JWKS")), "{said}");
+    assert!(!said.contains("drop"), "{said}");
+    assert_eq!(key_states(&dir)[&old_next], "revoked");
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn imported_rsa_keys_join_as_next_or_with_activate_sign_at_once() {

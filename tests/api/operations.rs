@@ -9,10 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use keyward::config::Config;
 use keyward::config::Duration as Span;
-use keyward::config::{Config, ProfileConfig};
 use keyward::keys::Algorithm;
-use keyward::keys::HmacAlgorithm;
 use keyward::seal::MasterKey;
 use keyward::store::rows::{Entry, Filter};
 use keyward::store::Store;
@@ -20,23 +19,12 @@ use serde_json::{json, Value};
 use sqlx::SqlitePool;
 
 use crate::helpers::{
-    assert_problem, keyward_bare, serve, spawn_app_with, spawn_in, sqlite, test_config, wait_healthy, TestApp,
+    assert_problem, contains, database_bytes, keyward_bare, now, partner_api, serve, spawn_app_with, spawn_in, sqlite,
+    test_config, text, wait_healthy, TestApp,
 };
 use crate::verify::verify;
 
 const PROFILE: &str = "npm-sandbox";
-
-fn now() -> i64 {
-    chrono::Utc::now().timestamp()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
-}
 
 /// ES256: the quickest key set to start.
 fn es256(config: &mut Config) {
@@ -48,23 +36,6 @@ fn with_other_profile(config: &mut Config) {
     let mut other = config.profiles[0].clone();
     other.name = "other".to_owned();
     config.profiles.push(other);
-}
-
-/// An HS256 shared-secret profile over `clientId`, `iat`, `exp` (as in the README).
-fn partner_api() -> ProfileConfig {
-    let mut profile = Config::default().profiles[0].clone();
-    profile.name = "partner-api".to_owned();
-    profile.key_set = None;
-    profile.algorithm = Some(HmacAlgorithm::Hs256);
-    profile.issuer = None;
-    profile.audience = None;
-    profile.static_claims.clear();
-    profile.allowed_claims.clear();
-    profile.claims =
-        Some(serde_json::from_value(json!({"clientId": "your-client-id", "iat": "{iat}", "exp": "{exp}"})).unwrap());
-    profile.default_ttl = Span::from_secs(900);
-    profile.max_ttl = Span::from_secs(900);
-    profile
 }
 
 /// Every ledger row, newest first.
@@ -92,15 +63,6 @@ async fn insert_row(pool: &SqlitePool, jti: &str, client: &str, sub: &str, iat: 
     .execute(pool)
     .await
     .unwrap();
-}
-
-/// The database file and its write-ahead log, as bytes.
-fn database_bytes(dir: &Path) -> Vec<u8> {
-    let mut stored = Vec::new();
-    for name in ["keyward.db", "keyward.db-wal"] {
-        stored.extend(std::fs::read(dir.join(name)).unwrap_or_default());
-    }
-    stored
 }
 
 async fn metrics_text(app: &TestApp) -> String {

@@ -21,18 +21,10 @@ use keyward::keys::Algorithm;
 use keyward::seal::MasterKey;
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_problem, keyward_bare, spawn_in, spawn_on, test_config, TestApp};
+use crate::helpers::{assert_problem, free_port, keyward_bare, now, spawn_in, spawn_on, test_config, TestApp};
 use crate::verify::verify;
 
 const PARTNER: &str = "acme";
-
-fn now() -> i64 {
-    chrono::Utc::now().timestamp()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// Starts an actix app on a free port; returns its base URL.
 fn start_mock<F, T>(app: F) -> String

@@ -13,13 +13,9 @@ use serde_json::{json, Value};
 
 use keyward::store::Store;
 
-use crate::helpers::{keyward_bare, keyward_command, serve, sqlite, test_config, wait_healthy, Serve};
+use crate::helpers::{keyward_bare, keyward_command, serve, sqlite, test_config, text, wait_healthy, Serve};
 
 const PROFILE: &str = "npm-sandbox";
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 fn mode(path: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;

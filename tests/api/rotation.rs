@@ -13,7 +13,7 @@ use keyward::keys::{KeyRecord, KeyState};
 use keyward::store::Store;
 use serde_json::{json, Value};
 
-use crate::helpers::{serve, spawn_app_with, sqlite, test_config, wait_healthy, TestApp};
+use crate::helpers::{database_bytes, now, serve, spawn_app_with, sqlite, test_config, wait_healthy, TestApp};
 use crate::verify::verify;
 
 const PROFILE: &str = "npm-sandbox";
@@ -261,10 +261,7 @@ async fn retired_keys_leave_no_private_material_in_the_database() {
         .await;
     assert!(unpublished, "a retired key is still published");
 
-    let mut stored = Vec::new();
-    for name in ["keyward.db", "keyward.db-wal"] {
-        stored.extend(std::fs::read(app.dir.path().join(name)).unwrap_or_default());
-    }
+    let stored = database_bytes(app.dir.path());
     assert!(
         !stored.windows(32).any(|w| w == &blob[blob.len() - 32..]),
         "the retired key's sealed bytes remain on disk"
@@ -361,10 +358,6 @@ async fn a_process_killed_mid_rotation_restarts_into_a_valid_state() {
         assert_valid_state(&config.database_path(), &mut seen).await;
     }
     assert!(seen.len() >= 4, "too few rotations happened to test anything: {}", seen.len());
-}
-
-fn now() -> i64 {
-    chrono::Utc::now().timestamp()
 }
 
 fn utc(ts: i64) -> String {

@@ -5,21 +5,11 @@ use keyward::keys::KeyRecord;
 use keyward::seal::MasterKey;
 use keyward::startup::Application;
 
-use crate::helpers::{on_both_stores, spawn_app_on, spawn_app_with_algorithm, spawn_in};
+use crate::helpers::{database_bytes, on_both_stores, spawn_app_on, spawn_app_with_algorithm, spawn_in};
 
 fn private_der(app_master: &MasterKey, record: &KeyRecord) -> Vec<u8> {
     let blob = record.sealed_private.as_ref().unwrap();
     app_master.open(blob, &[&record.kid, &record.key_set, record.algorithm.as_str()]).unwrap().to_vec()
-}
-
-fn database_bytes(dir: &std::path::Path) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    for name in ["keyward.db", "keyward.db-wal"] {
-        if let Ok(mut b) = std::fs::read(dir.join(name)) {
-            bytes.append(&mut b);
-        }
-    }
-    bytes
 }
 
 #[tokio::test]

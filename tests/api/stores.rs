@@ -300,7 +300,7 @@ on_both_stores! {
     }
 
     async fn a_shared_secret_set_by_another_process_signs_at_once_and_replaces_the_old(backend: Backend) {
-        let app = spawn_app_on(backend, |c| c.profiles.push(crate::keys_and_secrets::partner_api())).await;
+        let app = spawn_app_on(backend, |c| c.profiles.push(crate::helpers::partner_api())).await;
         let token = app.client("backend", &["partner-api"]).await;
         let other = elsewhere(&app).await;
         for secret in [b"first-partner-secret-0123456789-abcdefghijklmnop".as_slice(), b"second-partner-secret-9876543210-zyxwvutsrqponml"] {

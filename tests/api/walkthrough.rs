@@ -5,11 +5,7 @@ use std::process::Output;
 
 use serde_json::Value;
 
-use crate::helpers::{assert_problem, keyward_bare, keyward_command, spawn_app};
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+use crate::helpers::{assert_problem, keyward_bare, keyward_command, spawn_app, text};
 
 /// The binary in `dir` with the database and master key there; asserts it succeeded.
 fn keyward_ok(dir: &Path, args: &[&str]) -> Output {

@@ -1,0 +1,71 @@
+//! `keyward check-config`: what `serve` checks before binding, without binding.
+
+use anyhow::bail;
+
+use super::context::Context;
+use crate::config::Database;
+use crate::keys;
+use crate::ops::secrets;
+use crate::seal::MasterKey;
+use crate::store::Store;
+
+/// Checks what `serve` checks before binding: the configuration (done by loading it), the
+/// master key, and, when the database exists, that the key opens every sealed row.
+pub(super) async fn run(ctx: &Context) -> anyhow::Result<()> {
+    let config = ctx.config();
+    let (source, database) = ctx.describe();
+    let env_key = std::env::var("KEYWARD_MASTER_KEY").ok();
+    let file = &config.server.master_key_file;
+    let master = match (&env_key, file.exists()) {
+        (Some(_), _) | (None, true) => Some(MasterKey::resolve(env_key.as_deref(), file, false)?.0),
+        (None, false) => None,
+    };
+    if let Some(master) = &master {
+        eprintln!("master key {} is well formed", master.id());
+    }
+    let exists = match &database {
+        Database::Sqlite(path) => path.exists(),
+        Database::Postgres(_) => true,
+    };
+    if exists {
+        let store = Store::connect(&database).await?;
+        let sealed = store.holds_sealed_material().await?;
+        match &master {
+            Some(master) => {
+                let records = store.keys().await?;
+                keys::check_master_key(&records, master)?;
+                for record in records.iter().filter(|r| r.sealed_private.is_some()) {
+                    record.open_signing_key(master)?;
+                }
+                secrets::load(&store, master, config).await?;
+                eprintln!("master key {} opens every sealed key and secret in {database}", master.id());
+            }
+            None if sealed => bail!(
+                "no master key: KEYWARD_MASTER_KEY is not set and {} does not exist, but {} holds sealed keys: \
+                 restore the key they were sealed with",
+                file.display(),
+                database
+            ),
+            None => {}
+        }
+    }
+    match (&master, ctx.settings.may_generate_master_key) {
+        (Some(_), _) => {}
+        (None, true) => eprintln!(
+            "no master key yet: serve will generate a DEVELOPMENT key into {} (for production, see KEYWARD_MASTER_KEY)",
+            file.display()
+        ),
+        (None, false) => bail!(
+            "no master key: KEYWARD_MASTER_KEY is not set, {} does not exist, and KEYWARD_DEV=0 forbids generating \
+             one. Make one with `openssl rand -base64 32 > master.key` and give it as KEYWARD_MASTER_KEY or at that \
+             path (readable by uid 10001 in the image)",
+            file.display()
+        ),
+    }
+    eprintln!(
+        "{source}: configuration is valid ({} key sets, {} profiles)",
+        config.key_sets.len(),
+        config.profiles.len()
+    );
+    Ok(())
+}

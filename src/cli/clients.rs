@@ -1,0 +1,143 @@
+//! `keyward clients`: the clients allowed to call the internal API.
+
+use std::io::Write;
+
+use anyhow::Context as _;
+
+use super::context::Context;
+use super::format::{now, time};
+use crate::ops::clients::{self, ClientError};
+
+#[derive(Debug, clap::Subcommand)]
+pub(super) enum Command {
+    /// Create a client; its token is printed once, as the only line on standard output.
+    Add {
+        /// Client name.
+        #[arg(allow_hyphen_values = true)]
+        name: String,
+        /// Profiles the client may sign with, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        profiles: Vec<String>,
+        /// Allow the admin routes too.
+        #[arg(long)]
+        admin: bool,
+        /// Its own rate limit, requests per second (default: [server] rate_limit).
+        #[arg(long)]
+        rate: Option<u32>,
+        /// Its own burst (default: twice --rate, as the server's 100/s with 200; without
+        /// --rate, [server] rate_burst).
+        #[arg(long, requires = "rate")]
+        burst: Option<u32>,
+    },
+    /// Give a client a new token (printed once, on standard output); the old one stops
+    /// working at once, or after --grace.
+    Rotate {
+        /// Client name.
+        #[arg(allow_hyphen_values = true)]
+        name: String,
+        /// Keep the old token working this long (e.g. 10m, 1h, 1d), to roll the new one out.
+        #[arg(long, value_name = "DURATION")]
+        grace: Option<String>,
+    },
+    /// List clients (never their tokens).
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a client's token (a revoked client's name may be given to a new client).
+    Revoke {
+        /// Client name.
+        #[arg(allow_hyphen_values = true)]
+        name: String,
+    },
+}
+
+pub(super) async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Add { name, profiles, admin, rate, burst } => {
+            let store = ctx.store().await?;
+            let rate = rate.map(|rate| (rate, burst.unwrap_or(rate.saturating_mul(2))));
+            let (token, reused) = clients::create(&store, ctx.config(), &name, &profiles, admin, rate, now()).await?;
+            if let Some(revoked_at) = reused {
+                eprintln!(
+                    "the name {name:?} was a client revoked at {}: it now names the new client",
+                    time(Some(revoked_at))
+                );
+            }
+            eprintln!("created client {name:?}; its token follows on standard output and is not shown again");
+            let mut stdout = std::io::stdout().lock();
+            writeln!(stdout, "{}", token.as_str()).context("writing the token")?;
+            Ok(())
+        }
+        Command::List { json } => {
+            let store = ctx.store().await?;
+            let list = clients::list(&store).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+                return Ok(());
+            }
+            println!(
+                "{:<24} {:<6} {:<20} {:<20} {:<20} {:<24} PROFILES",
+                "NAME", "ADMIN", "CREATED", "REVOKED", "OLD TOKEN UNTIL", "RATE LIMIT"
+            );
+            for c in list {
+                let limit = match c.rate {
+                    Some((rate, burst)) => format!("{rate}/s, burst {burst}"),
+                    None => format!(
+                        "{}/s, burst {} (default)",
+                        ctx.config().server.rate_limit,
+                        ctx.config().server.rate_burst
+                    ),
+                };
+                println!(
+                    "{:<24} {:<6} {:<20} {:<20} {:<20} {:<24} {}",
+                    c.name,
+                    if c.admin { "yes" } else { "no" },
+                    time(Some(c.created_at)),
+                    time(c.revoked_at),
+                    time(c.previous_token_valid_until.filter(|until| *until > now() && c.revoked_at.is_none())),
+                    limit,
+                    c.profiles.join(",")
+                );
+            }
+            Ok(())
+        }
+        Command::Revoke { name } => {
+            let store = ctx.store().await?;
+            match clients::revoke(&store, &name, now()).await {
+                Ok(()) => {
+                    eprintln!("revoked client {name:?}; running servers refuse its token within a tenth of a second");
+                    Ok(())
+                }
+                // Already in the state asked for: say so, and succeed (a retried script is fine).
+                Err(ClientError::Revoked(_, at)) => {
+                    eprintln!("client {name:?} was already revoked at {}; nothing changed", time(Some(at)));
+                    Ok(())
+                }
+                Err(err) => Err(err.into()),
+            }
+        }
+        Command::Rotate { name, grace } => {
+            let grace = match grace {
+                Some(text) => crate::config::Duration::parse(&text)
+                    .map_err(|why| anyhow::anyhow!("--grace {text:?}: {why}"))?
+                    .as_secs_i64(),
+                None => 0,
+            };
+            let store = ctx.store().await?;
+            let token = clients::rotate(&store, &name, grace, now()).await?;
+            if grace > 0 {
+                eprintln!(
+                    "client {name:?} has a new token (below, shown once); the old one works until {}",
+                    time(Some(now() + grace))
+                );
+            } else {
+                eprintln!("client {name:?} has a new token (below, shown once); the old one no longer works");
+            }
+            let mut stdout = std::io::stdout().lock();
+            writeln!(stdout, "{}", token.as_str()).context("writing the token")?;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! What every command starts from: the loaded configuration, and the one way to open its
+//! database and master key.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::bail;
+
+use crate::config::{self, Config, Database, EnvSettings, LoadedConfig};
+use crate::keys;
+use crate::private_files;
+use crate::seal::{MasterKey, MasterKeyOrigin};
+use crate::store::sqlite;
+use crate::store::Store;
+
+/// The configuration a command runs against, and how it may open the database.
+pub(super) struct Context {
+    pub(super) loaded: LoadedConfig,
+    pub(super) settings: EnvSettings,
+    /// `--init`: a command other than `serve` may create the database.
+    init: bool,
+}
+
+impl Context {
+    /// Loads the configuration from `--config`, `KEYWARD_CONFIG` or `./keys.toml`.
+    pub(super) fn load(
+        explicit: Option<&Path>,
+        env: &HashMap<String, String>,
+        settings: EnvSettings,
+        init: bool,
+    ) -> anyhow::Result<Self> {
+        let source = config::choose_source(explicit, Path::new("keys.toml").is_file());
+        let loaded = config::load(source, env)?;
+        // Profiles are checked as they are parsed: every command refuses a bad one, as serve does.
+        crate::policy::profile::parse_profiles(&loaded.config, &loaded.source.to_string())?;
+        Ok(Context { loaded, settings, init })
+    }
+
+    pub(super) fn config(&self) -> &Config {
+        &self.loaded.config
+    }
+
+    /// The configuration's origin and database, as every command reports them.
+    pub(super) fn describe(&self) -> (String, Database) {
+        let source = match &self.loaded.source {
+            config::ConfigSource::Defaults => {
+                "built-in defaults (no --config, KEYWARD_CONFIG or ./keys.toml)".to_owned()
+            }
+            config::ConfigSource::File(path) => {
+                std::path::absolute(path).unwrap_or_else(|_| path.clone()).display().to_string()
+            }
+        };
+        match self.config().database() {
+            Database::Sqlite(path) => (source, Database::Sqlite(std::path::absolute(&path).unwrap_or(path))),
+            postgres => (source, postgres),
+        }
+    }
+
+    /// Opens the database; only with `--init` may a command other than `serve` create it, so
+    /// that running one in the wrong folder cannot quietly start a second, empty database.
+    pub(super) async fn store(&self) -> anyhow::Result<Store> {
+        let (source, database) = self.describe();
+        let path = match &database {
+            Database::Sqlite(path) => path,
+            // A PostgreSQL database is made by its administrator, never by a mistyped folder.
+            Database::Postgres(_) => return Store::connect(&database).await,
+        };
+        if !self.init && !path.exists() {
+            let why = match &self.loaded.source {
+                config::ConfigSource::Defaults => format!(
+                    "no configuration file was found, so the default database path is taken relative to the \
+                     working directory {}",
+                    std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default()
+                ),
+                config::ConfigSource::File(_) => format!("that is the database_url of {source}"),
+            };
+            bail!(
+                "no database at {} ({why}). Run the command where keys.toml is, name it with --config, or add \
+                 --init to create a new database there",
+                path.display()
+            );
+        }
+        Store::open(path).await
+    }
+
+    /// The database and the master key, checked against the keys it sealed: what a command
+    /// that seals or opens private material needs.
+    pub(super) async fn store_and_master_key(&self) -> anyhow::Result<(Store, MasterKey)> {
+        let store = self.store().await?;
+        let master = self.master_key(&store).await?;
+        keys::check_master_key(&store.keys().await?, &master)?;
+        Ok((store, master))
+    }
+
+    /// The master key; a development key is generated only for a database with no sealed
+    /// keys, and only where generating is allowed (not in the Docker image unless KEYWARD_DEV=1).
+    pub(super) async fn master_key(&self, store: &Store) -> anyhow::Result<MasterKey> {
+        let env = std::env::var("KEYWARD_MASTER_KEY").ok();
+        let file = &self.config().server.master_key_file;
+        let empty = !store.holds_sealed_material().await?;
+        if empty && env.is_none() && !file.exists() && !self.settings.may_generate_master_key {
+            bail!(
+                "no master key: KEYWARD_MASTER_KEY is not set and {} does not exist, and KEYWARD_DEV=0 forbids \
+                 generating one. Make one with `openssl rand -base64 32 > master.key`, keep a copy in your \
+                 secrets manager, and give it as KEYWARD_MASTER_KEY or mount it at {} (readable by the user \
+                 keyward runs as: uid 10001 in the image, mode 0400). For a throwaway development key set \
+                 KEYWARD_DEV=1",
+                file.display(),
+                file.display()
+            );
+        }
+        let (key, origin) = MasterKey::resolve(env.as_deref(), file, empty)?;
+        match origin {
+            MasterKeyOrigin::Environment => {
+                tracing::info!(master_key_id = key.id(), "master key from KEYWARD_MASTER_KEY")
+            }
+            MasterKeyOrigin::File(path) => {
+                tracing::info!(master_key_id = key.id(), file = %path.display(), "master key from file");
+            }
+            MasterKeyOrigin::Generated(path) => tracing::warn!(
+                master_key_id = key.id(),
+                file = %path.display(),
+                "NO MASTER KEY CONFIGURED: generated a random one for DEVELOPMENT ONLY. In production set \
+                 KEYWARD_MASTER_KEY (base64 of 32 bytes) from your secrets manager, and back this key up: \
+                 without it the stored private keys cannot be opened"
+            ),
+        }
+        Ok(key)
+    }
+
+    /// The database and the master key file hold secrets (sealed keys, client-token hashes,
+    /// who got which token): refuse to use them while group or others may read them, as ssh
+    /// does for keys, unless the operator says otherwise.
+    pub(super) fn check_private_files(&self, allow_insecure: bool) -> anyhow::Result<()> {
+        let mut files = match self.config().database() {
+            Database::Sqlite(path) => sqlite::database_files(&path),
+            Database::Postgres(_) => Vec::new(),
+        };
+        if std::env::var_os("KEYWARD_MASTER_KEY").is_none() {
+            files.push(self.config().server.master_key_file.clone());
+        }
+        for file in files {
+            let Some(mode) = private_files::shared_mode(&file) else { continue };
+            if allow_insecure {
+                tracing::warn!(file = %file.display(), mode = format!("{mode:04o}"), "readable by group or others (allowed by --allow-insecure-permissions)");
+            } else {
+                bail!(
+                    "{} has mode {mode:04o}: group or others may read it, and it holds secrets. Fix: chmod 600 {} \
+                     (or start with --allow-insecure-permissions)",
+                    file.display(),
+                    file.display()
+                );
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,49 @@
+//! `keyward keys list`: every key with its state and timestamps.
+
+use super::super::context::Context;
+use super::super::format::{now, time};
+use crate::keys::{KeyRecord, KeyState};
+
+#[derive(Debug, clap::Args)]
+pub(in crate::cli) struct Args {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A row of `keys list --json`: the stored record and the state derived from it.
+#[derive(serde::Serialize)]
+struct ListedKey<'a> {
+    state: KeyState,
+    #[serde(flatten)]
+    record: &'a KeyRecord,
+}
+
+pub(super) async fn run(ctx: &Context, Args { json }: Args) -> anyhow::Result<()> {
+    let store = ctx.store().await?;
+    let records = store.keys().await?;
+    let now = now();
+    if json {
+        let listed: Vec<ListedKey> =
+            records.iter().map(|record| ListedKey { state: record.state_at(now), record }).collect();
+        println!("{}", serde_json::to_string_pretty(&listed)?);
+        return Ok(());
+    }
+    println!(
+        "{:<12} {:<44} {:<6} {:<9} {:<20} {:<20} {:<20}",
+        "SET", "KID", "ALG", "STATE", "CREATED", "ACTIVATED", "DEACTIVATED"
+    );
+    for r in records {
+        println!(
+            "{:<12} {:<44} {:<6} {:<9} {:<20} {:<20} {:<20}",
+            r.key_set,
+            r.kid,
+            r.algorithm.as_str(),
+            r.state_at(now).to_string(),
+            time(Some(r.created_at)),
+            time(r.activates_at.filter(|at| *at <= now)),
+            time(r.deactivates_at.filter(|at| *at <= now).or(r.revoked_at)),
+        );
+    }
+    Ok(())
+}
