@@ -158,3 +158,18 @@ pub async fn generation(pool: &PgPool) -> anyhow::Result<i64> {
         .await
         .context("reading the state generation")
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_sqlite_migration_has_a_postgres_twin_of_the_same_version() {
+        let versions = |migrator: sqlx::migrate::Migrator| {
+            migrator.iter().map(|m| (m.version, m.description.to_string())).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            versions(sqlx::migrate!("./migrations/postgres")),
+            versions(sqlx::migrate!("./migrations/sqlite")),
+            "add the PostgreSQL twin of each SQLite migration (migrations/postgres, same file name)"
+        );
+    }
+}
