@@ -6,14 +6,15 @@ Floors, measured in the same run as keyward:
     ETag, and a fixed answer (a real keyward answer) to the sign POSTs: the HTTP floor;
   - the node peer (`jose` on node:cluster, no ledger), when PEERS_DIR holds it and node is
     installed: the throughput a hand-rolled server reaches.
-Then keyward itself, on a fresh SQLite database, and (server "keyward-pg") its sign rows
-on a fresh PostgreSQL server of its own (Debian's `postgresql`), whose CPU time counts as
-keyward's. One server runs at a time.
+Then keyward itself, on a fresh database; (keyward-hsm) keyward with both key sets in a
+fresh SoftHSM2 token (`custody = "pkcs11"`): its sign rows only, the JWKS being the same;
+and (keyward-pg) its sign rows on a fresh PostgreSQL server of its own (Debian's
+`postgresql`), whose CPU time counts as keyward's. One server runs at a time.
 
 Environment: KEYWARD_BIN (required, set by run.sh), DURATION (s per row, 10), WARMUP (s
 before each row, 2), SIGN_CONNS (16), JWKS_CONNS (64), OPENSSL_SECONDS (3), PEERS_DIR,
-SERVERS (which to run, default "nginx node keyward keyward-pg"). KEYWARD_* variables reach
-keyward.
+SERVERS (which to run, default "nginx node keyward keyward-hsm keyward-pg"). KEYWARD_*
+variables reach keyward.
 """
 import glob
 import json
@@ -38,7 +39,9 @@ SIGN_CONNS = int(os.environ.get("SIGN_CONNS", "16"))
 JWKS_CONNS = int(os.environ.get("JWKS_CONNS", "64"))
 OPENSSL_SECONDS = int(os.environ.get("OPENSSL_SECONDS", "3"))
 PEERS_DIR = os.environ.get("PEERS_DIR", "")
-SERVERS = os.environ.get("SERVERS", "nginx node keyward keyward-pg").split()
+SERVERS = os.environ.get("SERVERS", "nginx node keyward keyward-hsm keyward-pg").split()
+SOFTHSM_MODULES = ("/usr/lib/softhsm/libsofthsm2.so", "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so")
+HSM_PIN = "1234"
 SIGN_BODY = '{"sub":"acct_1","ttl_seconds":300}'
 CORES = os.cpu_count()
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -57,11 +60,13 @@ rate_burst = 100000000
 [[key_set]]
 name = "rs"
 algorithm = "RS256"
+custody = "{custody}"
 jwks_paths = ["/.well-known/jwks.json"]
 
 [[key_set]]
 name = "es"
 algorithm = "ES256"
+custody = "{custody}"
 jwks_paths = ["/es/jwks.json"]
 
 [[profile]]
@@ -75,6 +80,12 @@ name = "es"
 key_set = "es"
 issuer = "https://bench.example"
 audience = "https://partner.example/token"
+{pkcs11}"""
+
+PKCS11 = """
+[pkcs11]
+module = "{module}"
+token_label = "bench"
 """
 
 NGINX = """
@@ -267,13 +278,17 @@ def openssl_speed():
 class Keyward:
     """keyward on a fresh database in `work`; started, stopped and restarted on the same keys."""
 
-    def __init__(self, work, database_url=None):
+    def __init__(self, work, hsm=False, database_url=None):
         self.work = work
         self.config = os.path.join(work, "keys.toml")
-        database_url = database_url or f"sqlite://{work}/keyward.db"
-        with open(self.config, "w") as f:
-            f.write(CONFIG.format(dir=work, database_url=database_url))
+        self.database_url = database_url or f"sqlite://{work}/keyward.db"
         self.env = dict(os.environ, RUST_LOG="warn,keyward::cli=info", KEYWARD_LOG_FORMAT="json")
+        pkcs11 = ""
+        if hsm:
+            pkcs11 = PKCS11.format(module=softhsm_token(work, self.env))
+        with open(self.config, "w") as f:
+            f.write(CONFIG.format(dir=work, custody="pkcs11" if hsm else "sealed", pkcs11=pkcs11,
+                                  database_url=self.database_url))
         self.process = None
 
     def start(self, wrapper=(), timeout=60):
@@ -360,6 +375,39 @@ def node_peer(work):
         stop(process)
 
 
+def softhsm_token(work, env):
+    """A fresh SoftHSM2 token in `work` (never the system's); sets `env` to use it."""
+    module = next((m for m in SOFTHSM_MODULES if os.path.exists(m)), None)
+    if module is None or not shutil.which("softhsm2-util"):
+        sys.exit("bench: keyward-hsm needs SoftHSM2 (apt-get install softhsm2), or leave it out of SERVERS")
+    tokens = os.path.join(work, "tokens")
+    os.makedirs(tokens)
+    conf = os.path.join(work, "softhsm2.conf")
+    with open(conf, "w") as f:
+        f.write(f"directories.tokendir = {tokens}\nobjectstore.backend = file\nlog.level = ERROR\n")
+    env.update(SOFTHSM2_CONF=conf, KEYWARD_PKCS11_PIN=HSM_PIN)
+    subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", "bench", "--pin", HSM_PIN, "--so-pin", "5678"],
+                   env=env, check=True, capture_output=True)
+    return module
+
+
+def keyward_hsm_load(work):
+    """The sign rows with both key sets in a SoftHSM2 token."""
+    hsm_work = os.path.join(work, "hsm")
+    os.makedirs(hsm_work)
+    server = Keyward(hsm_work, hsm=True)
+    server.start()
+    try:
+        server.add_client()
+        wait_for("the bench client", server.signs)
+        load = Load("keyward-hsm", server.process.pid)
+        for row, profile in SIGN_ROWS:
+            load.run(row, server.sign_url(profile), SIGN_CONNS, "sign", server.token)
+    finally:
+        stop(server.process)
+    return load
+
+
 def postgres(work):
     """A PostgreSQL server of its own in `work` (as nobody when run as root: PostgreSQL refuses
     root); returns its process and a URL of its `postgres` database."""
@@ -399,7 +447,7 @@ def keyward_on_postgres(work):
     try:
         folder = os.path.join(work, "keyward-pg")
         os.mkdir(folder, 0o700)
-        server = Keyward(folder, url)
+        server = Keyward(folder, database_url=url)
         server.start()
         try:
             server.add_client()
@@ -460,6 +508,12 @@ def report(speed, loads, idle, peak):
     print()
     print(f"openssl speed, one process: RSA-2048 sign {speed['RS256 sign']:.0f} µs, "
           f"P-256 sign {speed['ES256 sign']:.1f} µs.")
+    if "keyward-hsm" in loads:
+        print()
+        print("keyward-hsm signs inside SoftHSM2 (custody = \"pkcs11\"): each signature is a PKCS#11 call on a "
+              "pooled session, run off the async executor (a thread hand-off), and SoftHSM2 signs in software "
+              "(OpenSSL underneath) behind its own session and object checks; a hardware HSM adds its own "
+              "latency and throughput limit instead.")
     if not keyward:
         return
     print()
@@ -517,6 +571,8 @@ def main():
         idle = peak = 0.0
         if "keyward" in SERVERS:
             loads["keyward"], idle, peak = keyward_load(server)
+        if "keyward-hsm" in SERVERS:
+            loads["keyward-hsm"] = keyward_hsm_load(work)
         if "keyward-pg" in SERVERS:
             loads["keyward-pg"] = keyward_on_postgres(work)
         report(speed, loads, idle, peak)

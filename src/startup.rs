@@ -19,6 +19,7 @@ use crate::http::internal::{self, InternalState};
 use crate::http::middleware;
 use crate::http::public::{self, PublicState};
 use crate::keys;
+use crate::keys::custody::Custody;
 use crate::policy::profile::parse_profiles;
 use crate::seal::MasterKey;
 use crate::store::Store;
@@ -62,16 +63,18 @@ impl Application {
         let store = Store::connect(&config.database()).await?;
         let now = chrono::Utc::now().timestamp();
         keys::check_master_key(&store.keys().await?, &master)?;
+        let token = config.token_settings(std::env::var(config::PIN_ENV).ok().as_deref())?;
+        let custody = Custody::open(master, token).await?;
         // New sets get their keys, and anything that fell due while stopped is done, before
         // the first request.
         let metrics = Metrics::default();
-        scheduler::run_due(&store, &master, &config, now, Some(&metrics)).await;
+        scheduler::run_due(&store, &custody, &config, now, Some(&metrics)).await;
         let (ledger, ledger_writer) = Ledger::start(
             store.issuance_writer(),
             metrics.clone(),
             std::time::Duration::from_millis(config.server.ledger_commit_interval_ms),
         );
-        let shared = Arc::new(Shared::load(store, Arc::clone(&config), master, metrics, ledger.health()).await?);
+        let shared = Arc::new(Shared::load(store, Arc::clone(&config), custody, metrics, ledger.health()).await?);
 
         let profiles: HashMap<_, _> = profiles.into_iter().map(|p| (p.name.clone(), p)).collect();
         let routes: HashMap<String, String> = config

@@ -18,7 +18,7 @@ impl Shared {
             let now_ms = chrono::Utc::now().timestamp_millis();
             let wait = match self.snapshot().next_change_at {
                 // Decisions use whole seconds: the change is due once its second begins.
-                Some(at) if at.saturating_mul(1_000) <= now_ms => match self.refresh(now_ms.div_euclid(1_000)) {
+                Some(at) if at.saturating_mul(1_000) <= now_ms => match self.refresh(now_ms.div_euclid(1_000)).await {
                     Ok(_) => {
                         tracing::info!(at, "planned hand-over: serving the keys as of now");
                         continue;

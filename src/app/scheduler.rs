@@ -7,9 +7,9 @@ use tokio::sync::watch;
 use crate::app::metrics::Metrics;
 use crate::app::snapshot::Shared;
 use crate::config::Config;
+use crate::keys::custody::Custody;
 use crate::keys::rotation;
 use crate::ops;
-use crate::seal::MasterKey;
 use crate::store::Store;
 
 /// The scheduler looks again at least this often, whatever the plan says.
@@ -29,11 +29,11 @@ pub struct Pass {
 
 /// Carries out every step due at `now` in every key set. Failures are logged, counted in
 /// `metrics` when given, and retried soon.
-pub async fn run_due(store: &Store, master: &MasterKey, config: &Config, now: i64, metrics: Option<&Metrics>) -> Pass {
+pub async fn run_due(store: &Store, custody: &Custody, config: &Config, now: i64, metrics: Option<&Metrics>) -> Pass {
     let mut pass = Pass { changed: false, wake_at: now + MAX_SLEEP_SECS };
     for set in &config.key_sets {
         let policy = config.policy(set);
-        let done = ops::carry_out(store, master, set, now, |keys| Ok(rotation::plan(keys, &policy, now).steps)).await;
+        let done = ops::carry_out(store, custody, set, now, |keys| Ok(rotation::plan(keys, &policy, now).steps)).await;
         match done {
             Ok(steps) => {
                 for step in &steps {
@@ -70,7 +70,7 @@ pub async fn run_until_stopped(shared: &Shared, mut stop: watch::Receiver<bool>)
     loop {
         let now = chrono::Utc::now();
         let pass =
-            run_due(shared.store(), shared.master(), shared.config(), now.timestamp(), Some(shared.metrics())).await;
+            run_due(shared.store(), shared.custody(), shared.config(), now.timestamp(), Some(shared.metrics())).await;
         let keep_from = now.timestamp() - shared.config().server.ledger_retention.as_secs_i64();
         match shared.store().prune_issuance(keep_from).await {
             Ok(0) => {}

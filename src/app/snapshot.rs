@@ -12,6 +12,7 @@ use actix_web::web::Bytes;
 use crate::app::ledger::LedgerHealth;
 use crate::app::metrics::Metrics;
 use crate::config::Config;
+use crate::keys::custody::Custody;
 use crate::keys::jwks::{self, JwksDocument};
 use crate::keys::{self, timeline, KeyRecord, KeyState, PublicKey, SecretKey, SigningKey};
 use crate::ops::clients;
@@ -93,7 +94,7 @@ pub struct Shared {
     current: RwLock<Arc<Snapshot>>,
     store: Store,
     config: Arc<Config>,
-    master: MasterKey,
+    custody: Custody,
     metrics: Metrics,
     pub(super) database_ok: AtomicBool,
     ledger: LedgerHealth,
@@ -135,7 +136,7 @@ impl Shared {
     pub async fn load(
         store: Store,
         config: Arc<Config>,
-        master: MasterKey,
+        custody: Custody,
         metrics: Metrics,
         ledger: LedgerHealth,
     ) -> anyhow::Result<Self> {
@@ -143,7 +144,7 @@ impl Shared {
             current: RwLock::new(Arc::default()),
             store,
             config,
-            master,
+            custody,
             metrics,
             database_ok: AtomicBool::new(true),
             ledger,
@@ -173,7 +174,12 @@ impl Shared {
 
     /// The master key.
     pub fn master(&self) -> &MasterKey {
-        &self.master
+        self.custody.master()
+    }
+
+    /// Who holds the private keys.
+    pub fn custody(&self) -> &Custody {
+        &self.custody
     }
 
     /// The process's metrics.
@@ -188,6 +194,8 @@ impl Shared {
             Err("the database does not answer")
         } else if self.ledger.is_failing() {
             Err("the issuance ledger cannot commit (is the disk full or the database unreachable?)")
+        } else if !self.custody.is_available() {
+            Err("the PKCS#11 token does not answer")
         } else if !self.snapshot().is_ready() {
             Err("a key set has no signing key")
         } else {
@@ -201,11 +209,11 @@ impl Shared {
         // Read the counter first: a change committed after it triggers another reload.
         let generation = self.store.generation().await?;
         let records = Arc::new(self.store.keys().await?);
-        keys::check_master_key(&records, &self.master)?;
+        keys::check_master_key(&records, self.master())?;
         let clients = clients::load_directory(&self.store).await?;
-        let secrets = secrets::load(&self.store, &self.master, &self.config).await?;
+        let secrets = secrets::load(&self.store, self.master(), &self.config).await?;
         let now = generation_time();
-        let key_sets = self.key_set_views(&records, &previous, now)?;
+        let key_sets = self.key_set_views(&records, &previous, now).await?;
         let next_change_at = keys::next_change_after(&records, now);
         let next = Arc::new(Snapshot { generation, records, next_change_at, key_sets, clients, secrets });
         match self.current.write() {
@@ -218,9 +226,9 @@ impl Shared {
     /// Rebuilds what the snapshot serves at `now` from the keys it holds, without reading
     /// the store: a planned hand-over happens in every process at its instant, whatever
     /// the database does then. Returns whether it swapped (not when a reload came first).
-    pub fn refresh(&self, now: i64) -> anyhow::Result<bool> {
+    pub async fn refresh(&self, now: i64) -> anyhow::Result<bool> {
         let previous = self.snapshot();
-        let key_sets = self.key_set_views(&previous.records, &previous, now)?;
+        let key_sets = self.key_set_views(&previous.records, &previous, now).await?;
         let next = Arc::new(Snapshot {
             key_sets,
             next_change_at: keys::next_change_after(&previous.records, now),
@@ -238,7 +246,7 @@ impl Shared {
     }
 
     /// What each key set serves at `now`; signers already open in `previous` are reused.
-    fn key_set_views(
+    async fn key_set_views(
         &self,
         records: &[KeyRecord],
         previous: &Snapshot,
@@ -257,7 +265,7 @@ impl Shared {
                         .filter(|s| s.kid() == record.kid);
                     match reused {
                         Some(signer) => Some(signer),
-                        None => Some(Arc::new(record.open_signing_key(&self.master)?)),
+                        None => Some(Arc::new(self.custody.signer(record).await?)),
                     }
                 }
                 None => None,

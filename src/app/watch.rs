@@ -13,11 +13,37 @@ use crate::store::changes::Changes;
 /// How long the watcher waits before reconnecting after the database stopped answering.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(250);
 
+/// How often the key custody is asked whether it answers (it throttles its own checks).
+const CUSTODY_PROBE_INTERVAL: Duration = Duration::from_millis(50);
+
 impl Shared {
-    /// Reloads whenever another process changes keys, clients or secrets, until `stop`
-    /// turns true. While the database does not answer the server is not ready (it keeps
-    /// serving the last snapshot), and the watcher reconnects by itself.
-    pub async fn watch_until_stopped(&self, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+    /// Reloads whenever another process changes keys, clients or secrets, and checks the
+    /// key custody (a PKCS#11 token that failed is reconnected), until `stop` turns true.
+    pub async fn watch_until_stopped(&self, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+        let (watched, ()) =
+            tokio::join!(self.watch_store_until_stopped(stop.clone()), self.probe_custody_until_stopped(stop));
+        watched
+    }
+
+    async fn probe_custody_until_stopped(&self, mut stop: watch::Receiver<bool>) {
+        let mut ticker = tokio::time::interval(CUSTODY_PROBE_INTERVAL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => self.custody().probe().await,
+                changed = stop.changed() => {
+                    if changed.is_err() || *stop.borrow() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reloads whenever another process changes keys, clients or secrets. While the
+    /// database does not answer the server is not ready (it keeps serving the last
+    /// snapshot), and the watcher reconnects by itself.
+    async fn watch_store_until_stopped(&self, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
         let mut changes: Option<Changes> = None;
         let mut down_since: Option<std::time::Instant> = None;
         loop {

@@ -5,12 +5,14 @@ use anyhow::bail;
 use super::context::Context;
 use crate::config::Database;
 use crate::keys;
+use crate::keys::custody::{self, sealed};
 use crate::ops::secrets;
 use crate::seal::MasterKey;
 use crate::store::Store;
 
 /// Checks what `serve` checks before binding: the configuration (done by loading it), the
-/// master key, and, when the database exists, that the key opens every sealed row.
+/// master key, when the database exists, that the key opens every sealed row, and the
+/// PKCS#11 token when one is configured (it logs in and holds the keys kept there).
 pub(super) async fn run(ctx: &Context) -> anyhow::Result<()> {
     let config = ctx.config();
     let (source, database) = ctx.describe();
@@ -34,8 +36,8 @@ pub(super) async fn run(ctx: &Context) -> anyhow::Result<()> {
             Some(master) => {
                 let records = store.keys().await?;
                 keys::check_master_key(&records, master)?;
-                for record in records.iter().filter(|r| r.sealed_private.is_some()) {
-                    record.open_signing_key(master)?;
+                for record in records.iter().filter(|r| r.sealed().is_some()) {
+                    sealed::open(record, master)?;
                 }
                 secrets::load(&store, master, config).await?;
                 eprintln!("master key {} opens every sealed key and secret in {database}", master.id());
@@ -61,6 +63,12 @@ pub(super) async fn run(ctx: &Context) -> anyhow::Result<()> {
              path (readable by uid 10001 in the image)",
             file.display()
         ),
+    }
+    if let Some(settings) = config.token_settings(std::env::var(crate::config::PIN_ENV).ok().as_deref())? {
+        let label = settings.token_label.clone();
+        let records = if exists { Store::connect(&database).await?.keys().await? } else { Vec::new() };
+        let held = custody::check_token(settings, records).await?;
+        eprintln!("PKCS#11 token {label:?}: logged in; it holds every one of the {held} live keys kept there");
     }
     eprintln!(
         "{source}: configuration is valid ({} key sets, {} profiles)",

@@ -8,6 +8,7 @@ use anyhow::bail;
 
 use crate::config::{self, Config, Database, EnvSettings, LoadedConfig};
 use crate::keys;
+use crate::keys::custody::Custody;
 use crate::private_files;
 use crate::seal::{MasterKey, MasterKeyOrigin};
 use crate::store::sqlite;
@@ -92,6 +93,14 @@ impl Context {
         Ok((store, master))
     }
 
+    /// The database and whatever holds private keys (the master key, checked against the
+    /// keys it sealed, and the PKCS#11 token when one is configured): what a key action needs.
+    pub(super) async fn store_and_custody(&self) -> anyhow::Result<(Store, Custody)> {
+        let (store, master) = self.store_and_master_key().await?;
+        let token = self.config().token_settings(std::env::var(crate::config::PIN_ENV).ok().as_deref())?;
+        Ok((store, Custody::open(master, token).await?))
+    }
+
     /// The master key; a development key is generated only for a database with no sealed
     /// keys, and only where generating is allowed (not in the Docker image unless KEYWARD_DEV=1).
     pub(super) async fn master_key(&self, store: &Store) -> anyhow::Result<MasterKey> {
@@ -128,8 +137,8 @@ impl Context {
         Ok(key)
     }
 
-    /// The database and the master key file hold secrets (sealed keys, client-token hashes,
-    /// who got which token): refuse to use them while group or others may read them, as ssh
+    /// The database, the master key file and the PKCS#11 PIN file hold secrets (sealed keys,
+    /// client-token hashes, who got which token, the token's PIN): refuse to use them while group or others may read them, as ssh
     /// does for keys, unless the operator says otherwise.
     pub(super) fn check_private_files(&self, allow_insecure: bool) -> anyhow::Result<()> {
         let mut files = match self.config().database() {
@@ -138,6 +147,10 @@ impl Context {
         };
         if std::env::var_os("KEYWARD_MASTER_KEY").is_none() {
             files.push(self.config().server.master_key_file.clone());
+        }
+        let pin_file = self.config().pkcs11.as_ref().and_then(|p| p.pin_file.clone());
+        if let Some(file) = pin_file.filter(|_| std::env::var_os(crate::config::PIN_ENV).is_none()) {
+            files.push(file);
         }
         for file in files {
             let Some(mode) = private_files::shared_mode(&file) else { continue };

@@ -7,11 +7,12 @@ use serde_json::{Map, Value};
 use super::{Config, ConfigError, ServerConfig};
 
 /// Variables that set no `[server]` field, with what each does (shown by `--help`).
-const ENVIRONMENT_ONLY: [(&str, &str); 4] = [
+const ENVIRONMENT_ONLY: [(&str, &str); 5] = [
     ("KEYWARD_CONFIG", "the configuration file (as --config)"),
     ("KEYWARD_MASTER_KEY", "the master key itself, base64 of 32 bytes (wins over the file)"),
     ("KEYWARD_DEV", "1: a missing master key may be generated (the default outside the Docker image); 0: never"),
     ("KEYWARD_LOG_FORMAT", "text (default) or json"),
+    ("KEYWARD_PKCS11_PIN", "the PKCS#11 token's user PIN (wins over [pkcs11] pin_file)"),
 ];
 
 /// The variable that sets `[server]` field `field`.

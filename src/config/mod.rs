@@ -14,6 +14,7 @@ mod defaults;
 mod duration;
 mod env;
 mod parse;
+mod pkcs11;
 mod schema;
 #[cfg(test)]
 mod tests;
@@ -24,6 +25,7 @@ pub use duration::Duration;
 use env::{apply_env, blame_environment};
 pub use env::{known_env, EnvSettings, LogFormat};
 pub use parse::{parse_toml, ConfigError};
+pub use pkcs11::{Pkcs11Config, PIN_ENV};
 pub use schema::{
     parse_instant, ClaimType, ExchangeConfig, ExchangeStyle, KeySetConfig, ProfileConfig, ServerConfig,
     DEFAULT_CLAIM_TYPE, PLACEHOLDERS, REGISTERED_CLAIMS, TTL_HARD_CAP,
@@ -44,6 +46,9 @@ pub struct Config {
     /// Signing profiles.
     #[serde(default, rename = "profile")]
     pub profiles: Vec<ProfileConfig>,
+    /// The PKCS#11 token of `custody = "pkcs11"` key sets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pkcs11: Option<Pkcs11Config>,
 }
 
 /// Where the configuration came from, for messages.
@@ -123,6 +128,7 @@ fn resolve_relative_paths(config: &mut Config, file: &Path, source_name: &str) -
     if server.master_key_file.is_relative() {
         server.master_key_file = folder.join(&server.master_key_file);
     }
+    pkcs11::resolve_relative_paths(config, &folder);
     Ok(())
 }
 

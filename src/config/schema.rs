@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::defaults;
 use super::Duration;
+use crate::keys::custody::CustodyKind;
 use crate::keys::{Algorithm, HmacAlgorithm};
 
 /// Claims a caller may never set: they are fixed by the profile or by keyward.
@@ -64,6 +65,9 @@ pub struct KeySetConfig {
     /// Signing algorithm of every key in the set.
     #[serde(default = "defaults::key_set::algorithm")]
     pub algorithm: Algorithm,
+    /// Who holds the private keys: sealed in the database, or a PKCS#11 token.
+    #[serde(default)]
+    pub custody: CustodyKind,
     /// RSA modulus size; ignored for EC algorithms.
     #[serde(default = "defaults::key_set::rsa_bits")]
     pub rsa_bits: u32,

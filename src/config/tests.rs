@@ -291,17 +291,21 @@ fn every_server_field_and_no_other_is_read_from_its_environment_variable() {
         request_body_timeout: Duration::from_secs(9),
     };
     assert_eq!(loaded.config.server, expected);
-    // The variables come from the schema: one per [server] field, plus the four that
+    // The variables come from the schema: one per [server] field, plus the five that
     // only the environment gives.
     let known: BTreeSet<String> = known_env().into_iter().map(|(name, _)| name).collect();
     let mut expected: BTreeSet<String> = values.iter().map(|(name, _)| (*name).to_owned()).collect();
-    expected.extend(["KEYWARD_CONFIG", "KEYWARD_MASTER_KEY", "KEYWARD_DEV", "KEYWARD_LOG_FORMAT"].map(String::from));
+    expected.extend(
+        ["KEYWARD_CONFIG", "KEYWARD_MASTER_KEY", "KEYWARD_DEV", "KEYWARD_LOG_FORMAT", "KEYWARD_PKCS11_PIN"]
+            .map(String::from),
+    );
     assert_eq!(known, expected);
     let quiet = [
         ("KEYWARD_CONFIG", "k.toml"),
         ("KEYWARD_MASTER_KEY", "x"),
         ("KEYWARD_DEV", "1"),
         ("KEYWARD_LOG_FORMAT", "json"),
+        ("KEYWARD_PKCS11_PIN", "1234"),
     ];
     assert!(load(ConfigSource::Defaults, &env(&quiet)).unwrap().warnings.is_empty());
 }

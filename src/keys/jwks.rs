@@ -79,7 +79,7 @@ mod tests {
     #[test]
     fn signing_key_first_then_next_then_previous_newest_first() {
         let mut revoked = key("revoked", "s", 5, Some(5), Some(6));
-        revoked.revoked_at = Some(6);
+        revoked.revoke(6);
         let records = vec![
             key("old", "s", 1, Some(1), Some(2)),
             key("older", "s", 0, Some(0), Some(1)),

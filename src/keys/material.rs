@@ -44,6 +44,12 @@ pub enum KeyError {
     /// An imported key is unusable; the message never quotes the key.
     #[error("cannot import the key: {0}")]
     Import(String),
+    /// The PKCS#11 token refused or did not answer.
+    #[error(transparent)]
+    Token(#[from] super::custody::pkcs11::TokenError),
+    /// The signing task was cancelled (the server is shutting down).
+    #[error("signing was interrupted")]
+    Interrupted,
 }
 
 pub(super) fn crypto(operation: &'static str) -> impl FnOnce(josekit::JoseError) -> KeyError {

@@ -6,6 +6,7 @@
 //! context for every signature).
 
 mod algorithm;
+pub mod custody;
 pub mod export;
 pub mod jwks;
 mod material;
@@ -17,4 +18,4 @@ pub mod timeline;
 pub use algorithm::{Algorithm, HmacAlgorithm};
 pub use material::{generate, import_pem, GeneratedKey, KeyError, PublicKey};
 pub use signing::{SecretKey, SigningKey};
-pub use state::{check_master_key, next_change_after, signer_at, KeyRecord, KeyState};
+pub use state::{check_master_key, next_change_after, signer_at, KeyRecord, KeyState, Private, Status};

@@ -2,7 +2,7 @@
 //! profile's shared secret (josekit).
 
 use std::fmt;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -17,6 +17,7 @@ use openssl::pkey_ctx::PkeyCtx;
 use openssl::rsa::Padding;
 use openssl::sign::RsaPssSaltlen;
 
+use super::custody::pkcs11::TokenKey;
 use super::material::{crypto, openssl_error};
 use super::{Algorithm, HmacAlgorithm, KeyError};
 
@@ -36,6 +37,8 @@ enum Signer {
     Rsa { key: PKey<Private>, contexts: Mutex<Vec<PkeyCtx<Private>>> },
     /// ECDSA straight on the key: no context, and no DER encoding to undo.
     Ec { key: EcKey<Private>, width: i32 },
+    /// A private object in a PKCS#11 token: each signature is a blocking call.
+    Token(TokenKey),
 }
 
 impl fmt::Debug for SigningKey {
@@ -67,8 +70,17 @@ impl SigningKey {
             }
             _ => return Err(KeyError::WrongKind(algorithm)),
         };
+        Ok(Self::with_signer(kid, algorithm, signer))
+    }
+
+    /// A key held by a PKCS#11 token.
+    pub(crate) fn in_token(kid: &str, algorithm: Algorithm, key: TokenKey) -> Self {
+        Self::with_signer(kid, algorithm, Signer::Token(key))
+    }
+
+    fn with_signer(kid: &str, algorithm: Algorithm, signer: Signer) -> Self {
         let header = serde_json::json!({"alg": algorithm.as_str(), "kid": kid, "typ": "JWT"});
-        Ok(SigningKey { kid: kid.to_owned(), algorithm, header: URL_SAFE_NO_PAD.encode(header.to_string()), signer })
+        SigningKey { kid: kid.to_owned(), algorithm, header: URL_SAFE_NO_PAD.encode(header.to_string()), signer }
     }
 
     /// The key's id.
@@ -88,16 +100,30 @@ impl SigningKey {
         token.push_str(&self.header);
         token.push('.');
         URL_SAFE_NO_PAD.encode_string(payload, &mut token);
-        let signature = self.sign_hash(&self.algorithm.hash(token.as_bytes()))?;
+        let signature = self.signature(token.as_bytes())?;
         token.push('.');
         URL_SAFE_NO_PAD.encode_string(signature, &mut token);
         Ok(token)
     }
 
-    /// The JWS signature (RFC 7518 section 3) over a hash of the signing input.
-    fn sign_hash(&self, hash: &[u8]) -> Result<Vec<u8>, KeyError> {
+    /// [`SigningKey::sign`], off the async executor when the signature waits on a token;
+    /// in place for software keys (a thread hand-off would cost more than the signature).
+    pub async fn sign_async(
+        self: &Arc<Self>,
+        claims: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<String, KeyError> {
+        if !matches!(self.signer, Signer::Token(_)) {
+            return self.sign(claims);
+        }
+        let key = Arc::clone(self);
+        tokio::task::spawn_blocking(move || key.sign(claims)).await.map_err(|_| KeyError::Interrupted)?
+    }
+
+    /// The JWS signature (RFC 7518 section 3) over the signing input.
+    fn signature(&self, input: &[u8]) -> Result<Vec<u8>, KeyError> {
         match &self.signer {
             Signer::Rsa { key, contexts } => {
+                let hash = self.algorithm.hash(input);
                 let pooled = contexts.lock().unwrap_or_else(PoisonError::into_inner).pop();
                 let mut context = match pooled {
                     Some(context) => context,
@@ -105,14 +131,16 @@ impl SigningKey {
                 };
                 let mut signature = Vec::new();
                 // A context whose signature failed is dropped rather than trusted again.
-                context.sign_to_vec(hash, &mut signature).map_err(openssl_error("signing"))?;
+                context.sign_to_vec(&hash, &mut signature).map_err(openssl_error("signing"))?;
                 contexts.lock().unwrap_or_else(PoisonError::into_inner).push(context);
                 Ok(signature)
             }
             Signer::Ec { key, width } => {
-                let signature = EcdsaSig::sign(hash, key).map_err(openssl_error("signing"))?;
+                let signature = EcdsaSig::sign(&self.algorithm.hash(input), key).map_err(openssl_error("signing"))?;
                 ecdsa_to_jose(&signature, *width)
             }
+            // The token hashes RSA input itself (CKM_SHA256_RSA_PKCS and _PSS).
+            Signer::Token(key) => Ok(key.sign(input)?),
         }
     }
 }
@@ -135,7 +163,7 @@ fn rsa_context(key: &PKey<Private>, algorithm: Algorithm) -> Result<PkeyCtx<Priv
 
 /// An ECDSA signature as JWS wants it: `r || s`, each big-endian and left-padded with
 /// zeros to the curve's size (about one signature in 128 has a shorter `r` or `s`).
-fn ecdsa_to_jose(signature: &EcdsaSig, width: i32) -> Result<Vec<u8>, KeyError> {
+pub(crate) fn ecdsa_to_jose(signature: &EcdsaSig, width: i32) -> Result<Vec<u8>, KeyError> {
     let encode = || -> Result<Vec<u8>, openssl::error::ErrorStack> {
         let mut jose = signature.r().to_vec_padded(width)?;
         jose.extend(signature.s().to_vec_padded(width)?);

@@ -2,10 +2,11 @@
 
 use std::fmt;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use serde::Serialize;
 
-use super::{Algorithm, PublicKey, SigningKey};
+use super::custody::NewKey;
+use super::{Algorithm, PublicKey};
 use crate::seal::MasterKey;
 
 /// Where a key is in its life at a given instant; derived from its timestamps and that
@@ -37,8 +38,60 @@ impl fmt::Display for KeyState {
     }
 }
 
+/// Where a live key's private half is kept.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Private {
+    /// PKCS#8 DER sealed under the master key `master_key_id`, stored beside the record.
+    Sealed {
+        /// The AES-256-GCM blob.
+        blob: Vec<u8>,
+        /// Id of the master key that sealed it.
+        master_key_id: String,
+    },
+    /// A sensitive, non-extractable object in the PKCS#11 token labelled `token`, whose
+    /// label and id are the kid.
+    Token {
+        /// The token's label.
+        token: String,
+    },
+}
+
+impl fmt::Debug for Private {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Private::Sealed { blob, master_key_id } => {
+                write!(f, "Sealed {{ <{} bytes> by master key {master_key_id} }}", blob.len())
+            }
+            Private::Token { token } => write!(f, "Token {{ {token:?} }}"),
+        }
+    }
+}
+
+/// Where a key is in its life, with what each state may hold: only a live key has a
+/// private half, so a retired or revoked key with private material cannot be represented.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Status {
+    /// Published: next, current or previous (its signing period and the clock say which).
+    Live {
+        /// Its private half.
+        private: Private,
+    },
+    /// Left the JWKS after its tokens expired (Unix seconds).
+    Retired {
+        /// When.
+        at: i64,
+    },
+    /// Withdrawn in an emergency (Unix seconds), possibly after it was retired.
+    Revoked {
+        /// When.
+        at: i64,
+        /// When it had been retired, if it had.
+        retired_at: Option<i64>,
+    },
+}
+
 /// A row of the `keys` table. `Debug` shows the sealed blob's size only.
-#[derive(Clone, Serialize)]
+#[derive(Clone)]
 pub struct KeyRecord {
     /// RFC 7638 thumbprint.
     pub kid: String,
@@ -48,11 +101,6 @@ pub struct KeyRecord {
     pub algorithm: Algorithm,
     /// Public half.
     pub public: PublicKey,
-    /// Sealed PKCS#8 DER; `None` once retired.
-    #[serde(skip)]
-    pub sealed_private: Option<Vec<u8>>,
-    /// Id of the master key that sealed it.
-    pub master_key_id: Option<String>,
     /// Unix seconds.
     pub created_at: i64,
     /// First served in the JWKS.
@@ -61,31 +109,93 @@ pub struct KeyRecord {
     pub activates_at: Option<i64>,
     /// Stops signing, past or planned; `None` while no successor is planned.
     pub deactivates_at: Option<i64>,
-    /// Left the JWKS after its tokens expired.
-    pub retired_at: Option<i64>,
-    /// Withdrawn in an emergency.
-    pub revoked_at: Option<i64>,
+    /// Live with its private half, retired or revoked.
+    pub status: Status,
+}
+
+/// A record as `keys list --json` shows it: every timestamp, the master key or token that
+/// holds the private half, never the sealed bytes.
+#[derive(Serialize)]
+struct Shown<'a> {
+    kid: &'a str,
+    key_set: &'a str,
+    algorithm: Algorithm,
+    public: &'a PublicKey,
+    master_key_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<&'a str>,
+    created_at: i64,
+    published_at: Option<i64>,
+    activates_at: Option<i64>,
+    deactivates_at: Option<i64>,
+    retired_at: Option<i64>,
+    revoked_at: Option<i64>,
+}
+
+impl Serialize for KeyRecord {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let (master_key_id, token) = match self.private() {
+            Some(Private::Sealed { master_key_id, .. }) => (Some(master_key_id.as_str()), None),
+            Some(Private::Token { token }) => (None, Some(token.as_str())),
+            None => (None, None),
+        };
+        Shown {
+            kid: &self.kid,
+            key_set: &self.key_set,
+            algorithm: self.algorithm,
+            public: &self.public,
+            master_key_id,
+            token,
+            created_at: self.created_at,
+            published_at: self.published_at,
+            activates_at: self.activates_at,
+            deactivates_at: self.deactivates_at,
+            retired_at: self.retired_at(),
+            revoked_at: self.revoked_at(),
+        }
+        .serialize(serializer)
+    }
 }
 
 impl fmt::Debug for KeyRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let private = match self.private() {
+            Some(Private::Sealed { blob, .. }) => format!("sealed <{} bytes>", blob.len()),
+            Some(Private::Token { token }) => format!("in token {token:?}"),
+            None => "none".to_owned(),
+        };
         f.debug_struct("KeyRecord")
             .field("kid", &self.kid)
             .field("key_set", &self.key_set)
             .field("algorithm", &self.algorithm)
             .field("activates_at", &self.activates_at)
             .field("deactivates_at", &self.deactivates_at)
-            .field("sealed_private", &self.sealed_private.as_ref().map(|b| format!("<{} bytes>", b.len())))
+            .field("private", &private)
             .finish_non_exhaustive()
     }
 }
 
 impl KeyRecord {
+    /// A new key with no lifecycle times yet.
+    pub fn new(key_set: &str, key: NewKey, now: i64) -> Self {
+        KeyRecord {
+            kid: key.kid,
+            key_set: key_set.to_owned(),
+            algorithm: key.algorithm,
+            public: key.public,
+            created_at: now,
+            published_at: None,
+            activates_at: None,
+            deactivates_at: None,
+            status: Status::Live { private: key.private },
+        }
+    }
+
     /// The lifecycle state at `now`: it signs from `activates_at` until `deactivates_at`.
     pub fn state_at(&self, now: i64) -> KeyState {
-        if self.revoked_at.is_some() {
+        if matches!(self.status, Status::Revoked { .. }) {
             KeyState::Revoked
-        } else if self.retired_at.is_some() {
+        } else if matches!(self.status, Status::Retired { .. }) {
             KeyState::Retired
         } else if self.activates_at.is_none_or(|at| at > now) {
             KeyState::Next
@@ -108,29 +218,50 @@ impl KeyRecord {
 
     /// Whether verifiers may see it in the JWKS (not retired, not revoked).
     pub fn is_published(&self) -> bool {
-        self.retired_at.is_none() && self.revoked_at.is_none()
+        matches!(self.status, Status::Live { .. })
     }
 
-    pub(crate) fn seal_context(&self) -> [&str; 3] {
-        [&self.kid, &self.key_set, self.algorithm.as_str()]
-    }
-
-    /// Unseals the private half for signing.
-    pub fn open_signing_key(&self, master: &MasterKey) -> anyhow::Result<SigningKey> {
-        let (Some(blob), Some(sealed_by)) = (&self.sealed_private, &self.master_key_id) else {
-            bail!("key {} has no private material (retired or revoked)", self.kid);
-        };
-        if sealed_by != master.id() {
-            bail!(
-                "key {} was sealed with master key {sealed_by}, but the configured master key is {}",
-                self.kid,
-                master.id()
-            );
+    /// Its private half, while it is live.
+    pub fn private(&self) -> Option<&Private> {
+        match &self.status {
+            Status::Live { private } => Some(private),
+            Status::Retired { .. } | Status::Revoked { .. } => None,
         }
-        let der = master
-            .open(blob, &self.seal_context())
-            .with_context(|| format!("opening the private half of key {}", self.kid))?;
-        SigningKey::from_der(&self.kid, self.algorithm, &der).with_context(|| format!("loading key {}", self.kid))
+    }
+
+    /// The sealed blob and the id of the master key that sealed it, if sealed and live.
+    pub fn sealed(&self) -> Option<(&[u8], &str)> {
+        match self.private() {
+            Some(Private::Sealed { blob, master_key_id }) => Some((blob, master_key_id)),
+            _ => None,
+        }
+    }
+
+    /// When it was retired.
+    pub fn retired_at(&self) -> Option<i64> {
+        match self.status {
+            Status::Retired { at } => Some(at),
+            Status::Revoked { retired_at, .. } => retired_at,
+            Status::Live { .. } => None,
+        }
+    }
+
+    /// When it was revoked.
+    pub fn revoked_at(&self) -> Option<i64> {
+        match self.status {
+            Status::Revoked { at, .. } => Some(at),
+            _ => None,
+        }
+    }
+
+    /// Retires it at `at`, dropping its private half.
+    pub fn retire(&mut self, at: i64) {
+        self.status = Status::Retired { at };
+    }
+
+    /// Revokes it at `at`, dropping its private half.
+    pub fn revoke(&mut self, at: i64) {
+        self.status = Status::Revoked { at, retired_at: self.retired_at() };
     }
 }
 
@@ -169,7 +300,7 @@ pub(crate) fn periods_overlap(keys: &[KeyRecord]) -> bool {
 /// Refuses to go on when stored keys were sealed under another master key.
 pub fn check_master_key(records: &[KeyRecord], master: &MasterKey) -> anyhow::Result<()> {
     let foreign: Vec<&str> =
-        records.iter().filter_map(|r| r.master_key_id.as_deref()).filter(|id| *id != master.id()).collect();
+        records.iter().filter_map(|r| r.sealed().map(|(_, id)| id)).filter(|id| *id != master.id()).collect();
     if let Some(id) = foreign.first() {
         bail!(
             "the database holds keys sealed with master key {id}, but the configured master key is {}: \
@@ -194,14 +325,11 @@ impl KeyBuilder {
             key_set: "s".into(),
             algorithm: Algorithm::Es256,
             public: PublicKey::Ec { crv: "P-256".into(), x: format!("x{kid}"), y: "y".into() },
-            sealed_private: Some(vec![0; 40]),
-            master_key_id: Some("m".into()),
             created_at: 0,
             published_at: Some(0),
             activates_at: None,
             deactivates_at: None,
-            retired_at: None,
-            revoked_at: None,
+            status: Status::Live { private: Private::Sealed { blob: vec![0; 40], master_key_id: "m".into() } },
         })
     }
 
@@ -239,7 +367,10 @@ mod tests {
     use super::*;
 
     fn record() -> KeyRecord {
-        KeyRecord { sealed_private: Some(vec![1, 2, 3]), ..KeyBuilder::new("k").created(10).build() }
+        KeyRecord {
+            status: Status::Live { private: Private::Sealed { blob: vec![1, 2, 3], master_key_id: "m".into() } },
+            ..KeyBuilder::new("k").created(10).build()
+        }
     }
 
     #[test]
@@ -251,11 +382,12 @@ mod tests {
         r.deactivates_at = Some(30);
         assert_eq!(r.state_at(100), KeyState::Previous);
         assert!(r.is_published());
-        r.retired_at = Some(40);
+        r.retire(40);
         assert_eq!(r.state_at(100), KeyState::Retired);
         assert!(!r.is_published());
-        r.revoked_at = Some(50);
+        r.revoke(50);
         assert_eq!(r.state_at(100), KeyState::Revoked);
+        assert_eq!((r.retired_at(), r.revoked_at(), r.private()), (Some(40), Some(50), None));
     }
 
     #[test]

@@ -70,7 +70,7 @@ pub fn timeline(keys: &[KeyRecord], policy: &Policy, now: i64) -> Vec<Timeline> 
                 algorithm: k.algorithm,
                 state,
                 published_from: Moment::seen_at(k.published_at, now),
-                published_until: Moment::seen_at(k.retired_at.or(k.revoked_at), now),
+                published_until: Moment::seen_at(k.retired_at().or(k.revoked_at()), now),
                 signing_from: Moment::seen_at(k.activates_at, now),
                 signing_until: Moment::seen_at(k.deactivates_at, now),
             };

@@ -1,29 +1,27 @@
 //! Carrying out key changes: generating and sealing keys, deciding again under the
 //! store's write lock.
 
-use anyhow::{anyhow, Context};
+use anyhow::anyhow;
 
 use super::ActionError;
 use crate::config::KeySetConfig;
+use crate::keys::custody::Custody;
 use crate::keys::rotation::{self, Refused, Step};
-use crate::keys::{self, KeyRecord};
-use crate::seal::MasterKey;
+use crate::keys::{KeyRecord, Private};
 use crate::store::{KeyChange, Store};
 
-/// Generates a key off the async executor and seals it, with no lifecycle times yet.
-async fn make_key(set: &KeySetConfig, master: &MasterKey, now: i64) -> anyhow::Result<KeyRecord> {
-    let (algorithm, bits) = (set.algorithm, set.rsa_bits);
-    let generated =
-        tokio::task::spawn_blocking(move || keys::generate(algorithm, bits)).await.context("key generation task")??;
-    seal_record(set, master, generated, now)
+/// Makes a key in the set's custody, with no lifecycle times yet.
+async fn make_key(set: &KeySetConfig, custody: &Custody, now: i64) -> anyhow::Result<KeyRecord> {
+    let key = custody.generate(set.custody, &set.name, set.algorithm, set.rsa_bits).await?;
+    Ok(KeyRecord::new(&set.name, key, now))
 }
 
 /// Adds an existing private key (PEM) to `set` with the steps `decide` wants, given the
-/// set's keys and the sealed key (which it must place with a creating step). Returns the
+/// set's keys and the imported key (which it must place with a creating step). Returns the
 /// new kid and the steps taken.
 pub(crate) async fn carry_out_import<F>(
     store: &Store,
-    master: &MasterKey,
+    custody: &Custody,
     set: &KeySetConfig,
     pem: &[u8],
     now: i64,
@@ -32,7 +30,7 @@ pub(crate) async fn carry_out_import<F>(
 where
     F: Fn(&[KeyRecord], &KeyRecord) -> Result<Vec<Step>, Refused>,
 {
-    let imported = keys::import_pem(set.algorithm, pem).map_err(anyhow::Error::from)?;
+    let imported = crate::keys::import_pem(set.algorithm, pem).map_err(anyhow::Error::from)?;
     // The scheduler replaces keys that do not fit the set's settings: refuse them here.
     if let Some(bits) = imported.public.rsa_bits().filter(|bits| *bits != set.rsa_bits) {
         return Err(ActionError::Failed(anyhow!(
@@ -41,38 +39,13 @@ where
             set.rsa_bits
         )));
     }
-    let record = seal_record(set, master, imported, now)?;
-    let kid = record.kid.clone();
-    if store.key(&kid).await?.is_some() {
-        return Err(ActionError::Failed(anyhow!("key {kid} is already stored")));
+    if store.key(&imported.kid).await?.is_some() {
+        return Err(ActionError::Failed(anyhow!("key {} is already stored", imported.kid)));
     }
-    let steps = carry_out_with(store, master, set, now, Some(record.clone()), |keys| decide(keys, &record)).await?;
+    let record = KeyRecord::new(&set.name, custody.take(set.custody, &set.name, imported)?, now);
+    let kid = record.kid.clone();
+    let steps = carry_out_with(store, custody, set, now, Some(record.clone()), |keys| decide(keys, &record)).await?;
     Ok((kid, steps))
-}
-
-fn seal_record(
-    set: &KeySetConfig,
-    master: &MasterKey,
-    generated: keys::GeneratedKey,
-    now: i64,
-) -> anyhow::Result<KeyRecord> {
-    let algorithm = generated.algorithm;
-    let mut record = KeyRecord {
-        kid: generated.kid.clone(),
-        key_set: set.name.clone(),
-        algorithm,
-        public: generated.public.clone(),
-        sealed_private: None,
-        master_key_id: Some(master.id().to_owned()),
-        created_at: now,
-        published_at: None,
-        activates_at: None,
-        deactivates_at: None,
-        retired_at: None,
-        revoked_at: None,
-    };
-    record.sealed_private = Some(master.seal(&generated.private_der, &record.seal_context())?);
-    Ok(record)
 }
 
 /// Carries out what `decide` wants for one key set at `now`, atomically.
@@ -84,7 +57,7 @@ fn seal_record(
 /// rotate. Returns the steps applied (empty when nothing was due).
 pub(crate) async fn carry_out<F>(
     store: &Store,
-    master: &MasterKey,
+    custody: &Custody,
     set: &KeySetConfig,
     now: i64,
     decide: F,
@@ -92,13 +65,18 @@ pub(crate) async fn carry_out<F>(
 where
     F: Fn(&[KeyRecord]) -> Result<Vec<Step>, Refused>,
 {
-    carry_out_with(store, master, set, now, None, decide).await
+    carry_out_with(store, custody, set, now, None, decide).await
+}
+
+/// The kids of `keys` whose private halves are token objects.
+fn in_token(keys: &[KeyRecord]) -> Vec<String> {
+    keys.iter().filter(|k| matches!(k.private(), Some(Private::Token { .. }))).map(|k| k.kid.clone()).collect()
 }
 
 /// [`carry_out`], with `supplied` (an imported key) used for the first key a step creates.
 async fn carry_out_with<F>(
     store: &Store,
-    master: &MasterKey,
+    custody: &Custody,
     set: &KeySetConfig,
     now: i64,
     supplied: Option<KeyRecord>,
@@ -108,7 +86,8 @@ where
     F: Fn(&[KeyRecord]) -> Result<Vec<Step>, Refused>,
 {
     for _ in 0..3 {
-        let steps = decide(&store.keys_of_set(&set.name).await?)?;
+        let keys = store.keys_of_set(&set.name).await?;
+        let steps = decide(&keys)?;
         if steps.is_empty() {
             return Ok(steps);
         }
@@ -116,9 +95,16 @@ where
         for (i, _) in steps.iter().filter(|s| s.creates_key()).enumerate() {
             match (&supplied, i) {
                 (Some(key), 0) => fresh.push(key.clone()),
-                _ => fresh.push(make_key(set, master, now).await?),
+                _ => match make_key(set, custody, now).await {
+                    Ok(key) => fresh.push(key),
+                    Err(err) => {
+                        custody.destroy(in_token(&fresh)).await;
+                        return Err(err.into());
+                    }
+                },
             }
         }
+        let made = in_token(&fresh);
         let written = store
             .change_keys(&set.name, |keys| {
                 if decide(keys)? != steps {
@@ -127,9 +113,28 @@ where
                 let changed = rotation::apply(keys, &steps, fresh, now).map_err(anyhow::Error::from)?;
                 Ok::<_, ActionError>(KeyChange::Write(changed))
             })
-            .await??;
-        if written {
-            return Ok(steps);
+            .await
+            .map_err(ActionError::from)
+            .and_then(|refused| refused);
+        match written {
+            Ok(true) => {
+                // After the commit: a token object destroyed first would leave a key that
+                // signs with nothing if the write failed.
+                let ended: Vec<KeyRecord> = keys
+                    .into_iter()
+                    .filter(|k| {
+                        steps.iter().any(|s| matches!(s, Step::Retire { kid } | Step::Revoke { kid } if *kid == k.kid))
+                    })
+                    .collect();
+                custody.destroy(in_token(&ended)).await;
+                return Ok(steps);
+            }
+            // Keys made for a decision that was not written would stay in the token unused.
+            Ok(false) => custody.destroy(made).await,
+            Err(err) => {
+                custody.destroy(made).await;
+                return Err(err);
+            }
         }
     }
     Err(ActionError::Failed(anyhow!(

@@ -11,9 +11,9 @@ use serde::Serialize;
 
 use crate::config::{Config, KeySetConfig};
 use crate::keys;
+use crate::keys::custody::Custody;
 use crate::keys::rotation::{self, Exposure, ImportAs, Refused, Step};
 use crate::keys::timeline::{self, Timeline};
-use crate::seal::MasterKey;
 use crate::store::Store;
 pub(crate) use carry_out::carry_out;
 use carry_out::carry_out_import;
@@ -39,7 +39,7 @@ fn key_set<'a>(config: &'a Config, name: &str) -> Result<&'a KeySetConfig, Actio
 /// A planned rotation of `set` now; refused while the next key is too fresh unless `force`.
 pub async fn rotate(
     store: &Store,
-    master: &MasterKey,
+    custody: &Custody,
     config: &Config,
     set: &str,
     now: i64,
@@ -47,7 +47,7 @@ pub async fn rotate(
 ) -> Result<Vec<Step>, ActionError> {
     let set = key_set(config, set)?;
     let policy = config.policy(set);
-    carry_out(store, master, set, now, |keys| rotation::rotate_now(keys, &policy, now, force)).await
+    carry_out(store, custody, set, now, |keys| rotation::rotate_now(keys, &policy, now, force)).await
 }
 
 /// What a key action did to one set.
@@ -96,7 +96,7 @@ impl Outcome {
 /// the next key signs at once however recently it was published: the outcome says how long.
 pub async fn revoke(
     store: &Store,
-    master: &MasterKey,
+    custody: &Custody,
     config: &Config,
     kid: &str,
     now: i64,
@@ -104,14 +104,14 @@ pub async fn revoke(
     let record = store.key(kid).await?.ok_or_else(|| Refused::UnknownKey(kid.to_owned()))?;
     let set = key_set(config, &record.key_set)?;
     let policy = config.policy(set);
-    let steps = carry_out(store, master, set, now, |keys| rotation::revoke(keys, kid, &policy, now)).await?;
+    let steps = carry_out(store, custody, set, now, |keys| rotation::revoke(keys, kid, &policy, now)).await?;
     Ok(Outcome::after(store, config, set, steps, now).await?)
 }
 
 /// Adds an existing private key (PEM) to `set` as `how` says; returns its kid.
 pub async fn import(
     store: &Store,
-    master: &MasterKey,
+    custody: &Custody,
     config: &Config,
     set: &str,
     pem: &[u8],
@@ -120,7 +120,7 @@ pub async fn import(
 ) -> Result<(String, Outcome), ActionError> {
     let set = key_set(config, set)?;
     let policy = config.policy(set);
-    let (kid, steps) = carry_out_import(store, master, set, pem, now, |keys, imported| {
+    let (kid, steps) = carry_out_import(store, custody, set, pem, now, |keys, imported| {
         rotation::import(keys, imported, &policy, now, how)
     })
     .await?;

@@ -3,7 +3,7 @@
 use anyhow::Context;
 use serde::Serialize;
 
-use crate::keys::{Algorithm, KeyRecord};
+use crate::keys::{Algorithm, KeyRecord, Private, Status};
 
 /// A row of the `keys` table.
 #[derive(sqlx::FromRow)]
@@ -14,6 +14,7 @@ pub(crate) struct KeyRow {
     public_jwk: String,
     sealed_private: Option<Vec<u8>>,
     master_key_id: Option<String>,
+    token_label: Option<String>,
     created_at: i64,
     published_at: Option<i64>,
     activates_at: Option<i64>,
@@ -26,22 +27,31 @@ impl TryFrom<KeyRow> for KeyRecord {
     type Error = anyhow::Error;
 
     fn try_from(row: KeyRow) -> anyhow::Result<KeyRecord> {
-        let KeyRow { kid, algorithm, public_jwk, .. } = &row;
+        let KeyRow { kid, algorithm, public_jwk, sealed_private, master_key_id, token_label, .. } = row;
+        let status = match (row.revoked_at, row.retired_at) {
+            (Some(at), retired_at) => Status::Revoked { at, retired_at },
+            (None, Some(at)) => Status::Retired { at },
+            (None, None) => {
+                let private = match (sealed_private, master_key_id, token_label) {
+                    (Some(blob), Some(master_key_id), None) => Private::Sealed { blob, master_key_id },
+                    (None, None, Some(token)) => Private::Token { token },
+                    _ => anyhow::bail!("key {kid} is live but its row holds no single private half"),
+                };
+                Status::Live { private }
+            }
+        };
         Ok(KeyRecord {
-            algorithm: Algorithm::parse(algorithm)
+            algorithm: Algorithm::parse(&algorithm)
                 .with_context(|| format!("key {kid} has unknown algorithm {algorithm:?}"))?,
-            public: serde_json::from_str(public_jwk)
+            public: serde_json::from_str(&public_jwk)
                 .with_context(|| format!("key {kid} has an unreadable public JWK"))?,
             key_set: row.key_set,
-            sealed_private: row.sealed_private,
-            master_key_id: row.master_key_id,
             created_at: row.created_at,
             published_at: row.published_at,
             activates_at: row.activates_at,
             deactivates_at: row.deactivates_at,
-            retired_at: row.retired_at,
-            revoked_at: row.revoked_at,
-            kid: row.kid,
+            status,
+            kid,
         })
     }
 }
@@ -136,5 +146,44 @@ impl ClientRow {
         let Some((rate, burst)) = self.rate_limit.zip(self.rate_burst) else { return Ok(None) };
         let fits = |n: i64| u32::try_from(n).with_context(|| format!("client {} has a rate out of range", self.name));
         Ok(Some((fits(rate)?, fits(burst)?)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(sealed: Option<Vec<u8>>, token: Option<&str>, retired_at: Option<i64>) -> KeyRow {
+        KeyRow {
+            kid: "k".into(),
+            key_set: "s".into(),
+            algorithm: "ES256".into(),
+            public_jwk: r#"{"kty":"EC","crv":"P-256","x":"x","y":"y"}"#.into(),
+            master_key_id: sealed.as_ref().map(|_| "m".to_owned()),
+            sealed_private: sealed,
+            token_label: token.map(str::to_owned),
+            created_at: 0,
+            published_at: Some(0),
+            activates_at: None,
+            deactivates_at: None,
+            retired_at,
+            revoked_at: None,
+        }
+    }
+
+    #[test]
+    fn a_live_row_needs_exactly_one_private_half_and_an_ended_one_holds_none() {
+        let sealed = KeyRecord::try_from(row(Some(vec![1; 40]), None, None)).unwrap();
+        assert!(matches!(sealed.private(), Some(Private::Sealed { .. })));
+        let in_token = KeyRecord::try_from(row(None, Some("hsm"), None)).unwrap();
+        assert_eq!(in_token.private(), Some(&Private::Token { token: "hsm".into() }));
+        for (sealed, token) in [(None, None), (Some(vec![1; 40]), Some("hsm"))] {
+            let err = KeyRecord::try_from(row(sealed, token, None)).expect_err("refused");
+            assert!(err.to_string().contains("no single private half"), "{err}");
+        }
+        // A retired row is read as retired whatever its columns say: it has no private half.
+        let retired = KeyRecord::try_from(row(Some(vec![1; 40]), None, Some(5))).unwrap();
+        assert!(retired.private().is_none());
+        assert!(retired.status == Status::Retired { at: 5 });
     }
 }

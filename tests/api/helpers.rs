@@ -161,7 +161,8 @@ impl TestApp {
     pub async fn force_rotate(&self) -> String {
         let set = &self.config.key_sets[0].name;
         let now = chrono::Utc::now().timestamp();
-        let steps = keyward::ops::rotate(&self.store, &self.master, &self.config, set, now, true).await.unwrap();
+        let steps =
+            keyward::ops::rotate(&self.store, self.shared.custody(), &self.config, set, now, true).await.unwrap();
         match &steps[0] {
             keyward::keys::rotation::Step::Promote { kid } => kid.clone(),
             other => panic!("unexpected {other:?}"),
@@ -347,6 +348,11 @@ static SERVES: AtomicUsize = AtomicUsize::new(0);
 /// Starts `keyward serve` on port 0 over a configuration file in `dir`, logging JSON at
 /// `level` to a file.
 pub fn serve(dir: &Path, config: &Config, level: &str) -> Serve {
+    serve_with_env(dir, config, level, &[])
+}
+
+/// [`serve`], with these environment variables too.
+pub fn serve_with_env(dir: &Path, config: &Config, level: &str, env: &[(&str, &str)]) -> Serve {
     let mut config = config.clone();
     config.server.public_addr = "127.0.0.1:0".parse().unwrap();
     config.server.internal_addr = "127.0.0.1:0".parse().unwrap();
@@ -360,6 +366,7 @@ pub fn serve(dir: &Path, config: &Config, level: &str) -> Serve {
         .env_clear()
         .env("RUST_LOG", level)
         .env("KEYWARD_LOG_FORMAT", "json")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()

@@ -4,6 +4,7 @@ mod cli;
 mod first_hour;
 mod handover;
 mod helpers;
+mod hsm;
 mod jwks;
 mod keys_and_secrets;
 mod migrate;

@@ -841,7 +841,9 @@ async fn backup_while_running_holds_the_keys_and_ledger_and_restores_the_same_jw
 
     let copy = Store::open(file.to_str().unwrap()).await.unwrap();
     let describe = |keys: Vec<keyward::keys::KeyRecord>| -> Vec<(Value, Option<Vec<u8>>)> {
-        keys.into_iter().map(|k| (serde_json::to_value(&k).unwrap(), k.sealed_private)).collect()
+        keys.into_iter()
+            .map(|k| (serde_json::to_value(&k).unwrap(), k.sealed().map(|(blob, _)| blob.to_vec())))
+            .collect()
     };
     let original_keys = describe(app.store.keys().await.unwrap());
     assert_eq!(original_keys.len(), 2);

@@ -140,7 +140,12 @@ async fn three_replicas_on_one_postgres_rotate_revoke_and_survive_a_kill_and_a_d
                 for k in keys {
                     failures.push(format!(
                         "{} published {:?} activates {:?} deactivates {:?} retired {:?} revoked {:?}",
-                        k.kid, k.published_at, k.activates_at, k.deactivates_at, k.retired_at, k.revoked_at
+                        k.kid,
+                        k.published_at,
+                        k.activates_at,
+                        k.deactivates_at,
+                        k.retired_at(),
+                        k.revoked_at()
                     ));
                 }
             }

@@ -186,7 +186,7 @@ async fn revoking_the_signing_key_swaps_in_the_next_with_no_gap() {
 
     let revoked = app.store.keys().await.unwrap().into_iter().find(|k| k.kid == current).unwrap();
     assert_eq!(revoked.state_at(now()), KeyState::Revoked);
-    assert!(revoked.sealed_private.is_none());
+    assert!(revoked.private().is_none());
     assert_eq!(admin_post(&app, &ops, &format!("/v1/keys/{current}/revoke"), None).await.status(), 409);
     assert_eq!(admin_post(&app, &ops, "/v1/keys/nope/revoke", None).await.status(), 404);
 }
@@ -242,7 +242,7 @@ async fn admin_routes_need_an_admin_client_and_rotation_respects_publish_ahead()
 async fn retired_keys_leave_no_private_material_in_the_database() {
     let app = spawn_app_with(|c| fast(c, Algorithm::Es256)).await;
     let first = app.store.keys().await.unwrap().into_iter().find(|k| k.state_at(now()) == KeyState::Current).unwrap();
-    let blob = first.sealed_private.clone().unwrap();
+    let blob = first.sealed().unwrap().0.to_vec();
     // rotate_every 3s, then max_ttl 3s + retain_after 3s: retired about 9 s after start.
     let retired = app
         .eventually(Duration::from_secs(15), || async {
@@ -251,7 +251,7 @@ async fn retired_keys_leave_no_private_material_in_the_database() {
         .await;
     assert!(retired, "the first key was not retired in time");
     let record = app.store.keys().await.unwrap().into_iter().find(|k| k.kid == first.kid).unwrap();
-    assert!(record.sealed_private.is_none() && record.master_key_id.is_none());
+    assert!(record.private().is_none() && record.sealed().is_none());
     // The scheduler commits the retirement, then reloads the served snapshot: the JWKS
     // follows within moments (seen by this check only between the two, under load).
     let unpublished = app

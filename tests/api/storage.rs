@@ -1,5 +1,6 @@
 //! Keys at rest: sealed, bound to their row, and useless without the right master key.
 
+use keyward::keys::custody::sealed;
 use keyward::keys::Algorithm;
 use keyward::keys::KeyRecord;
 use keyward::seal::MasterKey;
@@ -8,7 +9,7 @@ use keyward::startup::Application;
 use crate::helpers::{database_bytes, on_both_stores, spawn_app_on, spawn_app_with_algorithm, spawn_in};
 
 fn private_der(app_master: &MasterKey, record: &KeyRecord) -> Vec<u8> {
-    let blob = record.sealed_private.as_ref().unwrap();
+    let (blob, _) = record.sealed().unwrap();
     app_master.open(blob, &[&record.kid, &record.key_set, record.algorithm.as_str()]).unwrap().to_vec()
 }
 
@@ -40,22 +41,22 @@ async fn a_sealed_blob_moved_to_another_row_or_altered_fails_to_open() {
     let app = spawn_app_with_algorithm(Algorithm::Es256).await;
     let records = app.store.keys().await.unwrap();
     let (a, b) = (&records[0], &records[1]);
-    assert!(a.open_signing_key(&app.master).is_ok());
-    assert!(b.open_signing_key(&app.master).is_ok());
+    assert!(sealed::open(a, &app.master).is_ok());
+    assert!(sealed::open(b, &app.master).is_ok());
 
     // Move A's sealed private key into B's row.
     sqlx::query("UPDATE keys SET sealed_private = ? WHERE kid = ?")
-        .bind(a.sealed_private.as_ref().unwrap())
+        .bind(a.sealed().unwrap().0)
         .bind(&b.kid)
         .execute(app.pool())
         .await
         .unwrap();
     let moved = app.store.keys().await.unwrap().into_iter().find(|r| r.kid == b.kid).unwrap();
-    let err = moved.open_signing_key(&app.master).unwrap_err();
+    let err = sealed::open(&moved, &app.master).unwrap_err();
     assert!(format!("{err:#}").contains("wrong master key, or the row was altered or moved"), "{err:#}");
 
     // Flip one byte of A's blob in place.
-    let mut flipped = a.sealed_private.clone().unwrap();
+    let mut flipped = a.sealed().unwrap().0.to_vec();
     let last = flipped.len() - 1;
     flipped[last] ^= 0x80;
     sqlx::query("UPDATE keys SET sealed_private = ? WHERE kid = ?")
@@ -65,27 +66,27 @@ async fn a_sealed_blob_moved_to_another_row_or_altered_fails_to_open() {
         .await
         .unwrap();
     let altered = app.store.keys().await.unwrap().into_iter().find(|r| r.kid == a.kid).unwrap();
-    let err = altered.open_signing_key(&app.master).unwrap_err();
+    let err = sealed::open(&altered, &app.master).unwrap_err();
     assert!(format!("{err:#}").contains("wrong master key, or the row was altered or moved"), "{err:#}");
 
     // A record claiming another algorithm does not open either.
     let mut relabelled = a.clone();
     relabelled.algorithm = Algorithm::Es384;
-    assert!(relabelled.open_signing_key(&app.master).is_err());
+    assert!(sealed::open(&relabelled, &app.master).is_err());
 }
 
 on_both_stores! {
     async fn the_wrong_master_key_refuses_to_start_and_changes_nothing(backend: Backend) {
         let app = spawn_app_on(backend, |c| c.key_sets[0].algorithm = Algorithm::Es256).await;
         let before = serde_json::to_value(app.store.keys().await.unwrap()).unwrap();
-        let blobs_before: Vec<_> = app.store.keys().await.unwrap().into_iter().map(|r| r.sealed_private).collect();
+        let blobs_before: Vec<_> = app.store.keys().await.unwrap().into_iter().map(|r| r.sealed().map(|(blob, _)| blob.to_vec())).collect();
 
         let err = Application::build(app.config.clone(), MasterKey::generate(), 1).await.err().expect("must refuse");
         let message = format!("{err:#}");
         assert!(message.contains("sealed with master key") && message.contains("nothing was changed"), "{message}");
 
         assert_eq!(serde_json::to_value(app.store.keys().await.unwrap()).unwrap(), before);
-        let blobs_after: Vec<_> = app.store.keys().await.unwrap().into_iter().map(|r| r.sealed_private).collect();
+        let blobs_after: Vec<_> = app.store.keys().await.unwrap().into_iter().map(|r| r.sealed().map(|(blob, _)| blob.to_vec())).collect();
         assert_eq!(blobs_before, blobs_after);
     }
 

@@ -94,8 +94,10 @@ on_both_stores! {
         let due = now() + set.rotate_every.as_secs_i64() + 1;
         let mut passes = Vec::new();
         for _ in 0..6 {
-            let (store, master, config) = (elsewhere(&app).await, app.master.clone(), app.config.clone());
-            passes.push(tokio::spawn(async move { scheduler::run_due(&store, &master, &config, due, None).await }));
+            let (store, shared, config) = (elsewhere(&app).await, Arc::clone(&app.shared), app.config.clone());
+            passes.push(tokio::spawn(async move {
+                scheduler::run_due(&store, shared.custody(), &config, due, None).await
+            }));
         }
         for pass in passes {
             pass.await.unwrap();
@@ -132,7 +134,7 @@ on_both_stores! {
         app.client("backend", &[PROFILE]).await;
         app.client("gone", &[PROFILE]).await;
         let revoked = current_kid(&app.store).await;
-        keyward::ops::revoke(&app.store, &app.master, &app.config, &revoked, now()).await.unwrap();
+        keyward::ops::revoke(&app.store, app.shared.custody(), &app.config, &revoked, now()).await.unwrap();
         keyward::ops::clients::revoke(&app.store, "gone", now()).await.unwrap();
         let signer = current_kid(&app.store).await;
         let rows = [
@@ -236,7 +238,7 @@ on_both_stores! {
             "keys copied as they are"
         );
         let sealed =
-            |keys: Vec<keyward::keys::KeyRecord>| by_kid(keys).into_iter().map(|k| k.sealed_private).collect::<Vec<_>>();
+            |keys: Vec<keyward::keys::KeyRecord>| by_kid(keys).iter().map(|k| k.sealed().map(|(blob, _)| blob.to_vec())).collect::<Vec<_>>();
         assert_eq!(sealed(target.keys().await.unwrap()), sealed(source.store.keys().await.unwrap()), "still sealed");
         let ledger = target.issuance(&Filter::default(), 10).await.unwrap();
         assert_eq!(ledger, source.store.issuance(&Filter::default(), 10).await.unwrap());
@@ -268,7 +270,7 @@ on_both_stores! {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
         let other = elsewhere(&app).await;
-        keyward::ops::revoke(&other, &app.master, &app.config, &revoked, now()).await.unwrap();
+        keyward::ops::revoke(&other, app.shared.custody(), &app.config, &revoked, now()).await.unwrap();
         *revoked_at.lock().unwrap() = Some(Instant::now());
         let mut issued = Vec::new();
         for signer in signers {

@@ -31,10 +31,10 @@ pub(in crate::cli) struct Args {
 
 pub(super) async fn run(ctx: &Context, Args { set, pem, activate, force, replace_next }: Args) -> anyhow::Result<()> {
     let pem = zeroize::Zeroizing::new(std::fs::read(&pem).with_context(|| format!("reading {}", pem.display()))?);
-    let (store, master) = ctx.store_and_master_key().await?;
+    let (store, custody) = ctx.store_and_custody().await?;
     let how = ImportAs { activate, force, replace_next };
     let (kid, outcome) =
-        ops::import(&store, &master, ctx.config(), &set, &pem, how, now()).await.map_err(|err| match err {
+        ops::import(&store, &custody, ctx.config(), &set, &pem, how, now()).await.map_err(|err| match err {
             ActionError::Refused(Refused::NeverPublished { kid }) => anyhow::anyhow!(
                 "refusing to make {kid} sign in {set}: it has never been published, so verifiers that \
                  cached the JWKS would reject its tokens until they refetch it. Import it without \

@@ -42,7 +42,7 @@ pub(super) async fn run(ctx: &Context, Args { json }: Args) -> anyhow::Result<()
             r.state_at(now).to_string(),
             time(Some(r.created_at)),
             time(r.activates_at.filter(|at| *at <= now)),
-            time(r.deactivates_at.filter(|at| *at <= now).or(r.revoked_at)),
+            time(r.deactivates_at.filter(|at| *at <= now).or(r.revoked_at())),
         );
     }
     Ok(())

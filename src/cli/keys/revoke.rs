@@ -13,10 +13,10 @@ pub(in crate::cli) struct Args {
 }
 
 pub(super) async fn run(ctx: &Context, Args { kid }: Args) -> anyhow::Result<()> {
-    let (store, master) = ctx.store_and_master_key().await?;
+    let (store, custody) = ctx.store_and_custody().await?;
     // Only a key that verifiers could still fetch leaves the JWKS; a retired one already has.
     let was_published = store.key(&kid).await?.is_some_and(|record| record.is_published());
-    let outcome = ops::revoke(&store, &master, ctx.config(), &kid, now()).await?;
+    let outcome = ops::revoke(&store, &custody, ctx.config(), &kid, now()).await?;
     report(&outcome.steps);
     if let Some(signer) = &outcome.new_signer {
         report_signer(signer);

@@ -98,7 +98,7 @@ pub(super) async fn rotate(
         if body.is_empty() { None } else { parse_json::<Option<RotateRequest>>(&body)? }.unwrap_or_default();
     let shared = &state.shared;
     let now = chrono::Utc::now().timestamp();
-    let steps = ops::rotate(shared.store(), shared.master(), shared.config(), &name, now, request.force).await?;
+    let steps = ops::rotate(shared.store(), shared.custody(), shared.config(), &name, now, request.force).await?;
     tracing::info!(client, key_set = %name, force = request.force, "rotation requested through the admin API");
     after_action(&state, Outcome::of(shared.store(), shared.config(), &name, steps, now).await?).await
 }
@@ -116,7 +116,7 @@ pub(super) async fn revoke(
     let client = caller.client.name;
     let shared = &state.shared;
     let now = chrono::Utc::now().timestamp();
-    let outcome = ops::revoke(shared.store(), shared.master(), shared.config(), &kid, now).await?;
+    let outcome = ops::revoke(shared.store(), shared.custody(), shared.config(), &kid, now).await?;
     match &outcome.new_signer {
         Some(signer) if signer.within_cache_window => tracing::warn!(
             client,

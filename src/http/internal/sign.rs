@@ -14,6 +14,8 @@ use super::{no_store_json, InternalState};
 use crate::app::ledger::NotRecorded;
 use crate::app::snapshot::Snapshot;
 use crate::http::problem::{ApiError, Problem};
+use crate::keys::custody::pkcs11::TokenError;
+use crate::keys::KeyError;
 use crate::policy::client::Client;
 use crate::policy::profile::{Prepared, Profile, ProfileKind, Refusal, RefusalKind, SignRequest};
 use crate::store::rows::Entry;
@@ -90,7 +92,7 @@ async fn issue_once(
         metrics.token(&profile.name, "none", "refused");
         refused(refusal)
     })?;
-    let signed = sign_prepared(snapshot, profile, prepared, jti).inspect_err(|_| {
+    let signed = sign_prepared(snapshot, profile, prepared, jti).await.inspect_err(|_| {
         metrics.token(&profile.name, "none", "failed");
     })?;
     metrics.signed_in(started.elapsed());
@@ -115,7 +117,12 @@ async fn issue_once(
 }
 
 /// Signs prepared claims with the profile's key set or secret.
-fn sign_prepared(snapshot: &Snapshot, profile: &Profile, prepared: Prepared, jti: String) -> Result<Signed, ApiError> {
+async fn sign_prepared(
+    snapshot: &Snapshot,
+    profile: &Profile,
+    prepared: Prepared,
+    jti: String,
+) -> Result<Signed, ApiError> {
     let (token, kid, alg) = match &profile.kind {
         ProfileKind::KeySet { key_set: set, .. } => {
             let signer = snapshot
@@ -123,7 +130,12 @@ fn sign_prepared(snapshot: &Snapshot, profile: &Profile, prepared: Prepared, jti
                 .get(set)
                 .and_then(|view| view.signer.clone())
                 .ok_or_else(|| ApiError::NoSigningKey(format!("key set {set} has no signing key yet")))?;
-            let token = signer.sign(prepared.claims).map_err(anyhow::Error::from)?;
+            let token = signer.sign_async(prepared.claims).await.map_err(|err| match err {
+                KeyError::Token(TokenError::Unavailable) => {
+                    ApiError::NoSigningKey(format!("key set {set}'s PKCS#11 token does not answer"))
+                }
+                other => ApiError::from(anyhow::Error::from(other)),
+            })?;
             (token, Some(signer.kid().to_owned()), signer.algorithm().as_str())
         }
         ProfileKind::SharedSecret { .. } => {

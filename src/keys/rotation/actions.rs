@@ -209,7 +209,7 @@ mod tests {
         assert_eq!(current(&keys, 100).unwrap().kid, nxt);
         let revoked = keys.iter().find(|k| k.kid == cur).unwrap();
         assert_eq!(revoked.state_at(100), KeyState::Revoked);
-        assert!(!revoked.is_published() && revoked.sealed_private.is_none());
+        assert!(!revoked.is_published() && revoked.private().is_none());
         assert_eq!(states(&keys, KeyState::Next, 100), 1);
         assert_eq!(revoke(&keys, &cur, &p, 100), Err(Refused::AlreadyRevoked(cur)));
         assert_eq!(revoke(&keys, "nope", &p, 100), Err(Refused::UnknownKey("nope".into())));

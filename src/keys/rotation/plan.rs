@@ -142,7 +142,7 @@ mod tests {
         settle(&mut keys, &p, deadline);
         let retired = keys.iter().find(|k| k.kid == previous.kid).unwrap();
         assert_eq!(retired.state_at(deadline), KeyState::Retired);
-        assert!(retired.sealed_private.is_none() && retired.master_key_id.is_none());
+        assert!(retired.private().is_none() && retired.sealed().is_none());
     }
 
     /// Many periods with a fake clock, second by second, checking every invariant and a

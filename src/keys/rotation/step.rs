@@ -99,7 +99,8 @@ impl Changing {
         self.all.iter().position(|k| k.kid == kid && allowed.contains(&k.state_at(self.now)))
     }
 
-    /// Removes the key's private half and any planned start (it will never sign).
+    /// Ends the key's signing and any planned start (it will never sign again); retiring or
+    /// revoking it then drops its private half.
     fn withdraw(&mut self, index: usize) {
         let now = self.now;
         let key = &mut self.all[index];
@@ -111,9 +112,6 @@ impl Changing {
             // The current key's planned end was this key's start: open until a new plan.
             self.end_signing_at(None);
         }
-        let key = &mut self.all[index];
-        key.sealed_private = None;
-        key.master_key_id = None;
     }
 }
 
@@ -170,7 +168,7 @@ pub fn apply(keys: &[KeyRecord], steps: &[Step], fresh: Vec<KeyRecord>, now: i64
                     .index(kid, &[KeyState::Previous, KeyState::Next])
                     .ok_or_else(|| fail(step, "not a previous or next key"))?;
                 keys.withdraw(index);
-                keys.all[index].retired_at = Some(now);
+                keys.all[index].retire(now);
                 keys.touch(kid);
             }
             Step::Revoke { kid } => {
@@ -178,7 +176,7 @@ pub fn apply(keys: &[KeyRecord], steps: &[Step], fresh: Vec<KeyRecord>, now: i64
                     .index(kid, &[KeyState::Next, KeyState::Current, KeyState::Previous, KeyState::Retired])
                     .ok_or_else(|| fail(step, "unknown or already revoked"))?;
                 keys.withdraw(index);
-                keys.all[index].revoked_at = Some(now);
+                keys.all[index].revoke(now);
                 keys.touch(kid);
             }
         }

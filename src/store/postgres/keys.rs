@@ -4,12 +4,12 @@ use anyhow::Context;
 use sqlx::PgPool;
 
 use super::{bump_generation, WriteTx};
-use crate::keys::KeyRecord;
+use crate::keys::{KeyRecord, Private};
 use crate::store::rows::KeyRow;
 use crate::store::KeyChange;
 
-const COLUMNS: &str = "kid, key_set, algorithm, public_jwk, sealed_private, master_key_id, created_at, \
-     published_at, activates_at, deactivates_at, retired_at, revoked_at";
+const COLUMNS: &str = "kid, key_set, algorithm, public_jwk, sealed_private, master_key_id, token_label, \
+     created_at, published_at, activates_at, deactivates_at, retired_at, revoked_at";
 
 /// Every stored key, oldest first.
 pub async fn all(pool: &PgPool) -> anyhow::Result<Vec<KeyRecord>> {
@@ -63,10 +63,16 @@ pub(crate) async fn persist(tx: &mut sqlx::PgConnection, records: Vec<KeyRecord>
             .with_context(|| format!("storing key {}", record.kid))?;
     }
     for record in &records {
+        let (sealed_private, master_key_id, token_label) = match record.private() {
+            Some(Private::Sealed { blob, master_key_id }) => (Some(blob), Some(master_key_id), None),
+            Some(Private::Token { token }) => (None, None, Some(token)),
+            None => (None, None, None),
+        };
         sqlx::query(&format!(
-            "INSERT INTO keys ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+            "INSERT INTO keys ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
              ON CONFLICT (kid) DO UPDATE SET sealed_private = excluded.sealed_private, \
-             master_key_id = excluded.master_key_id, published_at = excluded.published_at, \
+             master_key_id = excluded.master_key_id, token_label = excluded.token_label, \
+             published_at = excluded.published_at, \
              activates_at = excluded.activates_at, deactivates_at = excluded.deactivates_at, \
              retired_at = excluded.retired_at, revoked_at = excluded.revoked_at"
         ))
@@ -74,14 +80,15 @@ pub(crate) async fn persist(tx: &mut sqlx::PgConnection, records: Vec<KeyRecord>
         .bind(&record.key_set)
         .bind(record.algorithm.as_str())
         .bind(serde_json::to_string(&record.public)?)
-        .bind(&record.sealed_private)
-        .bind(&record.master_key_id)
+        .bind(sealed_private)
+        .bind(master_key_id)
+        .bind(token_label)
         .bind(record.created_at)
         .bind(record.published_at)
         .bind(record.activates_at)
         .bind(record.deactivates_at)
-        .bind(record.retired_at)
-        .bind(record.revoked_at)
+        .bind(record.retired_at())
+        .bind(record.revoked_at())
         .execute(&mut *tx)
         .await
         .with_context(|| format!("storing key {}", record.kid))?;

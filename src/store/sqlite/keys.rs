@@ -4,12 +4,12 @@ use anyhow::Context;
 use sqlx::SqlitePool;
 
 use super::{begin_write, bump_generation, checkpoint};
-use crate::keys::KeyRecord;
+use crate::keys::{KeyRecord, Private};
 use crate::store::rows::KeyRow;
 use crate::store::KeyChange;
 
-const COLUMNS: &str = "kid, key_set, algorithm, public_jwk, sealed_private, master_key_id, created_at, \
-     published_at, activates_at, deactivates_at, retired_at, revoked_at";
+const COLUMNS: &str = "kid, key_set, algorithm, public_jwk, sealed_private, master_key_id, token_label, \
+     created_at, published_at, activates_at, deactivates_at, retired_at, revoked_at";
 
 /// Every stored key, oldest first.
 pub async fn all(pool: &SqlitePool) -> anyhow::Result<Vec<KeyRecord>> {
@@ -64,10 +64,16 @@ async fn persist(tx: &mut sqlx::SqliteConnection, records: Vec<KeyRecord>) -> an
             .with_context(|| format!("storing key {}", record.kid))?;
     }
     for record in &records {
+        let (sealed_private, master_key_id, token_label) = match record.private() {
+            Some(Private::Sealed { blob, master_key_id }) => (Some(blob), Some(master_key_id), None),
+            Some(Private::Token { token }) => (None, None, Some(token)),
+            None => (None, None, None),
+        };
         sqlx::query(&format!(
-            "INSERT INTO keys ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+            "INSERT INTO keys ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
              ON CONFLICT (kid) DO UPDATE SET sealed_private = excluded.sealed_private, \
-             master_key_id = excluded.master_key_id, published_at = excluded.published_at, \
+             master_key_id = excluded.master_key_id, token_label = excluded.token_label, \
+             published_at = excluded.published_at, \
              activates_at = excluded.activates_at, deactivates_at = excluded.deactivates_at, \
              retired_at = excluded.retired_at, revoked_at = excluded.revoked_at"
         ))
@@ -75,14 +81,15 @@ async fn persist(tx: &mut sqlx::SqliteConnection, records: Vec<KeyRecord>) -> an
         .bind(&record.key_set)
         .bind(record.algorithm.as_str())
         .bind(serde_json::to_string(&record.public)?)
-        .bind(&record.sealed_private)
-        .bind(&record.master_key_id)
+        .bind(sealed_private)
+        .bind(master_key_id)
+        .bind(token_label)
         .bind(record.created_at)
         .bind(record.published_at)
         .bind(record.activates_at)
         .bind(record.deactivates_at)
-        .bind(record.retired_at)
-        .bind(record.revoked_at)
+        .bind(record.retired_at())
+        .bind(record.revoked_at())
         .execute(&mut *tx)
         .await
         .with_context(|| format!("storing key {}", record.kid))?;
@@ -108,7 +115,7 @@ pub(crate) async fn change<E>(
         Ok(KeyChange::Stale) => return Ok(Ok(false)),
         Err(refused) => return Ok(Err(refused)),
     };
-    let deletes_secrets = changed.iter().any(|r| r.sealed_private.is_none());
+    let deletes_secrets = changed.iter().any(|r| r.private().is_none());
     persist(&mut tx, changed).await?;
     bump_generation(&mut tx).await?;
     tx.commit().await.context("committing key changes")?;
@@ -122,7 +129,7 @@ pub(crate) async fn change<E>(
 mod tests {
     use super::*;
     use crate::keys::rotation::{self, Step};
-    use crate::keys::{generate, Algorithm};
+    use crate::keys::{generate, Algorithm, Status};
 
     fn key(kid: &str, from: Option<i64>, until: Option<i64>) -> KeyRecord {
         let generated = generate(Algorithm::Es256, 2048).unwrap();
@@ -131,14 +138,11 @@ mod tests {
             key_set: "s".into(),
             algorithm: Algorithm::Es256,
             public: generated.public,
-            sealed_private: None,
-            master_key_id: None,
             created_at: 0,
             published_at: Some(0),
             activates_at: from,
             deactivates_at: until,
-            retired_at: None,
-            revoked_at: None,
+            status: Status::Live { private: Private::Sealed { blob: vec![0; 40], master_key_id: "m".into() } },
         }
     }
 
