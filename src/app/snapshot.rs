@@ -2,7 +2,7 @@
 //! clients, swapped whole when the database changes. Requests never query the database.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -101,6 +101,11 @@ pub struct Shared {
     /// Held during a re-check or a catch-up: concurrent ones wait for it (single flight),
     /// and it counts the look-ups of unknown tokens in the current second.
     recheck: tokio::sync::Mutex<RecheckBudget>,
+    /// Reloads run concurrently (watcher, scheduler, re-checks): each takes a ticket before
+    /// it reads the store, and swaps only if no later-started one swapped first.
+    reload_tickets: AtomicU64,
+    /// The ticket of the reload the current snapshot came from (changed under the write lock).
+    installed_ticket: AtomicU64,
 }
 
 /// Look-ups spent in the current one-second window.
@@ -149,6 +154,8 @@ impl Shared {
             database_ok: AtomicBool::new(true),
             ledger,
             recheck: tokio::sync::Mutex::default(),
+            reload_tickets: AtomicU64::new(0),
+            installed_ticket: AtomicU64::new(0),
         };
         shared.reload().await?;
         Ok(shared)
@@ -205,6 +212,7 @@ impl Shared {
 
     /// Rebuilds the snapshot from the database and swaps it in.
     pub async fn reload(&self) -> anyhow::Result<()> {
+        let ticket = self.reload_tickets.fetch_add(1, Ordering::SeqCst) + 1;
         let previous = self.snapshot();
         // Read the counter first: a change committed after it triggers another reload.
         let generation = self.store.generation().await?;
@@ -216,9 +224,15 @@ impl Shared {
         let key_sets = self.key_set_views(&records, &previous, now).await?;
         let next_change_at = keys::next_change_after(&records, now);
         let next = Arc::new(Snapshot { generation, records, next_change_at, key_sets, clients, secrets });
-        match self.current.write() {
-            Ok(mut guard) => *guard = next,
-            Err(poisoned) => *poisoned.into_inner() = next,
+        let mut guard = match self.current.write() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        // One that read the store before another must not swap its older view over the
+        // newer one (the generation cannot tell: a restored database may count lower).
+        if self.installed_ticket.load(Ordering::SeqCst) < ticket {
+            *guard = next;
+            self.installed_ticket.store(ticket, Ordering::SeqCst);
         }
         Ok(())
     }

@@ -83,6 +83,8 @@ async fn three_replicas_on_one_postgres_rotate_revoke_and_survive_a_kill_and_a_d
     let start = Instant::now();
     let (mut issued, mut failures, mut refused) = (Vec::<String>::new(), Vec::<String>::new(), 0usize);
     let mut live: Vec<(String, i64, String)> = Vec::new();
+    // (iat, kid) of every token the main loop got, from whichever replica.
+    let mut signed_at: Vec<(i64, String)> = Vec::new();
     let (mut revoked, mut revoked_done): (Option<String>, Option<Instant>) = (None, None);
     let (mut added, mut killed, mut restarted) = (false, false, false);
     let mut outage_checked = false;
@@ -102,6 +104,7 @@ async fn three_replicas_on_one_postgres_rotate_revoke_and_survive_a_kill_and_a_d
                     }
                 }
                 issued.push(body["jti"].as_str().unwrap().to_owned());
+                signed_at.push((body["issued_at"].as_i64().unwrap(), kid.clone()));
                 live.push((body["token"].as_str().unwrap().to_owned(), body["expires_at"].as_i64().unwrap(), kid));
             }
             Ok((503, body)) if restarted => {
@@ -272,6 +275,30 @@ async fn three_replicas_on_one_postgres_rotate_revoke_and_survive_a_kill_and_a_d
     assert_eq!(keys.iter().filter(|k| k.state_at(now) == KeyState::Current).count(), 1);
     let kids: BTreeSet<&str> = activations.iter().map(|a| a.1).collect();
     assert_eq!(kids.len(), activations.len());
+
+    // Every replica switched signer at the same instant: each token was signed by the key
+    // whose stored signing period holds its second (a request that took its snapshot just
+    // before a switch may sign with the old key in the switch's first second).
+    let periods: Vec<(i64, i64, &str)> = keys
+        .iter()
+        .filter_map(|k| {
+            let from = k.activates_at?;
+            let until = k.deactivates_at.unwrap_or(i64::MAX);
+            (until > from).then_some((from, until, k.kid.as_str()))
+        })
+        .collect();
+    let near_a_switch = |t: i64| periods.iter().any(|(from, until, _)| t == *from || t == *until);
+    let mut checked = 0;
+    for (iat, kid) in &signed_at {
+        if near_a_switch(*iat) {
+            continue;
+        }
+        checked += 1;
+        let expected = periods.iter().find(|(from, until, _)| from <= iat && iat < until).map(|p| p.2);
+        assert_eq!(expected, Some(kid.as_str()), "a token of second {iat} was signed by a key not planned then");
+    }
+    println!("replicas: {checked} tokens away from a switch, each signed by the key planned for its second");
+    assert!(checked > 30, "too few tokens away from a switch: {checked}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
