@@ -139,6 +139,12 @@ async fn three_replicas_on_one_postgres_rotate_revoke_and_survive_a_kill_and_a_d
                     .unwrap_or_default();
                 failures.push(format!("{} serves {kids:?}", replica.public));
             }
+            let log = replicas[2].log_text();
+            let noted: Vec<&str> = log.lines().filter(|l| !l.contains("\"DEBUG\"")).collect();
+            failures.push(format!(
+                "the verifier's replica logged:\n{}",
+                noted[noted.len().saturating_sub(40)..].join("\n")
+            ));
             if let Ok(keys) = store.keys().await {
                 for k in keys {
                     failures.push(format!(
