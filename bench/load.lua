@@ -1,9 +1,13 @@
 -- wrk script for bench/run.py (the load shape of the published peer comparisons).
 --   wrk ... -s load.lua URL -- sign TOKEN   POST a sign request (body: env SIGN_BODY)
 --   wrk ... -s load.lua URL -- get [ETAG]   GET, with If-None-Match: ETAG when given
+-- With env USER_AGENT set, every request sends it as User-Agent.
 -- done() prints one machine-readable RESULT line (latencies in microseconds).
 function init(args)
    local mode = args[1] or "get"
+   if os.getenv("USER_AGENT") then
+      wrk.headers["User-Agent"] = os.getenv("USER_AGENT")
+   end
    if mode == "sign" then
       wrk.method = "POST"
       wrk.body = os.getenv("SIGN_BODY") or '{"sub":"acct_1","ttl_seconds":300}'

@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run  # noqa: E402  (the benchmark's keyward set-up and wrk driver)
 
 DURATION = int(os.environ.get("DURATION", "20"))
-ROWS = (("ES256 sign", "es"), ("RS256 sign", "rs"), ("JWKS 200", None))
+ROWS = (("ES256 sign", "es"), ("RS256 sign", "rs"), ("JWKS 200", None), ("JWKS 304", None))
 
 # The first crate in a Rust symbol names its component; C symbols go by their object file.
 COMPONENTS = (
@@ -77,7 +77,8 @@ def main():
         for row, profile in ROWS:
             url = server.sign_url(profile) if profile else server.jwks_url()
             load = run.Load(row, pid)
-            mode, arg, conns = ("sign", server.token, run.SIGN_CONNS) if profile else ("get", "", run.JWKS_CONNS)
+            etag = run.http(url)[1]["ETag"] if row == "JWKS 304" else ""
+            mode, arg, conns = ("sign", server.token, run.SIGN_CONNS) if profile else ("get", etag, run.JWKS_CONNS)
             # Warm up uncounted, then count only the measured run.
             subprocess.run(["wrk", "-t1", f"-c{conns}", "-d3s", "-s", run.LUA, url, "--", mode, arg],
                            capture_output=True, env=dict(os.environ, SIGN_BODY=run.SIGN_BODY))

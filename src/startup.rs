@@ -149,16 +149,18 @@ impl Application {
         };
         // The ledger writer stops after the servers (which finish in-flight requests
         // first), committing every row still queued.
-        let (served, watched, handed_over, scheduled, recorded) = tokio::join!(
+        let (served, watched, handed_over, observed, scheduled, recorded) = tokio::join!(
             servers,
             shared.watch_until_stopped(stop_rx.clone()),
             shared.hand_over_until_stopped(stop_rx.clone()),
+            shared.observer().flush_until_stopped(shared.store(), stop_rx.clone()),
             scheduler::run_until_stopped(&shared, stop_rx.clone()),
             self.ledger_writer.run_until_stopped(stop_rx)
         );
         served?;
         watched?;
         handed_over?;
+        observed?;
         scheduled?;
         recorded?;
         tracing::info!("stopped");

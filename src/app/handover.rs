@@ -28,7 +28,9 @@ impl Shared {
                         LOOK_AGAIN
                     }
                 },
-                Some(at) => Duration::from_millis(u64::try_from(at * 1_000 - now_ms).unwrap_or(0)).min(LOOK_AGAIN),
+                Some(at) => {
+                    Duration::from_millis(u64::try_from(at.saturating_mul(1_000) - now_ms).unwrap_or(0)).min(LOOK_AGAIN)
+                }
                 None => LOOK_AGAIN,
             };
             tokio::select! {

@@ -29,6 +29,17 @@ struct SetLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PartnerLabels {
+    partner: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PartnerSetLabels {
+    partner: String,
+    key_set: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ClientLabels {
     client: String,
 }
@@ -45,6 +56,9 @@ struct Inner {
     ledger_commit_seconds: Histogram,
     ledger_failures: Counter,
     rate_limited: Family<ClientLabels, Counter>,
+    partner_last_fetch: Family<PartnerLabels, Gauge>,
+    partner_holds_next: Family<PartnerSetLabels, Gauge>,
+    gate_held: Family<SetLabels, Gauge>,
 }
 
 /// The process's metrics; cheap to clone.
@@ -78,6 +92,24 @@ impl Default for Metrics {
             "Requests refused by the per-client rate limit",
             rate_limited.clone(),
         );
+        let partner_last_fetch = Family::<PartnerLabels, Gauge>::default();
+        registry.register(
+            "partner_last_fetch_timestamp_seconds",
+            "When the partner last fetched a JWKS (Unix seconds; 0: never)",
+            partner_last_fetch.clone(),
+        );
+        let partner_holds_next = Family::<PartnerSetLabels, Gauge>::default();
+        registry.register(
+            "partner_holds_next_key",
+            "1 when the partner has fetched a JWKS holding the set's next key",
+            partner_holds_next.clone(),
+        );
+        let gate_held = Family::<SetLabels, Gauge>::default();
+        registry.register(
+            "handover_gate_held",
+            "1 while a gate keeps the current key signing past the planned hand-over",
+            gate_held.clone(),
+        );
         Metrics(Arc::new(Inner {
             registry,
             issued,
@@ -90,6 +122,9 @@ impl Default for Metrics {
             ledger_commit_seconds,
             ledger_failures,
             rate_limited,
+            partner_last_fetch,
+            partner_holds_next,
+            gate_held,
         }))
     }
 }
@@ -117,6 +152,21 @@ impl Metrics {
         let labels = SetLabels { key_set: key_set.to_owned() };
         self.0.key_age.get_or_create(&labels).set(age);
         self.0.next_rotation.get_or_create(&labels).set(until_rotation);
+    }
+
+    /// A partner's latest fetch and, per key set, whether it holds the next key.
+    pub fn partner(&self, partner: &str, last_fetch: Option<i64>, holds_next: &[(&str, bool)]) {
+        let labels = PartnerLabels { partner: partner.to_owned() };
+        self.0.partner_last_fetch.get_or_create(&labels).set(last_fetch.unwrap_or(0));
+        for (key_set, holds) in holds_next {
+            let labels = PartnerSetLabels { partner: partner.to_owned(), key_set: (*key_set).to_owned() };
+            self.0.partner_holds_next.get_or_create(&labels).set(i64::from(*holds));
+        }
+    }
+
+    /// Whether a gate holds the hand-over of `key_set`.
+    pub fn gate(&self, key_set: &str, held: bool) {
+        self.0.gate_held.get_or_create(&SetLabels { key_set: key_set.to_owned() }).set(i64::from(held));
     }
 
     /// A failed scheduler pass.

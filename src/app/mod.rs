@@ -4,6 +4,7 @@
 mod handover;
 pub mod ledger;
 pub mod metrics;
+pub mod observe;
 pub mod scheduler;
 pub mod snapshot;
 mod watch;

@@ -8,12 +8,21 @@ use crate::app::metrics::Metrics;
 use crate::app::snapshot::Shared;
 use crate::config::Config;
 use crate::keys::custody::Custody;
+use crate::keys::gate::GateState;
 use crate::keys::rotation;
 use crate::ops;
+use crate::ops::gates::Gates;
 use crate::store::Store;
 
 /// The scheduler looks again at least this often, whatever the plan says.
 pub const MAX_SLEEP_SECS: i64 = 60;
+
+/// How often a sleeping scheduler looks whether the keys or observations changed.
+const LOOK_FOR_CHANGES: Duration = Duration::from_secs(1);
+
+/// Partner fetch rows are kept this long (reports look at the last 24 hours; each
+/// partner's latest row stays whatever its age).
+const PARTNER_FETCHES_KEPT_SECS: i64 = 7 * 86_400;
 
 /// After a failure, try again this soon.
 const RETRY_SECS: i64 = 5;
@@ -33,17 +42,36 @@ pub async fn run_due(store: &Store, custody: &Custody, config: &Config, now: i64
     let mut pass = Pass { changed: false, wake_at: now + MAX_SLEEP_SECS };
     for set in &config.key_sets {
         let policy = config.policy(set);
-        let done = ops::carry_out(store, custody, set, now, |keys| Ok(rotation::plan(keys, &policy, now).steps)).await;
+        let done =
+            ops::carry_out(store, custody, config, set, now, |keys| Ok(rotation::plan(keys, &policy, now).steps)).await;
         match done {
             Ok(steps) => {
                 for step in &steps {
                     tracing::info!(key_set = %set.name, ?step, "key lifecycle step");
                 }
                 pass.changed |= !steps.is_empty();
-                match store.keys_of_set(&set.name).await {
-                    Ok(keys) => {
+                let keys = async {
+                    anyhow::Ok(Gates::load(store, config).await?.apply(
+                        &set.name,
+                        &store.keys_of_set(&set.name).await?,
+                        now,
+                    ))
+                };
+                match keys.await {
+                    Ok((keys, gate)) => {
                         if let Some(at) = rotation::plan(&keys, &policy, now).wake_at {
                             pass.wake_at = pass.wake_at.min(at);
+                        }
+                        // Loudly, at every pass while it lasts: someone must talk to the partner.
+                        if let Some(GateState::Held { kid, missing, since }) = gate {
+                            tracing::error!(
+                                key_set = %set.name,
+                                next_kid = %kid,
+                                ?missing,
+                                held_since = since,
+                                "hand-over HELD: gating partners have not fetched the next key within gate_max_wait; \
+                                 the current key keeps signing"
+                            );
                         }
                     }
                     Err(err) => {
@@ -77,19 +105,30 @@ pub async fn run_until_stopped(shared: &Shared, mut stop: watch::Receiver<bool>)
             Ok(rows) => tracing::info!(rows, "pruned issuance ledger rows past ledger_retention"),
             Err(err) => tracing::warn!(error = format!("{err:#}"), "pruning the ledger failed"),
         }
+        if let Err(err) = shared.store().prune_partner_fetches(now.timestamp() - PARTNER_FETCHES_KEPT_SECS).await {
+            tracing::warn!(error = format!("{err:#}"), "pruning partner fetches failed");
+        }
         if pass.changed {
             if let Err(err) = shared.reload().await {
                 tracing::error!(error = format!("{err:#}"), "reloading after rotation failed");
             }
         }
         // Wake just after the due second begins: decisions use whole seconds, rounded down.
+        // A change by another process (such as a partner's fetch releasing a gate) may
+        // make something due sooner: look again then too.
         let wake_ms = pass.wake_at.min(now.timestamp() + MAX_SLEEP_SECS) * 1_000 + 5;
-        let wait = u64::try_from(wake_ms - chrono::Utc::now().timestamp_millis()).unwrap_or(0);
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
-            changed = stop.changed() => {
-                if changed.is_err() || *stop.borrow() {
-                    return Ok(());
+        let seen = shared.snapshot().generation;
+        loop {
+            let wait = u64::try_from(wake_ms - chrono::Utc::now().timestamp_millis()).unwrap_or(0);
+            if wait == 0 || shared.snapshot().generation != seen {
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(wait).min(LOOK_FOR_CHANGES)) => {}
+                changed = stop.changed() => {
+                    if changed.is_err() || *stop.borrow() {
+                        return Ok(());
+                    }
                 }
             }
         }

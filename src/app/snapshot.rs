@@ -11,11 +11,13 @@ use actix_web::web::Bytes;
 
 use crate::app::ledger::LedgerHealth;
 use crate::app::metrics::Metrics;
+use crate::app::observe::Observer;
 use crate::config::Config;
 use crate::keys::custody::Custody;
 use crate::keys::jwks::{self, JwksDocument};
 use crate::keys::{self, timeline, KeyRecord, KeyState, PublicKey, SecretKey, SigningKey};
 use crate::ops::clients;
+use crate::ops::gates::Gates;
 use crate::ops::secrets;
 use crate::policy::client::{self, ClientDirectory};
 use crate::seal::MasterKey;
@@ -52,6 +54,8 @@ pub struct ServedJwks {
     pub body: Bytes,
     /// Strong entity tag, quoted.
     pub etag: String,
+    /// The kids it holds, for the partners seen fetching it.
+    pub kids: Arc<[String]>,
     /// The `ETag` and `Cache-Control` header values.
     pub headers: (HeaderValue, HeaderValue),
 }
@@ -61,7 +65,7 @@ impl From<JwksDocument> for ServedJwks {
         // Quotes, base64url, digits and letters: always a valid header value.
         let header = |text: &str| HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static(""));
         let headers = (header(&doc.etag), header(&doc.cache_control));
-        ServedJwks { body: Bytes::from(doc.body), etag: doc.etag, headers }
+        ServedJwks { body: Bytes::from(doc.body), etag: doc.etag, kids: Arc::default(), headers }
     }
 }
 
@@ -72,6 +76,8 @@ pub struct Snapshot {
     pub generation: i64,
     /// The stored keys it was built from: a planned hand-over rebuilds it from them.
     records: Arc<Vec<KeyRecord>>,
+    /// The hand-over gates and the partners' holdings, as of the same reload.
+    gates: Gates,
     /// When a planned hand-over next changes what is served (Unix seconds), if ever.
     pub next_change_at: Option<i64>,
     /// By key set name.
@@ -96,6 +102,7 @@ pub struct Shared {
     config: Arc<Config>,
     custody: Custody,
     metrics: Metrics,
+    observer: Observer,
     pub(super) database_ok: AtomicBool,
     ledger: LedgerHealth,
     /// Held during a re-check or a catch-up: concurrent ones wait for it (single flight),
@@ -145,12 +152,14 @@ impl Shared {
         metrics: Metrics,
         ledger: LedgerHealth,
     ) -> anyhow::Result<Self> {
+        let observer = Observer::new(&config);
         let shared = Shared {
             current: RwLock::new(Arc::default()),
             store,
             config,
             custody,
             metrics,
+            observer,
             database_ok: AtomicBool::new(true),
             ledger,
             recheck: tokio::sync::Mutex::default(),
@@ -189,6 +198,11 @@ impl Shared {
         &self.custody
     }
 
+    /// The recorder of JWKS fetches.
+    pub fn observer(&self) -> &Observer {
+        &self.observer
+    }
+
     /// The process's metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
@@ -218,12 +232,12 @@ impl Shared {
         let generation = self.store.generation().await?;
         let records = Arc::new(self.store.keys().await?);
         keys::check_master_key(&records, self.master())?;
+        let gates = Gates::load(&self.store, &self.config).await?;
         let clients = clients::load_directory(&self.store).await?;
         let secrets = secrets::load(&self.store, self.master(), &self.config).await?;
         let now = generation_time();
-        let key_sets = self.key_set_views(&records, &previous, now).await?;
-        let next_change_at = keys::next_change_after(&records, now);
-        let next = Arc::new(Snapshot { generation, records, next_change_at, key_sets, clients, secrets });
+        let (key_sets, next_change_at) = self.key_set_views(&records, &gates, &previous, now).await?;
+        let next = Arc::new(Snapshot { generation, records, gates, next_change_at, key_sets, clients, secrets });
         let mut guard = match self.current.write() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
@@ -242,12 +256,8 @@ impl Shared {
     /// the database does then. Returns whether it swapped (not when a reload came first).
     pub async fn refresh(&self, now: i64) -> anyhow::Result<bool> {
         let previous = self.snapshot();
-        let key_sets = self.key_set_views(&previous.records, &previous, now).await?;
-        let next = Arc::new(Snapshot {
-            key_sets,
-            next_change_at: keys::next_change_after(&previous.records, now),
-            ..(*previous).clone()
-        });
+        let (key_sets, next_change_at) = self.key_set_views(&previous.records, &previous.gates, &previous, now).await?;
+        let next = Arc::new(Snapshot { key_sets, next_change_at, ..(*previous).clone() });
         let mut guard = match self.current.write() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
@@ -259,16 +269,24 @@ impl Shared {
         Ok(unchanged)
     }
 
-    /// What each key set serves at `now`; signers already open in `previous` are reused.
+    /// What each key set serves at `now` with its gate applied, and when that next changes
+    /// by itself; signers already open in `previous` are reused.
     async fn key_set_views(
         &self,
         records: &[KeyRecord],
+        gates: &Gates,
         previous: &Snapshot,
         now: i64,
-    ) -> anyhow::Result<HashMap<String, KeySetView>> {
+    ) -> anyhow::Result<(HashMap<String, KeySetView>, Option<i64>)> {
         let mut key_sets = HashMap::with_capacity(self.config.key_sets.len());
+        let mut next_change_at: Option<i64> = None;
         for set in &self.config.key_sets {
-            let published = jwks::published(records, &set.name, now);
+            let set_keys: Vec<KeyRecord> = records.iter().filter(|r| r.key_set == set.name).cloned().collect();
+            let (set_keys, _) = gates.apply(&set.name, &set_keys, now);
+            if let Some(at) = keys::next_change_after(&set_keys, now) {
+                next_change_at = Some(next_change_at.map_or(at, |n| n.min(at)));
+            }
+            let published = jwks::published(&set_keys, &set.name, now);
             let current = published.iter().find(|r| r.state_at(now) == KeyState::Current);
             let signer = match current {
                 Some(record) => {
@@ -284,17 +302,20 @@ impl Shared {
                 }
                 None => None,
             };
-            let jwks = Arc::new(ServedJwks::from(jwks::document(&published, set.jwks_max_age.as_secs())));
+            let kids = published.iter().map(|r| r.kid.clone()).collect();
+            let jwks = Arc::new(ServedJwks {
+                kids,
+                ..ServedJwks::from(jwks::document(&published, set.jwks_max_age.as_secs()))
+            });
             let public = current.map(|r| Arc::new(r.public.clone()));
             let activated_at = current.and_then(|r| r.activates_at);
-            let set_keys: Vec<_> = records.iter().filter(|r| r.key_set == set.name).cloned().collect();
             let rotation_at = timeline::timeline(&set_keys, &self.config.policy(set), now)
                 .into_iter()
                 .find(|t| t.state == KeyState::Current)
                 .and_then(|t| t.signing_until.map(|m| m.at));
             key_sets.insert(set.name.clone(), KeySetView { signer, public, activated_at, rotation_at, jwks });
         }
-        Ok(key_sets)
+        Ok((key_sets, next_change_at))
     }
 
     /// The ledger refused a row because its key may no longer sign: the snapshot of

@@ -21,6 +21,7 @@ mod healthcheck;
 mod keys;
 mod migrate_store;
 mod onboarding;
+mod partners;
 mod secrets;
 mod serve;
 mod telemetry;
@@ -86,6 +87,9 @@ enum Command {
     Onboarding(onboarding::Args),
     /// Exit 0 if the server's public /healthz answers 200 (for container health checks).
     Healthcheck,
+    /// Per partner: last fetch, fetches in 24 h, addresses, whether it holds the current and
+    /// the next key, gate states; and fetches that matched no partner.
+    Partners(partners::Args),
     /// Copy everything into a new, empty database (e.g. SQLite to PostgreSQL) and verify the counts.
     MigrateStore(migrate_store::Args),
 }
@@ -174,6 +178,7 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
         Command::Backup(args) => backup::run(&ctx, args).await,
         Command::Onboarding(args) => onboarding::run(&ctx, args).await,
         Command::Healthcheck => healthcheck::run(&ctx).await,
+        Command::Partners(args) => partners::run(&ctx, args).await,
         Command::MigrateStore(args) => migrate_store::exec(args).await,
     }
 }

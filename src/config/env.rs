@@ -119,6 +119,8 @@ pub(super) fn apply_env(config: &mut Config, env: &HashMap<String, String>) -> R
                 .parse::<u64>()
                 .map(Value::from)
                 .map_err(|_| env_error(&var, format!("{text:?} is not a whole number")))?,
+            // A list is written comma-separated.
+            Value::Array(_) => text.split(',').map(str::trim).filter(|t| !t.is_empty()).map(Value::from).collect(),
             _ => Value::String(text.clone()),
         };
         overridden = true;

@@ -14,6 +14,7 @@ mod defaults;
 mod duration;
 mod env;
 mod parse;
+mod partner;
 mod pkcs11;
 mod schema;
 #[cfg(test)]
@@ -25,6 +26,7 @@ pub use duration::Duration;
 use env::{apply_env, blame_environment};
 pub use env::{known_env, EnvSettings, LogFormat};
 pub use parse::{parse_toml, ConfigError};
+pub use partner::{Cidr, PartnerConfig, PartnerMatch, UserAgentPattern};
 pub use pkcs11::{Pkcs11Config, PIN_ENV};
 pub use schema::{
     parse_instant, ClaimType, ExchangeConfig, ExchangeStyle, KeySetConfig, ProfileConfig, ServerConfig,
@@ -46,6 +48,9 @@ pub struct Config {
     /// Signing profiles.
     #[serde(default, rename = "profile")]
     pub profiles: Vec<ProfileConfig>,
+    /// The verifiers that fetch our JWKS.
+    #[serde(default, rename = "partner", skip_serializing_if = "Vec::is_empty")]
+    pub partners: Vec<PartnerConfig>,
     /// The PKCS#11 token of `custody = "pkcs11"` key sets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pkcs11: Option<Pkcs11Config>,

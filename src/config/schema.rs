@@ -54,6 +54,9 @@ pub struct ServerConfig {
     /// have arrived (a slow sender would hold a connection and a worker otherwise).
     #[serde(default = "defaults::server::request_body_timeout")]
     pub request_body_timeout: Duration,
+    /// Reverse proxies whose `X-Forwarded-For` / `Forwarded` headers name the client.
+    #[serde(default)]
+    pub trusted_proxies: Vec<super::Cidr>,
 }
 
 /// `[[key_set]]`: a rotating family of signing keys published at some JWKS paths.

@@ -276,6 +276,7 @@ fn every_server_field_and_no_other_is_read_from_its_environment_variable() {
         ("KEYWARD_RATE_LIMIT", "3"),
         ("KEYWARD_RATE_BURST", "4"),
         ("KEYWARD_REQUEST_BODY_TIMEOUT", "9s"),
+        ("KEYWARD_TRUSTED_PROXIES", "10.0.0.0/8, 192.0.2.1"),
     ];
     let loaded = load(ConfigSource::Defaults, &env(&values)).unwrap();
     assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
@@ -289,6 +290,7 @@ fn every_server_field_and_no_other_is_read_from_its_environment_variable() {
         rate_limit: 3,
         rate_burst: 4,
         request_body_timeout: Duration::from_secs(9),
+        trusted_proxies: vec!["10.0.0.0/8".parse().unwrap(), "192.0.2.1/32".parse().unwrap()],
     };
     assert_eq!(loaded.config.server, expected);
     // The variables come from the schema: one per [server] field, plus the five that

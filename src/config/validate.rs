@@ -123,7 +123,7 @@ pub fn validate(config: &Config, source_name: &str) -> Result<(), ConfigError> {
             ));
         }
     }
-    Ok(())
+    super::partner::validate(config, source_name)
 }
 
 /// Names appear in URLs and commands: keep them plain.

@@ -1,5 +1,6 @@
 //! HTTP: problem+json errors, request logging, the public and the internal listener.
 
+pub mod forwarded;
 pub mod internal;
 pub mod middleware;
 pub mod problem;

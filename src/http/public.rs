@@ -8,7 +8,9 @@ use actix_web::{web, HttpRequest, HttpResponse};
 
 use prometheus_client::metrics::counter::Counter;
 
-use crate::app::snapshot::Shared;
+use crate::app::observe::Fetched;
+use crate::app::snapshot::{ServedJwks, Shared};
+use crate::http::forwarded;
 use crate::http::problem::ApiError;
 use crate::keys::jwks;
 
@@ -74,6 +76,7 @@ async fn dispatch(req: HttpRequest, state: web::Data<PublicState>) -> Result<Htt
                 .filter_map(|v| v.to_str().ok())
                 .any(|v| jwks::if_none_match(v, &doc.etag));
             if not_modified { &route.not_modified } else { &route.ok }.inc();
+            observe(&req, &state.shared, &route.key_set, &doc);
             let mut response = if not_modified { HttpResponse::NotModified() } else { HttpResponse::Ok() };
             response
                 .insert_header((header::ETAG, doc.headers.0.clone()))
@@ -88,6 +91,15 @@ async fn dispatch(req: HttpRequest, state: web::Data<PublicState>) -> Result<Htt
         }
         _ => Err(ApiError::NotFound("no such resource".to_owned())),
     }
+}
+
+/// Records the fetch for partner observation (from memory; written in batches).
+fn observe(req: &HttpRequest, shared: &Shared, key_set: &str, doc: &ServedJwks) {
+    let Some(peer) = req.peer_addr() else { return };
+    let address = forwarded::client_address(peer.ip(), req.headers(), &shared.config().server.trusted_proxies);
+    let user_agent = req.headers().get(header::USER_AGENT).and_then(|v| v.to_str().ok());
+    let fetched = Fetched { key_set, etag: &doc.etag, kids: &doc.kids };
+    shared.observer().observe(address, user_agent, &fetched, chrono::Utc::now().timestamp());
 }
 
 /// The body of the health routes.

@@ -63,8 +63,12 @@ pub fn document(keys: &[&KeyRecord], max_age_secs: u64) -> JwksDocument {
 
 /// Whether an `If-None-Match` header value matches `etag` (weak comparison, RFC 9110 13.1.2).
 pub fn if_none_match(header: &str, etag: &str) -> bool {
-    let ours = etag.trim_start_matches("W/");
-    header.split(',').map(str::trim).any(|tag| tag == "*" || tag.trim_start_matches("W/") == ours)
+    // `strip_prefix`, not `trim_start_matches`: that one sets up a substring searcher per call.
+    fn opaque(tag: &str) -> &str {
+        tag.strip_prefix("W/").unwrap_or(tag)
+    }
+    let ours = opaque(etag);
+    header.split(',').map(str::trim).any(|tag| tag == "*" || opaque(tag) == ours)
 }
 
 #[cfg(test)]

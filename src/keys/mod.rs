@@ -8,6 +8,7 @@
 mod algorithm;
 pub mod custody;
 pub mod export;
+pub mod gate;
 pub mod jwks;
 mod material;
 pub mod rotation;

@@ -215,6 +215,18 @@ mod tests {
     use crate::keys::generate;
 
     #[test]
+    fn debug_of_keys_and_secrets_shows_no_private_material() {
+        let generated = generate(Algorithm::Es256, 2048).unwrap();
+        let signing = SigningKey::from_der(&generated.kid, Algorithm::Es256, &generated.private_der).unwrap();
+        let secret = SecretKey::new(HmacAlgorithm::Hs256, &[0x5a; 32]).unwrap();
+        // A PKCS#8 P-256 key is 138 bytes: any dump of it (or of the secret) runs far longer.
+        for shown in [format!("{generated:?}"), format!("{signing:?}"), format!("{secret:?}")] {
+            assert!(shown.contains("<hidden>") && shown.len() < 200, "{shown}");
+            assert!(!shown.contains("90, 90"), "{shown}");
+        }
+    }
+
+    #[test]
     fn ecdsa_signatures_with_short_r_or_s_are_left_padded_to_the_curve_size() {
         use openssl::bn::BigNum;
         let signature = |r: &[u8], s: &[u8]| {

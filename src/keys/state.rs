@@ -273,13 +273,13 @@ pub fn signer_at(keys: &[KeyRecord], now: i64) -> Option<&KeyRecord> {
 }
 
 /// The first instant after `now` at which some key's state changes by itself (a planned
-/// hand-over), if any.
+/// hand-over), if any; `i64::MAX` stands for never (a gate holding).
 pub fn next_change_after(keys: &[KeyRecord], now: i64) -> Option<i64> {
     keys.iter()
         .filter(|k| k.is_published())
         .flat_map(|k| [k.activates_at, k.deactivates_at])
         .flatten()
-        .filter(|at| *at > now)
+        .filter(|at| *at > now && *at < i64::MAX)
         .min()
 }
 

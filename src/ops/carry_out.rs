@@ -3,11 +3,14 @@
 
 use anyhow::anyhow;
 
+use super::gates::Gates;
 use super::ActionError;
-use crate::config::KeySetConfig;
+use crate::config::{Config, KeySetConfig};
 use crate::keys::custody::Custody;
+use crate::keys::gate;
 use crate::keys::rotation::{self, Refused, Step};
 use crate::keys::{KeyRecord, Private};
+use crate::store::rows::GatedHandover;
 use crate::store::{KeyChange, Store};
 
 /// Makes a key in the set's custody, with no lifecycle times yet.
@@ -22,6 +25,7 @@ async fn make_key(set: &KeySetConfig, custody: &Custody, now: i64) -> anyhow::Re
 pub(crate) async fn carry_out_import<F>(
     store: &Store,
     custody: &Custody,
+    config: &Config,
     set: &KeySetConfig,
     pem: &[u8],
     now: i64,
@@ -44,7 +48,8 @@ where
     }
     let record = KeyRecord::new(&set.name, custody.take(set.custody, &set.name, imported)?, now);
     let kid = record.kid.clone();
-    let steps = carry_out_with(store, custody, set, now, Some(record.clone()), |keys| decide(keys, &record)).await?;
+    let steps =
+        carry_out_with(store, custody, config, set, now, Some(record.clone()), |keys| decide(keys, &record)).await?;
     Ok((kid, steps))
 }
 
@@ -58,6 +63,7 @@ where
 pub(crate) async fn carry_out<F>(
     store: &Store,
     custody: &Custody,
+    config: &Config,
     set: &KeySetConfig,
     now: i64,
     decide: F,
@@ -65,7 +71,7 @@ pub(crate) async fn carry_out<F>(
 where
     F: Fn(&[KeyRecord]) -> Result<Vec<Step>, Refused>,
 {
-    carry_out_with(store, custody, set, now, None, decide).await
+    carry_out_with(store, custody, config, set, now, None, decide).await
 }
 
 /// The kids of `keys` whose private halves are token objects.
@@ -74,9 +80,12 @@ fn in_token(keys: &[KeyRecord]) -> Vec<String> {
 }
 
 /// [`carry_out`], with `supplied` (an imported key) used for the first key a step creates.
+/// Decisions see the keys with the set's gate applied; a gated hand-over that has happened
+/// is written with the change (lazily: writing it changes nothing about who signs).
 async fn carry_out_with<F>(
     store: &Store,
     custody: &Custody,
+    config: &Config,
     set: &KeySetConfig,
     now: i64,
     supplied: Option<KeyRecord>,
@@ -85,8 +94,9 @@ async fn carry_out_with<F>(
 where
     F: Fn(&[KeyRecord]) -> Result<Vec<Step>, Refused>,
 {
+    let gates = Gates::load(store, config).await?;
     for _ in 0..3 {
-        let keys = store.keys_of_set(&set.name).await?;
+        let (keys, _) = gates.apply(&set.name, &store.keys_of_set(&set.name).await?, now);
         let steps = decide(&keys)?;
         if steps.is_empty() {
             return Ok(steps);
@@ -106,12 +116,27 @@ where
         }
         let made = in_token(&fresh);
         let written = store
-            .change_keys(&set.name, |keys| {
-                if decide(keys)? != steps {
+            .change_keys(&set.name, |stored| {
+                let (keys, gate) = gates.apply(&set.name, stored, now);
+                if decide(&keys)? != steps {
                     return Ok(KeyChange::Stale);
                 }
-                let changed = rotation::apply(keys, &steps, fresh, now).map_err(anyhow::Error::from)?;
-                Ok::<_, ActionError>(KeyChange::Write(changed))
+                let mut changed = rotation::apply(&keys, &steps, fresh, now).map_err(anyhow::Error::from)?;
+                let settled = gate.filter(|g| gate::settled(g, now));
+                let handover = settled.as_ref().and_then(|g| GatedHandover::of(&set.name, g));
+                if let Some(GatedHandover { kid, missing, confirmed: false, .. }) = &handover {
+                    tracing::warn!(key_set = %set.name, kid = %kid, ?missing, "hand-over proceeded UNCONFIRMED: gate_max_wait passed before these partners fetched the key");
+                }
+                if settled.is_some() {
+                    let moved = keys.iter().filter(|k| {
+                        let before = stored.iter().find(|s| s.kid == k.kid);
+                        before.is_some_and(|s| (s.activates_at, s.deactivates_at) != (k.activates_at, k.deactivates_at))
+                    });
+                    let unwritten: Vec<KeyRecord> =
+                        moved.filter(|k| !changed.iter().any(|c| c.kid == k.kid)).cloned().collect();
+                    changed.extend(unwritten);
+                }
+                Ok::<_, ActionError>(KeyChange::Write(changed, handover))
             })
             .await
             .map_err(ActionError::from)

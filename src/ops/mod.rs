@@ -3,7 +3,9 @@
 
 mod carry_out;
 pub mod clients;
+pub mod gates;
 pub mod migrate_store;
+pub mod partners;
 pub mod secrets;
 
 use anyhow::Context;
@@ -12,11 +14,13 @@ use serde::Serialize;
 use crate::config::{Config, KeySetConfig};
 use crate::keys;
 use crate::keys::custody::Custody;
+use crate::keys::gate::GateState;
 use crate::keys::rotation::{self, Exposure, ImportAs, Refused, Step};
 use crate::keys::timeline::{self, Timeline};
 use crate::store::Store;
 pub(crate) use carry_out::carry_out;
 use carry_out::carry_out_import;
+use gates::Gates;
 
 /// Why an operator action was not carried out.
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +51,7 @@ pub async fn rotate(
 ) -> Result<Vec<Step>, ActionError> {
     let set = key_set(config, set)?;
     let policy = config.policy(set);
-    carry_out(store, custody, set, now, |keys| rotation::rotate_now(keys, &policy, now, force)).await
+    carry_out(store, custody, config, set, now, |keys| rotation::rotate_now(keys, &policy, now, force)).await
 }
 
 /// What a key action did to one set.
@@ -59,6 +63,9 @@ pub struct Outcome {
     pub steps: Vec<Step>,
     /// When the action gave the set a new signing key: how long verifiers have had it.
     pub new_signer: Option<Exposure>,
+    /// Then: the set's partners not yet seen fetching it (a gate does not hold an
+    /// operator's action, so they may reject its tokens until they refetch).
+    pub not_yet_fetched: Vec<partners::NotYetFetched>,
 }
 
 impl Outcome {
@@ -83,12 +90,17 @@ impl Outcome {
         let changes_signer = steps.iter().any(|s| matches!(s, Step::Promote { .. } | Step::CreateCurrent));
         let new_signer = if changes_signer {
             let keys = store.keys_of_set(&set.name).await.context("reading keys")?;
+            let (keys, _) = Gates::load(store, config).await?.apply(&set.name, &keys, now);
             let policy = config.policy(set);
             keys::signer_at(&keys, now).map(|k| rotation::exposure(k, &policy, now))
         } else {
             None
         };
-        Ok(Outcome { key_set: set.name.clone(), steps, new_signer })
+        let not_yet_fetched = match &new_signer {
+            Some(signer) => partners::not_yet_holding(store, config, &set.name, &signer.kid).await?,
+            None => Vec::new(),
+        };
+        Ok(Outcome { key_set: set.name.clone(), steps, new_signer, not_yet_fetched })
     }
 }
 
@@ -104,7 +116,7 @@ pub async fn revoke(
     let record = store.key(kid).await?.ok_or_else(|| Refused::UnknownKey(kid.to_owned()))?;
     let set = key_set(config, &record.key_set)?;
     let policy = config.policy(set);
-    let steps = carry_out(store, custody, set, now, |keys| rotation::revoke(keys, kid, &policy, now)).await?;
+    let steps = carry_out(store, custody, config, set, now, |keys| rotation::revoke(keys, kid, &policy, now)).await?;
     Ok(Outcome::after(store, config, set, steps, now).await?)
 }
 
@@ -120,7 +132,7 @@ pub async fn import(
 ) -> Result<(String, Outcome), ActionError> {
     let set = key_set(config, set)?;
     let policy = config.policy(set);
-    let (kid, steps) = carry_out_import(store, custody, set, pem, now, |keys, imported| {
+    let (kid, steps) = carry_out_import(store, custody, config, set, pem, now, |keys, imported| {
         rotation::import(keys, imported, &policy, now, how)
     })
     .await?;
@@ -140,20 +152,25 @@ pub struct SetSchedule {
     pub retain_for: i64,
     /// Every key, oldest first.
     pub keys: Vec<Timeline>,
+    /// Where the hand-over gate stands, when partners gate this set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gate: Option<GateState>,
 }
 
 /// The timeline of every configured key set at `now`.
 pub async fn schedule(store: &Store, config: &Config, now: i64) -> anyhow::Result<Vec<SetSchedule>> {
     let mut sets = Vec::with_capacity(config.key_sets.len());
+    let gates = Gates::load(store, config).await?;
     for set in &config.key_sets {
         let policy = config.policy(set);
-        let keys = store.keys_of_set(&set.name).await.context("reading keys")?;
+        let (keys, gate) = gates.apply(&set.name, &store.keys_of_set(&set.name).await.context("reading keys")?, now);
         sets.push(SetSchedule {
             name: set.name.clone(),
             rotate_every: policy.rotate_every,
             publish_ahead: policy.publish_ahead,
             retain_for: policy.retain_for,
             keys: timeline::timeline(&keys, &policy, now),
+            gate,
         });
     }
     Ok(sets)

@@ -9,9 +9,10 @@
 use std::path::Path;
 
 use crate::config::Database;
+use crate::keys::gate::Holding;
 use crate::keys::KeyRecord;
 use postgres::PgStore;
-use rows::{ClientRow, Entry, Filter, SecretRow};
+use rows::{ClientRow, Entry, Filter, GatedHandover, Observations, PartnerFetches, SecretRow, UnmatchedFetches};
 use sqlite::SqliteStore;
 
 pub mod changes;
@@ -23,8 +24,8 @@ pub mod sqlite;
 
 /// What a decision made under a key set's write lock asks to be written.
 pub(crate) enum KeyChange {
-    /// These new and changed records.
-    Write(Vec<KeyRecord>),
+    /// These new and changed records, and a gated hand-over that has happened, if any.
+    Write(Vec<KeyRecord>, Option<GatedHandover>),
     /// The keys changed since the decision was first made: nothing is written.
     Stale,
 }
@@ -174,6 +175,62 @@ impl Store {
         match self {
             Store::Sqlite(s) => sqlite::issuance::prune(s.pool(), before).await,
             Store::Postgres(s) => postgres::issuance::prune(s.pool(), before).await,
+        }
+    }
+
+    /// Every partner's holdings (the keys it fetched a JWKS holding).
+    pub async fn partner_holdings(&self) -> anyhow::Result<Vec<Holding>> {
+        match self {
+            Store::Sqlite(s) => sqlite::partners::holdings(s.pool()).await,
+            Store::Postgres(s) => postgres::partners::holdings(s.pool()).await,
+        }
+    }
+
+    /// Writes a batch of JWKS fetch observations.
+    pub async fn record_observations(&self, batch: &Observations) -> anyhow::Result<()> {
+        match self {
+            Store::Sqlite(s) => sqlite::partners::record(s.pool(), batch).await,
+            Store::Postgres(s) => postgres::partners::record(s.pool(), batch).await,
+        }
+    }
+
+    /// Partner fetches last seen at or after `since`, oldest first.
+    pub async fn partner_fetches_since(&self, since: i64) -> anyhow::Result<Vec<PartnerFetches>> {
+        match self {
+            Store::Sqlite(s) => sqlite::partners::fetches_since(s.pool(), since).await,
+            Store::Postgres(s) => postgres::partners::fetches_since(s.pool(), since).await,
+        }
+    }
+
+    /// Each partner's latest fetch.
+    pub async fn partner_last_fetches(&self) -> anyhow::Result<Vec<(String, i64)>> {
+        match self {
+            Store::Sqlite(s) => sqlite::partners::last_fetches(s.pool()).await,
+            Store::Postgres(s) => postgres::partners::last_fetches(s.pool()).await,
+        }
+    }
+
+    /// Fetches that matched no partner, by user agent.
+    pub async fn unmatched_fetches(&self) -> anyhow::Result<Vec<UnmatchedFetches>> {
+        match self {
+            Store::Sqlite(s) => sqlite::partners::unmatched(s.pool()).await,
+            Store::Postgres(s) => postgres::partners::unmatched(s.pool()).await,
+        }
+    }
+
+    /// Deletes partner fetch rows older than `before` (each partner's latest stays).
+    pub async fn prune_partner_fetches(&self, before: i64) -> anyhow::Result<u64> {
+        match self {
+            Store::Sqlite(s) => sqlite::partners::prune(s.pool(), before).await,
+            Store::Postgres(s) => postgres::partners::prune(s.pool(), before).await,
+        }
+    }
+
+    /// The latest `limit` gated hand-overs, newest first.
+    pub async fn gated_handovers(&self, limit: i64) -> anyhow::Result<Vec<GatedHandover>> {
+        match self {
+            Store::Sqlite(s) => sqlite::partners::handovers(s.pool(), limit).await,
+            Store::Postgres(s) => postgres::partners::handovers(s.pool(), limit).await,
         }
     }
 }

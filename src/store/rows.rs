@@ -149,6 +149,82 @@ impl ClientRow {
     }
 }
 
+/// Fetches of one partner from one address of one document, in one batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct PartnerFetches {
+    /// The partner.
+    pub partner: String,
+    /// The key set whose JWKS it fetched.
+    pub key_set: String,
+    /// The client address.
+    pub address: String,
+    /// The document's ETag (served, or confirmed by a 304).
+    pub etag: String,
+    /// How many fetches.
+    pub count: i64,
+    /// The first (Unix seconds).
+    pub first_at: i64,
+    /// The last (Unix seconds).
+    pub last_at: i64,
+}
+
+/// Fetches that matched no partner, by user agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct UnmatchedFetches {
+    /// The `User-Agent` header (or `-` when absent), cut to 200 characters.
+    pub user_agent: String,
+    /// How many fetches.
+    pub count: i64,
+    /// The latest (Unix seconds).
+    pub last_at: i64,
+}
+
+/// One batch of observations, written in one transaction.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observations {
+    /// Partner fetches.
+    pub fetches: Vec<PartnerFetches>,
+    /// The keys the fetched documents held.
+    pub holdings: Vec<crate::keys::gate::Holding>,
+    /// Fetches that matched no partner.
+    pub unmatched: Vec<UnmatchedFetches>,
+}
+
+impl Observations {
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.fetches.is_empty() && self.holdings.is_empty() && self.unmatched.is_empty()
+    }
+}
+
+/// A gated hand-over as it happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GatedHandover {
+    /// The key that started signing.
+    pub kid: String,
+    /// Its set.
+    pub key_set: String,
+    /// When (Unix seconds).
+    pub at: i64,
+    /// Whether every gating partner held it; if not, the wait ran out and the gate proceeded.
+    pub confirmed: bool,
+    /// The gating partners that had not fetched it.
+    pub missing: Vec<String>,
+}
+
+impl GatedHandover {
+    /// The record of a settled gate, if it is one.
+    pub fn of(key_set: &str, gate: &crate::keys::gate::GateState) -> Option<GatedHandover> {
+        use crate::keys::gate::GateState;
+        let (kid, at, confirmed, missing) = match gate {
+            GateState::Released { kid, at } => (kid, *at, true, Vec::new()),
+            GateState::ProceededUnconfirmed { kid, missing, at } => (kid, *at, false, missing.clone()),
+            GateState::Waiting { .. } | GateState::Held { .. } => return None,
+        };
+        Some(GatedHandover { kid: kid.clone(), key_set: key_set.to_owned(), at, confirmed, missing })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

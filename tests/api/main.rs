@@ -2,6 +2,7 @@
 
 mod cli;
 mod first_hour;
+mod gates;
 mod handover;
 mod helpers;
 mod hsm;

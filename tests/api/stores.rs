@@ -322,4 +322,38 @@ on_both_stores! {
         }
         assert_eq!(app.store.secrets().await.unwrap().len(), 1, "replaced, not added");
     }
+
+    async fn partner_observations_keep_a_holdings_first_sighting_and_prune_all_but_the_latest(backend: Backend) {
+        use keyward::keys::gate::Holding;
+        use keyward::store::rows::{Observations, PartnerFetches};
+        let dir = tempfile::tempdir().unwrap();
+        let url = backend.new_database_url(dir.path()).await;
+        let store = Store::connect(&keyward::config::Database::parse(&url).unwrap()).await.unwrap();
+        let fetch = |partner: &str, etag: &str, at: i64| PartnerFetches {
+            partner: partner.into(),
+            key_set: "s".into(),
+            address: "127.0.0.2".into(),
+            etag: etag.into(),
+            count: 1,
+            first_at: at,
+            last_at: at,
+        };
+        let holding =
+            |kid: &str, at: i64| Holding { partner: "p".into(), key_set: "s".into(), kid: kid.into(), first_seen: at, last_seen: at };
+        let batch = |fetches, holdings| Observations { fetches, holdings, unmatched: Vec::new() };
+        let before = store.generation().await.unwrap();
+        store.record_observations(&batch(vec![fetch("p", "e1", 10), fetch("q", "e1", 11)], vec![holding("k", 10)])).await.unwrap();
+        assert_eq!(store.generation().await.unwrap(), before + 1, "a new holding makes servers reload");
+        store.record_observations(&batch(vec![fetch("p", "e2", 50)], vec![holding("k", 50)])).await.unwrap();
+        assert_eq!(store.generation().await.unwrap(), before + 1, "a known holding does not");
+        let held = store.partner_holdings().await.unwrap();
+        assert_eq!((held[0].first_seen, held[0].last_seen), (10, 50));
+        assert_eq!(store.prune_partner_fetches(40).await.unwrap(), 1, "p's old row goes; q's only row stays");
+        let left: Vec<(String, i64)> =
+            store.partner_fetches_since(0).await.unwrap().into_iter().map(|f| (f.partner, f.last_at)).collect();
+        assert_eq!(left, [("q".to_owned(), 11), ("p".to_owned(), 50)]);
+        let mut last = store.partner_last_fetches().await.unwrap();
+        last.sort();
+        assert_eq!(last, [("p".to_owned(), 50), ("q".to_owned(), 11)]);
+    }
 }

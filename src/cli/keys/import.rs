@@ -6,7 +6,7 @@ use anyhow::Context as _;
 
 use super::super::context::Context;
 use super::super::format::now;
-use super::{report, report_signer};
+use super::{report, report_lagging, report_signer};
 use crate::keys::rotation::{ImportAs, Refused, Step};
 use crate::ops::{self, ActionError};
 
@@ -57,5 +57,6 @@ pub(super) async fn run(ctx: &Context, Args { set, pem, activate, force, replace
     if let Some(signer) = &outcome.new_signer {
         report_signer(signer);
     }
+    report_lagging(&outcome.not_yet_fetched);
     Ok(())
 }

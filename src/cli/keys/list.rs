@@ -3,6 +3,7 @@
 use super::super::context::Context;
 use super::super::format::{now, time};
 use crate::keys::{KeyRecord, KeyState};
+use crate::ops::gates::Gates;
 
 #[derive(Debug, clap::Args)]
 pub(in crate::cli) struct Args {
@@ -21,8 +22,18 @@ struct ListedKey<'a> {
 
 pub(super) async fn run(ctx: &Context, Args { json }: Args) -> anyhow::Result<()> {
     let store = ctx.store().await?;
-    let records = store.keys().await?;
     let now = now();
+    // As every server sees them: with the partner gates applied.
+    let gates = Gates::load(&store, ctx.config()).await?;
+    let stored = store.keys().await?;
+    let mut sets: Vec<&str> = stored.iter().map(|k| k.key_set.as_str()).collect();
+    sets.sort_unstable();
+    sets.dedup();
+    let mut records = Vec::with_capacity(stored.len());
+    for set in sets {
+        let keys: Vec<KeyRecord> = stored.iter().filter(|k| k.key_set == set).cloned().collect();
+        records.extend(gates.apply(set, &keys, now).0);
+    }
     if json {
         let listed: Vec<ListedKey> =
             records.iter().map(|record| ListedKey { state: record.state_at(now), record }).collect();

@@ -10,6 +10,7 @@ mod schedule;
 use super::context::Context;
 use super::format::{now, span, time};
 use crate::keys::rotation::{Exposure, Step};
+use crate::ops;
 
 #[derive(Debug, clap::Subcommand)]
 pub(super) enum Command {
@@ -52,6 +53,18 @@ fn report(steps: &[Step]) {
             }
             Step::Schedule { kid, activates_at } => eprintln!("{kid} signs from {}", time(Some(*activates_at))),
         }
+    }
+}
+
+/// Names each partner that has not fetched a new signing key (no gate holds an operator).
+fn report_lagging(lagging: &[ops::partners::NotYetFetched]) {
+    for partner in lagging {
+        eprintln!(
+            "warning: partner {} has not yet fetched the new signing key (last fetch {}): it may reject its \
+             tokens until it refetches the JWKS",
+            partner.partner,
+            time(partner.last_fetch)
+        );
     }
 }
 

@@ -2,7 +2,7 @@
 
 use super::super::context::Context;
 use super::super::format::now;
-use super::{report, report_signer};
+use super::{report, report_lagging, report_signer};
 use crate::ops;
 
 #[derive(Debug, clap::Args)]
@@ -21,6 +21,7 @@ pub(super) async fn run(ctx: &Context, Args { kid }: Args) -> anyhow::Result<()>
     if let Some(signer) = &outcome.new_signer {
         report_signer(signer);
     }
+    report_lagging(&outcome.not_yet_fetched);
     if was_published {
         eprintln!("running servers drop {kid} from the JWKS within seconds");
     } else {

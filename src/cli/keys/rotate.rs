@@ -2,7 +2,7 @@
 
 use super::super::context::Context;
 use super::super::format::{now, span, time};
-use super::{report, report_signer};
+use super::{report, report_lagging, report_signer};
 use crate::keys::rotation::Refused;
 use crate::ops::{self, ActionError};
 
@@ -34,8 +34,10 @@ pub(super) async fn run(ctx: &Context, Args { set, force }: Args) -> anyhow::Res
         other => other.into(),
     })?;
     report(&steps);
-    if let Some(signer) = ops::Outcome::of(&store, ctx.config(), &set, steps, now()).await?.new_signer {
-        report_signer(&signer);
+    let outcome = ops::Outcome::of(&store, ctx.config(), &set, steps, now()).await?;
+    if let Some(signer) = &outcome.new_signer {
+        report_signer(signer);
     }
+    report_lagging(&outcome.not_yet_fetched);
     Ok(())
 }

@@ -36,6 +36,9 @@ pub(super) async fn run(ctx: &Context, Args { json }: Args) -> anyhow::Result<()
             "  {:<44} {:<9} {:<21} {:<21} {:<21} {:<21}",
             "KID", "STATE", "PUBLISHED FROM", "PUBLISHED UNTIL", "SIGNING FROM", "SIGNING UNTIL"
         );
+        if let Some(gate) = &set.gate {
+            println!("  gate: {}", super::super::partners::describe(gate));
+        }
         for k in set.keys {
             println!(
                 "  {:<44} {:<9} {:<21} {:<21} {:<21} {:<21}",

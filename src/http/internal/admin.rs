@@ -1,5 +1,6 @@
 //! Key administration for admin clients: key sets and timelines, rotation, revocation.
 
+use crate::ops::partners::NotYetFetched;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
 
@@ -63,6 +64,11 @@ struct ActionAnswer {
     /// (seconds), `within_cache_window`, and `may_be_rejected_until` (Unix seconds or null).
     #[schema(value_type = Option<Object>)]
     new_signer: Option<Exposure>,
+    /// Then: each partner of the set not yet seen fetching the new signer (`partner`,
+    /// `last_fetch` in Unix seconds or null).
+    #[schema(value_type = Vec<Object>)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    not_yet_fetched: Vec<NotYetFetched>,
 }
 
 /// Answers a key action with its steps, the set's signing key afterwards and, if the action
@@ -72,8 +78,8 @@ async fn after_action(state: &InternalState, outcome: Outcome) -> Result<HttpRes
     let snapshot = state.shared.snapshot();
     let signing_kid =
         snapshot.key_sets.get(&outcome.key_set).and_then(|v| v.signer.as_ref()).map(|s| s.kid().to_owned());
-    let Outcome { key_set, steps, new_signer } = outcome;
-    Ok(no_store_json(&ActionAnswer { key_set, steps, signing_kid, new_signer }))
+    let Outcome { key_set, steps, new_signer, not_yet_fetched } = outcome;
+    Ok(no_store_json(&ActionAnswer { key_set, steps, signing_kid, new_signer, not_yet_fetched }))
 }
 
 #[utoipa::path(post, path = "/v1/key-sets/{name}/rotate", tag = "admin", security(("bearer" = [])),
@@ -139,6 +145,14 @@ pub(super) async fn revoke(
             "key revoked through the admin API; its successor was published long enough for cached JWKS to hold it"
         ),
         None => tracing::warn!(client, kid = %kid, key_set = %outcome.key_set, "key revoked through the admin API"),
+    }
+    for lagging in &outcome.not_yet_fetched {
+        tracing::warn!(
+            partner = %lagging.partner,
+            last_fetch = lagging.last_fetch,
+            key_set = %outcome.key_set,
+            "partner has not yet fetched the new signing key (revocation does not wait for the gate)"
+        );
     }
     after_action(&state, outcome).await
 }

@@ -9,6 +9,7 @@ mod auth;
 mod body;
 mod keys;
 mod operations;
+mod partners;
 mod sign;
 mod token;
 
@@ -63,6 +64,7 @@ internal_api![
     admin::key_sets,
     admin::rotate,
     admin::revoke,
+    partners::partners,
     keys::public_key,
     operations::metrics,
     operations::openapi,

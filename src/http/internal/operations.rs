@@ -5,6 +5,7 @@ use actix_web::{web, HttpResponse};
 
 use super::{ApiDoc, InternalState};
 use crate::http::public::{readiness_json, status_json, HealthStatus};
+use crate::ops;
 
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text exposition", content_type = "application/openmetrics-text")))]
 pub(super) async fn metrics(state: web::Data<InternalState>) -> HttpResponse {
@@ -14,6 +15,21 @@ pub(super) async fn metrics(state: web::Data<InternalState>) -> HttpResponse {
         let age = view.activated_at.map_or(0, |at| now - at);
         let until = view.rotation_at.map_or(0, |at| (at - now).max(0));
         metrics.key_set(name, age, until);
+    }
+    if !state.shared.config().partners.is_empty() {
+        match ops::partners::report(state.shared.store(), state.shared.config(), now).await {
+            Ok(report) => {
+                for partner in &report.partners {
+                    let holds: Vec<(&str, bool)> =
+                        partner.key_sets.iter().map(|s| (s.key_set.as_str(), s.holds_next)).collect();
+                    metrics.partner(&partner.name, partner.last_fetch, &holds);
+                    for set in &partner.key_sets {
+                        metrics.gate(&set.key_set, set.gate.as_ref().is_some_and(|g| g.holds()));
+                    }
+                }
+            }
+            Err(err) => tracing::warn!(error = format!("{err:#}"), "reading partner observations for metrics failed"),
+        }
     }
     HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")

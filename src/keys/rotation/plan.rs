@@ -41,15 +41,17 @@ pub fn plan(keys: &[KeyRecord], policy: &Policy, now: i64) -> Plan {
         (Some(current), None) => {
             steps.push(Step::CreateNext { activates_at: handover_at(current, now, policy).max(now) })
         }
-        (Some(current), Some(next)) => {
-            // Planned when it was published; planned again if the policy changed since.
-            let due = rotation_due_at(current, next, policy).max(now);
-            if next.activates_at != Some(due) || current.deactivates_at != Some(due) {
+        (Some(current), Some(next)) => match next.activates_at.filter(|at| current.deactivates_at == Some(*at)) {
+            // Planned when it was published (a gate may have moved it later): then it
+            // signs, and the set needs a new next key.
+            Some(planned) => wake(planned),
+            // Never planned (stored before instants were, or its predecessor replaced).
+            None => {
+                let due = rotation_due_at(current, next, policy).max(now);
                 steps.push(Step::Schedule { kid: next.kid.clone(), activates_at: due });
+                wake(due);
             }
-            // Then it signs, and the set needs a new next key.
-            wake(due);
-        }
+        },
     }
     Plan { steps, wake_at }
 }

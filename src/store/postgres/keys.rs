@@ -108,12 +108,26 @@ pub(crate) async fn change<E>(
     let mut tx = WriteTx::begin(pool).await?;
     tx.lock(&format!("key-set:{set}")).await?;
     let keys = of_set(&mut *tx, set).await?;
-    let changed = match decide(&keys) {
-        Ok(KeyChange::Write(changed)) => changed,
+    let (changed, handover) = match decide(&keys) {
+        Ok(KeyChange::Write(changed, handover)) => (changed, handover),
         Ok(KeyChange::Stale) => return Ok(Ok(false)),
         Err(refused) => return Ok(Err(refused)),
     };
     persist(&mut tx, changed).await?;
+    if let Some(handover) = handover {
+        sqlx::query(
+            "INSERT INTO gated_handovers (kid, key_set, at, confirmed, missing) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (kid) DO NOTHING",
+        )
+        .bind(&handover.kid)
+        .bind(&handover.key_set)
+        .bind(handover.at)
+        .bind(handover.confirmed)
+        .bind(serde_json::to_string(&handover.missing)?)
+        .execute(&mut *tx)
+        .await
+        .context("recording a gated hand-over")?;
+    }
     bump_generation(&mut tx).await?;
     tx.commit().await.context("committing key changes")?;
     Ok(Ok(true))

@@ -23,6 +23,7 @@ pub mod backup;
 pub mod clients;
 pub mod issuance;
 pub mod keys;
+pub mod partners;
 pub mod secrets;
 pub mod watch;
 

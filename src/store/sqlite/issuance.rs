@@ -118,9 +118,14 @@ async fn refused(tx: &mut sqlx::SqliteConnection, entries: &[&Entry]) -> anyhow:
     Ok(refused)
 }
 
-/// Rows go in chunks of 256, 128, ... or 1, so that only nine different statements exist
-/// and all stay prepared (SQLite allows 32,766 bound values; a chunk binds at most 2,304).
+/// A batch of up to 16 rows (what a busy server commits at once) goes in one statement:
+/// each statement is a hand-off to SQLite's thread and back. Larger batches go in chunks
+/// of 256, 128, ... 32 and then the rest, so that only 20 different statements exist and
+/// all stay prepared (SQLite allows 32,766 bound values; a chunk binds at most 2,304).
 fn chunk_len(remaining: usize) -> usize {
+    if remaining <= 16 {
+        return remaining;
+    }
     let mut size = 256;
     while size > remaining {
         size /= 2;
@@ -226,7 +231,7 @@ mod tests {
     use super::chunk_len;
 
     #[test]
-    fn batches_split_into_power_of_two_chunks() {
+    fn batches_of_up_to_16_rows_go_in_one_statement_larger_ones_in_power_of_two_chunks() {
         let split = |mut n: usize| {
             let mut sizes = Vec::new();
             while n > 0 {
@@ -236,7 +241,10 @@ mod tests {
             sizes
         };
         assert_eq!(split(1), [1]);
-        assert_eq!(split(7), [4, 2, 1]);
+        assert_eq!(split(7), [7]);
+        assert_eq!(split(16), [16]);
+        assert_eq!(split(17), [16, 1]);
+        assert_eq!(split(47), [32, 15]);
         assert_eq!(split(256), [256]);
         assert_eq!(split(600), [256, 256, 64, 16, 8]);
     }

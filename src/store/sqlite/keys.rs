@@ -110,13 +110,27 @@ pub(crate) async fn change<E>(
 ) -> anyhow::Result<Result<bool, E>> {
     let mut tx = begin_write(pool).await?;
     let keys = of_set(&mut *tx, set).await?;
-    let changed = match decide(&keys) {
-        Ok(KeyChange::Write(changed)) => changed,
+    let (changed, handover) = match decide(&keys) {
+        Ok(KeyChange::Write(changed, handover)) => (changed, handover),
         Ok(KeyChange::Stale) => return Ok(Ok(false)),
         Err(refused) => return Ok(Err(refused)),
     };
     let deletes_secrets = changed.iter().any(|r| r.private().is_none());
     persist(&mut tx, changed).await?;
+    if let Some(handover) = handover {
+        sqlx::query(
+            "INSERT INTO gated_handovers (kid, key_set, at, confirmed, missing) VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT (kid) DO NOTHING",
+        )
+        .bind(&handover.kid)
+        .bind(&handover.key_set)
+        .bind(handover.at)
+        .bind(handover.confirmed)
+        .bind(serde_json::to_string(&handover.missing)?)
+        .execute(&mut *tx)
+        .await
+        .context("recording a gated hand-over")?;
+    }
     bump_generation(&mut tx).await?;
     tx.commit().await.context("committing key changes")?;
     if deletes_secrets {

@@ -16,6 +16,7 @@ use crate::private_files::{private_dir_builder, private_file_options};
 pub mod clients;
 pub mod issuance;
 pub mod keys;
+pub mod partners;
 pub mod secrets;
 
 fn options(path: &Path) -> SqliteConnectOptions {

@@ -1,0 +1,188 @@
+//! The SQL of the partner observation tables.
+
+use anyhow::Context;
+use sqlx::SqlitePool;
+
+use super::{begin_write, bump_generation};
+use crate::keys::gate::Holding;
+use crate::store::rows::{GatedHandover, Observations, PartnerFetches, UnmatchedFetches};
+
+/// Every holding of every partner.
+pub async fn holdings(pool: &SqlitePool) -> anyhow::Result<Vec<Holding>> {
+    let rows: Vec<(String, String, String, i64, i64)> =
+        sqlx::query_as("SELECT partner, key_set, kid, first_seen, last_seen FROM partner_holdings")
+            .fetch_all(pool)
+            .await
+            .context("reading partner holdings")?;
+    Ok(rows
+        .into_iter()
+        .map(|(partner, key_set, kid, first_seen, last_seen)| Holding { partner, key_set, kid, first_seen, last_seen })
+        .collect())
+}
+
+/// Writes one batch in one transaction. A holding seen for the first time bumps the change
+/// counter: it may release a gated hand-over, so every server reloads.
+pub async fn record(pool: &SqlitePool, batch: &Observations) -> anyhow::Result<()> {
+    let mut tx = begin_write(pool).await?;
+    for f in &batch.fetches {
+        sqlx::query(
+            "INSERT INTO partner_fetches (partner, key_set, address, etag, count, first_at, last_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&f.partner)
+        .bind(&f.key_set)
+        .bind(&f.address)
+        .bind(&f.etag)
+        .bind(f.count)
+        .bind(f.first_at)
+        .bind(f.last_at)
+        .execute(&mut *tx)
+        .await
+        .context("recording partner fetches")?;
+    }
+    let mut new_holdings = 0;
+    for h in &batch.holdings {
+        let inserted = sqlx::query(
+            "INSERT INTO partner_holdings (partner, key_set, kid, first_seen, last_seen) VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT (partner, key_set, kid) DO NOTHING",
+        )
+        .bind(&h.partner)
+        .bind(&h.key_set)
+        .bind(&h.kid)
+        .bind(h.first_seen)
+        .bind(h.last_seen)
+        .execute(&mut *tx)
+        .await
+        .context("recording partner holdings")?;
+        if inserted.rows_affected() == 0 {
+            sqlx::query(
+                "UPDATE partner_holdings SET last_seen = max(last_seen, ?) WHERE partner = ? AND key_set = ? AND kid = ?",
+            )
+            .bind(h.last_seen)
+            .bind(&h.partner)
+            .bind(&h.key_set)
+            .bind(&h.kid)
+            .execute(&mut *tx)
+            .await
+            .context("recording partner holdings")?;
+        }
+        new_holdings += inserted.rows_affected();
+    }
+    for u in &batch.unmatched {
+        sqlx::query(
+            "INSERT INTO unmatched_fetches (user_agent, count, last_at) VALUES (?, ?, ?) \
+             ON CONFLICT (user_agent) DO UPDATE SET count = count + excluded.count, \
+             last_at = max(last_at, excluded.last_at)",
+        )
+        .bind(&u.user_agent)
+        .bind(u.count)
+        .bind(u.last_at)
+        .execute(&mut *tx)
+        .await
+        .context("recording unmatched fetches")?;
+    }
+    if new_holdings > 0 {
+        bump_generation(&mut tx).await?;
+    }
+    tx.commit().await.context("committing partner observations")?;
+    Ok(())
+}
+
+/// Fetch rows of the last `since` onwards, oldest first.
+pub async fn fetches_since(pool: &SqlitePool, since: i64) -> anyhow::Result<Vec<PartnerFetches>> {
+    sqlx::query_as(
+        "SELECT partner, key_set, address, etag, count, first_at, last_at FROM partner_fetches \
+         WHERE last_at >= ? ORDER BY last_at",
+    )
+    .bind(since)
+    .fetch_all(pool)
+    .await
+    .context("reading partner fetches")
+}
+
+/// Each partner's latest fetch, ever.
+pub async fn last_fetches(pool: &SqlitePool) -> anyhow::Result<Vec<(String, i64)>> {
+    sqlx::query_as("SELECT partner, max(last_at) FROM partner_fetches GROUP BY partner")
+        .fetch_all(pool)
+        .await
+        .context("reading partner fetches")
+}
+
+/// Unmatched fetches by user agent, most first.
+pub async fn unmatched(pool: &SqlitePool) -> anyhow::Result<Vec<UnmatchedFetches>> {
+    sqlx::query_as("SELECT user_agent, count, last_at FROM unmatched_fetches ORDER BY count DESC, user_agent")
+        .fetch_all(pool)
+        .await
+        .context("reading unmatched fetches")
+}
+
+/// Deletes fetch rows last seen before `before`, keeping each partner's latest; returns
+/// how many.
+pub async fn prune(pool: &SqlitePool, before: i64) -> anyhow::Result<u64> {
+    let done = sqlx::query(
+        "DELETE FROM partner_fetches WHERE last_at < ? AND rowid NOT IN \
+         (SELECT max(rowid) FROM partner_fetches GROUP BY partner)",
+    )
+    .bind(before)
+    .execute(pool)
+    .await
+    .context("pruning partner fetches")?;
+    Ok(done.rows_affected())
+}
+
+/// The latest gated hand-overs, newest first.
+pub async fn handovers(pool: &SqlitePool, limit: i64) -> anyhow::Result<Vec<GatedHandover>> {
+    let rows: Vec<(String, String, i64, bool, String)> = sqlx::query_as(
+        "SELECT kid, key_set, at, confirmed, missing FROM gated_handovers ORDER BY at DESC, kid LIMIT ?",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .context("reading gated hand-overs")?;
+    rows.into_iter()
+        .map(|(kid, key_set, at, confirmed, missing)| {
+            let missing = serde_json::from_str(&missing).context("reading a gated hand-over")?;
+            Ok(GatedHandover { kid, key_set, at, confirmed, missing })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fetch(partner: &str, etag: &str, at: i64) -> PartnerFetches {
+        PartnerFetches {
+            partner: partner.into(),
+            key_set: "s".into(),
+            address: "127.0.0.2".into(),
+            etag: etag.into(),
+            count: 1,
+            first_at: at,
+            last_at: at,
+        }
+    }
+
+    fn holding(kid: &str, at: i64) -> Holding {
+        Holding { partner: "p".into(), key_set: "s".into(), kid: kid.into(), first_seen: at, last_seen: at }
+    }
+
+    #[tokio::test]
+    async fn a_holdings_first_sighting_never_moves_and_old_fetches_are_pruned_but_the_latest() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = super::super::connect(dir.path().join("p.db")).await.unwrap();
+        let generation = || super::super::generation(&pool);
+        let before = generation().await.unwrap();
+        let batch = |fetches, holdings| Observations { fetches, holdings, unmatched: Vec::new() };
+        record(&pool, &batch(vec![fetch("p", "e1", 10), fetch("q", "e1", 11)], vec![holding("k", 10)])).await.unwrap();
+        assert_eq!(generation().await.unwrap(), before + 1, "a new holding makes servers reload");
+        record(&pool, &batch(vec![fetch("p", "e2", 50)], vec![holding("k", 50)])).await.unwrap();
+        assert_eq!(generation().await.unwrap(), before + 1, "a known holding does not");
+        let held = holdings(&pool).await.unwrap();
+        assert_eq!((held[0].first_seen, held[0].last_seen), (10, 50));
+        assert_eq!(prune(&pool, 40).await.unwrap(), 1, "p's old row goes; q's only row stays");
+        let left: Vec<(String, i64)> =
+            fetches_since(&pool, 0).await.unwrap().into_iter().map(|f| (f.partner, f.last_at)).collect();
+        assert_eq!(left, [("q".to_owned(), 11), ("p".to_owned(), 50)]);
+    }
+}
