@@ -6,9 +6,10 @@ Floors, measured in the same run as keyward:
     ETag, and a fixed answer (a real keyward answer) to the sign POSTs: the HTTP floor;
   - the node peer (`jose` on node:cluster, no ledger), when PEERS_DIR holds it and node is
     installed: the throughput a hand-rolled server reaches.
-Then keyward itself, on a fresh database, and (keyward-hsm) keyward with both key sets in a
-fresh SoftHSM2 token (`custody = "pkcs11"`): its sign rows only, the JWKS being the same.
-One server runs at a time.
+Then keyward itself, on a fresh database; (keyward-hsm) keyward with both key sets in a
+fresh SoftHSM2 token (`custody = "pkcs11"`): its sign rows only, the JWKS being the same;
+and (keyward-pg) its sign rows on a fresh PostgreSQL server of its own (Debian's
+`postgresql`), whose CPU time counts as keyward's. One server runs at a time.
 
 The "JWKS TLS 200" row serves the same JWKS over TLS (one self-signed P-256 certificate made
 with the openssl command, for keyward's public listener and for nginx with a session cache):
@@ -17,9 +18,10 @@ reconnecting wrk connection resumes its session.
 
 Environment: KEYWARD_BIN (required, set by run.sh), DURATION (s per row, 10), WARMUP (s
 before each row, 2), SIGN_CONNS (16), JWKS_CONNS (64), OPENSSL_SECONDS (3), PEERS_DIR,
-SERVERS (which to run, default "nginx node keyward keyward-hsm"). KEYWARD_* variables
-reach keyward.
+SERVERS (which to run, default "nginx node keyward keyward-hsm keyward-pg"). KEYWARD_*
+variables reach keyward.
 """
+import glob
 import json
 import os
 import re
@@ -42,7 +44,7 @@ SIGN_CONNS = int(os.environ.get("SIGN_CONNS", "16"))
 JWKS_CONNS = int(os.environ.get("JWKS_CONNS", "64"))
 OPENSSL_SECONDS = int(os.environ.get("OPENSSL_SECONDS", "3"))
 PEERS_DIR = os.environ.get("PEERS_DIR", "")
-SERVERS = os.environ.get("SERVERS", "nginx node keyward keyward-hsm").split()
+SERVERS = os.environ.get("SERVERS", "nginx node keyward keyward-hsm keyward-pg").split()
 SOFTHSM_MODULES = ("/usr/lib/softhsm/libsofthsm2.so", "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so")
 HSM_PIN = "1234"
 SIGN_BODY = '{"sub":"acct_1","ttl_seconds":300}'
@@ -56,7 +58,7 @@ CONFIG = """
 [server]
 public_addr = "127.0.0.1:0"
 internal_addr = "127.0.0.1:0"
-database_url = "sqlite://{dir}/keyward.db"
+database_url = "{database_url}"
 master_key_file = "{dir}/master.key"
 rate_limit = 100000000
 rate_burst = 100000000
@@ -169,10 +171,10 @@ def tree(root):
     return found
 
 
-def cpu_seconds(root):
-    """utime + stime of `root`'s process tree (a process's dead children are not counted)."""
+def cpu_seconds(roots):
+    """utime + stime of the process trees of `roots` (a process's dead children are not counted)."""
     total = 0
-    for pid in tree(root):
+    for pid in set().union(*(tree(root) for root in roots)):
         try:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
@@ -238,19 +240,20 @@ def sign_headers(token):
 
 
 class Load:
-    """wrk rows against one server, with that server's CPU time per request."""
+    """wrk rows against one server, with that server's CPU time per request (its database
+    server's too, when it has one)."""
 
-    def __init__(self, label, root):
-        self.label, self.root, self.rows = label, root, {}
+    def __init__(self, label, *roots):
+        self.label, self.roots, self.rows = label, roots, {}
 
     def run(self, row, url, conns, mode, arg):
         command = ["wrk", "-t1", f"-c{conns}", "--latency", "-s", LUA, url, "--", mode, arg]
         env = dict(os.environ, SIGN_BODY=SIGN_BODY)
         if WARMUP:
             subprocess.run(command[:3] + [f"-d{WARMUP}s"] + command[3:], env=env, capture_output=True)
-        before = cpu_seconds(self.root)
+        before = cpu_seconds(self.roots)
         out = subprocess.run(command[:3] + [f"-d{DURATION}s"] + command[3:], env=env, capture_output=True, text=True)
-        cpu = cpu_seconds(self.root) - before
+        cpu = cpu_seconds(self.roots) - before
         line = re.search(r"^RESULT (.*)$", out.stdout, re.M)
         if not line:
             sys.exit(f"bench: wrk gave no result for {self.label} {row}:\n{out.stdout}{out.stderr}")
@@ -267,9 +270,12 @@ class Load:
         print(f"bench: {self.label:8} {row:11} {self.rows[row]['rps']:9,.0f} req/s  "
               f"{self.rows[row]['cpu']:7.1f} µs CPU/req  errors {self.rows[row]['errors']}", file=sys.stderr)
 
-    def sign_and_jwks(self, sign_url, token, jwks_url):
+    def sign(self, sign_url, token):
         for row, profile in SIGN_ROWS:
             self.run(row, sign_url(profile), SIGN_CONNS, "sign", token)
+
+    def sign_and_jwks(self, sign_url, token, jwks_url):
+        self.sign(sign_url, token)
         etag = http(jwks_url)[1]["ETag"]
         self.run("JWKS 200", jwks_url, JWKS_CONNS, "get", "")
         self.run("JWKS 304", jwks_url, JWKS_CONNS, "get", etag)
@@ -302,9 +308,10 @@ def openssl_speed():
 class Keyward:
     """keyward on a fresh database in `work`; started, stopped and restarted on the same keys."""
 
-    def __init__(self, work, hsm=False):
+    def __init__(self, work, hsm=False, database_url=None):
         self.work = work
         self.config = os.path.join(work, "keys.toml")
+        self.database_url = database_url or f"sqlite://{work}/keyward.db"
         self.env = dict(os.environ, RUST_LOG="warn,keyward::cli=info", KEYWARD_LOG_FORMAT="json")
         self.custody, self.pkcs11 = ("pkcs11", PKCS11.format(module=softhsm_token(work, self.env))) if hsm else ("sealed", "")
         self.use_tls(None)
@@ -333,7 +340,8 @@ class Keyward:
         self.tls = certificate
         tls = "" if certificate is None else 'public_tls = {{ cert_file = "{}", key_file = "{}" }}'.format(*certificate)
         with open(self.config, "w") as f:
-            f.write(CONFIG.format(dir=self.work, tls=tls, custody=self.custody, pkcs11=self.pkcs11))
+            f.write(CONFIG.format(dir=self.work, tls=tls, custody=self.custody, pkcs11=self.pkcs11,
+                                  database_url=self.database_url))
 
     def add_client(self):
         self.token = subprocess.run([BIN, "--config", self.config, "clients", "add", "bench", "--profiles", "rs,es"],
@@ -436,6 +444,59 @@ def keyward_hsm_load(work):
     return load
 
 
+def postgres(work):
+    """A PostgreSQL server of its own in `work` (as nobody when run as root: PostgreSQL refuses
+    root); returns its process and a URL of its `postgres` database."""
+    bindirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+    if not bindirs:
+        sys.exit("bench: the PostgreSQL rows need Debian's postgresql package (apt-get install postgresql)")
+    data = os.path.join(work, "pg")
+    os.mkdir(data, 0o700)
+    as_user = None
+    if os.geteuid() == 0:
+        os.chmod(work, 0o711)
+        os.chown(data, 65534, 65534)
+
+        def as_user():
+            os.setgid(65534)
+            os.setuid(65534)
+    subprocess.run([f"{bindirs[-1]}/initdb", "-D", data, "-U", "keyward", "--auth=trust", "-E", "UTF8",
+                    "--locale=C"], check=True, capture_output=True, preexec_fn=as_user, env={})
+    port = free_port()
+    log = open(os.path.join(work, "postgres.log"), "w")
+    process = subprocess.Popen([f"{bindirs[-1]}/postgres", "-D", data, "-p", str(port),
+                                "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={data}"],
+                               stdout=subprocess.DEVNULL, stderr=log, preexec_fn=as_user, env={})
+
+    def accepting():
+        running(process)
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+
+    wait_for("postgres", accepting)
+    return process, f"postgres://keyward@127.0.0.1:{port}/postgres"
+
+
+def keyward_on_postgres(work):
+    """keyward's sign rows on PostgreSQL (the JWKS rows never touch the database)."""
+    database, url = postgres(work)
+    try:
+        folder = os.path.join(work, "keyward-pg")
+        os.mkdir(folder, 0o700)
+        server = Keyward(folder, database_url=url)
+        server.start()
+        try:
+            server.add_client()
+            wait_for("the bench client", server.signs)
+            load = Load("keyward-pg", server.process.pid, database.pid)
+            load.sign(server.sign_url, server.token)
+        finally:
+            stop(server.process)
+        return load
+    finally:
+        stop(database)
+
+
 def keyward_load(server, certificate):
     server.start()
     wait_for("the bench client", server.signs)
@@ -517,6 +578,13 @@ def report(speed, loads, idle, peak):
         vs_node = ratio(k["rps"], node[row]["rps"]) if row in node else "-"
         print(f"| {row} | {k['cpu']:,.1f} | {floor_text} | {ratio(k['cpu'], floor) if floor else '-'} | "
               f"{k['rps']:,.0f} | {vs_nginx} | {vs_node} |")
+    if "keyward-pg" in loads:
+        for row, k in loads["keyward-pg"].rows.items():
+            floor = nginx_rows.get(row, {}).get("cpu")
+            floor = None if floor is None else floor + speed.get(row, 0.0)
+            print(f"| {row} on PostgreSQL (keyward + postgres CPU) | {k['cpu']:,.1f} | "
+                  f"{'-' if floor is None else f'{floor:,.1f}'} | {ratio(k['cpu'], floor) if floor else '-'} | "
+                  f"{k['rps']:,.0f} | - | {ratio(k['rps'], node[row]['rps']) if row in node else '-'} |")
     print()
     print(f"keyward RSS: idle {idle:.1f} MiB, peak under load {peak:.1f} MiB.")
 
@@ -550,6 +618,8 @@ def main():
             loads["keyward"], idle, peak = keyward_load(server, certificate)
         if "keyward-hsm" in SERVERS:
             loads["keyward-hsm"] = keyward_hsm_load(work)
+        if "keyward-pg" in SERVERS:
+            loads["keyward-pg"] = keyward_on_postgres(work)
         report(speed, loads, idle, peak)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -2,10 +2,11 @@
 # keyward's benchmark (never part of `cargo test`): in one run and with one wrk load, measures
 # the floors (`openssl speed`, nginx on loopback serving keyward's JWKS bytes and a fixed
 # sign answer, the node peer when PEERS_DIR is given), then keyward on a fresh database,
-# then keyward with its key sets in a SoftHSM2 token (sign rows), and prints each keyward
-# row beside its floor. The JWKS is also served over TLS by nginx and keyward (a
-# self-signed certificate made at run time). Everything it starts, it stops; its files live
-# in a temporary folder that it removes. Takes about 2 + 16 x (WARMUP + DURATION) s.
+# then keyward with its key sets in a SoftHSM2 token (sign rows), then its sign rows on a
+# PostgreSQL server of its own, and prints each keyward row beside its floor. The JWKS is
+# also served over TLS by nginx and keyward (a self-signed certificate made at run time).
+# Everything it starts, it stops; its files live in a temporary folder that it removes.
+# Takes about 2 + 18 x (WARMUP + DURATION) s.
 #
 #   bash bench/run.sh                                    # builds target/release/keyward
 #   KEYWARD_BIN=/path/to/keyward bash bench/run.sh       # a prebuilt (e.g. older) binary
@@ -13,9 +14,10 @@
 #   KEYWARD_LEDGER_COMMIT_INTERVAL_MS=5 SERVERS=keyward bash bench/run.sh   # keyward alone
 #
 # DURATION (10) and WARMUP (2) are seconds per row; SIGN_CONNS (16), JWKS_CONNS (64),
-# OPENSSL_SECONDS (3); SERVERS picks among "nginx node keyward keyward-hsm" (keyward-hsm:
-# the sign rows with the key sets in a fresh SoftHSM2 token). Installs wrk, nginx and
-# softhsm2 with apt-get when missing.
+# OPENSSL_SECONDS (3); SERVERS picks among "nginx node keyward keyward-hsm keyward-pg"
+# (keyward-hsm: the sign rows with the key sets in a fresh SoftHSM2 token; keyward-pg: the
+# sign rows on a fresh PostgreSQL server). Installs wrk, nginx, softhsm2 and postgresql with
+# apt-get when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 missing=()
@@ -23,6 +25,9 @@ command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 case " ${SERVERS:-keyward-hsm} " in
 *" keyward-hsm "*) command -v softhsm2-util >/dev/null 2>&1 || missing+=(softhsm2) ;;
+esac
+case " ${SERVERS:-keyward-pg} " in
+*" keyward-pg "*) compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql) ;;
 esac
 if [ ${#missing[@]} -gt 0 ]; then
     echo "bench: installing ${missing[*]}" >&2

@@ -71,7 +71,7 @@ impl Application {
         let public_tls = start_tls("public", &config.server.public_tls)?;
         let internal_tls = start_tls("internal", &config.server.internal_tls)?;
         let mutual = internal_tls.as_ref().is_some_and(|tls| tls.mutual());
-        let store = Store::open(config.database_path()).await?;
+        let store = Store::connect(&config.database()).await?;
         let now = chrono::Utc::now().timestamp();
         keys::check_master_key(&store.keys().await?, &master)?;
         let token = config.token_settings(std::env::var(config::PIN_ENV).ok().as_deref())?;

@@ -8,6 +8,10 @@
 //! commit started: a quiet server commits at once, a busy one in full batches, and a
 //! client that waits for each answer is never held to one batch per interval.
 //!
+//! A row whose key may no longer sign (revoked, or retired, since the request signed with
+//! it) is refused in the same transaction: the request may sign again with the new signer.
+//! So is a row of a client revoked since the request was authenticated.
+//!
 //! When commits fail (a full disk), every waiting request is refused, the server reports
 //! not ready, and the writer tries a probe write every second while no rows come, so it
 //! finds out by itself when writing works again.
@@ -19,8 +23,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::app::metrics::Metrics;
+use crate::store::issuance::IssuanceWriter;
 use crate::store::rows::Entry;
-use crate::store::sqlite::issuance::IssuanceWriter;
 
 /// Rows one transaction takes at most.
 const MAX_BATCH: usize = 1_024;
@@ -28,10 +32,19 @@ const MAX_BATCH: usize = 1_024;
 /// While commits fail and no rows come, how often the writer tries a probe write.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The row could not be committed: the token must not be handed out.
+/// The row was not committed: the token must not be handed out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the issuance could not be recorded")]
-pub struct NotRecorded;
+pub enum NotRecorded {
+    /// The ledger could not commit.
+    #[error("the issuance could not be recorded")]
+    Failed,
+    /// Its key was revoked or retired after it signed: sign again with the current signer.
+    #[error("the signing key may no longer sign")]
+    KeyWithdrawn,
+    /// The client was revoked after the request was authenticated.
+    #[error("the client was revoked")]
+    ClientRevoked,
+}
 
 type Job = (Entry, oneshot::Sender<Result<(), NotRecorded>>);
 
@@ -80,8 +93,8 @@ impl Ledger {
     /// Records `entry`; returns once its row is committed.
     pub async fn record(&self, entry: Entry) -> Result<(), NotRecorded> {
         let (done, committed) = oneshot::channel();
-        self.jobs.send((entry, done)).map_err(|_| NotRecorded)?;
-        committed.await.map_err(|_| NotRecorded)?
+        self.jobs.send((entry, done)).map_err(|_| NotRecorded::Failed)?;
+        committed.await.map_err(|_| NotRecorded::Failed)?
     }
 }
 
@@ -173,20 +186,27 @@ impl Writer {
         let entries: Vec<&Entry> = batch.iter().map(|(entry, _)| entry).collect();
         let result = self.issuance.insert(&entries).await;
         self.metrics.ledger_batch(size, started.elapsed(), result.is_ok());
-        self.outcome(&result, size);
-        for (_, done) in batch {
-            let _ = done.send(result.as_ref().map(|_| ()).map_err(|_| NotRecorded));
+        let outcome = result.as_ref().map(|_| ());
+        self.outcome(&outcome, size);
+        for (entry, done) in batch {
+            let answer = match &result {
+                Err(_) => Err(NotRecorded::Failed),
+                Ok(refused) if refused.clients.contains(&entry.client) => Err(NotRecorded::ClientRevoked),
+                Ok(refused) if refused.covers(&entry) => Err(NotRecorded::KeyWithdrawn),
+                Ok(_) => Ok(()),
+            };
+            let _ = done.send(answer);
         }
     }
 
     /// Whether writing works again, without waiting for a request to find out.
     async fn probe(&mut self) {
         let result = self.issuance.probe().await;
-        self.outcome(&result, 0);
+        self.outcome(&result.as_ref().map(|_| ()), 0);
     }
 
     /// Tracks outages: the log says once why commits fail and once that they work again.
-    fn outcome(&mut self, result: &anyhow::Result<()>, rows: usize) {
+    fn outcome(&mut self, result: &Result<(), &anyhow::Error>, rows: usize) {
         let Err(err) = result else {
             if let Some(outage) = self.outage.take() {
                 tracing::warn!(

@@ -2,7 +2,7 @@
 //! clients, swapped whole when the database changes. Requests never query the database.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -105,9 +105,14 @@ pub struct Shared {
     observer: Observer,
     pub(super) database_ok: AtomicBool,
     ledger: LedgerHealth,
-    /// Held during a re-check: concurrent unknown tokens wait for it (single flight), and
-    /// it counts the look-ups of the current second.
+    /// Held during a re-check or a catch-up: concurrent ones wait for it (single flight),
+    /// and it counts the look-ups of unknown tokens in the current second.
     recheck: tokio::sync::Mutex<RecheckBudget>,
+    /// Reloads run concurrently (watcher, scheduler, re-checks): each takes a ticket before
+    /// it reads the store, and swaps only if no later-started one swapped first.
+    reload_tickets: AtomicU64,
+    /// The ticket of the reload the current snapshot came from (changed under the write lock).
+    installed_ticket: AtomicU64,
 }
 
 /// Look-ups spent in the current one-second window.
@@ -158,6 +163,8 @@ impl Shared {
             database_ok: AtomicBool::new(true),
             ledger,
             recheck: tokio::sync::Mutex::default(),
+            reload_tickets: AtomicU64::new(0),
+            installed_ticket: AtomicU64::new(0),
         };
         shared.reload().await?;
         Ok(shared)
@@ -207,7 +214,7 @@ impl Shared {
         if !self.database_ok.load(Ordering::Relaxed) {
             Err("the database does not answer")
         } else if self.ledger.is_failing() {
-            Err("the issuance ledger cannot commit (is the disk full?)")
+            Err("the issuance ledger cannot commit (is the disk full or the database unreachable?)")
         } else if !self.custody.is_available() {
             Err("the PKCS#11 token does not answer")
         } else if !self.snapshot().is_ready() {
@@ -219,6 +226,7 @@ impl Shared {
 
     /// Rebuilds the snapshot from the database and swaps it in.
     pub async fn reload(&self) -> anyhow::Result<()> {
+        let ticket = self.reload_tickets.fetch_add(1, Ordering::SeqCst) + 1;
         let previous = self.snapshot();
         // Read the counter first: a change committed after it triggers another reload.
         let generation = self.store.generation().await?;
@@ -230,9 +238,15 @@ impl Shared {
         let now = generation_time();
         let (key_sets, next_change_at) = self.key_set_views(&records, &gates, &previous, now).await?;
         let next = Arc::new(Snapshot { generation, records, gates, next_change_at, key_sets, clients, secrets });
-        match self.current.write() {
-            Ok(mut guard) => *guard = next,
-            Err(poisoned) => *poisoned.into_inner() = next,
+        let mut guard = match self.current.write() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        // One that read the store before another must not swap its older view over the
+        // newer one (the generation cannot tell: a restored database may count lower).
+        if self.installed_ticket.load(Ordering::SeqCst) < ticket {
+            *guard = next;
+            self.installed_ticket.store(ticket, Ordering::SeqCst);
         }
         Ok(())
     }
@@ -302,6 +316,17 @@ impl Shared {
             key_sets.insert(set.name.clone(), KeySetView { signer, public, activated_at, rotation_at, jwks });
         }
         Ok((key_sets, next_change_at))
+    }
+
+    /// The ledger refused a row because its key may no longer sign: the snapshot of
+    /// `generation` is behind the store. Reloads once for all the requests that find out
+    /// together, and returns the snapshot to sign with now.
+    pub async fn catch_up(&self, generation: i64) -> anyhow::Result<Arc<Snapshot>> {
+        let _one_at_a_time = self.recheck.lock().await;
+        if self.snapshot().generation == generation {
+            self.reload().await?;
+        }
+        Ok(self.snapshot())
     }
 
     /// A bearer token the snapshot does not know may have been created a moment ago by the

@@ -1,5 +1,5 @@
-//! Watching the database for changes made by other processes (the CLI, a second server),
-//! and reloading the snapshot when keys, clients or secrets changed.
+//! Watching the store for changes made by other processes (the CLI, other replicas), and
+//! reloading the snapshot when keys, clients or secrets changed.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -8,71 +8,91 @@ use anyhow::Context;
 use tokio::sync::watch;
 
 use super::snapshot::Shared;
-use crate::store::sqlite;
+use crate::store::changes::Changes;
 
-/// How often a server looks for changes made by other processes (a `PRAGMA data_version`
-/// on a connection of its own: no table is read unless something was committed).
-pub const WATCH_INTERVAL: Duration = Duration::from_millis(50);
+/// How long the watcher waits before reconnecting after the database stopped answering.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(250);
+
+/// How often the key custody is asked whether it answers (it throttles its own checks).
+const CUSTODY_PROBE_INTERVAL: Duration = Duration::from_millis(50);
 
 impl Shared {
-    /// Reloads whenever another process changes keys or clients, until `stop` turns true.
-    pub async fn watch_until_stopped(&self, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
-        let mut ticker = tokio::time::interval(WATCH_INTERVAL);
+    /// Reloads whenever another process changes keys, clients or secrets, and checks the
+    /// key custody (a PKCS#11 token that failed is reconnected), until `stop` turns true.
+    pub async fn watch_until_stopped(&self, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+        let (watched, ()) =
+            tokio::join!(self.watch_store_until_stopped(stop.clone()), self.probe_custody_until_stopped(stop));
+        watched
+    }
+
+    async fn probe_custody_until_stopped(&self, mut stop: watch::Receiver<bool>) {
+        let mut ticker = tokio::time::interval(CUSTODY_PROBE_INTERVAL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let path = self.config().database_path();
-        let mut watcher: Option<(sqlx::SqliteConnection, i64)> = None;
         loop {
             tokio::select! {
-                _ = ticker.tick() => {}
+                _ = ticker.tick() => self.custody().probe().await,
+                changed = stop.changed() => {
+                    if changed.is_err() || *stop.borrow() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reloads whenever another process changes keys, clients or secrets. While the
+    /// database does not answer the server is not ready (it keeps serving the last
+    /// snapshot), and the watcher reconnects by itself.
+    async fn watch_store_until_stopped(&self, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+        let mut changes: Option<Changes> = None;
+        let mut down_since: Option<std::time::Instant> = None;
+        loop {
+            let heard = async {
+                let source = match &mut changes {
+                    Some(source) => source,
+                    slot => slot.insert(self.store().changes().await?),
+                };
+                source.next().await?;
+                // A change, a reconnection or the safety poll: the generation says whether
+                // keys, clients or secrets changed (ledger rows do not move it).
+                self.store().generation().await.context("polling for changes")
+            };
+            let polled = tokio::select! {
+                polled = heard => polled,
                 changed = stop.changed() => {
                     if changed.is_err() || *stop.borrow() {
                         return Ok(());
                     }
-                }
-            }
-            self.custody().probe().await;
-            // Only a commit by any connection (this server's included) moves data_version;
-            // then the generation says whether keys or clients changed (ledger rows do not).
-            let polled = async {
-                let (mut conn, seen) = match watcher.take() {
-                    Some(w) => w,
-                    None => (sqlite::connect_watcher(&path).await?, i64::MIN),
-                };
-                let version = sqlite::data_version(&mut conn).await?;
-                watcher = Some((conn, version));
-                anyhow::Ok(version != seen)
-            }
-            .await;
-            let committed = match polled {
-                Ok(committed) => committed,
-                Err(err) => {
-                    self.database_ok.store(false, Ordering::Relaxed);
-                    tracing::warn!(error = format!("{err:#}"), "database unavailable");
                     continue;
                 }
             };
-            if !committed {
+            let generation = match polled {
+                Ok(generation) => generation,
+                Err(err) => {
+                    changes = None;
+                    self.database_ok.store(false, Ordering::Relaxed);
+                    if down_since.is_none() {
+                        down_since = Some(std::time::Instant::now());
+                        tracing::warn!(error = format!("{err:#}"), "database unavailable: serving the last snapshot");
+                    }
+                    tokio::time::sleep(RECONNECT_PAUSE).await;
+                    continue;
+                }
+            };
+            if let Some(since) = down_since.take() {
+                tracing::warn!(seconds = since.elapsed().as_secs(), "database available again");
+            }
+            self.database_ok.store(true, Ordering::Relaxed);
+            if generation == self.snapshot().generation {
                 continue;
             }
-            let seen = self.snapshot().generation;
-            let polled = self.store().generation().await.context("polling for changes");
-            self.database_ok.store(polled.is_ok(), Ordering::Relaxed);
-            match polled {
-                Ok(generation) if generation != seen => {
-                    if let Err(err) = self.reload().await {
-                        // Keep serving the last good snapshot; try again at the next tick.
-                        watcher = None;
-                        tracing::error!(error = format!("{err:#}"), "reloading keys and clients failed");
-                    } else {
-                        tracing::info!(generation, "reloaded keys and clients after a change");
-                    }
-                }
-                Ok(_) => {}
-                Err(err) => {
-                    // Not ready until the generation reads again: ask at every tick.
-                    watcher = None;
-                    tracing::warn!(error = format!("{err:#}"), "database unavailable");
-                }
+            if let Err(err) = self.reload().await {
+                // Keep serving the last good snapshot; a fresh source looks again at once.
+                tracing::error!(error = format!("{err:#}"), "reloading keys and clients failed");
+                changes = None;
+                tokio::time::sleep(RECONNECT_PAUSE).await;
+            } else {
+                tracing::info!(generation, "reloaded keys and clients after a change");
             }
         }
     }

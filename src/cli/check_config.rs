@@ -3,6 +3,7 @@
 use anyhow::bail;
 
 use super::context::Context;
+use crate::config::Database;
 use crate::keys;
 use crate::keys::custody::{self, sealed};
 use crate::ops::secrets;
@@ -31,8 +32,12 @@ pub(super) async fn run(ctx: &Context) -> anyhow::Result<()> {
     if let Some(master) = &master {
         eprintln!("master key {} is well formed", master.id());
     }
-    if database.exists() {
-        let store = Store::open(&database).await?;
+    let exists = match &database {
+        Database::Sqlite(path) => path.exists(),
+        Database::Postgres(_) => true,
+    };
+    if exists {
+        let store = Store::connect(&database).await?;
         let sealed = store.holds_sealed_material().await?;
         match &master {
             Some(master) => {
@@ -42,13 +47,13 @@ pub(super) async fn run(ctx: &Context) -> anyhow::Result<()> {
                     sealed::open(record, master)?;
                 }
                 secrets::load(&store, master, config).await?;
-                eprintln!("master key {} opens every sealed key and secret in {}", master.id(), database.display());
+                eprintln!("master key {} opens every sealed key and secret in {database}", master.id());
             }
             None if sealed => bail!(
                 "no master key: KEYWARD_MASTER_KEY is not set and {} does not exist, but {} holds sealed keys: \
                  restore the key they were sealed with",
                 file.display(),
-                database.display()
+                database
             ),
             None => {}
         }
@@ -68,7 +73,7 @@ pub(super) async fn run(ctx: &Context) -> anyhow::Result<()> {
     }
     if let Some(settings) = config.token_settings(std::env::var(crate::config::PIN_ENV).ok().as_deref())? {
         let label = settings.token_label.clone();
-        let records = if database.exists() { Store::open(&database).await?.keys().await? } else { Vec::new() };
+        let records = if exists { Store::connect(&database).await?.keys().await? } else { Vec::new() };
         let held = custody::check_token(settings, records).await?;
         eprintln!("PKCS#11 token {label:?}: logged in; it holds every one of the {held} live keys kept there");
     }

@@ -2,11 +2,11 @@
 //! database and master key.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::bail;
 
-use crate::config::{self, Config, EnvSettings, LoadedConfig};
+use crate::config::{self, Config, Database, EnvSettings, LoadedConfig};
 use crate::keys;
 use crate::keys::custody::Custody;
 use crate::private_files;
@@ -42,7 +42,7 @@ impl Context {
     }
 
     /// The configuration's origin and database, as every command reports them.
-    pub(super) fn describe(&self) -> (String, PathBuf) {
+    pub(super) fn describe(&self) -> (String, Database) {
         let source = match &self.loaded.source {
             config::ConfigSource::Defaults => {
                 "built-in defaults (no --config, KEYWARD_CONFIG or ./keys.toml)".to_owned()
@@ -51,14 +51,21 @@ impl Context {
                 std::path::absolute(path).unwrap_or_else(|_| path.clone()).display().to_string()
             }
         };
-        let database = self.config().database_path();
-        (source, std::path::absolute(&database).unwrap_or(database))
+        match self.config().database() {
+            Database::Sqlite(path) => (source, Database::Sqlite(std::path::absolute(&path).unwrap_or(path))),
+            postgres => (source, postgres),
+        }
     }
 
     /// Opens the database; only with `--init` may a command other than `serve` create it, so
     /// that running one in the wrong folder cannot quietly start a second, empty database.
     pub(super) async fn store(&self) -> anyhow::Result<Store> {
-        let (source, path) = self.describe();
+        let (source, database) = self.describe();
+        let path = match &database {
+            Database::Sqlite(path) => path,
+            // A PostgreSQL database is made by its administrator, never by a mistyped folder.
+            Database::Postgres(_) => return Store::connect(&database).await,
+        };
         if !self.init && !path.exists() {
             let why = match &self.loaded.source {
                 config::ConfigSource::Defaults => format!(
@@ -74,7 +81,7 @@ impl Context {
                 path.display()
             );
         }
-        Store::open(&path).await
+        Store::open(path).await
     }
 
     /// The database and the master key, checked against the keys it sealed: what a command
@@ -134,7 +141,10 @@ impl Context {
     /// client-token hashes, who got which token, the token's PIN): refuse to use them while group or others may read them, as ssh
     /// does for keys, unless the operator says otherwise.
     pub(super) fn check_private_files(&self, allow_insecure: bool) -> anyhow::Result<()> {
-        let mut files = sqlite::database_files(&self.config().database_path());
+        let mut files = match self.config().database() {
+            Database::Sqlite(path) => sqlite::database_files(&path),
+            Database::Postgres(_) => Vec::new(),
+        };
         if std::env::var_os("KEYWARD_MASTER_KEY").is_none() {
             files.push(self.config().server.master_key_file.clone());
         }

@@ -19,6 +19,7 @@ mod context;
 mod format;
 mod healthcheck;
 mod keys;
+mod migrate_store;
 mod onboarding;
 mod partners;
 mod secrets;
@@ -79,7 +80,8 @@ enum Command {
     Secrets(secrets::Command),
     /// Which tokens were issued: filter the issuance ledger.
     Audit(audit::Args),
-    /// Write a consistent copy of the database to FILE while keyward runs (VACUUM INTO).
+    /// Write a consistent copy of the database to FILE while keyward runs (SQLite: VACUUM
+    /// INTO; PostgreSQL: pg_dump --format=custom, which must be installed).
     Backup(backup::Args),
     /// Print what a partner asks for at onboarding, then check the published JWKS over HTTP.
     Onboarding(onboarding::Args),
@@ -88,6 +90,8 @@ enum Command {
     /// Per partner: last fetch, fetches in 24 h, addresses, whether it holds the current and
     /// the next key, gate states; and fetches that matched no partner.
     Partners(partners::Args),
+    /// Copy everything into a new, empty database (e.g. SQLite to PostgreSQL) and verify the counts.
+    MigrateStore(migrate_store::Args),
 }
 
 /// The parser, with the environment variables listed in its help.
@@ -157,9 +161,9 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
     }
     let (source, database) = ctx.describe();
     if matches!(cli.command, Command::Serve) {
-        tracing::info!(config = %source, database = %database.display(), "starting keyward {}", env!("CARGO_PKG_VERSION"));
+        tracing::info!(config = %source, database = %database, "starting keyward {}", env!("CARGO_PKG_VERSION"));
     } else {
-        eprintln!("keyward: configuration {source}; database {}", database.display());
+        eprintln!("keyward: configuration {source}; database {database}");
     }
     if !matches!(cli.command, Command::Healthcheck) {
         ctx.check_private_files(cli.allow_insecure_permissions)?;
@@ -175,5 +179,6 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
         Command::Onboarding(args) => onboarding::run(&ctx, args).await,
         Command::Healthcheck => healthcheck::run(&ctx).await,
         Command::Partners(args) => partners::run(&ctx, args).await,
+        Command::MigrateStore(args) => migrate_store::exec(args).await,
     }
 }

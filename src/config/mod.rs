@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::keys::rotation::Policy;
 
+mod database;
 mod defaults;
 pub mod discovery;
 mod duration;
@@ -22,6 +23,7 @@ mod tests;
 mod tls;
 mod validate;
 
+pub use database::{Database, PostgresUrl};
 pub use duration::Duration;
 use env::{apply_env, blame_environment};
 pub use env::{known_env, EnvSettings, LogFormat};
@@ -144,6 +146,10 @@ fn resolve_relative_paths(config: &mut Config, file: &Path, source_name: &str) -
 /// The file inside a `database_url`: `sqlite://PATH`, `sqlite:PATH` (sqlx's forms, so
 /// `sqlite:///abs/x.db` is `/abs/x.db`) or a plain path.
 pub fn database_file(url: &str) -> Result<PathBuf, String> {
+    if database::is_postgres(url) {
+        // Not the URL itself: it may hold a password.
+        return Err("a PostgreSQL URL names a server, not a SQLite file".to_owned());
+    }
     let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
     if path.is_empty() || path.starts_with(":memory:") || path.starts_with("file:") || path.contains('?') {
         return Err(format!(
@@ -185,6 +191,12 @@ impl Config {
     /// The key set named `name`.
     pub fn key_set(&self, name: &str) -> Option<&KeySetConfig> {
         self.key_sets.iter().find(|s| s.name == name)
+    }
+
+    /// The store `database_url` names (checked by [`validate`]).
+    pub fn database(&self) -> Database {
+        Database::parse(&self.server.database_url)
+            .unwrap_or_else(|_| Database::Sqlite(PathBuf::from(&self.server.database_url)))
     }
 
     /// The SQLite file inside `database_url` (checked by [`validate`]).

@@ -27,8 +27,9 @@ pub struct ServerConfig {
     /// Signing and admin API.
     #[serde(default = "defaults::server::internal_addr")]
     pub internal_addr: SocketAddr,
-    /// The SQLite file: `sqlite://PATH`, `sqlite:PATH` or a plain path. A relative path in a
-    /// configuration file is relative to the file's folder.
+    /// The SQLite file (`sqlite://PATH`, `sqlite:PATH` or a plain path; a relative path in a
+    /// configuration file is relative to the file's folder), or a PostgreSQL server
+    /// (`postgres://USER@HOST/DB?sslmode=verify-full`).
     #[serde(default = "defaults::server::database_url")]
     pub database_url: String,
     /// Where the master key lives when `KEYWARD_MASTER_KEY` is not set. A relative path in a

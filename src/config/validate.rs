@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use super::{database_file, Config, ConfigError};
+use super::{Config, ConfigError, Database};
 
 /// Paths the public listener keeps for itself.
 pub(super) const RESERVED_PUBLIC_PATHS: [&str; 2] = ["/healthz", "/readyz"];
@@ -15,7 +15,7 @@ pub fn validate(config: &Config, source_name: &str) -> Result<(), ConfigError> {
         |location: String, message: String| ConfigError { source_name: source_name.to_owned(), location, message };
     super::pkcs11::validate(config, source_name)?;
     let server = &config.server;
-    database_file(&server.database_url).map_err(|m| fail("[server], field database_url".to_owned(), m))?;
+    Database::parse(&server.database_url).map_err(|m| fail("[server], field database_url".to_owned(), m))?;
     if server.ledger_retention.as_secs() < 86_400 {
         return Err(fail(
             "[server], field ledger_retention".to_owned(),

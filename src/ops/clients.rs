@@ -131,8 +131,8 @@ pub async fn create(
         admin,
         created_at: now,
         revoked_at: None,
-        rate_limit: rate.map(|(rate, _)| rate),
-        rate_burst: rate.map(|(_, burst)| burst),
+        rate_limit: rate.map(|(rate, _)| i64::from(rate)),
+        rate_burst: rate.map(|(_, burst)| i64::from(burst)),
         previous_token_id: None,
         previous_token_hash: None,
         previous_token_until: None,
@@ -198,7 +198,7 @@ pub async fn list(store: &Store) -> anyhow::Result<Vec<ClientInfo>> {
         .map(|row| {
             Ok(ClientInfo {
                 profiles: serde_json::from_str(&row.profiles).context("decoding profiles")?,
-                rate: row.rate_limit.zip(row.rate_burst),
+                rate: row.rate()?,
                 name: row.name,
                 admin: row.admin,
                 created_at: row.created_at,
@@ -227,6 +227,7 @@ pub async fn load_directory(store: &Store) -> anyhow::Result<ClientDirectory> {
     let rows: Vec<ClientRow> = store.clients().await?.into_iter().filter(|row| row.revoked_at.is_none()).collect();
     let mut directory = ClientDirectory::default();
     for row in rows {
+        let rate = row.rate()?;
         let name = row.name;
         let client = Client {
             token_hash: row
@@ -236,7 +237,7 @@ pub async fn load_directory(store: &Store) -> anyhow::Result<ClientDirectory> {
                 .with_context(|| format!("client {name} has a malformed hash"))?,
             profiles: serde_json::from_str(&row.profiles).context("decoding profiles")?,
             admin: row.admin,
-            rate: row.rate_limit.zip(row.rate_burst),
+            rate,
             certificate: row
                 .cert_sha256
                 .as_deref()

@@ -1,28 +1,42 @@
 //! The store: what keyward keeps (keys, clients, secrets, the issuance ledger) and the
 //! transactions that change it.
 //!
-//! [`Store`] is the boundary the rest of keyward uses; SQLite is its one implementation
-//! (an enum, not a trait: the key and client changes take decision closures, and the set
-//! of backends is known). Each table's SQL is in `sqlite/<table>.rs`; rows map to records
-//! through [`rows`].
+//! [`Store`] is the boundary the rest of keyward uses, with two implementations: SQLite
+//! (one host) and PostgreSQL (several replicas). An enum, not a trait: the key and client
+//! changes take decision closures, and the set of backends is known. Each table's SQL is
+//! in `sqlite/<table>.rs` and `postgres/<table>.rs`; rows map to records through [`rows`].
 
 use std::path::Path;
 
+use crate::config::Database;
 use crate::keys::gate::Holding;
 use crate::keys::KeyRecord;
+use postgres::PgStore;
 use rows::{ClientRow, Entry, Filter, GatedHandover, Observations, PartnerFetches, SecretRow, UnmatchedFetches};
-use sqlite::issuance::IssuanceWriter;
-pub(crate) use sqlite::keys::KeyChange;
 use sqlite::SqliteStore;
 
+pub mod changes;
+pub mod copy;
+pub mod issuance;
+pub mod postgres;
 pub mod rows;
 pub mod sqlite;
+
+/// What a decision made under a key set's write lock asks to be written.
+pub(crate) enum KeyChange {
+    /// These new and changed records, and a gated hand-over that has happened, if any.
+    Write(Vec<KeyRecord>, Option<GatedHandover>),
+    /// The keys changed since the decision was first made: nothing is written.
+    Stale,
+}
 
 /// Where keyward keeps its state.
 #[derive(Clone)]
 pub enum Store {
     /// A SQLite database file.
     Sqlite(SqliteStore),
+    /// A PostgreSQL database, shared by several keyward processes.
+    Postgres(PgStore),
 }
 
 impl Store {
@@ -31,17 +45,28 @@ impl Store {
         Ok(Store::Sqlite(SqliteStore::connect(path).await?))
     }
 
+    /// Opens the store `database` names and applies pending migrations.
+    pub async fn connect(database: &Database) -> anyhow::Result<Store> {
+        match database {
+            Database::Sqlite(path) => Store::open(path).await,
+            Database::Postgres(url) => Ok(Store::Postgres(PgStore::connect(url).await?)),
+        }
+    }
+
     /// The change counter: bumped by every change to keys, clients or secrets.
     pub async fn generation(&self) -> anyhow::Result<i64> {
         match self {
             Store::Sqlite(s) => sqlite::generation(s.pool()).await,
+            Store::Postgres(s) => postgres::generation(s.pool()).await,
         }
     }
 
-    /// Writes a consistent copy of everything to `file`, created 0600.
+    /// Writes a consistent copy of everything to `file`, created 0600 (on PostgreSQL with
+    /// `pg_dump`, when it is installed).
     pub async fn backup(&self, file: &Path) -> anyhow::Result<()> {
         match self {
             Store::Sqlite(s) => sqlite::backup(s.pool(), file).await,
+            Store::Postgres(s) => postgres::backup::run(s, file).await,
         }
     }
 
@@ -49,6 +74,7 @@ impl Store {
     pub async fn keys(&self) -> anyhow::Result<Vec<KeyRecord>> {
         match self {
             Store::Sqlite(s) => sqlite::keys::all(s.pool()).await,
+            Store::Postgres(s) => postgres::keys::all(s.pool()).await,
         }
     }
 
@@ -56,6 +82,7 @@ impl Store {
     pub async fn keys_of_set(&self, set: &str) -> anyhow::Result<Vec<KeyRecord>> {
         match self {
             Store::Sqlite(s) => sqlite::keys::of_set(s.pool(), set).await,
+            Store::Postgres(s) => postgres::keys::of_set(s.pool(), set).await,
         }
     }
 
@@ -63,6 +90,7 @@ impl Store {
     pub async fn key(&self, kid: &str) -> anyhow::Result<Option<KeyRecord>> {
         match self {
             Store::Sqlite(s) => sqlite::keys::one(s.pool(), kid).await,
+            Store::Postgres(s) => postgres::keys::one(s.pool(), kid).await,
         }
     }
 
@@ -70,6 +98,7 @@ impl Store {
     pub async fn holds_sealed_material(&self) -> anyhow::Result<bool> {
         match self {
             Store::Sqlite(s) => sqlite::keys::holds_sealed(s.pool()).await,
+            Store::Postgres(s) => postgres::keys::holds_sealed(s.pool()).await,
         }
     }
 
@@ -83,6 +112,7 @@ impl Store {
     ) -> anyhow::Result<Result<bool, E>> {
         match self {
             Store::Sqlite(s) => sqlite::keys::change(s.pool(), set, decide).await,
+            Store::Postgres(s) => postgres::keys::change(s.pool(), set, decide).await,
         }
     }
 
@@ -90,6 +120,7 @@ impl Store {
     pub async fn clients(&self) -> anyhow::Result<Vec<ClientRow>> {
         match self {
             Store::Sqlite(s) => sqlite::clients::all(s.pool()).await,
+            Store::Postgres(s) => postgres::clients::all(s.pool()).await,
         }
     }
 
@@ -98,6 +129,7 @@ impl Store {
     pub async fn client_token_hashes(&self, token_id: &str, now: i64) -> anyhow::Result<Vec<Vec<u8>>> {
         match self {
             Store::Sqlite(s) => sqlite::clients::token_hashes(s.pool(), token_id, now).await,
+            Store::Postgres(s) => postgres::clients::token_hashes(s.pool(), token_id, now).await,
         }
     }
 
@@ -110,6 +142,7 @@ impl Store {
     ) -> anyhow::Result<Result<T, E>> {
         match self {
             Store::Sqlite(s) => sqlite::clients::change(s.pool(), name, decide).await,
+            Store::Postgres(s) => postgres::clients::change(s.pool(), name, decide).await,
         }
     }
 
@@ -117,6 +150,7 @@ impl Store {
     pub async fn secrets(&self) -> anyhow::Result<Vec<SecretRow>> {
         match self {
             Store::Sqlite(s) => sqlite::secrets::all(s.pool()).await,
+            Store::Postgres(s) => postgres::secrets::all(s.pool()).await,
         }
     }
 
@@ -124,13 +158,7 @@ impl Store {
     pub async fn put_secret(&self, row: &SecretRow) -> anyhow::Result<()> {
         match self {
             Store::Sqlite(s) => sqlite::secrets::put(s.pool(), row).await,
-        }
-    }
-
-    /// The issuance ledger's writer.
-    pub fn issuance_writer(&self) -> IssuanceWriter {
-        match self {
-            Store::Sqlite(s) => IssuanceWriter::new(s.pool().clone()),
+            Store::Postgres(s) => postgres::secrets::put(s.pool(), row).await,
         }
     }
 
@@ -138,6 +166,7 @@ impl Store {
     pub async fn issuance(&self, filter: &Filter, limit: i64) -> anyhow::Result<Vec<Entry>> {
         match self {
             Store::Sqlite(s) => sqlite::issuance::query(s.pool(), filter, limit).await,
+            Store::Postgres(s) => postgres::issuance::query(s.pool(), filter, limit).await,
         }
     }
 
@@ -145,6 +174,7 @@ impl Store {
     pub async fn prune_issuance(&self, before: i64) -> anyhow::Result<u64> {
         match self {
             Store::Sqlite(s) => sqlite::issuance::prune(s.pool(), before).await,
+            Store::Postgres(s) => postgres::issuance::prune(s.pool(), before).await,
         }
     }
 
@@ -152,6 +182,7 @@ impl Store {
     pub async fn partner_holdings(&self) -> anyhow::Result<Vec<Holding>> {
         match self {
             Store::Sqlite(s) => sqlite::partners::holdings(s.pool()).await,
+            Store::Postgres(s) => postgres::partners::holdings(s.pool()).await,
         }
     }
 
@@ -159,6 +190,7 @@ impl Store {
     pub async fn record_observations(&self, batch: &Observations) -> anyhow::Result<()> {
         match self {
             Store::Sqlite(s) => sqlite::partners::record(s.pool(), batch).await,
+            Store::Postgres(s) => postgres::partners::record(s.pool(), batch).await,
         }
     }
 
@@ -166,6 +198,7 @@ impl Store {
     pub async fn partner_fetches_since(&self, since: i64) -> anyhow::Result<Vec<PartnerFetches>> {
         match self {
             Store::Sqlite(s) => sqlite::partners::fetches_since(s.pool(), since).await,
+            Store::Postgres(s) => postgres::partners::fetches_since(s.pool(), since).await,
         }
     }
 
@@ -173,6 +206,7 @@ impl Store {
     pub async fn partner_last_fetches(&self) -> anyhow::Result<Vec<(String, i64)>> {
         match self {
             Store::Sqlite(s) => sqlite::partners::last_fetches(s.pool()).await,
+            Store::Postgres(s) => postgres::partners::last_fetches(s.pool()).await,
         }
     }
 
@@ -180,6 +214,7 @@ impl Store {
     pub async fn unmatched_fetches(&self) -> anyhow::Result<Vec<UnmatchedFetches>> {
         match self {
             Store::Sqlite(s) => sqlite::partners::unmatched(s.pool()).await,
+            Store::Postgres(s) => postgres::partners::unmatched(s.pool()).await,
         }
     }
 
@@ -187,6 +222,7 @@ impl Store {
     pub async fn prune_partner_fetches(&self, before: i64) -> anyhow::Result<u64> {
         match self {
             Store::Sqlite(s) => sqlite::partners::prune(s.pool(), before).await,
+            Store::Postgres(s) => postgres::partners::prune(s.pool(), before).await,
         }
     }
 
@@ -194,6 +230,7 @@ impl Store {
     pub async fn gated_handovers(&self, limit: i64) -> anyhow::Result<Vec<GatedHandover>> {
         match self {
             Store::Sqlite(s) => sqlite::partners::handovers(s.pool(), limit).await,
+            Store::Postgres(s) => postgres::partners::handovers(s.pool(), limit).await,
         }
     }
 }

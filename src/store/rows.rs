@@ -128,10 +128,10 @@ pub struct ClientRow {
     pub created_at: i64,
     /// Unix seconds, once revoked.
     pub revoked_at: Option<i64>,
-    /// Its own rate limit (requests per second), if any.
-    pub rate_limit: Option<u32>,
+    /// Its own rate limit (requests per second), if any (see [`ClientRow::rate`]).
+    pub rate_limit: Option<i64>,
     /// Its own burst, if any.
-    pub rate_burst: Option<u32>,
+    pub rate_burst: Option<i64>,
     /// After a rotation with grace: the replaced token's id.
     pub previous_token_id: Option<String>,
     /// Its hash.
@@ -142,6 +142,15 @@ pub struct ClientRow {
     pub cert_sha256: Option<String>,
     /// Whether that certificate alone authenticates it (no bearer token needed).
     pub cert_only: bool,
+}
+
+impl ClientRow {
+    /// Its own rate and burst, if set (stored as 64-bit integers, which every store has).
+    pub fn rate(&self) -> anyhow::Result<Option<(u32, u32)>> {
+        let Some((rate, burst)) = self.rate_limit.zip(self.rate_burst) else { return Ok(None) };
+        let fits = |n: i64| u32::try_from(n).with_context(|| format!("client {} has a rate out of range", self.name));
+        Ok(Some((fits(rate)?, fits(burst)?)))
+    }
 }
 
 /// Fetches of one partner from one address of one document, in one batch.

@@ -48,6 +48,14 @@ impl Ca {
         self.issue(params)
     }
 
+    /// A server certificate for `host` and 127.0.0.1.
+    pub fn server_for(&self, host: &str) -> Leaf {
+        let mut params = CertificateParams::new(vec![host.to_owned()]).unwrap();
+        params.subject_alt_names.push(SanType::IpAddress([127, 0, 0, 1].into()));
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.issue(params)
+    }
+
     /// A client certificate named `name`.
     pub fn client(&self, name: &str) -> Leaf {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();

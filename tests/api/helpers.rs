@@ -1,4 +1,5 @@
-//! Starting the real application on port 0 with a fresh SQLite file.
+//! Starting the real application on port 0 with a fresh database: a SQLite file, or a
+//! database on the tests' PostgreSQL server.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -16,11 +17,54 @@ use serde_json::Value;
 use sqlx::SqlitePool;
 use std::sync::Arc;
 
-/// The SQLite pool under `store`.
+/// The SQLite pool under `store` (for tests of what only SQLite has).
 pub fn sqlite(store: &Store) -> &SqlitePool {
-    let Store::Sqlite(sqlite) = store;
-    sqlite.pool()
+    match store {
+        Store::Sqlite(sqlite) => sqlite.pool(),
+        Store::Postgres(_) => panic!("this test looks at SQLite tables, but the store is PostgreSQL"),
+    }
 }
+
+/// The store a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// A `database_url` of a new, empty database (a file in `dir` for SQLite).
+    pub async fn new_database_url(self, dir: &Path) -> String {
+        match self {
+            Backend::Sqlite => format!("sqlite://{}", dir.join("keyward.db").display()),
+            Backend::Postgres => crate::postgres::fresh_database().await,
+        }
+    }
+}
+
+/// Each `async fn name(backend: Backend) { ... }` becomes two tests, `name::sqlite` and
+/// `name::postgres`: one suite, run against both stores.
+macro_rules! on_both_stores {
+    ($($(#[$meta:meta])* async fn $name:ident($backend:ident: Backend) $body:block)*) => {$(
+        $(#[$meta])*
+        mod $name {
+            use super::*;
+
+            async fn run($backend: $crate::helpers::Backend) $body
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                run($crate::helpers::Backend::Sqlite).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                run($crate::helpers::Backend::Postgres).await
+            }
+        }
+    )*};
+}
+pub(crate) use on_both_stores;
 
 /// A running keyward and what a test needs to talk to it.
 pub struct TestApp {
@@ -29,8 +73,6 @@ pub struct TestApp {
     pub config: Config,
     pub master: MasterKey,
     pub store: Store,
-    /// The store's SQLite pool, for tests that look at or alter tables directly.
-    pub pool: SqlitePool,
     pub http: reqwest::Client,
     pub shared: Arc<Shared>,
     pub dir: tempfile::TempDir,
@@ -58,8 +100,14 @@ pub async fn spawn_app_with_algorithm(algorithm: Algorithm) -> TestApp {
 
 /// A configuration adjusted by `adjust`.
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
+    spawn_app_on(Backend::Sqlite, adjust).await
+}
+
+/// A configuration adjusted by `adjust`, over a new database of `backend`.
+pub async fn spawn_app_on(backend: Backend, adjust: impl FnOnce(&mut Config)) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
+    config.server.database_url = backend.new_database_url(dir.path()).await;
     adjust(&mut config);
     spawn_in(dir, config, MasterKey::generate()).await
 }
@@ -85,12 +133,16 @@ pub async fn spawn_on(
     let internal = format!("http://127.0.0.1:{}", app.internal_port());
     let shared = app.shared();
     tokio::spawn(app.run_until_stopped());
-    let store = Store::open(config.database_path()).await.unwrap();
-    let pool = sqlite(&store).clone();
-    TestApp { public, internal, config, master, store, pool, http: reqwest::Client::new(), shared, dir }
+    let store = Store::connect(&config.database()).await.unwrap();
+    TestApp { public, internal, config, master, store, http: reqwest::Client::new(), shared, dir }
 }
 
 impl TestApp {
+    /// The store's SQLite pool, for tests that look at or alter tables directly.
+    pub fn pool(&self) -> &SqlitePool {
+        sqlite(&self.store)
+    }
+
     /// A client allowed to use `profiles`, created through the library.
     pub async fn client(&self, name: &str, profiles: &[&str]) -> String {
         let profiles: Vec<String> = profiles.iter().map(|p| p.to_string()).collect();

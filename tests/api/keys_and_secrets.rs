@@ -66,7 +66,7 @@ fn json_part(part: &str) -> Value {
 }
 
 /// Checks a compact JWS's HMAC with `secret`, independently of keyward; header and claims.
-fn verify_hmac<M: Mac + KeyInit>(token: &str, secret: &[u8]) -> Result<(Value, Value), String> {
+pub(crate) fn verify_hmac<M: Mac + KeyInit>(token: &str, secret: &[u8]) -> Result<(Value, Value), String> {
     let (signed, signature) = token.rsplit_once('.').ok_or("not a JWS")?;
     let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|e| e.to_string())?;
     let mut mac = <M as Mac>::new_from_slice(secret).map_err(|e| e.to_string())?;

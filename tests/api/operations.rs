@@ -160,11 +160,11 @@ async fn every_issued_token_has_its_ledger_row_when_the_response_arrives_and_ref
         assert_eq!(signed["expires_at"], rows[0].exp);
         tokens.push(jwt.to_owned());
     }
-    assert_eq!(row_count(&app.pool).await, 6);
+    assert_eq!(row_count(app.pool()).await, 6);
     // The claim value is nowhere in the table.
     let dumped: Vec<String> =
         sqlx::query_scalar("SELECT jti || profile || client || COALESCE(sub, '') || claim_names FROM issuance")
-            .fetch_all(&app.pool)
+            .fetch_all(app.pool())
             .await
             .unwrap();
     assert!(dumped.iter().all(|row| !row.contains(claim_value)), "{dumped:?}");
@@ -185,7 +185,7 @@ async fn every_issued_token_has_its_ledger_row_when_the_response_arrives_and_ref
     for (response, status) in refusals {
         assert_problem(response, status).await;
     }
-    assert_eq!(row_count(&app.pool).await, 6, "a refused request wrote a ledger row");
+    assert_eq!(row_count(app.pool()).await, 6, "a refused request wrote a ledger row");
 
     // Neither the tokens nor the claim value reached the database files.
     let stored = database_bytes(app.dir.path());
@@ -249,7 +249,7 @@ async fn a_ledger_that_cannot_write_refuses_to_issue() {
     let token = app.client("backend", &[PROFILE]).await;
     app.sign_ok(PROFILE, &token, &json!({"sub": "a"})).await;
 
-    sqlx::query("DROP TABLE issuance").execute(&app.pool).await.unwrap();
+    sqlx::query("DROP TABLE issuance").execute(app.pool()).await.unwrap();
     for _ in 0..3 {
         let response = app.sign(PROFILE, &token, &json!({"sub": "a"})).await;
         assert_eq!(response.headers()["cache-control"], "no-store");
@@ -276,8 +276,9 @@ async fn a_ledger_that_cannot_write_refuses_to_issue() {
 
     // Once the ledger can write again, the writer's own probe finds out (no request
     // needed): ready again, and tokens are issued (and recorded) again.
-    let migration = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/20261123000003_issuance_ledger.sql"));
-    sqlx::raw_sql(migration).execute(&app.pool).await.unwrap();
+    let migration =
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite/20261123000003_issuance_ledger.sql"));
+    sqlx::raw_sql(migration).execute(app.pool()).await.unwrap();
     let ready = app
         .eventually(Duration::from_secs(10), || async {
             status_of(&app, &app.public, "/readyz").await == 200
@@ -302,7 +303,7 @@ async fn readyz_fails_on_both_listeners_while_the_database_does_not_answer() {
         assert_eq!(status_of(&app, base, "/readyz").await, 200);
     }
     let generation = app.store.generation().await.unwrap();
-    sqlx::query("DROP TABLE state_version").execute(&app.pool).await.unwrap();
+    sqlx::query("DROP TABLE state_version").execute(app.pool()).await.unwrap();
     let failing = app
         .eventually(Duration::from_secs(3), || async {
             status_of(&app, &app.public, "/readyz").await == 503
@@ -324,12 +325,12 @@ async fn readyz_fails_on_both_listeners_while_the_database_does_not_answer() {
     sqlx::raw_sql(
         "CREATE TABLE state_version (id INTEGER PRIMARY KEY CHECK (id = 1), generation INTEGER NOT NULL) STRICT",
     )
-    .execute(&app.pool)
+    .execute(app.pool())
     .await
     .unwrap();
     sqlx::query("INSERT INTO state_version (id, generation) VALUES (1, ?)")
         .bind(generation)
-        .execute(&app.pool)
+        .execute(app.pool())
         .await
         .unwrap();
     let ready = app
@@ -388,8 +389,8 @@ async fn audit_filters_the_ledger_by_subject_key_client_profile_and_time() {
     assert_eq!(b2["kid"], second_kid.as_str());
     let (a1, a2, b1, b2) = (jti(&a1), jti(&a2), jti(&b1), jti(&b2));
     // Older rows, written from outside.
-    insert_row(&app.pool, "old-3h", "alpha", "s1", now() - 3 * 3_600).await;
-    insert_row(&app.pool, "old-3d", "beta", "s2", now() - 3 * 86_400).await;
+    insert_row(app.pool(), "old-3h", "alpha", "s1", now() - 3 * 3_600).await;
+    insert_row(app.pool(), "old-3d", "beta", "s2", now() - 3 * 86_400).await;
 
     let every = audit(&dir, &[]);
     assert_eq!(jtis(&every), set(&[&a1, &a2, &b1, &b2, "old-3h", "old-3d"]));
@@ -458,8 +459,8 @@ async fn rows_older_than_the_retention_are_pruned_and_newer_ones_stay() {
 
     // prune itself: strictly older than the cutoff goes.
     let cutoff = now() - retention;
-    insert_row(&app.pool, "just-past", "c", "s", cutoff - 1).await;
-    insert_row(&app.pool, "at-cutoff", "c", "s", cutoff).await;
+    insert_row(app.pool(), "just-past", "c", "s", cutoff - 1).await;
+    insert_row(app.pool(), "at-cutoff", "c", "s", cutoff).await;
     assert_eq!(app.store.prune_issuance(cutoff).await.unwrap(), 1);
     let left: BTreeSet<String> = all_rows(&app.store).await.into_iter().map(|e| e.jti).collect();
     assert_eq!(left, set(&["at-cutoff", "fresh", "kept"]));
@@ -495,7 +496,7 @@ async fn a_client_over_its_rate_limit_gets_429_with_retry_after_and_others_are_u
     assert!(retry_after >= 1, "Retry-After {retry_after}");
     let problem = assert_problem(limited, 429).await;
     assert_eq!(problem["type"], "urn:keyward:problem:rate-limited");
-    assert_eq!(row_count(&app.pool).await, 2, "a limited request wrote a ledger row");
+    assert_eq!(row_count(app.pool()).await, 2, "a limited request wrote a ledger row");
 
     // Another client, on the server default, is not affected.
     for _ in 0..5 {

@@ -246,7 +246,7 @@ async fn npm_getting_started_runs_end_to_end_through_keyward() {
 #[tokio::test]
 async fn a_token_whose_assertion_cannot_be_recorded_is_refused_and_never_reaches_the_partner() {
     let world = npm_world(|_| {}).await;
-    sqlx::query("DROP TABLE issuance").execute(&world.app.pool).await.unwrap();
+    sqlx::query("DROP TABLE issuance").execute(world.app.pool()).await.unwrap();
     let response = world.partner_token(json!({"sub": "acct-42"})).await;
     // assert_problem allows only the problem members: no token.
     let problem = assert_problem(response, 503).await;

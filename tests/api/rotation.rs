@@ -19,7 +19,7 @@ use crate::verify::verify;
 const PROFILE: &str = "npm-sandbox";
 
 /// Rotation every few seconds: the shortest schedule the rules allow for these caches.
-fn fast(config: &mut Config, algorithm: Algorithm) {
+pub(crate) fn fast(config: &mut Config, algorithm: Algorithm) {
     let set = &mut config.key_sets[0];
     set.algorithm = algorithm;
     set.jwks_max_age = Span::from_secs(2);
@@ -48,18 +48,18 @@ async fn admin_post(app: &TestApp, token: &str, path: &str, body: Option<Value>)
 
 /// A verifier as partners run them: caches the JWKS for its max-age and refetches on an
 /// unknown kid at most once per `refetch_every`.
-struct CachingVerifier {
+pub(crate) struct CachingVerifier {
     url: String,
     http: reqwest::Client,
     jwks: Value,
     fetched: Instant,
     max_age: Duration,
     refetch_every: Duration,
-    fetches: usize,
+    pub(crate) fetches: usize,
 }
 
 impl CachingVerifier {
-    async fn new(url: String, refetch_every: Duration) -> Self {
+    pub(crate) async fn new(url: String, refetch_every: Duration) -> Self {
         let mut v = CachingVerifier {
             url,
             http: reqwest::Client::new(),
@@ -83,7 +83,7 @@ impl CachingVerifier {
         self.fetches += 1;
     }
 
-    async fn verify(&mut self, token: &str) -> Result<Value, String> {
+    pub(crate) async fn verify(&mut self, token: &str) -> Result<Value, String> {
         if self.fetched.elapsed() >= self.max_age {
             self.fetch().await;
         }

@@ -6,7 +6,7 @@ use keyward::keys::KeyRecord;
 use keyward::seal::MasterKey;
 use keyward::startup::Application;
 
-use crate::helpers::{database_bytes, spawn_app_with_algorithm, spawn_in, test_config};
+use crate::helpers::{database_bytes, on_both_stores, spawn_app_on, spawn_app_with_algorithm, spawn_in};
 
 fn private_der(app_master: &MasterKey, record: &KeyRecord) -> Vec<u8> {
     let (blob, _) = record.sealed().unwrap();
@@ -48,7 +48,7 @@ async fn a_sealed_blob_moved_to_another_row_or_altered_fails_to_open() {
     sqlx::query("UPDATE keys SET sealed_private = ? WHERE kid = ?")
         .bind(a.sealed().unwrap().0)
         .bind(&b.kid)
-        .execute(&app.pool)
+        .execute(app.pool())
         .await
         .unwrap();
     let moved = app.store.keys().await.unwrap().into_iter().find(|r| r.kid == b.kid).unwrap();
@@ -62,7 +62,7 @@ async fn a_sealed_blob_moved_to_another_row_or_altered_fails_to_open() {
     sqlx::query("UPDATE keys SET sealed_private = ? WHERE kid = ?")
         .bind(&flipped)
         .bind(&a.kid)
-        .execute(&app.pool)
+        .execute(app.pool())
         .await
         .unwrap();
     let altered = app.store.keys().await.unwrap().into_iter().find(|r| r.kid == a.kid).unwrap();
@@ -75,35 +75,27 @@ async fn a_sealed_blob_moved_to_another_row_or_altered_fails_to_open() {
     assert!(sealed::open(&relabelled, &app.master).is_err());
 }
 
-#[tokio::test]
-async fn the_wrong_master_key_refuses_to_start_and_changes_nothing() {
-    let app = spawn_app_with_algorithm(Algorithm::Es256).await;
-    let before = serde_json::to_value(app.store.keys().await.unwrap()).unwrap();
-    let blobs_before: Vec<_> =
-        app.store.keys().await.unwrap().into_iter().map(|r| r.sealed().map(|(blob, _)| blob.to_vec())).collect();
+on_both_stores! {
+    async fn the_wrong_master_key_refuses_to_start_and_changes_nothing(backend: Backend) {
+        let app = spawn_app_on(backend, |c| c.key_sets[0].algorithm = Algorithm::Es256).await;
+        let before = serde_json::to_value(app.store.keys().await.unwrap()).unwrap();
+        let blobs_before: Vec<_> = app.store.keys().await.unwrap().into_iter().map(|r| r.sealed().map(|(blob, _)| blob.to_vec())).collect();
 
-    let mut config = test_config(app.dir.path());
-    config.key_sets[0].algorithm = Algorithm::Es256;
-    let err = Application::build(config, MasterKey::generate(), 1).await.err().expect("must refuse");
-    let message = format!("{err:#}");
-    assert!(message.contains("sealed with master key") && message.contains("nothing was changed"), "{message}");
+        let err = Application::build(app.config.clone(), MasterKey::generate(), 1).await.err().expect("must refuse");
+        let message = format!("{err:#}");
+        assert!(message.contains("sealed with master key") && message.contains("nothing was changed"), "{message}");
 
-    assert_eq!(serde_json::to_value(app.store.keys().await.unwrap()).unwrap(), before);
-    let blobs_after: Vec<_> =
-        app.store.keys().await.unwrap().into_iter().map(|r| r.sealed().map(|(blob, _)| blob.to_vec())).collect();
-    assert_eq!(blobs_before, blobs_after);
-}
+        assert_eq!(serde_json::to_value(app.store.keys().await.unwrap()).unwrap(), before);
+        let blobs_after: Vec<_> = app.store.keys().await.unwrap().into_iter().map(|r| r.sealed().map(|(blob, _)| blob.to_vec())).collect();
+        assert_eq!(blobs_before, blobs_after);
+    }
 
-#[tokio::test]
-async fn keys_survive_a_restart_with_the_same_master_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(dir.path());
-    config.key_sets[0].algorithm = Algorithm::Es256;
-    let master = MasterKey::generate();
-    let first = spawn_in(dir, config.clone(), master.clone()).await;
-    let kid = first.jwks("/.well-known/jwks.json").await["keys"][0]["kid"].clone();
-    // The first server keeps running: two servers on one database is a supported setup.
-    let second = spawn_in(first.dir, config, master).await;
-    assert_eq!(second.jwks("/.well-known/jwks.json").await["keys"][0]["kid"], kid);
-    assert_eq!(second.store.keys().await.unwrap().len(), 2, "no new key on restart");
+    async fn keys_survive_a_restart_with_the_same_master_key(backend: Backend) {
+        let first = spawn_app_on(backend, |c| c.key_sets[0].algorithm = Algorithm::Es256).await;
+        let kid = first.jwks("/.well-known/jwks.json").await["keys"][0]["kid"].clone();
+        // The first server keeps running: two servers on one database is a supported setup.
+        let second = spawn_in(tempfile::tempdir().unwrap(), first.config.clone(), first.master.clone()).await;
+        assert_eq!(second.jwks("/.well-known/jwks.json").await["keys"][0]["kid"], kid);
+        assert_eq!(second.store.keys().await.unwrap().len(), 2, "no new key on restart");
+    }
 }

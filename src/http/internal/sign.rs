@@ -11,6 +11,7 @@ use serde::Serialize;
 use super::auth::Caller;
 use super::body::json_body;
 use super::{no_store_json, InternalState};
+use crate::app::ledger::NotRecorded;
 use crate::app::snapshot::Snapshot;
 use crate::http::problem::{ApiError, Problem};
 use crate::keys::custody::pkcs11::TokenError;
@@ -45,7 +46,10 @@ pub(super) async fn sign(
 }
 
 /// Judges, signs and records one token. The caller gets it only once its ledger row is
-/// committed; if the ledger cannot record it, nobody gets it.
+/// committed; if the ledger cannot record it, nobody gets it. If the signing key was
+/// revoked meanwhile (on any replica), the row is refused: the token is signed once more
+/// with the signer of an up-to-date snapshot, or refused (503). If the client was revoked
+/// meanwhile, 401.
 pub(super) async fn issue(
     state: &InternalState,
     snapshot: &Snapshot,
@@ -53,6 +57,32 @@ pub(super) async fn issue(
     profile: &Profile,
     request: SignRequest,
 ) -> Result<Signed, ApiError> {
+    match issue_once(state, snapshot, client, profile, request.clone()).await? {
+        Ok(signed) => Ok(signed),
+        Err(NotRecorded::KeyWithdrawn) => {
+            let fresh = state.shared.catch_up(snapshot.generation).await.map_err(|err| {
+                tracing::warn!(error = format!("{err:#}"), "reloading after a withdrawn signer failed");
+                ApiError::NotRecorded
+            })?;
+            match issue_once(state, &fresh, client, profile, request).await? {
+                Ok(signed) => Ok(signed),
+                Err(NotRecorded::ClientRevoked) => Err(ApiError::Unauthorized),
+                Err(_) => Err(ApiError::NotRecorded),
+            }
+        }
+        Err(NotRecorded::ClientRevoked) => Err(ApiError::Unauthorized),
+        Err(NotRecorded::Failed) => Err(ApiError::NotRecorded),
+    }
+}
+
+/// One attempt of [`issue`]: the ledger's refusal is the inner error.
+async fn issue_once(
+    state: &InternalState,
+    snapshot: &Snapshot,
+    client: &Client,
+    profile: &Profile,
+    request: SignRequest,
+) -> Result<Result<Signed, NotRecorded>, ApiError> {
     let metrics = state.shared.metrics();
     let sub = request.sub.clone();
     let claim_names: Vec<String> = request.claims.keys().cloned().collect();
@@ -77,13 +107,13 @@ pub(super) async fn issue(
         exp: signed.expires_at,
         claim_names,
     };
-    if state.ledger.record(entry).await.is_err() {
+    if let Err(refusal) = state.ledger.record(entry).await {
         metrics.token(&profile.name, signed.alg, "failed");
-        return Err(ApiError::NotRecorded);
+        return Ok(Err(refusal));
     }
     metrics.token(&profile.name, signed.alg, "issued");
     tracing::debug!(profile = %profile.name, client = %client.name, kid = signed.kid, jti = signed.jti, "token issued");
-    Ok(signed)
+    Ok(Ok(signed))
 }
 
 /// Signs prepared claims with the profile's key set or secret.

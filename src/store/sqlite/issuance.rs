@@ -5,6 +5,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
 use super::WriteTx;
+use crate::store::issuance::Refused;
 use crate::store::rows::{Entry, Filter};
 
 /// The `jti` of the row a probe writes and deletes again (real jtis are 22 characters).
@@ -33,9 +34,13 @@ impl IssuanceWriter {
         WriteTx::begin(connection).await.context("beginning the ledger transaction")
     }
 
-    /// Commits `entries` in one transaction. After a failure the connection is dropped
-    /// (the failed transaction marked it to close): the next one starts on a fresh one.
-    pub async fn insert(&mut self, entries: &[&Entry]) -> anyhow::Result<()> {
+    /// Commits `entries` in one transaction, except those whose key may no longer sign
+    /// (revoked or retired) or whose client was revoked: those are returned and their rows
+    /// not written. The check runs under the write lock, so no row of a revoked key or
+    /// client commits after the revocation.
+    /// After a failure the connection is dropped (the failed transaction marked it to
+    /// close): the next one starts on a fresh one.
+    pub async fn insert(&mut self, entries: &[&Entry]) -> anyhow::Result<Refused> {
         let result = self.insert_all(entries).await;
         self.forget_after(&result);
         result
@@ -49,21 +54,24 @@ impl IssuanceWriter {
         result
     }
 
-    fn forget_after(&mut self, result: &anyhow::Result<()>) {
+    fn forget_after<T>(&mut self, result: &anyhow::Result<T>) {
         if result.is_err() {
             self.connection = None;
         }
     }
 
-    async fn insert_all(&mut self, entries: &[&Entry]) -> anyhow::Result<()> {
+    async fn insert_all(&mut self, entries: &[&Entry]) -> anyhow::Result<Refused> {
         let mut tx = self.begin().await?;
-        let mut rest = entries;
+        let refused = refused(&mut tx, entries).await?;
+        let kept: Vec<&Entry> = entries.iter().copied().filter(|e| !refused.covers(e)).collect();
+        let mut rest = kept.as_slice();
         while !rest.is_empty() {
             let (chunk, tail) = rest.split_at(chunk_len(rest.len()));
             insert_rows(&mut tx, chunk).await?;
             rest = tail;
         }
-        tx.commit().await.context("committing ledger rows")
+        tx.commit().await.context("committing ledger rows")?;
+        Ok(refused)
     }
 
     async fn probe_write(&mut self) -> anyhow::Result<()> {
@@ -82,6 +90,32 @@ impl IssuanceWriter {
             .context("deleting the probe row")?;
         tx.commit().await.context("committing the probe")
     }
+}
+
+/// The rows of `entries` that may not be written: their key may no longer sign (revoked,
+/// retired or unknown) or their client is revoked.
+async fn refused(tx: &mut sqlx::SqliteConnection, entries: &[&Entry]) -> anyhow::Result<Refused> {
+    let mut refused = Refused::all_of(entries);
+    for (sql, names) in [
+        ("SELECT kid FROM keys WHERE revoked_at IS NULL AND retired_at IS NULL AND kid IN (", &mut refused.kids),
+        ("SELECT name FROM clients WHERE revoked_at IS NULL AND name IN (", &mut refused.clients),
+    ] {
+        if names.is_empty() {
+            continue;
+        }
+        let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(sql);
+        let mut list = query.separated(", ");
+        for name in names.iter() {
+            list.push_bind(name.clone());
+        }
+        query.push(")");
+        let allowed: Vec<String> =
+            query.build_query_scalar().fetch_all(&mut *tx).await.context("checking keys and clients")?;
+        for name in allowed {
+            names.remove(&name);
+        }
+    }
+    Ok(refused)
 }
 
 /// A batch of up to 16 rows (what a busy server commits at once) goes in one statement:
@@ -137,22 +171,49 @@ pub async fn query(pool: &SqlitePool, filter: &Filter, limit: i64) -> anyhow::Re
     }
     query.push(" ORDER BY iat DESC, jti LIMIT ").push_bind(limit);
     let rows = query.build().fetch_all(pool).await.context("querying the ledger")?;
-    rows.iter()
-        .map(|row| {
-            let names: String = row.try_get("claim_names")?;
-            Ok(Entry {
-                jti: row.try_get("jti")?,
-                profile: row.try_get("profile")?,
-                client: row.try_get("client")?,
-                sub: row.try_get("sub")?,
-                kid: row.try_get("kid")?,
-                alg: row.try_get("alg")?,
-                iat: row.try_get("iat")?,
-                exp: row.try_get("exp")?,
-                claim_names: serde_json::from_str(&names).unwrap_or_default(),
-            })
-        })
-        .collect()
+    rows.iter().map(entry).collect()
+}
+
+fn entry(row: &sqlx::sqlite::SqliteRow) -> anyhow::Result<Entry> {
+    let names: String = row.try_get("claim_names")?;
+    Ok(Entry {
+        jti: row.try_get("jti")?,
+        profile: row.try_get("profile")?,
+        client: row.try_get("client")?,
+        sub: row.try_get("sub")?,
+        kid: row.try_get("kid")?,
+        alg: row.try_get("alg")?,
+        iat: row.try_get("iat")?,
+        exp: row.try_get("exp")?,
+        claim_names: serde_json::from_str(&names).unwrap_or_default(),
+    })
+}
+
+/// Up to `limit` rows issued after (`iat`, `jti`), in that order.
+pub async fn page(pool: &SqlitePool, iat: i64, jti: &str, limit: i64) -> anyhow::Result<Vec<Entry>> {
+    let rows = sqlx::query(
+        "SELECT jti, profile, client, sub, kid, alg, iat, exp, claim_names FROM issuance \
+         WHERE (iat, jti) > (?, ?) ORDER BY iat, jti LIMIT ?",
+    )
+    .bind(iat)
+    .bind(jti)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .context("reading the ledger")?;
+    rows.iter().map(entry).collect()
+}
+
+/// Writes `entries` as they are, in one transaction.
+pub async fn copy(pool: &SqlitePool, entries: &[&Entry]) -> anyhow::Result<()> {
+    let mut tx = super::begin_write(pool).await?;
+    let mut rest = entries;
+    while !rest.is_empty() {
+        let (chunk, tail) = rest.split_at(chunk_len(rest.len()));
+        insert_rows(&mut tx, chunk).await?;
+        rest = tail;
+    }
+    tx.commit().await.context("committing copied ledger rows")
 }
 
 /// Deletes rows issued before `before`; returns how many.

@@ -5,7 +5,8 @@ use sqlx::SqlitePool;
 
 use super::{begin_write, bump_generation, checkpoint};
 use crate::keys::{KeyRecord, Private};
-use crate::store::rows::{GatedHandover, KeyRow};
+use crate::store::rows::KeyRow;
+use crate::store::KeyChange;
 
 const COLUMNS: &str = "kid, key_set, algorithm, public_jwk, sealed_private, master_key_id, token_label, \
      created_at, published_at, activates_at, deactivates_at, retired_at, revoked_at";
@@ -94,14 +95,6 @@ async fn persist(tx: &mut sqlx::SqliteConnection, records: Vec<KeyRecord>) -> an
         .with_context(|| format!("storing key {}", record.kid))?;
     }
     Ok(())
-}
-
-/// What a decision made under the write lock asks to be written.
-pub(crate) enum KeyChange {
-    /// These new and changed records, and a gated hand-over that has happened, if any.
-    Write(Vec<KeyRecord>, Option<GatedHandover>),
-    /// The keys changed since the decision was first made: nothing is written.
-    Stale,
 }
 
 /// Runs `decide` on the keys of `set` inside a write transaction (`BEGIN IMMEDIATE`, so no

@@ -35,12 +35,19 @@ fn options(path: &Path) -> SqliteConnectOptions {
 #[derive(Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    path: std::path::PathBuf,
 }
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and applies pending migrations.
     pub async fn connect(path: impl AsRef<Path>) -> anyhow::Result<SqliteStore> {
-        Ok(SqliteStore { pool: connect(path).await? })
+        let path = path.as_ref().to_owned();
+        Ok(SqliteStore { pool: connect(&path).await?, path })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// The connection pool, for what only SQLite has (and for tests that inspect tables).
@@ -80,7 +87,7 @@ pub async fn connect(path: impl AsRef<Path>) -> anyhow::Result<SqlitePool> {
         .connect_with(options(path))
         .await
         .with_context(|| format!("opening the database {}", path.display()))?;
-    let migrated = sqlx::migrate!("./migrations").run(&pool).await;
+    let migrated = sqlx::migrate!("./migrations/sqlite").run(&pool).await;
     drop(lock_file);
     migrated.with_context(|| format!("applying migrations to {}", path.display()))?;
     Ok(pool)
