@@ -520,6 +520,7 @@ def keyward_load(server, certificate):
     # The same keys again, the public listener now over TLS.
     server.use_tls(certificate)
     server.start()
+    load.roots = (server.process.pid,)  # a new process: its CPU, not the stopped one's
     try:
         load.run("JWKS TLS 200", server.jwks_url(), JWKS_CONNS, "get", "")
     finally:

@@ -79,6 +79,31 @@ pub struct Entry {
     pub claim_names: Vec<String>,
 }
 
+/// A ledger row as both stores keep it: the claim names as a JSON array in text.
+#[derive(sqlx::FromRow)]
+pub(crate) struct EntryRow {
+    jti: String,
+    profile: String,
+    client: String,
+    sub: Option<String>,
+    kid: Option<String>,
+    alg: String,
+    iat: i64,
+    exp: i64,
+    claim_names: String,
+}
+
+impl TryFrom<EntryRow> for Entry {
+    type Error = anyhow::Error;
+
+    fn try_from(row: EntryRow) -> anyhow::Result<Entry> {
+        let claim_names = serde_json::from_str(&row.claim_names)
+            .with_context(|| format!("ledger row {} has malformed claim names", row.jti))?;
+        let EntryRow { jti, profile, client, sub, kid, alg, iat, exp, .. } = row;
+        Ok(Entry { jti, profile, client, sub, kid, alg, iat, exp, claim_names })
+    }
+}
+
 /// What `keyward audit` filters on; every field optional.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {

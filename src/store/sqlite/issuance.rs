@@ -2,11 +2,11 @@
 
 use anyhow::Context;
 use sqlx::pool::PoolConnection;
-use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 
 use super::WriteTx;
 use crate::store::issuance::Refused;
-use crate::store::rows::{Entry, Filter};
+use crate::store::rows::{Entry, EntryRow, Filter};
 
 /// The `jti` of the row a probe writes and deletes again (real jtis are 22 characters).
 const PROBE_JTI: &str = "-ledger-probe-";
@@ -170,28 +170,13 @@ pub async fn query(pool: &SqlitePool, filter: &Filter, limit: i64) -> anyhow::Re
         query.push(" AND iat < ").push_bind(until);
     }
     query.push(" ORDER BY iat DESC, jti LIMIT ").push_bind(limit);
-    let rows = query.build().fetch_all(pool).await.context("querying the ledger")?;
-    rows.iter().map(entry).collect()
-}
-
-fn entry(row: &sqlx::sqlite::SqliteRow) -> anyhow::Result<Entry> {
-    let names: String = row.try_get("claim_names")?;
-    Ok(Entry {
-        jti: row.try_get("jti")?,
-        profile: row.try_get("profile")?,
-        client: row.try_get("client")?,
-        sub: row.try_get("sub")?,
-        kid: row.try_get("kid")?,
-        alg: row.try_get("alg")?,
-        iat: row.try_get("iat")?,
-        exp: row.try_get("exp")?,
-        claim_names: serde_json::from_str(&names).unwrap_or_default(),
-    })
+    let rows: Vec<EntryRow> = query.build_query_as().fetch_all(pool).await.context("querying the ledger")?;
+    rows.into_iter().map(Entry::try_from).collect()
 }
 
 /// Up to `limit` rows issued after (`iat`, `jti`), in that order.
 pub async fn page(pool: &SqlitePool, iat: i64, jti: &str, limit: i64) -> anyhow::Result<Vec<Entry>> {
-    let rows = sqlx::query(
+    let rows: Vec<EntryRow> = sqlx::query_as(
         "SELECT jti, profile, client, sub, kid, alg, iat, exp, claim_names FROM issuance \
          WHERE (iat, jti) > (?, ?) ORDER BY iat, jti LIMIT ?",
     )
@@ -201,7 +186,7 @@ pub async fn page(pool: &SqlitePool, iat: i64, jti: &str, limit: i64) -> anyhow:
     .fetch_all(pool)
     .await
     .context("reading the ledger")?;
-    rows.iter().map(entry).collect()
+    rows.into_iter().map(Entry::try_from).collect()
 }
 
 /// Writes `entries` as they are, in one transaction.
