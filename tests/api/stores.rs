@@ -248,7 +248,14 @@ on_both_stores! {
     }
 
     async fn a_key_revoked_by_another_process_signs_nothing_once_the_revoke_returned(backend: Backend) {
-        let app = Arc::new(spawn_app_on(backend, |_| {}).await);
+        // 240 requests from one client as fast as they go: above the default burst of 200.
+        let app = Arc::new(
+            spawn_app_on(backend, |c| {
+                c.server.rate_limit = 100_000;
+                c.server.rate_burst = 100_000;
+            })
+            .await,
+        );
         let token = app.client("backend", &[PROFILE]).await;
         let revoked = current_kid(&app.store).await;
         let revoked_at: Arc<std::sync::Mutex<Option<Instant>>> = Arc::default();
