@@ -66,3 +66,32 @@ impl IssuanceWriter {
         }
     }
 }
+
+/// The audit query for `filter`, newest first, at most `limit`: the same SQL on both stores.
+pub(crate) fn audit_query<'a, DB: sqlx::Database>(
+    filter: &super::rows::Filter,
+    limit: i64,
+) -> sqlx::QueryBuilder<'a, DB>
+where
+    String: 'a + sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    i64: 'a + sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    let mut query = sqlx::QueryBuilder::new(
+        "SELECT jti, profile, client, sub, kid, alg, iat, exp, claim_names FROM issuance WHERE 1 = 1",
+    );
+    for (column, value) in
+        [("sub", &filter.sub), ("kid", &filter.kid), ("client", &filter.client), ("profile", &filter.profile)]
+    {
+        if let Some(value) = value {
+            query.push(format!(" AND {column} = ")).push_bind(value.clone());
+        }
+    }
+    if let Some(since) = filter.since {
+        query.push(" AND iat >= ").push_bind(since);
+    }
+    if let Some(until) = filter.until {
+        query.push(" AND iat < ").push_bind(until);
+    }
+    query.push(" ORDER BY iat DESC, jti LIMIT ").push_bind(limit);
+    query
+}

@@ -153,23 +153,7 @@ async fn insert_rows(tx: &mut sqlx::SqliteConnection, entries: &[&Entry]) -> any
 
 /// The rows matching `filter`, newest first, at most `limit`.
 pub async fn query(pool: &SqlitePool, filter: &Filter, limit: i64) -> anyhow::Result<Vec<Entry>> {
-    let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(
-        "SELECT jti, profile, client, sub, kid, alg, iat, exp, claim_names FROM issuance WHERE 1 = 1",
-    );
-    for (column, value) in
-        [("sub", &filter.sub), ("kid", &filter.kid), ("client", &filter.client), ("profile", &filter.profile)]
-    {
-        if let Some(value) = value {
-            query.push(format!(" AND {column} = ")).push_bind(value.clone());
-        }
-    }
-    if let Some(since) = filter.since {
-        query.push(" AND iat >= ").push_bind(since);
-    }
-    if let Some(until) = filter.until {
-        query.push(" AND iat < ").push_bind(until);
-    }
-    query.push(" ORDER BY iat DESC, jti LIMIT ").push_bind(limit);
+    let mut query = crate::store::issuance::audit_query::<Sqlite>(filter, limit);
     let rows: Vec<EntryRow> = query.build_query_as().fetch_all(pool).await.context("querying the ledger")?;
     rows.into_iter().map(Entry::try_from).collect()
 }
