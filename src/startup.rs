@@ -72,13 +72,12 @@ impl Application {
         let internal_tls = start_tls("internal", &config.server.internal_tls)?;
         let mutual = internal_tls.as_ref().is_some_and(|tls| tls.mutual());
         let store = Store::connect(&config.database()).await?;
-        let now = chrono::Utc::now().timestamp();
         keys::check_master_key(&store.keys().await?, &master)?;
         let token = config.token_settings(std::env::var(config::PIN_ENV).ok().as_deref())?;
         let custody = Custody::open(master, token).await?;
         // New sets get their keys, and anything that fell due while stopped is done, before
         // the first request.
-        scheduler::run_due(&store, &custody, &config, now, Some(&metrics)).await;
+        scheduler::run_due(&store, &custody, &config, &crate::ops::wall_clock, Some(&metrics)).await;
         let (ledger, ledger_writer) = Ledger::start(
             store.issuance_writer(),
             metrics.clone(),

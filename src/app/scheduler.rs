@@ -12,6 +12,7 @@ use crate::keys::gate::GateState;
 use crate::keys::rotation;
 use crate::ops;
 use crate::ops::gates::Gates;
+use crate::ops::wall_clock;
 use crate::store::Store;
 
 /// The scheduler looks again at least this often, whatever the plan says.
@@ -36,14 +37,30 @@ pub struct Pass {
     pub wake_at: i64,
 }
 
-/// Carries out every step due at `now` in every key set. Failures are logged, counted in
+/// Carries out every step due in every key set at the time `clock` tells (read again for
+/// each decision: a pass may wait long for the database). Failures are logged, counted in
 /// `metrics` when given, and retried soon.
-pub async fn run_due(store: &Store, custody: &Custody, config: &Config, now: i64, metrics: Option<&Metrics>) -> Pass {
-    let mut pass = Pass { changed: false, wake_at: now + MAX_SLEEP_SECS };
+pub async fn run_due(
+    store: &Store,
+    custody: &Custody,
+    config: &Config,
+    clock: &(dyn Fn() -> i64 + Sync),
+    metrics: Option<&Metrics>,
+) -> Pass {
+    let mut pass = Pass { changed: false, wake_at: clock() + MAX_SLEEP_SECS };
     for set in &config.key_sets {
         let policy = config.policy(set);
         let done =
-            ops::carry_out(store, custody, config, set, now, |keys| Ok(rotation::plan(keys, &policy, now).steps)).await;
+            ops::carry_out(
+                store,
+                custody,
+                config,
+                set,
+                clock,
+                |keys, now| Ok(rotation::plan(keys, &policy, now).steps),
+            )
+            .await;
+        let now = clock();
         match done {
             Ok(steps) => {
                 for step in &steps {
@@ -96,9 +113,9 @@ pub async fn run_due(store: &Store, custody: &Custody, config: &Config, now: i64
 /// Signing and JWKS serving go on from the snapshot meanwhile; it is swapped after changes.
 pub async fn run_until_stopped(shared: &Shared, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
     loop {
-        let now = chrono::Utc::now();
         let pass =
-            run_due(shared.store(), shared.custody(), shared.config(), now.timestamp(), Some(shared.metrics())).await;
+            run_due(shared.store(), shared.custody(), shared.config(), &wall_clock, Some(shared.metrics())).await;
+        let now = chrono::Utc::now();
         let keep_from = now.timestamp() - shared.config().server.ledger_retention.as_secs_i64();
         match shared.store().prune_issuance(keep_from).await {
             Ok(0) => {}

@@ -10,8 +10,10 @@ use tokio::sync::watch;
 use super::snapshot::Shared;
 use crate::store::changes::Changes;
 
-/// How long the watcher waits before reconnecting after the database stopped answering.
-const RECONNECT_PAUSE: Duration = Duration::from_millis(250);
+/// How long the watcher waits before reconnecting after the database stopped answering:
+/// with the reload that follows, this bounds how late a replica serves what changed while
+/// the database was away, once it is back (see the README's "Running several replicas").
+const RECONNECT_PAUSE: Duration = Duration::from_millis(50);
 
 /// How often the key custody is asked whether it answers (it throttles its own checks).
 const CUSTODY_PROBE_INTERVAL: Duration = Duration::from_millis(50);
@@ -55,7 +57,7 @@ impl Shared {
                 source.next().await?;
                 // A change, a reconnection or the safety poll: the generation says whether
                 // keys, clients or secrets changed (ledger rows do not move it).
-                self.store().generation().await.context("polling for changes")
+                source.generation(self.store()).await.context("polling for changes")
             };
             let polled = tokio::select! {
                 polled = heard => polled,

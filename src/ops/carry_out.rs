@@ -28,11 +28,11 @@ pub(crate) async fn carry_out_import<F>(
     config: &Config,
     set: &KeySetConfig,
     pem: &[u8],
-    now: i64,
+    clock: &(dyn Fn() -> i64 + Sync),
     decide: F,
 ) -> Result<(String, Vec<Step>), ActionError>
 where
-    F: Fn(&[KeyRecord], &KeyRecord) -> Result<Vec<Step>, Refused>,
+    F: Fn(&[KeyRecord], &KeyRecord, i64) -> Result<Vec<Step>, Refused>,
 {
     let imported = crate::keys::import_pem(set.algorithm, pem).map_err(anyhow::Error::from)?;
     // The scheduler replaces keys that do not fit the set's settings: refuse them here.
@@ -46,32 +46,46 @@ where
     if store.key(&imported.kid).await?.is_some() {
         return Err(ActionError::Failed(anyhow!("key {} is already stored", imported.kid)));
     }
-    let record = KeyRecord::new(&set.name, custody.take(set.custody, &set.name, imported)?, now);
+    let record = KeyRecord::new(&set.name, custody.take(set.custody, &set.name, imported)?, clock());
     let kid = record.kid.clone();
-    let steps =
-        carry_out_with(store, custody, config, set, now, Some(record.clone()), |keys| decide(keys, &record)).await?;
+    let steps = carry_out_with(store, custody, config, set, clock, Some(record.clone()), |keys, now| {
+        decide(keys, &record, now)
+    })
+    .await?;
     Ok((kid, steps))
 }
 
-/// Carries out what `decide` wants for one key set at `now`, atomically.
+/// Carries out what `decide` wants for one key set, atomically.
 ///
 /// New keys are generated before the write transaction (key generation never holds the
-/// lock); inside it, `decide` runs again on the keys as they are then, and only if it still
-/// wants the same steps are they applied. Another process that got there first therefore
-/// makes this one retry (and usually find nothing left to do): two processes never both
-/// rotate. Returns the steps applied (empty when nothing was due).
+/// lock); inside it, `decide` runs again on the keys as they are then and at the time
+/// `clock` tells then (a pass held up by a lock or a slow database must not publish a key
+/// with less notice than `publish_ahead`), and its steps are applied if they need the keys
+/// made for the first decision. Another process that got there first therefore makes this
+/// one retry (and usually find nothing left to do): two processes never both rotate.
+/// Returns the steps applied (empty when nothing was due).
 pub(crate) async fn carry_out<F>(
     store: &Store,
     custody: &Custody,
     config: &Config,
     set: &KeySetConfig,
-    now: i64,
+    clock: &(dyn Fn() -> i64 + Sync),
     decide: F,
 ) -> Result<Vec<Step>, ActionError>
 where
-    F: Fn(&[KeyRecord]) -> Result<Vec<Step>, Refused>,
+    F: Fn(&[KeyRecord], i64) -> Result<Vec<Step>, Refused>,
 {
-    carry_out_with(store, custody, config, set, now, None, decide).await
+    carry_out_with(store, custody, config, set, clock, None, decide).await
+}
+
+/// The time decisions are made at, outside tests that simulate another moment.
+pub(crate) fn wall_clock() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// How many new keys `steps` need.
+fn keys_needed(steps: &[Step]) -> usize {
+    steps.iter().filter(|s| s.creates_key()).count()
 }
 
 /// The kids of `keys` whose private halves are token objects.
@@ -87,17 +101,18 @@ async fn carry_out_with<F>(
     custody: &Custody,
     config: &Config,
     set: &KeySetConfig,
-    now: i64,
+    clock: &(dyn Fn() -> i64 + Sync),
     supplied: Option<KeyRecord>,
     decide: F,
 ) -> Result<Vec<Step>, ActionError>
 where
-    F: Fn(&[KeyRecord]) -> Result<Vec<Step>, Refused>,
+    F: Fn(&[KeyRecord], i64) -> Result<Vec<Step>, Refused>,
 {
     let gates = Gates::load(store, config).await?;
     for _ in 0..3 {
+        let now = clock();
         let (keys, _) = gates.apply(&set.name, &store.keys_of_set(&set.name).await?, now);
-        let steps = decide(&keys)?;
+        let steps = decide(&keys, now)?;
         if steps.is_empty() {
             return Ok(steps);
         }
@@ -115,10 +130,14 @@ where
             }
         }
         let made = in_token(&fresh);
+        let mut applied = Vec::new();
         let written = store
             .change_keys(&set.name, |stored| {
+                // The time once the lock is held: the wait for it may have been long.
+                let now = clock();
                 let (keys, gate) = gates.apply(&set.name, stored, now);
-                if decide(&keys)? != steps {
+                let steps = decide(&keys, now)?;
+                if steps.is_empty() || keys_needed(&steps) != fresh.len() {
                     return Ok(KeyChange::Stale);
                 }
                 let mut changed = rotation::apply(&keys, &steps, fresh, now).map_err(anyhow::Error::from)?;
@@ -136,6 +155,7 @@ where
                         moved.filter(|k| !changed.iter().any(|c| c.kid == k.kid)).cloned().collect();
                     changed.extend(unwritten);
                 }
+                applied = steps;
                 Ok::<_, ActionError>(KeyChange::Write(changed, handover))
             })
             .await
@@ -148,11 +168,13 @@ where
                 let ended: Vec<KeyRecord> = keys
                     .into_iter()
                     .filter(|k| {
-                        steps.iter().any(|s| matches!(s, Step::Retire { kid } | Step::Revoke { kid } if *kid == k.kid))
+                        applied
+                            .iter()
+                            .any(|s| matches!(s, Step::Retire { kid } | Step::Revoke { kid } if *kid == k.kid))
                     })
                     .collect();
                 custody.destroy(in_token(&ended)).await;
-                return Ok(steps);
+                return Ok(applied);
             }
             // Keys made for a decision that was not written would stay in the token unused.
             Ok(false) => custody.destroy(made).await,

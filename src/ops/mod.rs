@@ -20,6 +20,7 @@ use crate::keys::timeline::{self, Timeline};
 use crate::store::Store;
 pub(crate) use carry_out::carry_out;
 use carry_out::carry_out_import;
+pub(crate) use carry_out::wall_clock;
 use gates::Gates;
 
 /// Why an operator action was not carried out.
@@ -46,12 +47,12 @@ pub async fn rotate(
     custody: &Custody,
     config: &Config,
     set: &str,
-    now: i64,
     force: bool,
 ) -> Result<Vec<Step>, ActionError> {
     let set = key_set(config, set)?;
     let policy = config.policy(set);
-    carry_out(store, custody, config, set, now, |keys| rotation::rotate_now(keys, &policy, now, force)).await
+    carry_out(store, custody, config, set, &wall_clock, |keys, now| rotation::rotate_now(keys, &policy, now, force))
+        .await
 }
 
 /// What a key action did to one set.
@@ -116,7 +117,9 @@ pub async fn revoke(
     let record = store.key(kid).await?.ok_or_else(|| Refused::UnknownKey(kid.to_owned()))?;
     let set = key_set(config, &record.key_set)?;
     let policy = config.policy(set);
-    let steps = carry_out(store, custody, config, set, now, |keys| rotation::revoke(keys, kid, &policy, now)).await?;
+    let steps =
+        carry_out(store, custody, config, set, &wall_clock, |keys, now| rotation::revoke(keys, kid, &policy, now))
+            .await?;
     Ok(Outcome::after(store, config, set, steps, now).await?)
 }
 
@@ -132,7 +135,7 @@ pub async fn import(
 ) -> Result<(String, Outcome), ActionError> {
     let set = key_set(config, set)?;
     let policy = config.policy(set);
-    let (kid, steps) = carry_out_import(store, custody, config, set, pem, now, |keys, imported| {
+    let (kid, steps) = carry_out_import(store, custody, config, set, pem, &wall_clock, |keys, imported, now| {
         rotation::import(keys, imported, &policy, now, how)
     })
     .await?;

@@ -53,4 +53,14 @@ impl Changes {
             Changes::Postgres(listener) => listener.next().await,
         }
     }
+
+    /// The change counter of `store`, read where changes are heard: on PostgreSQL on the
+    /// listening connection, which is up again as soon as the server is, whatever the
+    /// shared pool's connections are doing.
+    pub async fn generation(&mut self, store: &Store) -> anyhow::Result<i64> {
+        match self {
+            Changes::Sqlite { .. } => store.generation().await,
+            Changes::Postgres(listener) => listener.generation().await,
+        }
+    }
 }

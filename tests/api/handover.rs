@@ -149,3 +149,39 @@ async fn two_servers_on_one_database_switch_signer_at_the_same_instant() {
         assert!(at_ms >= at * 1_000, "server {i} served the next key at {at_ms} ms, before the planned {at} s");
     }
 }
+
+#[tokio::test]
+async fn a_scheduler_pass_held_up_by_the_write_lock_publishes_with_full_notice_after_it() {
+    let app = spawn_app_with(quick).await;
+    let publish_ahead = app.config.key_sets[0].publish_ahead.as_secs_i64();
+    let (old, next, at) = planned_handover(&app.store).await;
+
+    // The pass that publishes the next key after the hand-over starts at `at` and waits for
+    // the lock for three seconds: longer than the current key's period has left to run.
+    let mut locked = lock_writes(&app.store).await;
+    while now_ms() < at * 1_000 + 3_500 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sqlx::query("ROLLBACK").execute(&mut *locked).await.unwrap();
+    drop(locked);
+    let released = now_ms() / 1_000;
+
+    let start = Instant::now();
+    let published = loop {
+        let keys = app.store.keys().await.unwrap();
+        if let Some(key) = keys.iter().find(|k| k.kid != old && k.kid != next.kid && k.activates_at.is_some()) {
+            break key.clone();
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "no next key was published after the lock: {keys:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let activates_at = published.activates_at.unwrap();
+    // The store counts whole seconds: the second the lock was released in is the earliest
+    // the key can have been published.
+    assert!(
+        activates_at >= released + publish_ahead,
+        "published after the lock was released (second {released}) to sign from {activates_at}: \
+         less than publish_ahead ({publish_ahead} s) of notice"
+    );
+    assert!(published.published_at.is_some_and(|p| p >= released), "{published:?}");
+}

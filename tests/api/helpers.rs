@@ -160,9 +160,7 @@ impl TestApp {
     /// Rotates the first key set now, even if its next key is fresh; returns the new signer.
     pub async fn force_rotate(&self) -> String {
         let set = &self.config.key_sets[0].name;
-        let now = chrono::Utc::now().timestamp();
-        let steps =
-            keyward::ops::rotate(&self.store, self.shared.custody(), &self.config, set, now, true).await.unwrap();
+        let steps = keyward::ops::rotate(&self.store, self.shared.custody(), &self.config, set, true).await.unwrap();
         match &steps[0] {
             keyward::keys::rotation::Step::Promote { kid } => kid.clone(),
             other => panic!("unexpected {other:?}"),

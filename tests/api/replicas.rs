@@ -53,6 +53,13 @@ async fn three_replicas_on_one_postgres_rotate_revoke_and_survive_a_kill_and_a_d
     let pg = PgServer::start();
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
+    // publish_ahead 3 s = jwks_max_age 2 s + clock_skew 1 s: a verifier refetches the JWKS
+    // within 2 s, so a key must be on the verifier's replica within 1 s of being published.
+    // After the database restart a replica's watcher tries every 50 ms and reads the change
+    // counter on its listening connection, so it has reloaded within a few tens of
+    // milliseconds of the database accepting connections (the pool's own retries, which
+    // back off to 600 ms and wait 3 s, are not on that path), and a scheduler pass held up
+    // by the outage decides at the time it gets the lock: no published key gets less notice.
     fast(&mut config, Algorithm::Es256);
     config.server.database_url = pg.new_database().await;
     write_master_key(dir.path());
@@ -89,7 +96,6 @@ async fn three_replicas_on_one_postgres_rotate_revoke_and_survive_a_kill_and_a_d
     let (mut added, mut killed, mut restarted) = (false, false, false);
     let mut outage_checked = false;
     let (mut exposed, mut exposed_rejections): (Option<(String, i64)>, usize) = (None, 0);
-    let (mut back_at, mut after_restart_rejections): (Option<Instant>, usize) = (None, 0);
     let mut n = 0usize;
     while start.elapsed() < run_for {
         n += 1;
@@ -125,13 +131,6 @@ async fn three_replicas_on_one_postgres_rotate_revoke_and_survive_a_kill_and_a_d
                 // fetched yet: the revoke's answer says until when they may reject it.
                 if exposed.as_ref().is_some_and(|(new, until)| new == kid && now <= *until) {
                     exposed_rejections += 1;
-                    continue;
-                }
-                // Known limit: a replica whose pool reconnects slowly after the database
-                // restarted can serve its JWKS a few seconds late, so a verifier that cached
-                // it then misses a key published meanwhile. Counted and shown, not hidden.
-                if back_at.is_some_and(|at: Instant| at.elapsed() < Duration::from_secs(8)) {
-                    after_restart_rejections += 1;
                     continue;
                 }
                 failures.push(format!("verification failed (exp {exp}, now {now}): {e}"));
@@ -228,7 +227,6 @@ async fn three_replicas_on_one_postgres_rotate_revoke_and_survive_a_kill_and_a_d
             assert!(reason.contains("database") || reason.contains("ledger"), "{reason}");
             outage_checked = true;
             pg.launch();
-            back_at = Some(Instant::now());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -248,8 +246,7 @@ async fn three_replicas_on_one_postgres_rotate_revoke_and_survive_a_kill_and_a_d
     }
     println!(
         "replicas: {} tokens issued, {refused} refused during the outage, {exposed_rejections} rejections of the \
-         signer a revoke exposed (until {exposed:?}), {after_restart_rejections} in the 8 s after the database \
-         restart, {} JWKS fetches, {} failures",
+         signer a revoke exposed (until {exposed:?}), {} JWKS fetches, {} failures",
         issued.len(),
         verifier.fetches,
         failures.len()

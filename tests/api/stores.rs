@@ -96,7 +96,7 @@ on_both_stores! {
         for _ in 0..6 {
             let (store, shared, config) = (elsewhere(&app).await, Arc::clone(&app.shared), app.config.clone());
             passes.push(tokio::spawn(async move {
-                scheduler::run_due(&store, shared.custody(), &config, due, None).await
+                scheduler::run_due(&store, shared.custody(), &config, &|| due, None).await
             }));
         }
         for pass in passes {

@@ -18,7 +18,7 @@ pub(in crate::cli) struct Args {
 
 pub(super) async fn run(ctx: &Context, Args { set, force }: Args) -> anyhow::Result<()> {
     let (store, custody) = ctx.store_and_custody().await?;
-    let steps = ops::rotate(&store, &custody, ctx.config(), &set, now(), force).await.map_err(|err| match err {
+    let steps = ops::rotate(&store, &custody, ctx.config(), &set, force).await.map_err(|err| match err {
         ActionError::Refused(Refused::TooEarly { kid, not_before }) => anyhow::anyhow!(
             "refusing to rotate {set}: the next key {kid} has not been published for publish_ahead yet; \
              it may sign from {} (in {}). Use --force to rotate now anyway (verifiers that cached \

@@ -103,8 +103,8 @@ pub(super) async fn rotate(
     let request: RotateRequest =
         if body.is_empty() { None } else { parse_json::<Option<RotateRequest>>(&body)? }.unwrap_or_default();
     let shared = &state.shared;
+    let steps = ops::rotate(shared.store(), shared.custody(), shared.config(), &name, request.force).await?;
     let now = chrono::Utc::now().timestamp();
-    let steps = ops::rotate(shared.store(), shared.custody(), shared.config(), &name, now, request.force).await?;
     tracing::info!(client, key_set = %name, force = request.force, "rotation requested through the admin API");
     after_action(&state, Outcome::of(shared.store(), shared.config(), &name, steps, now).await?).await
 }

@@ -153,9 +153,9 @@ pub async fn bump_generation(tx: &mut PgConnection) -> anyhow::Result<()> {
 }
 
 /// The current change counter.
-pub async fn generation(pool: &PgPool) -> anyhow::Result<i64> {
+pub async fn generation<'e>(executor: impl sqlx::PgExecutor<'e>) -> anyhow::Result<i64> {
     sqlx::query_scalar("SELECT generation FROM state_version WHERE id = 1")
-        .fetch_one(pool)
+        .fetch_one(executor)
         .await
         .context("reading the state generation")
 }
