@@ -189,3 +189,35 @@ where
         set.name
     )))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::keys::Algorithm;
+    use crate::seal::MasterKey;
+
+    #[tokio::test]
+    async fn the_decision_made_again_under_the_lock_takes_the_time_read_once_the_lock_is_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("keyward.db")).await.unwrap();
+        let custody = Custody::sealed(MasterKey::generate());
+        let mut config = Config::default();
+        config.key_sets[0].algorithm = Algorithm::Es256;
+        let (set, policy) = (config.key_sets[0].clone(), config.policy(&config.key_sets[0]));
+        // The first decision is made at 100; the lock is only had at 160 (a held-up pass).
+        let reads = AtomicUsize::new(0);
+        let clock = || if reads.fetch_add(1, Ordering::SeqCst) == 0 { 100 } else { 160 };
+        let steps = carry_out(&store, &custody, &config, &set, &clock, |keys, now| {
+            Ok(rotation::plan(keys, &policy, now).steps)
+        })
+        .await
+        .unwrap();
+        let fresh_start = 160 + policy.publish_ahead.max(policy.rotate_every);
+        assert_eq!(steps, [Step::CreateCurrent, Step::CreateNext { activates_at: fresh_start }]);
+        let keys = store.keys_of_set(&set.name).await.unwrap();
+        let next = keys.iter().find(|k| k.activates_at == Some(fresh_start));
+        assert!(next.is_some_and(|k| k.published_at == Some(160)), "{keys:?}");
+    }
+}
