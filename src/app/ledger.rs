@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::app::metrics::Metrics;
-use crate::store::issuance::IssuanceWriter;
+use crate::store::issuance::{IssuanceWriter, Why};
 use crate::store::rows::Entry;
 
 /// Rows one transaction takes at most.
@@ -189,11 +189,11 @@ impl Writer {
         let outcome = result.as_ref().map(|_| ());
         self.outcome(&outcome, size);
         for (entry, done) in batch {
-            let answer = match &result {
+            let answer = match result.as_ref().map(|refused| refused.why(&entry)) {
                 Err(_) => Err(NotRecorded::Failed),
-                Ok(refused) if refused.clients.contains(&entry.client) => Err(NotRecorded::ClientRevoked),
-                Ok(refused) if refused.covers(&entry) => Err(NotRecorded::KeyWithdrawn),
-                Ok(_) => Ok(()),
+                Ok(Some(Why::ClientRevoked)) => Err(NotRecorded::ClientRevoked),
+                Ok(Some(Why::KeyWithdrawn)) => Err(NotRecorded::KeyWithdrawn),
+                Ok(None) => Ok(()),
             };
             let _ = done.send(answer);
         }

@@ -1,33 +1,85 @@
 //! The ledger writer's side of the store.
+//!
+//! A batch of rows goes to the database as one JSON array bound to one statement, which
+//! writes the rows whose key may still sign and whose client is not revoked, and nothing
+//! else. One statement is one transaction and, on SQLite, one hand-off to its thread: the
+//! check and the write cannot part, and a batch of any size uses the same prepared statement.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+
+use serde::Serialize;
 
 use super::rows::Entry;
 
-/// What a ledger commit refused to write, decided inside its transaction: rows whose key
-/// may no longer sign (revoked or retired since it signed), and rows of revoked clients.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Refused {
-    /// Keys that may no longer sign.
-    pub kids: HashSet<String>,
-    /// Clients revoked meanwhile.
-    pub clients: HashSet<String>,
+/// Why a ledger commit refused a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    /// Its key may no longer sign (revoked or retired since the request signed with it).
+    KeyWithdrawn,
+    /// Its client was revoked since the request was authenticated.
+    ClientRevoked,
 }
+
+/// The rows a ledger commit did not write, by `jti`, and why. Every row not in it committed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Refused(HashMap<String, Why>);
 
 impl Refused {
-    /// Starts from every kid and client in `entries` (all refused until found allowed).
-    pub(crate) fn all_of(entries: &[&Entry]) -> Refused {
-        Refused {
-            kids: entries.iter().filter_map(|e| e.kid.clone()).collect(),
-            clients: entries.iter().map(|e| e.client.clone()).collect(),
-        }
+    /// Why `entry`'s row was not written; `None` when it was.
+    pub fn why(&self, entry: &Entry) -> Option<Why> {
+        self.0.get(&entry.jti).copied()
     }
 
-    /// Whether `entry`'s row was refused.
-    pub fn covers(&self, entry: &Entry) -> bool {
-        self.clients.contains(&entry.client) || entry.kid.as_ref().is_some_and(|kid| self.kids.contains(kid))
+    /// After a commit that wrote fewer rows than `entries`: the rows of `entries` not in
+    /// `written` were refused, for their client when it is not in `clients` (the clients
+    /// that may still ask), else for their key. Revocations do not come undone, so what is
+    /// revoked now was revoked when the commit refused the row.
+    pub(crate) fn missing(entries: &[&Entry], written: &HashSet<String>, clients: &HashSet<String>) -> Refused {
+        Refused(
+            entries
+                .iter()
+                .filter(|e| !written.contains(&e.jti))
+                .map(|e| {
+                    let why = if clients.contains(&e.client) { Why::KeyWithdrawn } else { Why::ClientRevoked };
+                    (e.jti.clone(), why)
+                })
+                .collect(),
+        )
     }
 }
+
+/// `entries` as the one JSON array the insert statement of both stores reads; the claim
+/// names as the JSON text the column keeps.
+pub(crate) fn rows_json(entries: &[&Entry]) -> String {
+    #[derive(Serialize)]
+    struct Row<'a> {
+        jti: &'a str,
+        profile: &'a str,
+        client: &'a str,
+        sub: Option<&'a str>,
+        kid: Option<&'a str>,
+        alg: &'a str,
+        iat: i64,
+        exp: i64,
+        claim_names: String,
+    }
+    let rows: Vec<Row> = entries
+        .iter()
+        .map(|e| Row {
+            jti: &e.jti,
+            profile: &e.profile,
+            client: &e.client,
+            sub: e.sub.as_deref(),
+            kid: e.kid.as_deref(),
+            alg: &e.alg,
+            iat: e.iat,
+            exp: e.exp,
+            claim_names: serde_json::to_string(&e.claim_names).unwrap_or_else(|_| "[]".to_owned()),
+        })
+        .collect();
+    serde_json::to_string(&rows).unwrap_or_else(|_| "[]".to_owned())
+}
+
 use super::{postgres, sqlite, Store};
 
 /// Commits ledger rows for the one writer task.

@@ -1,49 +1,69 @@
 //! The SQL of the `issuance` table: the ledger writer's inserts, audit queries, pruning.
 
+use std::collections::HashSet;
+
 use anyhow::Context;
-use sqlx::{PgPool, Postgres, QueryBuilder};
+use sqlx::{PgPool, Postgres};
 
 use super::WriteTx;
-use crate::store::issuance::Refused;
+use crate::store::issuance::{rows_json, Refused};
 use crate::store::rows::{Entry, EntryRow, Filter};
 
 /// The `jti` of the row a probe writes and deletes again (real jtis are 22 characters).
 const PROBE_JTI: &str = "-ledger-probe-";
 
-/// Rows one INSERT carries at most (PostgreSQL allows 65,535 bound values; this binds 9,216).
-const CHUNK: usize = 1_024;
+/// The rows of the JSON array (`store::issuance::rows_json`) bound as `$1`.
+macro_rules! rows_of_json {
+    () => {
+        "SELECT r.jti, r.profile, r.client, r.sub, r.kid, r.alg, r.iat, r.exp, r.claim_names \
+         FROM json_to_recordset($1::json) AS r(jti TEXT, profile TEXT, client TEXT, sub TEXT, kid TEXT, \
+         alg TEXT, iat BIGINT, exp BIGINT, claim_names TEXT)"
+    };
+}
 
-/// Commits `entries` in one transaction, except those whose key may no longer sign
+/// Writes the rows whose key may still sign (or that have none) and whose client is not
+/// revoked, in one statement (one round trip, one transaction). The key and client rows are
+/// read `FOR SHARE`: a revocation that committed first is seen, and one that comes later
+/// waits for this commit, so no row of a revoked key or client commits after the
+/// revocation, whichever replica revoked it.
+const INSERT_ALLOWED: &str = concat!(
+    "INSERT INTO issuance (jti, profile, client, sub, kid, alg, iat, exp, claim_names) ",
+    rows_of_json!(),
+    " WHERE (r.kid IS NULL \
+     OR r.kid IN (SELECT kid FROM keys WHERE revoked_at IS NULL AND retired_at IS NULL FOR SHARE)) \
+     AND r.client IN (SELECT name FROM clients WHERE revoked_at IS NULL FOR SHARE)"
+);
+
+/// Commits `entries` in one statement, except those whose key may no longer sign
 /// (revoked or retired) or whose client was revoked: those are returned, their rows not
-/// written. The key and client rows are read `FOR SHARE`, so a revocation that committed
-/// first is seen, and one that comes later waits for this commit: no row of a revoked key
-/// or client commits after the revocation, whichever replica revoked it.
+/// written.
 pub async fn insert(pool: &PgPool, entries: &[&Entry]) -> anyhow::Result<Refused> {
-    let mut tx = WriteTx::begin(pool).await.context("beginning the ledger transaction")?;
-    let mut refused = Refused::all_of(entries);
-    for (sql, names) in [
-        (
-            "SELECT kid FROM keys WHERE kid = ANY($1) AND revoked_at IS NULL AND retired_at IS NULL FOR SHARE",
-            &mut refused.kids,
-        ),
-        ("SELECT name FROM clients WHERE name = ANY($1) AND revoked_at IS NULL FOR SHARE", &mut refused.clients),
-    ] {
-        if names.is_empty() {
-            continue;
-        }
-        let list: Vec<&String> = names.iter().collect();
-        let allowed: Vec<String> =
-            sqlx::query_scalar(sql).bind(&list).fetch_all(&mut *tx).await.context("checking keys and clients")?;
-        for name in allowed {
-            names.remove(&name);
-        }
+    let rows = rows_json(entries);
+    let written = sqlx::query(INSERT_ALLOWED).bind(&rows).execute(pool).await.context("writing ledger rows")?;
+    if written.rows_affected() == entries.len() as u64 {
+        return Ok(Refused::default());
     }
-    let kept: Vec<&Entry> = entries.iter().copied().filter(|e| !refused.covers(e)).collect();
-    for chunk in kept.chunks(CHUNK) {
-        insert_rows(&mut tx, chunk).await?;
-    }
-    tx.commit().await.context("committing ledger rows")?;
-    Ok(refused)
+    // Some rows were refused (a revocation): which, and why.
+    let present: HashSet<String> = sqlx::query_scalar(
+        "SELECT jti FROM issuance WHERE jti IN (SELECT r.jti FROM json_to_recordset($1::json) AS r(jti TEXT))",
+    )
+    .bind(&rows)
+    .fetch_all(pool)
+    .await
+    .context("reading back ledger rows")?
+    .into_iter()
+    .collect();
+    let clients: HashSet<String> = sqlx::query_scalar(
+        "SELECT name FROM clients WHERE revoked_at IS NULL \
+         AND name IN (SELECT r.client FROM json_to_recordset($1::json) AS r(client TEXT))",
+    )
+    .bind(&rows)
+    .fetch_all(pool)
+    .await
+    .context("checking clients")?
+    .into_iter()
+    .collect();
+    Ok(Refused::missing(entries, &present, &clients))
 }
 
 /// A row written and deleted in one transaction: whether the ledger can commit now.
@@ -62,24 +82,6 @@ pub async fn probe(pool: &PgPool) -> anyhow::Result<()> {
         .await
         .context("deleting the probe row")?;
     tx.commit().await.context("committing the probe")
-}
-
-async fn insert_rows(tx: &mut sqlx::PgConnection, entries: &[&Entry]) -> anyhow::Result<()> {
-    let mut query: QueryBuilder<Postgres> =
-        QueryBuilder::new("INSERT INTO issuance (jti, profile, client, sub, kid, alg, iat, exp, claim_names) ");
-    query.push_values(entries, |mut row, e| {
-        row.push_bind(&e.jti)
-            .push_bind(&e.profile)
-            .push_bind(&e.client)
-            .push_bind(&e.sub)
-            .push_bind(&e.kid)
-            .push_bind(&e.alg)
-            .push_bind(e.iat)
-            .push_bind(e.exp)
-            .push_bind(serde_json::to_string(&e.claim_names).unwrap_or_else(|_| "[]".to_owned()));
-    });
-    query.build().execute(&mut *tx).await.context("writing ledger rows")?;
-    Ok(())
 }
 
 /// The rows matching `filter`, newest first, at most `limit`.
@@ -104,13 +106,17 @@ pub async fn page(pool: &PgPool, iat: i64, jti: &str, limit: i64) -> anyhow::Res
     rows.into_iter().map(Entry::try_from).collect()
 }
 
-/// Writes `entries` as they are, in one transaction.
+/// Writes `entries` as they are, in one statement.
 pub async fn copy(pool: &PgPool, entries: &[&Entry]) -> anyhow::Result<()> {
-    let mut tx = WriteTx::begin(pool).await?;
-    for chunk in entries.chunks(CHUNK) {
-        insert_rows(&mut tx, chunk).await?;
-    }
-    tx.commit().await.context("committing copied ledger rows")
+    sqlx::query(concat!(
+        "INSERT INTO issuance (jti, profile, client, sub, kid, alg, iat, exp, claim_names) ",
+        rows_of_json!()
+    ))
+    .bind(rows_json(entries))
+    .execute(pool)
+    .await
+    .context("writing copied ledger rows")?;
+    Ok(())
 }
 
 /// Deletes rows issued before `before`; returns how many.
