@@ -209,11 +209,17 @@ mod tests {
         // The first decision is made at 100; the lock is only had at 160 (a held-up pass).
         let reads = AtomicUsize::new(0);
         let clock = || if reads.fetch_add(1, Ordering::SeqCst) == 0 { 100 } else { 160 };
-        let steps = carry_out(&store, &custody, &config, &set, &clock, |keys, now| {
-            Ok(rotation::plan(keys, &policy, now).steps)
-        })
-        .await
-        .unwrap();
+        let steps =
+            carry_out(
+                &store,
+                &custody,
+                &config,
+                &set,
+                &clock,
+                |keys, now| Ok(rotation::plan(keys, &policy, now).steps),
+            )
+            .await
+            .unwrap();
         let fresh_start = 160 + policy.publish_ahead.max(policy.rotate_every);
         assert_eq!(steps, [Step::CreateCurrent, Step::CreateNext { activates_at: fresh_start }]);
         let keys = store.keys_of_set(&set.name).await.unwrap();
