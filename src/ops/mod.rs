@@ -107,20 +107,15 @@ impl Outcome {
 
 /// Emergency revocation of `kid`, in whichever configured set holds it. If it was signing,
 /// the next key signs at once however recently it was published: the outcome says how long.
-pub async fn revoke(
-    store: &Store,
-    custody: &Custody,
-    config: &Config,
-    kid: &str,
-    now: i64,
-) -> Result<Outcome, ActionError> {
+pub async fn revoke(store: &Store, custody: &Custody, config: &Config, kid: &str) -> Result<Outcome, ActionError> {
     let record = store.key(kid).await?.ok_or_else(|| Refused::UnknownKey(kid.to_owned()))?;
     let set = key_set(config, &record.key_set)?;
     let policy = config.policy(set);
     let steps =
         carry_out(store, custody, config, set, &wall_clock, |keys, now| rotation::revoke(keys, kid, &policy, now))
             .await?;
-    Ok(Outcome::after(store, config, set, steps, now).await?)
+    // Seen at a time no earlier than the one the steps were decided at.
+    Ok(Outcome::after(store, config, set, steps, wall_clock()).await?)
 }
 
 /// Adds an existing private key (PEM) to `set` as `how` says; returns its kid.
@@ -131,7 +126,6 @@ pub async fn import(
     set: &str,
     pem: &[u8],
     how: ImportAs,
-    now: i64,
 ) -> Result<(String, Outcome), ActionError> {
     let set = key_set(config, set)?;
     let policy = config.policy(set);
@@ -139,7 +133,7 @@ pub async fn import(
         rotation::import(keys, imported, &policy, now, how)
     })
     .await?;
-    Ok((kid, Outcome::after(store, config, set, steps, now).await?))
+    Ok((kid, Outcome::after(store, config, set, steps, wall_clock()).await?))
 }
 
 /// One key set's rules and every key's timeline.

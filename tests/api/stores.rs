@@ -135,7 +135,7 @@ on_both_stores! {
         app.client("backend", &[PROFILE]).await;
         app.client("gone", &[PROFILE]).await;
         let revoked = current_kid(&app.store).await;
-        keyward::ops::revoke(&app.store, app.shared.custody(), &app.config, &revoked, now()).await.unwrap();
+        keyward::ops::revoke(&app.store, app.shared.custody(), &app.config, &revoked).await.unwrap();
         keyward::ops::clients::revoke(&app.store, "gone", now()).await.unwrap();
         let signer = current_kid(&app.store).await;
         let rows = [
@@ -282,7 +282,7 @@ on_both_stores! {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
         let other = elsewhere(&app).await;
-        keyward::ops::revoke(&other, app.shared.custody(), &app.config, &revoked, now()).await.unwrap();
+        keyward::ops::revoke(&other, app.shared.custody(), &app.config, &revoked).await.unwrap();
         *revoked_at.lock().unwrap() = Some(Instant::now());
         let mut issued = Vec::new();
         for signer in signers {

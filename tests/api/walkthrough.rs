@@ -106,8 +106,7 @@ async fn a_revoked_keys_public_half_is_not_handed_out_for_registration() {
         app.http.get(format!("{}/v1/keys/{kid}/public?format=pem-base64", app.internal)).bearer_auth(&token).send()
     };
     assert_eq!(get(signer.clone()).await.unwrap().status(), 200);
-    let now = chrono::Utc::now().timestamp();
-    keyward::ops::revoke(&app.store, app.shared.custody(), &app.config, &signer, now).await.unwrap();
+    keyward::ops::revoke(&app.store, app.shared.custody(), &app.config, &signer).await.unwrap();
     let problem = assert_problem(get(signer.clone()).await.unwrap(), 404).await;
     assert!(problem["detail"].as_str().unwrap().contains("revoked"), "{problem}");
 }

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 
 use super::super::context::Context;
-use super::super::format::now;
 use super::{report, report_lagging, report_signer};
 use crate::keys::rotation::{ImportAs, Refused, Step};
 use crate::ops::{self, ActionError};
@@ -34,7 +33,7 @@ pub(super) async fn run(ctx: &Context, Args { set, pem, activate, force, replace
     let (store, custody) = ctx.store_and_custody().await?;
     let how = ImportAs { activate, force, replace_next };
     let (kid, outcome) =
-        ops::import(&store, &custody, ctx.config(), &set, &pem, how, now()).await.map_err(|err| match err {
+        ops::import(&store, &custody, ctx.config(), &set, &pem, how).await.map_err(|err| match err {
             ActionError::Refused(Refused::NeverPublished { kid }) => anyhow::anyhow!(
                 "refusing to make {kid} sign in {set}: it has never been published, so verifiers that \
                  cached the JWKS would reject its tokens until they refetch it. Import it without \

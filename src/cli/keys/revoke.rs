@@ -1,7 +1,6 @@
 //! `keyward keys revoke KID`: emergency revocation.
 
 use super::super::context::Context;
-use super::super::format::now;
 use super::{report, report_lagging, report_signer};
 use crate::ops;
 
@@ -16,7 +15,7 @@ pub(super) async fn run(ctx: &Context, Args { kid }: Args) -> anyhow::Result<()>
     let (store, custody) = ctx.store_and_custody().await?;
     // Only a key that verifiers could still fetch leaves the JWKS; a retired one already has.
     let was_published = store.key(&kid).await?.is_some_and(|record| record.is_published());
-    let outcome = ops::revoke(&store, &custody, ctx.config(), &kid, now()).await?;
+    let outcome = ops::revoke(&store, &custody, ctx.config(), &kid).await?;
     report(&outcome.steps);
     if let Some(signer) = &outcome.new_signer {
         report_signer(signer);

@@ -121,8 +121,7 @@ pub(super) async fn revoke(
 ) -> Result<HttpResponse, ApiError> {
     let client = caller.client.name;
     let shared = &state.shared;
-    let now = chrono::Utc::now().timestamp();
-    let outcome = ops::revoke(shared.store(), shared.custody(), shared.config(), &kid, now).await?;
+    let outcome = ops::revoke(shared.store(), shared.custody(), shared.config(), &kid).await?;
     match &outcome.new_signer {
         Some(signer) if signer.within_cache_window => tracing::warn!(
             client,
