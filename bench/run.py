@@ -18,8 +18,10 @@ reconnecting wrk connection resumes its session.
 
 Environment: KEYWARD_BIN (required, set by run.sh), DURATION (s per row, 10), WARMUP (s
 before each row, 2), SIGN_CONNS (16), JWKS_CONNS (64), OPENSSL_SECONDS (3), PEERS_DIR,
-SERVERS (which to run, default "nginx node keyward keyward-hsm keyward-pg"). KEYWARD_*
-variables reach keyward.
+SERVERS (which to run, default "nginx node keyward keyward-hsm keyward-pg"), HEAD_TO_HEAD
+(3: how often nginx's and keyward's JWKS rows are alternated, both servers running; 0 for
+none). KEYWARD_* variables reach keyward. With keyward's sign rows it also measures SQLite
+alone committing ledger rows as keyward did (the durable ledger's floor).
 """
 import glob
 import json
@@ -45,6 +47,7 @@ JWKS_CONNS = int(os.environ.get("JWKS_CONNS", "64"))
 OPENSSL_SECONDS = int(os.environ.get("OPENSSL_SECONDS", "3"))
 PEERS_DIR = os.environ.get("PEERS_DIR", "")
 SERVERS = os.environ.get("SERVERS", "nginx node keyward keyward-hsm keyward-pg").split()
+HEAD_TO_HEAD = int(os.environ.get("HEAD_TO_HEAD", "3"))
 SOFTHSM_MODULES = ("/usr/lib/softhsm/libsofthsm2.so", "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so")
 HSM_PIN = "1234"
 SIGN_BODY = '{"sub":"acct_1","ttl_seconds":300}'
@@ -243,17 +246,21 @@ class Load:
     """wrk rows against one server, with that server's CPU time per request (its database
     server's too, when it has one)."""
 
-    def __init__(self, label, *roots):
-        self.label, self.roots, self.rows = label, roots, {}
+    def __init__(self, label, *roots, metrics=None):
+        self.label, self.roots, self.rows, self.metrics = label, roots, {}, metrics
 
     def run(self, row, url, conns, mode, arg):
         command = ["wrk", "-t1", f"-c{conns}", "--latency", "-s", LUA, url, "--", mode, arg]
         env = dict(os.environ, SIGN_BODY=SIGN_BODY)
         if WARMUP:
             subprocess.run(command[:3] + [f"-d{WARMUP}s"] + command[3:], env=env, capture_output=True)
+        batches = ledger_batches(self.metrics) if self.metrics and mode == "sign" else None
         before = cpu_seconds(self.roots)
         out = subprocess.run(command[:3] + [f"-d{DURATION}s"] + command[3:], env=env, capture_output=True, text=True)
         cpu = cpu_seconds(self.roots) - before
+        if batches:
+            rows, commits = (a - b for a, b in zip(ledger_batches(self.metrics), batches))
+            batches = rows / commits if commits else None
         line = re.search(r"^RESULT (.*)$", out.stdout, re.M)
         if not line:
             sys.exit(f"bench: wrk gave no result for {self.label} {row}:\n{out.stdout}{out.stderr}")
@@ -266,6 +273,7 @@ class Load:
             "p99": r["p99_us"] / 1000,
             "cpu": cpu * 1e6 / requests,
             "errors": r["status_err"] + r["sock_err"],
+            "rows_per_commit": batches,
         }
         print(f"bench: {self.label:8} {row:11} {self.rows[row]['rps']:9,.0f} req/s  "
               f"{self.rows[row]['cpu']:7.1f} µs CPU/req  errors {self.rows[row]['errors']}", file=sys.stderr)
@@ -279,6 +287,52 @@ class Load:
         etag = http(jwks_url)[1]["ETag"]
         self.run("JWKS 200", jwks_url, JWKS_CONNS, "get", "")
         self.run("JWKS 304", jwks_url, JWKS_CONNS, "get", etag)
+
+
+def ledger_batches(metrics_url):
+    """keyward's ledger so far: (rows, commits), from its metrics."""
+    text = http(metrics_url)[2].decode()
+    value = lambda name: float(re.search(rf"^keyward_{name} (\S+)$", text, re.M).group(1))
+    return value("ledger_batch_rows_sum"), value("ledger_batch_rows_count")
+
+
+LEDGER_SCHEMA = os.path.join(HERE, "..", "migrations", "sqlite", "20261123000003_issuance_ledger.sql")
+
+
+def ledger_floor(rows_per_commit, seconds=3):
+    """CPU per row of SQLite alone committing ledger rows durably: keyward's schema, WAL with
+    synchronous = FULL (an fsync per commit), one multi-row INSERT per commit with keyward's
+    average rows per commit in the run, rows like the benchmark's (time-ordered jti). Python's
+    sqlite3 module drives it in this process; its own binding work is counted, so this
+    overstates SQLite's floor a little."""
+    import resource
+    import sqlite3
+    batch = max(1, round(rows_per_commit))
+    folder = tempfile.mkdtemp(prefix="keyward-ledger-floor-")
+    try:
+        db = sqlite3.connect(os.path.join(folder, "ledger.db"), isolation_level=None)
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = FULL")
+        with open(LEDGER_SCHEMA) as f:
+            db.executescript(f.read())
+        insert = ("INSERT INTO issuance (jti, profile, client, sub, kid, alg, iat, exp, claim_names) VALUES "
+                  + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * batch))
+
+        start_ms = int(time.time() * 1000)
+        rows = [(f"{start_ms + n:012x}{os.urandom(5).hex()}", "es", "bench", "acct_1", "es-kid", "ES256",
+                 (start_ms + n) // 1000, (start_ms + n) // 1000 + 300, "[]") for n in range(200_000)]
+        batches = [[v for row in rows[i:i + batch] for v in row] for i in range(0, len(rows) - batch + 1, batch)]
+        written, before, started = 0, resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+        for values in batches:
+            db.execute(insert, values)
+            written += batch
+            if time.monotonic() - started > seconds:
+                break
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        db.close()
+        return (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) * 1e6 / written
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def stop(process):
@@ -358,7 +412,10 @@ class Keyward:
         return status == 200
 
 
-def nginx(work, answers, jwks, certificate):
+def nginx(work, answers, jwks, certificate, server=None):
+    """nginx's rows; then, with `server` (keyward, stopped), the JWKS rows of both servers
+    alternated HEAD_TO_HEAD times while both run, so that the machine's drift over minutes
+    weighs on both alike."""
     prefix = os.path.join(work, "nginx")
     os.makedirs(os.path.join(prefix, "www"))
     with open(os.path.join(prefix, "www", "jwks.json"), "wb") as f:
@@ -378,9 +435,28 @@ def nginx(work, answers, jwks, certificate):
         load = Load("nginx", process.pid)
         load.sign_and_jwks(lambda profile: f"{base}/v1/profiles/{profile}/sign", "-", f"{base}/jwks.json")
         load.run("JWKS TLS 200", f"https://127.0.0.1:{tls_port}/jwks.json", JWKS_CONNS, "get", "")
-        return load
+        pairs = head_to_head(load, f"{base}/jwks.json", server) if server and HEAD_TO_HEAD else []
+        return load, pairs
     finally:
         stop(process)
+
+
+def head_to_head(nginx_load, nginx_url, server):
+    """The JWKS rows of nginx and keyward alternated: [(row, nginx figures, keyward figures)]."""
+    server.start()
+    try:
+        wait_for("keyward", lambda: http(server.jwks_url())[0] == 200)
+        etag = http(server.jwks_url())[1]["ETag"]
+        pairs, ours = [], Load("keyward", server.process.pid)
+        for _ in range(HEAD_TO_HEAD):
+            for row, tag in (("JWKS 200", ""), ("JWKS 304", etag)):
+                theirs = Load("nginx", *nginx_load.roots)
+                theirs.run(row, nginx_url, JWKS_CONNS, "get", tag)
+                ours.run(row, server.jwks_url(), JWKS_CONNS, "get", tag)
+                pairs.append((row, theirs.rows[row], dict(ours.rows[row])))
+        return pairs
+    finally:
+        stop(server.process)
 
 
 def node_peer(work):
@@ -511,7 +587,7 @@ def keyward_load(server, certificate):
     sampler = threading.Thread(target=sample)
     sampler.start()
     try:
-        load = Load("keyward", server.process.pid)
+        load = Load("keyward", server.process.pid, metrics=f"http://{server.internal}/metrics")
         load.sign_and_jwks(server.sign_url, server.token, server.jwks_url())
     finally:
         sampling.set()
@@ -533,7 +609,7 @@ def ratio(value, floor):
     return f"{value / floor:.2f}x" if floor else "-"
 
 
-def report(speed, loads, idle, peak):
+def report(speed, loads, idle, peak, ledger, pairs):
     cpu_model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     nginx_rows = loads.get("nginx").rows if "nginx" in loads else {}
     keyward = loads["keyward"].rows if "keyward" in loads else {}
@@ -579,6 +655,21 @@ def report(speed, loads, idle, peak):
         vs_node = ratio(k["rps"], node[row]["rps"]) if row in node else "-"
         print(f"| {row} | {k['cpu']:,.1f} | {floor_text} | {ratio(k['cpu'], floor) if floor else '-'} | "
               f"{k['rps']:,.0f} | {vs_nginx} | {vs_node} |")
+    if ledger:
+        print()
+        print("With the durable ledger's own floor: SQLite alone committing the same rows with keyward's schema and "
+              "durability (WAL, an fsync per commit), as many rows per commit as keyward averaged in the row:")
+        print()
+        print("| Row | keyward CPU µs/req | rows per commit | SQLite ledger floor µs/row | "
+              "Floor with ledger µs/req | CPU ratio |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for row, (rows_per_commit, floor_row) in ledger.items():
+            if row not in keyward or row not in nginx_rows:
+                continue
+            floor = speed[row] + nginx_rows[row]["cpu"] + floor_row
+            print(f"| {row} | {keyward[row]['cpu']:,.1f} | {rows_per_commit:.1f} | {floor_row:.1f} | {floor:,.1f} "
+                  f"(OpenSSL {speed[row]:,.1f} + nginx {nginx_rows[row]['cpu']:.1f} + SQLite {floor_row:.1f}) | "
+                  f"{ratio(keyward[row]['cpu'], floor)} |")
     if "keyward-pg" in loads:
         for row, k in loads["keyward-pg"].rows.items():
             floor = nginx_rows.get(row, {}).get("cpu")
@@ -586,6 +677,21 @@ def report(speed, loads, idle, peak):
             print(f"| {row} on PostgreSQL (keyward + postgres CPU) | {k['cpu']:,.1f} | "
                   f"{'-' if floor is None else f'{floor:,.1f}'} | {ratio(k['cpu'], floor) if floor else '-'} | "
                   f"{k['rps']:,.0f} | - | {ratio(k['rps'], node[row]['rps']) if row in node else '-'} |")
+    if pairs:
+        print()
+        print(f"JWKS head to head: nginx and keyward both running, their rows alternated {HEAD_TO_HEAD} times:")
+        print()
+        print("| Row | nginx req/s | keyward req/s | vs nginx req/s | nginx CPU µs/req | keyward CPU µs/req | CPU ratio |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for row in ("JWKS 200", "JWKS 304"):
+            mine = [(n, k) for r, n, k in pairs if r == row]
+            for n, k in mine:
+                print(f"| {row} | {n['rps']:,.0f} | {k['rps']:,.0f} | {ratio(k['rps'], n['rps'])} | {n['cpu']:.1f} | "
+                      f"{k['cpu']:.1f} | {ratio(k['cpu'], n['cpu'])} |")
+            speeds = sorted(k["rps"] / n["rps"] for n, k in mine)
+            cpus = sorted(k["cpu"] / n["cpu"] for n, k in mine)
+            print(f"| {row}, median of {len(mine)} | | | {speeds[len(speeds) // 2]:.2f}x | | | "
+                  f"{cpus[len(cpus) // 2]:.2f}x |")
     print()
     print(f"keyward RSS: idle {idle:.1f} MiB, peak under load {peak:.1f} MiB.")
 
@@ -608,20 +714,27 @@ def main():
         finally:
             stop(server.process)
         loads = {}
+        pairs = []
         if "nginx" in SERVERS:
-            loads["nginx"] = nginx(work, answers, jwks, certificate)
+            loads["nginx"], pairs = nginx(work, answers, jwks, certificate, server if "keyward" in SERVERS else None)
         if "node" in SERVERS:
             peer = node_peer(work)
             if peer:
                 loads["node"] = peer
         idle = peak = 0.0
+        ledger = {}
         if "keyward" in SERVERS:
             loads["keyward"], idle, peak = keyward_load(server, certificate)
+            for row, _ in SIGN_ROWS:
+                rows_per_commit = loads["keyward"].rows[row]["rows_per_commit"]
+                if rows_per_commit:
+                    print(f"bench: SQLite ledger floor at {rows_per_commit:.1f} rows per commit", file=sys.stderr)
+                    ledger[row] = (rows_per_commit, ledger_floor(rows_per_commit))
         if "keyward-hsm" in SERVERS:
             loads["keyward-hsm"] = keyward_hsm_load(work)
         if "keyward-pg" in SERVERS:
             loads["keyward-pg"] = keyward_on_postgres(work)
-        report(speed, loads, idle, peak)
+        report(speed, loads, idle, peak, ledger, pairs)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

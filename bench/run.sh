@@ -14,7 +14,8 @@
 #   KEYWARD_LEDGER_COMMIT_INTERVAL_MS=5 SERVERS=keyward bash bench/run.sh   # keyward alone
 #
 # DURATION (10) and WARMUP (2) are seconds per row; SIGN_CONNS (16), JWKS_CONNS (64),
-# OPENSSL_SECONDS (3); SERVERS picks among "nginx node keyward keyward-hsm keyward-pg"
+# OPENSSL_SECONDS (3), HEAD_TO_HEAD (3: nginx's and keyward's JWKS rows alternated, both
+# running; 0 for none); SERVERS picks among "nginx node keyward keyward-hsm keyward-pg"
 # (keyward-hsm: the sign rows with the key sets in a fresh SoftHSM2 token; keyward-pg: the
 # sign rows on a fresh PostgreSQL server). Installs wrk, nginx, softhsm2 and postgresql with
 # apt-get when missing.

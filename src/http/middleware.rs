@@ -9,23 +9,28 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use rand::RngCore;
-use tracing::Instrument;
+use tracing::{Instrument, Level};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-fn request_id(req: &ServiceRequest) -> String {
-    let sane = |id: &&str| {
-        !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+/// The request's id: a sane incoming one, else 16 fresh hex digits.
+fn request_id(req: &ServiceRequest) -> HeaderValue {
+    let sane = |id: &&HeaderValue| {
+        let id = id.as_bytes();
+        !id.is_empty() && id.len() <= 64 && id.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     };
-    match req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).filter(sane) {
-        Some(id) => id.to_owned(),
-        None => {
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            let mut bytes = [0u8; 8];
-            rand::rng().fill_bytes(&mut bytes);
-            bytes.iter().flat_map(|b| [HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]).map(char::from).collect()
-        }
+    if let Some(id) = req.headers().get(&REQUEST_ID).filter(sane) {
+        return id.clone();
     }
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut bytes = [0u8; 8];
+    rand::rng().fill_bytes(&mut bytes);
+    let mut digits = [0u8; 16];
+    for (pair, b) in digits.chunks_exact_mut(2).zip(bytes) {
+        pair.copy_from_slice(&[HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+    }
+    // Hex digits are always a valid header value; the fallback is never taken.
+    HeaderValue::from_bytes(&digits).unwrap_or(HeaderValue::from_static("0000000000000000"))
 }
 
 async fn handle(
@@ -34,22 +39,25 @@ async fn handle(
     access_log_at_info: bool,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let id = request_id(&req);
-    let span = tracing::info_span!("request", id = %id);
-    let (method, path) = (req.method().clone(), req.path().to_owned());
-    let started = Instant::now();
+    let text = id.to_str().unwrap_or_default();
+    let span = tracing::info_span!("request", id = %text);
+    // The access line's fields are gathered only when it is written: the public listener
+    // answers partners' polls at a rate where every allocation shows.
+    let logged = if access_log_at_info { tracing::enabled!(Level::INFO) } else { tracing::enabled!(Level::DEBUG) };
+    let line = logged.then(|| (req.method().clone(), req.path().to_owned(), Instant::now()));
     let mut response = next.call(req).instrument(span.clone()).await?;
-    if let Ok(value) = HeaderValue::from_str(&id) {
-        response.headers_mut().insert(REQUEST_ID, value);
-    }
     let status = response.status().as_u16();
-    let micros = started.elapsed().as_micros() as u64;
-    span.in_scope(|| {
-        if access_log_at_info {
-            tracing::info!(%method, %path, status, micros, "request");
-        } else {
-            tracing::debug!(%method, %path, status, micros, "request");
-        }
-    });
+    if let Some((method, path, started)) = line {
+        let micros = started.elapsed().as_micros() as u64;
+        span.in_scope(|| {
+            if access_log_at_info {
+                tracing::info!(%method, %path, status, micros, "request");
+            } else {
+                tracing::debug!(%method, %path, status, micros, "request");
+            }
+        });
+    }
+    response.headers_mut().insert(REQUEST_ID, id);
     Ok(response)
 }
 

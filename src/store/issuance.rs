@@ -1,13 +1,11 @@
 //! The ledger writer's side of the store.
 //!
-//! A batch of rows goes to the database as one JSON array bound to one statement, which
-//! writes the rows whose key may still sign and whose client is not revoked, and nothing
-//! else. One statement is one transaction and, on SQLite, one hand-off to its thread: the
-//! check and the write cannot part, and a batch of any size uses the same prepared statement.
+//! A batch of rows goes to the database as one statement (on SQLite, up to 64 rows; larger
+//! bursts as several in one transaction) that writes the rows whose key may still sign and
+//! whose client is not revoked, and nothing else: the check and the write cannot part, and
+//! a batch costs one hand-off to SQLite's thread or one round trip to PostgreSQL.
 
 use std::collections::{HashMap, HashSet};
-
-use serde::Serialize;
 
 use super::rows::Entry;
 
@@ -46,38 +44,6 @@ impl Refused {
                 .collect(),
         )
     }
-}
-
-/// `entries` as the one JSON array the insert statement of both stores reads; the claim
-/// names as the JSON text the column keeps.
-pub(crate) fn rows_json(entries: &[&Entry]) -> String {
-    #[derive(Serialize)]
-    struct Row<'a> {
-        jti: &'a str,
-        profile: &'a str,
-        client: &'a str,
-        sub: Option<&'a str>,
-        kid: Option<&'a str>,
-        alg: &'a str,
-        iat: i64,
-        exp: i64,
-        claim_names: String,
-    }
-    let rows: Vec<Row> = entries
-        .iter()
-        .map(|e| Row {
-            jti: &e.jti,
-            profile: &e.profile,
-            client: &e.client,
-            sub: e.sub.as_deref(),
-            kid: e.kid.as_deref(),
-            alg: &e.alg,
-            iat: e.iat,
-            exp: e.exp,
-            claim_names: serde_json::to_string(&e.claim_names).unwrap_or_else(|_| "[]".to_owned()),
-        })
-        .collect();
-    serde_json::to_string(&rows).unwrap_or_else(|_| "[]".to_owned())
 }
 
 use super::{postgres, sqlite, Store};

@@ -158,6 +158,34 @@ on_both_stores! {
         assert_eq!(stored, HashSet::from(["new-key".to_owned(), "no-key".to_owned()]));
     }
 
+    async fn in_a_burst_of_rows_only_those_of_a_revoked_key_or_client_are_left_out(backend: Backend) {
+        let app = spawn_app_on(backend, |_| {}).await;
+        app.client("backend", &[PROFILE]).await;
+        app.client("gone", &[PROFILE]).await;
+        let revoked = current_kid(&app.store).await;
+        keyward::ops::revoke(&app.store, app.shared.custody(), &app.config, &revoked, now()).await.unwrap();
+        keyward::ops::clients::revoke(&app.store, "gone", now()).await.unwrap();
+        let signer = current_kid(&app.store).await;
+        // More rows than one statement takes, the refused ones in different statements.
+        let rows: Vec<Entry> = (0..300)
+            .map(|i| match i {
+                7 | 150 => entry(&format!("r{i}"), "backend", Some(&revoked), now()),
+                99 | 299 => entry(&format!("r{i}"), "gone", Some(&signer), now()),
+                _ => entry(&format!("r{i}"), "backend", Some(&signer), now()),
+            })
+            .collect();
+        let refused = app.store.issuance_writer().insert(&rows.iter().collect::<Vec<_>>()).await.unwrap();
+        for (i, row) in rows.iter().enumerate() {
+            let expected = match i {
+                7 | 150 => Some(Why::KeyWithdrawn),
+                99 | 299 => Some(Why::ClientRevoked),
+                _ => None,
+            };
+            assert_eq!(refused.why(row), expected, "row {i}");
+        }
+        assert_eq!(app.store.counts().await.unwrap().issuance, 296);
+    }
+
     async fn a_change_committed_by_another_process_is_heard(backend: Backend) {
         let app = spawn_app_on(backend, |_| {}).await;
         let mut changes = app.store.changes().await.unwrap();

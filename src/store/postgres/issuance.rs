@@ -6,7 +6,7 @@ use anyhow::Context;
 use sqlx::{PgPool, Postgres};
 
 use super::WriteTx;
-use crate::store::issuance::{rows_json, Refused};
+use crate::store::issuance::Refused;
 use crate::store::rows::{Entry, EntryRow, Filter};
 
 /// The `jti` of the row a probe writes and deletes again (real jtis are 22 characters).
@@ -64,6 +64,38 @@ pub async fn insert(pool: &PgPool, entries: &[&Entry]) -> anyhow::Result<Refused
     .into_iter()
     .collect();
     Ok(Refused::missing(entries, &present, &clients))
+}
+
+/// `entries` as the one JSON array the statements below read (`json_to_recordset`: one
+/// statement shape for any batch size); the claim names as the JSON text the column keeps.
+fn rows_json(entries: &[&Entry]) -> String {
+    #[derive(serde::Serialize)]
+    struct Row<'a> {
+        jti: &'a str,
+        profile: &'a str,
+        client: &'a str,
+        sub: Option<&'a str>,
+        kid: Option<&'a str>,
+        alg: &'a str,
+        iat: i64,
+        exp: i64,
+        claim_names: String,
+    }
+    let rows: Vec<Row> = entries
+        .iter()
+        .map(|e| Row {
+            jti: &e.jti,
+            profile: &e.profile,
+            client: &e.client,
+            sub: e.sub.as_deref(),
+            kid: e.kid.as_deref(),
+            alg: &e.alg,
+            iat: e.iat,
+            exp: e.exp,
+            claim_names: serde_json::to_string(&e.claim_names).unwrap_or_else(|_| "[]".to_owned()),
+        })
+        .collect();
+    serde_json::to_string(&rows).unwrap_or_else(|_| "[]".to_owned())
 }
 
 /// A row written and deleted in one transaction: whether the ledger can commit now.

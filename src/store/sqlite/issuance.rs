@@ -4,33 +4,28 @@ use std::collections::HashSet;
 
 use anyhow::Context;
 use sqlx::pool::PoolConnection;
-use sqlx::{Sqlite, SqlitePool};
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
 
 use super::WriteTx;
-use crate::store::issuance::{rows_json, Refused};
+use crate::store::issuance::Refused;
 use crate::store::rows::{Entry, EntryRow, Filter};
 
 /// The `jti` of the row a probe writes and deletes again (real jtis are 22 characters).
 const PROBE_JTI: &str = "-ledger-probe-";
 
-/// The rows of the JSON array (`store::issuance::rows_json`) bound as `?`, as the table's columns.
-macro_rules! rows_of_json {
-    () => {
-        "SELECT value ->> 'jti', value ->> 'profile', value ->> 'client', value ->> 'sub', value ->> 'kid', \
-         value ->> 'alg', value ->> 'iat', value ->> 'exp', value ->> 'claim_names' FROM json_each(?)"
-    };
-}
+/// Rows one statement carries at most: batches up to this size (all but bursts) are one
+/// statement, which is one transaction and one hand-off to SQLite's thread, and at most
+/// this many statement shapes stay prepared. SQLite allows 32,766 bound values; this binds 576.
+const CHUNK: usize = 64;
 
-/// Writes the rows whose key may still sign (or that have none) and whose client is not
-/// revoked. One statement: SQLite takes the write lock before it reads, so no revocation
-/// can commit between the check and the write.
-const INSERT_ALLOWED: &str = concat!(
-    "INSERT INTO issuance (jti, profile, client, sub, kid, alg, iat, exp, claim_names) ",
-    rows_of_json!(),
-    " WHERE (value ->> 'kid' IS NULL \
-     OR value ->> 'kid' IN (SELECT kid FROM keys WHERE revoked_at IS NULL AND retired_at IS NULL)) \
-     AND value ->> 'client' IN (SELECT name FROM clients WHERE revoked_at IS NULL)"
-);
+/// Which rows a statement writes.
+#[derive(Clone, Copy)]
+enum Rows {
+    /// Those whose key may still sign (or that have none) and whose client is not revoked.
+    Allowed,
+    /// All (a copy of history).
+    All,
+}
 
 /// The ledger writer's side of the table.
 pub struct IssuanceWriter {
@@ -77,32 +72,31 @@ impl IssuanceWriter {
     }
 
     async fn insert_allowed(&mut self, entries: &[&Entry]) -> anyhow::Result<Refused> {
-        let rows = rows_json(entries);
         let connection = self.connection().await?;
-        let written =
-            sqlx::query(INSERT_ALLOWED).bind(&rows).execute(&mut **connection).await.context("writing ledger rows")?;
-        if written.rows_affected() == entries.len() as u64 {
+        let written = if entries.len() <= CHUNK {
+            // One statement: SQLite takes the write lock before it reads, so no revocation
+            // can commit between its check and its write.
+            insert_rows(connection, entries, Rows::Allowed).await?
+        } else {
+            let mut tx = WriteTx::begin(connection).await.context("beginning the ledger transaction")?;
+            let mut written = 0;
+            for chunk in entries.chunks(CHUNK) {
+                written += insert_rows(&mut tx, chunk, Rows::Allowed).await?;
+            }
+            tx.commit().await.context("committing ledger rows")?;
+            written
+        };
+        if written == entries.len() as u64 {
             return Ok(Refused::default());
         }
         // Some rows were refused (a revocation): which, and why.
-        let present: HashSet<String> =
-            sqlx::query_scalar("SELECT jti FROM issuance WHERE jti IN (SELECT value ->> 'jti' FROM json_each(?))")
-                .bind(&rows)
-                .fetch_all(&mut **connection)
-                .await
-                .context("reading back ledger rows")?
-                .into_iter()
-                .collect();
-        let clients: HashSet<String> = sqlx::query_scalar(
-            "SELECT name FROM clients WHERE revoked_at IS NULL \
-             AND name IN (SELECT value ->> 'client' FROM json_each(?))",
-        )
-        .bind(&rows)
-        .fetch_all(&mut **connection)
-        .await
-        .context("checking clients")?
-        .into_iter()
-        .collect();
+        let connection: &mut SqliteConnection = self.connection().await?;
+        let present = names_among(connection, "SELECT jti FROM issuance WHERE jti IN (", entries, |e| &e.jti).await?;
+        let clients =
+            names_among(connection, "SELECT name FROM clients WHERE revoked_at IS NULL AND name IN (", entries, |e| {
+                &e.client
+            })
+            .await?;
         Ok(Refused::missing(entries, &present, &clients))
     }
 
@@ -122,6 +116,53 @@ impl IssuanceWriter {
             .context("deleting the probe row")?;
         tx.commit().await.context("committing the probe")
     }
+}
+
+/// Writes `entries` (at most [`CHUNK`]) in one statement; returns how many rows it wrote.
+async fn insert_rows(connection: &mut SqliteConnection, entries: &[&Entry], rows: Rows) -> anyhow::Result<u64> {
+    let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(
+        "INSERT INTO issuance (jti, profile, client, sub, kid, alg, iat, exp, claim_names) SELECT * FROM (",
+    );
+    query.push_values(entries, |mut row, e| {
+        row.push_bind(&e.jti)
+            .push_bind(&e.profile)
+            .push_bind(&e.client)
+            .push_bind(&e.sub)
+            .push_bind(&e.kid)
+            .push_bind(&e.alg)
+            .push_bind(e.iat)
+            .push_bind(e.exp)
+            .push_bind(serde_json::to_string(&e.claim_names).unwrap_or_else(|_| "[]".to_owned()));
+    });
+    query.push(")");
+    if let Rows::Allowed = rows {
+        // VALUES names its columns column1, column2, ...: column3 is the client, column5 the kid.
+        query.push(
+            " WHERE (column5 IS NULL \
+             OR column5 IN (SELECT kid FROM keys WHERE revoked_at IS NULL AND retired_at IS NULL)) \
+             AND column3 IN (SELECT name FROM clients WHERE revoked_at IS NULL)",
+        );
+    }
+    let done = query.build().execute(connection).await.context("writing ledger rows")?;
+    Ok(done.rows_affected())
+}
+
+/// The values of `name` (a column of `entries`) that `select` (up to its `IN (`) finds.
+async fn names_among(
+    connection: &mut SqliteConnection,
+    select: &str,
+    entries: &[&Entry],
+    name: fn(&Entry) -> &String,
+) -> anyhow::Result<HashSet<String>> {
+    let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(select);
+    let mut list = query.separated(", ");
+    for entry in entries {
+        list.push_bind(name(entry));
+    }
+    query.push(")");
+    let found: Vec<String> =
+        query.build_query_scalar().fetch_all(connection).await.context("reading back ledger rows")?;
+    Ok(found.into_iter().collect())
 }
 
 /// The rows matching `filter`, newest first, at most `limit`.
@@ -146,17 +187,13 @@ pub async fn page(pool: &SqlitePool, iat: i64, jti: &str, limit: i64) -> anyhow:
     rows.into_iter().map(Entry::try_from).collect()
 }
 
-/// Writes `entries` as they are, in one statement.
+/// Writes `entries` as they are, in one transaction.
 pub async fn copy(pool: &SqlitePool, entries: &[&Entry]) -> anyhow::Result<()> {
-    sqlx::query(concat!(
-        "INSERT INTO issuance (jti, profile, client, sub, kid, alg, iat, exp, claim_names) ",
-        rows_of_json!()
-    ))
-    .bind(rows_json(entries))
-    .execute(pool)
-    .await
-    .context("writing copied ledger rows")?;
-    Ok(())
+    let mut tx = super::begin_write(pool).await?;
+    for chunk in entries.chunks(CHUNK) {
+        insert_rows(&mut tx, chunk, Rows::All).await?;
+    }
+    tx.commit().await.context("committing copied ledger rows")
 }
 
 /// Deletes rows issued before `before`; returns how many.
