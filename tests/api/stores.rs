@@ -163,7 +163,7 @@ on_both_stores! {
         app.client("backend", &[PROFILE]).await;
         app.client("gone", &[PROFILE]).await;
         let revoked = current_kid(&app.store).await;
-        keyward::ops::revoke(&app.store, app.shared.custody(), &app.config, &revoked, now()).await.unwrap();
+        keyward::ops::revoke(&app.store, app.shared.custody(), &app.config, &revoked).await.unwrap();
         keyward::ops::clients::revoke(&app.store, "gone", now()).await.unwrap();
         let signer = current_kid(&app.store).await;
         // More rows than one statement takes, the refused ones in different statements.
