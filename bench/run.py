@@ -655,6 +655,13 @@ def report(speed, loads, idle, peak, ledger, pairs):
         vs_node = ratio(k["rps"], node[row]["rps"]) if row in node else "-"
         print(f"| {row} | {k['cpu']:,.1f} | {floor_text} | {ratio(k['cpu'], floor) if floor else '-'} | "
               f"{k['rps']:,.0f} | {vs_nginx} | {vs_node} |")
+    if "keyward-pg" in loads:
+        for row, k in loads["keyward-pg"].rows.items():
+            floor = nginx_rows.get(row, {}).get("cpu")
+            floor = None if floor is None else floor + speed.get(row, 0.0)
+            print(f"| {row} on PostgreSQL (keyward + postgres CPU) | {k['cpu']:,.1f} | "
+                  f"{'-' if floor is None else f'{floor:,.1f}'} | {ratio(k['cpu'], floor) if floor else '-'} | "
+                  f"{k['rps']:,.0f} | - | {ratio(k['rps'], node[row]['rps']) if row in node else '-'} |")
     if ledger:
         print()
         print("With the durable ledger's own floor: SQLite alone committing the same rows with keyward's schema and "
@@ -670,13 +677,6 @@ def report(speed, loads, idle, peak, ledger, pairs):
             print(f"| {row} | {keyward[row]['cpu']:,.1f} | {rows_per_commit:.1f} | {floor_row:.1f} | {floor:,.1f} "
                   f"(OpenSSL {speed[row]:,.1f} + nginx {nginx_rows[row]['cpu']:.1f} + SQLite {floor_row:.1f}) | "
                   f"{ratio(keyward[row]['cpu'], floor)} |")
-    if "keyward-pg" in loads:
-        for row, k in loads["keyward-pg"].rows.items():
-            floor = nginx_rows.get(row, {}).get("cpu")
-            floor = None if floor is None else floor + speed.get(row, 0.0)
-            print(f"| {row} on PostgreSQL (keyward + postgres CPU) | {k['cpu']:,.1f} | "
-                  f"{'-' if floor is None else f'{floor:,.1f}'} | {ratio(k['cpu'], floor) if floor else '-'} | "
-                  f"{k['rps']:,.0f} | - | {ratio(k['rps'], node[row]['rps']) if row in node else '-'} |")
     if pairs:
         print()
         print(f"JWKS head to head: nginx and keyward both running, their rows alternated {HEAD_TO_HEAD} times:")
