@@ -22,24 +22,44 @@ macro_rules! rows_of_json {
 }
 
 /// Writes the rows whose key may still sign (or that have none) and whose client is not
-/// revoked, in one statement (one round trip, one transaction). The key and client rows are
-/// read `FOR SHARE`: a revocation that committed first is seen, and one that comes later
-/// waits for this commit, so no row of a revoked key or client commits after the
-/// revocation, whichever replica revoked it.
+/// revoked, in one statement (one round trip, one transaction). The batch's own key and
+/// client rows are read `FOR SHARE` (only those: a wider lock would meet every revocation's
+/// updates): a revocation that committed first is seen, and one that comes later waits for
+/// this commit, so no row of a revoked key or client commits after the revocation,
+/// whichever replica revoked it.
 const INSERT_ALLOWED: &str = concat!(
     "INSERT INTO issuance (jti, profile, client, sub, kid, alg, iat, exp, claim_names) ",
     rows_of_json!(),
-    " WHERE (r.kid IS NULL \
-     OR r.kid IN (SELECT kid FROM keys WHERE revoked_at IS NULL AND retired_at IS NULL FOR SHARE)) \
-     AND r.client IN (SELECT name FROM clients WHERE revoked_at IS NULL FOR SHARE)"
+    " WHERE (r.kid IS NULL OR r.kid IN (SELECT kid FROM keys \
+     WHERE kid IN (SELECT b.kid FROM json_to_recordset($1::json) AS b(kid TEXT)) \
+     AND revoked_at IS NULL AND retired_at IS NULL ORDER BY kid FOR SHARE)) \
+     AND r.client IN (SELECT name FROM clients \
+     WHERE name IN (SELECT b.client FROM json_to_recordset($1::json) AS b(client TEXT)) \
+     AND revoked_at IS NULL ORDER BY name FOR SHARE)"
 );
+
+/// How often a commit that PostgreSQL broke off to resolve a deadlock is tried again (the
+/// statement wrote nothing, so trying again is safe).
+const DEADLOCK_RETRIES: usize = 3;
 
 /// Commits `entries` in one statement, except those whose key may no longer sign
 /// (revoked or retired) or whose client was revoked: those are returned, their rows not
 /// written.
 pub async fn insert(pool: &PgPool, entries: &[&Entry]) -> anyhow::Result<Refused> {
     let rows = rows_json(entries);
-    let written = sqlx::query(INSERT_ALLOWED).bind(&rows).execute(pool).await.context("writing ledger rows")?;
+    let mut attempt = 0;
+    let written = loop {
+        attempt += 1;
+        match sqlx::query(INSERT_ALLOWED).bind(&rows).execute(pool).await {
+            Err(err) if attempt <= DEADLOCK_RETRIES && broken_off(&err) => {
+                tracing::warn!(
+                    attempt,
+                    "PostgreSQL broke a ledger commit off (a deadlock with a key or client change): trying again"
+                );
+            }
+            result => break result.context("writing ledger rows")?,
+        }
+    };
     if written.rows_affected() == entries.len() as u64 {
         return Ok(Refused::default());
     }
@@ -64,6 +84,12 @@ pub async fn insert(pool: &PgPool, entries: &[&Entry]) -> anyhow::Result<Refused
     .into_iter()
     .collect();
     Ok(Refused::missing(entries, &present, &clients))
+}
+
+/// Whether PostgreSQL broke the statement off to resolve a deadlock or a serialisation
+/// conflict (with a revocation's transaction, say): nothing was written.
+fn broken_off(err: &sqlx::Error) -> bool {
+    err.as_database_error().and_then(|e| e.code()).is_some_and(|code| code == "40P01" || code == "40001")
 }
 
 /// `entries` as the one JSON array the statements below read (`json_to_recordset`: one
