@@ -1,6 +1,6 @@
 //! The SQL of the `issuance` table: the ledger writer's inserts, audit queries, pruning.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 
 use anyhow::Context;
 use sqlx::{PgPool, Postgres};
@@ -23,19 +23,17 @@ macro_rules! rows_of_json {
 
 /// Writes the rows whose key may still sign (or that have none) and whose client is not
 /// revoked, in one statement (one round trip, one transaction). The batch's own key and
-/// client rows are read `FOR SHARE` (only those: a wider lock would meet every revocation's
-/// updates): a revocation that committed first is seen, and one that comes later waits for
+/// client rows (`$2`, `$3`) are read `FOR SHARE`, in order (only those: a wider lock would
+/// meet every revocation's updates): a revocation that committed first is seen, and one that comes later waits for
 /// this commit, so no row of a revoked key or client commits after the revocation,
 /// whichever replica revoked it.
 const INSERT_ALLOWED: &str = concat!(
     "INSERT INTO issuance (jti, profile, client, sub, kid, alg, iat, exp, claim_names) ",
     rows_of_json!(),
-    " WHERE (r.kid IS NULL OR r.kid IN (SELECT kid FROM keys \
-     WHERE kid IN (SELECT b.kid FROM json_to_recordset($1::json) AS b(kid TEXT)) \
+    " WHERE (r.kid IS NULL OR r.kid IN (SELECT kid FROM keys WHERE kid = ANY($2) \
      AND revoked_at IS NULL AND retired_at IS NULL ORDER BY kid FOR SHARE)) \
-     AND r.client IN (SELECT name FROM clients \
-     WHERE name IN (SELECT b.client FROM json_to_recordset($1::json) AS b(client TEXT)) \
-     AND revoked_at IS NULL ORDER BY name FOR SHARE)"
+     AND r.client IN (SELECT name FROM clients WHERE name = ANY($3) AND revoked_at IS NULL \
+     ORDER BY name FOR SHARE)"
 );
 
 /// How often a commit that PostgreSQL broke off to resolve a deadlock is tried again (the
@@ -47,10 +45,13 @@ const DEADLOCK_RETRIES: usize = 3;
 /// written.
 pub async fn insert(pool: &PgPool, entries: &[&Entry]) -> anyhow::Result<Refused> {
     let rows = rows_json(entries);
+    let kids: BTreeSet<&str> = entries.iter().filter_map(|e| e.kid.as_deref()).collect();
+    let clients: BTreeSet<&str> = entries.iter().map(|e| e.client.as_str()).collect();
+    let (kids, clients): (Vec<&str>, Vec<&str>) = (kids.into_iter().collect(), clients.into_iter().collect());
     let mut attempt = 0;
     let written = loop {
         attempt += 1;
-        match sqlx::query(INSERT_ALLOWED).bind(&rows).execute(pool).await {
+        match sqlx::query(INSERT_ALLOWED).bind(&rows).bind(&kids).bind(&clients).execute(pool).await {
             Err(err) if attempt <= DEADLOCK_RETRIES && broken_off(&err) => {
                 tracing::warn!(
                     attempt,
