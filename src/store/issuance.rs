@@ -9,6 +9,10 @@ use std::collections::{HashMap, HashSet};
 
 use super::rows::Entry;
 
+/// The `jti` of the row a ledger probe writes and deletes again, on either store (real
+/// jtis are 22 characters).
+pub(crate) const PROBE_JTI: &str = "-ledger-probe-";
+
 /// Why a ledger commit refused a row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Why {

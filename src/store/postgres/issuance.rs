@@ -6,11 +6,8 @@ use anyhow::Context;
 use sqlx::{PgPool, Postgres};
 
 use super::WriteTx;
-use crate::store::issuance::Refused;
+use crate::store::issuance::{Refused, PROBE_JTI};
 use crate::store::rows::{Entry, EntryRow, Filter};
-
-/// The `jti` of the row a probe writes and deletes again (real jtis are 22 characters).
-const PROBE_JTI: &str = "-ledger-probe-";
 
 /// The rows of the JSON array (`store::issuance::rows_json`) bound as `$1`.
 macro_rules! rows_of_json {

@@ -7,11 +7,8 @@ use sqlx::pool::PoolConnection;
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
 
 use super::WriteTx;
-use crate::store::issuance::Refused;
+use crate::store::issuance::{Refused, PROBE_JTI};
 use crate::store::rows::{Entry, EntryRow, Filter};
-
-/// The `jti` of the row a probe writes and deletes again (real jtis are 22 characters).
-const PROBE_JTI: &str = "-ledger-probe-";
 
 /// Rows one statement carries at most: batches up to this size (all but bursts) are one
 /// statement, which is one transaction and one hand-off to SQLite's thread, and at most
