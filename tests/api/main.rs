@@ -14,6 +14,7 @@ mod migrate;
 mod openapi;
 mod operations;
 mod partners;
+mod permissions;
 mod postgres;
 mod reliability;
 mod replicas;

@@ -123,7 +123,6 @@ pub(super) async fn revoke(
     kid: web::Path<String>,
     state: web::Data<InternalState>,
 ) -> Result<HttpResponse, ApiError> {
-    caller.scope(Action::KeysRevoke)?;
     let shared = &state.shared;
     let record = shared.store().key(&kid).await?.ok_or_else(|| ApiError::NotFound(format!("no key {kid}")))?;
     caller.permit(Action::KeysRevoke, &record.key_set)?;
