@@ -198,8 +198,13 @@ impl ProviderKeys {
         let mut verifiers = HashMap::new();
         for jwk in set.keys() {
             let Some(kid) = jwk.key_id() else { continue };
+            // A SPIFFE trust bundle marks its JWT-SVID signing keys `"use": "jwt-svid"`.
+            let mut jwk = jwk.clone();
+            if jwk.key_use() == Some("jwt-svid") {
+                jwk.set_key_use("sig");
+            }
             for alg in algorithms {
-                if let Some(verifier) = verifier(jwk, alg) {
+                if let Some(verifier) = verifier(&jwk, alg) {
                     verifiers.insert((kid.to_owned(), alg.clone()), verifier);
                 }
             }
@@ -298,6 +303,69 @@ pub fn verify(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use josekit::jws::{JwsHeader, ES256};
+    use josekit::jwt::{self, JwtPayload};
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn rules() -> Rules {
+        Rules {
+            issuer: "https://idp".to_owned(),
+            audience: "keyward".to_owned(),
+            algorithms: vec!["ES256".to_owned()],
+            max_age: 3_600,
+            skew: 30,
+        }
+    }
+
+    /// A signed token with `claims` and its provider's keys.
+    fn token(claims: serde_json::Value) -> (String, ProviderKeys) {
+        let pair = ES256.generate_key_pair().unwrap();
+        let mut header = JwsHeader::new();
+        header.set_key_id("k1");
+        let payload = JwtPayload::from_map(claims.as_object().unwrap().clone()).unwrap();
+        let signed =
+            jwt::encode_with_signer(&payload, &header, &ES256.signer_from_der(pair.to_der_private_key()).unwrap())
+                .unwrap();
+        let mut jwk = pair.to_jwk_public_key();
+        jwk.set_key_id("k1");
+        let jwks = serde_json::json!({"keys": [serde_json::to_value(jwk.as_ref()).unwrap()]});
+        (signed, ProviderKeys::from_jwks(jwks.to_string().as_bytes(), &rules().algorithms).unwrap())
+    }
+
+    fn check(claims: serde_json::Value, now: i64) -> Result<Verified, Refusal> {
+        let (token, keys) = token(claims);
+        verify(&token, &peek(&token)?, &rules(), &keys, now)
+    }
+
+    fn claims(change: impl FnOnce(&mut serde_json::Value)) -> serde_json::Value {
+        let mut c =
+            serde_json::json!({"iss": "https://idp", "sub": "s", "aud": "keyward", "iat": NOW, "exp": NOW + 600});
+        change(&mut c);
+        c
+    }
+
+    #[test]
+    fn times_are_judged_against_the_given_now_with_the_skew() {
+        assert_eq!(check(claims(|_| {}), NOW).unwrap().subject, "s");
+        assert!(check(claims(|_| {}), NOW + 600 + 29).is_ok(), "within the skew after exp");
+        assert_eq!(check(claims(|_| {}), NOW + 600 + 30), Err(Refusal::Expired));
+        assert!(check(claims(|_| {}), NOW - 30).is_ok(), "iat within the skew ahead");
+        assert_eq!(check(claims(|_| {}), NOW - 31), Err(Refusal::NotYetValid));
+        assert_eq!(check(claims(|c| c["nbf"] = (NOW + 100).into()), NOW), Err(Refusal::NotYetValid));
+        let old = claims(|c| c["exp"] = (NOW + 86_400).into());
+        assert!(check(old.clone(), NOW + 3_600 + 30).is_ok());
+        assert_eq!(check(old, NOW + 3_600 + 31), Err(Refusal::TooOld));
+        assert_eq!(check(claims(|c| c["aud"] = serde_json::json!(["a", "b"])), NOW), Err(Refusal::Audience));
+        assert!(check(claims(|c| c["aud"] = serde_json::json!(["a", "keyward"])), NOW).is_ok());
+        assert_eq!(check(claims(|c| c["sub"] = "".into()), NOW), Err(Refusal::NoSubject));
+    }
+
+    #[test]
+    fn a_spiffe_bundle_key_marked_jwt_svid_is_a_signature_key() {
+        let pair_jwks = ProviderKeys::from_jwks(br#"{"keys":[{"kty":"EC","crv":"P-256","kid":"k","use":"jwt-svid","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#, &rules().algorithms).unwrap();
+        assert!(pair_jwks.has("k", "ES256"));
+    }
 
     #[test]
     fn a_binding_matches_its_exact_subject_or_its_prefix() {
