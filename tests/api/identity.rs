@@ -20,7 +20,7 @@ use p256::ecdsa::signature::Signer;
 use serde_json::{json, Value};
 
 use crate::certs::{write_atomically, Ca};
-use crate::helpers::{assert_problem, now, spawn_app_with, TestApp};
+use crate::helpers::{assert_problem, keyward, now, serve, spawn_app_with, text, wait_healthy, TestApp};
 
 const PROFILE: &str = "npm-sandbox";
 const AUDIENCE: &str = "keyward";
@@ -315,4 +315,74 @@ async fn a_jwks_rotation_at_the_provider_is_picked_up_without_a_restart() {
         .await;
     assert!(picked_up, "the new key of the JWKS file is not accepted 15 s after the file changed");
     refused(&app, &cluster.sign(&claims(CLUSTER, sub)), "invalid-identity-token").await;
+}
+
+#[tokio::test]
+async fn the_cli_binds_a_client_to_an_identity_and_the_log_names_issuer_and_subject_never_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = crate::helpers::test_config(dir.path());
+    config.key_sets[0].algorithm = keyward::keys::Algorithm::Es256;
+    let cluster = IdpKey::new("cluster-1");
+    let jwks_file = dir.path().join("cluster-jwks.json");
+    write_atomically(&jwks_file, &jwks(&[&cluster]), 0o644);
+    config.identity_providers = vec![provider(CLUSTER, &format!("jwks_file = \"{}\"", jwks_file.display()))];
+    let master = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>());
+    write_atomically(&config.server.master_key_file, &master, 0o600);
+    let http = reqwest::Client::new();
+    let mut server = serve(dir.path(), &config, "info");
+    assert!(wait_healthy(&http, &mut server).await, "keyward serve did not come up");
+    let cli = |args: &[&str]| {
+        let mut all = vec!["--config", server.config_file.to_str().unwrap()];
+        all.extend_from_slice(args);
+        keyward(dir.path(), &all)
+    };
+
+    let identity = format!("{CLUSTER}|system:serviceaccount:payments:*");
+    let out = cli(&["clients", "add", "payments", "--profiles", PROFILE, "--identity", &identity]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(out.stdout.is_empty(), "an identity-only client gets no token: {}", text(&out.stdout));
+    let out =
+        cli(&["clients", "add", "both", "--profiles", PROFILE, "--identity", &format!("{CLUSTER}|x"), "--with-token"]);
+    assert!(out.status.success() && text(&out.stdout).starts_with("kw_"), "{}", text(&out.stderr));
+    let out = cli(&["clients", "add", "stray", "--profiles", PROFILE, "--identity", "https://elsewhere|x"]);
+    assert!(!out.status.success() && text(&out.stderr).contains("no [[identity_provider]]"), "{}", text(&out.stderr));
+    let out = cli(&["clients", "add", "wide", "--profiles", PROFILE, "--identity", &format!("{CLUSTER}|*")]);
+    assert!(!out.status.success() && text(&out.stderr).contains("every workload"), "{}", text(&out.stderr));
+    let list = text(&cli(&["clients", "list"]).stdout);
+    assert!(list.lines().any(|l| l.starts_with("payments ") && l.ends_with(&identity)), "{list}");
+
+    // Bound a moment ago by another process: works on the next request already.
+    let sub = "system:serviceaccount:payments:api";
+    let token = cluster.sign(&claims(CLUSTER, sub));
+    let response = http
+        .post(format!("{}/v1/profiles/{PROFILE}/sign", server.internal))
+        .bearer_auth(&token)
+        .json(&json!({"sub": "acct-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    let other_audience = cluster.sign(&{
+        let mut c = claims(CLUSTER, sub);
+        c["aud"] = json!("someone-else");
+        c
+    });
+    let response = http
+        .post(format!("{}/v1/profiles/{PROFILE}/sign", server.internal))
+        .bearer_auth(&other_audience)
+        .json(&json!({"sub": "acct-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+
+    let audit: Value =
+        serde_json::from_slice(&cli(&["audit", "--client", "payments", "--json"]).stdout).unwrap_or(Value::Null);
+    assert!(audit.to_string().contains("acct-1"), "the ledger names the bound client: {audit}");
+    let log = server.log_text();
+    assert!(log.contains(sub) && log.contains(CLUSTER), "the log names the subject and issuer:\n{log}");
+    for (what, secret) in [("accepted", &token), ("refused", &other_audience)] {
+        let signature = secret.rsplit('.').next().unwrap();
+        assert!(!log.contains(signature), "the {what} token is in the log");
+    }
 }

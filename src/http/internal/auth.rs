@@ -195,12 +195,19 @@ async fn by_identity(token: &str, state: &InternalState) -> Result<Caller, ApiEr
             IdentityError::Unavailable => ApiError::IdentityProviderUnavailable,
         }
     })?;
-    let snapshot = state.shared.snapshot();
-    let Some(client) = snapshot.clients.by_identity(&verified.issuer, &verified.subject).cloned() else {
+    let mut snapshot = state.shared.snapshot();
+    let mut client = snapshot.clients.by_identity(&verified.issuer, &verified.subject).cloned();
+    if client.is_none() && state.shared.store().generation().await? != snapshot.generation {
+        // A client bound a moment ago (by another process): its identity works on the
+        // next request, before the change watch reloads. Only for a verified token.
+        snapshot = state.shared.catch_up(snapshot.generation).await?;
+        client = snapshot.clients.by_identity(&verified.issuer, &verified.subject).cloned();
+    }
+    let Some(client) = client else {
         tracing::info!(issuer = %verified.issuer, sub = %verified.subject, "no client is bound to this workload identity");
         return Err(ApiError::UnknownIdentity);
     };
-    tracing::debug!(issuer = %verified.issuer, sub = %verified.subject, client = %client.name, "workload identity authenticated");
+    tracing::info!(issuer = %verified.issuer, sub = %verified.subject, client = %client.name, "workload identity authenticated");
     Ok(Caller {
         snapshot,
         client,
