@@ -223,7 +223,9 @@ pub(super) async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
                     time(Some(now() + grace))
                 );
             } else {
-                eprintln!("client {name:?} has a new token (below, shown once); the old one no longer works");
+                eprintln!(
+                    "client {name:?} has a new token (below, shown once); the old one no longer works, on any server"
+                );
             }
             let mut stdout = std::io::stdout().lock();
             writeln!(stdout, "{}", token.as_str()).context("writing the token")?;

@@ -6,6 +6,7 @@
 
 use std::net::TcpListener;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -84,8 +85,9 @@ fn claims(iss: &str, sub: &str) -> Value {
     json!({"iss": iss, "sub": sub, "aud": [AUDIENCE], "iat": now, "nbf": now, "exp": now + 600})
 }
 
-/// An HTTPS server with its own CA serving the JWKS in `document`; returns its URL.
-fn https_jwks(ca: &Ca, document: Arc<Mutex<String>>) -> String {
+/// An HTTPS server with its own CA serving the JWKS in `document`, counting its fetches in
+/// `fetches`; returns its URL.
+fn https_jwks(ca: &Ca, document: Arc<Mutex<String>>, fetches: Arc<AtomicUsize>) -> String {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let leaf = ca.server(None);
@@ -101,10 +103,11 @@ fn https_jwks(ca: &Ca, document: Arc<Mutex<String>>) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("https://127.0.0.1:{}/keys", listener.local_addr().unwrap().port());
     let server = HttpServer::new(move || {
-        let document = Arc::clone(&document);
+        let (document, fetches) = (Arc::clone(&document), Arc::clone(&fetches));
         App::new().route(
             "/keys",
             web::get().to(move || {
+                fetches.fetch_add(1, Ordering::SeqCst);
                 let body = document.lock().unwrap().clone();
                 async move { HttpResponse::Ok().content_type("application/json").body(body) }
             }),
@@ -147,6 +150,7 @@ struct World {
     ci: IdpKey,
     cluster: IdpKey,
     ci_jwks: Arc<Mutex<String>>,
+    ci_fetches: Arc<AtomicUsize>,
     cluster_file: std::path::PathBuf,
 }
 
@@ -158,14 +162,15 @@ async fn world() -> World {
     let ci = IdpKey::new("ci-1");
     let cluster = IdpKey::new("cluster-1");
     let ci_jwks = Arc::new(Mutex::new(jwks(&[&ci])));
-    let ci_url = https_jwks(&ca, Arc::clone(&ci_jwks));
+    let ci_fetches = Arc::new(AtomicUsize::new(0));
+    let ci_url = https_jwks(&ca, Arc::clone(&ci_jwks), Arc::clone(&ci_fetches));
     let cluster_file = files.path().join("cluster-jwks.json");
     write_atomically(&cluster_file, &jwks(&[&cluster]), 0o644);
     let dead = format!("https://127.0.0.1:{}/keys", crate::helpers::free_port());
     let app = spawn_app_with(|c| with_providers(c, &ca_file, &ci_url, &cluster_file, &dead)).await;
     // The temporary folder lives as long as the test process needs the files.
     std::mem::forget(files);
-    World { app, ci, cluster, ci_jwks, cluster_file }
+    World { app, ci, cluster, ci_jwks, ci_fetches, cluster_file }
 }
 
 async fn sign(app: &TestApp, token: &str) -> reqwest::Response {
@@ -217,7 +222,7 @@ async fn a_workload_token_authenticates_the_client_bound_to_its_subject_or_patte
 
 #[tokio::test]
 async fn bad_workload_tokens_get_a_401_that_says_why_and_nothing_else() {
-    let World { app, ci, cluster, .. } = world().await;
+    let World { app, ci, cluster, ci_fetches, .. } = world().await;
     bind(&app, "deployer", &format!("{CI}|main")).await;
     let good = claims(CI, "main");
     assert_eq!(sign(&app, &ci.sign(&good)).await.status(), 200, "the good token works");
@@ -262,6 +267,14 @@ async fn bad_workload_tokens_get_a_401_that_says_why_and_nothing_else() {
         assert!(!detail.contains(token.as_str()), "{case}: the answer repeats the token");
     }
 
+    // A burst of unknown kids fetches the JWKS again at most once per 5 s.
+    let before = ci_fetches.load(Ordering::SeqCst);
+    for n in 0..20 {
+        assert_eq!(sign(&app, &IdpKey::new(&format!("made-up-{n}")).sign(&good)).await.status(), 401);
+    }
+    let fetched = ci_fetches.load(Ordering::SeqCst) - before;
+    assert!(fetched <= 2, "20 unknown kids fetched the JWKS {fetched} times");
+
     // A provider whose JWKS cannot be fetched: 401 saying so, /readyz still 200, counted.
     let dead = ci.sign(&with(&|c| c["iss"] = json!("https://dead.example")));
     refused(&app, &dead, "identity-provider-unavailable").await;
@@ -287,7 +300,7 @@ fn hs256_with_public_key(key: &IdpKey, claims: &Value) -> String {
 
 #[tokio::test]
 async fn a_jwks_rotation_at_the_provider_is_picked_up_without_a_restart() {
-    let World { app, ci, cluster, ci_jwks, cluster_file } = world().await;
+    let World { app, ci, cluster, ci_jwks, cluster_file, .. } = world().await;
     bind(&app, "deployer", &format!("{CI}|main")).await;
     bind(&app, "payments", &format!("{CLUSTER}|system:serviceaccount:payments:*")).await;
     let sub = "system:serviceaccount:payments:api";
