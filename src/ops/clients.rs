@@ -265,7 +265,7 @@ pub struct ClientChange {
 
 /// Changes an active client's profiles, permissions or `admin`: an admin action like any
 /// other. Once it returns, no replica records a token for a request authenticated under
-/// the old rights. Returns the client as listed afterwards.
+/// the old rights.
 pub async fn update(store: &Store, config: &Config, name: &str, change: ClientChange) -> Result<(), ClientError> {
     if let Some(profiles) = &change.profiles {
         check_profiles(config, profiles)?;

@@ -90,7 +90,9 @@ impl Caller {
             snapshot = shared.snapshot();
         }
         match self.credential.client_in(&snapshot) {
-            Some(client) if client.generation >= stored => Ok(Some((snapshot, client))),
+            Some(client) if client.name == self.client.name && client.generation >= stored => {
+                Ok(Some((snapshot, client)))
+            }
             _ => Err(ApiError::UnknownToken),
         }
     }
