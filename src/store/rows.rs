@@ -78,7 +78,8 @@ pub struct Entry {
     /// Names of the claims the request added (never their values).
     pub claim_names: Vec<String>,
     /// The client's generation when the request was authenticated: the commit refuses the
-    /// row if the client has changed since. Not stored (0 when read back).
+    /// row if the client has changed since. Not stored (0 when read back) nor shown.
+    #[serde(skip)]
     pub client_generation: i64,
 }
 
