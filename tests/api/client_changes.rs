@@ -94,12 +94,13 @@ fn check(what: &str, samples: &[Sample], returned: Instant) {
     let last_ok = samples.iter().filter(|s| s.status == 200).map(|s| s.answered).max();
     println!(
         "{what}: {} requests; {before_ok} answered 200 before the command returned; {in_flight} in flight when it \
-         returned; {} sent after it (all 401: {}); answered 200 after it returned: {}; last 200 {:?} before it \
-         returned",
+         returned; {} sent after it (all 401: {}); answered 200 after it returned: {} (sent before it, answered \
+         up to {:?} after); last 200 {:?} before it returned",
         samples.len(),
         after.len(),
         after.iter().all(|s| s.status == 401),
         late.len(),
+        late.iter().map(|s| s.answered - returned).max().unwrap_or_default(),
         last_ok.map(|at| returned.saturating_duration_since(at)),
     );
     assert!(before_ok > 20, "{what}: the load did not get going ({before_ok} answered 200 before)");
