@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod keys;
+pub mod master_key;
 pub mod ops;
 pub mod partner;
 pub mod policy;

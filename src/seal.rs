@@ -100,6 +100,11 @@ impl MasterKey {
         &self.id
     }
 
+    /// The raw key, for the keyring that carries it sealed under the master key.
+    pub(crate) fn bytes(&self) -> &[u8; 32] {
+        &self.key
+    }
+
     /// `KEYWARD_MASTER_KEY` if given, else the file, else (only if `may_generate`) a new
     /// random key written to the file.
     pub fn resolve(

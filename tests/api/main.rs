@@ -10,6 +10,7 @@ mod helpers;
 mod hsm;
 mod jwks;
 mod keys_and_secrets;
+mod master_key;
 mod migrate;
 mod openapi;
 mod operations;

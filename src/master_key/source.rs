@@ -1,0 +1,168 @@
+//! Where the master key comes from, behind one small interface: its id, and sealing and
+//! opening the keyring record with it.
+
+use std::fmt;
+use std::path::Path;
+
+use anyhow::Context;
+use zeroize::Zeroizing;
+
+use super::context;
+use crate::config::{Config, MasterKeyConfig, MasterKeySpec, MASTER_KEY_ENV};
+use crate::seal::{MasterKey, MasterKeyOrigin};
+
+/// A master key, as its source holds it.
+#[derive(Clone)]
+pub enum RootKey {
+    /// 32 bytes held in the process, read from a variable or a file.
+    Local {
+        /// The key.
+        key: MasterKey,
+        /// `env` or `file`.
+        source: &'static str,
+        /// Which variable or file, for the logs and `master-key status`.
+        origin: String,
+    },
+}
+
+impl fmt::Debug for RootKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RootKey {{ {} from {} }}", self.id(), self.origin())
+    }
+}
+
+impl RootKey {
+    /// A key read from a variable or file (`source` is `env` or `file`).
+    pub fn local(key: MasterKey, source: &'static str, origin: impl Into<String>) -> Self {
+        RootKey::Local { key, source, origin: origin.into() }
+    }
+
+    /// The id stored beside the keyring record it seals.
+    pub fn id(&self) -> String {
+        match self {
+            RootKey::Local { key, .. } => key.id().to_owned(),
+        }
+    }
+
+    /// The kind of source: `env`, `file`.
+    pub fn source(&self) -> &'static str {
+        match self {
+            RootKey::Local { source, .. } => source,
+        }
+    }
+
+    /// Which variable, file, token or Vault key, without any secret.
+    pub fn origin(&self) -> &str {
+        match self {
+            RootKey::Local { origin, .. } => origin,
+        }
+    }
+
+    /// The key itself when the process holds it (a database made before the keyring sealed
+    /// its rows with it).
+    pub fn local_key(&self) -> Option<&MasterKey> {
+        match self {
+            RootKey::Local { key, .. } => Some(key),
+        }
+    }
+
+    /// Seals the keyring `plaintext` whose record lists the terms `ids`.
+    pub async fn wrap(&self, plaintext: &[u8], ids: &str) -> anyhow::Result<Vec<u8>> {
+        match self {
+            RootKey::Local { key, .. } => Ok(key.seal(plaintext, &context(ids))?),
+        }
+    }
+
+    /// Opens a keyring record sealed by [`RootKey::wrap`] with the same `ids`.
+    pub async fn unwrap(&self, blob: &[u8], ids: &str) -> anyhow::Result<Zeroizing<Vec<u8>>> {
+        match self {
+            RootKey::Local { key, .. } => Ok(key.open(blob, &context(ids))?),
+        }
+    }
+}
+
+/// The master key a process runs with, and during a rotation the one it replaces.
+#[derive(Clone, Debug)]
+pub struct Roots {
+    /// Seals the keyring from now on.
+    pub current: RootKey,
+    /// Opens a keyring not yet rotated to `current` (`[master_key.previous]`).
+    pub previous: Option<RootKey>,
+}
+
+impl Roots {
+    /// The root whose id is `id`.
+    pub fn by_id(&self, id: &str) -> Option<&RootKey> {
+        std::iter::once(&self.current).chain(&self.previous).find(|root| root.id() == id)
+    }
+
+    /// `ID (ORIGIN)` of each configured key, for refusals.
+    pub fn describe(&self) -> String {
+        let mut text = format!("{} ({})", self.current.id(), self.current.origin());
+        if let Some(previous) = &self.previous {
+            text.push_str(&format!(" and previous master key {} ({})", previous.id(), previous.origin()));
+        }
+        text
+    }
+}
+
+impl From<MasterKey> for Roots {
+    fn from(key: MasterKey) -> Self {
+        Roots { current: RootKey::local(key, "env", "the key given to the process"), previous: None }
+    }
+}
+
+impl Roots {
+    /// The master keys `config` names: `[master_key]` (and `[master_key.previous]`), or
+    /// without it `KEYWARD_MASTER_KEY`, else `[server] master_key_file`. A missing key file
+    /// is generated only if `may_generate` (a new database, where development keys are allowed).
+    pub fn from_config(
+        config: &Config,
+        env: impl Fn(&str) -> Option<String>,
+        may_generate: bool,
+    ) -> anyhow::Result<(Roots, MasterKeyOrigin)> {
+        let (current, origin) = match config.master_key.as_deref() {
+            Some(table) => resolve(table, "[master_key]", &env, may_generate)?,
+            None => {
+                let file = &config.server.master_key_file;
+                let (key, origin) = MasterKey::resolve(env(MASTER_KEY_ENV).as_deref(), file, may_generate)?;
+                let root = match &origin {
+                    MasterKeyOrigin::Environment => RootKey::local(key, "env", format!("variable {MASTER_KEY_ENV}")),
+                    MasterKeyOrigin::File(path) | MasterKeyOrigin::Generated(path) => {
+                        RootKey::local(key, "file", format!("file {}", path.display()))
+                    }
+                };
+                (root, origin)
+            }
+        };
+        let previous = match config.master_key.as_deref().and_then(|t| t.previous.as_deref()) {
+            Some(table) => Some(resolve(table, "[master_key.previous]", &env, false)?.0),
+            None => None,
+        };
+        Ok((Roots { current, previous }, origin))
+    }
+}
+
+fn resolve(
+    table: &MasterKeyConfig,
+    name: &str,
+    env: &impl Fn(&str) -> Option<String>,
+    may_generate: bool,
+) -> anyhow::Result<(RootKey, MasterKeyOrigin)> {
+    match table.spec() {
+        MasterKeySpec::Env(variable) => {
+            let value =
+                Zeroizing::new(env(&variable).with_context(|| {
+                    format!("{name} source = \"env\" reads the variable {variable}, which is not set")
+                })?);
+            let key = MasterKey::from_base64(&value, &variable)?;
+            Ok((RootKey::local(key, "env", format!("variable {variable}")), MasterKeyOrigin::Environment))
+        }
+        MasterKeySpec::File(path) => file_key(&path, may_generate),
+    }
+}
+
+fn file_key(path: &Path, may_generate: bool) -> anyhow::Result<(RootKey, MasterKeyOrigin)> {
+    let (key, origin) = MasterKey::resolve(None, path, may_generate)?;
+    Ok((RootKey::local(key, "file", format!("file {}", path.display())), origin))
+}

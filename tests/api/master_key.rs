@@ -1,0 +1,358 @@
+//! The master key as a keyring: rotated online, everything re-sealed under fresh key
+//! material (resumable after kill -9), nothing left that the old material opens, and the
+//! status report; on SQLite and PostgreSQL.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use keyward::config::{Config, MasterKeyConfig, MasterKeySource};
+use keyward::keys::Algorithm;
+use keyward::master_key::{Keyring, Roots};
+use keyward::ops::master_key;
+use keyward::seal::MasterKey;
+use keyward::startup::Application;
+use keyward::store::rows::SealedKind;
+use keyward::store::Store;
+use serde_json::{json, Value};
+
+use crate::helpers::{keyward_bare, now, on_both_stores, partner_api, spawn_in, test_config, text, Backend, TestApp};
+use crate::verify::verify;
+
+const PROFILE: &str = "npm-sandbox";
+const JWKS: &str = "/.well-known/jwks.json";
+const SECRET: &[u8] = b"a-partner-secret-of-forty-bytes-or-more-0123456789";
+
+/// A master key in a 0600 file in `dir`, as a secrets manager would mount it.
+pub(crate) fn key_file(dir: &Path, name: &str) -> (PathBuf, MasterKey) {
+    let bytes: [u8; 32] = rand::random();
+    let path = dir.join(name);
+    std::fs::write(&path, STANDARD.encode(bytes)).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    (path, MasterKey::from_bytes(bytes))
+}
+
+fn file_table(path: &Path) -> MasterKeyConfig {
+    MasterKeyConfig { source: MasterKeySource::File, variable: None, file: Some(path.to_owned()), previous: None }
+}
+
+/// `[master_key]` from `current`, with `[master_key.previous]` from `previous`.
+pub(crate) fn with_keys(config: &Config, current: &Path, previous: Option<&Path>) -> Config {
+    let mut config = config.clone();
+    let mut table = file_table(current);
+    table.previous = previous.map(|p| Box::new(file_table(p)));
+    config.master_key = Some(Box::new(table));
+    config
+}
+
+/// The keyward binary with `config` written to `dir/name.toml`.
+pub(crate) fn cli(dir: &Path, config: &Config, args: &[&str]) -> Output {
+    let file = dir.join(format!("keys-{}.toml", rand::random::<u32>()));
+    std::fs::write(&file, toml::to_string(config).unwrap()).unwrap();
+    let mut all = vec!["--config", file.to_str().unwrap()];
+    all.extend_from_slice(args);
+    keyward_bare(dir, &all).output().unwrap()
+}
+
+fn cli_ok(dir: &Path, config: &Config, args: &[&str]) -> String {
+    let out = cli(dir, config, args);
+    assert!(out.status.success(), "keyward {args:?}: {}", text(&out.stderr));
+    text(&out.stderr) + &text(&out.stdout)
+}
+
+/// A configuration over a new database of `backend`, ES256 for speed, with a
+/// shared-secret profile so that secrets are sealed too.
+async fn base_config(backend: Backend, dir: &Path) -> Config {
+    let mut config = test_config(dir);
+    config.key_sets[0].algorithm = Algorithm::Es256;
+    config.profiles.push(partner_api());
+    config.server.database_url = backend.new_database_url(dir).await;
+    config
+}
+
+async fn signs_and_verifies(app: &TestApp, token: &str) {
+    let body = app.sign_ok(PROFILE, token, &json!({"sub": "acct-1"})).await;
+    let jwks = app.jwks(JWKS).await;
+    verify(body["token"].as_str().unwrap(), &jwks).expect("the token verifies against the published JWKS");
+}
+
+/// The context every sealed value is bound to, as keyward seals it.
+fn context_of(kind: SealedKind, name: &str, key_set: &str, algorithm: &str) -> Vec<String> {
+    match kind {
+        SealedKind::Key => vec![name.to_owned(), key_set.to_owned(), algorithm.to_owned()],
+        SealedKind::Secret => vec!["profile-secret".to_owned(), name.to_owned()],
+    }
+}
+
+/// Every sealed value of the store: (kind, row, context, blob, sealed by).
+async fn sealed_values(store: &Store) -> Vec<(Vec<String>, Vec<u8>, String)> {
+    store
+        .sealed_not_under("", 1_000_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| (context_of(i.kind, &i.name, &i.key_set, &i.algorithm), i.blob, i.sealed_by))
+        .collect()
+}
+
+/// The bytes of the files that hold the tables with sealed values: SQLite's database and
+/// log; PostgreSQL's relation files of keys, secrets and keyring (after a checkpoint).
+async fn stored_bytes(store: &Store, dir: &Path) -> Vec<u8> {
+    match store {
+        Store::Sqlite(_) => crate::helpers::database_bytes(dir),
+        Store::Postgres(pg) => {
+            sqlx::query("CHECKPOINT").execute(pg.pool()).await.unwrap();
+            let data: String = sqlx::query_scalar("SHOW data_directory").fetch_one(pg.pool()).await.unwrap();
+            let files: Vec<String> = sqlx::query_scalar(
+                "SELECT pg_relation_filepath(c.oid) FROM pg_class c WHERE c.oid IN \
+                 (SELECT oid FROM pg_class WHERE relname IN ('keys', 'secrets', 'keyring') \
+                  UNION SELECT reltoastrelid FROM pg_class WHERE relname IN ('keys', 'secrets', 'keyring'))",
+            )
+            .fetch_all(pg.pool())
+            .await
+            .unwrap();
+            let mut bytes = Vec::new();
+            for file in files {
+                let path = Path::new(&data).join(file);
+                // A relation may have several 1 GB segments and a free-space map: read them all.
+                let folder = path.parent().unwrap();
+                let stem = path.file_name().unwrap().to_str().unwrap().to_owned();
+                for entry in std::fs::read_dir(folder).unwrap().flatten() {
+                    let name = entry.file_name().to_string_lossy().to_string();
+                    if name == stem || name.starts_with(&format!("{stem}.")) || name.starts_with(&format!("{stem}_")) {
+                        bytes.extend(std::fs::read(entry.path()).unwrap());
+                    }
+                }
+            }
+            assert!(!bytes.is_empty(), "found no relation files");
+            bytes
+        }
+    }
+}
+
+fn holds(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+on_both_stores! {
+    async fn the_master_key_rotates_online_and_then_only_the_new_key_opens_the_database(backend: Backend) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = base_config(backend, dir.path()).await;
+        let (old_path, old) = key_file(dir.path(), "old.key");
+        let (new_path, new) = key_file(dir.path(), "new.key");
+        let old_only = with_keys(&config, &old_path, None);
+        let rotating = with_keys(&config, &new_path, Some(&old_path));
+        let new_only = with_keys(&config, &new_path, None);
+
+        let app = spawn_in(tempfile::tempdir().unwrap(), old_only.clone(), old.clone()).await;
+        let token = app.client("backend", &[PROFILE]).await;
+        signs_and_verifies(&app, &token).await;
+        keyward::ops::secrets::set(&app.store, &app.keyring(), &app.config, "partner-api", SECRET, now()).await.unwrap();
+
+        // The servers were given the new key beside the old one: check-config says so.
+        let checked = cli_ok(dir.path(), &rotating, &["check-config"]);
+        assert!(checked.contains(&format!("still sealed with the previous master key {}", old.id())), "{checked}");
+        let started = Instant::now();
+        let rotated = cli_ok(dir.path(), &rotating, &["master-key", "rotate"]);
+        println!("rotation took {:?} ({backend:?})", started.elapsed());
+        assert!(rotated.contains(new.id()) && rotated.contains(old.id()), "{rotated}");
+        let again = cli_ok(dir.path(), &rotating, &["master-key", "rotate"]);
+        assert!(again.contains("nothing to do"), "{again}");
+
+        // The running server (started with the old key only) signs on, and makes new keys.
+        signs_and_verifies(&app, &token).await;
+        app.force_rotate().await;
+        signs_and_verifies(&app, &token).await;
+
+        let status: Value = serde_json::from_str(&text(&cli(dir.path(), &new_only, &["master-key", "status", "--json"]).stdout)).unwrap();
+        assert_eq!(status["master_key_id"], new.id());
+        assert_eq!(status["source"], "file");
+        assert_eq!(status["needs_old_key"], json!([]), "{status}");
+        assert!(status["rotated_at"].as_i64().unwrap() >= now() - 60);
+        assert!(status["terms"][0]["sealed"].as_i64().unwrap() >= 3, "{status}");
+
+        // Only the old key: refused, naming the id it needs, changing nothing.
+        let before = sealed_values(&app.store).await;
+        let err = Application::build(old_only.clone(), old.clone(), 1).await.err().expect("the old key alone must be refused");
+        let message = format!("{err:#}");
+        assert!(message.contains(&format!("sealed with master key {}", new.id())) && message.contains("nothing was changed"), "{message}");
+        let out = cli(dir.path(), &old_only, &["check-config"]);
+        assert!(!out.status.success());
+        assert!(text(&out.stderr).contains(new.id()), "{}", text(&out.stderr));
+        assert_eq!(sealed_values(&app.store).await, before);
+
+        // Only the new key: starts, signs, verifies.
+        cli_ok(dir.path(), &new_only, &["check-config"]);
+        let fresh = spawn_in(tempfile::tempdir().unwrap(), new_only.clone(), new.clone()).await;
+        signs_and_verifies(&fresh, &token).await;
+    }
+
+    async fn a_reseal_leaves_nothing_that_the_old_key_material_opens(backend: Backend) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = base_config(backend, dir.path()).await;
+        let (old_path, old) = key_file(dir.path(), "old.key");
+        let (new_path, new) = key_file(dir.path(), "new.key");
+        let rotating = with_keys(&config, &new_path, Some(&old_path));
+        let new_only = with_keys(&config, &new_path, None);
+        let first = spawn_in(tempfile::tempdir().unwrap(), with_keys(&config, &old_path, None), old.clone()).await;
+        let token = first.client("backend", &[PROFILE]).await;
+        keyward::ops::secrets::set(&first.store, &first.keyring(), &first.config, "partner-api", SECRET, now()).await.unwrap();
+        first.force_rotate().await;
+        let old_keyring: Keyring = (*first.keyring()).clone();
+        let old_term = old_keyring.active().key.clone();
+        let old_values = sealed_values(&first.store).await;
+        assert!(old_values.len() >= 4, "keys and a secret are sealed");
+
+        cli_ok(dir.path(), &rotating, &["master-key", "rotate"]);
+        // A server started with the new key only, running through the re-seal.
+        let app = spawn_in(tempfile::tempdir().unwrap(), new_only.clone(), new.clone()).await;
+        let out = cli_ok(dir.path(), &new_only, &["master-key", "reseal", "--settle", "1s"]);
+        assert!(out.contains("every sealed value is under term 2"), "{out}");
+
+        // The scan: the old term opens no sealed value, and no old id or blob is stored.
+        let values = sealed_values(&app.store).await;
+        assert_eq!(values.len(), old_values.len());
+        for (context, blob, sealed_by) in &values {
+            let context: Vec<&str> = context.iter().map(String::as_str).collect();
+            assert!(old_term.open(blob, &context).is_err(), "the old term opens {context:?}");
+            assert!(old_keyring.open(blob, &context, sealed_by).is_err());
+            assert_ne!(sealed_by, old_term.id());
+        }
+        let bytes = stored_bytes(&app.store, dir.path()).await;
+        for id in [old_term.id(), old.id()] {
+            assert!(!holds(&bytes, id.as_bytes()), "{id} is still in the stored files ({backend:?})");
+        }
+        for (_, blob, _) in &old_values {
+            assert!(!holds(&bytes, &blob[1..25]), "a blob sealed under the old term is still stored ({backend:?})");
+        }
+
+        // The running server loaded the new term: it signs, and seals new keys under it.
+        app.eventually(Duration::from_secs(10), || async { app.keyring().active().number == 2 }).await;
+        assert_eq!(app.keyring().active().number, 2);
+        app.force_rotate().await;
+        signs_and_verifies(&app, &token).await;
+        // The first server, which has only the old key, keeps signing with what it holds, and
+        // says why it is not ready.
+        signs_and_verifies(&first, &token).await;
+        let ready = reqwest::get(format!("{}/readyz", first.public)).await.unwrap();
+        assert_eq!(ready.status(), 503);
+        let reason = ready.text().await.unwrap();
+        assert!(reason.contains("keyring"), "{reason}");
+
+        let status: Value = serde_json::from_str(&text(&cli(dir.path(), &new_only, &["master-key", "status", "--json"]).stdout)).unwrap();
+        assert_eq!(status["terms"].as_array().unwrap().len(), 1, "{status}");
+        assert_eq!(status["terms"][0]["number"], 2);
+        assert_eq!(status["needs_old_key"], json!([]), "{status}");
+        let again = cli_ok(dir.path(), &new_only, &["master-key", "status"]);
+        assert!(again.contains("nothing needs an older master key"), "{again}");
+
+        // A backup taken now opens with the new key alone.
+        if backend == Backend::Sqlite {
+            let backup = dir.path().join("after.db");
+            cli_ok(dir.path(), &new_only, &["backup", backup.to_str().unwrap()]);
+            let copy = Store::open(&backup).await.unwrap();
+            let keyring = master_key::open(&copy, &Roots::from(new.clone()), now()).await.unwrap();
+            for (context, blob, sealed_by) in sealed_values(&copy).await {
+                let context: Vec<&str> = context.iter().map(String::as_str).collect();
+                keyring.open(&blob, &context, &sealed_by).unwrap();
+            }
+            assert!(master_key::open(&copy, &Roots::from(old.clone()), now()).await.is_err());
+        }
+    }
+
+    async fn a_reseal_killed_mid_way_finishes_when_run_again(backend: Backend) {
+        const ITEMS: usize = 10_000;
+        let dir = tempfile::tempdir().unwrap();
+        let config = base_config(backend, dir.path()).await;
+        let (old_path, old) = key_file(dir.path(), "old.key");
+        let (new_path, new) = key_file(dir.path(), "new.key");
+        let rotating = with_keys(&config, &new_path, Some(&old_path));
+        let new_only = with_keys(&config, &new_path, None);
+        let store = Store::connect(&config.database()).await.unwrap();
+        let keyring = master_key::open(&store, &Roots::from(old.clone()), now()).await.unwrap();
+        bulk_sealed_keys(&store, &keyring, ITEMS).await;
+
+        let started = Instant::now();
+        cli_ok(dir.path(), &rotating, &["master-key", "rotate"]);
+        let rotation = started.elapsed();
+
+        // kill -9 once a few batches are in.
+        let file = dir.path().join("reseal.toml");
+        std::fs::write(&file, toml::to_string(&new_only).unwrap()).unwrap();
+        let mut child = keyward_bare(dir.path(), &["--config", file.to_str().unwrap(), "master-key", "reseal", "--settle", "0s"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut seen = 0;
+        while let Some(Ok(line)) = lines.next() {
+            if let Some(n) = line.strip_prefix("re-sealed ").and_then(|l| l.split(' ').next()).and_then(|n| n.parse::<usize>().ok()) {
+                seen = n;
+                if n >= 2_000 {
+                    break;
+                }
+            }
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!((2_000..ITEMS).contains(&seen), "killed after {seen}");
+        let counts = store.sealed_counts().await.unwrap();
+        assert_eq!(counts.len(), 2, "half done: two terms in use {counts:?}");
+
+        let started = Instant::now();
+        let out = cli_ok(dir.path(), &new_only, &["master-key", "reseal", "--settle", "0s"]);
+        let resumed = started.elapsed();
+        assert!(out.contains("every sealed value is under term 2"), "{out}");
+        let counts = store.sealed_counts().await.unwrap();
+        assert_eq!(counts.len(), 1, "{counts:?}");
+        assert_eq!(counts[0].1, ITEMS as i64);
+
+        // A whole re-seal of the 10,000, timed.
+        let started = Instant::now();
+        let out = cli_ok(dir.path(), &new_only, &["master-key", "reseal", "--settle", "0s"]);
+        let whole = started.elapsed();
+        assert!(out.contains("every sealed value is under term 3"), "{out}");
+        println!(
+            "{backend:?}: rotation {rotation:?}; re-seal of {ITEMS} sealed values {whole:?} (resuming one killed after \
+             {seen}: {resumed:?})"
+        );
+        let keyring = master_key::open(&store, &Roots::from(new), now()).await.unwrap();
+        for (context, blob, sealed_by) in sealed_values(&store).await {
+            let context: Vec<&str> = context.iter().map(String::as_str).collect();
+            keyring.open(&blob, &context, &sealed_by).unwrap();
+        }
+    }
+}
+
+/// `count` sealed keys of a key set no server serves, written straight to the table.
+async fn bulk_sealed_keys(store: &Store, keyring: &Keyring, count: usize) {
+    let der = vec![7u8; 138];
+    let rows: Vec<(String, Vec<u8>, String)> = (0..count)
+        .map(|i| {
+            let kid = format!("bulk-{i:05}");
+            let (blob, by) = keyring.seal(&der, &[&kid, "bulk", "ES256"]).unwrap();
+            (kid, blob, by)
+        })
+        .collect();
+    const INSERT: &str = "INSERT INTO keys (kid, key_set, algorithm, public_jwk, sealed_private, master_key_id, \
+         created_at) VALUES ($1, 'bulk', 'ES256', '{}', $2, $3, 0)";
+    match store {
+        Store::Sqlite(s) => {
+            let mut tx = keyward::store::sqlite::begin_write(s.pool()).await.unwrap();
+            for (kid, blob, by) in &rows {
+                sqlx::query(INSERT).bind(kid).bind(blob).bind(by).execute(&mut *tx).await.unwrap();
+            }
+            tx.commit().await.unwrap();
+        }
+        Store::Postgres(s) => {
+            let mut tx = keyward::store::postgres::WriteTx::begin(s.pool()).await.unwrap();
+            for (kid, blob, by) in &rows {
+                sqlx::query(INSERT).bind(kid).bind(blob).bind(by).execute(&mut *tx).await.unwrap();
+            }
+            tx.commit().await.unwrap();
+        }
+    }
+}
