@@ -19,7 +19,10 @@ use keyward::store::rows::SealedKind;
 use keyward::store::Store;
 use serde_json::{json, Value};
 
-use crate::helpers::{keyward_bare, now, on_both_stores, partner_api, spawn_in, test_config, text, Backend, TestApp};
+use crate::helpers::{
+    keyward_bare, now, on_both_stores, partner_api, serve_with_env, spawn_in, test_config, text, wait_healthy, Backend,
+    Serve, TestApp,
+};
 use crate::verify::verify;
 
 const PROFILE: &str = "npm-sandbox";
@@ -355,4 +358,198 @@ async fn bulk_sealed_keys(store: &Store, keyring: &Keyring, count: usize) {
             tx.commit().await.unwrap();
         }
     }
+}
+
+/// A replica started with `config` (and `env`), up and answering.
+async fn replica(dir: &Path, config: &Config, env: &[(&str, &str)], http: &reqwest::Client) -> Serve {
+    let mut serve = serve_with_env(dir, config, "info", env);
+    assert!(wait_healthy(http, &mut serve).await, "a replica did not come up: {}", serve.log_text());
+    serve
+}
+
+/// Signs on `replica` and verifies the token against the JWKS it serves; the jti, or why not.
+async fn sign_and_verify(http: &reqwest::Client, replica: &Serve, token: &str, n: usize) -> Result<String, String> {
+    let response = http
+        .post(format!("{}/v1/profiles/{PROFILE}/sign", replica.internal))
+        .bearer_auth(token)
+        .json(&json!({"sub": format!("acct-{n}")}))
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await
+        .map_err(|e| format!("no answer from {}: {e}", replica.internal))?;
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    if status != 200 {
+        return Err(format!("{status} from {}: {body}", replica.internal));
+    }
+    let jwks: Value = http
+        .get(format!("{}{JWKS}", replica.public))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .json()
+        .await
+        .map_err(|e| e.to_string())?;
+    verify(body["token"].as_str().unwrap(), &jwks).map_err(|e| format!("verification failed: {e}"))?;
+    Ok(body["jti"].as_str().unwrap().to_owned())
+}
+
+/// A CLI command running beside the signing loop.
+fn spawn_cli(dir: &Path, config: &Config, args: &[&str]) -> std::process::Child {
+    let file = dir.join(format!("cli-{}.toml", rand::random::<u32>()));
+    std::fs::write(&file, toml::to_string(config).unwrap()).unwrap();
+    let mut all = vec!["--config", file.to_str().unwrap()];
+    all.extend_from_slice(args);
+    keyward_bare(dir, &all).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_one_postgres_sign_through_a_rotation_and_a_reseal_then_start_with_the_new_key_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.key_sets[0].algorithm = Algorithm::Es256;
+    config.profiles.push(partner_api());
+    config.server.database_url = crate::postgres::fresh_database().await;
+    let (old_path, old) = key_file(dir.path(), "old.key");
+    let (new_path, new) = key_file(dir.path(), "new.key");
+    let old_only = with_keys(&config, &old_path, None);
+    let rotating = with_keys(&config, &new_path, Some(&old_path));
+    let new_only = with_keys(&config, &new_path, None);
+    // Replica B takes the new key from a variable instead of a file.
+    let from_env = |config: &Config| {
+        let mut config = config.clone();
+        let table = config.master_key.as_mut().unwrap();
+        table.source = MasterKeySource::Env;
+        table.file = None;
+        table.variable = Some("NEW_MASTER_KEY".to_owned());
+        config
+    };
+    let new_b64 = std::fs::read_to_string(&new_path).unwrap();
+    let env = [("NEW_MASTER_KEY", new_b64.trim())];
+    let http = reqwest::Client::new();
+    let mut replicas =
+        vec![replica(dir.path(), &old_only, &[], &http).await, replica(dir.path(), &old_only, &[], &http).await];
+    let store = Store::connect(&config.database()).await.unwrap();
+    let token = keyward::ops::clients::add(&store, &config, "backend", &[PROFILE.to_owned()], false, now())
+        .await
+        .unwrap()
+        .to_string();
+    let admin = keyward::ops::clients::add(&store, &config, "ops", &[], true, now()).await.unwrap().to_string();
+    keyward::ops::secrets::set(
+        &store,
+        &master_key::open(&store, &Roots::from(old.clone()), now()).await.unwrap(),
+        &config,
+        "partner-api",
+        SECRET,
+        now(),
+    )
+    .await
+    .unwrap();
+
+    // Steps, each taken once the one before finished, while both replicas (or the one up)
+    // sign in a loop: give each replica the new key beside the old (a restart each, one at
+    // a time), rotate, re-seal (with a key made by a replica meanwhile), then sign on a while.
+    let (mut issued, mut failures) = (Vec::<String>::new(), Vec::<String>::new());
+    let mut step = 0;
+    let mut command: Option<std::process::Child> = None;
+    let mut finished_at: Option<Instant> = None;
+    let mut n = 0usize;
+    let started = Instant::now();
+    while finished_at.is_none_or(|at| at.elapsed() < Duration::from_secs(2)) {
+        assert!(started.elapsed() < Duration::from_secs(240), "the steps did not finish (step {step})");
+        n += 1;
+        let target = &replicas[n % replicas.len()];
+        match sign_and_verify(&http, target, &token, n).await {
+            Ok(jti) => issued.push(jti),
+            Err(why) => failures.push(why),
+        }
+        if !n.is_multiple_of(10) {
+            continue;
+        }
+        match step {
+            0 | 1 => {
+                // Replica `step` restarts with both keys; the other signs meanwhile.
+                replicas[step].terminate(Duration::from_secs(15)).await.expect("a replica stops on SIGTERM");
+                let with_both = if step == 1 { from_env(&rotating) } else { rotating.clone() };
+                replicas[step] = replica(dir.path(), &with_both, &env, &http).await;
+                step += 1;
+            }
+            2 => {
+                command = Some(spawn_cli(dir.path(), &rotating, &["master-key", "rotate"]));
+                step += 1;
+            }
+            3 | 5 => {
+                let child = command.as_mut().unwrap();
+                if let Some(status) = child.try_wait().unwrap() {
+                    let mut stderr = String::new();
+                    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+                    assert!(status.success(), "{stderr}");
+                    command = match step {
+                        3 => Some(spawn_cli(dir.path(), &new_only, &["master-key", "reseal", "--settle", "2s"])),
+                        _ => None,
+                    };
+                    if step == 5 {
+                        finished_at = Some(Instant::now());
+                    }
+                    step += 1;
+                }
+            }
+            4 => {
+                // A key made by a running replica during the re-seal.
+                let rotated = http
+                    .post(format!("{}/v1/key-sets/{}/rotate", replicas[0].internal, config.key_sets[0].name))
+                    .bearer_auth(&admin)
+                    .json(&json!({"force": true}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(rotated.status(), 200, "{}", rotated.text().await.unwrap());
+                step += 1;
+            }
+            _ => {}
+        }
+    }
+    println!(
+        "two replicas: {} tokens issued and verified through rotation and re-seal, {} failures",
+        issued.len(),
+        failures.len()
+    );
+    assert!(failures.is_empty(), "{failures:#?}");
+    let rows: std::collections::HashSet<String> = store
+        .issuance(&keyward::store::rows::Filter::default(), 1_000_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.jti)
+        .collect();
+    let missing: Vec<&String> = issued.iter().filter(|jti| !rows.contains(*jti)).collect();
+    assert!(missing.is_empty(), "200s without a ledger row: {missing:?}");
+    let counts = store.sealed_counts().await.unwrap();
+    assert_eq!(counts.len(), 1, "everything under one term: {counts:?}");
+
+    // The old key is gone: both replicas start with the new key alone, sign, and verify.
+    for serve in &mut replicas {
+        serve.terminate(Duration::from_secs(15)).await.expect("a replica stops on SIGTERM");
+    }
+    let fresh = [
+        replica(dir.path(), &new_only, &[], &http).await,
+        replica(dir.path(), &from_env(&new_only), &env, &http).await,
+    ];
+    for (i, serve) in fresh.iter().enumerate() {
+        sign_and_verify(&http, serve, &token, i).await.unwrap();
+    }
+    let status: Value = http
+        .get(format!("{}/v1/master-key", fresh[1].internal))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["master_key_id"], new.id());
+    assert_eq!(status["needs_old_key"], json!([]), "{status}");
+    assert_eq!(status["terms"][0]["number"], 2, "{status}");
+    let metrics = http.get(format!("{}/metrics", fresh[0].internal)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("keyward_master_key_age_seconds "), "{metrics}");
 }
