@@ -26,7 +26,7 @@ pub(super) async fn run(ctx: &Context) -> anyhow::Result<()> {
     let file = &config.server.master_key_file;
     let master = match (config.master_key.is_some(), &env_key, file.exists()) {
         (true, _, _) | (false, Some(_), _) | (false, None, true) => {
-            Some(Roots::from_config(config, |name| std::env::var(name).ok(), false)?.0)
+            Some(Roots::from_config(config, |name| std::env::var(name).ok(), false, false).await?.0)
         }
         (false, None, false) => None,
     };

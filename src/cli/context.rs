@@ -121,7 +121,8 @@ impl Context {
             );
         }
         let may_generate = empty && (!configured || self.settings.may_generate_master_key);
-        let (roots, origin) = Roots::from_config(self.config(), |name| std::env::var(name).ok(), may_generate)?;
+        let (roots, origin) =
+            Roots::from_config(self.config(), |name| std::env::var(name).ok(), may_generate, true).await?;
         let id = roots.current.id();
         match origin {
             MasterKeyOrigin::Environment | MasterKeyOrigin::File(_) => {

@@ -14,7 +14,7 @@ pub const MASTER_KEY_ENV: &str = "KEYWARD_MASTER_KEY";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MasterKeyConfig {
-    /// `env` or `file`.
+    /// `env`, `file` or `pkcs11`.
     pub source: MasterKeySource,
     /// `source = "env"`: the variable holding base64 of 32 bytes (default KEYWARD_MASTER_KEY).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -23,6 +23,10 @@ pub struct MasterKeyConfig {
     /// configuration file is relative to the file's folder.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<PathBuf>,
+    /// `source = "pkcs11"`: the label of the AES-256 key in the `[pkcs11]` token (generated
+    /// there, never extractable, when the token has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_label: Option<String>,
     /// During a rotation: the master key the keyring is still sealed with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<Box<MasterKeyConfig>>,
@@ -36,6 +40,8 @@ pub enum MasterKeySource {
     Env,
     /// A file.
     File,
+    /// An AES key in the `[pkcs11]` token.
+    Pkcs11,
 }
 
 /// One master key's source, as checked at start-up.
@@ -45,6 +51,8 @@ pub enum MasterKeySpec {
     Env(String),
     /// The file named.
     File(PathBuf),
+    /// The AES key with this label in the `[pkcs11]` token.
+    Pkcs11(String),
 }
 
 impl MasterKeyConfig {
@@ -55,6 +63,7 @@ impl MasterKeyConfig {
                 MasterKeySpec::Env(self.variable.clone().unwrap_or_else(|| MASTER_KEY_ENV.to_owned()))
             }
             MasterKeySource::File => MasterKeySpec::File(self.file.clone().unwrap_or_default()),
+            MasterKeySource::Pkcs11 => MasterKeySpec::Pkcs11(self.key_label.clone().unwrap_or_default()),
         }
     }
 }
@@ -62,9 +71,9 @@ impl MasterKeyConfig {
 /// Checks `[master_key]` and `[master_key.previous]`: each names what its source needs.
 pub(super) fn validate(config: &Config, source_name: &str) -> Result<(), ConfigError> {
     let Some(table) = &config.master_key else { return Ok(()) };
-    check(table, "[master_key]", source_name)?;
+    check(config, table, "[master_key]", source_name)?;
     if let Some(previous) = &table.previous {
-        check(previous, "[master_key.previous]", source_name)?;
+        check(config, previous, "[master_key.previous]", source_name)?;
         if previous.previous.is_some() {
             return Err(fail(
                 source_name,
@@ -87,11 +96,38 @@ fn fail(source_name: &str, location: &str, message: String) -> ConfigError {
     ConfigError { source_name: source_name.to_owned(), location: location.to_owned(), message }
 }
 
-fn check(table: &MasterKeyConfig, name: &str, source_name: &str) -> Result<(), ConfigError> {
+fn check(config: &Config, table: &MasterKeyConfig, name: &str, source_name: &str) -> Result<(), ConfigError> {
     let field = |f: &str| format!("{name}, field {f}");
     let misplaced =
         |f: &str, source: &str| fail(source_name, &field(f), format!("{f} belongs to source = \"{source}\""));
+    if table.source != MasterKeySource::Pkcs11 && table.key_label.is_some() {
+        return Err(misplaced("key_label", "pkcs11"));
+    }
     match table.source {
+        MasterKeySource::Pkcs11 => {
+            if table.file.is_some() {
+                return Err(misplaced("file", "file"));
+            }
+            if table.variable.is_some() {
+                return Err(misplaced("variable", "env"));
+            }
+            if table.key_label.as_ref().is_none_or(|l| l.trim().is_empty()) {
+                return Err(fail(
+                    source_name,
+                    &field("key_label"),
+                    "source = \"pkcs11\" needs key_label = \"LABEL\" (the AES key in the token)".to_owned(),
+                ));
+            }
+            if config.pkcs11.is_none() {
+                return Err(fail(
+                    source_name,
+                    &field("source"),
+                    "source = \"pkcs11\" uses the token of the [pkcs11] table (module, token_label, and the PIN in \
+                     pin_file or KEYWARD_PKCS11_PIN), which is missing"
+                        .to_owned(),
+                ));
+            }
+        }
         MasterKeySource::Env => {
             if table.file.is_some() {
                 return Err(misplaced("file", "file"));

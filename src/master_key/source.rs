@@ -3,12 +3,14 @@
 
 use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::Context;
 use zeroize::Zeroizing;
 
 use super::context;
-use crate::config::{Config, MasterKeyConfig, MasterKeySpec, MASTER_KEY_ENV};
+use crate::config::{Config, MasterKeyConfig, MasterKeySpec, MASTER_KEY_ENV, PIN_ENV};
+use crate::keys::custody::pkcs11::Token;
 use crate::seal::{MasterKey, MasterKeyOrigin};
 
 /// A master key, as its source holds it.
@@ -22,6 +24,15 @@ pub enum RootKey {
         source: &'static str,
         /// Which variable or file, for the logs and `master-key status`.
         origin: String,
+    },
+    /// An AES-256 key inside a PKCS#11 token, used through it.
+    Pkcs11 {
+        /// The token.
+        token: Arc<Token>,
+        /// The key's label.
+        label: String,
+        /// `pkcs11:` and the key's `CKA_ID`.
+        id: String,
     },
 }
 
@@ -41,6 +52,7 @@ impl RootKey {
     pub fn id(&self) -> String {
         match self {
             RootKey::Local { key, .. } => key.id().to_owned(),
+            RootKey::Pkcs11 { id, .. } => id.clone(),
         }
     }
 
@@ -48,13 +60,15 @@ impl RootKey {
     pub fn source(&self) -> &'static str {
         match self {
             RootKey::Local { source, .. } => source,
+            RootKey::Pkcs11 { .. } => "pkcs11",
         }
     }
 
     /// Which variable, file, token or Vault key, without any secret.
-    pub fn origin(&self) -> &str {
+    pub fn origin(&self) -> String {
         match self {
-            RootKey::Local { origin, .. } => origin,
+            RootKey::Local { origin, .. } => origin.clone(),
+            RootKey::Pkcs11 { token, label, .. } => format!("key {label:?} in PKCS#11 token {:?}", token.label()),
         }
     }
 
@@ -63,6 +77,7 @@ impl RootKey {
     pub fn local_key(&self) -> Option<&MasterKey> {
         match self {
             RootKey::Local { key, .. } => Some(key),
+            RootKey::Pkcs11 { .. } => None,
         }
     }
 
@@ -70,6 +85,11 @@ impl RootKey {
     pub async fn wrap(&self, plaintext: &[u8], ids: &str) -> anyhow::Result<Vec<u8>> {
         match self {
             RootKey::Local { key, .. } => Ok(key.seal(plaintext, &context(ids))?),
+            RootKey::Pkcs11 { token, label, id } => {
+                let (token, label, plaintext, aad) =
+                    (Arc::clone(token), label.clone(), Zeroizing::new(plaintext.to_vec()), aad(ids, id));
+                Ok(tokio::task::spawn_blocking(move || token.aes_gcm_seal(&label, &plaintext, &aad)).await??)
+            }
         }
     }
 
@@ -77,6 +97,10 @@ impl RootKey {
     pub async fn unwrap(&self, blob: &[u8], ids: &str) -> anyhow::Result<Zeroizing<Vec<u8>>> {
         match self {
             RootKey::Local { key, .. } => Ok(key.open(blob, &context(ids))?),
+            RootKey::Pkcs11 { token, label, id } => {
+                let (token, label, blob, aad) = (Arc::clone(token), label.clone(), blob.to_vec(), aad(ids, id));
+                Ok(tokio::task::spawn_blocking(move || token.aes_gcm_open(&label, &blob, &aad)).await??)
+            }
         }
     }
 }
@@ -115,14 +139,16 @@ impl From<MasterKey> for Roots {
 impl Roots {
     /// The master keys `config` names: `[master_key]` (and `[master_key.previous]`), or
     /// without it `KEYWARD_MASTER_KEY`, else `[server] master_key_file`. A missing key file
-    /// is generated only if `may_generate` (a new database, where development keys are allowed).
-    pub fn from_config(
+    /// is generated only if `may_generate` (a new database, where development keys are allowed);
+    /// a missing PKCS#11 key only if `make_token_key` (`[master_key]` only, never the previous).
+    pub async fn from_config(
         config: &Config,
         env: impl Fn(&str) -> Option<String>,
         may_generate: bool,
+        make_token_key: bool,
     ) -> anyhow::Result<(Roots, MasterKeyOrigin)> {
         let (current, origin) = match config.master_key.as_deref() {
-            Some(table) => resolve(table, "[master_key]", &env, may_generate)?,
+            Some(table) => resolve(config, table, "[master_key]", &env, may_generate, make_token_key).await?,
             None => {
                 let file = &config.server.master_key_file;
                 let (key, origin) = MasterKey::resolve(env(MASTER_KEY_ENV).as_deref(), file, may_generate)?;
@@ -136,20 +162,37 @@ impl Roots {
             }
         };
         let previous = match config.master_key.as_deref().and_then(|t| t.previous.as_deref()) {
-            Some(table) => Some(resolve(table, "[master_key.previous]", &env, false)?.0),
+            Some(table) => Some(resolve(config, table, "[master_key.previous]", &env, false, false).await?.0),
             None => None,
         };
         Ok((Roots { current, previous }, origin))
     }
 }
 
-fn resolve(
+async fn resolve(
+    config: &Config,
     table: &MasterKeyConfig,
     name: &str,
     env: &impl Fn(&str) -> Option<String>,
     may_generate: bool,
+    may_make_token_key: bool,
 ) -> anyhow::Result<(RootKey, MasterKeyOrigin)> {
     match table.spec() {
+        MasterKeySpec::Pkcs11(label) => {
+            let settings = config
+                .token_settings(env(PIN_ENV).as_deref())?
+                .with_context(|| format!("{name} source = \"pkcs11\" needs a [pkcs11] table"))?;
+            let token = tokio::task::spawn_blocking(move || Token::open(settings)).await??;
+            let (found, label) = {
+                let (token, label) = (Arc::clone(&token), label.clone());
+                tokio::task::spawn_blocking(move || (token.aes_key(&label, may_make_token_key), label)).await?
+            };
+            let id = found?.with_context(|| {
+                format!("{name} key_label: PKCS#11 token {:?} holds no AES key labelled {label:?}", token.label())
+            })?;
+            let origin = MasterKeyOrigin::Environment;
+            Ok((RootKey::Pkcs11 { token, label, id: format!("pkcs11:{id}") }, origin))
+        }
         MasterKeySpec::Env(variable) => {
             let value =
                 Zeroizing::new(env(&variable).with_context(|| {
@@ -165,4 +208,15 @@ fn resolve(
 fn file_key(path: &Path, may_generate: bool) -> anyhow::Result<(RootKey, MasterKeyOrigin)> {
     let (key, origin) = MasterKey::resolve(None, path, may_generate)?;
     Ok((RootKey::local(key, "file", format!("file {}", path.display())), origin))
+}
+
+/// The associated data of a keyring sealed by a key outside the process: its record's
+/// term list and the key's id, as [`crate::seal::MasterKey`] binds its own.
+fn aad(ids: &str, id: &str) -> Vec<u8> {
+    let mut aad = b"keyward.keyring.v1".to_vec();
+    for part in context(ids).iter().chain(std::iter::once(&id)) {
+        aad.extend_from_slice(&u32::try_from(part.len()).unwrap_or(u32::MAX).to_be_bytes());
+        aad.extend_from_slice(part.as_bytes());
+    }
+    aad
 }

@@ -39,7 +39,13 @@ pub(crate) fn key_file(dir: &Path, name: &str) -> (PathBuf, MasterKey) {
 }
 
 fn file_table(path: &Path) -> MasterKeyConfig {
-    MasterKeyConfig { source: MasterKeySource::File, variable: None, file: Some(path.to_owned()), previous: None }
+    MasterKeyConfig {
+        source: MasterKeySource::File,
+        variable: None,
+        file: Some(path.to_owned()),
+        key_label: None,
+        previous: None,
+    }
 }
 
 /// `[master_key]` from `current`, with `[master_key.previous]` from `previous`.
