@@ -19,3 +19,4 @@ pub mod private_files;
 pub mod seal;
 pub mod startup;
 pub mod store;
+pub mod vault;

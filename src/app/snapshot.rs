@@ -105,6 +105,8 @@ pub struct Shared {
     roots: Roots,
     /// Why the last attempt to load changed terms failed, while it fails.
     keyring_problem: std::sync::Mutex<Option<String>>,
+    /// Why the master key's source did not answer its last keep-alive, while it does not.
+    pub(super) source_problem: std::sync::Mutex<Option<String>>,
     metrics: Metrics,
     observer: Observer,
     pub(super) database_ok: AtomicBool,
@@ -165,6 +167,7 @@ impl Shared {
             custody,
             roots,
             keyring_problem: std::sync::Mutex::new(None),
+            source_problem: std::sync::Mutex::new(None),
             metrics,
             observer,
             database_ok: AtomicBool::new(true),
@@ -252,6 +255,8 @@ impl Shared {
             Err("the issuance ledger cannot commit (is the disk full or the database unreachable?)")
         } else if !self.custody.is_available() {
             Err("the PKCS#11 token does not answer")
+        } else if self.source_problem.lock().map_or(true, |p| p.is_some()) {
+            Err("the master key's source (Vault) does not answer: signing goes on with the keys already open")
         } else if self.keyring_problem.lock().map_or(true, |p| p.is_some()) {
             Err("the keyring's new terms cannot be opened with the configured master key (its source does not answer, or the server lacks the new key: see the log)")
         } else if !self.snapshot().is_ready() {

@@ -27,6 +27,33 @@ pub struct MasterKeyConfig {
     /// there, never extractable, when the token has none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_label: Option<String>,
+    /// `source = "transit"`: Vault's (or OpenBao's) address, `https://vault.example:8200`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// `source = "transit"`: the Transit key that seals the keyring.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_name: Option<String>,
+    /// `source = "transit"`: where the Transit engine is mounted (default `transit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount: Option<String>,
+    /// `source = "transit"`: the Vault namespace, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// `source = "transit"`: a CA file (PEM) for Vault's certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// `source = "transit"`: a file holding the Vault token (0600; re-read when renewing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// `source = "transit"`: the variable holding the Vault token (instead of token_file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_variable: Option<String>,
+    /// `source = "transit"`: log in with this AppRole role id (instead of a token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approle_role_id: Option<String>,
+    /// `source = "transit"`: the file holding the AppRole secret id (0600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approle_secret_id_file: Option<PathBuf>,
     /// During a rotation: the master key the keyring is still sealed with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<Box<MasterKeyConfig>>,
@@ -42,6 +69,8 @@ pub enum MasterKeySource {
     File,
     /// An AES key in the `[pkcs11]` token.
     Pkcs11,
+    /// A key of Vault's (or OpenBao's) Transit engine.
+    Transit,
 }
 
 /// One master key's source, as checked at start-up.
@@ -53,9 +82,38 @@ pub enum MasterKeySpec {
     File(PathBuf),
     /// The AES key with this label in the `[pkcs11]` token.
     Pkcs11(String),
+    /// The Transit key `key_name` at `mount` of the Vault at `address`.
+    Transit {
+        /// The address.
+        address: String,
+        /// The mount.
+        mount: String,
+        /// The key.
+        key_name: String,
+    },
 }
 
 impl MasterKeyConfig {
+    /// A table of `source` with no other field set.
+    pub fn of(source: MasterKeySource) -> Self {
+        MasterKeyConfig {
+            source,
+            variable: None,
+            file: None,
+            key_label: None,
+            address: None,
+            key_name: None,
+            mount: None,
+            namespace: None,
+            ca_file: None,
+            token_file: None,
+            token_variable: None,
+            approle_role_id: None,
+            approle_secret_id_file: None,
+            previous: None,
+        }
+    }
+
     /// The source this table describes (checked by `validate`).
     pub fn spec(&self) -> MasterKeySpec {
         match self.source {
@@ -64,6 +122,11 @@ impl MasterKeyConfig {
             }
             MasterKeySource::File => MasterKeySpec::File(self.file.clone().unwrap_or_default()),
             MasterKeySource::Pkcs11 => MasterKeySpec::Pkcs11(self.key_label.clone().unwrap_or_default()),
+            MasterKeySource::Transit => MasterKeySpec::Transit {
+                address: self.address.clone().unwrap_or_default(),
+                mount: self.mount.clone().unwrap_or_else(|| "transit".to_owned()),
+                key_name: self.key_name.clone().unwrap_or_default(),
+            },
         }
     }
 }
@@ -103,7 +166,59 @@ fn check(config: &Config, table: &MasterKeyConfig, name: &str, source_name: &str
     if table.source != MasterKeySource::Pkcs11 && table.key_label.is_some() {
         return Err(misplaced("key_label", "pkcs11"));
     }
+    if table.source != MasterKeySource::Transit {
+        let transit_fields = [
+            ("address", table.address.is_some()),
+            ("key_name", table.key_name.is_some()),
+            ("mount", table.mount.is_some()),
+            ("namespace", table.namespace.is_some()),
+            ("ca_file", table.ca_file.is_some()),
+            ("token_file", table.token_file.is_some()),
+            ("token_variable", table.token_variable.is_some()),
+            ("approle_role_id", table.approle_role_id.is_some()),
+            ("approle_secret_id_file", table.approle_secret_id_file.is_some()),
+        ];
+        if let Some((name, _)) = transit_fields.into_iter().find(|(_, set)| *set) {
+            return Err(misplaced(name, "transit"));
+        }
+    }
     match table.source {
+        MasterKeySource::Transit => {
+            if table.file.is_some() {
+                return Err(misplaced("file", "file"));
+            }
+            if table.variable.is_some() {
+                return Err(misplaced("variable", "env"));
+            }
+            let address = table.address.as_deref().unwrap_or_default();
+            if !(address.starts_with("https://") || address.starts_with("http://")) {
+                return Err(fail(
+                    source_name,
+                    &field("address"),
+                    format!("{address:?} is not a Vault address: use https://HOST:8200"),
+                ));
+            }
+            if table.key_name.as_ref().is_none_or(|k| k.trim().is_empty()) {
+                return Err(fail(source_name, &field("key_name"), "source = \"transit\" needs key_name".to_owned()));
+            }
+            let logins = [table.token_file.is_some(), table.token_variable.is_some(), table.approle_role_id.is_some()];
+            if logins.iter().filter(|set| **set).count() != 1 {
+                return Err(fail(
+                    source_name,
+                    &field("token_file"),
+                    "source = \"transit\" needs exactly one login: token_file, token_variable, or approle_role_id \
+                     with approle_secret_id_file"
+                        .to_owned(),
+                ));
+            }
+            if table.approle_role_id.is_some() != table.approle_secret_id_file.is_some() {
+                return Err(fail(
+                    source_name,
+                    &field("approle_secret_id_file"),
+                    "an AppRole login needs both approle_role_id and approle_secret_id_file".to_owned(),
+                ));
+            }
+        }
         MasterKeySource::Pkcs11 => {
             if table.file.is_some() {
                 return Err(misplaced("file", "file"));
@@ -155,8 +270,10 @@ fn check(config: &Config, table: &MasterKeyConfig, name: &str, source_name: &str
 pub(super) fn resolve_relative_paths(config: &mut Config, folder: &Path) {
     let mut table = config.master_key.as_deref_mut();
     while let Some(t) = table {
-        if let Some(file) = t.file.as_mut().filter(|f| f.is_relative()) {
-            *file = folder.join(&*file);
+        for file in [&mut t.file, &mut t.ca_file, &mut t.token_file, &mut t.approle_secret_id_file] {
+            if let Some(file) = file.as_mut().filter(|f| f.is_relative()) {
+                *file = folder.join(&*file);
+            }
         }
         table = t.previous.as_deref_mut();
     }

@@ -12,6 +12,7 @@ use super::context;
 use crate::config::{Config, MasterKeyConfig, MasterKeySpec, MASTER_KEY_ENV, PIN_ENV};
 use crate::keys::custody::pkcs11::Token;
 use crate::seal::{MasterKey, MasterKeyOrigin};
+use crate::vault::{Vault, VaultAuth, VaultSettings};
 
 /// A master key, as its source holds it.
 #[derive(Clone)]
@@ -34,6 +35,16 @@ pub enum RootKey {
         /// `pkcs11:` and the key's `CKA_ID`.
         id: String,
     },
+    /// A key of Vault's Transit engine: the keyring is sealed locally under a fresh data
+    /// key, which Transit encrypts.
+    Transit {
+        /// The logged-in client.
+        vault: Arc<Vault>,
+        /// The engine's mount.
+        mount: String,
+        /// The key's name.
+        key: String,
+    },
 }
 
 impl fmt::Debug for RootKey {
@@ -53,6 +64,7 @@ impl RootKey {
         match self {
             RootKey::Local { key, .. } => key.id().to_owned(),
             RootKey::Pkcs11 { id, .. } => id.clone(),
+            RootKey::Transit { mount, key, .. } => format!("transit:{mount}/{key}"),
         }
     }
 
@@ -61,6 +73,7 @@ impl RootKey {
         match self {
             RootKey::Local { source, .. } => source,
             RootKey::Pkcs11 { .. } => "pkcs11",
+            RootKey::Transit { .. } => "transit",
         }
     }
 
@@ -69,6 +82,7 @@ impl RootKey {
         match self {
             RootKey::Local { origin, .. } => origin.clone(),
             RootKey::Pkcs11 { token, label, .. } => format!("key {label:?} in PKCS#11 token {:?}", token.label()),
+            RootKey::Transit { vault, mount, key } => format!("Transit key {mount}/{key} at {}", vault.address()),
         }
     }
 
@@ -77,7 +91,7 @@ impl RootKey {
     pub fn local_key(&self) -> Option<&MasterKey> {
         match self {
             RootKey::Local { key, .. } => Some(key),
-            RootKey::Pkcs11 { .. } => None,
+            RootKey::Pkcs11 { .. } | RootKey::Transit { .. } => None,
         }
     }
 
@@ -90,6 +104,13 @@ impl RootKey {
                     (Arc::clone(token), label.clone(), Zeroizing::new(plaintext.to_vec()), aad(ids, id));
                 Ok(tokio::task::spawn_blocking(move || token.aes_gcm_seal(&label, &plaintext, &aad)).await??)
             }
+            RootKey::Transit { vault, mount, key } => {
+                let data_key = MasterKey::generate();
+                let sealed = data_key.seal(plaintext, &context(ids))?;
+                let wrapped = vault.transit_encrypt(mount, key, data_key.bytes()).await?;
+                let length = u32::try_from(wrapped.len()).context("Transit's ciphertext is too long")?;
+                Ok([length.to_be_bytes().as_slice(), wrapped.as_bytes(), &sealed].concat())
+            }
         }
     }
 
@@ -101,6 +122,26 @@ impl RootKey {
                 let (token, label, blob, aad) = (Arc::clone(token), label.clone(), blob.to_vec(), aad(ids, id));
                 Ok(tokio::task::spawn_blocking(move || token.aes_gcm_open(&label, &blob, &aad)).await??)
             }
+            RootKey::Transit { vault, mount, key } => {
+                let (length, rest) = blob.split_at_checked(4).context("the keyring record is too short")?;
+                let length = u32::from_be_bytes(length.try_into().context("the keyring record is too short")?);
+                let (wrapped, sealed) =
+                    rest.split_at_checked(length as usize).context("the keyring record is too short")?;
+                let wrapped = std::str::from_utf8(wrapped).context("the keyring record is not Transit's")?;
+                let data_key = vault.transit_decrypt(mount, key, wrapped).await?;
+                let bytes: [u8; 32] =
+                    data_key.as_slice().try_into().context("Transit returned a data key of the wrong length")?;
+                Ok(MasterKey::from_bytes(bytes).open(sealed, &context(ids))?)
+            }
+        }
+    }
+
+    /// Keeps the source's login alive (a Vault token is renewed before it expires); an
+    /// error says the source does not answer.
+    pub async fn keep_alive(&self) -> anyhow::Result<()> {
+        match self {
+            RootKey::Transit { vault, .. } => Ok(vault.keep_alive().await?),
+            RootKey::Local { .. } | RootKey::Pkcs11 { .. } => Ok(()),
         }
     }
 }
@@ -118,6 +159,15 @@ impl Roots {
     /// The root whose id is `id`.
     pub fn by_id(&self, id: &str) -> Option<&RootKey> {
         std::iter::once(&self.current).chain(&self.previous).find(|root| root.id() == id)
+    }
+
+    /// Keeps every configured source's login alive.
+    pub async fn keep_alive(&self) -> anyhow::Result<()> {
+        self.current.keep_alive().await?;
+        if let Some(previous) = &self.previous {
+            previous.keep_alive().await?;
+        }
+        Ok(())
     }
 
     /// `ID (ORIGIN)` of each configured key, for refusals.
@@ -178,6 +228,27 @@ async fn resolve(
     may_make_token_key: bool,
 ) -> anyhow::Result<(RootKey, MasterKeyOrigin)> {
     match table.spec() {
+        MasterKeySpec::Transit { address, mount, key_name } => {
+            let auth = match (&table.token_file, &table.token_variable, &table.approle_role_id) {
+                (Some(file), _, _) => VaultAuth::TokenFile(file.clone()),
+                (None, Some(variable), _) => VaultAuth::Token(Zeroizing::new(
+                    env(variable)
+                        .with_context(|| format!("{name} token_variable names {variable}, which is not set"))?,
+                )),
+                (None, None, Some(role_id)) => VaultAuth::AppRole {
+                    mount: "approle".to_owned(),
+                    role_id: role_id.clone(),
+                    secret_id_file: table.approle_secret_id_file.clone().unwrap_or_default(),
+                },
+                (None, None, None) => anyhow::bail!("{name}: source = \"transit\" needs a token or an AppRole"),
+            };
+            let settings =
+                VaultSettings { address, namespace: table.namespace.clone(), ca_file: table.ca_file.clone(), auth };
+            let vault = Vault::new(settings).with_context(|| format!("{name} source = \"transit\""))?;
+            vault.login().await.with_context(|| format!("{name} source = \"transit\": logging in to Vault"))?;
+            let root = RootKey::Transit { vault: Arc::new(vault), mount, key: key_name };
+            Ok((root, MasterKeyOrigin::Environment))
+        }
         MasterKeySpec::Pkcs11(label) => {
             let settings = config
                 .token_settings(env(PIN_ENV).as_deref())?

@@ -591,11 +591,8 @@ async fn a_sealed_key_set_moved_to_pkcs11_custody_keeps_its_keys_and_makes_new_o
 fn master_key_in_token(config: &Config, previous: Option<&Path>) -> Config {
     let mut config = config.clone();
     let mut table = keyward::config::MasterKeyConfig {
-        source: keyward::config::MasterKeySource::Pkcs11,
-        variable: None,
-        file: None,
         key_label: Some("keyward-master".to_owned()),
-        previous: None,
+        ..keyward::config::MasterKeyConfig::of(keyward::config::MasterKeySource::Pkcs11)
     };
     if let Some(previous) = previous {
         table.previous = crate::master_key::with_keys(&config, previous, None).master_key;

@@ -23,5 +23,6 @@ mod sign;
 mod storage;
 mod stores;
 mod tls;
+mod vault;
 mod verify;
 mod walkthrough;

@@ -39,13 +39,7 @@ pub(crate) fn key_file(dir: &Path, name: &str) -> (PathBuf, MasterKey) {
 }
 
 fn file_table(path: &Path) -> MasterKeyConfig {
-    MasterKeyConfig {
-        source: MasterKeySource::File,
-        variable: None,
-        file: Some(path.to_owned()),
-        key_label: None,
-        previous: None,
-    }
+    MasterKeyConfig { file: Some(path.to_owned()), ..MasterKeyConfig::of(MasterKeySource::File) }
 }
 
 /// `[master_key]` from `current`, with `[master_key.previous]` from `previous`.
