@@ -278,3 +278,56 @@ pub(super) fn resolve_relative_paths(config: &mut Config, folder: &Path) {
         table = t.previous.as_deref_mut();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{parse_toml, validate};
+
+    fn with(table: &str) -> Result<Config, ConfigError> {
+        let config = parse_toml(&format!("{}\n{table}", super::super::defaults::EXAMPLE), "k.toml")?;
+        validate(&config, "k.toml").map(|()| config)
+    }
+
+    #[test]
+    fn each_source_names_the_field_it_lacks_or_does_not_take() {
+        let cases = [
+            ("[master_key]\nsource = \"file\"\n", "[master_key], field file"),
+            ("[master_key]\nsource = \"env\"\nfile = \"m.key\"\n", "[master_key], field file"),
+            ("[master_key]\nsource = \"pkcs11\"\n", "[master_key], field key_label"),
+            ("[master_key]\nsource = \"pkcs11\"\nkey_label = \"k\"\n", "[master_key], field source"),
+            ("[master_key]\nsource = \"transit\"\naddress = \"vault:8200\"\nkey_name = \"k\"\ntoken_file = \"t\"\n", "[master_key], field address"),
+            (
+                "[master_key]\nsource = \"transit\"\naddress = \"https://v\"\nkey_name = \"k\"\ntoken_file = \"t\"\ntoken_variable = \"T\"\n",
+                "[master_key], field token_file",
+            ),
+            (
+                "[master_key]\nsource = \"transit\"\naddress = \"https://v\"\nkey_name = \"k\"\napprole_role_id = \"r\"\n",
+                "[master_key], field approle_secret_id_file",
+            ),
+            ("[master_key]\nsource = \"file\"\nfile = \"m.key\"\nkey_name = \"k\"\n", "[master_key], field key_name"),
+            (
+                "[master_key]\nsource = \"file\"\nfile = \"m.key\"\n[master_key.previous]\nsource = \"file\"\nfile = \"m.key\"\n",
+                "[master_key.previous]",
+            ),
+        ];
+        for (table, location) in cases {
+            let err = with(table).err().unwrap_or_else(|| panic!("accepted: {table}"));
+            assert_eq!(err.location, location, "{table}: {}", err.message);
+        }
+    }
+
+    #[test]
+    fn a_rotation_names_both_keys_and_relative_files_follow_the_configuration_file() {
+        let config = with(
+            "[master_key]\nsource = \"file\"\nfile = \"new.key\"\n[master_key.previous]\nsource = \"env\"\nvariable = \"OLD_KEY\"\n",
+        )
+        .unwrap();
+        let table = config.master_key.as_deref().unwrap();
+        assert_eq!(table.spec(), MasterKeySpec::File("new.key".into()));
+        assert_eq!(table.previous.as_deref().unwrap().spec(), MasterKeySpec::Env("OLD_KEY".to_owned()));
+        let mut config = config.clone();
+        resolve_relative_paths(&mut config, Path::new("/etc/keyward"));
+        assert_eq!(config.master_key.unwrap().spec(), MasterKeySpec::File("/etc/keyward/new.key".into()));
+    }
+}
