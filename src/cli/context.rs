@@ -125,8 +125,11 @@ impl Context {
             Roots::from_config(self.config(), |name| std::env::var(name).ok(), may_generate, true).await?;
         let id = roots.current.id();
         match origin {
-            MasterKeyOrigin::Environment | MasterKeyOrigin::File(_) => {
-                tracing::info!(master_key_id = id, source = roots.current.origin(), "master key")
+            MasterKeyOrigin::File(path) => {
+                tracing::info!(master_key_id = id, file = %path.display(), "master key from file")
+            }
+            MasterKeyOrigin::Environment => {
+                tracing::info!(master_key_id = id, source = roots.current.origin(), "master key from its source")
             }
             MasterKeyOrigin::Generated(path) => tracing::warn!(
                 master_key_id = id,
