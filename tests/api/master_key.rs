@@ -553,3 +553,61 @@ async fn two_replicas_on_one_postgres_sign_through_a_rotation_and_a_reseal_then_
     let metrics = http.get(format!("{}/metrics", fresh[0].internal)).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("keyward_master_key_age_seconds "), "{metrics}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_sealed_before_the_keyring_takes_its_master_key_as_term_1_until_a_reseal() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = base_config(Backend::Sqlite, dir.path()).await;
+    let (old_path, old) = key_file(dir.path(), "old.key");
+    let (new_path, new) = key_file(dir.path(), "new.key");
+    // A database as keyward left it before the keyring: rows sealed under the master key
+    // itself, no keyring record.
+    let app = spawn_in(tempfile::tempdir().unwrap(), with_keys(&config, &old_path, None), old.clone()).await;
+    keyward::ops::secrets::set(&app.store, &app.keyring(), &app.config, "partner-api", SECRET, now()).await.unwrap();
+    let keyring = app.keyring();
+    let store = app.store.clone();
+    let pool = crate::helpers::sqlite(&store);
+    for item in store.sealed_not_under("", 1000).await.unwrap() {
+        let context = context_of(item.kind, &item.name, &item.key_set, &item.algorithm);
+        let context: Vec<&str> = context.iter().map(String::as_str).collect();
+        let plain = keyring.open(&item.blob, &context, &item.sealed_by).unwrap();
+        let blob = old.seal(&plain, &context).unwrap();
+        let statement = match item.kind {
+            SealedKind::Key => "UPDATE keys SET sealed_private = ?, master_key_id = ? WHERE kid = ?",
+            SealedKind::Secret => "UPDATE secrets SET sealed_secret = ?, master_key_id = ? WHERE profile = ?",
+        };
+        sqlx::query(statement).bind(blob).bind(old.id()).bind(&item.name).execute(pool).await.unwrap();
+    }
+    sqlx::query("DELETE FROM keyring").execute(pool).await.unwrap();
+
+    // check-config accepts it without writing; the first start makes the keyring.
+    cli_ok(dir.path(), &with_keys(&config, &old_path, None), &["check-config"]);
+    assert!(store.keyring().await.unwrap().is_none(), "check-config wrote");
+    let status: Value = serde_json::from_str(&text(
+        &cli(dir.path(), &with_keys(&config, &old_path, None), &["master-key", "status", "--json"]).stdout,
+    ))
+    .unwrap();
+    assert_eq!(status["terms"][0]["id"], old.id(), "{status}");
+    assert_eq!(status["terms"][0]["legacy"], true, "{status}");
+    assert!(status["needs_old_key"].to_string().contains("term 1 is the master key"), "{status}");
+
+    // Another master key is refused, naming the one the rows need.
+    let (other_path, _) = key_file(dir.path(), "other.key");
+    let out = cli(dir.path(), &with_keys(&config, &other_path, None), &["check-config"]);
+    assert!(!out.status.success() && text(&out.stderr).contains(old.id()), "{}", text(&out.stderr));
+
+    cli_ok(dir.path(), &with_keys(&config, &new_path, Some(&old_path)), &["master-key", "rotate"]);
+    cli_ok(dir.path(), &with_keys(&config, &new_path, None), &["master-key", "reseal", "--settle", "0s"]);
+    let status: Value = serde_json::from_str(&text(
+        &cli(dir.path(), &with_keys(&config, &new_path, None), &["master-key", "status", "--json"]).stdout,
+    ))
+    .unwrap();
+    assert_eq!(status["master_key_id"], new.id());
+    assert_eq!(status["needs_old_key"], json!([]), "{status}");
+    let bytes = stored_bytes(&store, dir.path()).await;
+    assert!(!holds(&bytes, old.id().as_bytes()), "the old key's id is still stored");
+    for (context, blob, _) in sealed_values(&store).await {
+        let context: Vec<&str> = context.iter().map(String::as_str).collect();
+        assert!(old.open(&blob, &context).is_err());
+    }
+}
