@@ -54,6 +54,8 @@ pub enum MasterKeyOrigin {
     File(PathBuf),
     /// A file written just now with a random key: development only.
     Generated(PathBuf),
+    /// Held outside the process (a PKCS#11 token, Vault Transit).
+    Outside,
 }
 
 /// The 32-byte key that seals every private key. `Debug` never shows it.

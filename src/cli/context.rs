@@ -128,7 +128,7 @@ impl Context {
             MasterKeyOrigin::File(path) => {
                 tracing::info!(master_key_id = id, file = %path.display(), "master key from file")
             }
-            MasterKeyOrigin::Environment => {
+            MasterKeyOrigin::Environment | MasterKeyOrigin::Outside => {
                 tracing::info!(master_key_id = id, source = roots.current.origin(), "master key from its source")
             }
             MasterKeyOrigin::Generated(path) => tracing::warn!(

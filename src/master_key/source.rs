@@ -203,7 +203,10 @@ impl Roots {
                 let file = &config.server.master_key_file;
                 let (key, origin) = MasterKey::resolve(env(MASTER_KEY_ENV).as_deref(), file, may_generate)?;
                 let root = match &origin {
-                    MasterKeyOrigin::Environment => RootKey::local(key, "env", format!("variable {MASTER_KEY_ENV}")),
+                    // `resolve` reads a variable or a file, never a key held outside.
+                    MasterKeyOrigin::Environment | MasterKeyOrigin::Outside => {
+                        RootKey::local(key, "env", format!("variable {MASTER_KEY_ENV}"))
+                    }
                     MasterKeyOrigin::File(path) | MasterKeyOrigin::Generated(path) => {
                         RootKey::local(key, "file", format!("file {}", path.display()))
                     }
@@ -247,7 +250,7 @@ async fn resolve(
             let vault = Vault::new(settings).with_context(|| format!("{name} source = \"transit\""))?;
             vault.login().await.with_context(|| format!("{name} source = \"transit\": logging in to Vault"))?;
             let root = RootKey::Transit { vault: Arc::new(vault), mount, key: key_name };
-            Ok((root, MasterKeyOrigin::Environment))
+            Ok((root, MasterKeyOrigin::Outside))
         }
         MasterKeySpec::Pkcs11(label) => {
             let settings = config
@@ -261,7 +264,7 @@ async fn resolve(
             let id = found?.with_context(|| {
                 format!("{name} key_label: PKCS#11 token {:?} holds no AES key labelled {label:?}", token.label())
             })?;
-            let origin = MasterKeyOrigin::Environment;
+            let origin = MasterKeyOrigin::Outside;
             Ok((RootKey::Pkcs11 { token, label, id: format!("pkcs11:{id}") }, origin))
         }
         MasterKeySpec::Env(variable) => {
