@@ -185,8 +185,16 @@ async fn the_master_key_moves_into_openbao_transit_the_token_is_renewed_and_vaul
         .to_string();
     sign_verified(&http, &first, &token).await;
 
+    // A token Vault does not know: refused at start-up with Vault's reason.
+    let bogus = transit(&config, &bao, "keyward", &secret_file(dir.path(), "bogus-token", "s.not-a-token"));
+    let out = cli(dir.path(), &bogus, &["check-config"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("Vault refused auth/token/lookup-self (403)"), "{}", text(&out.stderr));
+    assert!(!text(&out.stderr).contains("s.not-a-token"));
+
     // A token that expires in 6 s unless the server renews it.
-    let token_file = secret_file(dir.path(), "vault-token", &bao.token("6s").await);
+    let vault_token = bao.token("6s").await;
+    let token_file = secret_file(dir.path(), "vault-token", &vault_token);
     let in_transit = transit(&config, &bao, "keyward", &token_file);
     let mut moving = in_transit.clone();
     moving.master_key.as_mut().unwrap().previous = in_file.master_key.clone();
@@ -262,7 +270,8 @@ async fn the_master_key_moves_into_openbao_transit_the_token_is_renewed_and_vaul
     let out = cli(dir.path(), &in_transit, &["check-config"]);
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("does not answer"), "{}", text(&out.stderr));
-    let mut refused = serve_with_env(dir.path(), &in_transit, "info", &[]);
+    assert!(!server.log_text().contains(&vault_token), "the Vault token reached the log");
+    let mut refused = serve_with_env(dir.path(), &in_transit, "debug", &[]);
     let exited = refused.child.wait().unwrap();
     assert!(!exited.success());
     assert!(refused.log_text().contains("does not answer"), "{}", refused.log_text());
