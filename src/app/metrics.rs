@@ -72,6 +72,7 @@ struct Inner {
     partner_holds_next: Family<PartnerSetLabels, Gauge>,
     gate_held: Family<SetLabels, Gauge>,
     identity_tokens: Family<IdentityLabels, Counter>,
+    master_key_age: Gauge,
 }
 
 /// The process's metrics; cheap to clone.
@@ -136,6 +137,12 @@ impl Default for Metrics {
              refused, or provider_unavailable (its JWKS could not be fetched)",
             identity_tokens.clone(),
         );
+        let master_key_age = Gauge::default();
+        registry.register(
+            "master_key_age_seconds",
+            "Seconds since the master key that seals the keyring was set (its rotation, or the keyring's creation)",
+            master_key_age.clone(),
+        );
         Metrics(Arc::new(Inner {
             registry,
             issued,
@@ -153,6 +160,7 @@ impl Default for Metrics {
             partner_holds_next,
             gate_held,
             identity_tokens,
+            master_key_age,
         }))
     }
 }
@@ -195,6 +203,11 @@ impl Metrics {
     /// Whether a gate holds the hand-over of `key_set`.
     pub fn gate(&self, key_set: &str, held: bool) {
         self.0.gate_held.get_or_create(&SetLabels { key_set: key_set.to_owned() }).set(i64::from(held));
+    }
+
+    /// Seconds since the master key last changed.
+    pub fn master_key_age(&self, seconds: i64) {
+        self.0.master_key_age.set(seconds);
     }
 
     /// A failed scheduler pass.

@@ -36,8 +36,8 @@ pub(super) async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
                 }
             }
             anyhow::ensure!(!secret.is_empty(), "no secret on standard input");
-            let (store, master) = ctx.store_and_master_key().await?;
-            secrets::set(&store, &master, ctx.config(), &profile, &secret, now()).await?;
+            let (store, keyring) = ctx.store_and_keyring().await?;
+            secrets::set(&store, &keyring, ctx.config(), &profile, &secret, now()).await?;
             eprintln!("stored the secret of profile {profile}; running servers use it within seconds");
             Ok(())
         }

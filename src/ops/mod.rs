@@ -4,6 +4,7 @@
 mod carry_out;
 pub mod clients;
 pub mod gates;
+pub mod master_key;
 pub mod migrate_store;
 pub mod partners;
 pub mod secrets;

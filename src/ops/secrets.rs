@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::keys::HmacAlgorithm;
 use crate::keys::SecretKey;
-use crate::seal::MasterKey;
+use crate::master_key::Keyring;
 use crate::store::rows::SecretRow;
 use crate::store::Store;
 
@@ -34,7 +34,7 @@ pub enum SecretError {
     Storage(#[from] anyhow::Error),
 }
 
-fn context(profile: &str) -> [&str; 2] {
+pub(crate) fn context(profile: &str) -> [&str; 2] {
     ["profile-secret", profile]
 }
 
@@ -45,7 +45,7 @@ fn algorithm_of(config: &Config, profile: &str) -> Option<HmacAlgorithm> {
 /// Seals and stores `secret` for `profile`, replacing any earlier one.
 pub async fn set(
     store: &Store,
-    master: &MasterKey,
+    keyring: &Keyring,
     config: &Config,
     profile: &str,
     secret: &[u8],
@@ -59,11 +59,11 @@ pub async fn set(
             got: secret.len(),
         });
     }
-    let sealed = master.seal(secret, &context(profile)).context("sealing the secret")?;
+    let (sealed, master_key_id) = keyring.seal(secret, &context(profile)).context("sealing the secret")?;
     let row = SecretRow {
         profile: profile.to_owned(),
         sealed_secret: sealed,
-        master_key_id: master.id().to_owned(),
+        master_key_id,
         created_at: now,
         updated_at: now,
     };
@@ -94,20 +94,16 @@ pub async fn list(store: &Store) -> anyhow::Result<Vec<SecretInfo>> {
 /// Opens the secret of every configured shared-secret profile that has one.
 pub async fn load(
     store: &Store,
-    master: &MasterKey,
+    keyring: &Keyring,
     config: &Config,
 ) -> anyhow::Result<HashMap<String, Arc<SecretKey>>> {
     let rows = store.secrets().await?;
     let mut loaded = HashMap::new();
     for SecretRow { profile, sealed_secret: sealed, master_key_id: sealed_by, .. } in rows {
         let Some(algorithm) = algorithm_of(config, &profile) else { continue };
-        anyhow::ensure!(
-            sealed_by == master.id(),
-            "the secret of profile {profile} was sealed with master key {sealed_by}, but the configured master key is {}",
-            master.id()
-        );
-        let secret =
-            master.open(&sealed, &context(&profile)).with_context(|| format!("opening the secret of {profile}"))?;
+        let secret = keyring
+            .open(&sealed, &context(&profile), &sealed_by)
+            .with_context(|| format!("opening the secret of {profile}"))?;
         let key = SecretKey::new(algorithm, &secret).with_context(|| format!("loading the secret of {profile}"))?;
         loaded.insert(profile, Arc::new(key));
     }

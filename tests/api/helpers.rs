@@ -10,6 +10,7 @@ use keyward::app::snapshot::Shared;
 use keyward::config::Duration as Span;
 use keyward::config::{Config, ProfileConfig};
 use keyward::keys::{Algorithm, HmacAlgorithm};
+use keyward::master_key::Keyring;
 use keyward::seal::MasterKey;
 use keyward::startup::Application;
 use keyward::store::Store;
@@ -141,6 +142,11 @@ impl TestApp {
     /// The store's SQLite pool, for tests that look at or alter tables directly.
     pub fn pool(&self) -> &SqlitePool {
         sqlite(&self.store)
+    }
+
+    /// The keyring the server seals with (its terms sealed under `master`).
+    pub fn keyring(&self) -> Arc<Keyring> {
+        self.shared.keyring()
     }
 
     /// A client allowed to use `profiles`, created through the library.

@@ -57,7 +57,7 @@ async fn spawn_with_profiles(profiles: Vec<ProfileConfig>) -> TestApp {
 
 /// Stores a secret through the library, as an in-process admin action would.
 async fn store_secret(app: &TestApp, profile: &str, secret: &[u8]) {
-    keyward::ops::secrets::set(&app.store, &app.master, &app.config, profile, secret, now()).await.unwrap();
+    keyward::ops::secrets::set(&app.store, &app.keyring(), &app.config, profile, secret, now()).await.unwrap();
     app.reload().await;
 }
 
@@ -296,7 +296,7 @@ async fn secrets_too_short_for_rfc_7518_or_for_key_set_profiles_are_refused() {
     let app = spawn_with_profiles(vec![partner_api(), nps("nps")]).await;
     let set = |profile: &'static str, secret: Vec<u8>| {
         let app = &app;
-        async move { keyward::ops::secrets::set(&app.store, &app.master, &app.config, profile, &secret, now()).await }
+        async move { keyward::ops::secrets::set(&app.store, &app.keyring(), &app.config, profile, &secret, now()).await }
     };
 
     for (profile, min) in [("partner-api", 32), ("nps", 64)] {

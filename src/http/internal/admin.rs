@@ -161,3 +161,17 @@ pub(super) async fn revoke(
     }
     after_action(&state, outcome).await
 }
+
+#[utoipa::path(get, path = "/v1/master-key", tag = "admin", security(("bearer" = [])),
+    responses((status = 200, description = "Which master key seals the keyring, its source, when it last changed, \
+        how many values each term seals, and what still needs an older key", body = ops::master_key::Status),
+        (status = 401, body = Problem), (status = 403, body = Problem), (status = 429, body = Problem)))]
+pub(super) async fn master_key(
+    Admin(caller): Admin,
+    state: web::Data<InternalState>,
+) -> Result<HttpResponse, ApiError> {
+    caller.permit_everywhere(Action::KeysRead)?;
+    let shared = &state.shared;
+    let status = ops::master_key::status(shared.store(), Some(&shared.keyring()), Some(shared.roots())).await?;
+    Ok(no_store_json(&status))
+}

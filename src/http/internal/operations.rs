@@ -16,6 +16,11 @@ pub(super) async fn metrics(state: web::Data<InternalState>) -> HttpResponse {
         let until = view.rotation_at.map_or(0, |at| (at - now).max(0));
         metrics.key_set(name, age, until);
     }
+    match state.shared.store().keyring().await {
+        Ok(Some(keyring)) => metrics.master_key_age(now - keyring.rotated_at),
+        Ok(None) => {}
+        Err(err) => tracing::warn!(error = format!("{err:#}"), "reading the keyring for metrics failed"),
+    }
     if !state.shared.config().partners.is_empty() {
         match ops::partners::report(state.shared.store(), state.shared.config(), now).await {
             Ok(report) => {
