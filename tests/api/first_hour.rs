@@ -526,7 +526,8 @@ fn commands(block: &str) -> Vec<String> {
 /// `cargo run [-q] --` prefix becomes the binary cargo built for this test, the fixed ports
 /// 8080 and 8081 become free ones (the servers of other tests and the machine's own may hold
 /// them: `serve` gets them by KEYWARD_PUBLIC_ADDR/KEYWARD_INTERNAL_ADDR, the commands by
-/// rewriting `localhost:8080`/`localhost:8081`), and `cargo test` (this very run) is skipped.
+/// rewriting `localhost:8080`/`localhost:8081`), and the test command (`scripts/test.sh`,
+/// this very run) is only checked to be the script CI runs, not run again.
 #[tokio::test]
 async fn the_readme_quickstart_works_as_written() {
     let dir = tempfile::tempdir().unwrap();
@@ -547,10 +548,12 @@ async fn the_readme_quickstart_works_as_written() {
     assert!(blocks.len() >= 2, "the Quickstart has a serve block and a client block: {blocks:?}");
 
     let mut server: Option<std::process::Child> = None;
+    let mut test_commands = 0;
     let mut outputs: Vec<(String, Output)> = Vec::new();
     for block in &blocks {
         for command in commands(block) {
-            if command.trim() == "cargo test" {
+            if command.trim() == "scripts/test.sh" {
+                test_commands += 1;
                 continue;
             }
             assert!(
@@ -584,6 +587,18 @@ async fn the_readme_quickstart_works_as_written() {
         }
     }
     let mut server = server.expect("the Quickstart starts the server");
+    assert_eq!(test_commands, 1, "the Quickstart gives one test command, scripts/test.sh");
+    // CI runs the same script, so the README's command cannot drift from CI's.
+    let ci = include_str!("../../.ci/run");
+    assert!(ci.lines().any(|l| l.trim() == "scripts/test.sh --locked"), "{ci}");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/test.sh");
+    let syntax = std::process::Command::new("bash").arg("-n").arg(&script).output().unwrap();
+    assert!(syntax.status.success(), "{}", text(&syntax.stderr));
+    // The packages the tests' failures name are the ones the script installs.
+    let listed = std::fs::read_to_string(&script).unwrap();
+    for package in ["libssl-dev", "softhsm2", "postgresql", "openssl"] {
+        assert!(listed.contains(&format!("\"apt {package} ")), "scripts/test.sh does not install {package}");
+    }
 
     // Each step's outcome: the client was added, the JWKS has keys, the token verifies.
     let added = &outputs.iter().find(|(c, _)| c.contains("clients add")).expect("a clients add step").1;

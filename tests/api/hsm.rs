@@ -40,7 +40,7 @@ fn softhsm_module() -> PathBuf {
         Some(module) if util => module,
         _ => panic!(
             "SoftHSM2 is not installed: the PKCS#11 tests need {} and softhsm2-util \
-             (Debian/Ubuntu: apt-get install softhsm2; .ci/run installs it)",
+             (Debian/Ubuntu: apt-get install softhsm2, or run scripts/test.sh, which installs it)",
             MODULES[0]
         ),
     }

@@ -28,7 +28,7 @@ pub fn bin_dir() -> PathBuf {
     [from_pg_config, debian].into_iter().flatten().find(|dir| dir.join("initdb").is_file()).unwrap_or_else(|| {
         panic!(
             "these tests run a real PostgreSQL server and found none: install it \
-             (Debian/Ubuntu: apt-get install postgresql; its initdb and postgres are looked for in \
+             (Debian/Ubuntu: apt-get install postgresql, or run scripts/test.sh, which installs it; its initdb and postgres are looked for in \
              /usr/lib/postgresql/*/bin or pg_config --bindir)"
         )
     })

@@ -372,7 +372,7 @@ async fn tls_to_postgres_is_taken_from_sslmode_in_the_url_and_verified() {
     // A certificate the URL does not trust is refused at start-up.
     let other = tempfile::tempdir().unwrap();
     let wrong = other.path().join("other.crt");
-    let made = std::process::Command::new("openssl")
+    let made = crate::helpers::tool("openssl", "openssl")
         .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
         .args(["-keyout", other.path().join("k").to_str().unwrap(), "-out", wrong.to_str().unwrap()])
         .output()
