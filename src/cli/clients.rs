@@ -37,8 +37,8 @@ pub(super) enum Command {
         #[arg(long, requires = "cert_sha256")]
         cert_only: bool,
     },
-    /// Give a client a new token (printed once, on standard output); the old one stops
-    /// working at once, or after --grace.
+    /// Give a client a new token (printed once, on standard output); running servers refuse
+    /// the old one within about 0.1 s, or after --grace.
     Rotate {
         /// Client name.
         #[arg(allow_hyphen_values = true)]
@@ -143,7 +143,10 @@ pub(super) async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
                     time(Some(now() + grace))
                 );
             } else {
-                eprintln!("client {name:?} has a new token (below, shown once); the old one no longer works");
+                eprintln!(
+                    "client {name:?} has a new token (below, shown once); running servers refuse the old one \
+                     within about 0.1 s, as soon as each sees the change"
+                );
             }
             let mut stdout = std::io::stdout().lock();
             writeln!(stdout, "{}", token.as_str()).context("writing the token")?;

@@ -150,8 +150,8 @@ pub async fn create(
     Ok((token, reused))
 }
 
-/// Gives an active client a new token. The old one stops working at once, or with `grace`
-/// (seconds) at `now + grace`; a token still in the grace of an earlier rotation stops now.
+/// Gives an active client a new token. The old one stops working now (running servers see
+/// the change within about 0.1 s), or with `grace` (seconds) at `now + grace`; a token still in the grace of an earlier rotation stops now.
 pub async fn rotate(store: &Store, name: &str, grace: i64, now: i64) -> Result<Zeroizing<String>, ClientError> {
     let (id, token, hash) = new_token_and_hash()?;
     let previous = (grace > 0).then_some(now + grace);

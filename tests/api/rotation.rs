@@ -401,6 +401,15 @@ async fn revoking_right_after_a_rotation_says_until_when_verifiers_may_reject_th
     let out = cli(&["keys", "revoke", &signer]);
     let said = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{said}");
+    // As the words say (measured 1 to 60 ms; the bound allows for a loaded machine).
+    assert!(said.contains(&format!("running servers drop {signer} from the JWKS within about 0.1 s")), "{said}");
+    let jwks = format!("{}/path/to/your/jwks", server.public);
+    let dropped = crate::helpers::eventually(Duration::from_secs(5), || async {
+        let doc: Value = http.get(&jwks).send().await.unwrap().json().await.unwrap();
+        doc["keys"].as_array().unwrap().iter().all(|k| k["kid"] != signer.as_str())
+    })
+    .await;
+    assert!(dropped, "the revoked key is still in the JWKS");
     let promoted = key(&store, &fresh).await;
     assert_eq!(promoted.state_at(now()), KeyState::Current, "revoke still swaps at once");
     let until = promoted.published_at.unwrap() + window;
