@@ -228,6 +228,12 @@ async fn admin_routes_need_an_admin_client_and_rotation_respects_publish_ahead()
     let set = &schedule["key_sets"][0];
     assert_eq!(set["name"], "npm");
     assert_eq!(set["publish_ahead"], 86_400);
+    // The configuration's name and value, and what it adds up to with the longest token.
+    assert_eq!(set["retain_after"], 86_400);
+    let of_set = app.config.profiles.iter().filter(|p| p.key_set.as_deref() == Some("npm"));
+    let max_ttl = of_set.map(|p| p.max_ttl.as_secs_i64()).max().unwrap();
+    assert_eq!(set["published_after_signing"], max_ttl + 86_400);
+    assert!(set.get("retain_for").is_none(), "one name for one setting: {set}");
     let keys = set["keys"].as_array().unwrap();
     let mut states: Vec<&str> = keys.iter().map(|k| k["state"].as_str().unwrap()).collect();
     states.sort();

@@ -32,7 +32,7 @@ pub(super) async fn run(ctx: &Context, Args { json }: Args) -> anyhow::Result<()
             set.name,
             span(set.rotate_every),
             span(set.publish_ahead),
-            span(set.retain_for)
+            span(set.published_after_signing)
         );
         println!(
             "  {:<44} {:<9} {:<21} {:<21} {:<21} {:<21}",
