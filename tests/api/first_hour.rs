@@ -499,10 +499,19 @@ async fn onboarding_prints_partner_name_on_the_defaults_and_checks_its_own_liste
 
 /// The ```sh blocks under `## Quickstart` in README.md, read now (not copied here).
 fn quickstart_blocks() -> Vec<String> {
+    readme_blocks("## Quickstart")
+}
+
+/// The ```sh blocks of the README section headed `heading` (up to the next heading of the
+/// same or a higher level), read now.
+fn readme_blocks(heading: &str) -> Vec<String> {
     let readme = include_str!("../../README.md");
-    let start = readme.find("\n## Quickstart\n").expect("README.md has a Quickstart");
-    let section = &readme[start + 1..];
-    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |end| end + 3)];
+    let start = readme.find(&format!("\n{heading}\n")).unwrap_or_else(|| panic!("README.md has {heading}"));
+    let section = &readme[start + 1 + heading.len()..];
+    let level = heading.split(' ').next().unwrap();
+    let ends: Vec<String> = (2..=level.len()).map(|n| format!("\n{} ", "#".repeat(n))).collect();
+    let end = ends.iter().filter_map(|e| section.find(e.as_str())).min().unwrap_or(section.len());
+    let section = &section[..end];
     section.split("```sh\n").skip(1).map(|rest| rest.split("\n```").next().unwrap().to_owned()).collect()
 }
 
@@ -641,4 +650,39 @@ fn run_in_shell(dir: &Path, earlier: &[(String, Output)], command: &str) -> Outp
         script.push_str(&format!("\nprintf '%s' \"${name}\""));
     }
     std::process::Command::new("bash").args(["-c", &script]).current_dir(dir).output().unwrap()
+}
+
+/// The README's backup command, as written (its folder made a temporary one): a second
+/// backup made later the same day gets a name of its own.
+#[test]
+fn the_readme_backup_example_makes_a_new_file_each_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let out =
+        keyward_bare(dir.path(), &["--init", "clients", "add", "billing", "--profiles", PROFILE]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let backups = dir.path().join("backups");
+    std::fs::create_dir(&backups).unwrap();
+    let blocks = readme_blocks("### Back up and restore");
+    let command = commands(&blocks[0]).into_iter().find(|c| c.starts_with("keyward backup")).expect("a backup command");
+    let run = command
+        .replacen("keyward ", &format!("{} ", env!("CARGO_BIN_EXE_keyward")), 1)
+        .replace("/backups/", &format!("{}/", backups.display()));
+    for _ in 0..2 {
+        let out = std::process::Command::new("bash")
+            .args(["-c", &run])
+            .current_dir(dir.path())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{command}: {}", text(&out.stderr));
+        // The name carries the time to the second.
+        std::thread::sleep(Duration::from_millis(1_100));
+    }
+    let made: Vec<_> = std::fs::read_dir(&backups).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(made.len(), 2, "{made:?}");
+    for file in made {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600, "{}", file.display());
+    }
 }
