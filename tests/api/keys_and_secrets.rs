@@ -311,7 +311,7 @@ async fn secrets_too_short_for_rfc_7518_or_for_key_set_profiles_are_refused() {
     assert!(matches!(set("nope", PARTNER_SECRET.to_vec()).await, Err(SecretError::NotSecretProfile(_))));
 
     let listed: Vec<String> =
-        keyward::ops::secrets::list(&app.store).await.unwrap().into_iter().map(|s| s.profile).collect();
+        keyward::ops::secrets::list(&app.store, &app.config).await.unwrap().into_iter().map(|s| s.profile).collect();
     assert_eq!(listed, ["nps", "partner-api"]);
 }
 
@@ -359,6 +359,15 @@ async fn secrets_set_reads_standard_input_and_a_server_on_that_database_signs_wi
     write_keys_toml(dir.path(), &config);
     let path = dir.path().to_owned();
 
+    // Before a secret is set, the profile is listed as not set (it cannot sign yet).
+    let list = keyward(&path, &["--init", "secrets", "list"]);
+    assert!(list.status.success(), "{}", text(&list.stderr));
+    let listed = text(&list.stdout);
+    let row: Vec<&str> =
+        listed.lines().find(|l| l.starts_with("partner-api ")).unwrap_or_default().split_whitespace().collect();
+    assert_eq!(row, ["partner-api", "NOT", "SET", "-", "-"], "{listed}");
+    assert!(text(&list.stderr).contains("keyward secrets set partner-api"), "{}", text(&list.stderr));
+
     // As `printf '%s\n' "$SECRET" | keyward secrets set partner-api`: the shell's newline goes.
     let mut piped = PARTNER_SECRET.to_vec();
     piped.push(b'\n');
@@ -371,7 +380,8 @@ async fn secrets_set_reads_standard_input_and_a_server_on_that_database_signs_wi
     let list = keyward(&path, &["secrets", "list"]);
     assert!(list.status.success(), "{}", text(&list.stderr));
     let listed = text(&list.stdout);
-    assert!(listed.lines().any(|l| l.starts_with("partner-api ")), "{listed}");
+    let row = listed.lines().find(|l| l.starts_with("partner-api ")).unwrap_or_default();
+    assert_eq!(row.split_whitespace().nth(1), Some("set"), "{listed}");
     assert!(!contains(&list.stdout, &PARTNER_SECRET[..16]) && !contains(&list.stderr, &PARTNER_SECRET[..16]));
 
     // Refused: a key-set profile, and a secret one byte short (the stored one stays).
