@@ -246,8 +246,11 @@ async fn partner_api_hs256_token_is_exactly_the_seed_token() {
     assert!(iat >= before && iat <= now(), "iat {iat}");
     assert_eq!(claims, json!({"clientId": "your-client-id", "iat": iat, "exp": iat + 900}));
 
-    assert_eq!(body["kid"], Value::Null);
+    assert!(body.get("kid").is_none(), "no kid in the answer either: {body}");
     assert_eq!(body["alg"], "HS256");
+    // The template has no "{jti}": the answer's jti is the ledger's id for the token.
+    let rows = app.store.issuance(&keyward::store::rows::Filter::default(), 100).await.unwrap();
+    assert_eq!(rows.iter().map(|r| r.jti.as_str()).collect::<Vec<_>>(), [body["jti"].as_str().unwrap()]);
     assert_eq!(body["issued_at"], iat);
     assert_eq!(body["expires_at"], iat + 900);
     assert_eq!(body["expires_in"], 900);
@@ -255,6 +258,24 @@ async fn partner_api_hs256_token_is_exactly_the_seed_token() {
     // The template has no "{sub}": a caller's subject has nowhere to go.
     let refused = assert_problem(app.sign("partner-api", &token, &json!({"sub": "someone"})).await, 400).await;
     assert_eq!(refused["field"], "sub");
+}
+
+#[tokio::test]
+async fn a_shared_secret_template_with_jti_carries_the_answers_jti() {
+    let profile = shared_secret_profile(
+        "with-jti",
+        HmacAlgorithm::Hs256,
+        json!({"clientId": "c", "jti": "{jti}", "iat": "{iat}", "exp": "{exp}"}),
+        300,
+        300,
+    );
+    let app = spawn_with_profiles(vec![profile]).await;
+    store_secret(&app, "with-jti", PARTNER_SECRET).await;
+    let token = app.client("backend", &["with-jti"]).await;
+    let body = app.sign_ok("with-jti", &token, &json!({})).await;
+    let (_, claims) = verify_hmac::<Hmac<Sha256>>(body["token"].as_str().unwrap(), PARTNER_SECRET).unwrap();
+    assert_eq!(claims["jti"], body["jti"], "{body}");
+    assert!(body.get("kid").is_none(), "{body}");
 }
 
 #[tokio::test]
