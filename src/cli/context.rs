@@ -103,10 +103,20 @@ impl Context {
 
     /// The master key; a development key is generated only for a database with no sealed
     /// keys, and only where generating is allowed (not in the Docker image unless KEYWARD_DEV=1).
+    /// None is asked for when nothing would be sealed with it (every key set in the PKCS#11
+    /// token, no shared secret, nothing sealed stored): then a key held in memory only,
+    /// which never seals anything, stands in for it.
     pub(super) async fn master_key(&self, store: &Store) -> anyhow::Result<MasterKey> {
         let env = std::env::var("KEYWARD_MASTER_KEY").ok();
         let file = &self.config().server.master_key_file;
         let empty = !store.holds_sealed_material().await?;
+        if empty && env.is_none() && !file.exists() && !self.config().needs_master_key() {
+            tracing::info!(
+                "no master key needed: every key set keeps its keys in the PKCS#11 token and no profile signs \
+                 with a shared secret (set KEYWARD_MASTER_KEY before adding either)"
+            );
+            return Ok(MasterKey::generate());
+        }
         if empty && env.is_none() && !file.exists() && !self.settings.may_generate_master_key {
             bail!(
                 "no master key: KEYWARD_MASTER_KEY is not set and {} does not exist, and KEYWARD_DEV=0 forbids \
