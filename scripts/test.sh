@@ -10,11 +10,14 @@ cd "$(dirname "$0")/.."
 # that succeeds when it is there. A new component the tests start is one more line here.
 #   apt: a Debian package         pip: a Python package (PyPI)
 NEEDS=(
-    "apt pkg-config  command -v pkg-config"                               # OpenSSL headers lookup (build)
-    "apt libssl-dev  pkg-config --exists openssl"                         # josekit, openssl (build)
-    "apt softhsm2    command -v softhsm2-util"                            # PKCS#11 tests
-    "apt postgresql  compgen -G '/usr/lib/postgresql/*/bin/initdb'"       # PostgreSQL store tests
-    "apt openssl     command -v openssl"                                  # certificates for TLS tests
+    "apt build-essential command -v cc"                               # the linker (build)
+    "apt pkg-config      command -v pkg-config"                       # finds OpenSSL's headers (build)
+    "apt libssl-dev      pkg-config --exists openssl"                 # josekit, openssl (build)
+    "apt softhsm2        command -v softhsm2-util"                    # PKCS#11 tests
+    "apt postgresql      compgen -G '/usr/lib/postgresql/*/bin/initdb'" # PostgreSQL store tests
+    "apt openssl         command -v openssl"                          # certificates for TLS tests
+    "apt curl            command -v curl"                             # the README's Quickstart, as written
+    "apt procps          command -v kill"                             # stopping a server as an operator does
 )
 
 # Root installs directly; anyone else through sudo.
