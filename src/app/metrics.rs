@@ -91,7 +91,11 @@ impl Default for Metrics {
         let key_age = Family::<SetLabels, Gauge>::default();
         registry.register("signing_key_age_seconds", "Seconds since the signing key started signing", key_age.clone());
         let next_rotation = Family::<SetLabels, Gauge>::default();
-        registry.register("next_rotation_seconds", "Seconds until the next planned rotation", next_rotation.clone());
+        registry.register(
+            "next_rotation_seconds",
+            "Seconds until the next planned rotation (0 once due, and while a gate holds it past its planned instant)",
+            next_rotation.clone(),
+        );
         let rotation_failures = Counter::default();
         registry.register("rotation_failures", "Scheduler passes that failed for a key set", rotation_failures.clone());
         let ledger_batch_rows = Histogram::new(exponential_buckets(1.0, 2.0, 11));

@@ -356,7 +356,9 @@ impl Shared {
             let rotation_at = timeline::timeline(&set_keys, &self.config.policy(set), now)
                 .into_iter()
                 .find(|t| t.state == KeyState::Current)
-                .and_then(|t| t.signing_until.map(|m| m.at));
+                .and_then(|t| t.signing_until.map(|m| m.at))
+                // A gate holding past the planned instant has no instant to give.
+                .filter(|at| *at < i64::MAX);
             key_sets.insert(set.name.clone(), KeySetView { signer, public, activated_at, rotation_at, jwks });
         }
         Ok((key_sets, next_change_at))

@@ -8,7 +8,7 @@ use anyhow::bail;
 
 use crate::config::{self, Config, Database, EnvSettings, LoadedConfig, MasterKeySpec};
 use crate::keys::custody::Custody;
-use crate::master_key::{Keyring, Roots};
+use crate::master_key::{Keyring, RootKey, Roots};
 use crate::private_files;
 use crate::seal::MasterKeyOrigin;
 use crate::store::sqlite;
@@ -103,12 +103,22 @@ impl Context {
 
     /// The master key (and during a rotation the previous one); a development key is
     /// generated only for a database with no sealed keys, and only where generating is
-    /// allowed (not in the Docker image unless KEYWARD_DEV=1).
+    /// allowed (not in the Docker image unless KEYWARD_DEV=1). None is asked for when nothing
+    /// would be sealed with it (every key set in the PKCS#11 token, no shared secret, nothing
+    /// sealed stored, no `[master_key]`): then a key held in memory only stands in, and the
+    /// keyring it would seal is never stored.
     pub(super) async fn roots(&self, store: &Store) -> anyhow::Result<Roots> {
         let env = std::env::var("KEYWARD_MASTER_KEY").ok();
         let file = &self.config().server.master_key_file;
         let empty = !store.holds_sealed_material().await?;
         let configured = self.config().master_key.is_some();
+        if !configured && empty && env.is_none() && !file.exists() && !self.config().needs_master_key() {
+            tracing::info!(
+                "no master key needed: every key set keeps its keys in the PKCS#11 token and no profile signs \
+                 with a shared secret (set KEYWARD_MASTER_KEY before adding either)"
+            );
+            return Ok(Roots { current: RootKey::in_memory(), previous: None });
+        }
         if !configured && empty && env.is_none() && !file.exists() && !self.settings.may_generate_master_key {
             bail!(
                 "no master key: KEYWARD_MASTER_KEY is not set and {} does not exist, and KEYWARD_DEV=0 forbids \

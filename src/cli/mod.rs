@@ -166,6 +166,11 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
     let (source, database) = ctx.describe();
     if matches!(cli.command, Command::Serve) {
         tracing::info!(config = %source, database = %database, "starting keyward {}", env!("CARGO_PKG_VERSION"));
+    } else if let Command::MigrateStore(args) = &cli.command {
+        // It works on the databases it is given, not on the configuration's.
+        if let Some(databases) = args.describe() {
+            eprintln!("keyward: migrate-store {databases}");
+        }
     } else {
         eprintln!("keyward: configuration {source}; database {database}");
     }

@@ -181,6 +181,14 @@ impl KeySetConfig {
 }
 
 impl Config {
+    /// Whether anything configured is sealed under the master key: a key set whose keys
+    /// are sealed in the database, or a profile that signs with a shared secret. With every
+    /// key set in the PKCS#11 token and no shared secret, nothing is.
+    pub fn needs_master_key(&self) -> bool {
+        self.key_sets.iter().any(|s| s.custody == crate::keys::custody::CustodyKind::Sealed)
+            || self.profiles.iter().any(|p| p.algorithm.is_some())
+    }
+
     /// The rotation policy of `set`: retention covers the longest `max_ttl` of the
     /// profiles that use the set (an hour, the hard cap, if none does).
     pub fn policy(&self, set: &KeySetConfig) -> Policy {

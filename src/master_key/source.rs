@@ -14,6 +14,9 @@ use crate::keys::custody::pkcs11::Token;
 use crate::seal::{MasterKey, MasterKeyOrigin};
 use crate::vault::{Vault, VaultAuth, VaultSettings};
 
+/// The source name of [`RootKey::in_memory`].
+const IN_MEMORY: &str = "memory";
+
 /// A master key, as its source holds it.
 #[derive(Clone)]
 pub enum RootKey {
@@ -57,6 +60,17 @@ impl RootKey {
     /// A key read from a variable or file (`source` is `env` or `file`).
     pub fn local(key: MasterKey, source: &'static str, origin: impl Into<String>) -> Self {
         RootKey::Local { key, source, origin: origin.into() }
+    }
+
+    /// A random key held in memory only, where nothing needs sealing: the keyring it would
+    /// seal is never stored (see [`RootKey::is_in_memory`]).
+    pub fn in_memory() -> Self {
+        RootKey::local(MasterKey::generate(), IN_MEMORY, "a key held in memory only: nothing is sealed")
+    }
+
+    /// Whether this is [`RootKey::in_memory`].
+    pub fn is_in_memory(&self) -> bool {
+        self.source() == IN_MEMORY
     }
 
     /// The id stored beside the keyring record it seals.

@@ -29,6 +29,11 @@ pub async fn open(store: &Store, roots: &Roots, now: i64) -> anyhow::Result<Keyr
                 keyring.check_ids(ids.iter().map(String::as_str))?;
                 return Ok(keyring);
             }
+            None if roots.current.is_in_memory() => {
+                // Nothing is sealed (no master key was needed): the keyring lives as long as
+                // the process; storing it would tie the database to a key no one holds.
+                return first_keyring(store, roots, now).await;
+            }
             None => {
                 let keyring = first_keyring(store, roots, now).await?;
                 let row = seal_row(&keyring, &roots.current, None, now, now).await?;

@@ -76,19 +76,26 @@ pub async fn set(
 pub struct SecretInfo {
     /// The profile.
     pub profile: String,
-    /// Unix seconds.
-    pub created_at: i64,
-    /// Unix seconds.
-    pub updated_at: i64,
+    /// When its secret was first set and last replaced (Unix seconds); `None` while no
+    /// secret is set (the profile cannot sign until one is).
+    pub set: Option<(i64, i64)>,
 }
 
-/// Every stored secret's profile and dates.
-pub async fn list(store: &Store) -> anyhow::Result<Vec<SecretInfo>> {
+/// Every configured shared-secret profile, with its secret's dates or none yet, and the
+/// stored secrets of profiles no longer configured, by profile name.
+pub async fn list(store: &Store, config: &Config) -> anyhow::Result<Vec<SecretInfo>> {
     let rows = store.secrets().await?;
-    Ok(rows
-        .into_iter()
-        .map(|row| SecretInfo { profile: row.profile, created_at: row.created_at, updated_at: row.updated_at })
-        .collect())
+    let dates = |profile: &str| rows.iter().find(|r| r.profile == profile).map(|r| (r.created_at, r.updated_at));
+    let configured = config.profiles.iter().filter(|p| p.algorithm.is_some());
+    let mut listed: Vec<SecretInfo> =
+        configured.map(|p| SecretInfo { profile: p.name.clone(), set: dates(&p.name) }).collect();
+    for row in &rows {
+        if !listed.iter().any(|s| s.profile == row.profile) {
+            listed.push(SecretInfo { profile: row.profile.clone(), set: Some((row.created_at, row.updated_at)) });
+        }
+    }
+    listed.sort_by(|a, b| a.profile.cmp(&b.profile));
+    Ok(listed)
 }
 
 /// Opens the secret of every configured shared-secret profile that has one.

@@ -260,6 +260,19 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// `program`, which the Debian package `package` installs; a test that needs it and does
+/// not find it fails saying how to install it (never skips).
+pub fn tool(program: &str, package: &str) -> Command {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()));
+    assert!(
+        found,
+        "this test runs `{program}`, which is not installed: apt-get install {package} \
+         (Debian/Ubuntu), or run scripts/test.sh, which installs what the tests need"
+    );
+    Command::new(program)
+}
+
 /// The binary, run in `dir` with its database and master key file there.
 pub fn keyward(dir: &Path, args: &[&str]) -> Output {
     keyward_command(dir, args).output().unwrap()

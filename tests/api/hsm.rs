@@ -40,7 +40,7 @@ fn softhsm_module() -> PathBuf {
         Some(module) if util => module,
         _ => panic!(
             "SoftHSM2 is not installed: the PKCS#11 tests need {} and softhsm2-util \
-             (Debian/Ubuntu: apt-get install softhsm2; .ci/run installs it)",
+             (Debian/Ubuntu: apt-get install softhsm2, or run scripts/test.sh, which installs it)",
             MODULES[0]
         ),
     }
@@ -301,6 +301,16 @@ async fn keys_made_in_the_token_sign_rs256_ps256_es256_and_es384_verified_agains
         let bytes = std::fs::read(hsm.path().join("keyward.db")).unwrap();
         assert!(!bytes.windows(11).any(|w| w == b"PRIVATE KEY"));
         sqlite(&store).close().await;
+
+        // `keys list` says where each key is; nothing is sealed, so no master key was asked
+        // for or generated.
+        let out = hsm.keyward(&server, &["keys", "list"]);
+        let listed = text(&out.stdout);
+        let custody: Vec<&str> = listed.lines().skip(1).map(|l| l.split_whitespace().nth(4).unwrap()).collect();
+        assert_eq!(custody, [format!("pkcs11:{LABEL}"), format!("pkcs11:{LABEL}")], "{listed}");
+        assert!(!hsm.path().join("master.key").exists(), "{algorithm}: a master key was generated for nothing");
+        let log = server.log_text();
+        assert!(!log.contains("NO MASTER KEY") && log.contains("no master key needed"), "{log}");
     }
 }
 

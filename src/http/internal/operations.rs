@@ -29,7 +29,7 @@ pub(super) async fn metrics(state: web::Data<InternalState>) -> HttpResponse {
                         partner.key_sets.iter().map(|s| (s.key_set.as_str(), s.holds_next)).collect();
                     metrics.partner(&partner.name, partner.last_fetch, &holds);
                     for set in &partner.key_sets {
-                        metrics.gate(&set.key_set, set.gate.as_ref().is_some_and(|g| g.holds()));
+                        metrics.gate(&set.key_set, set.gate.as_ref().is_some_and(|g| g.holds(now)));
                     }
                 }
             }
