@@ -79,7 +79,7 @@ impl Application {
         // the first request.
         scheduler::run_due(&store, &custody, &config, &crate::ops::wall_clock, Some(&metrics)).await;
         let (ledger, ledger_writer) = Ledger::start(
-            store.issuance_writer(),
+            store.issuance_writer(std::time::Duration::from_secs(config.server.request_deadline.as_secs())),
             metrics.clone(),
             std::time::Duration::from_millis(config.server.ledger_commit_interval_ms),
         );

@@ -10,6 +10,7 @@ use actix_web::dev::Payload;
 use actix_web::http::header;
 use actix_web::{web, FromRequest, HttpRequest};
 
+use super::deadline::Deadline;
 use super::InternalState;
 use crate::app::snapshot::{Recheck, Snapshot};
 use crate::http::client_cert;
@@ -23,6 +24,8 @@ use crate::policy::ratelimit::Limit;
 pub(super) struct Caller {
     pub(super) snapshot: Arc<Snapshot>,
     pub(super) client: Client,
+    /// From the request's arrival.
+    pub(super) deadline: Deadline,
 }
 
 impl Caller {
@@ -47,6 +50,7 @@ impl FromRequest for Caller {
             let state = req
                 .app_data::<web::Data<InternalState>>()
                 .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("the internal state is not registered")))?;
+            let deadline = state.deadline();
             client_cert::require_if_mutual(&req)?;
             let certificate_only = match req.headers().get(header::AUTHORIZATION) {
                 None => client_cert::certificate_only_client(&req, state.shared.snapshot()),
@@ -56,14 +60,14 @@ impl FromRequest for Caller {
                 Some(found) => found,
                 None => {
                     let token = bearer(&req)?;
-                    let snapshot = snapshot_for(token, state).await?;
+                    let snapshot = snapshot_for(token, state, deadline).await?;
                     let client = snapshot.clients.authenticate(token).ok_or(ApiError::UnknownToken)?.clone();
                     client_cert::check_binding(&req, &client)?;
                     (snapshot, client)
                 }
             };
             admit(state, &client)?;
-            Ok(Caller { snapshot, client })
+            Ok(Caller { snapshot, client, deadline })
         })
     }
 }
@@ -100,15 +104,17 @@ fn bearer(req: &HttpRequest) -> Result<&str, ApiError> {
 /// The snapshot to serve the request from, one that knows its bearer token if the store
 /// does: a token `keyward clients add` printed a moment ago works on the next request,
 /// before the change watch reloads.
-async fn snapshot_for(token: &str, state: &InternalState) -> Result<Arc<Snapshot>, ApiError> {
+/// The look-up waits no longer than the request's deadline (a database that does not
+/// answer makes it "not checked": retry in a second).
+async fn snapshot_for(token: &str, state: &InternalState, deadline: Deadline) -> Result<Arc<Snapshot>, ApiError> {
     let snapshot = state.shared.snapshot();
     if snapshot.clients.authenticate(token).is_some() {
         return Ok(snapshot);
     }
-    match state.shared.recheck(token).await {
-        Recheck::Known(fresh) => Ok(fresh),
-        Recheck::Unknown => Err(ApiError::UnknownToken),
-        Recheck::NotChecked => Err(ApiError::TokenNotChecked),
+    match tokio::time::timeout_at(deadline.at().into(), state.shared.recheck(token)).await {
+        Ok(Recheck::Known(fresh)) => Ok(fresh),
+        Ok(Recheck::Unknown) => Err(ApiError::UnknownToken),
+        Ok(Recheck::NotChecked) | Err(_) => Err(ApiError::TokenNotChecked),
     }
 }
 

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::auth::Caller;
 use super::body::json_body;
+use super::deadline::Deadline;
 use super::{no_store_json, InternalState};
 use crate::app::ledger::NotRecorded;
 use crate::app::snapshot::Snapshot;
@@ -34,6 +35,7 @@ pub(super) async fn sign(
     state: web::Data<InternalState>,
 ) -> Result<HttpResponse, ApiError> {
     let profile = caller.profile(&state, &name)?;
+    let _serving = state.admit_signing()?;
     let request: SignRequest = json_body(&req, payload, state.body_timeout()).await?;
     if request.cache.is_some() {
         return Err(ApiError::InvalidBody {
@@ -41,7 +43,7 @@ pub(super) async fn sign(
             detail: "only /token takes \"cache\"".into(),
         });
     }
-    let signed = issue(&state, &caller.snapshot, &caller.client, profile, request).await?;
+    let signed = issue(&state, &caller.snapshot, &caller.client, profile, request, caller.deadline).await?;
     Ok(no_store_json(&signed))
 }
 
@@ -49,22 +51,25 @@ pub(super) async fn sign(
 /// committed; if the ledger cannot record it, nobody gets it. If the signing key was
 /// revoked meanwhile (on any replica), the row is refused: the token is signed once more
 /// with the signer of an up-to-date snapshot, or refused (503). If the client was revoked
-/// meanwhile, 401.
+/// meanwhile, 401. Nothing waits beyond `deadline`: what is not recorded by then is
+/// refused (503), and never handed out later.
 pub(super) async fn issue(
     state: &InternalState,
     snapshot: &Snapshot,
     client: &Client,
     profile: &Profile,
     request: SignRequest,
+    deadline: Deadline,
 ) -> Result<Signed, ApiError> {
-    match issue_once(state, snapshot, client, profile, request.clone()).await? {
+    match issue_once(state, snapshot, client, profile, request.clone(), deadline).await? {
         Ok(signed) => Ok(signed),
         Err(NotRecorded::KeyWithdrawn) => {
-            let fresh = state.shared.catch_up(snapshot.generation).await.map_err(|err| {
+            let caught_up = tokio::time::timeout_at(deadline.at().into(), state.shared.catch_up(snapshot.generation));
+            let fresh = caught_up.await.map_err(|_| ApiError::NotRecorded)?.map_err(|err| {
                 tracing::warn!(error = format!("{err:#}"), "reloading after a withdrawn signer failed");
                 ApiError::NotRecorded
             })?;
-            match issue_once(state, &fresh, client, profile, request).await? {
+            match issue_once(state, &fresh, client, profile, request, deadline).await? {
                 Ok(signed) => Ok(signed),
                 Err(NotRecorded::ClientRevoked) => Err(ApiError::Unauthorized),
                 Err(_) => Err(ApiError::NotRecorded),
@@ -82,6 +87,7 @@ async fn issue_once(
     client: &Client,
     profile: &Profile,
     request: SignRequest,
+    deadline: Deadline,
 ) -> Result<Result<Signed, NotRecorded>, ApiError> {
     let metrics = state.shared.metrics();
     let sub = request.sub.clone();
@@ -92,7 +98,7 @@ async fn issue_once(
         metrics.token(&profile.name, "none", "refused");
         refused(refusal)
     })?;
-    let signed = sign_prepared(snapshot, profile, prepared, jti).await.inspect_err(|_| {
+    let signed = sign_prepared(snapshot, profile, prepared, jti, deadline).await.inspect_err(|_| {
         metrics.token(&profile.name, "none", "failed");
     })?;
     metrics.signed_in(started.elapsed());
@@ -107,7 +113,19 @@ async fn issue_once(
         exp: signed.expires_at,
         claim_names,
     };
-    if let Err(refusal) = state.ledger.record(entry).await {
+    let iat = signed.issued_at;
+    let record_by = deadline.for_token(iat, chrono::Utc::now().timestamp_millis(), std::time::Instant::now());
+    let recorded = state.ledger.record(entry, record_by).await;
+    // Recorded, but too late to leave with the lifetime the caller asked for: the row stays
+    // (an issuance nobody received), the token does not leave.
+    let recorded = recorded.and_then(|()| {
+        if deadline.token_fresh(iat, chrono::Utc::now().timestamp_millis()) {
+            Ok(())
+        } else {
+            Err(NotRecorded::Failed)
+        }
+    });
+    if let Err(refusal) = recorded {
         metrics.token(&profile.name, signed.alg, "failed");
         return Ok(Err(refusal));
     }
@@ -122,6 +140,7 @@ async fn sign_prepared(
     profile: &Profile,
     prepared: Prepared,
     jti: String,
+    deadline: Deadline,
 ) -> Result<Signed, ApiError> {
     let (token, kid, alg) = match &profile.kind {
         ProfileKind::KeySet { key_set: set, .. } => {
@@ -130,7 +149,11 @@ async fn sign_prepared(
                 .get(set)
                 .and_then(|view| view.signer.clone())
                 .ok_or_else(|| ApiError::NoSigningKey(format!("key set {set} has no signing key yet")))?;
-            let token = signer.sign_async(prepared.claims).await.map_err(|err| match err {
+            // A PKCS#11 token that hangs costs the request its deadline, not more.
+            let signed = tokio::time::timeout_at(deadline.at().into(), signer.sign_async(prepared.claims))
+                .await
+                .map_err(|_| ApiError::NoSigningKey(format!("key set {set}'s PKCS#11 token does not answer")))?;
+            let token = signed.map_err(|err| match err {
                 KeyError::Token(TokenError::Unavailable) => {
                     ApiError::NoSigningKey(format!("key set {set}'s PKCS#11 token does not answer"))
                 }
