@@ -2,6 +2,7 @@
 
 mod certs;
 mod cli;
+mod deadline;
 mod discovery;
 mod first_hour;
 mod gates;
