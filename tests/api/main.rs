@@ -14,6 +14,7 @@ mod keys_and_secrets;
 mod migrate;
 mod openapi;
 mod operations;
+mod overload;
 mod partners;
 mod postgres;
 mod reliability;

@@ -149,14 +149,16 @@ async fn sign_prepared(
                 .get(set)
                 .and_then(|view| view.signer.clone())
                 .ok_or_else(|| ApiError::NoSigningKey(format!("key set {set} has no signing key yet")))?;
-            // A PKCS#11 token that hangs costs the request its deadline, not more.
-            let signed = tokio::time::timeout_at(deadline.at().into(), signer.sign_async(prepared.claims))
-                .await
-                .map_err(|_| ApiError::NoSigningKey(format!("key set {set}'s PKCS#11 token does not answer")))?;
+            // A PKCS#11 token that hangs, or a queue of signatures longer than the deadline,
+            // costs the request its deadline, not more.
+            let silent = || ApiError::NoSigningKey(format!("key set {set}'s PKCS#11 token does not answer"));
+            let signed =
+                tokio::time::timeout_at(deadline.at().into(), signer.sign_async(prepared.claims, deadline.at()))
+                    .await
+                    .map_err(|_| if signer.on_token() { silent() } else { ApiError::Overloaded })?;
             let token = signed.map_err(|err| match err {
-                KeyError::Token(TokenError::Unavailable) => {
-                    ApiError::NoSigningKey(format!("key set {set}'s PKCS#11 token does not answer"))
-                }
+                KeyError::Token(TokenError::Unavailable) => silent(),
+                KeyError::TooLate => ApiError::Overloaded,
                 other => ApiError::from(anyhow::Error::from(other)),
             })?;
             (token, Some(signer.kid().to_owned()), signer.algorithm().as_str())
