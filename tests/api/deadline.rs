@@ -235,7 +235,9 @@ impl LockHolder {
             panic!("this test holds SQLite's write lock with the sqlite3 shell ({err}): apt-get install sqlite3")
         });
         let stdin = child.stdin.as_mut().unwrap();
-        stdin.write_all(b"BEGIN IMMEDIATE;\nSELECT 'locked';\n").unwrap();
+        // The shell waits for the lock if keyward's writer holds it now, and quits, printing
+        // nothing, if it could not take it.
+        stdin.write_all(b".bail on\n.timeout 10000\nBEGIN IMMEDIATE;\nSELECT 'locked';\n").unwrap();
         stdin.flush().unwrap();
         let mut line = String::new();
         BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
