@@ -178,7 +178,9 @@ impl Run {
         if let Some(bad) = self.jwks.iter().find(|p| p.status != 200) {
             failures.push(format!("the JWKS answered {}: {}", bad.status, bad.body));
         }
-        if jwks_slowest > Duration::from_millis(500) {
+        // It never waits on the database: only on the CPU, shared with the signers (and, on a
+        // test machine, with everything else). No slower than a sign answer may be.
+        if jwks_slowest > DEADLINE + SLACK {
             failures.push(format!("a JWKS answer took {jwks_slowest:?}"));
         }
         let not_ready: Vec<&Poll> = self.readyz.iter().filter(|p| p.status != 200).collect();
