@@ -67,6 +67,7 @@ struct Inner {
     ledger_commit_seconds: Histogram,
     ledger_failures: Counter,
     rate_limited: Family<ClientLabels, Counter>,
+    shed: Counter,
     certificate_expiry: Family<ListenerLabels, Gauge>,
     partner_last_fetch: Family<PartnerLabels, Gauge>,
     partner_holds_next: Family<PartnerSetLabels, Gauge>,
@@ -109,6 +110,12 @@ impl Default for Metrics {
             "rate_limited_requests",
             "Requests refused by the per-client rate limit",
             rate_limited.clone(),
+        );
+        let shed = Counter::default();
+        registry.register(
+            "shed_requests",
+            "Sign and token requests refused at once because max_signing_requests were being served",
+            shed.clone(),
         );
         let certificate_expiry = Family::<ListenerLabels, Gauge>::default();
         registry.register(
@@ -159,6 +166,7 @@ impl Default for Metrics {
             ledger_commit_seconds,
             ledger_failures,
             rate_limited,
+            shed,
             certificate_expiry,
             partner_last_fetch,
             partner_holds_next,
@@ -226,6 +234,11 @@ impl Metrics {
         if !committed {
             self.0.ledger_failures.inc();
         }
+    }
+
+    /// A sign or token request refused because the server was full.
+    pub fn shed(&self) {
+        self.0.shed.inc();
     }
 
     /// A request over its client's rate limit.
