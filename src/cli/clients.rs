@@ -148,6 +148,7 @@ pub(super) async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
             }
             let store = ctx.store().await?;
             clients::update(&store, ctx.config(), &name, ClientChange { profiles, permissions, admin }).await?;
+            wait_for_requests_in_flight(ctx);
             eprintln!(
                 "changed client {name:?}; from now on no server answers a request under its old rights (each \
                  confirms the change where it records the request)"
@@ -194,6 +195,7 @@ pub(super) async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
             let store = ctx.store().await?;
             match clients::revoke(&store, &name, now()).await {
                 Ok(()) => {
+                    wait_for_requests_in_flight(ctx);
                     eprintln!(
                         "revoked client {name:?}; from now on no server answers its token or identity with a \
                          signed token (each confirms the client where it records the request)"
@@ -223,6 +225,7 @@ pub(super) async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
                     time(Some(now() + grace))
                 );
             } else {
+                wait_for_requests_in_flight(ctx);
                 eprintln!(
                     "client {name:?} has a new token (below, shown once); the old one no longer works, on any server"
                 );
@@ -233,3 +236,15 @@ pub(super) async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
         }
     }
 }
+
+/// Returns once no server can still hand out a token under the credential or rights a
+/// change just withdrew: a request recorded before the change may still be on its way out,
+/// but never later than `request_deadline` after it was recorded (its answer is refused
+/// past that), plus a margin for the answer's bytes on the wire.
+fn wait_for_requests_in_flight(ctx: &Context) {
+    let deadline = std::time::Duration::from_secs(ctx.config().server.request_deadline.as_secs());
+    std::thread::sleep(deadline + IN_FLIGHT_MARGIN);
+}
+
+/// What [`wait_for_requests_in_flight`] adds to the request deadline.
+const IN_FLIGHT_MARGIN: std::time::Duration = std::time::Duration::from_millis(500);
