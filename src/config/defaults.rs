@@ -76,6 +76,8 @@ from_example!(server {
     rate_limit: u32,
     rate_burst: u32,
     request_body_timeout: Duration,
+    console: bool,
+    console_session: Duration,
 });
 
 from_example!(key_set {

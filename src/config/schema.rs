@@ -54,6 +54,12 @@ pub struct ServerConfig {
     /// have arrived (a slow sender would hold a connection and a worker otherwise).
     #[serde(default = "defaults::server::request_body_timeout")]
     pub request_body_timeout: Duration,
+    /// Serve the read-only operator console at `/console/` on the internal listener.
+    #[serde(default = "defaults::server::console")]
+    pub console: bool,
+    /// How long a console session lasts after sign-in.
+    #[serde(default = "defaults::server::console_session")]
+    pub console_session: Duration,
     /// Serve the public listener over TLS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_tls: Option<TlsConfig>,
