@@ -287,6 +287,8 @@ fn every_server_field_and_no_other_is_read_from_its_environment_variable() {
         ("KEYWARD_RATE_LIMIT", "3"),
         ("KEYWARD_RATE_BURST", "4"),
         ("KEYWARD_REQUEST_BODY_TIMEOUT", "9s"),
+        ("KEYWARD_CONSOLE", "true"),
+        ("KEYWARD_CONSOLE_SESSION", "1h"),
         ("KEYWARD_TRUSTED_PROXIES", "10.0.0.0/8, 192.0.2.1"),
     ];
     let loaded = load(ConfigSource::Defaults, &env(&values)).unwrap();
@@ -301,6 +303,8 @@ fn every_server_field_and_no_other_is_read_from_its_environment_variable() {
         rate_limit: 3,
         rate_burst: 4,
         request_body_timeout: Duration::from_secs(9),
+        console: true,
+        console_session: Duration::from_secs(3600),
         public_tls: None,
         internal_tls: None,
         trusted_proxies: vec!["10.0.0.0/8".parse().unwrap(), "192.0.2.1/32".parse().unwrap()],
