@@ -22,7 +22,7 @@ pub struct Browser {
     replies: Receiver<Value>,
     next_id: u64,
     session: String,
-    _profile: tempfile::TempDir,
+    profile: tempfile::TempDir,
 }
 
 fn pipe() -> (RawFd, RawFd) {
@@ -65,7 +65,7 @@ impl Browser {
             .arg("about:blank")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(File::create(profile.path().join("chromium.log")).unwrap());
         unsafe {
             command.pre_exec(move || {
                 if libc::dup2(to_child, 3) < 0 || libc::dup2(from_child, 4) < 0 {
@@ -92,7 +92,7 @@ impl Browser {
                 }
             }
         });
-        let mut browser = Browser { child, commands, replies, next_id: 0, session: String::new(), _profile: profile };
+        let mut browser = Browser { child, commands, replies, next_id: 0, session: String::new(), profile };
         let target = browser.call(None, "Target.createTarget", json!({"url": "about:blank"}));
         let target = target["targetId"].as_str().unwrap().to_owned();
         let attached = browser.call(None, "Target.attachToTarget", json!({"targetId": target, "flatten": true}));
@@ -114,16 +114,24 @@ impl Browser {
         }
         let mut bytes = serde_json::to_vec(&message).unwrap();
         bytes.push(0);
-        self.commands.write_all(&bytes).unwrap();
+        if let Err(err) = self.commands.write_all(&bytes) {
+            panic!("chromium is gone ({err}): {}", self.log());
+        }
         let deadline = Instant::now() + COMMAND_TIMEOUT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let reply = self.replies.recv_timeout(left).unwrap_or_else(|_| panic!("chromium did not answer {method}"));
+            let Ok(reply) = self.replies.recv_timeout(left) else { panic!("chromium did not answer {method}: {}", self.log()) };
             if reply["id"] == id {
                 assert!(reply.get("error").is_none(), "{method} failed: {reply}");
                 return reply["result"].clone();
             }
         }
+    }
+
+    /// What chromium wrote to its standard error (its last lines).
+    fn log(&self) -> String {
+        let log = std::fs::read_to_string(self.profile.path().join("chromium.log")).unwrap_or_default();
+        log[log.len().saturating_sub(4000)..].to_owned()
     }
 
     /// A command to the page.

@@ -89,11 +89,15 @@ fn expected_bands(key: &Value) -> Vec<(String, String, i64, Option<i64>)> {
 fn shown_bands(browser: &mut Browser, set: &str) -> Vec<(String, String, i64, Option<i64>)> {
     let script = format!(
         "JSON.stringify([...document.querySelectorAll('svg[data-key-set=\"{set}\"] rect.band')].map(r => \
-         [r.closest('g').dataset.kid, r.dataset.band, Number(r.dataset.from), r.dataset.until === '' ? null : Number(r.dataset.until)]))"
+         [r.closest('g').dataset.kid, r.dataset.band, r.dataset.from, r.dataset.until]))"
     );
-    let shown: Vec<(String, String, i64, Option<i64>)> =
+    // As text: a gate that holds puts moments at the end of time, past a JavaScript number.
+    let shown: Vec<(String, String, String, String)> =
         serde_json::from_str(browser.eval(&script).as_str().unwrap()).unwrap();
     shown
+        .into_iter()
+        .map(|(kid, band, from, until)| (kid, band, from.parse().unwrap(), until.parse().ok()))
+        .collect()
 }
 
 async fn sign_in(browser: &mut Browser, app: &TestApp, token: &str) {

@@ -65,8 +65,15 @@ pub(super) fn bands(t: &Timeline) -> Vec<Band> {
     bands
 }
 
+/// The last second of year 9999: a gate that holds with no deadline puts the moments it
+/// holds at the end of time, past it.
+const END_OF_DATES: i64 = 253_402_300_799;
+
 /// Unix seconds as the console shows them.
 pub(super) fn time(at: i64) -> String {
+    if at > END_OF_DATES {
+        return "when the gate releases".to_owned();
+    }
     chrono::DateTime::from_timestamp(at, 0)
         .map_or_else(|| at.to_string(), |t| t.format("%Y-%m-%d %H:%M:%SZ").to_string())
 }
@@ -83,7 +90,7 @@ pub(super) fn moment(m: Option<Moment>) -> String {
 /// The span the plot shows: every known moment and `now`, with a margin.
 fn span(set: &SetSchedule, now: i64) -> (i64, i64) {
     let moments = set.keys.iter().flat_map(|t| [t.published_from, t.published_until, t.signing_from, t.signing_until]);
-    let ats: Vec<i64> = moments.flatten().map(|m| m.at).filter(|at| *at < i64::MAX / 4).chain([now]).collect();
+    let ats: Vec<i64> = moments.flatten().map(|m| m.at).filter(|at| *at <= END_OF_DATES).chain([now]).collect();
     let (min, max) = (ats.iter().copied().min().unwrap_or(now), ats.iter().copied().max().unwrap_or(now));
     let margin = ((max - min) / 20).max(60);
     (min - margin, max + margin)
