@@ -120,7 +120,9 @@ impl Browser {
         let deadline = Instant::now() + COMMAND_TIMEOUT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let Ok(reply) = self.replies.recv_timeout(left) else { panic!("chromium did not answer {method}: {}", self.log()) };
+            let Ok(reply) = self.replies.recv_timeout(left) else {
+                panic!("chromium did not answer {method}: {}", self.log())
+            };
             if reply["id"] == id {
                 assert!(reply.get("error").is_none(), "{method} failed: {reply}");
                 return reply["result"].clone();

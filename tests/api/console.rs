@@ -94,10 +94,7 @@ fn shown_bands(browser: &mut Browser, set: &str) -> Vec<(String, String, i64, Op
     // As text: a gate that holds puts moments at the end of time, past a JavaScript number.
     let shown: Vec<(String, String, String, String)> =
         serde_json::from_str(browser.eval(&script).as_str().unwrap()).unwrap();
-    shown
-        .into_iter()
-        .map(|(kid, band, from, until)| (kid, band, from.parse().unwrap(), until.parse().ok()))
-        .collect()
+    shown.into_iter().map(|(kid, band, from, until)| (kid, band, from.parse().unwrap(), until.parse().ok())).collect()
 }
 
 async fn sign_in(browser: &mut Browser, app: &TestApp, token: &str) {

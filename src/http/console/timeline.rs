@@ -131,14 +131,14 @@ pub(super) fn svg(set: &SetSchedule, now: i64) -> Markup {
                     }
                 }
             }
-            @if let Some(Moment { at, planned: true }) = handover {
+            @if let Some(Moment { at, planned: true }) = handover.filter(|m| m.at <= END_OF_DATES) {
                 line class="handover" data-handover=(at) x1=(x(at)) x2=(x(at)) y1=(TOP - 4.0) y2=(height - 20.0) {
                     title { "planned hand-over at " (time(at)) }
                 }
             }
             @if let Some(gate) = held {
                 text class="gate-held" x=(x(now) + 4.0) y=(height - 6.0) data-gate=(gate_name(gate)) {
-                    (gate_text(gate))
+                    "gate " (gate_name(gate)) ": hand-over waits" title { (gate_text(gate)) }
                 }
             }
             line class="now" data-now=(now) x1=(x(now)) x2=(x(now)) y1=(TOP - 4.0) y2=(height - 20.0) {
