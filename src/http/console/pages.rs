@@ -12,6 +12,10 @@ use crate::ops::SetSchedule;
 use crate::policy::permission::Action;
 use crate::store::issuance::MinuteCount;
 
+/// Keys drawn per set, the newest: years of rotation leave hundreds of retired keys, which
+/// would bury the live ones (and make the page slow).
+const KEYS_SHOWN: usize = 12;
+
 /// Seconds the ledger chart covers.
 const DAY: i64 = 86_400;
 
@@ -100,14 +104,19 @@ pub(super) fn keys(viewer: &Viewer, sets: &[SetSchedule], now: i64) -> Markup {
                     @if let Some(gate) = &set.gate {
                         p class={ "gate" @if gate.holds() { " holding" } } { (gate_text(gate)) }
                     }
-                    (timeline::svg(set, now))
+                    @let hidden = set.keys.len().saturating_sub(KEYS_SHOWN);
+                    @let shown = set.keys.get(hidden..).unwrap_or_default();
+                    (timeline::svg(set, shown, now))
+                    @if hidden > 0 {
+                        p class="hint" { (hidden) " older keys, retired long ago, are not drawn: " code { "keyward keys schedule" } " lists them." }
+                    }
                     table {
                         caption { "Keys of " (set.name) ", oldest first" }
                         thead { tr { th scope="col" { "Kid" } th scope="col" { "State" } th scope="col" { "Algorithm" }
                             th scope="col" { "Published from" } th scope="col" { "Published until" }
                             th scope="col" { "Signing from" } th scope="col" { "Signing until" } } }
                         tbody {
-                            @for k in &set.keys {
+                            @for k in shown {
                                 tr class={ "state-" (k.state.to_string()) } {
                                     td { code { (k.kid) } } td { (k.state.to_string()) } td { (k.algorithm.to_string()) }
                                     td { (moment(k.published_from)) } td { (moment(k.published_until)) }
@@ -262,16 +271,19 @@ fn rate_chart(profile: &str, minutes: &[(i64, i64)], now: i64) -> Markup {
     let peak = minutes.iter().map(|(_, n)| *n).max().unwrap_or(1).max(1);
     let total: i64 = minutes.iter().map(|(_, n)| n).sum();
     let label = format!("Tokens per minute of profile {profile}: {total} in 24 h, at most {peak} in a minute");
+    // One point per minute with tokens, dropping to zero around them: a few characters each.
+    let mut points = String::new();
+    for (minute, n) in minutes {
+        let x = width * (minute - start).max(0) as f64 / DAY as f64;
+        let y = height - (height - 4.0) * *n as f64 / peak as f64;
+        points.push_str(&format!("{x:.1},{height} {x:.1},{y:.1} {:.1},{y:.1} {:.1},{height} ", x + 0.6, x + 0.6));
+    }
     html! {
         figure class="rate" data-profile=(profile) data-total=(total) {
             figcaption { strong { (profile) } ": " (total) " tokens in 24 h, at most " (peak) " in a minute" }
             svg role="img" aria-label=(label) xmlns="http://www.w3.org/2000/svg" viewBox=(format!("0 0 {width} {height}")) {
                 title { (label) }
-                @for (minute, n) in minutes {
-                    @let x = width * (minute - start).max(0) as f64 / DAY as f64;
-                    @let h = (height - 4.0) * *n as f64 / peak as f64;
-                    rect class="minute" x=(x) y=(height - h) width="1" height=(h) { title { (time(*minute)) ": " (n) } }
-                }
+                polyline class="minutes" points=(points) {}
             }
         }
     }

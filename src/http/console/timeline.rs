@@ -87,21 +87,21 @@ pub(super) fn moment(m: Option<Moment>) -> String {
     }
 }
 
-/// The span the plot shows: every known moment and `now`, with a margin.
-fn span(set: &SetSchedule, now: i64) -> (i64, i64) {
-    let moments = set.keys.iter().flat_map(|t| [t.published_from, t.published_until, t.signing_from, t.signing_until]);
+/// The span the plot shows: every known moment of `keys` and `now`, with a margin.
+fn span(keys: &[Timeline], now: i64) -> (i64, i64) {
+    let moments = keys.iter().flat_map(|t| [t.published_from, t.published_until, t.signing_from, t.signing_until]);
     let ats: Vec<i64> = moments.flatten().map(|m| m.at).filter(|at| *at <= END_OF_DATES).chain([now]).collect();
     let (min, max) = (ats.iter().copied().min().unwrap_or(now), ats.iter().copied().max().unwrap_or(now));
     let margin = ((max - min) / 20).max(60);
     (min - margin, max + margin)
 }
 
-/// The set's timeline.
-pub(super) fn svg(set: &SetSchedule, now: i64) -> Markup {
-    let (start, end) = span(set, now);
+/// The timeline of `keys`, of `set`.
+pub(super) fn svg(set: &SetSchedule, keys: &[Timeline], now: i64) -> Markup {
+    let (start, end) = span(keys, now);
     let x = |at: i64| PLOT_LEFT + PLOT_WIDTH * (at.clamp(start, end) - start) as f64 / (end - start) as f64;
-    let height = TOP + ROW * set.keys.len() as f64 + 24.0;
-    let handover = set.keys.iter().find(|t| t.state == KeyState::Current).and_then(|t| t.signing_until);
+    let height = TOP + ROW * keys.len() as f64 + 24.0;
+    let handover = keys.iter().find(|t| t.state == KeyState::Current).and_then(|t| t.signing_until);
     let held = set.gate.as_ref().filter(|g| g.holds());
     let label = format!("Timeline of key set {}", set.name);
     html! {
@@ -110,7 +110,7 @@ pub(super) fn svg(set: &SetSchedule, now: i64) -> Markup {
             title { (label) }
             text class="axis" x=(PLOT_LEFT) y="12" { (time(start)) }
             text class="axis end" x=(PLOT_LEFT + PLOT_WIDTH) y="12" { (time(end)) }
-            @for (row, t) in set.keys.iter().enumerate() {
+            @for (row, t) in keys.iter().enumerate() {
                 @let y = TOP + ROW * row as f64;
                 g class={ "key " (t.state.to_string()) } data-kid=(t.kid) data-state=(t.state.to_string()) {
                     text class="kid" x="4" y=(y + 15.0) { (short(&t.kid)) }
