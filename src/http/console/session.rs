@@ -145,3 +145,40 @@ fn viewer(req: &HttpRequest) -> Option<Viewer> {
     client_cert::check_binding(req, &client).ok()?;
     Some(Viewer { client, session, csrf })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client() -> Client {
+        Client {
+            name: "ops".to_owned(),
+            profiles: Default::default(),
+            permissions: Default::default(),
+            rate: None,
+            certificate: None,
+            certificate_only: false,
+            identity: None,
+            generation: 0,
+            token_hash: [0; 32],
+        }
+    }
+
+    #[test]
+    fn a_session_ends_when_it_expires_or_is_ended() {
+        let sessions = Sessions::default();
+        let id = sessions.start(&client(), 100, 0);
+        assert_eq!(sessions.find(&id, 99).map(|(name, ..)| name).as_deref(), Some("ops"));
+        assert!(sessions.find(&id, 100).is_none(), "a session lives until expires_at, not at it");
+        let id = sessions.start(&client(), 100, 0);
+        sessions.end(&id);
+        assert!(sessions.find(&id, 1).is_none());
+        assert!(sessions.find("made-up", 1).is_none());
+    }
+
+    #[test]
+    fn cookies_are_http_only_strict_and_secure_only_under_tls() {
+        assert_eq!(set_cookie("a", "b", 60, false), "a=b; Path=/console/; Max-Age=60; HttpOnly; SameSite=Strict");
+        assert!(set_cookie("a", "b", 60, true).ends_with("; Secure"));
+    }
+}
