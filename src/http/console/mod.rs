@@ -46,6 +46,7 @@ impl ConsoleState {
 pub fn configure(config: &mut web::ServiceConfig) {
     config.service(
         web::scope("/console")
+            .route("", web::get().to(|| async { see_other("/console/").finish() }))
             .route("/", web::get().to(home))
             .route("/console.css", web::get().to(stylesheet))
             .route("/sign-in", web::get().to(sign_in_form))
