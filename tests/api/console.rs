@@ -13,7 +13,9 @@ use serde_json::Value;
 
 use crate::browser::Browser;
 use crate::certs::{https_builder, Ca};
-use crate::helpers::{keyward, now, spawn_app, spawn_app_with, spawn_in, test_config, TestApp};
+use crate::helpers::{
+    keyward, now, on_both_stores, spawn_app, spawn_app_on, spawn_app_with, spawn_in, test_config, TestApp,
+};
 use crate::tls::{https, spawn_tls};
 
 /// Where the test writes the README's pictures.
@@ -360,4 +362,24 @@ async fn a_certificate_only_client_signs_in_by_its_certificate_and_the_cookie_is
         .await
         .unwrap();
     assert_eq!(keys.status(), 200);
+}
+
+on_both_stores! {
+    async fn the_ledger_counts_tokens_per_profile_and_minute_on_either_store(backend: Backend) {
+        let app = spawn_app_on(backend, |_| {}).await;
+        let token = app.client("backend", &["npm-sandbox"]).await;
+        for sub in ["a", "b"] {
+            app.sign_ok("npm-sandbox", &token, &serde_json::json!({"sub": sub})).await;
+        }
+        let counted = app
+            .eventually(Duration::from_secs(10), || async {
+                let minutes = app.store.issuance_per_minute(now() - 120).await.unwrap();
+                minutes.iter().map(|m| m.tokens).sum::<i64>() == 2
+            })
+            .await;
+        assert!(counted, "the ledger's rows were not counted");
+        let minutes = app.store.issuance_per_minute(now() - 120).await.unwrap();
+        assert!(minutes.iter().all(|m| m.profile == "npm-sandbox" && m.minute % 60 == 0), "{minutes:?}");
+        assert!(app.store.issuance_per_minute(now() + 60).await.unwrap().is_empty());
+    }
 }
