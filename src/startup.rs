@@ -17,6 +17,7 @@ use crate::app::scheduler;
 use crate::app::snapshot::Shared;
 use crate::config::{self, Config};
 use crate::http::client_cert;
+use crate::http::console::{self, ConsoleState};
 use crate::http::internal::{self, InternalState};
 use crate::http::middleware;
 use crate::http::public::{self, PublicState};
@@ -112,10 +113,20 @@ impl Application {
         .run();
         let identities = IdentityProviders::new(&config.identity_providers, shared.metrics().clone())?;
         let internal_state = web::Data::new(InternalState::new(Arc::clone(&shared), profiles, ledger, identities));
+        // The console is off unless configured: then /console/ answers 404 like any other path.
+        let console_state = config
+            .server
+            .console
+            .then(|| web::Data::new(ConsoleState::new(Arc::clone(&shared), internal_tls.is_some())));
         let internal = HttpServer::new(move || {
             // Called on each internal worker's own thread as it starts.
             yield_to_verifiers();
-            App::new().wrap(from_fn(middleware::logged)).app_data(internal_state.clone()).configure(internal::configure)
+            let app = App::new().wrap(from_fn(middleware::logged)).app_data(internal_state.clone());
+            let app = match &console_state {
+                Some(console_state) => app.app_data(console_state.clone()).configure(console::configure),
+                None => app,
+            };
+            app.configure(internal::configure)
         })
         .workers(workers)
         // The threads RSA and PKCS#11 signatures run on, per worker: as many as there are

@@ -78,6 +78,8 @@ from_example!(server {
     request_body_timeout: Duration,
     request_deadline: Duration,
     max_signing_requests: u32,
+    console: bool,
+    console_session: Duration,
 });
 
 from_example!(key_set {

@@ -113,12 +113,16 @@ pub(super) fn apply_env(config: &mut Config, env: &HashMap<String, String>) -> R
     for (field, value) in fields.iter_mut() {
         let var = variable_of(field);
         let Some(text) = env.get(&var) else { continue };
-        // The environment has only text: a field that is a number takes it as one.
+        // The environment has only text: a field that is a number (or a switch) takes it as one.
         *value = match value {
             Value::Number(_) => text
                 .parse::<u64>()
                 .map(Value::from)
                 .map_err(|_| env_error(&var, format!("{text:?} is not a whole number")))?,
+            Value::Bool(_) => text
+                .parse::<bool>()
+                .map(Value::from)
+                .map_err(|_| env_error(&var, format!("{text:?} is neither true nor false")))?,
             // A list is written comma-separated.
             Value::Array(_) => text.split(',').map(str::trim).filter(|t| !t.is_empty()).map(Value::from).collect(),
             _ => Value::String(text.clone()),

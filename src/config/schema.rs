@@ -63,6 +63,12 @@ pub struct ServerConfig {
     /// `overloaded`) instead of queueing behind them.
     #[serde(default = "defaults::server::max_signing_requests")]
     pub max_signing_requests: u32,
+    /// Serve the read-only operator console at `/console/` on the internal listener.
+    #[serde(default = "defaults::server::console")]
+    pub console: bool,
+    /// How long a console session lasts after sign-in.
+    #[serde(default = "defaults::server::console_session")]
+    pub console_session: Duration,
     /// Serve the public listener over TLS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_tls: Option<TlsConfig>,

@@ -228,6 +228,17 @@ fn ledger_commit_interval_is_at_most_a_second() {
 }
 
 #[test]
+fn console_is_off_by_default_and_its_session_is_one_minute_to_twelve_hours() {
+    let config = example_with("console = false", "console = true").unwrap();
+    assert!(config.server.console && !Config::default().server.console);
+    assert_eq!(Config::default().server.console_session, Duration::from_secs(1800));
+    for bad in ["30s", "13h"] {
+        let err = error_of(r#"console_session = "30m""#, &format!("console_session = {bad:?}"));
+        assert!(err.contains("[server], field console_session") && err.contains("1m to 12h"), "{err}");
+    }
+}
+
+#[test]
 fn request_body_timeout_is_one_to_sixty_seconds_from_the_file_or_the_environment() {
     let config = example_with(r#"request_body_timeout = "5s""#, r#"request_body_timeout = "60s""#).unwrap();
     assert_eq!(config.server.request_body_timeout, Duration::from_secs(60));
@@ -292,6 +303,8 @@ fn every_server_field_and_no_other_is_read_from_its_environment_variable() {
         ("KEYWARD_REQUEST_BODY_TIMEOUT", "9s"),
         ("KEYWARD_REQUEST_DEADLINE", "3s"),
         ("KEYWARD_MAX_SIGNING_REQUESTS", "64"),
+        ("KEYWARD_CONSOLE", "true"),
+        ("KEYWARD_CONSOLE_SESSION", "1h"),
         ("KEYWARD_TRUSTED_PROXIES", "10.0.0.0/8, 192.0.2.1"),
     ];
     let loaded = load(ConfigSource::Defaults, &env(&values)).unwrap();
@@ -308,6 +321,8 @@ fn every_server_field_and_no_other_is_read_from_its_environment_variable() {
         request_body_timeout: Duration::from_secs(9),
         request_deadline: Duration::from_secs(3),
         max_signing_requests: 64,
+        console: true,
+        console_session: Duration::from_secs(3600),
         public_tls: None,
         internal_tls: None,
         trusted_proxies: vec!["10.0.0.0/8".parse().unwrap(), "192.0.2.1/32".parse().unwrap()],

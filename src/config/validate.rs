@@ -47,6 +47,12 @@ pub fn validate(config: &Config, source_name: &str) -> Result<(), ConfigError> {
             format!("{} is out of range: use 2s to 30s (default 2s)", server.request_deadline),
         ));
     }
+    if !(60..=43_200).contains(&server.console_session.as_secs()) {
+        return Err(fail(
+            "[server], field console_session".to_owned(),
+            format!("{} is out of range: use 1m to 12h (default 30m)", server.console_session),
+        ));
+    }
     for (field, value) in [
         ("rate_limit", server.rate_limit),
         ("rate_burst", server.rate_burst),

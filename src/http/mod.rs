@@ -1,6 +1,8 @@
-//! HTTP: problem+json errors, request logging, the public and the internal listener.
+//! HTTP: problem+json errors, request logging, the public and the internal listener (with
+//! the operator console).
 
 pub mod client_cert;
+pub mod console;
 pub mod discovery;
 pub mod forwarded;
 pub mod internal;

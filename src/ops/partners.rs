@@ -1,7 +1,7 @@
 //! What partners have been seen doing: shared by `keyward partners`, `GET /v1/partners`,
 //! the metrics and the revoke outcome.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use anyhow::Context;
 use serde::Serialize;
@@ -69,6 +69,9 @@ pub struct PartnersReport {
     pub handovers: Vec<GatedHandover>,
 }
 
+/// A set's signing key, next key and gate at the report's instant.
+type SetSigners = (Option<String>, Option<String>, Option<GateState>);
+
 /// The report at `now`.
 pub async fn report(store: &Store, config: &Config, now: i64) -> anyhow::Result<PartnersReport> {
     let gates = Gates::load(store, config).await?;
@@ -76,15 +79,24 @@ pub async fn report(store: &Store, config: &Config, now: i64) -> anyhow::Result<
     let fetches = store.partner_fetches_since(now - DAY).await.context("reading partner fetches")?;
     let last = store.partner_last_fetches().await?;
     let mut partners = Vec::with_capacity(config.partners.len());
+    let mut signers: HashMap<String, SetSigners> = HashMap::new();
     for partner in &config.partners {
         let holds = |set: &str, kid: &str| {
             holdings.iter().any(|h| h.partner == partner.name && h.key_set == set && h.kid == kid)
         };
         let mut key_sets = Vec::new();
         for set in &partner.key_sets {
-            let (keys, gate_state) = gates.apply(set, &store.keys_of_set(set).await?, now);
-            let (current, next) = gate::signer_and_next(&keys, now);
-            let (current, next) = (current.map(|k| k.kid.clone()), next.map(|k| k.kid.clone()));
+            // Each set once, however many partners fetch it.
+            let (current, next, gate_state) = match signers.get(set) {
+                Some(known) => known.clone(),
+                None => {
+                    let (keys, gate_state) = gates.apply(set, &store.keys_of_set(set).await?, now);
+                    let (current, next) = gate::signer_and_next(&keys, now);
+                    let known = (current.map(|k| k.kid.clone()), next.map(|k| k.kid.clone()), gate_state);
+                    signers.insert(set.clone(), known.clone());
+                    known
+                }
+            };
             key_sets.push(PartnerSet {
                 key_set: set.clone(),
                 holds_current: current.as_deref().is_some_and(|kid| holds(set, kid)),

@@ -10,6 +10,22 @@ use std::time::Duration;
 
 use super::rows::Entry;
 
+/// Tokens issued per profile and minute since `$1` (Unix seconds), oldest minute first: one
+/// text for both stores (SQLite takes `$1` too, and both divide integers exactly).
+pub(crate) const PER_MINUTE_SQL: &str = "SELECT profile, iat / 60 * 60 AS minute, COUNT(*) AS tokens \
+     FROM issuance WHERE iat >= $1 AND jti <> $2 GROUP BY profile, iat / 60 ORDER BY minute, profile";
+
+/// Tokens one profile issued in one minute.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct MinuteCount {
+    /// The profile.
+    pub profile: String,
+    /// The minute's first second (Unix seconds).
+    pub minute: i64,
+    /// Tokens issued in it.
+    pub tokens: i64,
+}
+
 /// The `jti` of the row a ledger probe writes and deletes again, on either store (real
 /// jtis are 22 characters).
 pub(crate) const PROBE_JTI: &str = "-ledger-probe-";

@@ -8,6 +8,8 @@
 
 use std::path::Path;
 
+use anyhow::Context;
+
 use crate::config::Database;
 use crate::keys::gate::Holding;
 use crate::keys::KeyRecord;
@@ -181,6 +183,16 @@ impl Store {
             Store::Sqlite(s) => sqlite::issuance::query(s.pool(), filter, limit).await,
             Store::Postgres(s) => postgres::issuance::query(s.pool(), filter, limit).await,
         }
+    }
+
+    /// Tokens issued per profile and minute since `since`, oldest first.
+    pub async fn issuance_per_minute(&self, since: i64) -> anyhow::Result<Vec<issuance::MinuteCount>> {
+        let (sql, probe) = (issuance::PER_MINUTE_SQL, issuance::PROBE_JTI);
+        match self {
+            Store::Sqlite(s) => sqlx::query_as(sql).bind(since).bind(probe).fetch_all(s.pool()).await,
+            Store::Postgres(s) => sqlx::query_as(sql).bind(since).bind(probe).fetch_all(s.pool()).await,
+        }
+        .context("counting ledger rows per minute")
     }
 
     /// Deletes ledger rows issued before `before`; returns how many.

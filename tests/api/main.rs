@@ -1,8 +1,10 @@
 //! Integration tests: the real application on port 0, spoken to over HTTP.
 
+mod browser;
 mod certs;
 mod cli;
 mod client_changes;
+mod console;
 mod deadline;
 mod discovery;
 mod first_hour;

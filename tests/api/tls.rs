@@ -17,7 +17,7 @@ use crate::verify::verify;
 
 const PROFILE: &str = "npm-sandbox";
 
-fn tls_files(dir: &std::path::Path, leaf: &Leaf, name: &str, client_ca: Option<&Ca>) -> TlsConfig {
+pub(crate) fn tls_files(dir: &std::path::Path, leaf: &Leaf, name: &str, client_ca: Option<&Ca>) -> TlsConfig {
     let (cert_file, key_file) = leaf.write(dir, name);
     let client_ca_file = client_ca.map(|ca| {
         let path = dir.join(format!("{name}-clients-ca.pem"));
@@ -29,7 +29,7 @@ fn tls_files(dir: &std::path::Path, leaf: &Leaf, name: &str, client_ca: Option<&
 
 /// An app whose listeners serve `public` and `internal` certificates (with mutual TLS on
 /// the internal one when `client_ca` is given).
-async fn spawn_tls(
+pub(crate) async fn spawn_tls(
     public: Option<&Leaf>,
     internal: Option<&Leaf>,
     client_ca: Option<&Ca>,
@@ -43,7 +43,7 @@ async fn spawn_tls(
     spawn_in(dir, config, MasterKey::generate()).await
 }
 
-fn https(address: &str, path: &str) -> String {
+pub(crate) fn https(address: &str, path: &str) -> String {
     format!("https://{HOST}:{}{path}", port_of(address))
 }
 
