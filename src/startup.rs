@@ -83,6 +83,8 @@ impl Application {
             metrics.clone(),
             std::time::Duration::from_millis(config.server.ledger_commit_interval_ms),
         );
+        let (public_counters, internal_counters) =
+            (web::Data::new(metrics.listener("public")), web::Data::new(metrics.listener("internal")));
         let shared = Arc::new(Shared::load(store, Arc::clone(&config), custody, metrics, ledger.health()).await?);
 
         let profiles: HashMap<_, _> = profiles.into_iter().map(|p| (p.name.clone(), p)).collect();
@@ -98,7 +100,11 @@ impl Application {
         let public_state =
             web::Data::new(PublicState::new(Arc::clone(&shared), routes, config::discovery::documents(&config)));
         let public = HttpServer::new(move || {
-            App::new().wrap(from_fn(middleware::quiet)).app_data(public_state.clone()).configure(public::configure)
+            App::new()
+                .wrap(from_fn(middleware::quiet))
+                .app_data(public_state.clone())
+                .app_data(public_counters.clone())
+                .configure(public::configure)
         })
         .workers(workers)
         .disable_signals()
@@ -110,7 +116,11 @@ impl Application {
         .run();
         let internal_state = web::Data::new(InternalState::new(Arc::clone(&shared), profiles, ledger));
         let internal = HttpServer::new(move || {
-            App::new().wrap(from_fn(middleware::logged)).app_data(internal_state.clone()).configure(internal::configure)
+            App::new()
+                .wrap(from_fn(middleware::logged))
+                .app_data(internal_state.clone())
+                .app_data(internal_counters.clone())
+                .configure(internal::configure)
         })
         .workers(workers)
         .disable_signals()
