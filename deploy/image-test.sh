@@ -76,13 +76,7 @@ else
 fi
 
 # --- The base image -------------------------------------------------------------------------
-if ! $engine image inspect "$base" >/dev/null 2>&1; then
-    need mmdebstrap mmdebstrap
-    echo "image-test: making $base from Debian's archive (mmdebstrap --variant=minbase bookworm)"
-    mmdebstrap --quiet --variant=minbase bookworm "$work/base.tar"
-    $engine import "$work/base.tar" "$base" >/dev/null
-    rm -f "$work/base.tar"
-fi
+deploy/base-image.sh "$engine" "$base"
 
 # --- The image, from the repository's Dockerfile ---------------------------------------------
 mkdir -p "$work/build/src/target/release"
