@@ -58,9 +58,9 @@ check() { python3 deploy/jwt_check.py "$@"; }
 cleanup() {
     local ids
     ids=$($engine ps -aq --filter "label=$label" 2>/dev/null || true)
-    [[ -n $ids ]] && $engine rm -f $ids >/dev/null 2>&1
-    $engine volume rm -f "$run-data" "$run-empty" >/dev/null 2>&1
-    $engine rmi -f "$image" >/dev/null 2>&1
+    if [[ -n $ids ]]; then $engine rm -f $ids >/dev/null 2>&1 || true; fi
+    $engine volume rm -f "$run-data" "$run-empty" >/dev/null 2>&1 || true
+    $engine rmi -f "$image" >/dev/null 2>&1 || true
     rm -rf "$work"
 }
 trap cleanup EXIT

@@ -27,7 +27,7 @@ echo "prometheus-rules: ok: promtool check and test rules; each alert fires in o
 work=$(mktemp -d)
 server=
 cleanup() {
-    [[ -n $server ]] && kill "$server" 2>/dev/null && wait "$server" 2>/dev/null
+    if [[ -n $server ]]; then kill "$server" 2>/dev/null && wait "$server" 2>/dev/null || true; fi
     rm -rf "$work"
 }
 trap cleanup EXIT

@@ -23,8 +23,8 @@ run=kwsystemd-$$
 image=localhost/keyward-systemd-test:$run
 work=$(mktemp -d)
 cleanup() {
-    podman rm -f "$run" >/dev/null 2>&1
-    podman rmi -f "$image" >/dev/null 2>&1
+    podman rm -f "$run" >/dev/null 2>&1 || true
+    podman rmi -f "$image" >/dev/null 2>&1 || true
     rm -rf "$work"
 }
 trap cleanup EXIT
