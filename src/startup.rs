@@ -10,6 +10,7 @@ use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use tokio::sync::watch;
 
+use crate::app::identity::IdentityProviders;
 use crate::app::ledger::{Ledger, Writer};
 use crate::app::metrics::Metrics;
 use crate::app::scheduler;
@@ -114,7 +115,8 @@ impl Application {
             None => public.listen(public_listener)?,
         }
         .run();
-        let internal_state = web::Data::new(InternalState::new(Arc::clone(&shared), profiles, ledger));
+        let identities = IdentityProviders::new(&config.identity_providers, shared.metrics().clone())?;
+        let internal_state = web::Data::new(InternalState::new(Arc::clone(&shared), profiles, ledger, identities));
         let internal = HttpServer::new(move || {
             App::new()
                 .wrap(from_fn(middleware::logged))

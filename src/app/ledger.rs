@@ -10,7 +10,8 @@
 //!
 //! A row whose key may no longer sign (revoked, or retired, since the request signed with
 //! it) is refused in the same transaction: the request may sign again with the new signer.
-//! So is a row of a client revoked since the request was authenticated.
+//! So is a row of a client revoked or changed (new token, other rights: its generation)
+//! since the request was authenticated.
 //!
 //! When commits fail (a full disk), every waiting request is refused, the server reports
 //! not ready, and the writer tries a probe write every second while no rows come, so it
@@ -41,8 +42,8 @@ pub enum NotRecorded {
     /// Its key was revoked or retired after it signed: sign again with the current signer.
     #[error("the signing key may no longer sign")]
     KeyWithdrawn,
-    /// The client was revoked after the request was authenticated.
-    #[error("the client was revoked")]
+    /// The client was revoked or changed after the request was authenticated.
+    #[error("the client was revoked or changed")]
     ClientRevoked,
 }
 

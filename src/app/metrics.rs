@@ -45,6 +45,12 @@ struct ClientLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IdentityLabels {
+    issuer: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ListenerLabels {
     listener: &'static str,
 }
@@ -77,6 +83,7 @@ struct Inner {
     partner_fetch_every: Family<PartnerLabels, Gauge>,
     partner_holds_next: Family<PartnerSetLabels, Gauge>,
     gate_held: Family<SetLabels, Gauge>,
+    identity_tokens: Family<IdentityLabels, Counter>,
 }
 
 /// The process's metrics; cheap to clone.
@@ -158,6 +165,13 @@ impl Default for Metrics {
             "1 while a gate keeps the current key signing past the planned hand-over",
             gate_held.clone(),
         );
+        let identity_tokens = Family::<IdentityLabels, Counter>::default();
+        registry.register(
+            "identity_tokens",
+            "Workload identity tokens presented, by issuer (\"unknown\" for any other) and outcome: accepted, \
+             refused, or provider_unavailable (its JWKS could not be fetched)",
+            identity_tokens.clone(),
+        );
         Metrics(Arc::new(Inner {
             registry,
             issued,
@@ -180,6 +194,7 @@ impl Default for Metrics {
             partner_fetch_every,
             partner_holds_next,
             gate_held,
+            identity_tokens,
         }))
     }
 }
@@ -265,6 +280,12 @@ impl Metrics {
     /// A request over its client's rate limit.
     pub fn rate_limited(&self, client: &str) {
         self.0.rate_limited.get_or_create(&ClientLabels { client: client.to_owned() }).inc();
+    }
+
+    /// A workload identity token of `issuer` (a configured one, or "unknown"), and what
+    /// became of it.
+    pub fn identity_token(&self, issuer: &str, outcome: &'static str) {
+        self.0.identity_tokens.get_or_create(&IdentityLabels { issuer: issuer.to_owned(), outcome }).inc();
     }
 
     /// When the certificate `listener` serves now expires (Unix seconds).

@@ -2,6 +2,7 @@
 //! the issuance ledger and the metrics.
 
 mod handover;
+pub mod identity;
 pub mod ledger;
 pub mod metrics;
 pub mod observe;

@@ -11,7 +11,7 @@ use crate::seal::MasterKey;
 use crate::store::Store;
 
 /// Checks what `serve` checks before binding: the configuration (done by loading it), the
-/// TLS certificate files, the master key, when the database exists, that the key opens every
+/// TLS certificate files, the identity providers' CA files, the master key, when the database exists, that the key opens every
 /// sealed row, and the PKCS#11 token when one is configured (it logs in and holds the keys
 /// kept there).
 pub(super) async fn run(ctx: &Context) -> anyhow::Result<()> {
@@ -22,6 +22,11 @@ pub(super) async fn run(ctx: &Context) -> anyhow::Result<()> {
             crate::http::tls::check(name, tls)?;
             eprintln!("[server] {name}_tls: the certificate and its key are usable");
         }
+    }
+    if !config.identity_providers.is_empty() {
+        // Reads every provider's CA file, as start-up does.
+        crate::app::identity::IdentityProviders::new(&config.identity_providers, Default::default())?;
+        eprintln!("[[identity_provider]]: {} configured, CA files readable", config.identity_providers.len());
     }
     let env_key = std::env::var("KEYWARD_MASTER_KEY").ok();
     let file = &config.server.master_key_file;

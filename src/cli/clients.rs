@@ -6,12 +6,15 @@ use anyhow::Context as _;
 
 use super::context::Context;
 use super::format::{now, time};
-use crate::ops::clients::{self, ClientError};
+use crate::ops::clients::{self, ClientChange, ClientError};
 use crate::policy::certificate::CertFingerprint;
+use crate::policy::identity::IdentityBinding;
+use crate::policy::permission::Permission;
 
 #[derive(Debug, clap::Subcommand)]
 pub(super) enum Command {
-    /// Create a client; its token is printed once, as the only line on standard output.
+    /// Create a client; its token is printed once, as the only line on standard output
+    /// (none for a client bound to --identity alone).
     Add {
         /// Client name.
         #[arg(allow_hyphen_values = true)]
@@ -19,9 +22,20 @@ pub(super) enum Command {
         /// Profiles the client may sign with, comma-separated.
         #[arg(long, value_delimiter = ',')]
         profiles: Vec<String>,
-        /// Allow the admin routes too.
+        /// Every administrative permission, on every key set and partner.
         #[arg(long)]
         admin: bool,
+        /// An administrative permission, repeatable: keys:read, keys:rotate, keys:revoke
+        /// (on every key set, or `=SET[,SET]`) or partners:read (`=PARTNER[,PARTNER]`).
+        #[arg(long = "permission", value_name = "PERMISSION")]
+        permissions: Vec<Permission>,
+        /// Authenticate it by a workload identity's JWT: 'ISSUER|SUBJECT', the subject exact
+        /// or ending in '*' (e.g. 'https://kubernetes.default.svc|system:serviceaccount:pay:*').
+        #[arg(long, value_name = "ISSUER|SUBJECT")]
+        identity: Option<IdentityBinding>,
+        /// With --identity: also print a bearer token (without it, only the identity works).
+        #[arg(long, requires = "identity")]
+        with_token: bool,
         /// Its own rate limit, requests per second (default: [server] rate_limit).
         #[arg(long)]
         rate: Option<u32>,
@@ -47,6 +61,25 @@ pub(super) enum Command {
         #[arg(long, value_name = "DURATION")]
         grace: Option<String>,
     },
+    /// Change a client's profiles, permissions or --admin; takes effect at once on every
+    /// replica (requests authenticated under the old rights are not answered 200).
+    Update {
+        /// Client name.
+        #[arg(allow_hyphen_values = true)]
+        name: String,
+        /// Replace the profiles it may sign with (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        profiles: Option<Vec<String>>,
+        /// Replace its permissions with these (repeatable; see `clients add`).
+        #[arg(long = "permission", value_name = "PERMISSION", conflicts_with = "no_permissions")]
+        permissions: Vec<Permission>,
+        /// Withdraw all its permissions.
+        #[arg(long)]
+        no_permissions: bool,
+        /// Give or withdraw every permission (`--admin true` or `--admin false`).
+        #[arg(long, value_name = "BOOL")]
+        admin: Option<bool>,
+    },
     /// List clients (never their tokens).
     List {
         /// Print JSON instead of a table.
@@ -63,10 +96,28 @@ pub(super) enum Command {
 
 pub(super) async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Add { name, profiles, admin, rate, burst, cert_sha256, cert_only } => {
+        Command::Add {
+            name,
+            profiles,
+            admin,
+            permissions,
+            identity,
+            with_token,
+            rate,
+            burst,
+            cert_sha256,
+            cert_only,
+        } => {
             let store = ctx.store().await?;
             let rate = rate.map(|rate| (rate, burst.unwrap_or(rate.saturating_mul(2))));
-            let options = clients::ClientOptions { rate, certificate: cert_sha256, certificate_only: cert_only };
+            let print_token = identity.is_none() || with_token;
+            let options = clients::ClientOptions {
+                rate,
+                certificate: cert_sha256,
+                certificate_only: cert_only,
+                permissions,
+                identity,
+            };
             let (token, reused) =
                 clients::create(&store, ctx.config(), &name, &profiles, admin, options, now()).await?;
             if let Some(revoked_at) = reused {
@@ -75,9 +126,32 @@ pub(super) async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
                     time(Some(revoked_at))
                 );
             }
+            if !print_token {
+                // Nobody holds the token: the identity is the only credential.
+                drop(token);
+                eprintln!("created client {name:?}, authenticated by its workload identity's tokens only");
+                return Ok(());
+            }
             eprintln!("created client {name:?}; its token follows on standard output and is not shown again");
             let mut stdout = std::io::stdout().lock();
             writeln!(stdout, "{}", token.as_str()).context("writing the token")?;
+            Ok(())
+        }
+        Command::Update { name, profiles, permissions, no_permissions, admin } => {
+            let permissions = match (no_permissions, permissions.is_empty()) {
+                (true, _) => Some(Vec::new()),
+                (false, false) => Some(permissions),
+                (false, true) => None,
+            };
+            if profiles.is_none() && permissions.is_none() && admin.is_none() {
+                anyhow::bail!("nothing to change: give --profiles, --permission, --no-permissions or --admin");
+            }
+            let store = ctx.store().await?;
+            clients::update(&store, ctx.config(), &name, ClientChange { profiles, permissions, admin }).await?;
+            eprintln!(
+                "changed client {name:?}; from now on no server answers a request under its old rights (each \
+                 confirms the change where it records the request)"
+            );
             Ok(())
         }
         Command::List { json } => {
@@ -88,8 +162,8 @@ pub(super) async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
                 return Ok(());
             }
             println!(
-                "{:<24} {:<6} {:<20} {:<20} {:<20} {:<24} PROFILES",
-                "NAME", "ADMIN", "CREATED", "REVOKED", "OLD TOKEN UNTIL", "RATE LIMIT"
+                "{:<24} {:<6} {:<20} {:<20} {:<20} {:<24} {:<24} {:<32} IDENTITY",
+                "NAME", "ADMIN", "CREATED", "REVOKED", "OLD TOKEN UNTIL", "RATE LIMIT", "PROFILES", "PERMISSIONS"
             );
             for c in list {
                 let limit = match c.rate {
@@ -100,15 +174,18 @@ pub(super) async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
                         ctx.config().server.rate_burst
                     ),
                 };
+                let permissions = if c.admin { "all (--admin)".to_owned() } else { c.permissions.join(" ") };
                 println!(
-                    "{:<24} {:<6} {:<20} {:<20} {:<20} {:<24} {}",
+                    "{:<24} {:<6} {:<20} {:<20} {:<20} {:<24} {:<24} {:<32} {}",
                     c.name,
                     if c.admin { "yes" } else { "no" },
                     time(Some(c.created_at)),
                     time(c.revoked_at),
                     time(c.previous_token_valid_until.filter(|until| *until > now() && c.revoked_at.is_none())),
                     limit,
-                    c.profiles.join(",")
+                    if c.profiles.is_empty() { "-".to_owned() } else { c.profiles.join(",") },
+                    if permissions.is_empty() { "-" } else { &permissions },
+                    c.identity.as_deref().unwrap_or("-")
                 );
             }
             Ok(())
@@ -117,7 +194,10 @@ pub(super) async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
             let store = ctx.store().await?;
             match clients::revoke(&store, &name, now()).await {
                 Ok(()) => {
-                    eprintln!("revoked client {name:?}; running servers refuse its token within a tenth of a second");
+                    eprintln!(
+                        "revoked client {name:?}; from now on no server answers its token or identity with a \
+                         signed token (each confirms the client where it records the request)"
+                    );
                     Ok(())
                 }
                 // Already in the state asked for: say so, and succeed (a retried script is fine).
@@ -143,7 +223,9 @@ pub(super) async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
                     time(Some(now() + grace))
                 );
             } else {
-                eprintln!("client {name:?} has a new token (below, shown once); the old one no longer works");
+                eprintln!(
+                    "client {name:?} has a new token (below, shown once); the old one no longer works, on any server"
+                );
             }
             let mut stdout = std::io::stdout().lock();
             writeln!(stdout, "{}", token.as_str()).context("writing the token")?;

@@ -14,6 +14,7 @@ mod defaults;
 pub mod discovery;
 mod duration;
 mod env;
+mod identity;
 mod parse;
 mod partner;
 mod pkcs11;
@@ -27,6 +28,7 @@ pub use database::{Database, PostgresUrl};
 pub use duration::Duration;
 use env::{apply_env, blame_environment};
 pub use env::{known_env, EnvSettings, LogFormat};
+pub use identity::{IdentityProviderConfig, ASYMMETRIC_ALGORITHMS};
 pub use parse::{parse_toml, ConfigError};
 pub use partner::{Cidr, PartnerConfig, PartnerMatch, UserAgentPattern};
 pub use pkcs11::{Pkcs11Config, PIN_ENV};
@@ -57,6 +59,9 @@ pub struct Config {
     /// The PKCS#11 token of `custody = "pkcs11"` key sets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pkcs11: Option<Pkcs11Config>,
+    /// Issuers whose JWTs authenticate clients bound to a workload identity.
+    #[serde(default, rename = "identity_provider", skip_serializing_if = "Vec::is_empty")]
+    pub identity_providers: Vec<IdentityProviderConfig>,
 }
 
 /// Where the configuration came from, for messages.
@@ -140,6 +145,7 @@ fn resolve_relative_paths(config: &mut Config, file: &Path, source_name: &str) -
         tls.resolve_relative_to(&folder);
     }
     pkcs11::resolve_relative_paths(config, &folder);
+    identity::resolve_relative_paths(config, &folder);
     Ok(())
 }
 

@@ -411,3 +411,38 @@ fn retention_covers_the_longest_max_ttl_of_the_sets_profiles() {
     config.profiles.clear();
     assert_eq!(config.policy(&config.key_sets[0]).retain_for, 3_600 + DAY);
 }
+
+fn with_identity_provider(table: &str) -> Result<Config, ConfigError> {
+    example_with("# An identity provider:", &format!("[[identity_provider]]\n{table}\n\n# An identity provider:"))
+}
+
+#[test]
+fn an_identity_provider_gets_its_defaults_and_bad_ones_are_refused_naming_the_table_and_field() {
+    let config =
+        with_identity_provider("issuer = \"https://k8s\"\njwks_file = \"jwks.json\"\naudience = \"keyward\"").unwrap();
+    let provider = &config.identity_providers[0];
+    assert_eq!(provider.algorithms, ["RS256", "ES256"]);
+    assert_eq!((provider.max_token_age.as_secs(), provider.clock_skew.as_secs()), (3_600, 30));
+
+    let refused = |table: &str, field: &str, words: &str| {
+        let err = with_identity_provider(table).unwrap_err().to_string();
+        assert!(err.contains("keys.toml") && err.contains(field) && err.contains(words), "{table}: {err}");
+    };
+    let base = "issuer = \"https://k8s\"\naudience = \"keyward\"\n";
+    refused(
+        &format!("{base}jwks_file = \"a\"\njwks_uri = \"https://x/jwks\""),
+        "[[identity_provider]] \"https://k8s\", field jwks_uri",
+        "exactly one",
+    );
+    refused(base, "field jwks_uri", "exactly one");
+    refused(&format!("{base}jwks_uri = \"http://x/jwks\""), "field jwks_uri", "https://");
+    refused(&format!("{base}jwks_file = \"a\"\nca_file = \"ca.pem\""), "field ca_file", "over TLS");
+    for alg in ["HS256", "none"] {
+        refused(&format!("{base}jwks_file = \"a\"\nalgorithms = [\"{alg}\"]"), "field algorithms", "only asymmetric");
+    }
+    refused(&format!("{base}jwks_file = \"a\"\nalgorithms = []"), "field algorithms", "at least one");
+    refused(&format!("{base}jwks_file = \"a\"\nmax_token_age = \"2d\""), "field max_token_age", "out of range");
+    refused("issuer = \"https://k8s\"\njwks_file = \"a\"\naudience = \" \"", "field audience", "audience");
+    let twice = format!("{base}jwks_file = \"a\"\n\n[[identity_provider]]\n{base}jwks_file = \"b\"");
+    refused(&twice, "field issuer", "same issuer");
+}

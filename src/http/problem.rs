@@ -5,6 +5,8 @@ use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
 use crate::partner::exchange::ExchangeError;
+use crate::policy::identity::Refusal;
+use crate::policy::permission::Permission;
 
 /// Every way an API request can fail.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +31,18 @@ pub enum ApiError {
     /// The client may not use this resource.
     #[error("client may not use {0}")]
     Forbidden(String),
+    /// The client lacks this administrative permission.
+    #[error("this client lacks the permission {0}")]
+    MissingPermission(Permission),
+    /// A workload identity token that does not authenticate, and why.
+    #[error(transparent)]
+    IdentityRefused(Refusal),
+    /// The identity provider's keys cannot be fetched now.
+    #[error("the identity provider's keys cannot be fetched now; retry shortly")]
+    IdentityProviderUnavailable,
+    /// A valid workload identity token, but no active client is bound to its identity.
+    #[error("no active client is bound to this workload identity")]
+    UnknownIdentity,
     /// A mutual-TLS listener, and the connection presented no client certificate.
     #[error("a client certificate is required")]
     CertificateRequired,
@@ -101,6 +115,9 @@ pub struct Problem<'a> {
     /// The request field at fault, when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<&'a str>,
+    /// The administrative permission the client lacks (a 403 `missing-permission`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    permission: Option<String>,
 }
 
 impl ApiError {
@@ -111,6 +128,12 @@ impl ApiError {
             }
             ApiError::InvalidQuery { .. } => ("invalid-query", "Invalid query parameter"),
             ApiError::Forbidden(_) => ("forbidden", "Forbidden"),
+            ApiError::MissingPermission(_) => ("missing-permission", "Permission missing"),
+            ApiError::IdentityRefused(_) => ("invalid-identity-token", "Workload identity token refused"),
+            ApiError::IdentityProviderUnavailable => {
+                ("identity-provider-unavailable", "The identity provider's keys cannot be fetched")
+            }
+            ApiError::UnknownIdentity => ("unknown-identity", "No client is bound to this identity"),
             ApiError::CertificateRequired => ("certificate-required", "Client certificate required"),
             ApiError::WrongCertificate(_) => ("wrong-certificate", "Client certificate refused"),
             ApiError::NotFound(_) => ("not-found", "Not Found"),
@@ -161,6 +184,10 @@ impl ApiError {
             ApiError::CertificateRequired => "this listener takes mutual TLS only: connect with a client \
                                               certificate issued by its client CA"
                 .to_owned(),
+            ApiError::MissingPermission(permission) => format!(
+                "this client lacks the permission {permission} (an operator grants it with `keyward clients update \
+                 NAME --permission {permission}`)"
+            ),
             ApiError::InvalidQuery { detail, .. } => detail.clone(),
             ApiError::InvalidBody { detail, .. } | ApiError::Refused { detail, .. } => detail.clone(),
             other => other.to_string(),
@@ -182,7 +209,12 @@ impl ResponseError for ApiError {
         match self {
             ApiError::Unauthorized | ApiError::UnknownToken | ApiError::TokenNotChecked => StatusCode::UNAUTHORIZED,
             ApiError::InvalidQuery { .. } => StatusCode::BAD_REQUEST,
-            ApiError::Forbidden(_) | ApiError::WrongCertificate(_) => StatusCode::FORBIDDEN,
+            ApiError::Forbidden(_) | ApiError::WrongCertificate(_) | ApiError::MissingPermission(_) => {
+                StatusCode::FORBIDDEN
+            }
+            ApiError::IdentityRefused(_) | ApiError::IdentityProviderUnavailable | ApiError::UnknownIdentity => {
+                StatusCode::UNAUTHORIZED
+            }
             ApiError::CertificateRequired => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -226,6 +258,10 @@ impl ResponseError for ApiError {
             status: status.as_u16(),
             detail: self.public_detail(),
             field: self.field(),
+            permission: match self {
+                ApiError::MissingPermission(permission) => Some(permission.to_string()),
+                _ => None,
+            },
         };
         let mut response = HttpResponse::build(status);
         response.insert_header((header::CONTENT_TYPE, "application/problem+json"));
@@ -234,8 +270,12 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized => {
                 response.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"keyward\""));
             }
-            ApiError::UnknownToken => {
+            ApiError::UnknownToken | ApiError::IdentityRefused(_) | ApiError::UnknownIdentity => {
                 response.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"keyward\", error=\"invalid_token\""));
+            }
+            ApiError::IdentityProviderUnavailable => {
+                response.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"keyward\", error=\"invalid_token\""));
+                response.insert_header((header::RETRY_AFTER, "5"));
             }
             ApiError::TokenNotChecked => {
                 response.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"keyward\", error=\"invalid_token\""));

@@ -10,6 +10,8 @@ use zeroize::Zeroizing;
 use crate::config::{self, Config};
 use crate::policy::certificate::CertFingerprint;
 use crate::policy::client::{matches_any, new_token_and_hash, split_token, Client, ClientDirectory};
+use crate::policy::identity::IdentityBinding;
+use crate::policy::permission::{Permission, Permissions};
 use crate::store::rows::ClientRow;
 use crate::store::Store;
 
@@ -46,8 +48,13 @@ pub struct ClientInfo {
     pub name: String,
     /// Profiles it may sign with.
     pub profiles: Vec<String>,
-    /// Whether it may use the admin routes.
+    /// Whether it may use every admin route (`--admin`).
     pub admin: bool,
+    /// Its administrative permissions, as written (none listed for `--admin`, which holds all).
+    pub permissions: Vec<String>,
+    /// The workload identity it is bound to, `ISSUER|SUBJECT`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
     /// Unix seconds.
     pub created_at: i64,
     /// Unix seconds, once revoked.
@@ -66,8 +73,12 @@ pub struct ClientInfo {
 }
 
 /// What a new client may have beside its profiles.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct ClientOptions {
+    /// Administrative permissions (beside `admin`, which holds them all).
+    pub permissions: Vec<Permission>,
+    /// The workload identity whose JWTs authenticate it.
+    pub identity: Option<IdentityBinding>,
     /// Its own rate limit (requests per second, burst).
     pub rate: Option<(u32, u32)>,
     /// The client certificate it must connect with (mutual TLS).
@@ -113,17 +124,22 @@ pub async fn create(
     if rate.is_some_and(|(rate, burst)| rate == 0 || burst == 0) {
         return Err(ClientError::Invalid("--rate and --burst must be at least 1".to_owned()));
     }
-    if profiles.is_empty() && !admin {
-        return Err(ClientError::Invalid("a client needs at least one profile (--profiles a,b) or --admin".to_owned()));
+    if profiles.is_empty() && !admin && options.permissions.is_empty() {
+        return Err(ClientError::Invalid(
+            "a client needs at least one profile (--profiles a,b), a permission (--permission keys:read) or --admin"
+                .to_owned(),
+        ));
     }
-    for profile in profiles {
-        if !config.profiles.iter().any(|p| &p.name == profile) {
-            return Err(ClientError::UnknownProfile(profile.clone()));
-        }
+    check_profiles(config, profiles)?;
+    check_permissions(config, &options.permissions)?;
+    if let Some(identity) = &options.identity {
+        check_identity(config, identity)?;
     }
     let profiles: BTreeSet<&String> = profiles.iter().collect();
     let (id, token, hash) = new_token_and_hash()?;
-    let row = ClientRow {
+    let permissions = Permissions::of(options.permissions.iter().cloned());
+    let identity = options.identity.as_ref().map(ToString::to_string);
+    let mut row = ClientRow {
         name: name.to_owned(),
         token_id: id,
         token_hash: hash.to_vec(),
@@ -138,13 +154,20 @@ pub async fn create(
         previous_token_until: None,
         cert_sha256: options.certificate.map(|c| c.to_string()),
         cert_only: options.certificate_only,
+        permissions: permissions.to_json(),
+        generation: 0,
+        identity,
     };
-    // A revoked client's row gives way to the new client.
+    // A revoked client's row gives way to the new client, under a later generation (so
+    // that no request of the old one commits under the new one's name).
     let reused = store
-        .change_client(name, |existing| match existing.map(|e| e.revoked_at) {
+        .change_client(name, |existing| match existing.map(|e| (e.revoked_at, e.generation)) {
             None => Ok((row, None)),
-            Some(None) => Err(ClientError::Exists(name.to_owned())),
-            Some(Some(revoked_at)) => Ok((row, Some(revoked_at))),
+            Some((None, _)) => Err(ClientError::Exists(name.to_owned())),
+            Some((Some(revoked_at), generation)) => {
+                row.generation = generation + 1;
+                Ok((row, Some(revoked_at)))
+            }
         })
         .await??;
     Ok((token, reused))
@@ -164,6 +187,9 @@ pub async fn rotate(store: &Store, name: &str, grace: i64, now: i64) -> Result<Z
                 previous_token_until: previous,
                 token_id: id,
                 token_hash: hash.to_vec(),
+                // Without grace the old token is withdrawn: requests it authenticated may
+                // no longer commit.
+                generation: if previous.is_some() { current.generation } else { current.generation + 1 },
                 ..current.clone()
             };
             Ok::<_, ClientError>((row, ()))
@@ -198,7 +224,9 @@ pub async fn list(store: &Store) -> anyhow::Result<Vec<ClientInfo>> {
         .map(|row| {
             Ok(ClientInfo {
                 profiles: serde_json::from_str(&row.profiles).context("decoding profiles")?,
+                permissions: stored_permissions(&row)?.granted().iter().map(ToString::to_string).collect(),
                 rate: row.rate()?,
+                identity: row.identity,
                 name: row.name,
                 admin: row.admin,
                 created_at: row.created_at,
@@ -211,15 +239,110 @@ pub async fn list(store: &Store) -> anyhow::Result<Vec<ClientInfo>> {
         .collect()
 }
 
-/// Revokes a client's tokens (a rotated-out one in its grace too); a running server stops
-/// accepting them at its next change check. `Revoked` if it was revoked already.
+/// Revokes a client's tokens (a rotated-out one in its grace too) and identity. Once this
+/// returns, no replica records a token for them (the ledger checks the client's row); a
+/// running server refuses them at authentication from its next change check on.
+/// `Revoked` if it was revoked already.
 pub async fn revoke(store: &Store, name: &str, now: i64) -> Result<(), ClientError> {
     store
         .change_client(name, |existing| {
             let current = active(existing, name)?;
-            Ok((ClientRow { revoked_at: Some(now), ..current.clone() }, ()))
+            Ok((ClientRow { revoked_at: Some(now), generation: current.generation + 1, ..current.clone() }, ()))
         })
         .await?
+}
+
+/// What `update` changes; `None` keeps it.
+#[derive(Debug, Clone, Default)]
+pub struct ClientChange {
+    /// The profiles it may sign with.
+    pub profiles: Option<Vec<String>>,
+    /// Its administrative permissions.
+    pub permissions: Option<Vec<Permission>>,
+    /// Whether it holds every permission.
+    pub admin: Option<bool>,
+}
+
+/// Changes an active client's profiles, permissions or `admin`: an admin action like any
+/// other. Once it returns, no replica records a token for a request authenticated under
+/// the old rights.
+pub async fn update(store: &Store, config: &Config, name: &str, change: ClientChange) -> Result<(), ClientError> {
+    if let Some(profiles) = &change.profiles {
+        check_profiles(config, profiles)?;
+    }
+    if let Some(permissions) = &change.permissions {
+        check_permissions(config, permissions)?;
+    }
+    let profiles = match &change.profiles {
+        Some(profiles) => {
+            let set: BTreeSet<&String> = profiles.iter().collect();
+            Some(serde_json::to_string(&set).context("encoding profiles")?)
+        }
+        None => None,
+    };
+    let permissions = change.permissions.map(|p| Permissions::of(p).to_json());
+    store
+        .change_client(name, |existing| {
+            let current = active(existing, name)?;
+            let row = ClientRow {
+                profiles: profiles.unwrap_or_else(|| current.profiles.clone()),
+                permissions: permissions.unwrap_or_else(|| current.permissions.clone()),
+                admin: change.admin.unwrap_or(current.admin),
+                generation: current.generation + 1,
+                ..current.clone()
+            };
+            if row.profiles == "[]" && !row.admin && row.permissions == "[]" {
+                return Err(ClientError::Invalid(format!(
+                    "client {name:?} would have no profile, permission or --admin left: revoke it instead"
+                )));
+            }
+            Ok((row, ()))
+        })
+        .await?
+}
+
+fn check_profiles(config: &Config, profiles: &[String]) -> Result<(), ClientError> {
+    match profiles.iter().find(|profile| !config.profiles.iter().any(|p| &p.name == *profile)) {
+        Some(unknown) => Err(ClientError::UnknownProfile(unknown.clone())),
+        None => Ok(()),
+    }
+}
+
+/// Every key set or partner a permission names must be configured.
+fn check_permissions(config: &Config, permissions: &[Permission]) -> Result<(), ClientError> {
+    use crate::policy::permission::{Action, Scope};
+    for permission in permissions {
+        let Scope::Only(names) = &permission.scope else { continue };
+        for name in names {
+            let known = match permission.action {
+                Action::PartnersRead => config.partners.iter().any(|p| &p.name == name),
+                _ => config.key_sets.iter().any(|s| &s.name == name),
+            };
+            if !known {
+                return Err(ClientError::Invalid(format!(
+                    "{permission}: no {} is named {name:?} in the configuration",
+                    permission.action.scope_kind()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The identity's issuer must be a configured `[[identity_provider]]`.
+fn check_identity(config: &Config, identity: &IdentityBinding) -> Result<(), ClientError> {
+    if config.identity_providers.iter().any(|p| p.issuer == identity.issuer) {
+        return Ok(());
+    }
+    Err(ClientError::Invalid(format!(
+        "--identity {identity}: no [[identity_provider]] has issuer {:?} in the configuration",
+        identity.issuer
+    )))
+}
+
+fn stored_permissions(row: &ClientRow) -> anyhow::Result<Permissions> {
+    Permissions::from_stored(&row.permissions, row.admin)
+        .map_err(|why| anyhow::anyhow!("client {} has malformed permissions: {why}", row.name))
 }
 
 /// Loads the active clients for authentication (with rotated-out tokens still in grace).
@@ -228,6 +351,7 @@ pub async fn load_directory(store: &Store) -> anyhow::Result<ClientDirectory> {
     let mut directory = ClientDirectory::default();
     for row in rows {
         let rate = row.rate()?;
+        let permissions = stored_permissions(&row)?;
         let name = row.name;
         let client = Client {
             token_hash: row
@@ -236,7 +360,14 @@ pub async fn load_directory(store: &Store) -> anyhow::Result<ClientDirectory> {
                 .try_into()
                 .with_context(|| format!("client {name} has a malformed hash"))?,
             profiles: serde_json::from_str(&row.profiles).context("decoding profiles")?,
-            admin: row.admin,
+            permissions,
+            identity: row
+                .identity
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .map_err(|why| anyhow::anyhow!("client {name} has a malformed identity: {why}"))?,
+            generation: row.generation,
             rate,
             certificate: row
                 .cert_sha256

@@ -14,6 +14,8 @@ use rand::RngCore;
 use zeroize::Zeroizing;
 
 use super::certificate::CertFingerprint;
+use super::identity::IdentityBinding;
+use super::permission::Permissions;
 
 const PREFIX: &str = "kw_";
 const ID_LEN: usize = 16;
@@ -26,14 +28,19 @@ pub struct Client {
     pub name: String,
     /// Profiles it may sign with.
     pub profiles: BTreeSet<String>,
-    /// Whether it may use the admin routes.
-    pub admin: bool,
+    /// What it may administer (`--admin`: everything).
+    pub permissions: Permissions,
     /// Its own rate limit (requests per second, burst), if it has one.
     pub rate: Option<(u32, u32)>,
     /// The client certificate it must connect with, if it is bound to one.
     pub certificate: Option<CertFingerprint>,
     /// Whether that certificate alone authenticates it, with no bearer token.
     pub certificate_only: bool,
+    /// The workload identity whose JWTs authenticate it, if bound to one.
+    pub identity: Option<IdentityBinding>,
+    /// Its row's generation when the directory was loaded: the ledger refuses a request
+    /// authenticated under an older one.
+    pub generation: i64,
     pub(crate) token_hash: [u8; 32],
 }
 
@@ -42,7 +49,8 @@ impl fmt::Debug for Client {
         f.debug_struct("Client")
             .field("name", &self.name)
             .field("profiles", &self.profiles)
-            .field("admin", &self.admin)
+            .field("permissions", &self.permissions)
+            .field("identity", &self.identity)
             .finish_non_exhaustive()
     }
 }
@@ -67,6 +75,8 @@ pub struct ClientDirectory {
     by_token_id: HashMap<String, Entry>,
     /// Certificate-only clients by their certificate.
     by_certificate: HashMap<CertFingerprint, Client>,
+    /// Clients bound to a workload identity.
+    by_identity: Vec<Client>,
 }
 
 impl ClientDirectory {
@@ -88,11 +98,33 @@ impl ClientDirectory {
         self.by_certificate.get(certificate)
     }
 
+    /// The client bound to the identity `subject` of `issuer`: an exact binding before a
+    /// pattern, a longer pattern before a shorter one.
+    pub fn by_identity(&self, issuer: &str, subject: &str) -> Option<&Client> {
+        self.by_identity
+            .iter()
+            .filter(|c| c.identity.as_ref().is_some_and(|id| id.matches(issuer, subject)))
+            .max_by_key(|c| c.identity.as_ref().map(IdentityBinding::specificity))
+    }
+
+    /// The active client named `name`, however it authenticates.
+    pub fn by_name(&self, name: &str) -> Option<&Client> {
+        self.by_token_id
+            .values()
+            .filter(|e| e.valid_until.is_none())
+            .map(|e| &e.client)
+            .chain(self.by_identity.iter())
+            .find(|c| c.name == name)
+    }
+
     /// Adds `client` under `token_id`; `valid_until` for a rotated-out token in its grace.
     /// A certificate-only client is also found by its certificate.
     pub(crate) fn insert(&mut self, token_id: String, client: Client, valid_until: Option<i64>) {
         if let (Some(certificate), true, None) = (client.certificate, client.certificate_only, valid_until) {
             self.by_certificate.insert(certificate, client.clone());
+        }
+        if client.identity.is_some() && valid_until.is_none() {
+            self.by_identity.push(client.clone());
         }
         self.by_token_id.insert(token_id, Entry { client, valid_until });
     }
@@ -158,15 +190,18 @@ mod tests {
         let client = Client {
             name: name.to_owned(),
             profiles: BTreeSet::from(["p".to_owned()]),
-            admin: false,
+            permissions: Permissions::default(),
             rate: None,
             certificate: None,
             certificate_only: false,
+            identity: None,
+            generation: 0,
             token_hash: openssl::sha::sha256(secret.as_bytes()),
         };
         ClientDirectory {
             by_token_id: HashMap::from([(id.to_owned(), Entry { client, valid_until: None })]),
             by_certificate: HashMap::new(),
+            by_identity: Vec::new(),
         }
     }
 

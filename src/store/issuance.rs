@@ -18,7 +18,8 @@ pub(crate) const PROBE_JTI: &str = "-ledger-probe-";
 pub enum Why {
     /// Its key may no longer sign (revoked or retired since the request signed with it).
     KeyWithdrawn,
-    /// Its client was revoked since the request was authenticated.
+    /// Its client was revoked or changed (a new token, other rights) since the request was
+    /// authenticated.
     ClientRevoked,
 }
 
@@ -33,16 +34,17 @@ impl Refused {
     }
 
     /// After a commit that wrote fewer rows than `entries`: the rows of `entries` not in
-    /// `written` were refused, for their client when it is not in `clients` (the clients
-    /// that may still ask), else for their key. Revocations do not come undone, so what is
+    /// `written` were refused, for their client when it is not in `clients` (the active
+    /// clients that may still ask, with their generations), else for their key. Revocations do not come undone, so what is
     /// revoked now was revoked when the commit refused the row.
-    pub(crate) fn missing(entries: &[&Entry], written: &HashSet<String>, clients: &HashSet<String>) -> Refused {
+    pub(crate) fn missing(entries: &[&Entry], written: &HashSet<String>, clients: &HashSet<(String, i64)>) -> Refused {
         Refused(
             entries
                 .iter()
                 .filter(|e| !written.contains(&e.jti))
                 .map(|e| {
-                    let why = if clients.contains(&e.client) { Why::KeyWithdrawn } else { Why::ClientRevoked };
+                    let current = clients.contains(&(e.client.clone(), e.client_generation));
+                    let why = if current { Why::KeyWithdrawn } else { Why::ClientRevoked };
                     (e.jti.clone(), why)
                 })
                 .collect(),

@@ -133,6 +133,18 @@ impl Store {
         }
     }
 
+    /// The generation of the active client `name` as stored now (`None`: revoked or
+    /// unknown): one look-up by primary key, to confirm a request against the latest change.
+    pub async fn client_generation(&self, name: &str) -> anyhow::Result<Option<i64>> {
+        // `$1` reads the same in both dialects.
+        const SQL: &str = "SELECT generation FROM clients WHERE name = $1 AND revoked_at IS NULL";
+        match self {
+            Store::Sqlite(s) => sqlx::query_scalar(SQL).bind(name).fetch_optional(s.pool()).await,
+            Store::Postgres(s) => sqlx::query_scalar(SQL).bind(name).fetch_optional(s.pool()).await,
+        }
+        .map_err(|err| anyhow::Error::new(err).context("looking up the client's generation"))
+    }
+
     /// Runs `decide` on the row of client `name` (if any) under the write lock and writes
     /// the row it returns; a refusal (`Ok(Err(_))`) writes nothing.
     pub(crate) async fn change_client<T, E>(

@@ -77,6 +77,10 @@ pub struct Entry {
     pub exp: i64,
     /// Names of the claims the request added (never their values).
     pub claim_names: Vec<String>,
+    /// The client's generation when the request was authenticated: the commit refuses the
+    /// row if the client has changed since. Not stored (0 when read back) nor shown.
+    #[serde(skip)]
+    pub client_generation: i64,
 }
 
 /// A ledger row as both stores keep it: the claim names as a JSON array in text.
@@ -100,7 +104,7 @@ impl TryFrom<EntryRow> for Entry {
         let claim_names = serde_json::from_str(&row.claim_names)
             .with_context(|| format!("ledger row {} has malformed claim names", row.jti))?;
         let EntryRow { jti, profile, client, sub, kid, alg, iat, exp, .. } = row;
-        Ok(Entry { jti, profile, client, sub, kid, alg, iat, exp, claim_names })
+        Ok(Entry { jti, profile, client, sub, kid, alg, iat, exp, claim_names, client_generation: 0 })
     }
 }
 
@@ -167,6 +171,12 @@ pub struct ClientRow {
     pub cert_sha256: Option<String>,
     /// Whether that certificate alone authenticates it (no bearer token needed).
     pub cert_only: bool,
+    /// Its administrative permissions: a JSON array of their written forms.
+    pub permissions: String,
+    /// Bumped by every change that withdraws a credential or a right.
+    pub generation: i64,
+    /// The workload identity it is bound to, `ISSUER|SUBJECT`, if any.
+    pub identity: Option<String>,
 }
 
 impl ClientRow {

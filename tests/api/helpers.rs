@@ -297,7 +297,7 @@ pub async fn assert_problem(response: reqwest::Response, status: u16) -> Value {
         assert!(body.get(member).is_some(), "problem lacks {member}: {body}");
     }
     assert_eq!(body["status"], status);
-    let allowed = ["type", "title", "status", "detail", "field"];
+    let allowed = ["type", "title", "status", "detail", "field", "permission"];
     for key in body.as_object().unwrap().keys() {
         assert!(allowed.contains(&key.as_str()), "unexpected member {key} in {body}");
     }

@@ -2,18 +2,21 @@
 
 mod certs;
 mod cli;
+mod client_changes;
 mod discovery;
 mod first_hour;
 mod gates;
 mod handover;
 mod helpers;
 mod hsm;
+mod identity;
 mod jwks;
 mod keys_and_secrets;
 mod migrate;
 mod openapi;
 mod operations;
 mod partners;
+mod permissions;
 mod postgres;
 mod reliability;
 mod replicas;

@@ -153,6 +153,7 @@ async fn every_issued_token_has_its_ledger_row_when_the_response_arrives_and_ref
             iat: claims["iat"].as_i64().unwrap(),
             exp: claims["exp"].as_i64().unwrap(),
             claim_names: if i % 2 == 0 { vec!["obo_user".to_owned()] } else { vec![] },
+            client_generation: 0,
         };
         assert_eq!(rows[0], expected);
         assert_eq!(signed["jti"], claims["jti"]);

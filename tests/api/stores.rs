@@ -32,6 +32,7 @@ fn entry(jti: &str, client: &str, kid: Option<&str>, iat: i64) -> Entry {
         iat,
         exp: iat + 60,
         claim_names: vec!["obo_user".to_owned()],
+        client_generation: 0,
     }
 }
 

@@ -10,6 +10,7 @@ use super::{no_store_json, InternalState};
 use crate::http::problem::{ApiError, Problem};
 use crate::keys::rotation::{Exposure, Refused, Step};
 use crate::ops::{self, ActionError, Outcome};
+use crate::policy::permission::Action;
 
 impl From<ActionError> for ApiError {
     fn from(err: ActionError) -> Self {
@@ -29,9 +30,11 @@ impl From<ActionError> for ApiError {
 #[utoipa::path(get, path = "/v1/key-sets", tag = "admin", security(("bearer" = [])),
     responses((status = 200, description = "Every key set's rules and keys' timelines", body = KeySets),
         (status = 401, body = Problem), (status = 403, body = Problem), (status = 429, body = Problem)))]
-pub(super) async fn key_sets(_: Admin, state: web::Data<InternalState>) -> Result<HttpResponse, ApiError> {
+pub(super) async fn key_sets(Admin(caller): Admin, state: web::Data<InternalState>) -> Result<HttpResponse, ApiError> {
+    let scope = caller.scope(Action::KeysRead)?;
     let now = chrono::Utc::now().timestamp();
-    let key_sets = ops::schedule(state.shared.store(), state.shared.config(), now).await?;
+    let mut key_sets = ops::schedule(state.shared.store(), state.shared.config(), now).await?;
+    key_sets.retain(|set| scope.covers(&set.name));
     Ok(no_store_json(&KeySets { key_sets }))
 }
 
@@ -97,6 +100,7 @@ pub(super) async fn rotate(
     payload: web::Payload,
     state: web::Data<InternalState>,
 ) -> Result<HttpResponse, ApiError> {
+    caller.permit(Action::KeysRotate, &name)?;
     let client = caller.client.name;
     let body = read_body(&req, payload, state.body_timeout()).await?;
     // No body and `null` both mean the defaults.
@@ -119,8 +123,10 @@ pub(super) async fn revoke(
     kid: web::Path<String>,
     state: web::Data<InternalState>,
 ) -> Result<HttpResponse, ApiError> {
-    let client = caller.client.name;
     let shared = &state.shared;
+    let record = shared.store().key(&kid).await?.ok_or_else(|| ApiError::NotFound(format!("no key {kid}")))?;
+    caller.permit(Action::KeysRevoke, &record.key_set)?;
+    let client = caller.client.name;
     let outcome = ops::revoke(shared.store(), shared.custody(), shared.config(), &kid).await?;
     match &outcome.new_signer {
         Some(signer) if signer.within_cache_window => tracing::warn!(

@@ -23,6 +23,7 @@ use serde::Serialize;
 use utoipa::openapi::path::{Operation, PathItem};
 use utoipa::OpenApi;
 
+use crate::app::identity::IdentityProviders;
 use crate::app::ledger::Ledger;
 use crate::app::snapshot::Shared;
 use crate::http::problem::ApiError;
@@ -81,11 +82,18 @@ pub struct InternalState {
     ledger: Ledger,
     limiter: RateLimiter,
     started: Instant,
+    identities: IdentityProviders,
 }
 
 impl InternalState {
-    /// Handlers over the shared snapshot, the compiled profiles and the ledger.
-    pub fn new(shared: Arc<Shared>, profiles: HashMap<String, Profile>, ledger: Ledger) -> Self {
+    /// Handlers over the shared snapshot, the compiled profiles, the ledger and the
+    /// identity providers.
+    pub fn new(
+        shared: Arc<Shared>,
+        profiles: HashMap<String, Profile>,
+        ledger: Ledger,
+        identities: IdentityProviders,
+    ) -> Self {
         InternalState {
             shared,
             profiles,
@@ -94,6 +102,7 @@ impl InternalState {
             ledger,
             limiter: RateLimiter::default(),
             started: Instant::now(),
+            identities,
         }
     }
 

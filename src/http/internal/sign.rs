@@ -41,7 +41,7 @@ pub(super) async fn sign(
             detail: "only /token takes \"cache\"".into(),
         });
     }
-    let signed = issue(&state, &caller.snapshot, &caller.client, profile, request).await?;
+    let signed = issue(&state, &caller, profile, request).await?;
     Ok(no_store_json(&signed))
 }
 
@@ -49,14 +49,15 @@ pub(super) async fn sign(
 /// committed; if the ledger cannot record it, nobody gets it. If the signing key was
 /// revoked meanwhile (on any replica), the row is refused: the token is signed once more
 /// with the signer of an up-to-date snapshot, or refused (503). If the client was revoked
-/// meanwhile, 401.
+/// meanwhile, 401; if it changed (a rotation, other rights), the request is judged once
+/// more as the client is now.
 pub(super) async fn issue(
     state: &InternalState,
-    snapshot: &Snapshot,
-    client: &Client,
+    caller: &Caller,
     profile: &Profile,
     request: SignRequest,
 ) -> Result<Signed, ApiError> {
+    let (snapshot, client) = (&caller.snapshot, &caller.client);
     match issue_once(state, snapshot, client, profile, request.clone()).await? {
         Ok(signed) => Ok(signed),
         Err(NotRecorded::KeyWithdrawn) => {
@@ -66,11 +67,21 @@ pub(super) async fn issue(
             })?;
             match issue_once(state, &fresh, client, profile, request).await? {
                 Ok(signed) => Ok(signed),
-                Err(NotRecorded::ClientRevoked) => Err(ApiError::Unauthorized),
+                Err(NotRecorded::ClientRevoked) => Err(ApiError::UnknownToken),
                 Err(_) => Err(ApiError::NotRecorded),
             }
         }
-        Err(NotRecorded::ClientRevoked) => Err(ApiError::Unauthorized),
+        Err(NotRecorded::ClientRevoked) => {
+            let Some((fresh, client)) = caller.refreshed(state).await? else { return Err(ApiError::UnknownToken) };
+            if !client.may_use(&profile.name) {
+                return Err(ApiError::Forbidden(format!("profile {:?}", profile.name)));
+            }
+            match issue_once(state, &fresh, &client, profile, request).await? {
+                Ok(signed) => Ok(signed),
+                Err(NotRecorded::ClientRevoked) => Err(ApiError::UnknownToken),
+                Err(_) => Err(ApiError::NotRecorded),
+            }
+        }
         Err(NotRecorded::Failed) => Err(ApiError::NotRecorded),
     }
 }
@@ -106,6 +117,7 @@ async fn issue_once(
         iat: signed.issued_at,
         exp: signed.expires_at,
         claim_names,
+        client_generation: client.generation,
     };
     if let Err(refusal) = state.ledger.record(entry).await {
         metrics.token(&profile.name, signed.alg, "failed");

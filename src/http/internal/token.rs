@@ -35,7 +35,7 @@ pub(super) async fn token(
     state: web::Data<InternalState>,
 ) -> Result<HttpResponse, ApiError> {
     let profile = caller.profile(&state, &name)?;
-    let Caller { snapshot, client } = &caller;
+    let Caller { snapshot, client, .. } = &caller;
     let request: SignRequest = json_body(&req, payload, state.body_timeout()).await?;
     let exchange = profile
         .exchange
@@ -58,7 +58,7 @@ pub(super) async fn token(
             // Judge the request first (the caller's errors are 4xx); sign only on a miss.
             profile.prepare(request.clone(), clock(), String::new()).map_err(refused)?;
             let fetch = |_refresh| async {
-                let signed = issue(&state, snapshot, client, profile, request).await.map_err(|err| match err {
+                let signed = issue(&state, &caller, profile, request).await.map_err(|err| match err {
                     ApiError::NotRecorded => ExchangeError::NotRecorded,
                     err => {
                         tracing::error!(error = %err, profile = %profile.name, "could not sign the assertion");
@@ -90,6 +90,13 @@ pub(super) async fn token(
             state.tokens.get(&key, use_cache, clock, fetch).await?
         }
     };
+    // A cached token passed no ledger commit: confirm the client as stored now, so that no
+    // token is handed out under a credential or right withdrawn before this request.
+    if let Some((_, now_client)) = caller.refreshed(&state).await? {
+        if !now_client.may_use(&profile.name) {
+            return Err(ApiError::Forbidden(format!("profile {:?}", profile.name)));
+        }
+    }
     tracing::debug!(profile = %profile.name, client = %client.name, cached = use_cache, "partner token handed out");
     Ok(no_store_json(&PartnerToken { token: issued.token, expires_at: issued.expires_at }))
 }

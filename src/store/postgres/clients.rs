@@ -7,7 +7,8 @@ use super::{bump_generation, WriteTx};
 use crate::store::rows::ClientRow;
 
 const COLUMNS: &str = "name, token_id, token_hash, profiles, admin, created_at, revoked_at, rate_limit, rate_burst, \
-     previous_token_id, previous_token_hash, previous_token_until, cert_sha256, cert_only";
+     previous_token_id, previous_token_hash, previous_token_until, cert_sha256, cert_only, permissions, \
+     generation, identity";
 
 /// Every client, active and revoked, by name.
 pub async fn all(pool: &PgPool) -> anyhow::Result<Vec<ClientRow>> {
@@ -52,13 +53,14 @@ pub(crate) async fn change<T, E>(
         Err(refused) => return Ok(Err(refused)),
     };
     sqlx::query(&format!(
-        "INSERT INTO clients ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+        "INSERT INTO clients ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
          ON CONFLICT (name) DO UPDATE SET token_id = excluded.token_id, token_hash = excluded.token_hash, \
          profiles = excluded.profiles, admin = excluded.admin, created_at = excluded.created_at, \
          revoked_at = excluded.revoked_at, rate_limit = excluded.rate_limit, rate_burst = excluded.rate_burst, \
          previous_token_id = excluded.previous_token_id, previous_token_hash = excluded.previous_token_hash, \
          previous_token_until = excluded.previous_token_until, cert_sha256 = excluded.cert_sha256, \
-         cert_only = excluded.cert_only"
+         cert_only = excluded.cert_only, permissions = excluded.permissions, generation = excluded.generation, \
+         identity = excluded.identity"
     ))
     .bind(&row.name)
     .bind(&row.token_id)
@@ -74,6 +76,9 @@ pub(crate) async fn change<T, E>(
     .bind(row.previous_token_until)
     .bind(&row.cert_sha256)
     .bind(row.cert_only)
+    .bind(&row.permissions)
+    .bind(row.generation)
+    .bind(&row.identity)
     .execute(&mut *tx)
     .await
     .with_context(|| format!("storing client {name}"))?;

@@ -14,7 +14,7 @@ macro_rules! rows_of_json {
     () => {
         "SELECT r.jti, r.profile, r.client, r.sub, r.kid, r.alg, r.iat, r.exp, r.claim_names \
          FROM json_to_recordset($1::json) AS r(jti TEXT, profile TEXT, client TEXT, sub TEXT, kid TEXT, \
-         alg TEXT, iat BIGINT, exp BIGINT, claim_names TEXT)"
+         alg TEXT, iat BIGINT, exp BIGINT, claim_names TEXT, client_generation BIGINT)"
     };
 }
 
@@ -29,8 +29,8 @@ const INSERT_ALLOWED: &str = concat!(
     rows_of_json!(),
     " WHERE (r.kid IS NULL OR r.kid IN (SELECT kid FROM keys WHERE kid = ANY($2) \
      AND revoked_at IS NULL AND retired_at IS NULL ORDER BY kid FOR SHARE)) \
-     AND r.client IN (SELECT name FROM clients WHERE name = ANY($3) AND revoked_at IS NULL \
-     ORDER BY name FOR SHARE)"
+     AND (r.client, r.client_generation) IN (SELECT name, generation FROM clients WHERE name = ANY($3) \
+     AND revoked_at IS NULL ORDER BY name FOR SHARE)"
 );
 
 /// How often a commit that PostgreSQL broke off to resolve a deadlock is tried again (the
@@ -71,8 +71,8 @@ pub async fn insert(pool: &PgPool, entries: &[&Entry]) -> anyhow::Result<Refused
     .context("reading back ledger rows")?
     .into_iter()
     .collect();
-    let clients: HashSet<String> = sqlx::query_scalar(
-        "SELECT name FROM clients WHERE revoked_at IS NULL \
+    let clients: HashSet<(String, i64)> = sqlx::query_as(
+        "SELECT name, generation FROM clients WHERE revoked_at IS NULL \
          AND name IN (SELECT r.client FROM json_to_recordset($1::json) AS r(client TEXT))",
     )
     .bind(&rows)
@@ -104,6 +104,7 @@ fn rows_json(entries: &[&Entry]) -> String {
         iat: i64,
         exp: i64,
         claim_names: String,
+        client_generation: i64,
     }
     let rows: Vec<Row> = entries
         .iter()
@@ -117,6 +118,7 @@ fn rows_json(entries: &[&Entry]) -> String {
             iat: e.iat,
             exp: e.exp,
             claim_names: serde_json::to_string(&e.claim_names).unwrap_or_else(|_| "[]".to_owned()),
+            client_generation: e.client_generation,
         })
         .collect();
     serde_json::to_string(&rows).unwrap_or_else(|_| "[]".to_owned())

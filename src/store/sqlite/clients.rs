@@ -7,7 +7,8 @@ use super::{begin_write, bump_generation};
 use crate::store::rows::ClientRow;
 
 const COLUMNS: &str = "name, token_id, token_hash, profiles, admin, created_at, revoked_at, rate_limit, rate_burst, \
-     previous_token_id, previous_token_hash, previous_token_until, cert_sha256, cert_only";
+     previous_token_id, previous_token_hash, previous_token_until, cert_sha256, cert_only, permissions, \
+     generation, identity";
 
 /// Every client, active and revoked, by name.
 pub async fn all(pool: &SqlitePool) -> anyhow::Result<Vec<ClientRow>> {
@@ -51,13 +52,14 @@ pub(crate) async fn change<T, E>(
         Err(refused) => return Ok(Err(refused)),
     };
     sqlx::query(&format!(
-        "INSERT INTO clients ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+        "INSERT INTO clients ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
          ON CONFLICT (name) DO UPDATE SET token_id = excluded.token_id, token_hash = excluded.token_hash, \
          profiles = excluded.profiles, admin = excluded.admin, created_at = excluded.created_at, \
          revoked_at = excluded.revoked_at, rate_limit = excluded.rate_limit, rate_burst = excluded.rate_burst, \
          previous_token_id = excluded.previous_token_id, previous_token_hash = excluded.previous_token_hash, \
          previous_token_until = excluded.previous_token_until, cert_sha256 = excluded.cert_sha256, \
-         cert_only = excluded.cert_only"
+         cert_only = excluded.cert_only, permissions = excluded.permissions, generation = excluded.generation, \
+         identity = excluded.identity"
     ))
     .bind(&row.name)
     .bind(&row.token_id)
@@ -73,6 +75,9 @@ pub(crate) async fn change<T, E>(
     .bind(row.previous_token_until)
     .bind(&row.cert_sha256)
     .bind(row.cert_only)
+    .bind(&row.permissions)
+    .bind(row.generation)
+    .bind(&row.identity)
     .execute(&mut *tx)
     .await
     .with_context(|| format!("storing client {name}"))?;

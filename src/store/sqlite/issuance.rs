@@ -89,11 +89,7 @@ impl IssuanceWriter {
         // Some rows were refused (a revocation): which, and why.
         let connection: &mut SqliteConnection = self.connection().await?;
         let present = names_among(connection, "SELECT jti FROM issuance WHERE jti IN (", entries, |e| &e.jti).await?;
-        let clients =
-            names_among(connection, "SELECT name FROM clients WHERE revoked_at IS NULL AND name IN (", entries, |e| {
-                &e.client
-            })
-            .await?;
+        let clients = clients_among(connection, entries).await?;
         Ok(Refused::missing(entries, &present, &clients))
     }
 
@@ -118,7 +114,8 @@ impl IssuanceWriter {
 /// Writes `entries` (at most [`CHUNK`]) in one statement; returns how many rows it wrote.
 async fn insert_rows(connection: &mut SqliteConnection, entries: &[&Entry], rows: Rows) -> anyhow::Result<u64> {
     let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(
-        "INSERT INTO issuance (jti, profile, client, sub, kid, alg, iat, exp, claim_names) SELECT * FROM (",
+        "INSERT INTO issuance (jti, profile, client, sub, kid, alg, iat, exp, claim_names) \
+         SELECT column1, column2, column3, column4, column5, column6, column7, column8, column9 FROM (",
     );
     query.push_values(entries, |mut row, e| {
         row.push_bind(&e.jti)
@@ -129,15 +126,17 @@ async fn insert_rows(connection: &mut SqliteConnection, entries: &[&Entry], rows
             .push_bind(&e.alg)
             .push_bind(e.iat)
             .push_bind(e.exp)
-            .push_bind(serde_json::to_string(&e.claim_names).unwrap_or_else(|_| "[]".to_owned()));
+            .push_bind(serde_json::to_string(&e.claim_names).unwrap_or_else(|_| "[]".to_owned()))
+            .push_bind(e.client_generation);
     });
     query.push(")");
     if let Rows::Allowed = rows {
-        // VALUES names its columns column1, column2, ...: column3 is the client, column5 the kid.
+        // VALUES names its columns column1, column2, ...: column3 is the client, column5 the
+        // kid, column10 the client's generation (not stored).
         query.push(
             " WHERE (column5 IS NULL \
              OR column5 IN (SELECT kid FROM keys WHERE revoked_at IS NULL AND retired_at IS NULL)) \
-             AND column3 IN (SELECT name FROM clients WHERE revoked_at IS NULL)",
+             AND (column3, column10) IN (SELECT name, generation FROM clients WHERE revoked_at IS NULL)",
         );
     }
     let done = query.build().execute(connection).await.context("writing ledger rows")?;
@@ -159,6 +158,22 @@ async fn names_among(
     query.push(")");
     let found: Vec<String> =
         query.build_query_scalar().fetch_all(connection).await.context("reading back ledger rows")?;
+    Ok(found.into_iter().collect())
+}
+
+/// The active clients of `entries`, with their generations.
+async fn clients_among(
+    connection: &mut SqliteConnection,
+    entries: &[&Entry],
+) -> anyhow::Result<HashSet<(String, i64)>> {
+    let mut query: QueryBuilder<Sqlite> =
+        QueryBuilder::new("SELECT name, generation FROM clients WHERE revoked_at IS NULL AND name IN (");
+    let mut list = query.separated(", ");
+    for entry in entries {
+        list.push_bind(&entry.client);
+    }
+    query.push(")");
+    let found: Vec<(String, i64)> = query.build_query_as().fetch_all(connection).await.context("checking clients")?;
     Ok(found.into_iter().collect())
 }
 
