@@ -38,7 +38,12 @@ if [[ -z $engine ]]; then
 fi
 case $engine in
 podman) need podman podman && need runc runc ;;
-docker) need docker docker.io ;;
+docker)
+    need docker docker.io
+    # --build-context (the prebuilt binary in place of the build stage) needs BuildKit.
+    docker buildx version >/dev/null 2>&1 ||
+        fail "docker buildx not found: install Docker's buildx plugin (docker-buildx-plugin), or use podman"
+    ;;
 *) fail "KEYWARD_IMAGE_ENGINE must be podman or docker, not $engine" ;;
 esac
 need curl curl
