@@ -138,7 +138,9 @@ status=$($engine exec "$run-1" grep -E '^(Uid|Gid):' /proc/1/status)
     fail "the server does not run as uid/gid 10001: $status"
 ok "the server runs as uid 10001, gid 10001"
 [[ $($engine inspect --format '{{.HostConfig.ReadonlyRootfs}}' "$run-1") == true ]] || fail "root filesystem not read-only"
-if $engine exec "$run-1" touch /etc/keyward/probe 2>/dev/null; then fail "the root filesystem is writable"; fi
+# As root, whom only a read-only file system stops.
+if written=$($engine exec --user 0 "$run-1" touch /etc/keyward/probe 2>&1); then fail "the root filesystem is writable"; fi
+grep -q "Read-only file system" <<<"$written" || fail "writing to the root filesystem failed otherwise: $written"
 ok "read-only root filesystem"
 
 curl -sf "http://$public/.well-known/jwks.json" >"$work/jwks.json" || fail "no JWKS on the public listener"
