@@ -54,6 +54,8 @@ pub enum MasterKeyOrigin {
     File(PathBuf),
     /// A file written just now with a random key: development only.
     Generated(PathBuf),
+    /// Held outside the process (a PKCS#11 token, Vault Transit).
+    Outside,
 }
 
 /// The 32-byte key that seals every private key. `Debug` never shows it.
@@ -98,6 +100,11 @@ impl MasterKey {
     /// A short public identifier of this key, stored beside every row it seals.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The raw key, for the keyring that carries it sealed under the master key.
+    pub(crate) fn bytes(&self) -> &[u8; 32] {
+        &self.key
     }
 
     /// `KEYWARD_MASTER_KEY` if given, else the file, else (only if `may_generate`) a new

@@ -21,10 +21,9 @@ use crate::http::internal::{self, InternalState};
 use crate::http::middleware;
 use crate::http::public::{self, PublicState};
 use crate::http::tls::{self, TlsListener};
-use crate::keys;
 use crate::keys::custody::Custody;
+use crate::master_key::Roots;
 use crate::policy::profile::parse_profiles;
-use crate::seal::MasterKey;
 use crate::store::Store;
 
 /// How many seconds in-flight requests get to finish at shutdown.
@@ -44,19 +43,19 @@ pub struct Application {
 impl Application {
     /// Opens the database, makes sure every key set has a signing key, loads them and binds
     /// both listeners (port 0 picks a free port). `workers` is per listener.
-    pub async fn build(config: Config, master: MasterKey, workers: usize) -> anyhow::Result<Self> {
+    pub async fn build(config: Config, roots: impl Into<Roots>, workers: usize) -> anyhow::Result<Self> {
         let public_listener = TcpListener::bind(config.server.public_addr)
             .with_context(|| format!("binding the public listener to {}", config.server.public_addr))?;
         let internal_listener = TcpListener::bind(config.server.internal_addr)
             .with_context(|| format!("binding the internal listener to {}", config.server.internal_addr))?;
-        Self::build_on(config, master, workers, public_listener, internal_listener).await
+        Self::build_on(config, roots, workers, public_listener, internal_listener).await
     }
 
     /// [`Application::build`] on listeners bound already (their addresses win over the
     /// configuration's), e.g. so that a test knows the public port before configuring.
     pub async fn build_on(
         config: Config,
-        master: MasterKey,
+        roots: impl Into<Roots>,
         workers: usize,
         public_listener: TcpListener,
         internal_listener: TcpListener,
@@ -73,9 +72,10 @@ impl Application {
         let internal_tls = start_tls("internal", &config.server.internal_tls)?;
         let mutual = internal_tls.as_ref().is_some_and(|tls| tls.mutual());
         let store = Store::connect(&config.database()).await?;
-        keys::check_master_key(&store.keys().await?, &master)?;
+        let roots = roots.into();
+        let keyring = crate::ops::master_key::open(&store, &roots, crate::ops::wall_clock()).await?;
         let token = config.token_settings(std::env::var(config::PIN_ENV).ok().as_deref())?;
-        let custody = Custody::open(master, token).await?;
+        let custody = Custody::open(keyring, token).await?;
         // New sets get their keys, and anything that fell due while stopped is done, before
         // the first request.
         scheduler::run_due(&store, &custody, &config, &crate::ops::wall_clock, Some(&metrics)).await;
@@ -86,7 +86,8 @@ impl Application {
         );
         let (public_counters, internal_counters) =
             (web::Data::new(metrics.listener("public")), web::Data::new(metrics.listener("internal")));
-        let shared = Arc::new(Shared::load(store, Arc::clone(&config), custody, metrics, ledger.health()).await?);
+        let shared =
+            Arc::new(Shared::load(store, Arc::clone(&config), custody, roots, metrics, ledger.health()).await?);
 
         let profiles: HashMap<_, _> = profiles.into_iter().map(|p| (p.name.clone(), p)).collect();
         let routes: HashMap<String, String> = config

@@ -84,6 +84,7 @@ struct Inner {
     partner_holds_next: Family<PartnerSetLabels, Gauge>,
     gate_held: Family<SetLabels, Gauge>,
     identity_tokens: Family<IdentityLabels, Counter>,
+    master_key_age: Gauge,
 }
 
 /// The process's metrics; cheap to clone.
@@ -102,7 +103,11 @@ impl Default for Metrics {
         let key_age = Family::<SetLabels, Gauge>::default();
         registry.register("signing_key_age_seconds", "Seconds since the signing key started signing", key_age.clone());
         let next_rotation = Family::<SetLabels, Gauge>::default();
-        registry.register("next_rotation_seconds", "Seconds until the next planned rotation", next_rotation.clone());
+        registry.register(
+            "next_rotation_seconds",
+            "Seconds until the next planned rotation (0 once due, and while a gate holds it past its planned instant)",
+            next_rotation.clone(),
+        );
         let rotation_period = Family::<SetLabels, Gauge>::default();
         registry.register(
             "rotation_period_seconds",
@@ -172,6 +177,12 @@ impl Default for Metrics {
              refused, or provider_unavailable (its JWKS could not be fetched)",
             identity_tokens.clone(),
         );
+        let master_key_age = Gauge::default();
+        registry.register(
+            "master_key_age_seconds",
+            "Seconds since the master key that seals the keyring was set (its rotation, or the keyring's creation)",
+            master_key_age.clone(),
+        );
         Metrics(Arc::new(Inner {
             registry,
             issued,
@@ -195,6 +206,7 @@ impl Default for Metrics {
             partner_holds_next,
             gate_held,
             identity_tokens,
+            master_key_age,
         }))
     }
 }
@@ -261,6 +273,11 @@ impl Metrics {
     /// Whether a gate holds the hand-over of `key_set`.
     pub fn gate(&self, key_set: &str, held: bool) {
         self.0.gate_held.get_or_create(&SetLabels { key_set: key_set.to_owned() }).set(i64::from(held));
+    }
+
+    /// Seconds since the master key last changed.
+    pub fn master_key_age(&self, seconds: i64) {
+        self.0.master_key_age.set(seconds);
     }
 
     /// A failed scheduler pass.

@@ -16,11 +16,11 @@ use crate::config::Config;
 use crate::keys::custody::Custody;
 use crate::keys::jwks::{self, JwksDocument};
 use crate::keys::{self, timeline, KeyRecord, KeyState, PublicKey, SecretKey, SigningKey};
+use crate::master_key::{Keyring, Roots};
 use crate::ops::clients;
 use crate::ops::gates::Gates;
 use crate::ops::secrets;
 use crate::policy::client::{self, ClientDirectory};
-use crate::seal::MasterKey;
 use crate::store::Store;
 
 fn generation_time() -> i64 {
@@ -103,6 +103,12 @@ pub struct Shared {
     store: Store,
     config: Arc<Config>,
     custody: Custody,
+    /// Open the keyring again when a re-seal changes its terms.
+    roots: Roots,
+    /// Why the last attempt to load changed terms failed, while it fails.
+    keyring_problem: std::sync::Mutex<Option<String>>,
+    /// Why the master key's source did not answer its last keep-alive, while it does not.
+    pub(super) source_problem: std::sync::Mutex<Option<String>>,
     metrics: Metrics,
     observer: Observer,
     pub(super) database_ok: AtomicBool,
@@ -151,6 +157,7 @@ impl Shared {
         store: Store,
         config: Arc<Config>,
         custody: Custody,
+        roots: Roots,
         metrics: Metrics,
         ledger: LedgerHealth,
     ) -> anyhow::Result<Self> {
@@ -160,6 +167,9 @@ impl Shared {
             store,
             config,
             custody,
+            roots,
+            keyring_problem: std::sync::Mutex::new(None),
+            source_problem: std::sync::Mutex::new(None),
             metrics,
             observer,
             database_ok: AtomicBool::new(true),
@@ -190,9 +200,37 @@ impl Shared {
         &self.config
     }
 
-    /// The master key.
-    pub fn master(&self) -> &MasterKey {
-        self.custody.master()
+    /// The keyring that seals private keys and secrets.
+    pub fn keyring(&self) -> Arc<Keyring> {
+        self.custody.keyring()
+    }
+
+    /// The master key the server runs with (and the one it replaces, during a rotation).
+    pub fn roots(&self) -> &Roots {
+        &self.roots
+    }
+
+    /// Loads the keyring again if a re-seal changed its terms. When the master key's source
+    /// does not answer, what is open keeps serving and readiness says why.
+    async fn refresh_keyring(&self) {
+        let held = self.keyring();
+        let problem = match crate::ops::master_key::changed(&self.store, &self.roots, &held).await {
+            Ok(Some(keyring)) => {
+                tracing::info!(terms = keyring.ids(), "loaded the keyring's new terms");
+                self.custody.replace_keyring(keyring);
+                None
+            }
+            Ok(None) => None,
+            Err(err) => {
+                let message = format!("{err:#}");
+                tracing::warn!(error = message, "cannot load the keyring's new terms; serving with what is open");
+                Some(message)
+            }
+        };
+        match self.keyring_problem.lock() {
+            Ok(mut guard) => *guard = problem,
+            Err(poisoned) => *poisoned.into_inner() = problem,
+        }
     }
 
     /// Who holds the private keys.
@@ -219,6 +257,10 @@ impl Shared {
             Err("the issuance ledger cannot commit (is the disk full or the database unreachable?)")
         } else if !self.custody.is_available() {
             Err("the PKCS#11 token does not answer")
+        } else if self.source_problem.lock().map_or(true, |p| p.is_some()) {
+            Err("the master key's source (Vault) does not answer: signing goes on with the keys already open")
+        } else if self.keyring_problem.lock().map_or(true, |p| p.is_some()) {
+            Err("the keyring's new terms cannot be opened with the configured master key (its source does not answer, or the server lacks the new key: see the log)")
         } else if !self.snapshot().is_ready() {
             Err("a key set has no signing key")
         } else {
@@ -232,11 +274,13 @@ impl Shared {
         let previous = self.snapshot();
         // Read the counter first: a change committed after it triggers another reload.
         let generation = self.store.generation().await?;
+        self.refresh_keyring().await;
         let records = Arc::new(self.store.keys().await?);
-        keys::check_master_key(&records, self.master())?;
+        let keyring = self.keyring();
+        keyring.check_ids(records.iter().filter_map(|r| r.sealed().map(|(_, id)| id)))?;
         let gates = Gates::load(&self.store, &self.config).await?;
         let clients = clients::load_directory(&self.store).await?;
-        let secrets = secrets::load(&self.store, self.master(), &self.config).await?;
+        let secrets = secrets::load(&self.store, &keyring, &self.config).await?;
         let now = generation_time();
         let (key_sets, next_change_at) = self.key_set_views(&records, &gates, &previous, now).await?;
         let next = Arc::new(Snapshot { generation, records, gates, next_change_at, key_sets, clients, secrets });
@@ -315,7 +359,9 @@ impl Shared {
             let rotation_at = timeline::timeline(&set_keys, &self.config.policy(set), now)
                 .into_iter()
                 .find(|t| t.state == KeyState::Current)
-                .and_then(|t| t.signing_until.map(|m| m.at));
+                .and_then(|t| t.signing_until.map(|m| m.at))
+                // A gate holding past the planned instant has no instant to give.
+                .filter(|at| *at < i64::MAX);
             key_sets.insert(
                 set.name.clone(),
                 KeySetView { signer, public, activated_at, rotation_at, next_key_published, jwks },

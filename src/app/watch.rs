@@ -15,6 +15,9 @@ use crate::store::changes::Changes;
 /// the database was away, once it is back (see the README's "Running several replicas").
 const RECONNECT_PAUSE: Duration = Duration::from_millis(50);
 
+/// How often the master key's source is kept alive (it asks Vault only when a renewal is due).
+const SOURCE_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(1);
+
 /// How often the key custody is asked whether it answers (it throttles its own checks).
 const CUSTODY_PROBE_INTERVAL: Duration = Duration::from_millis(50);
 
@@ -22,9 +25,41 @@ impl Shared {
     /// Reloads whenever another process changes keys, clients or secrets, and checks the
     /// key custody (a PKCS#11 token that failed is reconnected), until `stop` turns true.
     pub async fn watch_until_stopped(&self, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
-        let (watched, ()) =
-            tokio::join!(self.watch_store_until_stopped(stop.clone()), self.probe_custody_until_stopped(stop));
+        let (watched, (), ()) = tokio::join!(
+            self.watch_store_until_stopped(stop.clone()),
+            self.probe_custody_until_stopped(stop.clone()),
+            self.keep_master_key_source_until_stopped(stop)
+        );
         watched
+    }
+
+    /// Keeps the master key's source logged in (a Vault token renewed before it expires);
+    /// while it does not answer, the server is not ready but signs on with what is open.
+    async fn keep_master_key_source_until_stopped(&self, mut stop: watch::Receiver<bool>) {
+        let mut ticker = tokio::time::interval(SOURCE_KEEP_ALIVE_INTERVAL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {
+                    let problem = self.roots().keep_alive().await.err().map(|err| format!("{err:#}"));
+                    let mut current = match self.source_problem.lock() {
+                        Ok(guard) => guard,
+                        Err(poisoned) => poisoned.into_inner(),
+                    };
+                    match (&*current, &problem) {
+                        (None, Some(why)) => tracing::error!(error = why, "the master key's source does not answer; signing goes on with the keys already open"),
+                        (Some(_), None) => tracing::warn!("the master key's source answers again"),
+                        _ => {}
+                    }
+                    *current = problem;
+                }
+                changed = stop.changed() => {
+                    if changed.is_err() || *stop.borrow() {
+                        return;
+                    }
+                }
+            }
+        }
     }
 
     async fn probe_custody_until_stopped(&self, mut stop: watch::Receiver<bool>) {

@@ -4,10 +4,9 @@ use anyhow::bail;
 
 use super::context::Context;
 use crate::config::Database;
-use crate::keys;
 use crate::keys::custody::{self, sealed};
+use crate::master_key::Roots;
 use crate::ops::secrets;
-use crate::seal::MasterKey;
 use crate::store::Store;
 
 /// Checks what `serve` checks before binding: the configuration (done by loading it), the
@@ -30,12 +29,17 @@ pub(super) async fn run(ctx: &Context) -> anyhow::Result<()> {
     }
     let env_key = std::env::var("KEYWARD_MASTER_KEY").ok();
     let file = &config.server.master_key_file;
-    let master = match (&env_key, file.exists()) {
-        (Some(_), _) | (None, true) => Some(MasterKey::resolve(env_key.as_deref(), file, false)?.0),
-        (None, false) => None,
+    let master = match (config.master_key.is_some(), &env_key, file.exists()) {
+        (true, _, _) | (false, Some(_), _) | (false, None, true) => {
+            Some(Roots::from_config(config, |name| std::env::var(name).ok(), false, false).await?.0)
+        }
+        (false, None, false) => None,
     };
-    if let Some(master) = &master {
-        eprintln!("master key {} is well formed", master.id());
+    if let Some(roots) = &master {
+        eprintln!("master key {} ({}) is well formed", roots.current.id(), roots.current.origin());
+        if let Some(previous) = &roots.previous {
+            eprintln!("previous master key {} ({}) is well formed", previous.id(), previous.origin());
+        }
     }
     let exists = match &database {
         Database::Sqlite(path) => path.exists(),
@@ -45,14 +49,20 @@ pub(super) async fn run(ctx: &Context) -> anyhow::Result<()> {
         let store = Store::connect(&database).await?;
         let sealed = store.holds_sealed_material().await?;
         match &master {
-            Some(master) => {
-                let records = store.keys().await?;
-                keys::check_master_key(&records, master)?;
-                for record in records.iter().filter(|r| r.sealed().is_some()) {
-                    sealed::open(record, master)?;
+            Some(roots) => {
+                let keyring = crate::ops::master_key::check(&store, roots).await?;
+                for record in store.keys().await?.iter().filter(|r| r.sealed().is_some()) {
+                    sealed::open(record, &keyring)?;
                 }
-                secrets::load(&store, master, config).await?;
-                eprintln!("master key {} opens every sealed key and secret in {database}", master.id());
+                secrets::load(&store, &keyring, config).await?;
+                eprintln!("master key {} opens every sealed key and secret in {database}", roots.current.id());
+                match store.keyring().await? {
+                    Some(row) if row.root_key_id != roots.current.id() => eprintln!(
+                        "the keyring is still sealed with the previous master key {}: run `keyward master-key rotate`",
+                        row.root_key_id
+                    ),
+                    _ => {}
+                }
             }
             None if sealed => bail!(
                 "no master key: KEYWARD_MASTER_KEY is not set and {} does not exist, but {} holds sealed keys: \

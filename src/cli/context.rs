@@ -6,11 +6,11 @@ use std::path::Path;
 
 use anyhow::bail;
 
-use crate::config::{self, Config, Database, EnvSettings, LoadedConfig};
-use crate::keys;
+use crate::config::{self, Config, Database, EnvSettings, LoadedConfig, MasterKeySpec};
 use crate::keys::custody::Custody;
+use crate::master_key::{Keyring, RootKey, Roots};
 use crate::private_files;
-use crate::seal::{MasterKey, MasterKeyOrigin};
+use crate::seal::MasterKeyOrigin;
 use crate::store::sqlite;
 use crate::store::Store;
 
@@ -84,30 +84,42 @@ impl Context {
         Store::open(path).await
     }
 
-    /// The database and the master key, checked against the keys it sealed: what a command
-    /// that seals or opens private material needs.
-    pub(super) async fn store_and_master_key(&self) -> anyhow::Result<(Store, MasterKey)> {
+    /// The database and its keyring, opened with the master key and checked against the
+    /// rows it sealed: what a command that seals or opens private material needs.
+    pub(super) async fn store_and_keyring(&self) -> anyhow::Result<(Store, Keyring)> {
         let store = self.store().await?;
-        let master = self.master_key(&store).await?;
-        keys::check_master_key(&store.keys().await?, &master)?;
-        Ok((store, master))
+        let roots = self.roots(&store).await?;
+        let keyring = crate::ops::master_key::open(&store, &roots, crate::ops::wall_clock()).await?;
+        Ok((store, keyring))
     }
 
     /// The database and whatever holds private keys (the master key, checked against the
     /// keys it sealed, and the PKCS#11 token when one is configured): what a key action needs.
     pub(super) async fn store_and_custody(&self) -> anyhow::Result<(Store, Custody)> {
-        let (store, master) = self.store_and_master_key().await?;
+        let (store, keyring) = self.store_and_keyring().await?;
         let token = self.config().token_settings(std::env::var(crate::config::PIN_ENV).ok().as_deref())?;
-        Ok((store, Custody::open(master, token).await?))
+        Ok((store, Custody::open(keyring, token).await?))
     }
 
-    /// The master key; a development key is generated only for a database with no sealed
-    /// keys, and only where generating is allowed (not in the Docker image unless KEYWARD_DEV=1).
-    pub(super) async fn master_key(&self, store: &Store) -> anyhow::Result<MasterKey> {
+    /// The master key (and during a rotation the previous one); a development key is
+    /// generated only for a database with no sealed keys, and only where generating is
+    /// allowed (not in the Docker image unless KEYWARD_DEV=1). None is asked for when nothing
+    /// would be sealed with it (every key set in the PKCS#11 token, no shared secret, nothing
+    /// sealed stored, no `[master_key]`): then a key held in memory only stands in, and the
+    /// keyring it would seal is never stored.
+    pub(super) async fn roots(&self, store: &Store) -> anyhow::Result<Roots> {
         let env = std::env::var("KEYWARD_MASTER_KEY").ok();
         let file = &self.config().server.master_key_file;
         let empty = !store.holds_sealed_material().await?;
-        if empty && env.is_none() && !file.exists() && !self.settings.may_generate_master_key {
+        let configured = self.config().master_key.is_some();
+        if !configured && empty && env.is_none() && !file.exists() && !self.config().needs_master_key() {
+            tracing::info!(
+                "no master key needed: every key set keeps its keys in the PKCS#11 token and no profile signs \
+                 with a shared secret (set KEYWARD_MASTER_KEY before adding either)"
+            );
+            return Ok(Roots { current: RootKey::in_memory(), previous: None });
+        }
+        if !configured && empty && env.is_none() && !file.exists() && !self.settings.may_generate_master_key {
             bail!(
                 "no master key: KEYWARD_MASTER_KEY is not set and {} does not exist, and KEYWARD_DEV=0 forbids \
                  generating one. Make one with `openssl rand -base64 32 > master.key`, keep a copy in your \
@@ -118,23 +130,29 @@ impl Context {
                 file.display()
             );
         }
-        let (key, origin) = MasterKey::resolve(env.as_deref(), file, empty)?;
+        let may_generate = empty && (!configured || self.settings.may_generate_master_key);
+        let (roots, origin) =
+            Roots::from_config(self.config(), |name| std::env::var(name).ok(), may_generate, true).await?;
+        let id = roots.current.id();
         match origin {
-            MasterKeyOrigin::Environment => {
-                tracing::info!(master_key_id = key.id(), "master key from KEYWARD_MASTER_KEY")
-            }
             MasterKeyOrigin::File(path) => {
-                tracing::info!(master_key_id = key.id(), file = %path.display(), "master key from file");
+                tracing::info!(master_key_id = id, file = %path.display(), "master key from file")
+            }
+            MasterKeyOrigin::Environment | MasterKeyOrigin::Outside => {
+                tracing::info!(master_key_id = id, source = roots.current.origin(), "master key from its source")
             }
             MasterKeyOrigin::Generated(path) => tracing::warn!(
-                master_key_id = key.id(),
+                master_key_id = id,
                 file = %path.display(),
                 "NO MASTER KEY CONFIGURED: generated a random one for DEVELOPMENT ONLY. In production set \
                  KEYWARD_MASTER_KEY (base64 of 32 bytes) from your secrets manager, and back this key up: \
                  without it the stored private keys cannot be opened"
             ),
         }
-        Ok(key)
+        if let Some(previous) = &roots.previous {
+            tracing::info!(master_key_id = previous.id(), source = previous.origin(), "previous master key");
+        }
+        Ok(roots)
     }
 
     /// The database, the master key file and the PKCS#11 PIN file hold secrets (sealed keys,
@@ -145,8 +163,18 @@ impl Context {
             Database::Sqlite(path) => sqlite::database_files(&path),
             Database::Postgres(_) => Vec::new(),
         };
-        if std::env::var_os("KEYWARD_MASTER_KEY").is_none() {
-            files.push(self.config().server.master_key_file.clone());
+        match self.config().master_key.as_deref() {
+            None if std::env::var_os("KEYWARD_MASTER_KEY").is_none() => {
+                files.push(self.config().server.master_key_file.clone())
+            }
+            None => {}
+            Some(table) => {
+                for table in std::iter::once(table).chain(table.previous.as_deref()) {
+                    if let MasterKeySpec::File(file) = table.spec() {
+                        files.push(file);
+                    }
+                }
+            }
         }
         let pin_file = self.config().pkcs11.as_ref().and_then(|p| p.pin_file.clone());
         if let Some(file) = pin_file.filter(|_| std::env::var_os(crate::config::PIN_ENV).is_none()) {

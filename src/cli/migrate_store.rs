@@ -18,6 +18,15 @@ pub struct Args {
     to: String,
 }
 
+impl Args {
+    /// "from X to Y", for the first line the command prints (never a password); `None`
+    /// when a URL does not parse (the move then says why).
+    pub(super) fn describe(&self) -> Option<String> {
+        let (from, to) = (Database::parse(&self.from).ok()?, Database::parse(&self.to).ok()?);
+        Some(format!("from {from} to {to}"))
+    }
+}
+
 /// Runs the move.
 pub async fn exec(args: Args) -> anyhow::Result<()> {
     let from = Database::parse(&args.from).map_err(|m| anyhow::anyhow!("--from: {m}"))?;

@@ -19,6 +19,7 @@ mod context;
 mod format;
 mod healthcheck;
 mod keys;
+mod master_key;
 mod migrate_store;
 mod onboarding;
 mod partners;
@@ -78,6 +79,9 @@ enum Command {
     /// Manage the shared secrets of HS256/HS512 profiles.
     #[command(subcommand)]
     Secrets(secrets::Command),
+    /// The master key: status, rotation, re-sealing everything under fresh key material.
+    #[command(subcommand)]
+    MasterKey(master_key::Command),
     /// Which tokens were issued: filter the issuance ledger.
     Audit(audit::Args),
     /// Write a consistent copy of the database to FILE while keyward runs (SQLite: VACUUM
@@ -162,6 +166,11 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
     let (source, database) = ctx.describe();
     if matches!(cli.command, Command::Serve) {
         tracing::info!(config = %source, database = %database, "starting keyward {}", env!("CARGO_PKG_VERSION"));
+    } else if let Command::MigrateStore(args) = &cli.command {
+        // It works on the databases it is given, not on the configuration's.
+        if let Some(databases) = args.describe() {
+            eprintln!("keyward: migrate-store {databases}");
+        }
     } else {
         eprintln!("keyward: configuration {source}; database {database}");
     }
@@ -174,6 +183,7 @@ async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> 
         Command::Keys(command) => keys::run(&ctx, command).await,
         Command::Clients(command) => clients::run(&ctx, command).await,
         Command::Secrets(command) => secrets::run(&ctx, command).await,
+        Command::MasterKey(command) => master_key::run(&ctx, command).await,
         Command::Audit(args) => audit::run(&ctx, args).await,
         Command::Backup(args) => backup::run(&ctx, args).await,
         Command::Onboarding(args) => onboarding::run(&ctx, args).await,

@@ -65,8 +65,10 @@ pub(super) async fn run(ctx: &Context, Args { json }: Args) -> anyhow::Result<()
 pub(super) fn describe(gate: &GateState) -> String {
     match gate {
         GateState::Released { kid, at } => format!("released: {kid} signs from {}", time(Some(*at))),
-        GateState::Waiting { kid, missing, deadline, then, .. } => format!(
-            "waiting for {} to fetch {kid}; at {} it will {}",
+        GateState::Waiting { kid, missing, planned, deadline, then } => format!(
+            "the hand-over planned for {} waits for {} to fetch {kid}; if not fetched, the current key keeps \
+             signing from then, and at {} the gate will {}",
+            time(Some(*planned)),
             missing.join(", "),
             time(Some(*deadline)),
             match then {

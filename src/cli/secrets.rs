@@ -16,7 +16,8 @@ pub(super) enum Command {
         #[arg(allow_hyphen_values = true)]
         profile: String,
     },
-    /// List the profiles that have a secret, with dates (never the secrets).
+    /// List the shared-secret profiles, whether their secret is set, with dates (never the
+    /// secrets).
     List,
 }
 
@@ -36,16 +37,34 @@ pub(super) async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
                 }
             }
             anyhow::ensure!(!secret.is_empty(), "no secret on standard input");
-            let (store, master) = ctx.store_and_master_key().await?;
-            secrets::set(&store, &master, ctx.config(), &profile, &secret, now()).await?;
+            let (store, keyring) = ctx.store_and_keyring().await?;
+            secrets::set(&store, &keyring, ctx.config(), &profile, &secret, now()).await?;
             eprintln!("stored the secret of profile {profile}; running servers use it within seconds");
             Ok(())
         }
         Command::List => {
             let store = ctx.store().await?;
-            println!("{:<24} {:<20} UPDATED", "PROFILE", "CREATED");
-            for info in secrets::list(&store).await? {
-                println!("{:<24} {:<20} {}", info.profile, time(Some(info.created_at)), time(Some(info.updated_at)));
+            println!("{:<24} {:<8} {:<20} UPDATED", "PROFILE", "SECRET", "CREATED");
+            let listed = secrets::list(&store, ctx.config()).await?;
+            for info in &listed {
+                match info.set {
+                    Some((created, updated)) => {
+                        println!(
+                            "{:<24} {:<8} {:<20} {}",
+                            info.profile,
+                            "set",
+                            time(Some(created)),
+                            time(Some(updated))
+                        )
+                    }
+                    None => println!("{:<24} {:<8} {:<20} -", info.profile, "NOT SET", "-"),
+                }
+            }
+            for info in listed.iter().filter(|i| i.set.is_none()) {
+                eprintln!(
+                    "profile {} cannot sign until its secret is set: keyward secrets set {}",
+                    info.profile, info.profile
+                );
             }
             Ok(())
         }

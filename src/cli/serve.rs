@@ -6,9 +6,9 @@ use crate::store::Store;
 
 pub(super) async fn run(ctx: &Context) -> anyhow::Result<()> {
     let (_, database) = ctx.describe();
-    let master = ctx.master_key(&Store::connect(&database).await?).await?;
+    let roots = ctx.roots(&Store::connect(&database).await?).await?;
     let workers = std::thread::available_parallelism().map(usize::from).unwrap_or(2);
-    let app = Application::build(ctx.config().clone(), master, workers).await?;
+    let app = Application::build(ctx.config().clone(), roots, workers).await?;
     tracing::info!(public = %app.public_addr(), internal = %app.internal_addr(), workers, "listening");
     app.run_until_stopped().await
 }

@@ -15,6 +15,7 @@ pub mod discovery;
 mod duration;
 mod env;
 mod identity;
+mod master_key;
 mod parse;
 mod partner;
 mod pkcs11;
@@ -29,6 +30,7 @@ pub use duration::Duration;
 use env::{apply_env, blame_environment};
 pub use env::{known_env, EnvSettings, LogFormat};
 pub use identity::{IdentityProviderConfig, ASYMMETRIC_ALGORITHMS};
+pub use master_key::{MasterKeyConfig, MasterKeySource, MasterKeySpec, MASTER_KEY_ENV};
 pub use parse::{parse_toml, ConfigError};
 pub use partner::{Cidr, PartnerConfig, PartnerMatch, UserAgentPattern};
 pub use pkcs11::{Pkcs11Config, PIN_ENV};
@@ -62,6 +64,10 @@ pub struct Config {
     /// Issuers whose JWTs authenticate clients bound to a workload identity.
     #[serde(default, rename = "identity_provider", skip_serializing_if = "Vec::is_empty")]
     pub identity_providers: Vec<IdentityProviderConfig>,
+    /// Where the master key comes from (without it: `KEYWARD_MASTER_KEY`, else
+    /// `[server] master_key_file`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master_key: Option<Box<MasterKeyConfig>>,
 }
 
 /// Where the configuration came from, for messages.
@@ -146,6 +152,7 @@ fn resolve_relative_paths(config: &mut Config, file: &Path, source_name: &str) -
     }
     pkcs11::resolve_relative_paths(config, &folder);
     identity::resolve_relative_paths(config, &folder);
+    master_key::resolve_relative_paths(config, &folder);
     Ok(())
 }
 
@@ -174,6 +181,14 @@ impl KeySetConfig {
 }
 
 impl Config {
+    /// Whether anything configured is sealed under the master key: a key set whose keys
+    /// are sealed in the database, or a profile that signs with a shared secret. With every
+    /// key set in the PKCS#11 token and no shared secret, nothing is.
+    pub fn needs_master_key(&self) -> bool {
+        self.key_sets.iter().any(|s| s.custody == crate::keys::custody::CustodyKind::Sealed)
+            || self.profiles.iter().any(|p| p.algorithm.is_some())
+    }
+
     /// The rotation policy of `set`: retention covers the longest `max_ttl` of the
     /// profiles that use the set (an hour, the hard cap, if none does).
     pub fn policy(&self, set: &KeySetConfig) -> Policy {

@@ -15,6 +15,7 @@ pub fn validate(config: &Config, source_name: &str) -> Result<(), ConfigError> {
         |location: String, message: String| ConfigError { source_name: source_name.to_owned(), location, message };
     super::pkcs11::validate(config, source_name)?;
     super::identity::validate(config, source_name)?;
+    super::master_key::validate(config, source_name)?;
     let server = &config.server;
     Database::parse(&server.database_url).map_err(|m| fail("[server], field database_url".to_owned(), m))?;
     if server.ledger_retention.as_secs() < 86_400 {

@@ -55,7 +55,8 @@ pub enum GateState {
         /// When it signs (the planned instant, or the last partner's first fetch after it).
         at: i64,
     },
-    /// Some partners have not fetched it; the hand-over waits, at most until `deadline`.
+    /// Some partners have not fetched it. Before `planned` the plan stands (nothing is held
+    /// yet); from `planned` the current key keeps signing, at most until `deadline`.
     Waiting {
         /// The next key.
         kid: String,
@@ -89,15 +90,23 @@ pub enum GateState {
 }
 
 impl GateState {
-    /// Whether the gate keeps the current key signing past the planned instant now.
-    pub fn holds(&self) -> bool {
-        matches!(self, GateState::Held { .. } | GateState::Waiting { .. })
+    /// Whether the gate keeps the current key signing past the planned instant at `now`
+    /// (the state's own `now`): a gate waiting for a fetch before the planned instant
+    /// holds nothing yet.
+    pub fn holds(&self, now: i64) -> bool {
+        match self {
+            GateState::Held { .. } => true,
+            GateState::Waiting { planned, .. } => now >= *planned,
+            GateState::Released { .. } | GateState::ProceededUnconfirmed { .. } => false,
+        }
     }
 }
 
 /// The stored keys as they are with the gate applied at `now`: the planned next key's
 /// start (and its predecessor's end) moved to when the gate releases, or to the end of
-/// time while it holds with no deadline. Returns the gate's state when one applies.
+/// time while it holds with no deadline. Before the planned instant a waiting gate moves
+/// nothing: the plan stands until then, and the gate is applied again at that instant.
+/// Returns the gate's state when one applies.
 pub fn apply(
     keys: &[KeyRecord],
     partners: &[GatingPartner],
@@ -135,7 +144,13 @@ pub fn apply(
         let hold = missing.iter().any(|p| p.on_timeout == OnGateTimeout::Hold);
         if now < deadline {
             let then = if hold { OnGateTimeout::Hold } else { OnGateTimeout::Proceed };
-            let at = if hold { i64::MAX } else { deadline };
+            let at = if now < planned {
+                planned
+            } else if hold {
+                i64::MAX
+            } else {
+                deadline
+            };
             (at, GateState::Waiting { kid: kid.clone(), missing: names, planned, deadline, then })
         } else if hold {
             (i64::MAX, GateState::Held { kid: kid.clone(), missing: names, since: deadline })
@@ -196,7 +211,7 @@ mod tests {
         let only_one = [holding("other", "nxt", 60)];
         let (held, state) = apply(&keys(), &gate, &only_one, 150);
         assert_eq!(signer(&held, 150), "cur");
-        assert!(state.unwrap().holds());
+        assert!(state.unwrap().holds(150));
         // The first fetch at 170 releases it from then: the same answer at every later now.
         let both = [holding("other", "nxt", 60), holding("npm", "nxt", 170)];
         for now in [170, 171, 5_000] {
@@ -226,6 +241,22 @@ mod tests {
             state,
             Some(GateState::ProceededUnconfirmed { kid: "nxt".into(), missing: vec!["npm".into()], at: 150 })
         );
+    }
+
+    #[test]
+    fn before_the_planned_instant_a_waiting_gate_moves_nothing_and_holds_from_that_instant() {
+        for on_timeout in [OnGateTimeout::Hold, OnGateTimeout::Proceed] {
+            let gate = [partner("npm", 50, on_timeout)];
+            let (waiting, state) = apply(&keys(), &gate, &[], 99);
+            let instants = |ks: &[KeyRecord]| ks.iter().map(|k| (k.activates_at, k.deactivates_at)).collect::<Vec<_>>();
+            assert_eq!(instants(&waiting), instants(&keys()), "the plan stands before its instant");
+            let state = state.unwrap();
+            assert!(matches!(state, GateState::Waiting { planned: 100, deadline: 150, .. }));
+            assert!(!state.holds(99), "nothing is held before the planned instant");
+            let (held, state) = apply(&keys(), &gate, &[], 100);
+            assert_eq!(signer(&held, 100), "cur", "from the planned instant the current key keeps signing");
+            assert!(state.unwrap().holds(100));
+        }
     }
 
     #[test]

@@ -19,4 +19,4 @@ pub mod timeline;
 pub use algorithm::{Algorithm, HmacAlgorithm};
 pub use material::{generate, import_pem, GeneratedKey, KeyError, PublicKey};
 pub use signing::{SecretKey, SigningKey};
-pub use state::{check_master_key, next_change_after, signer_at, KeyRecord, KeyState, Private, Status};
+pub use state::{next_change_after, signer_at, KeyRecord, KeyState, Private, Status};

@@ -2,12 +2,10 @@
 
 use std::fmt;
 
-use anyhow::bail;
 use serde::Serialize;
 
 use super::custody::NewKey;
 use super::{Algorithm, PublicKey};
-use crate::seal::MasterKey;
 
 /// Where a key is in its life at a given instant; derived from its timestamps and that
 /// instant, so a planned hand-over happens without a write.
@@ -295,21 +293,6 @@ pub(crate) fn periods_overlap(keys: &[KeyRecord]) -> bool {
             .skip(i + 1)
             .any(|(other_set, other_from, other_until)| set == other_set && from < other_until && other_from < until)
     })
-}
-
-/// Refuses to go on when stored keys were sealed under another master key.
-pub fn check_master_key(records: &[KeyRecord], master: &MasterKey) -> anyhow::Result<()> {
-    let foreign: Vec<&str> =
-        records.iter().filter_map(|r| r.sealed().map(|(_, id)| id)).filter(|id| *id != master.id()).collect();
-    if let Some(id) = foreign.first() {
-        bail!(
-            "the database holds keys sealed with master key {id}, but the configured master key is {}: \
-             set KEYWARD_MASTER_KEY or master_key_file to the key this database was created with \
-             (nothing was changed)",
-            master.id()
-        );
-    }
-    Ok(())
 }
 
 /// Test keys: ES256 in set "s", a fake public half (x = "x{kid}"), created and published at

@@ -196,13 +196,13 @@ mod tests {
 
     use super::*;
     use crate::keys::Algorithm;
-    use crate::seal::MasterKey;
+    use crate::master_key::Keyring;
 
     #[tokio::test]
     async fn the_decision_made_again_under_the_lock_takes_the_time_read_once_the_lock_is_held() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path().join("keyward.db")).await.unwrap();
-        let custody = Custody::sealed(MasterKey::generate());
+        let custody = Custody::sealed(Keyring::generate(0));
         let mut config = Config::default();
         config.key_sets[0].algorithm = Algorithm::Es256;
         let (set, policy) = (config.key_sets[0].clone(), config.policy(&config.key_sets[0]));

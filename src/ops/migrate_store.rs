@@ -13,7 +13,7 @@ use crate::store::{KeyChange, Store};
 /// Ledger rows per copied transaction.
 const LEDGER_PAGE: i64 = 5_000;
 
-/// Copies keys (still sealed), clients, secrets and the ledger from `from` into `to`,
+/// Copies the keyring, keys (still sealed), clients, secrets and the ledger from `from` into `to`,
 /// which must be empty, then checks that both hold as many rows of each. Returns the counts.
 pub async fn migrate_store(from: &Store, to: &Store) -> anyhow::Result<Counts> {
     let existing = to.counts().await.context("counting the target's rows")?;
@@ -24,6 +24,12 @@ pub async fn migrate_store(from: &Store, to: &Store) -> anyhow::Result<Counts> {
         );
     }
     let source = from.counts().await.context("counting the source's rows")?;
+    // The keyring first: the copied keys and secrets are sealed under its terms.
+    if let Some(keyring) = from.keyring().await? {
+        if !to.create_keyring(&keyring).await? {
+            bail!("the target database has a keyring of its own: migrate-store copies into an empty database only");
+        }
+    }
 
     let mut sets: BTreeMap<String, Vec<KeyRecord>> = BTreeMap::new();
     for key in from.keys().await? {

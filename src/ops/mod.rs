@@ -4,6 +4,7 @@
 mod carry_out;
 pub mod clients;
 pub mod gates;
+pub mod master_key;
 pub mod migrate_store;
 pub mod partners;
 pub mod secrets;
@@ -145,8 +146,12 @@ pub struct SetSchedule {
     pub rotate_every: i64,
     /// Seconds a key is published before signing.
     pub publish_ahead: i64,
-    /// Seconds a key stays published after it stopped signing.
-    pub retain_for: i64,
+    /// The set's `retain_after` (seconds): publication after the last token a key signed
+    /// has expired.
+    pub retain_after: i64,
+    /// Seconds a key stays published after it stopped signing: the longest token lifetime
+    /// of its profiles plus `retain_after`.
+    pub published_after_signing: i64,
     /// Every key, oldest first.
     pub keys: Vec<Timeline>,
     /// Where the hand-over gate stands, when partners gate this set.
@@ -165,7 +170,8 @@ pub async fn schedule(store: &Store, config: &Config, now: i64) -> anyhow::Resul
             name: set.name.clone(),
             rotate_every: policy.rotate_every,
             publish_ahead: policy.publish_ahead,
-            retain_for: policy.retain_for,
+            retain_after: set.retain_after.as_secs_i64(),
+            published_after_signing: policy.retain_for,
             keys: timeline::timeline(&keys, &policy, now),
             gate,
         });

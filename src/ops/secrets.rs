@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::keys::HmacAlgorithm;
 use crate::keys::SecretKey;
-use crate::seal::MasterKey;
+use crate::master_key::Keyring;
 use crate::store::rows::SecretRow;
 use crate::store::Store;
 
@@ -34,7 +34,7 @@ pub enum SecretError {
     Storage(#[from] anyhow::Error),
 }
 
-fn context(profile: &str) -> [&str; 2] {
+pub(crate) fn context(profile: &str) -> [&str; 2] {
     ["profile-secret", profile]
 }
 
@@ -45,7 +45,7 @@ fn algorithm_of(config: &Config, profile: &str) -> Option<HmacAlgorithm> {
 /// Seals and stores `secret` for `profile`, replacing any earlier one.
 pub async fn set(
     store: &Store,
-    master: &MasterKey,
+    keyring: &Keyring,
     config: &Config,
     profile: &str,
     secret: &[u8],
@@ -59,11 +59,11 @@ pub async fn set(
             got: secret.len(),
         });
     }
-    let sealed = master.seal(secret, &context(profile)).context("sealing the secret")?;
+    let (sealed, master_key_id) = keyring.seal(secret, &context(profile)).context("sealing the secret")?;
     let row = SecretRow {
         profile: profile.to_owned(),
         sealed_secret: sealed,
-        master_key_id: master.id().to_owned(),
+        master_key_id,
         created_at: now,
         updated_at: now,
     };
@@ -76,38 +76,41 @@ pub async fn set(
 pub struct SecretInfo {
     /// The profile.
     pub profile: String,
-    /// Unix seconds.
-    pub created_at: i64,
-    /// Unix seconds.
-    pub updated_at: i64,
+    /// When its secret was first set and last replaced (Unix seconds); `None` while no
+    /// secret is set (the profile cannot sign until one is).
+    pub set: Option<(i64, i64)>,
 }
 
-/// Every stored secret's profile and dates.
-pub async fn list(store: &Store) -> anyhow::Result<Vec<SecretInfo>> {
+/// Every configured shared-secret profile, with its secret's dates or none yet, and the
+/// stored secrets of profiles no longer configured, by profile name.
+pub async fn list(store: &Store, config: &Config) -> anyhow::Result<Vec<SecretInfo>> {
     let rows = store.secrets().await?;
-    Ok(rows
-        .into_iter()
-        .map(|row| SecretInfo { profile: row.profile, created_at: row.created_at, updated_at: row.updated_at })
-        .collect())
+    let dates = |profile: &str| rows.iter().find(|r| r.profile == profile).map(|r| (r.created_at, r.updated_at));
+    let configured = config.profiles.iter().filter(|p| p.algorithm.is_some());
+    let mut listed: Vec<SecretInfo> =
+        configured.map(|p| SecretInfo { profile: p.name.clone(), set: dates(&p.name) }).collect();
+    for row in &rows {
+        if !listed.iter().any(|s| s.profile == row.profile) {
+            listed.push(SecretInfo { profile: row.profile.clone(), set: Some((row.created_at, row.updated_at)) });
+        }
+    }
+    listed.sort_by(|a, b| a.profile.cmp(&b.profile));
+    Ok(listed)
 }
 
 /// Opens the secret of every configured shared-secret profile that has one.
 pub async fn load(
     store: &Store,
-    master: &MasterKey,
+    keyring: &Keyring,
     config: &Config,
 ) -> anyhow::Result<HashMap<String, Arc<SecretKey>>> {
     let rows = store.secrets().await?;
     let mut loaded = HashMap::new();
     for SecretRow { profile, sealed_secret: sealed, master_key_id: sealed_by, .. } in rows {
         let Some(algorithm) = algorithm_of(config, &profile) else { continue };
-        anyhow::ensure!(
-            sealed_by == master.id(),
-            "the secret of profile {profile} was sealed with master key {sealed_by}, but the configured master key is {}",
-            master.id()
-        );
-        let secret =
-            master.open(&sealed, &context(&profile)).with_context(|| format!("opening the secret of {profile}"))?;
+        let secret = keyring
+            .open(&sealed, &context(&profile), &sealed_by)
+            .with_context(|| format!("opening the secret of {profile}"))?;
         let key = SecretKey::new(algorithm, &secret).with_context(|| format!("loading the secret of {profile}"))?;
         loaded.insert(profile, Arc::new(key));
     }

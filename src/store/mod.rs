@@ -18,6 +18,7 @@ use sqlite::SqliteStore;
 pub mod changes;
 pub mod copy;
 pub mod issuance;
+pub mod keyring;
 pub mod postgres;
 pub mod rows;
 pub mod sqlite;

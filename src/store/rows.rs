@@ -140,6 +140,51 @@ pub struct SecretRow {
     pub updated_at: i64,
 }
 
+/// The `keyring` record (no `Debug`: it holds the sealed terms).
+#[derive(Clone, sqlx::FromRow)]
+pub struct KeyringRow {
+    /// The master key that sealed it.
+    pub root_key_id: String,
+    /// Its kind of source (`env`, `file`, `pkcs11`, `transit`).
+    pub root_source: String,
+    /// The terms, sealed under the master key.
+    pub sealed_terms: Vec<u8>,
+    /// `NUMBER:ID,...`, oldest first.
+    pub term_ids: String,
+    /// `compact` while a finished re-seal still has old bytes to clear from the files.
+    pub reseal_state: Option<String>,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// When the master key last changed (Unix seconds).
+    pub rotated_at: i64,
+}
+
+/// A sealed value as stored, with what its seal is bound to (no `Debug`).
+#[derive(Clone)]
+pub struct SealedItem {
+    /// Which table.
+    pub kind: SealedKind,
+    /// Its row: the kid, or the profile.
+    pub name: String,
+    /// The key set and algorithm of a key (empty for a secret).
+    pub key_set: String,
+    /// The algorithm of a key (empty for a secret).
+    pub algorithm: String,
+    /// The sealed bytes.
+    pub blob: Vec<u8>,
+    /// The term key that sealed it.
+    pub sealed_by: String,
+}
+
+/// The tables that hold sealed values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SealedKind {
+    /// `keys.sealed_private`.
+    Key,
+    /// `secrets.sealed_secret`.
+    Secret,
+}
+
 /// A row of the `clients` table (no `Debug`: it holds token hashes).
 #[derive(Clone, sqlx::FromRow)]
 pub struct ClientRow {

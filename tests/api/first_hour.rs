@@ -495,10 +495,19 @@ async fn onboarding_prints_partner_name_on_the_defaults_and_checks_its_own_liste
 
 /// The ```sh blocks under `## Quickstart` in README.md, read now (not copied here).
 fn quickstart_blocks() -> Vec<String> {
+    readme_blocks("## Quickstart")
+}
+
+/// The ```sh blocks of the README section headed `heading` (up to the next heading of the
+/// same or a higher level), read now.
+fn readme_blocks(heading: &str) -> Vec<String> {
     let readme = include_str!("../../README.md");
-    let start = readme.find("\n## Quickstart\n").expect("README.md has a Quickstart");
-    let section = &readme[start + 1..];
-    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |end| end + 3)];
+    let start = readme.find(&format!("\n{heading}\n")).unwrap_or_else(|| panic!("README.md has {heading}"));
+    let section = &readme[start + 1 + heading.len()..];
+    let level = heading.split(' ').next().unwrap();
+    let ends: Vec<String> = (2..=level.len()).map(|n| format!("\n{} ", "#".repeat(n))).collect();
+    let end = ends.iter().filter_map(|e| section.find(e.as_str())).min().unwrap_or(section.len());
+    let section = &section[..end];
     section.split("```sh\n").skip(1).map(|rest| rest.split("\n```").next().unwrap().to_owned()).collect()
 }
 
@@ -526,7 +535,8 @@ fn commands(block: &str) -> Vec<String> {
 /// `cargo run [-q] --` prefix becomes the binary cargo built for this test, the fixed ports
 /// 8080 and 8081 become free ones (the servers of other tests and the machine's own may hold
 /// them: `serve` gets them by KEYWARD_PUBLIC_ADDR/KEYWARD_INTERNAL_ADDR, the commands by
-/// rewriting `localhost:8080`/`localhost:8081`), and `cargo test` (this very run) is skipped.
+/// rewriting `localhost:8080`/`localhost:8081`), and the test command (`scripts/test.sh`,
+/// this very run) is only checked to be the script CI runs, not run again.
 #[tokio::test]
 async fn the_readme_quickstart_works_as_written() {
     let dir = tempfile::tempdir().unwrap();
@@ -547,10 +557,12 @@ async fn the_readme_quickstart_works_as_written() {
     assert!(blocks.len() >= 2, "the Quickstart has a serve block and a client block: {blocks:?}");
 
     let mut server: Option<std::process::Child> = None;
+    let mut test_commands = 0;
     let mut outputs: Vec<(String, Output)> = Vec::new();
     for block in &blocks {
         for command in commands(block) {
-            if command.trim() == "cargo test" {
+            if command.trim() == "scripts/test.sh" {
+                test_commands += 1;
                 continue;
             }
             assert!(
@@ -584,6 +596,18 @@ async fn the_readme_quickstart_works_as_written() {
         }
     }
     let mut server = server.expect("the Quickstart starts the server");
+    assert_eq!(test_commands, 1, "the Quickstart gives one test command, scripts/test.sh");
+    // CI runs the same script, so the README's command cannot drift from CI's.
+    let ci = include_str!("../../.ci/run");
+    assert!(ci.lines().any(|l| l.trim() == "scripts/test.sh --locked"), "{ci}");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/test.sh");
+    let syntax = std::process::Command::new("bash").arg("-n").arg(&script).output().unwrap();
+    assert!(syntax.status.success(), "{}", text(&syntax.stderr));
+    // The packages the tests' failures name are the ones the script installs.
+    let listed = std::fs::read_to_string(&script).unwrap();
+    for package in ["libssl-dev", "softhsm2", "postgresql", "openssl"] {
+        assert!(listed.contains(&format!("\"apt {package} ")), "scripts/test.sh does not install {package}");
+    }
 
     // Each step's outcome: the client was added, the JWKS has keys, the token verifies.
     let added = &outputs.iter().find(|(c, _)| c.contains("clients add")).expect("a clients add step").1;
@@ -622,4 +646,39 @@ fn run_in_shell(dir: &Path, earlier: &[(String, Output)], command: &str) -> Outp
         script.push_str(&format!("\nprintf '%s' \"${name}\""));
     }
     std::process::Command::new("bash").args(["-c", &script]).current_dir(dir).output().unwrap()
+}
+
+/// The README's backup command, as written (its folder made a temporary one): a second
+/// backup made later the same day gets a name of its own.
+#[test]
+fn the_readme_backup_example_makes_a_new_file_each_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let out =
+        keyward_bare(dir.path(), &["--init", "clients", "add", "billing", "--profiles", PROFILE]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let backups = dir.path().join("backups");
+    std::fs::create_dir(&backups).unwrap();
+    let blocks = readme_blocks("### Back up and restore");
+    let command = commands(&blocks[0]).into_iter().find(|c| c.starts_with("keyward backup")).expect("a backup command");
+    let run = command
+        .replacen("keyward ", &format!("{} ", env!("CARGO_BIN_EXE_keyward")), 1)
+        .replace("/backups/", &format!("{}/", backups.display()));
+    for _ in 0..2 {
+        let out = std::process::Command::new("bash")
+            .args(["-c", &run])
+            .current_dir(dir.path())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{command}: {}", text(&out.stderr));
+        // The name carries the time to the second.
+        std::thread::sleep(Duration::from_millis(1_100));
+    }
+    let made: Vec<_> = std::fs::read_dir(&backups).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(made.len(), 2, "{made:?}");
+    for file in made {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600, "{}", file.display());
+    }
 }

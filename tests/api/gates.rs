@@ -204,6 +204,42 @@ async fn proceed_hands_over_unconfirmed_when_the_wait_is_over_and_hold_keeps_the
     let text = metrics.text().await.unwrap();
     let set = &holding.config.key_sets[0].name;
     assert!(text.contains(&format!("keyward_handover_gate_held{{key_set=\"{set}\"}} 1")), "{text}");
+    assert_eq!(gauge(&holding, &ops, "next_rotation_seconds").await, 0, "the hand-over is due and held");
+    let printed = schedule(&holding);
+    assert!(
+        printed.contains(&format!(
+            "gate: HELD since {}: alpha never fetched {}",
+            shown(h_next.activates_at.unwrap() + 2),
+            h_next.kid
+        )),
+        "{printed}"
+    );
+    assert!(key_line(&printed, &h_current).contains("held by gate"), "{printed}");
+}
+
+#[tokio::test]
+async fn a_gate_that_proceeded_unconfirmed_holds_nothing_and_the_next_rotation_is_planned_again() {
+    let app = spawn_app_with(|c| {
+        gated(c, "gate_max_wait = \"2s\"\non_gate_timeout = \"proceed\"");
+        c.key_sets[0].rotate_every = keyward::config::Duration::from_secs(12);
+    })
+    .await;
+    let ops = admin(&app).await;
+    let beta = client_from("127.0.0.3");
+    let (_, next) = planned(&app.store).await;
+    let at = next.activates_at.unwrap();
+    wait_past(at, 0, &beta, &app.public).await;
+    let proceeded = app.eventually(Duration::from_secs(10), || async { signer(&app.public).await == next.kid }).await;
+    assert!(proceeded, "proceed did not hand over after gate_max_wait");
+
+    assert_eq!(gauge(&app, &ops, "handover_gate_held").await, 0, "a gate that proceeded holds nothing");
+    let until = gauge(&app, &ops, "next_rotation_seconds").await;
+    assert!(until > 0 && until <= 12, "the next rotation is planned a rotation after the hand-over: {until}s");
+    let printed = schedule(&app);
+    let line =
+        format!("gate: proceeded UNCONFIRMED at {}: {} signs although alpha never fetched it", shown(at + 2), next.kid);
+    assert!(printed.contains(&line), "{printed}");
+    assert!(!printed.contains("~-") && !printed.contains("held by gate"), "{printed}");
 }
 
 #[tokio::test]
@@ -290,4 +326,129 @@ async fn fetches_matching_no_partner_are_counted_per_user_agent_and_keyward_part
     let beta = partner_named(&report, "beta");
     assert_eq!((&beta["fetches_24h"], &beta["key_sets"][0]["holds_next"]), (&json!(1), &json!(true)), "{report}");
     assert_eq!(partner_named(&report, "alpha")["key_sets"][0]["holds_current"], false, "{report}");
+}
+
+/// Two gating partners on the default (30-day) rotation: alpha waits up to 10 minutes.
+fn gated_slowly(config: &mut Config) {
+    let alpha = partner(config, "alpha", "127.0.0.2", "gate_max_wait = \"10m\"");
+    let beta = partner(config, "beta", "127.0.0.3", "");
+    config.partners = vec![alpha, beta];
+}
+
+/// The value of the metric `keyward_<name>{key_set="<set>"}` in `/metrics`.
+async fn gauge(app: &TestApp, ops: &str, name: &str) -> i64 {
+    let text =
+        app.http.get(format!("{}/metrics", app.internal)).bearer_auth(ops).send().await.unwrap().text().await.unwrap();
+    let prefix = format!("keyward_{name}{{key_set=\"{}\"}} ", app.config.key_sets[0].name);
+    let line = text.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("no {prefix}in\n{text}"));
+    line[prefix.len()..].parse().unwrap()
+}
+
+/// `keyward keys schedule` over the app's database, as printed.
+fn schedule(app: &TestApp) -> String {
+    let config_file = app.dir.path().join("keys-schedule.toml");
+    std::fs::write(&config_file, toml::to_string(&app.config).unwrap()).unwrap();
+    let args = ["--config", config_file.to_str().unwrap(), "keys", "schedule"];
+    let out = crate::helpers::keyward_command(app.dir.path(), &args).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The row of `kid` in `keys schedule`'s output.
+fn key_line<'a>(printed: &'a str, kid: &str) -> &'a str {
+    printed.lines().find(|l| l.trim_start().starts_with(kid)).unwrap_or_else(|| panic!("no row for {kid}:\n{printed}"))
+}
+
+/// How `keys schedule` prints an instant.
+fn shown(at: i64) -> String {
+    chrono::DateTime::from_timestamp(at, 0).unwrap().format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+#[tokio::test]
+async fn a_gate_waiting_before_the_planned_instant_holds_nothing_and_the_planned_instant_is_shown() {
+    let app = spawn_app_with(gated_slowly).await;
+    let ops = admin(&app).await;
+    let (current, next) = planned(&app.store).await;
+    let at = next.activates_at.unwrap();
+    assert!(at - now() > 86_400, "the default rotation plans the hand-over days ahead");
+
+    assert_eq!(
+        gauge(&app, &ops, "handover_gate_held").await,
+        0,
+        "a gate waiting before the planned instant holds nothing"
+    );
+    let until = gauge(&app, &ops, "next_rotation_seconds").await;
+    assert!((at - now() - until).abs() <= 5, "next rotation in {until}s, planned in {}s", at - now());
+    let report = partners(&app, &ops).await;
+    let gate = &partner_named(&report, "alpha")["key_sets"][0]["gate"];
+    assert_eq!(
+        (&gate["gate"], &gate["planned"], &gate["missing"]),
+        (&json!("waiting"), &json!(at), &json!(["alpha", "beta"]))
+    );
+
+    let printed = schedule(&app);
+    let current_line = key_line(&printed, &current);
+    assert!(
+        current_line.contains(&format!("~{}", shown(at))),
+        "the current key's end is not the planned instant:\n{printed}"
+    );
+    let next_line = key_line(&printed, &next.kid);
+    assert!(
+        next_line.contains(&format!("~{}", shown(at))),
+        "the next key's start is not the planned instant:\n{printed}"
+    );
+    assert!(!printed.contains("~-") && !printed.contains("held by gate"), "{printed}");
+    let gate_line =
+        format!("gate: the hand-over planned for {} waits for alpha, beta to fetch {}", shown(at), next.kid);
+    assert!(printed.contains(&gate_line), "no line saying the gate waits for the partners:\n{printed}");
+    // Nothing changed who signs.
+    assert_eq!(signer(&app.public).await, current);
+}
+
+#[tokio::test]
+async fn a_gate_released_before_the_planned_instant_keeps_the_plan() {
+    let app = spawn_app_with(gated_slowly).await;
+    let ops = admin(&app).await;
+    let (current, next) = planned(&app.store).await;
+    let at = next.activates_at.unwrap();
+    fetch(&client_from("127.0.0.2"), &app.public).await;
+    fetch(&client_from("127.0.0.3"), &app.public).await;
+    let released = app
+        .eventually(Duration::from_secs(15), || async {
+            partner_named(&partners(&app, &ops).await, "alpha")["key_sets"][0]["gate"]["gate"] == "released"
+        })
+        .await;
+    assert!(released, "{}", partners(&app, &ops).await);
+    let report = partners(&app, &ops).await;
+    assert_eq!(partner_named(&report, "alpha")["key_sets"][0]["gate"]["at"], at, "released to the planned instant");
+
+    assert_eq!(gauge(&app, &ops, "handover_gate_held").await, 0);
+    let until = gauge(&app, &ops, "next_rotation_seconds").await;
+    assert!((at - now() - until).abs() <= 5, "next rotation in {until}s, planned in {}s", at - now());
+    let printed = schedule(&app);
+    assert!(printed.contains(&format!("gate: released: {} signs from {}", next.kid, shown(at))), "{printed}");
+    let current_line = key_line(&printed, &current);
+    assert!(current_line.contains(&format!("~{}", shown(at))), "{printed}");
+    assert_eq!(signer(&app.public).await, current, "released early, the next key still waits for its instant");
+}
+
+#[tokio::test]
+async fn a_gate_holds_from_the_planned_instant_until_its_wait_is_over() {
+    let app = spawn_app_with(|c| gated(c, "gate_max_wait = \"10m\"")).await;
+    let ops = admin(&app).await;
+    let beta = client_from("127.0.0.3");
+    let (current, next) = planned(&app.store).await;
+    let at = next.activates_at.unwrap();
+    wait_past(at, 2, &beta, &app.public).await;
+    assert_eq!(signer(&app.public).await, current);
+
+    assert_eq!(gauge(&app, &ops, "handover_gate_held").await, 1, "held from the planned instant");
+    assert_eq!(gauge(&app, &ops, "next_rotation_seconds").await, 0, "the hand-over is due and held");
+    let report = partners(&app, &ops).await;
+    assert_eq!(partner_named(&report, "alpha")["key_sets"][0]["gate"]["gate"], "waiting", "{report}");
+    let printed = schedule(&app);
+    let current_line = key_line(&printed, &current);
+    assert!(current_line.contains("held by gate"), "{printed}");
+    assert!(printed.contains(&format!("waits for alpha to fetch {}", next.kid)), "{printed}");
+    assert!(!printed.contains("~-"), "{printed}");
 }

@@ -10,6 +10,7 @@ use keyward::app::snapshot::Shared;
 use keyward::config::Duration as Span;
 use keyward::config::{Config, ProfileConfig};
 use keyward::keys::{Algorithm, HmacAlgorithm};
+use keyward::master_key::Keyring;
 use keyward::seal::MasterKey;
 use keyward::startup::Application;
 use keyward::store::Store;
@@ -143,6 +144,11 @@ impl TestApp {
         sqlite(&self.store)
     }
 
+    /// The keyring the server seals with (its terms sealed under `master`).
+    pub fn keyring(&self) -> Arc<Keyring> {
+        self.shared.keyring()
+    }
+
     /// A client allowed to use `profiles`, created through the library.
     pub async fn client(&self, name: &str, profiles: &[&str]) -> String {
         let profiles: Vec<String> = profiles.iter().map(|p| p.to_string()).collect();
@@ -252,6 +258,19 @@ pub fn database_bytes(dir: &Path) -> Vec<u8> {
 
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `program`, which the Debian package `package` installs; a test that needs it and does
+/// not find it fails saying how to install it (never skips).
+pub fn tool(program: &str, package: &str) -> Command {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()));
+    assert!(
+        found,
+        "this test runs `{program}`, which is not installed: apt-get install {package} \
+         (Debian/Ubuntu), or run scripts/test.sh, which installs what the tests need"
+    );
+    Command::new(program)
 }
 
 /// The binary, run in `dir` with its database and master key file there.

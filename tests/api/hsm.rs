@@ -40,7 +40,7 @@ fn softhsm_module() -> PathBuf {
         Some(module) if util => module,
         _ => panic!(
             "SoftHSM2 is not installed: the PKCS#11 tests need {} and softhsm2-util \
-             (Debian/Ubuntu: apt-get install softhsm2; .ci/run installs it)",
+             (Debian/Ubuntu: apt-get install softhsm2, or run scripts/test.sh, which installs it)",
             MODULES[0]
         ),
     }
@@ -138,9 +138,12 @@ impl SoftHsm {
         let session = pkcs11.open_ro_session(slot).unwrap();
         session.login(UserType::User, Some(&AuthPin::from(PIN))).unwrap();
         let mut objects = Vec::new();
-        for (class, private) in [(ObjectClass::PRIVATE_KEY, true), (ObjectClass::PUBLIC_KEY, false)] {
+        for (class, private) in
+            [(ObjectClass::PRIVATE_KEY, true), (ObjectClass::PUBLIC_KEY, false), (ObjectClass::SECRET_KEY, true)]
+        {
             for handle in session.find_objects(&[Attribute::Class(class)]).unwrap() {
-                let mut object = TokenObject { private, ..TokenObject::default() };
+                let secret = class == ObjectClass::SECRET_KEY;
+                let mut object = TokenObject { private, secret, ..TokenObject::default() };
                 let mut wanted = vec![AttributeType::Id, AttributeType::Label, AttributeType::Token];
                 if private {
                     wanted.extend([
@@ -172,7 +175,8 @@ impl SoftHsm {
 
     /// The ids of the token's private key objects, sorted.
     fn private_ids(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self.objects().into_iter().filter(|o| o.private).map(|o| o.id).collect();
+        let mut ids: Vec<String> =
+            self.objects().into_iter().filter(|o| o.private && !o.secret).map(|o| o.id).collect();
         ids.sort();
         ids
     }
@@ -185,6 +189,8 @@ type KeyRow = (Option<Vec<u8>>, Option<String>, Option<String>, String);
 #[derive(Debug, Default)]
 struct TokenObject {
     private: bool,
+    /// An AES key (keyward's master key), not a key pair's half.
+    secret: bool,
     id: String,
     label: String,
     on_token: bool,
@@ -295,6 +301,16 @@ async fn keys_made_in_the_token_sign_rs256_ps256_es256_and_es384_verified_agains
         let bytes = std::fs::read(hsm.path().join("keyward.db")).unwrap();
         assert!(!bytes.windows(11).any(|w| w == b"PRIVATE KEY"));
         sqlite(&store).close().await;
+
+        // `keys list` says where each key is; nothing is sealed, so no master key was asked
+        // for or generated.
+        let out = hsm.keyward(&server, &["keys", "list"]);
+        let listed = text(&out.stdout);
+        let custody: Vec<&str> = listed.lines().skip(1).map(|l| l.split_whitespace().nth(4).unwrap()).collect();
+        assert_eq!(custody, [format!("pkcs11:{LABEL}"), format!("pkcs11:{LABEL}")], "{listed}");
+        assert!(!hsm.path().join("master.key").exists(), "{algorithm}: a master key was generated for nothing");
+        let log = server.log_text();
+        assert!(!log.contains("NO MASTER KEY") && log.contains("no master key needed"), "{log}");
     }
 }
 
@@ -578,4 +594,79 @@ async fn a_sealed_key_set_moved_to_pkcs11_custody_keeps_its_keys_and_makes_new_o
     let token_kids: Vec<&str> = rows.iter().filter(|r| r.1.as_deref() == Some(LABEL)).map(|r| r.0.as_str()).collect();
     assert_eq!(token_kids.len(), 2, "{rows:?}");
     assert!(rows.iter().filter(|r| r.1.is_none()).all(|r| r.2), "the other keys are sealed: {rows:?}");
+}
+
+/// `[master_key]` as the AES key labelled `keyward-master` in the test token, with the
+/// previous key in `previous` (a file) during a rotation.
+fn master_key_in_token(config: &Config, previous: Option<&Path>) -> Config {
+    let mut config = config.clone();
+    let mut table = keyward::config::MasterKeyConfig {
+        key_label: Some("keyward-master".to_owned()),
+        ..keyward::config::MasterKeyConfig::of(keyward::config::MasterKeySource::Pkcs11)
+    };
+    if let Some(previous) = previous {
+        table.previous = crate::master_key::with_keys(&config, previous, None).master_key;
+    }
+    config.master_key = Some(Box::new(table));
+    config
+}
+
+/// The CLI with `config`, in the token's environment.
+fn keyward_with(hsm: &SoftHsm, config: &Config, args: &[&str]) -> Output {
+    let file = hsm.path().join(format!("cli-{}.toml", rand::random::<u32>()));
+    std::fs::write(&file, toml::to_string(config).unwrap()).unwrap();
+    let mut all = vec!["--config", file.to_str().unwrap()];
+    all.extend_from_slice(args);
+    keyward_bare(hsm.path(), &all).envs(hsm.env()).output().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_master_key_moves_from_a_file_into_the_token_and_back_by_rotations() {
+    let hsm = SoftHsm::new();
+    let mut config = hsm.config(Algorithm::Es256);
+    // Sealed keys: their keyring's master key is what lives in the token.
+    config.key_sets[0].custody = CustodyKind::Sealed;
+    let (first, first_key) = crate::master_key::key_file(hsm.path(), "first.key");
+    let in_file = crate::master_key::with_keys(&config, &first, None);
+    let (mut server, http) = hsm.serve(&in_file).await;
+    let client = hsm.client(&server, "backend", false);
+    sign_verified(&http, &server, &client, "in-file").await;
+
+    // Into the token: a rotation, the key made there on first use.
+    let out = keyward_with(&hsm, &master_key_in_token(&config, Some(&first)), &["master-key", "rotate"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let moved = text(&out.stderr);
+    assert!(moved.contains("pkcs11:") && moved.contains(first_key.id()), "{moved}");
+    let token_id = moved.split_whitespace().find(|w| w.starts_with("pkcs11:")).unwrap().to_owned();
+    let secret: Vec<TokenObject> = hsm.objects().into_iter().filter(|o| o.secret).collect();
+    assert_eq!(secret.len(), 1, "{secret:?}");
+    assert_eq!(secret[0].label, "keyward-master");
+    assert_eq!((secret[0].sensitive, secret[0].extractable), (Some(true), Some(false)), "{secret:?}");
+    assert_eq!(secret[0].never_extractable, Some(true), "{secret:?}");
+    assert!(secret[0].on_token);
+    sign_verified(&http, &server, &client, "running-through").await;
+
+    // The token alone opens the database; the file alone is refused, naming the token key.
+    let in_token = master_key_in_token(&config, None);
+    let out = keyward_with(&hsm, &in_token, &["check-config"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = keyward_with(&hsm, &in_file, &["check-config"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains(token_id.trim_end_matches([')', ',', ':'])), "{}", text(&out.stderr));
+    server.terminate(Duration::from_secs(15)).await.expect("stops on SIGTERM");
+    let (mut server, http) = hsm.serve(&in_token).await;
+    sign_verified(&http, &server, &client, "in-token").await;
+    let status = keyward_with(&hsm, &in_token, &["master-key", "status", "--json"]);
+    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["source"], "pkcs11", "{status}");
+
+    // And back out to a new file, by another rotation.
+    let (second, _) = crate::master_key::key_file(hsm.path(), "second.key");
+    let mut back = crate::master_key::with_keys(&config, &second, None);
+    back.master_key.as_mut().unwrap().previous = in_token.master_key.clone();
+    let out = keyward_with(&hsm, &back, &["master-key", "rotate"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    server.terminate(Duration::from_secs(15)).await.expect("stops on SIGTERM");
+    let (server, http) = hsm.serve(&crate::master_key::with_keys(&config, &second, None)).await;
+    sign_verified(&http, &server, &client, "back-in-a-file").await;
 }

@@ -57,7 +57,7 @@ async fn spawn_with_profiles(profiles: Vec<ProfileConfig>) -> TestApp {
 
 /// Stores a secret through the library, as an in-process admin action would.
 async fn store_secret(app: &TestApp, profile: &str, secret: &[u8]) {
-    keyward::ops::secrets::set(&app.store, &app.master, &app.config, profile, secret, now()).await.unwrap();
+    keyward::ops::secrets::set(&app.store, &app.keyring(), &app.config, profile, secret, now()).await.unwrap();
     app.reload().await;
 }
 
@@ -246,8 +246,11 @@ async fn partner_api_hs256_token_is_exactly_the_seed_token() {
     assert!(iat >= before && iat <= now(), "iat {iat}");
     assert_eq!(claims, json!({"clientId": "your-client-id", "iat": iat, "exp": iat + 900}));
 
-    assert_eq!(body["kid"], Value::Null);
+    assert!(body.get("kid").is_none(), "no kid in the answer either: {body}");
     assert_eq!(body["alg"], "HS256");
+    // The template has no "{jti}": the answer's jti is the ledger's id for the token.
+    let rows = app.store.issuance(&keyward::store::rows::Filter::default(), 100).await.unwrap();
+    assert_eq!(rows.iter().map(|r| r.jti.as_str()).collect::<Vec<_>>(), [body["jti"].as_str().unwrap()]);
     assert_eq!(body["issued_at"], iat);
     assert_eq!(body["expires_at"], iat + 900);
     assert_eq!(body["expires_in"], 900);
@@ -255,6 +258,24 @@ async fn partner_api_hs256_token_is_exactly_the_seed_token() {
     // The template has no "{sub}": a caller's subject has nowhere to go.
     let refused = assert_problem(app.sign("partner-api", &token, &json!({"sub": "someone"})).await, 400).await;
     assert_eq!(refused["field"], "sub");
+}
+
+#[tokio::test]
+async fn a_shared_secret_template_with_jti_carries_the_answers_jti() {
+    let profile = shared_secret_profile(
+        "with-jti",
+        HmacAlgorithm::Hs256,
+        json!({"clientId": "c", "jti": "{jti}", "iat": "{iat}", "exp": "{exp}"}),
+        300,
+        300,
+    );
+    let app = spawn_with_profiles(vec![profile]).await;
+    store_secret(&app, "with-jti", PARTNER_SECRET).await;
+    let token = app.client("backend", &["with-jti"]).await;
+    let body = app.sign_ok("with-jti", &token, &json!({})).await;
+    let (_, claims) = verify_hmac::<Hmac<Sha256>>(body["token"].as_str().unwrap(), PARTNER_SECRET).unwrap();
+    assert_eq!(claims["jti"], body["jti"], "{body}");
+    assert!(body.get("kid").is_none(), "{body}");
 }
 
 #[tokio::test]
@@ -296,7 +317,7 @@ async fn secrets_too_short_for_rfc_7518_or_for_key_set_profiles_are_refused() {
     let app = spawn_with_profiles(vec![partner_api(), nps("nps")]).await;
     let set = |profile: &'static str, secret: Vec<u8>| {
         let app = &app;
-        async move { keyward::ops::secrets::set(&app.store, &app.master, &app.config, profile, &secret, now()).await }
+        async move { keyward::ops::secrets::set(&app.store, &app.keyring(), &app.config, profile, &secret, now()).await }
     };
 
     for (profile, min) in [("partner-api", 32), ("nps", 64)] {
@@ -311,7 +332,7 @@ async fn secrets_too_short_for_rfc_7518_or_for_key_set_profiles_are_refused() {
     assert!(matches!(set("nope", PARTNER_SECRET.to_vec()).await, Err(SecretError::NotSecretProfile(_))));
 
     let listed: Vec<String> =
-        keyward::ops::secrets::list(&app.store).await.unwrap().into_iter().map(|s| s.profile).collect();
+        keyward::ops::secrets::list(&app.store, &app.config).await.unwrap().into_iter().map(|s| s.profile).collect();
     assert_eq!(listed, ["nps", "partner-api"]);
 }
 
@@ -359,6 +380,15 @@ async fn secrets_set_reads_standard_input_and_a_server_on_that_database_signs_wi
     write_keys_toml(dir.path(), &config);
     let path = dir.path().to_owned();
 
+    // Before a secret is set, the profile is listed as not set (it cannot sign yet).
+    let list = keyward(&path, &["--init", "secrets", "list"]);
+    assert!(list.status.success(), "{}", text(&list.stderr));
+    let listed = text(&list.stdout);
+    let row: Vec<&str> =
+        listed.lines().find(|l| l.starts_with("partner-api ")).unwrap_or_default().split_whitespace().collect();
+    assert_eq!(row, ["partner-api", "NOT", "SET", "-", "-"], "{listed}");
+    assert!(text(&list.stderr).contains("keyward secrets set partner-api"), "{}", text(&list.stderr));
+
     // As `printf '%s\n' "$SECRET" | keyward secrets set partner-api`: the shell's newline goes.
     let mut piped = PARTNER_SECRET.to_vec();
     piped.push(b'\n');
@@ -371,7 +401,8 @@ async fn secrets_set_reads_standard_input_and_a_server_on_that_database_signs_wi
     let list = keyward(&path, &["secrets", "list"]);
     assert!(list.status.success(), "{}", text(&list.stderr));
     let listed = text(&list.stdout);
-    assert!(listed.lines().any(|l| l.starts_with("partner-api ")), "{listed}");
+    let row = listed.lines().find(|l| l.starts_with("partner-api ")).unwrap_or_default();
+    assert_eq!(row.split_whitespace().nth(1), Some("set"), "{listed}");
     assert!(!contains(&list.stdout, &PARTNER_SECRET[..16]) && !contains(&list.stderr, &PARTNER_SECRET[..16]));
 
     // Refused: a key-set profile, and a secret one byte short (the stored one stays).

@@ -5,7 +5,7 @@ use std::process::Output;
 
 use serde_json::{json, Value};
 
-use crate::helpers::{keyward_command, spawn_app_on, Backend};
+use crate::helpers::{keyward_bare, keyward_command, spawn_app_on, Backend};
 use crate::postgres::{bin_dir, fresh_database};
 
 const PROFILE: &str = "npm-sandbox";
@@ -73,4 +73,20 @@ async fn backup_on_postgres_runs_pg_dump_into_a_private_file_or_says_what_to_ins
     assert!(!out.status.success());
     assert!(text(&out).contains("pg_dump") && text(&out).contains("postgresql-client"), "{}", text(&out));
     assert!(!dir.join("other.dump").exists(), "a failed backup left a file behind");
+}
+
+#[test]
+fn migrate_store_names_the_databases_it_works_on_not_the_configurations() {
+    let dir = tempfile::tempdir().unwrap();
+    let out =
+        keyward_bare(dir.path(), &["--init", "clients", "add", "billing", "--profiles", PROFILE]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    std::fs::create_dir(dir.path().join("moved")).unwrap();
+    let args = ["migrate-store", "--from", "sqlite://data/keyward.db", "--to", "sqlite://moved/keyward.db"];
+    let out = keyward_bare(dir.path(), &args).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let said = text(&out);
+    assert_eq!(said.lines().next(), Some("keyward: migrate-store from data/keyward.db to moved/keyward.db"), "{said}");
+    assert!(!said.contains("configuration"), "the configuration's database is not the one it works on: {said}");
+    assert!(said.contains("copied 0 keys, 1 clients"), "{said}");
 }

@@ -197,3 +197,26 @@ async fn the_cli_grants_lists_and_changes_permissions_and_the_running_server_app
     let list = text(&keyward(&path, &["clients", "list"]).stdout);
     assert!(list.lines().find(|l| l.starts_with("ci ")).unwrap().contains("all (--admin)"), "{list}");
 }
+
+#[tokio::test]
+async fn the_master_key_status_needs_keys_read_on_every_key_set() {
+    let app = spawn_app_with(two_sets_and_partners).await;
+    let status = |token: String| {
+        let request = app.http.get(format!("{}/v1/master-key", app.internal)).bearer_auth(token);
+        async move { request.send().await.unwrap() }
+    };
+
+    let everywhere = client_with(&app, "reader", &["keys:read".to_owned()]).await;
+    let answer = status(everywhere).await;
+    assert_eq!(answer.status(), 200);
+    let body: Value = answer.json().await.unwrap();
+    assert!(body.is_object(), "{body}");
+
+    // The master key seals every set's keys: a client scoped to one set does not see it.
+    let scoped_reader = client_with(&app, "npm-reader", &[scoped(Action::KeysRead)]).await;
+    assert_missing(status(scoped_reader).await, "keys:read").await;
+    let rotator = client_with(&app, "rotator", &["keys:rotate".to_owned()]).await;
+    assert_missing(status(rotator).await, "keys:read").await;
+    let signer = app.client("backend", &["npm-sandbox"]).await;
+    assert_missing(status(signer).await, "keys:read").await;
+}

@@ -28,7 +28,7 @@ pub fn bin_dir() -> PathBuf {
     [from_pg_config, debian].into_iter().flatten().find(|dir| dir.join("initdb").is_file()).unwrap_or_else(|| {
         panic!(
             "these tests run a real PostgreSQL server and found none: install it \
-             (Debian/Ubuntu: apt-get install postgresql; its initdb and postgres are looked for in \
+             (Debian/Ubuntu: apt-get install postgresql, or run scripts/test.sh, which installs it; its initdb and postgres are looked for in \
              /usr/lib/postgresql/*/bin or pg_config --bindir)"
         )
     })
@@ -158,6 +158,33 @@ impl PgServer {
         // SAFETY: signalling a child we own.
         unsafe { libc::kill(child.id() as libc::pid_t, signal) };
         let _ = child.wait();
+    }
+
+    /// Makes `role` (created, with `password`) log in over TCP with its password, as a
+    /// production server asks; every other role keeps the test server's trust.
+    pub async fn require_password(&self, role: &str, password: &str) {
+        let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&self.url("postgres")).await.unwrap();
+        sqlx::query(&format!("CREATE ROLE {role} LOGIN PASSWORD '{password}'")).execute(&mut admin).await.unwrap();
+        self.ask_password_of(role).await;
+    }
+
+    /// Makes the existing `role` log in over TCP with its password.
+    pub async fn ask_password_of(&self, role: &str) {
+        let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&self.url("postgres")).await.unwrap();
+        let hba = self.data.join("pg_hba.conf");
+        let rest = std::fs::read_to_string(&hba).unwrap();
+        std::fs::write(&hba, format!("host all {role} 127.0.0.1/32 scram-sha-256\n{rest}")).unwrap();
+        sqlx::query("SELECT pg_reload_conf()").execute(&mut admin).await.unwrap();
+    }
+
+    /// The TCP port it listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A URL of database `name` as `role`, without a password.
+    pub fn url_as(&self, role: &str, name: &str) -> String {
+        format!("postgres://{role}@127.0.0.1:{}/{name}", self.port)
     }
 
     /// The server's log, for failure messages.

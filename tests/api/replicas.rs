@@ -372,7 +372,7 @@ async fn tls_to_postgres_is_taken_from_sslmode_in_the_url_and_verified() {
     // A certificate the URL does not trust is refused at start-up.
     let other = tempfile::tempdir().unwrap();
     let wrong = other.path().join("other.crt");
-    let made = std::process::Command::new("openssl")
+    let made = crate::helpers::tool("openssl", "openssl")
         .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
         .args(["-keyout", other.path().join("k").to_str().unwrap(), "-out", wrong.to_str().unwrap()])
         .output()
@@ -381,4 +381,70 @@ async fn tls_to_postgres_is_taken_from_sslmode_in_the_url_and_verified() {
     let url = format!("{database}?sslmode=verify-full&sslrootcert={}", wrong.display());
     let refused = Store::connect(&keyward::config::Database::parse(&url).unwrap()).await;
     assert!(refused.is_err(), "a server whose certificate is not trusted was accepted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_failures_say_what_to_change_once() {
+    let pg = PgServer::start();
+    let database = pg.new_database().await;
+    pg.require_password("operator", "s3cret-pw").await;
+    let dir = tempfile::tempdir().unwrap();
+    let run = |url: &str, password: Option<&str>| {
+        let mut command = crate::helpers::keyward_bare(dir.path(), &["keys", "list"]);
+        command.env("KEYWARD_DATABASE_URL", url);
+        if let Some(password) = password {
+            command.env("PGPASSWORD", password);
+        }
+        let out = command.output().unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // A server without TLS, the URL asking for it: said once, with what to change.
+    let said = run(&format!("{database}?sslmode=verify-full"), None);
+    assert_eq!(said.matches("does not support TLS").count(), 1, "{said}");
+    assert!(said.contains("use sslmode=disable"), "{said}");
+    // A password the server asks for, not given: where to give it.
+    let name = database.rsplit('/').next().unwrap();
+    let said = run(&pg.url_as("operator", name), None);
+    assert_eq!(said.matches("password authentication failed").count(), 1, "{said}");
+    assert!(said.contains("no password was given: set PGPASSWORD"), "{said}");
+    // A wrong one: which to check, and never the password itself.
+    let said = run(&pg.url_as("operator", name), Some("wrong-pw"));
+    assert!(said.contains("check the password given in PGPASSWORD or the URL"), "{said}");
+    assert!(!said.contains("wrong-pw"), "{said}");
+    let with_password = pg.url_as("operator:wrong-pw", name);
+    let said = run(&with_password, None);
+    assert!(said.contains("check the password given in PGPASSWORD or the URL") && !said.contains("wrong-pw"), "{said}");
+}
+
+/// The README's commands for a first PostgreSQL database, as written, on a server of its
+/// own (whose superuser is already called keyward: the README's names become kw_readme).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_role_and_database_let_keyward_create_its_tables() {
+    let readme = include_str!("../../README.md");
+    let section = &readme[readme.find("\n### Running several replicas\n").unwrap()..];
+    let line = section.lines().find(|l| l.starts_with("sudo -u postgres psql")).expect("the role command");
+    let statements: Vec<String> =
+        line.split(" -c \"").skip(1).map(|s| s.trim_end_matches('"').replace("keyward", "kw_readme")).collect();
+    assert_eq!(statements.len(), 2, "{line}");
+    let pg = PgServer::start();
+    pg.new_database().await; // waits until the server accepts connections
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&pg.url("postgres")).await.unwrap();
+    for statement in &statements {
+        sqlx::query(statement).execute(&mut admin).await.unwrap();
+    }
+    let password = line.split("PASSWORD '").nth(1).unwrap().split('\'').next().unwrap();
+    pg.ask_password_of("kw_readme").await;
+    // The documented URL for a server without TLS, on this server's port.
+    let documented = section.lines().find_map(|l| l.split('`').find(|p| p.ends_with("?sslmode=disable"))).unwrap();
+    let here = format!("kw_readme@127.0.0.1:{}/kw_readme", pg.port());
+    let url = documented.replace("keyward@localhost/keyward", &here);
+    assert!(url.contains(&here), "{documented}");
+    let dir = tempfile::tempdir().unwrap();
+    let out = crate::helpers::keyward_bare(dir.path(), &["keys", "list"])
+        .env("KEYWARD_DATABASE_URL", &url)
+        .env("PGPASSWORD", password)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{url}: {}", String::from_utf8_lossy(&out.stderr));
 }

@@ -228,6 +228,12 @@ async fn admin_routes_need_an_admin_client_and_rotation_respects_publish_ahead()
     let set = &schedule["key_sets"][0];
     assert_eq!(set["name"], "npm");
     assert_eq!(set["publish_ahead"], 86_400);
+    // The configuration's name and value, and what it adds up to with the longest token.
+    assert_eq!(set["retain_after"], 86_400);
+    let of_set = app.config.profiles.iter().filter(|p| p.key_set.as_deref() == Some("npm"));
+    let max_ttl = of_set.map(|p| p.max_ttl.as_secs_i64()).max().unwrap();
+    assert_eq!(set["published_after_signing"], max_ttl + 86_400);
+    assert!(set.get("retain_for").is_none(), "one name for one setting: {set}");
     let keys = set["keys"].as_array().unwrap();
     let mut states: Vec<&str> = keys.iter().map(|k| k["state"].as_str().unwrap()).collect();
     states.sort();
@@ -401,6 +407,15 @@ async fn revoking_right_after_a_rotation_says_until_when_verifiers_may_reject_th
     let out = cli(&["keys", "revoke", &signer]);
     let said = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{said}");
+    // As the words say (measured 1 to 60 ms; the bound allows for a loaded machine).
+    assert!(said.contains(&format!("running servers drop {signer} from the JWKS within about 0.1 s")), "{said}");
+    let jwks = format!("{}/path/to/your/jwks", server.public);
+    let dropped = crate::helpers::eventually(Duration::from_secs(5), || async {
+        let doc: Value = http.get(&jwks).send().await.unwrap().json().await.unwrap();
+        doc["keys"].as_array().unwrap().iter().all(|k| k["kid"] != signer.as_str())
+    })
+    .await;
+    assert!(dropped, "the revoked key is still in the JWKS");
     let promoted = key(&store, &fresh).await;
     assert_eq!(promoted.state_at(now()), KeyState::Current, "revoke still swaps at once");
     let until = promoted.published_at.unwrap() + window;

@@ -3,14 +3,15 @@
 use keyward::keys::custody::sealed;
 use keyward::keys::Algorithm;
 use keyward::keys::KeyRecord;
+use keyward::master_key::Keyring;
 use keyward::seal::MasterKey;
 use keyward::startup::Application;
 
 use crate::helpers::{database_bytes, on_both_stores, spawn_app_on, spawn_app_with_algorithm, spawn_in};
 
-fn private_der(app_master: &MasterKey, record: &KeyRecord) -> Vec<u8> {
-    let (blob, _) = record.sealed().unwrap();
-    app_master.open(blob, &[&record.kid, &record.key_set, record.algorithm.as_str()]).unwrap().to_vec()
+fn private_der(keyring: &Keyring, record: &KeyRecord) -> Vec<u8> {
+    let (blob, sealed_by) = record.sealed().unwrap();
+    keyring.open(blob, &[&record.kid, &record.key_set, record.algorithm.as_str()], sealed_by).unwrap().to_vec()
 }
 
 #[tokio::test]
@@ -23,7 +24,7 @@ async fn the_database_holds_no_private_key_in_the_clear() {
         let stored = database_bytes(app.dir.path());
         assert!(!stored.windows(11).any(|w| w == b"PRIVATE KEY"), "a PEM private key is stored");
         for record in &records {
-            let der = private_der(&app.master, record);
+            let der = private_der(&app.keyring(), record);
             assert!(der.len() > 100);
             // No 24-byte stretch of the PKCS#8 DER appears anywhere in the files.
             for window in der.chunks(24).filter(|c| c.len() == 24) {
@@ -41,8 +42,8 @@ async fn a_sealed_blob_moved_to_another_row_or_altered_fails_to_open() {
     let app = spawn_app_with_algorithm(Algorithm::Es256).await;
     let records = app.store.keys().await.unwrap();
     let (a, b) = (&records[0], &records[1]);
-    assert!(sealed::open(a, &app.master).is_ok());
-    assert!(sealed::open(b, &app.master).is_ok());
+    assert!(sealed::open(a, &app.keyring()).is_ok());
+    assert!(sealed::open(b, &app.keyring()).is_ok());
 
     // Move A's sealed private key into B's row.
     sqlx::query("UPDATE keys SET sealed_private = ? WHERE kid = ?")
@@ -52,7 +53,7 @@ async fn a_sealed_blob_moved_to_another_row_or_altered_fails_to_open() {
         .await
         .unwrap();
     let moved = app.store.keys().await.unwrap().into_iter().find(|r| r.kid == b.kid).unwrap();
-    let err = sealed::open(&moved, &app.master).unwrap_err();
+    let err = sealed::open(&moved, &app.keyring()).unwrap_err();
     assert!(format!("{err:#}").contains("wrong master key, or the row was altered or moved"), "{err:#}");
 
     // Flip one byte of A's blob in place.
@@ -66,13 +67,13 @@ async fn a_sealed_blob_moved_to_another_row_or_altered_fails_to_open() {
         .await
         .unwrap();
     let altered = app.store.keys().await.unwrap().into_iter().find(|r| r.kid == a.kid).unwrap();
-    let err = sealed::open(&altered, &app.master).unwrap_err();
+    let err = sealed::open(&altered, &app.keyring()).unwrap_err();
     assert!(format!("{err:#}").contains("wrong master key, or the row was altered or moved"), "{err:#}");
 
     // A record claiming another algorithm does not open either.
     let mut relabelled = a.clone();
     relabelled.algorithm = Algorithm::Es384;
-    assert!(sealed::open(&relabelled, &app.master).is_err());
+    assert!(sealed::open(&relabelled, &app.keyring()).is_err());
 }
 
 on_both_stores! {

@@ -347,7 +347,7 @@ on_both_stores! {
         let token = app.client("backend", &["partner-api"]).await;
         let other = elsewhere(&app).await;
         for secret in [b"first-partner-secret-0123456789-abcdefghijklmnop".as_slice(), b"second-partner-secret-9876543210-zyxwvutsrqponml"] {
-            keyward::ops::secrets::set(&other, &app.master, &app.config, "partner-api", secret, now()).await.unwrap();
+            keyward::ops::secrets::set(&other, &app.keyring(), &app.config, "partner-api", secret, now()).await.unwrap();
             // The watcher follows within moments; the test waits for it, generously.
             let signed = app
                 .eventually(Duration::from_secs(10), || async {

@@ -2,7 +2,7 @@
 
 use super::super::context::Context;
 use super::super::format::{now, time};
-use crate::keys::{KeyRecord, KeyState};
+use crate::keys::{KeyRecord, KeyState, Private};
 use crate::ops::gates::Gates;
 
 #[derive(Debug, clap::Args)]
@@ -41,20 +41,31 @@ pub(super) async fn run(ctx: &Context, Args { json }: Args) -> anyhow::Result<()
         return Ok(());
     }
     println!(
-        "{:<12} {:<44} {:<6} {:<9} {:<20} {:<20} {:<20}",
-        "SET", "KID", "ALG", "STATE", "CREATED", "ACTIVATED", "DEACTIVATED"
+        "{:<12} {:<44} {:<6} {:<9} {:<14} {:<20} {:<20} {:<20}",
+        "SET", "KID", "ALG", "STATE", "CUSTODY", "CREATED", "ACTIVATED", "DEACTIVATED"
     );
     for r in records {
         println!(
-            "{:<12} {:<44} {:<6} {:<9} {:<20} {:<20} {:<20}",
+            "{:<12} {:<44} {:<6} {:<9} {:<14} {:<20} {:<20} {:<20}",
             r.key_set,
             r.kid,
             r.algorithm.as_str(),
             r.state_at(now).to_string(),
+            custody(&r),
             time(Some(r.created_at)),
             time(r.activates_at.filter(|at| *at <= now)),
             time(r.deactivates_at.filter(|at| *at <= now).or(r.revoked_at())),
         );
     }
     Ok(())
+}
+
+/// Where the key's private half is: sealed in the database, in the PKCS#11 token (by its
+/// label), or nowhere any more (retired or revoked: deleted).
+fn custody(record: &KeyRecord) -> String {
+    match record.private() {
+        Some(Private::Sealed { .. }) => "sealed".to_owned(),
+        Some(Private::Token { token }) => format!("pkcs11:{token}"),
+        None => "deleted".to_owned(),
+    }
 }

@@ -18,7 +18,8 @@ pub(super) enum Command {
     List(list::Args),
     /// Planned rotation now: the next key signs, if it has been published for publish_ahead.
     Rotate(rotate::Args),
-    /// Emergency: the key leaves the JWKS at once; if it was signing, the next key takes over.
+    /// Emergency: the key leaves the JWKS of running servers within about 0.1 s; if it was
+    /// signing, the next key takes over.
     Revoke(revoke::Args),
     /// Print a key's public half: jwk (default, as the JWKS publishes it), pem or pem-base64
     /// (what PaymentsGate calls public_key); the same as GET /v1/keys/{kid}/public.

@@ -20,6 +20,8 @@ pub(super) async fn run(ctx: &Context, Args { json }: Args) -> anyhow::Result<()
         return Ok(());
     }
     let moment = |m: Option<Moment>| match m {
+        // A gate holding past the planned instant: no time until the partner fetches.
+        Some(Moment { at: i64::MAX, .. }) => "held by gate".to_owned(),
         Some(Moment { at, planned: true }) => format!("~{}", time(Some(at))),
         Some(Moment { at, planned: false }) => time(Some(at)),
         None => "-".to_owned(),
@@ -30,7 +32,7 @@ pub(super) async fn run(ctx: &Context, Args { json }: Args) -> anyhow::Result<()
             set.name,
             span(set.rotate_every),
             span(set.publish_ahead),
-            span(set.retain_for)
+            span(set.published_after_signing)
         );
         println!(
             "  {:<44} {:<9} {:<21} {:<21} {:<21} {:<21}",

@@ -41,7 +41,9 @@ pub(super) async fn key_sets(Admin(caller): Admin, state: web::Data<InternalStat
 /// Every key set's rules and keys' timelines.
 #[derive(Serialize, utoipa::ToSchema)]
 struct KeySets {
-    /// Per set: `name`, `rotate_every`, `publish_ahead`, `retain_for` (seconds) and `keys`.
+    /// Per set: `name`, `rotate_every`, `publish_ahead`, `retain_after`,
+    /// `published_after_signing` (the longest token lifetime plus `retain_after`; all in
+    /// seconds) and `keys`.
     #[schema(value_type = Vec<Object>)]
     key_sets: Vec<ops::SetSchedule>,
 }
@@ -160,4 +162,18 @@ pub(super) async fn revoke(
         );
     }
     after_action(&state, outcome).await
+}
+
+#[utoipa::path(get, path = "/v1/master-key", tag = "admin", security(("bearer" = [])),
+    responses((status = 200, description = "Which master key seals the keyring, its source, when it last changed, \
+        how many values each term seals, and what still needs an older key", body = ops::master_key::Status),
+        (status = 401, body = Problem), (status = 403, body = Problem), (status = 429, body = Problem)))]
+pub(super) async fn master_key(
+    Admin(caller): Admin,
+    state: web::Data<InternalState>,
+) -> Result<HttpResponse, ApiError> {
+    caller.permit_everywhere(Action::KeysRead)?;
+    let shared = &state.shared;
+    let status = ops::master_key::status(shared.store(), Some(&shared.keyring()), Some(shared.roots())).await?;
+    Ok(no_store_json(&status))
 }

@@ -18,7 +18,7 @@ use crate::http::client_cert;
 use crate::http::problem::ApiError;
 use crate::policy::certificate::CertFingerprint;
 use crate::policy::client::{self, Client};
-use crate::policy::permission::{Action, Scope};
+use crate::policy::permission::{Action, Permission, Scope};
 use crate::policy::profile::Profile;
 use crate::policy::ratelimit::Limit;
 
@@ -101,6 +101,15 @@ impl Caller {
     /// that names the missing permission.
     pub(super) fn permit(&self, action: Action, name: &str) -> Result<(), ApiError> {
         self.client.permissions.check(action, name).map_err(|missing| ApiError::MissingPermission(missing.missing))
+    }
+
+    /// Whether this client may take `action` on every key set (or partner), as a route about
+    /// the whole server (the master key) needs; else a 403 naming the unscoped permission.
+    pub(super) fn permit_everywhere(&self, action: Action) -> Result<(), ApiError> {
+        match self.scope(action)? {
+            Scope::All => Ok(()),
+            Scope::Only(_) => Err(ApiError::MissingPermission(Permission { action, scope: Scope::All })),
+        }
     }
 
     /// Where this client may take `action`; a 403 naming it when nowhere.

@@ -65,6 +65,7 @@ internal_api![
     admin::key_sets,
     admin::rotate,
     admin::revoke,
+    admin::master_key,
     partners::partners,
     keys::public_key,
     operations::metrics,

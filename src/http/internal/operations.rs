@@ -26,6 +26,11 @@ pub(super) async fn metrics(state: web::Data<InternalState>) -> HttpResponse {
         );
     }
     metrics.ready(state.shared.readiness().is_ok());
+    match state.shared.store().keyring().await {
+        Ok(Some(keyring)) => metrics.master_key_age(now - keyring.rotated_at),
+        Ok(None) => {}
+        Err(err) => tracing::warn!(error = format!("{err:#}"), "reading the keyring for metrics failed"),
+    }
     if !state.shared.config().partners.is_empty() {
         match ops::partners::report(state.shared.store(), state.shared.config(), now).await {
             Ok(report) => {
@@ -34,7 +39,7 @@ pub(super) async fn metrics(state: web::Data<InternalState>) -> HttpResponse {
                         partner.key_sets.iter().map(|s| (s.key_set.as_str(), s.holds_next)).collect();
                     metrics.partner(&partner.name, partner.last_fetch, partner.expect_fetch_every, &holds);
                     for set in &partner.key_sets {
-                        metrics.gate(&set.key_set, set.gate.as_ref().is_some_and(|g| g.holds()));
+                        metrics.gate(&set.key_set, set.gate.as_ref().is_some_and(|g| g.holds(now)));
                     }
                 }
             }

@@ -176,8 +176,12 @@ async fn sign_prepared(
 #[derive(Serialize, utoipa::ToSchema)]
 pub(super) struct Signed {
     pub(super) token: String,
+    /// The signing key; absent for a shared-secret profile (the token's header has none).
+    #[serde(skip_serializing_if = "Option::is_none")]
     kid: Option<String>,
     alg: &'static str,
+    /// The ledger's id for the token; the token holds it as its `jti` claim unless a
+    /// shared-secret template leaves `{jti}` out.
     jti: String,
     issued_at: i64,
     expires_at: i64,

@@ -6,13 +6,13 @@
 pub mod pkcs11;
 pub mod sealed;
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use anyhow::{anyhow, bail, Context};
 use serde::{Deserialize, Serialize};
 
 use super::{Algorithm, GeneratedKey, KeyRecord, Private, PublicKey, SigningKey};
-use crate::seal::MasterKey;
+use crate::master_key::Keyring;
 use pkcs11::{Token, TokenSettings};
 
 /// Who holds a key set's private keys (`custody` in `[[key_set]]`).
@@ -33,7 +33,7 @@ pub async fn check_token(settings: TokenSettings, records: Vec<KeyRecord>) -> an
     let kept: Vec<KeyRecord> =
         records.into_iter().filter(|r| matches!(r.private(), Some(Private::Token { .. }))).collect();
     let count = kept.len();
-    let custody = Custody { master: MasterKey::generate(), token: Some(token) };
+    let custody = Custody::with(Keyring::generate(0), Some(token));
     for record in &kept {
         custody.signer(record).await?;
     }
@@ -52,33 +52,50 @@ pub struct NewKey {
     pub private: Private,
 }
 
-/// The custodians a process works with: the master key for sealed keys, and the PKCS#11
+/// The custodians a process works with: the keyring for sealed keys, and the PKCS#11
 /// token when one is configured.
 #[derive(Clone)]
 pub struct Custody {
-    master: MasterKey,
+    /// Replaced whole when a re-seal changes the terms.
+    keyring: Arc<RwLock<Arc<Keyring>>>,
     token: Option<Arc<Token>>,
 }
 
 impl Custody {
-    /// Custody by sealing under `master` only.
-    pub fn sealed(master: MasterKey) -> Self {
-        Custody { master, token: None }
+    fn with(keyring: Keyring, token: Option<Arc<Token>>) -> Self {
+        Custody { keyring: Arc::new(RwLock::new(Arc::new(keyring))), token }
     }
 
-    /// Custody by `master`, and by the token `settings` describe (loaded, found and logged
+    /// Custody by sealing under `keyring` only.
+    pub fn sealed(keyring: Keyring) -> Self {
+        Self::with(keyring, None)
+    }
+
+    /// Custody by `keyring`, and by the token `settings` describe (loaded, found and logged
     /// in now: a missing module, token or wrong PIN stops start-up with what to check).
-    pub async fn open(master: MasterKey, settings: Option<TokenSettings>) -> anyhow::Result<Self> {
+    pub async fn open(keyring: Keyring, settings: Option<TokenSettings>) -> anyhow::Result<Self> {
         let token = match settings {
             Some(settings) => Some(tokio::task::spawn_blocking(move || Token::open(settings)).await??),
             None => None,
         };
-        Ok(Custody { master, token })
+        Ok(Self::with(keyring, token))
     }
 
-    /// The master key (it also seals shared secrets).
-    pub fn master(&self) -> &MasterKey {
-        &self.master
+    /// The keyring (it also seals shared secrets).
+    pub fn keyring(&self) -> Arc<Keyring> {
+        match self.keyring.read() {
+            Ok(guard) => Arc::clone(&guard),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Takes the keyring as a re-seal changed it.
+    pub fn replace_keyring(&self, keyring: Keyring) {
+        let mut guard = match self.keyring.write() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *guard = Arc::new(keyring);
     }
 
     fn token(&self, key_set: &str) -> anyhow::Result<Arc<Token>> {
@@ -97,8 +114,8 @@ impl Custody {
     ) -> anyhow::Result<NewKey> {
         match kind {
             CustodyKind::Sealed => {
-                let (master, key_set) = (self.master.clone(), key_set.to_owned());
-                tokio::task::spawn_blocking(move || sealed::generate(&master, &key_set, algorithm, bits))
+                let (keyring, key_set) = (self.keyring(), key_set.to_owned());
+                tokio::task::spawn_blocking(move || sealed::generate(&keyring, &key_set, algorithm, bits))
                     .await
                     .context("key generation task")?
             }
@@ -116,7 +133,7 @@ impl Custody {
     /// Takes an imported key pair into custody for `key_set`.
     pub fn take(&self, kind: CustodyKind, key_set: &str, key: GeneratedKey) -> anyhow::Result<NewKey> {
         match kind {
-            CustodyKind::Sealed => sealed::seal(&self.master, key_set, key),
+            CustodyKind::Sealed => sealed::seal(&self.keyring(), key_set, key),
             CustodyKind::Pkcs11 => bail!(
                 "key set {key_set} keeps its keys in a PKCS#11 token, and an imported key has existed outside \
                  it, so the token could not vouch that no copy remains: keyward does not import into it. \
@@ -143,7 +160,7 @@ impl Custody {
                     .context("key loading task")??;
                 Ok(SigningKey::in_token(&record.kid, record.algorithm, key))
             }
-            _ => sealed::open(record, &self.master),
+            _ => sealed::open(record, &self.keyring()),
         }
     }
 

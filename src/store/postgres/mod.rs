@@ -53,7 +53,7 @@ impl PgStore {
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options.clone())
             .await
-            .with_context(|| format!("connecting to {url}"))?;
+            .map_err(|err| connect_error(url, &err))?;
         // sqlx holds an advisory lock while it migrates: processes starting together take turns.
         sqlx::migrate!("./migrations/postgres")
             .run(&pool)
@@ -75,6 +75,35 @@ impl PgStore {
     /// How to open a connection of one's own (the change listener's).
     pub(crate) fn options(&self) -> &PgConnectOptions {
         &self.options
+    }
+}
+
+/// Why connecting to `url` failed, said once (sqlx's errors repeat their source in their
+/// own text), with what to change for the failures an operator meets first.
+fn connect_error(url: &PostgresUrl, err: &sqlx::Error) -> anyhow::Error {
+    let (why, hint) = match err {
+        sqlx::Error::Tls(inner) => {
+            let hint = inner.to_string().contains("does not support TLS").then_some(
+                "the URL's sslmode asks for TLS: turn TLS on in the server, or for a server without TLS on this \
+                 machine or a private network use sslmode=disable",
+            );
+            (format!("TLS: {inner}"), hint)
+        }
+        sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("28P01" | "28000")) => {
+            let given = url.split_password().1.is_some() || std::env::var_os("PGPASSWORD").is_some();
+            let hint = if given {
+                "check the password given in PGPASSWORD or the URL"
+            } else {
+                "no password was given: set PGPASSWORD (or use ~/.pgpass, or the URL: postgres://USER:PASSWORD@HOST/DB)"
+            };
+            (db.message().to_owned(), Some(hint))
+        }
+        sqlx::Error::Database(db) => (db.message().to_owned(), None),
+        other => (other.to_string(), None),
+    };
+    match hint {
+        Some(hint) => anyhow::anyhow!("connecting to {url}: {why}; {hint}"),
+        None => anyhow::anyhow!("connecting to {url}: {why}"),
     }
 }
 

@@ -8,6 +8,7 @@
 //! logs in again when it answers.
 
 mod objects;
+mod wrapping;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
@@ -76,6 +77,14 @@ pub enum TokenError {
     Missing {
         /// The key.
         kid: String,
+        /// The token.
+        token: String,
+    },
+    /// The token holds no master key with the configured label.
+    #[error("[master_key] key_label: PKCS#11 token {token:?} holds no AES key labelled {label:?}: was the token reset or replaced?")]
+    MasterKeyMissing {
+        /// The configured label.
+        label: String,
         /// The token.
         token: String,
     },
