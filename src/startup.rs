@@ -80,7 +80,7 @@ impl Application {
         // the first request.
         scheduler::run_due(&store, &custody, &config, &crate::ops::wall_clock, Some(&metrics)).await;
         let (ledger, ledger_writer) = Ledger::start(
-            store.issuance_writer(),
+            store.issuance_writer(std::time::Duration::from_secs(config.server.request_deadline.as_secs())),
             metrics.clone(),
             std::time::Duration::from_millis(config.server.ledger_commit_interval_ms),
         );
@@ -119,6 +119,8 @@ impl Application {
         let identities = IdentityProviders::new(&config.identity_providers, shared.metrics().clone())?;
         let internal_state = web::Data::new(InternalState::new(Arc::clone(&shared), profiles, ledger, identities));
         let internal = HttpServer::new(move || {
+            // Called on each internal worker's own thread as it starts.
+            yield_to_verifiers();
             App::new()
                 .wrap(from_fn(middleware::logged))
                 .app_data(internal_state.clone())
@@ -126,6 +128,9 @@ impl Application {
                 .configure(internal::configure)
         })
         .workers(workers)
+        // The threads RSA and PKCS#11 signatures run on, per worker: as many as there are
+        // cores (the admitted requests queue for them, at most max_signing_requests).
+        .worker_max_blocking_threads(signing_threads())
         .disable_signals()
         .shutdown_timeout(SHUTDOWN_GRACE_SECS)
         .on_connect(client_cert::on_connect(mutual));
@@ -197,6 +202,37 @@ impl Application {
         recorded?;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Threads that sign off an internal worker's executor, per worker: one per core.
+fn signing_threads() -> usize {
+    std::thread::available_parallelism().map(usize::from).unwrap_or(2)
+}
+
+/// How much lower than the public listener's the internal workers' scheduling priority is
+/// (a nice value; the blocking threads they start inherit it).
+const INTERNAL_NICENESS: libc::c_int = 5;
+
+/// Lowers the calling thread's priority to [`INTERNAL_NICENESS`]: signing is CPU work, and
+/// however many sign requests come, the kernel runs the public listener (the JWKS that
+/// verifiers fetch, the health checks) first, so that verifiers are never starved by
+/// signers. Linux only (elsewhere a priority is the whole process's).
+fn yield_to_verifiers() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid and setpriority have no preconditions; a thread may always lower
+        // its own priority.
+        let lowered = unsafe {
+            let thread = libc::gettid();
+            libc::setpriority(libc::PRIO_PROCESS, thread as libc::id_t, INTERNAL_NICENESS)
+        };
+        if lowered != 0 {
+            tracing::warn!(
+                error = %std::io::Error::last_os_error(),
+                "could not lower the internal workers' priority: signers may slow the JWKS down under load"
+            );
+        }
     }
 }
 

@@ -13,9 +13,17 @@
 //! So is a row of a client revoked or changed (new token, other rights: its generation)
 //! since the request was authenticated.
 //!
-//! When commits fail (a full disk), every waiting request is refused, the server reports
-//! not ready, and the writer tries a probe write every second while no rows come, so it
-//! finds out by itself when writing works again.
+//! Every row carries its request's deadline. A request stops waiting at it (and is refused:
+//! its token is never handed out), a row whose request stopped waiting is not committed,
+//! and a commit still under way when the last deadline of its batch passes is abandoned:
+//! its connection is closed and every request of the batch refused, so whether the
+//! database finally wrote it or not, none of its tokens is ever handed out. A hung
+//! database (a stopped process, a silent network, a disk whose fsync takes seconds) costs
+//! each request its deadline, never more.
+//!
+//! When commits fail (a full disk, a database that does not answer), every waiting request
+//! is refused, the server reports not ready, and the writer tries a probe write every
+//! [`PROBE_INTERVAL`] while no rows come, so it finds out by itself when writing works again.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -30,8 +38,12 @@ use crate::store::rows::Entry;
 /// Rows one transaction takes at most.
 const MAX_BATCH: usize = 1_024;
 
-/// While commits fail and no rows come, how often the writer tries a probe write.
-const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// While commits fail and no rows come, how often the writer tries a probe write: readiness
+/// comes back within this (plus a commit) of the database answering again.
+const PROBE_INTERVAL: Duration = Duration::from_millis(250);
+
+/// How long a probe write may take before it counts as failed.
+const PROBE_LIMIT: Duration = Duration::from_secs(1);
 
 /// The row was not committed: the token must not be handed out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -47,7 +59,19 @@ pub enum NotRecorded {
     ClientRevoked,
 }
 
-type Job = (Entry, oneshot::Sender<Result<(), NotRecorded>>);
+/// A row, its request's deadline, and where its outcome goes.
+struct Job {
+    entry: Entry,
+    deadline: Instant,
+    done: oneshot::Sender<Result<(), NotRecorded>>,
+}
+
+impl Job {
+    /// Whether its request still waits for it (it stops at its deadline).
+    fn awaited(&self, now: Instant) -> bool {
+        !self.done.is_closed() && now < self.deadline
+    }
+}
 
 /// Whether the ledger's last write failed (then the server is not ready); cheap to clone.
 #[derive(Clone, Default)]
@@ -91,11 +115,16 @@ impl Ledger {
         self.health.clone()
     }
 
-    /// Records `entry`; returns once its row is committed.
-    pub async fn record(&self, entry: Entry) -> Result<(), NotRecorded> {
+    /// Records `entry`; returns once its row is committed, or [`NotRecorded::Failed`] at
+    /// `deadline` if it is not committed by then (and then it never will be for this
+    /// request: whatever the database does later, the token must not be handed out).
+    pub async fn record(&self, entry: Entry, deadline: Instant) -> Result<(), NotRecorded> {
         let (done, committed) = oneshot::channel();
-        self.jobs.send((entry, done)).map_err(|_| NotRecorded::Failed)?;
-        committed.await.map_err(|_| NotRecorded::Failed)?
+        self.jobs.send(Job { entry, deadline, done }).map_err(|_| NotRecorded::Failed)?;
+        match tokio::time::timeout_at(deadline.into(), committed).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) | Err(_) => Err(NotRecorded::Failed),
+        }
     }
 }
 
@@ -166,7 +195,13 @@ impl Writer {
                     }
                 }
             }
-            self.last_commit = Some(Instant::now());
+            // Rows whose requests stopped waiting are not written: nobody would hand them out.
+            let now = Instant::now();
+            batch.retain(|job| job.awaited(now));
+            if batch.is_empty() {
+                continue;
+            }
+            self.last_commit = Some(now);
             self.last_batch = batch.len();
             self.commit(batch).await;
         }
@@ -184,12 +219,22 @@ impl Writer {
     async fn commit(&mut self, batch: Vec<Job>) {
         let started = Instant::now();
         let size = batch.len();
-        let entries: Vec<&Entry> = batch.iter().map(|(entry, _)| entry).collect();
-        let result = self.issuance.insert(&entries).await;
+        // No request of the batch waits beyond its latest deadline.
+        let give_up = batch.iter().map(|job| job.deadline).max().unwrap_or(started);
+        let entries: Vec<&Entry> = batch.iter().map(|job| &job.entry).collect();
+        let result = match tokio::time::timeout_at(give_up.into(), self.issuance.insert(&entries)).await {
+            Ok(result) => result,
+            Err(_) => {
+                self.issuance.abandon();
+                Err(anyhow::anyhow!(
+                    "the commit did not finish within the request deadline (the database does not answer)"
+                ))
+            }
+        };
         self.metrics.ledger_batch(size, started.elapsed(), result.is_ok());
         let outcome = result.as_ref().map(|_| ());
         self.outcome(&outcome, size);
-        for (entry, done) in batch {
+        for Job { entry, done, .. } in batch {
             let answer = match result.as_ref().map(|refused| refused.why(&entry)) {
                 Err(_) => Err(NotRecorded::Failed),
                 Ok(Some(Why::ClientRevoked)) => Err(NotRecorded::ClientRevoked),
@@ -202,7 +247,13 @@ impl Writer {
 
     /// Whether writing works again, without waiting for a request to find out.
     async fn probe(&mut self) {
-        let result = self.issuance.probe().await;
+        let result = match tokio::time::timeout(PROBE_LIMIT, self.issuance.probe()).await {
+            Ok(result) => result,
+            Err(_) => {
+                self.issuance.abandon();
+                Err(anyhow::anyhow!("the probe write did not finish within {PROBE_LIMIT:?}"))
+            }
+        };
         self.outcome(&result.as_ref().map(|_| ()), 0);
     }
 
@@ -231,7 +282,7 @@ impl Writer {
             error = format!("{err:#}"),
             rows,
             "the issuance ledger cannot commit: sign and token requests are refused (503 not-recorded) \
-             and /readyz reports not ready until it can; retried every second"
+             and /readyz reports not ready until it can; retried every 250 ms"
         );
         self.outage = Some(Outage { since: Instant::now(), failed_batches: batches, refused_rows: rows });
         self.health.0.store(true, Ordering::Relaxed);

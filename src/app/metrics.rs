@@ -78,6 +78,7 @@ struct Inner {
     ledger_commit_seconds: Histogram,
     ledger_failures: Counter,
     rate_limited: Family<ClientLabels, Counter>,
+    shed: Counter,
     certificate_expiry: Family<ListenerLabels, Gauge>,
     partner_last_fetch: Family<PartnerLabels, Gauge>,
     partner_fetch_every: Family<PartnerLabels, Gauge>,
@@ -140,6 +141,12 @@ impl Default for Metrics {
             "Requests refused by the per-client rate limit",
             rate_limited.clone(),
         );
+        let shed = Counter::default();
+        registry.register(
+            "shed_requests",
+            "Sign and token requests refused at once because max_signing_requests were being served",
+            shed.clone(),
+        );
         let certificate_expiry = Family::<ListenerLabels, Gauge>::default();
         registry.register(
             "tls_certificate_expiry_timestamp_seconds",
@@ -200,6 +207,7 @@ impl Default for Metrics {
             ledger_commit_seconds,
             ledger_failures,
             rate_limited,
+            shed,
             certificate_expiry,
             partner_last_fetch,
             partner_fetch_every,
@@ -292,6 +300,11 @@ impl Metrics {
         if !committed {
             self.0.ledger_failures.inc();
         }
+    }
+
+    /// A sign or token request refused because the server was full.
+    pub fn shed(&self) {
+        self.0.shed.inc();
     }
 
     /// A request over its client's rate limit.

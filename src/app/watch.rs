@@ -17,6 +17,14 @@ const RECONNECT_PAUSE: Duration = Duration::from_millis(50);
 
 /// How often the master key's source is kept alive (it asks Vault only when a renewal is due).
 const SOURCE_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(1);
+/// How long connecting the watcher, reading the change counter, or a reload after a change
+/// may take before the database counts as not answering (a stopped or cut-off server keeps
+/// connections open and silent: only a limit tells). Readiness goes to 503 within this plus
+/// the safety poll of a database hanging.
+const LOOK_LIMIT: Duration = Duration::from_secs(1);
+
+/// How long a reload after a change may take (it reads every table of the snapshot).
+const RELOAD_LIMIT: Duration = Duration::from_secs(2);
 
 /// How often the key custody is asked whether it answers (it throttles its own checks).
 const CUSTODY_PROBE_INTERVAL: Duration = Duration::from_millis(50);
@@ -87,12 +95,12 @@ impl Shared {
             let heard = async {
                 let source = match &mut changes {
                     Some(source) => source,
-                    slot => slot.insert(self.store().changes().await?),
+                    slot => slot.insert(within(LOOK_LIMIT, self.store().changes(), "connecting the watcher").await?),
                 };
                 source.next().await?;
                 // A change, a reconnection or the safety poll: the generation says whether
                 // keys, clients or secrets changed (ledger rows do not move it).
-                source.generation(self.store()).await.context("polling for changes")
+                within(LOOK_LIMIT, source.generation(self.store()), "polling for changes").await
             };
             let polled = tokio::select! {
                 polled = heard => polled,
@@ -123,7 +131,7 @@ impl Shared {
             if generation == self.snapshot().generation {
                 continue;
             }
-            if let Err(err) = self.reload().await {
+            if let Err(err) = within(RELOAD_LIMIT, self.reload(), "reloading").await {
                 // Keep serving the last good snapshot; a fresh source looks again at once.
                 tracing::error!(error = format!("{err:#}"), "reloading keys and clients failed");
                 changes = None;
@@ -132,5 +140,17 @@ impl Shared {
                 tracing::info!(generation, "reloaded keys and clients after a change");
             }
         }
+    }
+}
+
+/// `work`, or an error once `limit` passed without its outcome.
+async fn within<T>(
+    limit: Duration,
+    work: impl std::future::Future<Output = anyhow::Result<T>>,
+    what: &'static str,
+) -> anyhow::Result<T> {
+    match tokio::time::timeout(limit, work).await {
+        Ok(outcome) => outcome.context(what),
+        Err(_) => Err(anyhow::anyhow!("{what}: the database did not answer within {limit:?}")),
     }
 }

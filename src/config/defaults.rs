@@ -76,6 +76,8 @@ from_example!(server {
     rate_limit: u32,
     rate_burst: u32,
     request_body_timeout: Duration,
+    request_deadline: Duration,
+    max_signing_requests: u32,
 });
 
 from_example!(key_set {

@@ -54,6 +54,15 @@ pub struct ServerConfig {
     /// have arrived (a slow sender would hold a connection and a worker otherwise).
     #[serde(default = "defaults::server::request_body_timeout")]
     pub request_body_timeout: Duration,
+    /// How long a sign or token request may take from its arrival: a token that cannot be
+    /// recorded within it is never handed out (503 `not-recorded`), and none reaches a
+    /// caller with less than its lifetime minus this left.
+    #[serde(default = "defaults::server::request_deadline")]
+    pub request_deadline: Duration,
+    /// Sign and token requests served at once, at most; more are refused at once (503
+    /// `overloaded`) instead of queueing behind them.
+    #[serde(default = "defaults::server::max_signing_requests")]
+    pub max_signing_requests: u32,
     /// Serve the public listener over TLS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_tls: Option<TlsConfig>,

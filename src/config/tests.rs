@@ -247,6 +247,20 @@ fn request_body_timeout_is_one_to_sixty_seconds_from_the_file_or_the_environment
 }
 
 #[test]
+fn request_deadline_is_two_to_thirty_seconds_and_the_signing_limit_at_least_one() {
+    let config = example_with(r#"request_deadline = "2s""#, r#"request_deadline = "30s""#).unwrap();
+    assert_eq!(config.server.request_deadline, Duration::from_secs(30));
+    for bad in ["0s", "1s", "31s", "1m"] {
+        let err = error_of(r#"request_deadline = "2s""#, &format!("request_deadline = {bad:?}"));
+        assert!(err.contains("[server], field request_deadline") && err.contains("2s to 30s"), "{err}");
+    }
+    let loaded = load(ConfigSource::Defaults, &env(&[("KEYWARD_REQUEST_DEADLINE", "5s")])).unwrap();
+    assert_eq!(loaded.config.server.request_deadline, Duration::from_secs(5));
+    let err = error_of("max_signing_requests = 256", "max_signing_requests = 0");
+    assert!(err.contains("[server], field max_signing_requests") && err.contains("at least 1"), "{err}");
+}
+
+#[test]
 fn env_overrides_server_fields_and_warns_about_unknown_names() {
     let loaded = load(
         ConfigSource::Defaults,
@@ -276,6 +290,8 @@ fn every_server_field_and_no_other_is_read_from_its_environment_variable() {
         ("KEYWARD_RATE_LIMIT", "3"),
         ("KEYWARD_RATE_BURST", "4"),
         ("KEYWARD_REQUEST_BODY_TIMEOUT", "9s"),
+        ("KEYWARD_REQUEST_DEADLINE", "3s"),
+        ("KEYWARD_MAX_SIGNING_REQUESTS", "64"),
         ("KEYWARD_TRUSTED_PROXIES", "10.0.0.0/8, 192.0.2.1"),
     ];
     let loaded = load(ConfigSource::Defaults, &env(&values)).unwrap();
@@ -290,6 +306,8 @@ fn every_server_field_and_no_other_is_read_from_its_environment_variable() {
         rate_limit: 3,
         rate_burst: 4,
         request_body_timeout: Duration::from_secs(9),
+        request_deadline: Duration::from_secs(3),
+        max_signing_requests: 64,
         public_tls: None,
         internal_tls: None,
         trusted_proxies: vec!["10.0.0.0/8".parse().unwrap(), "192.0.2.1/32".parse().unwrap()],

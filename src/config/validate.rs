@@ -39,7 +39,19 @@ pub fn validate(config: &Config, source_name: &str) -> Result<(), ConfigError> {
             format!("{} is out of range: use 1s to 60s (default 5s)", server.request_body_timeout),
         ));
     }
-    for (field, value) in [("rate_limit", server.rate_limit), ("rate_burst", server.rate_burst)] {
+    // Tokens carry whole seconds: up to one of the deadline may be spent before a token's
+    // issue time is even taken, so 1s would leave some requests no time at all.
+    if !(2..=30).contains(&server.request_deadline.as_secs()) {
+        return Err(fail(
+            "[server], field request_deadline".to_owned(),
+            format!("{} is out of range: use 2s to 30s (default 2s)", server.request_deadline),
+        ));
+    }
+    for (field, value) in [
+        ("rate_limit", server.rate_limit),
+        ("rate_burst", server.rate_burst),
+        ("max_signing_requests", server.max_signing_requests),
+    ] {
         if value == 0 {
             return Err(fail(format!("[server], field {field}"), "must be at least 1".to_owned()));
         }

@@ -77,9 +77,13 @@ pub enum ApiError {
     /// The client is over its rate limit; retry after this many seconds.
     #[error("rate limit exceeded")]
     TooManyRequests(u64),
-    /// The ledger could not record the issuance, so no token is handed out.
+    /// The ledger could not record the issuance (within the request deadline), so no token
+    /// is handed out.
     #[error("the issuance could not be recorded")]
     NotRecorded,
+    /// `max_signing_requests` are being served: refused at once rather than queued.
+    #[error("too many sign and token requests at once")]
+    Overloaded,
     /// The body is over the limit.
     #[error("request body over {0} bytes")]
     TooLarge(usize),
@@ -146,6 +150,7 @@ impl ApiError {
             ApiError::NotRecorded | ApiError::Upstream(ExchangeError::NotRecorded) => {
                 ("not-recorded", "The issuance could not be recorded")
             }
+            ApiError::Overloaded => ("overloaded", "Too many requests at once"),
             ApiError::TooLarge(_) => ("body-too-large", "Request body too large"),
             ApiError::BodyTimeout(_) => ("body-timeout", "Request Timeout"),
             ApiError::UnsupportedMediaType => ("unsupported-media-type", "Unsupported Media Type"),
@@ -162,8 +167,12 @@ impl ApiError {
             ApiError::NoSigningKey(what) => format!("{what}; try again shortly"),
             ApiError::MethodNotAllowed(allow) => format!("this resource allows {allow}"),
             ApiError::TooManyRequests(wait) => format!("this client's rate limit is exceeded; retry in {wait} s"),
-            ApiError::NotRecorded => {
-                "the issuance ledger could not record the token, so none was issued; try again shortly".to_owned()
+            ApiError::NotRecorded => "the issuance ledger could not record the token within the request \
+                                      deadline, so none was issued; try again shortly"
+                .to_owned(),
+            ApiError::Overloaded => {
+                "the server is serving as many sign and token requests as it takes at once; try again shortly"
+                    .to_owned()
             }
             ApiError::Unauthorized => {
                 "send Authorization: Bearer <client token> (create one with `keyward clients add`)".to_owned()
@@ -222,7 +231,7 @@ impl ResponseError for ApiError {
             ApiError::Refused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::NotRecorded => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotRecorded | ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -243,7 +252,10 @@ impl ResponseError for ApiError {
             // request.
             let episode = matches!(
                 self,
-                ApiError::NotRecorded | ApiError::Upstream(ExchangeError::NotRecorded) | ApiError::NoSigningKey(_)
+                ApiError::NotRecorded
+                    | ApiError::Upstream(ExchangeError::NotRecorded)
+                    | ApiError::NoSigningKey(_)
+                    | ApiError::Overloaded
             );
             if episode {
                 tracing::debug!(error = format!("{self:#}"), status = status.as_u16(), "request refused");
@@ -286,6 +298,10 @@ impl ResponseError for ApiError {
             }
             ApiError::TooManyRequests(wait) => {
                 response.insert_header((header::RETRY_AFTER, wait.to_string()));
+            }
+            // Every 503 and 504 is worth trying again a second later (on another replica, say).
+            _ if matches!(status, StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT) => {
+                response.insert_header((header::RETRY_AFTER, "1"));
             }
             // The rest of the body may still be on its way: the connection cannot be reused.
             ApiError::BodyTimeout(_) => {

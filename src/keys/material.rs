@@ -50,6 +50,9 @@ pub enum KeyError {
     /// The signing task was cancelled (the server is shutting down).
     #[error("signing was interrupted")]
     Interrupted,
+    /// The request gave up before a thread was free to sign.
+    #[error("the request's deadline passed before its signature's turn")]
+    TooLate,
 }
 
 pub(super) fn crypto(operation: &'static str) -> impl FnOnce(josekit::JoseError) -> KeyError {

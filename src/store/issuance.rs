@@ -6,6 +6,7 @@
 //! a batch costs one hand-off to SQLite's thread or one round trip to PostgreSQL.
 
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 use super::rows::Entry;
 
@@ -58,16 +59,21 @@ use super::{postgres, sqlite, Store};
 pub enum IssuanceWriter {
     /// With a connection of its own.
     Sqlite(sqlite::issuance::IssuanceWriter),
-    /// From the pool.
-    Postgres(sqlx::PgPool),
+    /// With a connection of its own.
+    Postgres(postgres::issuance::IssuanceWriter),
 }
 
 impl Store {
-    /// The issuance ledger's writer.
-    pub fn issuance_writer(&self) -> IssuanceWriter {
+    /// The issuance ledger's writer, whose statements the database gives up after
+    /// `statement_limit` (a wait for a lock included).
+    pub fn issuance_writer(&self, statement_limit: Duration) -> IssuanceWriter {
         match self {
-            Store::Sqlite(s) => IssuanceWriter::Sqlite(sqlite::issuance::IssuanceWriter::new(s.pool().clone())),
-            Store::Postgres(s) => IssuanceWriter::Postgres(s.pool().clone()),
+            Store::Sqlite(s) => {
+                IssuanceWriter::Sqlite(sqlite::issuance::IssuanceWriter::new(s.pool().clone(), statement_limit))
+            }
+            Store::Postgres(s) => {
+                IssuanceWriter::Postgres(postgres::issuance::IssuanceWriter::new(s.pool().clone(), statement_limit))
+            }
         }
     }
 }
@@ -78,7 +84,7 @@ impl IssuanceWriter {
     pub async fn insert(&mut self, entries: &[&Entry]) -> anyhow::Result<Refused> {
         match self {
             IssuanceWriter::Sqlite(w) => w.insert(entries).await,
-            IssuanceWriter::Postgres(pool) => postgres::issuance::insert(pool, entries).await,
+            IssuanceWriter::Postgres(w) => w.insert(entries).await,
         }
     }
 
@@ -86,7 +92,16 @@ impl IssuanceWriter {
     pub async fn probe(&mut self) -> anyhow::Result<()> {
         match self {
             IssuanceWriter::Sqlite(w) => w.probe().await,
-            IssuanceWriter::Postgres(pool) => postgres::issuance::probe(pool).await,
+            IssuanceWriter::Postgres(w) => w.probe().await,
+        }
+    }
+
+    /// A commit or probe was given up mid-way: its connection is closed, never used again
+    /// (it may still be inside the statement).
+    pub fn abandon(&mut self) {
+        match self {
+            IssuanceWriter::Sqlite(w) => w.abandon(),
+            IssuanceWriter::Postgres(w) => w.abandon(),
         }
     }
 }

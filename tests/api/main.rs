@@ -3,6 +3,7 @@
 mod certs;
 mod cli;
 mod client_changes;
+mod deadline;
 mod discovery;
 mod first_hour;
 mod gates;
@@ -16,6 +17,7 @@ mod master_key;
 mod migrate;
 mod openapi;
 mod operations;
+mod overload;
 mod partners;
 mod permissions;
 mod postgres;

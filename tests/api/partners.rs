@@ -332,6 +332,19 @@ async fn upstream_failures_are_502_or_504_and_never_leak_the_assertion() {
 }
 
 #[tokio::test]
+async fn a_partner_slower_than_the_request_deadline_is_504_at_the_deadline_whatever_its_own_timeout() {
+    // request_deadline is 2s by default; the profile would wait 10 s for the partner.
+    let world = npm_world(|c| c.profiles[0].exchange.as_mut().unwrap().timeout = Span::from_secs(10)).await;
+    world.npm.delay_ms.store(5_000, Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    let response = world.partner_token(json!({"sub": "acct-1"})).await;
+    let took = started.elapsed();
+    assert_eq!(response.headers()["retry-after"], "1");
+    assert_problem(response, 504).await;
+    assert!(took >= Duration::from_millis(1_900) && took < Duration::from_millis(2_250), "answered after {took:?}");
+}
+
+#[tokio::test]
 async fn an_unreachable_partner_is_502_and_a_profile_without_exchange_is_404() {
     let dead = free_port();
     let world = npm_world(|c| {

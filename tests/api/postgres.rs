@@ -187,6 +187,38 @@ impl PgServer {
         format!("postgres://{role}@127.0.0.1:{}/{name}", self.port)
     }
 
+    /// Sends `signal` to the server, then to every process it started (each backend is a
+    /// session of its own, so not in its process group): found in /proc by parent.
+    fn signal_all(&self, signal: libc::c_int) {
+        let guard = self.process.lock().unwrap();
+        let postmaster = guard.as_ref().expect("the server is running").id();
+        let children: Vec<u32> = std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                // The parent is the field after the command, which is in parentheses.
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+                after.split_whitespace().nth(1).and_then(|ppid| ppid.parse::<u32>().ok()) == Some(postmaster)
+            })
+            .collect();
+        // SAFETY: signalling processes of a server we own.
+        for pid in std::iter::once(postmaster).chain(children) {
+            unsafe { libc::kill(pid as libc::pid_t, signal) };
+        }
+    }
+
+    /// Stops every PostgreSQL process (SIGSTOP): connections stay open and fall silent, as
+    /// with a hung host or a network that drops packets.
+    pub fn pause(&self) {
+        self.signal_all(libc::SIGSTOP);
+    }
+
+    /// Lets a paused server carry on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal_all(libc::SIGCONT);
+    }
+
     /// The server's log, for failure messages.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.data.with_file_name("postgres.log")).unwrap_or_default()

@@ -19,7 +19,7 @@ use crate::rotation::{fast, CachingVerifier};
 const PROFILE: &str = "npm-sandbox";
 
 /// A master key file every replica shares (as a secrets manager would hand them out).
-fn write_master_key(dir: &Path) {
+pub(crate) fn write_master_key(dir: &Path) {
     let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>());
     std::fs::write(dir.join("master.key"), key).unwrap();
     std::fs::set_permissions(dir.join("master.key"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();

@@ -146,7 +146,7 @@ on_both_stores! {
             entry("gone-client", "gone", Some(&signer), now()),
             entry("unknown-key", "backend", Some("no-such-kid"), now()),
         ];
-        let mut writer = app.store.issuance_writer();
+        let mut writer = app.store.issuance_writer(std::time::Duration::from_secs(2));
         let refused = writer.insert(&rows.iter().collect::<Vec<_>>()).await.unwrap();
         let why: Vec<Option<Why>> = rows.iter().map(|row| refused.why(row)).collect();
         assert_eq!(
@@ -175,7 +175,7 @@ on_both_stores! {
                 _ => entry(&format!("r{i}"), "backend", Some(&signer), now()),
             })
             .collect();
-        let refused = app.store.issuance_writer().insert(&rows.iter().collect::<Vec<_>>()).await.unwrap();
+        let refused = app.store.issuance_writer(std::time::Duration::from_secs(2)).insert(&rows.iter().collect::<Vec<_>>()).await.unwrap();
         for (i, row) in rows.iter().enumerate() {
             let expected = match i {
                 7 | 150 => Some(Why::KeyWithdrawn),
@@ -229,7 +229,7 @@ on_both_stores! {
         let rows: Vec<Entry> = (0..600)
             .map(|i| entry(&format!("jti-{i:04}"), if i % 3 == 0 { "alpha" } else { "beta" }, Some(&kid), t - 1_000 + i))
             .collect();
-        let refused = app.store.issuance_writer().insert(&rows.iter().collect::<Vec<_>>()).await.unwrap();
+        let refused = app.store.issuance_writer(std::time::Duration::from_secs(2)).insert(&rows.iter().collect::<Vec<_>>()).await.unwrap();
         assert!(rows.iter().all(|row| refused.why(row).is_none()), "{refused:?}");
         let alpha = Filter { client: Some("alpha".to_owned()), ..Filter::default() };
         let found = app.store.issuance(&alpha, 1_000).await.unwrap();

@@ -11,6 +11,7 @@ use actix_web::dev::Payload;
 use actix_web::http::header;
 use actix_web::{web, FromRequest, HttpRequest};
 
+use super::deadline::Deadline;
 use super::InternalState;
 use crate::app::identity::IdentityError;
 use crate::app::snapshot::{Recheck, Snapshot};
@@ -51,6 +52,8 @@ pub(super) struct Caller {
     pub(super) snapshot: Arc<Snapshot>,
     pub(super) client: Client,
     credential: Credential,
+    /// From the request's arrival.
+    pub(super) deadline: Deadline,
 }
 
 impl Caller {
@@ -70,7 +73,9 @@ impl Caller {
     pub(super) async fn confirmed(self, state: &InternalState) -> Result<Caller, ApiError> {
         match self.refreshed(state).await? {
             None => Ok(self),
-            Some((snapshot, client)) => Ok(Caller { snapshot, client, credential: self.credential }),
+            Some((snapshot, client)) => {
+                Ok(Caller { snapshot, client, credential: self.credential, deadline: self.deadline })
+            }
         }
     }
 
@@ -132,6 +137,7 @@ impl FromRequest for Caller {
             let state = req
                 .app_data::<web::Data<InternalState>>()
                 .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("the internal state is not registered")))?;
+            let deadline = state.deadline();
             client_cert::require_if_mutual(&req)?;
             let certificate_only = match req.headers().get(header::AUTHORIZATION) {
                 None => client_cert::certificate_only_client(&req, state.shared.snapshot()),
@@ -140,16 +146,16 @@ impl FromRequest for Caller {
             let caller = match certificate_only {
                 Some((snapshot, client)) => {
                     let certificate = client.certificate.ok_or(ApiError::Unauthorized)?;
-                    Caller { snapshot, client, credential: Credential::Certificate(certificate) }
+                    Caller { snapshot, client, credential: Credential::Certificate(certificate), deadline }
                 }
                 None => {
                     let token = bearer(&req)?;
                     if client::token_id(token).is_none() && looks_like_jwt(token) {
-                        by_identity(token, state).await?
+                        by_identity(token, state, deadline).await?
                     } else {
-                        let snapshot = snapshot_for(token, state).await?;
+                        let snapshot = snapshot_for(token, state, deadline).await?;
                         let client = snapshot.clients.authenticate(token).ok_or(ApiError::UnknownToken)?.clone();
-                        Caller { snapshot, client, credential: Credential::Token(token.to_owned()) }
+                        Caller { snapshot, client, credential: Credential::Token(token.to_owned()), deadline }
                     }
                 }
             };
@@ -198,7 +204,15 @@ fn looks_like_jwt(token: &str) -> bool {
 
 /// The client bound to the workload identity a JWT proves. Its issuer and subject are
 /// logged, never the token.
-async fn by_identity(token: &str, state: &InternalState) -> Result<Caller, ApiError> {
+/// Bounded by the request's deadline: a provider or database that does not answer in time
+/// makes the token "not checked" (retry in a second).
+async fn by_identity(token: &str, state: &InternalState, deadline: Deadline) -> Result<Caller, ApiError> {
+    tokio::time::timeout_at(deadline.at().into(), identified(token, state, deadline))
+        .await
+        .unwrap_or(Err(ApiError::TokenNotChecked))
+}
+
+async fn identified(token: &str, state: &InternalState, deadline: Deadline) -> Result<Caller, ApiError> {
     let verified = state.identities.authenticate(token, chrono::Utc::now().timestamp()).await.map_err(|err| {
         tracing::info!(reason = %err, "workload identity token refused");
         match err {
@@ -223,21 +237,24 @@ async fn by_identity(token: &str, state: &InternalState) -> Result<Caller, ApiEr
         snapshot,
         client,
         credential: Credential::Identity { issuer: verified.issuer, subject: verified.subject },
+        deadline,
     })
 }
 
 /// The snapshot to serve the request from, one that knows its bearer token if the store
 /// does: a token `keyward clients add` printed a moment ago works on the next request,
 /// before the change watch reloads.
-async fn snapshot_for(token: &str, state: &InternalState) -> Result<Arc<Snapshot>, ApiError> {
+/// The look-up waits no longer than the request's deadline (a database that does not
+/// answer makes it "not checked": retry in a second).
+async fn snapshot_for(token: &str, state: &InternalState, deadline: Deadline) -> Result<Arc<Snapshot>, ApiError> {
     let snapshot = state.shared.snapshot();
     if snapshot.clients.authenticate(token).is_some() {
         return Ok(snapshot);
     }
-    match state.shared.recheck(token).await {
-        Recheck::Known(fresh) => Ok(fresh),
-        Recheck::Unknown => Err(ApiError::UnknownToken),
-        Recheck::NotChecked => Err(ApiError::TokenNotChecked),
+    match tokio::time::timeout_at(deadline.at().into(), state.shared.recheck(token)).await {
+        Ok(Recheck::Known(fresh)) => Ok(fresh),
+        Ok(Recheck::Unknown) => Err(ApiError::UnknownToken),
+        Ok(Recheck::NotChecked) | Err(_) => Err(ApiError::TokenNotChecked),
     }
 }
 

@@ -7,6 +7,7 @@
 mod admin;
 mod auth;
 mod body;
+mod deadline;
 mod keys;
 mod operations;
 mod partners;
@@ -82,6 +83,8 @@ pub struct InternalState {
     http: reqwest::Client,
     ledger: Ledger,
     limiter: RateLimiter,
+    /// One permit per sign or token request being served ([server] max_signing_requests).
+    signing: tokio::sync::Semaphore,
     started: Instant,
     identities: IdentityProviders,
 }
@@ -95,7 +98,9 @@ impl InternalState {
         ledger: Ledger,
         identities: IdentityProviders,
     ) -> Self {
+        let signing = tokio::sync::Semaphore::new(shared.config().server.max_signing_requests as usize);
         InternalState {
+            signing,
             shared,
             profiles,
             tokens: TokenCache::default(),
@@ -105,6 +110,23 @@ impl InternalState {
             started: Instant::now(),
             identities,
         }
+    }
+
+    /// A place among the sign and token requests being served, or 503 at once when they
+    /// are all taken: an overload is shed, not queued (the waiting would cost memory, and
+    /// every request's deadline).
+    fn admit_signing(&self) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+        self.signing.try_acquire().map_err(|_| {
+            self.shared.metrics().shed();
+            ApiError::Overloaded
+        })
+    }
+
+    /// The deadline of a request arriving now.
+    fn deadline(&self) -> deadline::Deadline {
+        deadline::Deadline::starting_now(std::time::Duration::from_secs(
+            self.shared.config().server.request_deadline.as_secs(),
+        ))
     }
 
     /// How long a request body may take to arrive.

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::auth::Caller;
 use super::body::json_body;
+use super::deadline::Deadline;
 use super::{no_store_json, InternalState};
 use crate::app::ledger::NotRecorded;
 use crate::app::snapshot::Snapshot;
@@ -34,6 +35,7 @@ pub(super) async fn sign(
     state: web::Data<InternalState>,
 ) -> Result<HttpResponse, ApiError> {
     let profile = caller.profile(&state, &name)?;
+    let _serving = state.admit_signing()?;
     let request: SignRequest = json_body(&req, payload, state.body_timeout()).await?;
     if request.cache.is_some() {
         return Err(ApiError::InvalidBody {
@@ -50,33 +52,38 @@ pub(super) async fn sign(
 /// revoked meanwhile (on any replica), the row is refused: the token is signed once more
 /// with the signer of an up-to-date snapshot, or refused (503). If the client was revoked
 /// meanwhile, 401; if it changed (a rotation, other rights), the request is judged once
-/// more as the client is now.
+/// more as the client is now. Nothing waits beyond the caller's deadline: what is not
+/// recorded by then is refused (503), and never handed out later.
 pub(super) async fn issue(
     state: &InternalState,
     caller: &Caller,
     profile: &Profile,
     request: SignRequest,
 ) -> Result<Signed, ApiError> {
-    let (snapshot, client) = (&caller.snapshot, &caller.client);
-    match issue_once(state, snapshot, client, profile, request.clone()).await? {
+    let (snapshot, client, deadline) = (&caller.snapshot, &caller.client, caller.deadline);
+    match issue_once(state, snapshot, client, profile, request.clone(), deadline).await? {
         Ok(signed) => Ok(signed),
         Err(NotRecorded::KeyWithdrawn) => {
-            let fresh = state.shared.catch_up(snapshot.generation).await.map_err(|err| {
+            let caught_up = tokio::time::timeout_at(deadline.at().into(), state.shared.catch_up(snapshot.generation));
+            let fresh = caught_up.await.map_err(|_| ApiError::NotRecorded)?.map_err(|err| {
                 tracing::warn!(error = format!("{err:#}"), "reloading after a withdrawn signer failed");
                 ApiError::NotRecorded
             })?;
-            match issue_once(state, &fresh, client, profile, request).await? {
+            match issue_once(state, &fresh, client, profile, request, deadline).await? {
                 Ok(signed) => Ok(signed),
                 Err(NotRecorded::ClientRevoked) => Err(ApiError::UnknownToken),
                 Err(_) => Err(ApiError::NotRecorded),
             }
         }
         Err(NotRecorded::ClientRevoked) => {
-            let Some((fresh, client)) = caller.refreshed(state).await? else { return Err(ApiError::UnknownToken) };
+            let refreshed = tokio::time::timeout_at(deadline.at().into(), caller.refreshed(state));
+            let Some((fresh, client)) = refreshed.await.map_err(|_| ApiError::NotRecorded)?? else {
+                return Err(ApiError::UnknownToken);
+            };
             if !client.may_use(&profile.name) {
                 return Err(ApiError::Forbidden(format!("profile {:?}", profile.name)));
             }
-            match issue_once(state, &fresh, &client, profile, request).await? {
+            match issue_once(state, &fresh, &client, profile, request, deadline).await? {
                 Ok(signed) => Ok(signed),
                 Err(NotRecorded::ClientRevoked) => Err(ApiError::UnknownToken),
                 Err(_) => Err(ApiError::NotRecorded),
@@ -93,6 +100,7 @@ async fn issue_once(
     client: &Client,
     profile: &Profile,
     request: SignRequest,
+    deadline: Deadline,
 ) -> Result<Result<Signed, NotRecorded>, ApiError> {
     let metrics = state.shared.metrics();
     let sub = request.sub.clone();
@@ -103,7 +111,7 @@ async fn issue_once(
         metrics.token(&profile.name, "none", "refused");
         refused(refusal)
     })?;
-    let signed = sign_prepared(snapshot, profile, prepared, jti).await.inspect_err(|_| {
+    let signed = sign_prepared(snapshot, profile, prepared, jti, deadline).await.inspect_err(|_| {
         metrics.token(&profile.name, "none", "failed");
     })?;
     metrics.signed_in(started.elapsed());
@@ -119,7 +127,19 @@ async fn issue_once(
         claim_names,
         client_generation: client.generation,
     };
-    if let Err(refusal) = state.ledger.record(entry).await {
+    let iat = signed.issued_at;
+    let record_by = deadline.for_token(iat, chrono::Utc::now().timestamp_millis(), std::time::Instant::now());
+    let recorded = state.ledger.record(entry, record_by).await;
+    // Recorded, but too late to leave with the lifetime the caller asked for: the row stays
+    // (an issuance nobody received), the token does not leave.
+    let recorded = recorded.and_then(|()| {
+        if deadline.token_fresh(iat, chrono::Utc::now().timestamp_millis()) {
+            Ok(())
+        } else {
+            Err(NotRecorded::Failed)
+        }
+    });
+    if let Err(refusal) = recorded {
         metrics.token(&profile.name, signed.alg, "failed");
         return Ok(Err(refusal));
     }
@@ -134,6 +154,7 @@ async fn sign_prepared(
     profile: &Profile,
     prepared: Prepared,
     jti: String,
+    deadline: Deadline,
 ) -> Result<Signed, ApiError> {
     let (token, kid, alg) = match &profile.kind {
         ProfileKind::KeySet { key_set: set, .. } => {
@@ -142,10 +163,16 @@ async fn sign_prepared(
                 .get(set)
                 .and_then(|view| view.signer.clone())
                 .ok_or_else(|| ApiError::NoSigningKey(format!("key set {set} has no signing key yet")))?;
-            let token = signer.sign_async(prepared.claims).await.map_err(|err| match err {
-                KeyError::Token(TokenError::Unavailable) => {
-                    ApiError::NoSigningKey(format!("key set {set}'s PKCS#11 token does not answer"))
-                }
+            // A PKCS#11 token that hangs, or a queue of signatures longer than the deadline,
+            // costs the request its deadline, not more.
+            let silent = || ApiError::NoSigningKey(format!("key set {set}'s PKCS#11 token does not answer"));
+            let signed =
+                tokio::time::timeout_at(deadline.at().into(), signer.sign_async(prepared.claims, deadline.at()))
+                    .await
+                    .map_err(|_| if signer.on_token() { silent() } else { ApiError::Overloaded })?;
+            let token = signed.map_err(|err| match err {
+                KeyError::Token(TokenError::Unavailable) => silent(),
+                KeyError::TooLate => ApiError::Overloaded,
                 other => ApiError::from(anyhow::Error::from(other)),
             })?;
             (token, Some(signer.kid().to_owned()), signer.algorithm().as_str())

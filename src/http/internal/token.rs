@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use super::auth::Caller;
 use super::body::json_body;
+use super::deadline::Deadline;
 use super::sign::{issue, refused};
 use super::{no_store_json, InternalState};
 use crate::http::problem::{ApiError, Problem};
@@ -35,7 +36,8 @@ pub(super) async fn token(
     state: web::Data<InternalState>,
 ) -> Result<HttpResponse, ApiError> {
     let profile = caller.profile(&state, &name)?;
-    let Caller { snapshot, client, .. } = &caller;
+    let _serving = state.admit_signing()?;
+    let Caller { snapshot, client, deadline, .. } = &caller;
     let request: SignRequest = json_body(&req, payload, state.body_timeout()).await?;
     let exchange = profile
         .exchange
@@ -67,7 +69,7 @@ pub(super) async fn token(
                 })?;
                 exchange::bearer_assertion(&state.http, bearer, &signed.token).await
             };
-            state.tokens.get(&key, use_cache, clock, fetch).await?
+            within(*deadline, state.tokens.get(&key, use_cache, clock, fetch)).await?
         }
         Exchange::AccountKey(account) => {
             if request.sub.is_some() || !request.claims.is_empty() || request.ttl_seconds.is_some() {
@@ -87,16 +89,27 @@ pub(super) async fn token(
             // The partner knows us by our current key: a rotation starts a new cache entry.
             let key = format!("{}\0account\0{}", profile.name, signer.kid());
             let fetch = |refresh| exchange::account_key(&state.http, account, &public_key, refresh, clock());
-            state.tokens.get(&key, use_cache, clock, fetch).await?
+            within(*deadline, state.tokens.get(&key, use_cache, clock, fetch)).await?
         }
     };
     // A cached token passed no ledger commit: confirm the client as stored now, so that no
     // token is handed out under a credential or right withdrawn before this request.
-    if let Some((_, now_client)) = caller.refreshed(&state).await? {
+    let refreshed = tokio::time::timeout_at(deadline.at().into(), caller.refreshed(&state));
+    if let Some((_, now_client)) = refreshed.await.map_err(|_| ApiError::TokenNotChecked)?? {
         if !now_client.may_use(&profile.name) {
             return Err(ApiError::Forbidden(format!("profile {:?}", profile.name)));
         }
     }
     tracing::debug!(profile = %profile.name, client = %client.name, cached = use_cache, "partner token handed out");
     Ok(no_store_json(&PartnerToken { token: issued.token, expires_at: issued.expires_at }))
+}
+
+/// The partner exchange (or the wait for a concurrent request's), cut off at the request's
+/// deadline even when the profile's own upstream `timeout` is longer: 504.
+async fn within<T>(
+    deadline: Deadline,
+    exchange: impl std::future::Future<Output = Result<T, ExchangeError>>,
+) -> Result<T, ExchangeError> {
+    let waited = deadline.span().as_secs();
+    tokio::time::timeout_at(deadline.at().into(), exchange).await.unwrap_or(Err(ExchangeError::Timeout(waited)))
 }

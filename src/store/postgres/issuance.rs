@@ -2,10 +2,12 @@
 
 use std::collections::{BTreeSet, HashSet};
 
-use anyhow::Context;
-use sqlx::{PgPool, Postgres};
+use std::time::Duration;
 
-use super::WriteTx;
+use anyhow::Context;
+use sqlx::pool::PoolConnection;
+use sqlx::{PgConnection, PgPool, Postgres};
+
 use crate::store::issuance::{Refused, PROBE_JTI};
 use crate::store::rows::{Entry, EntryRow, Filter};
 
@@ -37,51 +39,107 @@ const INSERT_ALLOWED: &str = concat!(
 /// statement wrote nothing, so trying again is safe).
 const DEADLOCK_RETRIES: usize = 3;
 
-/// Commits `entries` in one statement, except those whose key may no longer sign
-/// (revoked or retired) or whose client was revoked: those are returned, their rows not
-/// written.
-pub async fn insert(pool: &PgPool, entries: &[&Entry]) -> anyhow::Result<Refused> {
-    let rows = rows_json(entries);
-    let kids: BTreeSet<&str> = entries.iter().filter_map(|e| e.kid.as_deref()).collect();
-    let clients: BTreeSet<&str> = entries.iter().map(|e| e.client.as_str()).collect();
-    let (kids, clients): (Vec<&str>, Vec<&str>) = (kids.into_iter().collect(), clients.into_iter().collect());
-    let mut attempt = 0;
-    let written = loop {
-        attempt += 1;
-        match sqlx::query(INSERT_ALLOWED).bind(&rows).bind(&kids).bind(&clients).execute(pool).await {
-            Err(err) if attempt <= DEADLOCK_RETRIES && broken_off(&err) => {
-                tracing::warn!(
-                    attempt,
-                    "PostgreSQL broke a ledger commit off (a deadlock with a key or client change): trying again"
-                );
-            }
-            result => break result.context("writing ledger rows")?,
-        }
-    };
-    if written.rows_affected() == entries.len() as u64 {
-        return Ok(Refused::default());
+/// The ledger writer's side of the table, on a connection of its own.
+pub struct IssuanceWriter {
+    pool: PgPool,
+    connection: Option<PoolConnection<Postgres>>,
+    /// PostgreSQL's own limit on each of its statements (a lock wait included).
+    statement_timeout: Duration,
+}
+
+impl IssuanceWriter {
+    /// The writer of `pool`'s issuance table, whose statements PostgreSQL cancels after
+    /// `statement_timeout`.
+    pub fn new(pool: PgPool, statement_timeout: Duration) -> Self {
+        IssuanceWriter { pool, connection: None, statement_timeout }
     }
-    // Some rows were refused (a revocation): which, and why.
-    let present: HashSet<String> = sqlx::query_scalar(
-        "SELECT jti FROM issuance WHERE jti IN (SELECT r.jti FROM json_to_recordset($1::json) AS r(jti TEXT))",
-    )
-    .bind(&rows)
-    .fetch_all(pool)
-    .await
-    .context("reading back ledger rows")?
-    .into_iter()
-    .collect();
-    let clients: HashSet<(String, i64)> = sqlx::query_as(
-        "SELECT name, generation FROM clients WHERE revoked_at IS NULL \
-         AND name IN (SELECT r.client FROM json_to_recordset($1::json) AS r(client TEXT))",
-    )
-    .bind(&rows)
-    .fetch_all(pool)
-    .await
-    .context("checking clients")?
-    .into_iter()
-    .collect();
-    Ok(Refused::missing(entries, &present, &clients))
+
+    /// The writer's own connection (opened if needed), closed rather than returned to the
+    /// pool when dropped: it carries its own statement timeout.
+    async fn connection(&mut self) -> anyhow::Result<&mut PgConnection> {
+        Ok(match &mut self.connection {
+            Some(connection) => connection,
+            slot => {
+                let mut connection = self.pool.acquire().await.context("connecting the ledger writer")?;
+                connection.close_on_drop();
+                sqlx::query(&format!("SET statement_timeout = {}", self.statement_timeout.as_millis()))
+                    .execute(&mut *connection)
+                    .await
+                    .context("setting the ledger writer's statement timeout")?;
+                slot.insert(connection)
+            }
+        })
+    }
+
+    /// A commit or probe was given up mid-way: its connection is closed, not used again.
+    pub fn abandon(&mut self) {
+        self.connection = None;
+    }
+
+    /// Commits `entries` in one statement, except those whose key may no longer sign
+    /// (revoked or retired) or whose client was revoked: those are returned, their rows not
+    /// written. After a failure the next commit starts on a fresh connection.
+    pub async fn insert(&mut self, entries: &[&Entry]) -> anyhow::Result<Refused> {
+        let result = self.insert_allowed(entries).await;
+        if result.is_err() {
+            self.abandon();
+        }
+        result
+    }
+
+    /// A row written and deleted in one transaction: whether the ledger can commit now.
+    pub async fn probe(&mut self) -> anyhow::Result<()> {
+        let result = probe(self.connection().await?).await;
+        if result.is_err() {
+            self.abandon();
+        }
+        result
+    }
+
+    async fn insert_allowed(&mut self, entries: &[&Entry]) -> anyhow::Result<Refused> {
+        let connection = self.connection().await?;
+        let rows = rows_json(entries);
+        let kids: BTreeSet<&str> = entries.iter().filter_map(|e| e.kid.as_deref()).collect();
+        let clients: BTreeSet<&str> = entries.iter().map(|e| e.client.as_str()).collect();
+        let (kids, clients): (Vec<&str>, Vec<&str>) = (kids.into_iter().collect(), clients.into_iter().collect());
+        let mut attempt = 0;
+        let written = loop {
+            attempt += 1;
+            match sqlx::query(INSERT_ALLOWED).bind(&rows).bind(&kids).bind(&clients).execute(&mut *connection).await {
+                Err(err) if attempt <= DEADLOCK_RETRIES && broken_off(&err) => {
+                    tracing::warn!(
+                        attempt,
+                        "PostgreSQL broke a ledger commit off (a deadlock with a key or client change): trying again"
+                    );
+                }
+                result => break result.context("writing ledger rows")?,
+            }
+        };
+        if written.rows_affected() == entries.len() as u64 {
+            return Ok(Refused::default());
+        }
+        // Some rows were refused (a revocation): which, and why.
+        let present: HashSet<String> = sqlx::query_scalar(
+            "SELECT jti FROM issuance WHERE jti IN (SELECT r.jti FROM json_to_recordset($1::json) AS r(jti TEXT))",
+        )
+        .bind(&rows)
+        .fetch_all(&mut *connection)
+        .await
+        .context("reading back ledger rows")?
+        .into_iter()
+        .collect();
+        let clients: HashSet<(String, i64)> = sqlx::query_as(
+            "SELECT name, generation FROM clients WHERE revoked_at IS NULL \
+             AND name IN (SELECT r.client FROM json_to_recordset($1::json) AS r(client TEXT))",
+        )
+        .bind(&rows)
+        .fetch_all(&mut *connection)
+        .await
+        .context("checking clients")?
+        .into_iter()
+        .collect();
+        Ok(Refused::missing(entries, &present, &clients))
+    }
 }
 
 /// Whether PostgreSQL broke the statement off to resolve a deadlock or a serialisation
@@ -124,22 +182,28 @@ fn rows_json(entries: &[&Entry]) -> String {
     serde_json::to_string(&rows).unwrap_or_else(|_| "[]".to_owned())
 }
 
-/// A row written and deleted in one transaction: whether the ledger can commit now.
-pub async fn probe(pool: &PgPool) -> anyhow::Result<()> {
-    let mut tx = WriteTx::begin(pool).await.context("beginning the probe")?;
-    sqlx::query(
-        "INSERT INTO issuance (jti, profile, client, alg, iat, exp, claim_names) VALUES ($1, '', '', '', 0, 0, '[]')",
-    )
-    .bind(PROBE_JTI)
-    .execute(&mut *tx)
-    .await
-    .context("writing the probe row")?;
-    sqlx::query("DELETE FROM issuance WHERE jti = $1")
+/// A row written and deleted in one transaction.
+async fn probe(connection: &mut PgConnection) -> anyhow::Result<()> {
+    sqlx::query("BEGIN").execute(&mut *connection).await.context("beginning the probe")?;
+    let written = async {
+        sqlx::query(
+            "INSERT INTO issuance (jti, profile, client, alg, iat, exp, claim_names) \
+             VALUES ($1, '', '', '', 0, 0, '[]')",
+        )
         .bind(PROBE_JTI)
-        .execute(&mut *tx)
+        .execute(&mut *connection)
         .await
-        .context("deleting the probe row")?;
-    tx.commit().await.context("committing the probe")
+        .context("writing the probe row")?;
+        sqlx::query("DELETE FROM issuance WHERE jti = $1")
+            .bind(PROBE_JTI)
+            .execute(&mut *connection)
+            .await
+            .context("deleting the probe row")?;
+        sqlx::query("COMMIT").execute(&mut *connection).await.context("committing the probe")
+    }
+    .await;
+    // A failed probe's connection is closed by the caller: nothing is left half done.
+    written.map(|_| ())
 }
 
 /// The rows matching `filter`, newest first, at most `limit`.

@@ -47,7 +47,16 @@ impl PgStore {
     pub async fn connect(url: &PostgresUrl) -> anyhow::Result<PgStore> {
         let options: PgConnectOptions =
             url.expose().parse().with_context(|| format!("reading the PostgreSQL URL {url}"))?;
-        let options = options.application_name("keyward");
+        // The server's side of every connection: a keyward gone silent (its host cut off)
+        // is dropped within about 20 s instead of holding locks and connections for the
+        // kernel's two hours. keyward's own side bounds every wait itself (the request
+        // deadline, the watcher's limits): sqlx sets no socket options.
+        let options = options.application_name("keyward").options([
+            ("tcp_keepalives_idle", "5"),
+            ("tcp_keepalives_interval", "5"),
+            ("tcp_keepalives_count", "3"),
+            ("tcp_user_timeout", "20000"),
+        ]);
         let pool = PgPoolOptions::new()
             .max_connections(url.pool_size())
             .acquire_timeout(ACQUIRE_TIMEOUT)

@@ -2,6 +2,8 @@
 
 use std::collections::HashSet;
 
+use std::time::Duration;
+
 use anyhow::Context;
 use sqlx::pool::PoolConnection;
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
@@ -30,20 +32,38 @@ pub struct IssuanceWriter {
     /// Its own connection: its page cache and prepared statements stay warm, since the
     /// other connections rarely write (a pooled one would often find its cache stale).
     connection: Option<PoolConnection<Sqlite>>,
+    /// How long its statements wait for the write lock (a request waits no longer).
+    busy_timeout: Duration,
 }
 
 impl IssuanceWriter {
-    /// The writer of `pool`'s issuance table.
-    pub fn new(pool: SqlitePool) -> Self {
-        IssuanceWriter { pool, connection: None }
+    /// The writer of `pool`'s issuance table, whose statements give up waiting for the
+    /// write lock after `busy_timeout`.
+    pub fn new(pool: SqlitePool, busy_timeout: Duration) -> Self {
+        IssuanceWriter { pool, connection: None, busy_timeout }
     }
 
     /// The writer's own connection (opened if needed).
     async fn connection(&mut self) -> anyhow::Result<&mut PoolConnection<Sqlite>> {
         Ok(match &mut self.connection {
             Some(connection) => connection,
-            slot => slot.insert(self.pool.acquire().await.context("connecting the ledger writer")?),
+            slot => {
+                let mut connection = self.pool.acquire().await.context("connecting the ledger writer")?;
+                // Never returned to the pool with its own busy timeout.
+                connection.close_on_drop();
+                sqlx::query(&format!("PRAGMA busy_timeout = {}", self.busy_timeout.as_millis()))
+                    .execute(&mut *connection)
+                    .await
+                    .context("setting the ledger writer's busy timeout")?;
+                slot.insert(connection)
+            }
         })
+    }
+
+    /// A commit or probe was given up mid-way (it took too long): its connection may still
+    /// be inside the statement, so it is closed rather than used again.
+    pub fn abandon(&mut self) {
+        self.connection = None;
     }
 
     /// Commits `entries` in one statement, except those whose key may no longer sign
