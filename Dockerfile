@@ -1,20 +1,28 @@
 # Multi-stage build: compile with the Rust toolchain, run on a slim Debian with OpenSSL.
+# BASE_IMAGE is the runtime stage's base: any Debian bookworm (deploy/image-test.sh gives one
+# made from Debian's archive with mmdebstrap, for machines that cannot reach a registry).
+ARG BASE_IMAGE=debian:bookworm-slim
+
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 RUN apt-get update \
  && apt-get install -y --no-install-recommends pkg-config libssl-dev \
  && rm -rf /var/lib/apt/lists/*
-COPY Cargo.toml Cargo.lock ./
+# keys.example is compiled in as the built-in defaults.
+COPY Cargo.toml Cargo.lock build.rs keys.example ./
 COPY migrations migrations
 COPY src src
 RUN cargo build --release --locked --bin keyward \
  && strip target/release/keyward
 
-FROM debian:bookworm-slim
+FROM ${BASE_IMAGE}
+# The group is made first with a fixed gid: useradd --user-group would take the next free
+# system gid (999), not 10001.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libssl3 ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 --user-group --home-dir /data --shell /usr/sbin/nologin keyward \
+ && groupadd --system --gid 10001 keyward \
+ && useradd --system --uid 10001 --gid 10001 --home-dir /data --shell /usr/sbin/nologin keyward \
  && mkdir -p /data /etc/keyward \
  && chown keyward:keyward /data \
  && chmod 700 /data

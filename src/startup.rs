@@ -85,6 +85,8 @@ impl Application {
             metrics.clone(),
             std::time::Duration::from_millis(config.server.ledger_commit_interval_ms),
         );
+        let (public_counters, internal_counters) =
+            (web::Data::new(metrics.listener("public")), web::Data::new(metrics.listener("internal")));
         let shared =
             Arc::new(Shared::load(store, Arc::clone(&config), custody, roots, metrics, ledger.health()).await?);
 
@@ -101,7 +103,11 @@ impl Application {
         let public_state =
             web::Data::new(PublicState::new(Arc::clone(&shared), routes, config::discovery::documents(&config)));
         let public = HttpServer::new(move || {
-            App::new().wrap(from_fn(middleware::quiet)).app_data(public_state.clone()).configure(public::configure)
+            App::new()
+                .wrap(from_fn(middleware::quiet))
+                .app_data(public_state.clone())
+                .app_data(public_counters.clone())
+                .configure(public::configure)
         })
         .workers(workers)
         .disable_signals()
@@ -121,7 +127,10 @@ impl Application {
         let internal = HttpServer::new(move || {
             // Called on each internal worker's own thread as it starts.
             yield_to_verifiers();
-            let app = App::new().wrap(from_fn(middleware::logged)).app_data(internal_state.clone());
+            let app = App::new()
+                .wrap(from_fn(middleware::logged))
+                .app_data(internal_state.clone())
+                .app_data(internal_counters.clone());
             let app = match &console_state {
                 Some(console_state) => app.app_data(console_state.clone()).configure(console::configure),
                 None => app,

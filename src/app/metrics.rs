@@ -55,6 +55,12 @@ struct ListenerLabels {
     listener: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerStatusLabels {
+    listener: &'static str,
+    status: u16,
+}
+
 struct Inner {
     registry: Registry,
     issued: Family<IssuedLabels, Counter>,
@@ -62,6 +68,11 @@ struct Inner {
     jwks: Family<JwksLabels, Counter>,
     key_age: Family<SetLabels, Gauge>,
     next_rotation: Family<SetLabels, Gauge>,
+    rotation_period: Family<SetLabels, Gauge>,
+    next_key: Family<SetLabels, Gauge>,
+    ready: Gauge,
+    requests: Family<ListenerLabels, Counter>,
+    server_errors: Family<ListenerStatusLabels, Counter>,
     rotation_failures: Counter,
     ledger_batch_rows: Histogram,
     ledger_commit_seconds: Histogram,
@@ -70,6 +81,7 @@ struct Inner {
     shed: Counter,
     certificate_expiry: Family<ListenerLabels, Gauge>,
     partner_last_fetch: Family<PartnerLabels, Gauge>,
+    partner_fetch_every: Family<PartnerLabels, Gauge>,
     partner_holds_next: Family<PartnerSetLabels, Gauge>,
     gate_held: Family<SetLabels, Gauge>,
     identity_tokens: Family<IdentityLabels, Counter>,
@@ -96,6 +108,24 @@ impl Default for Metrics {
             "next_rotation_seconds",
             "Seconds until the next planned rotation (0 once due, and while a gate holds it past its planned instant)",
             next_rotation.clone(),
+        );
+        let rotation_period = Family::<SetLabels, Gauge>::default();
+        registry.register(
+            "rotation_period_seconds",
+            "The key set's rotate_every: how long a key is planned to sign",
+            rotation_period.clone(),
+        );
+        let next_key = Family::<SetLabels, Gauge>::default();
+        registry.register("next_key_published", "1 while the key set publishes a next key", next_key.clone());
+        let ready = Gauge::default();
+        registry.register("ready", "1 while /readyz answers ready, 0 while it does not", ready.clone());
+        let requests = Family::<ListenerLabels, Counter>::default();
+        registry.register("http_requests", "Requests answered, by listener", requests.clone());
+        let server_errors = Family::<ListenerStatusLabels, Counter>::default();
+        registry.register(
+            "http_server_errors",
+            "Requests answered with a 5xx status, by listener and status",
+            server_errors.clone(),
         );
         let rotation_failures = Counter::default();
         registry.register("rotation_failures", "Scheduler passes that failed for a key set", rotation_failures.clone());
@@ -129,6 +159,12 @@ impl Default for Metrics {
             "When the partner last fetched a JWKS (Unix seconds; 0: never)",
             partner_last_fetch.clone(),
         );
+        let partner_fetch_every = Family::<PartnerLabels, Gauge>::default();
+        registry.register(
+            "partner_expected_fetch_interval_seconds",
+            "The partner's expect_fetch_every (0: not set)",
+            partner_fetch_every.clone(),
+        );
         let partner_holds_next = Family::<PartnerSetLabels, Gauge>::default();
         registry.register(
             "partner_holds_next_key",
@@ -161,6 +197,11 @@ impl Default for Metrics {
             jwks,
             key_age,
             next_rotation,
+            rotation_period,
+            next_key,
+            ready,
+            requests,
+            server_errors,
             rotation_failures,
             ledger_batch_rows,
             ledger_commit_seconds,
@@ -169,6 +210,7 @@ impl Default for Metrics {
             shed,
             certificate_expiry,
             partner_last_fetch,
+            partner_fetch_every,
             partner_holds_next,
             gate_held,
             identity_tokens,
@@ -195,17 +237,41 @@ impl Metrics {
         self.0.jwks.get_or_create(&JwksLabels { path: path.to_owned(), status }).clone()
     }
 
-    /// A key set's signing key age and time to its next rotation, in seconds.
-    pub fn key_set(&self, key_set: &str, age: i64, until_rotation: i64) {
+    /// A key set as served now.
+    pub fn key_set(&self, key_set: &str, state: KeySetGauges) {
         let labels = SetLabels { key_set: key_set.to_owned() };
-        self.0.key_age.get_or_create(&labels).set(age);
-        self.0.next_rotation.get_or_create(&labels).set(until_rotation);
+        self.0.key_age.get_or_create(&labels).set(state.age);
+        self.0.next_rotation.get_or_create(&labels).set(state.until_rotation);
+        self.0.rotation_period.get_or_create(&labels).set(state.rotation_period);
+        self.0.next_key.get_or_create(&labels).set(i64::from(state.next_key_published));
     }
 
-    /// A partner's latest fetch and, per key set, whether it holds the next key.
-    pub fn partner(&self, partner: &str, last_fetch: Option<i64>, holds_next: &[(&str, bool)]) {
+    /// Whether the server is ready, as `/readyz` would answer now.
+    pub fn ready(&self, ready: bool) {
+        self.0.ready.set(i64::from(ready));
+    }
+
+    /// The request counters of one listener, taken once at start-up.
+    pub fn listener(&self, listener: &'static str) -> ListenerMetrics {
+        ListenerMetrics {
+            listener,
+            requests: self.0.requests.get_or_create(&ListenerLabels { listener }).clone(),
+            server_errors: self.0.server_errors.clone(),
+        }
+    }
+
+    /// A partner's latest fetch, its `expect_fetch_every` and, per key set, whether it
+    /// holds the next key.
+    pub fn partner(
+        &self,
+        partner: &str,
+        last_fetch: Option<i64>,
+        expect_fetch_every: Option<i64>,
+        holds_next: &[(&str, bool)],
+    ) {
         let labels = PartnerLabels { partner: partner.to_owned() };
         self.0.partner_last_fetch.get_or_create(&labels).set(last_fetch.unwrap_or(0));
+        self.0.partner_fetch_every.get_or_create(&labels).set(expect_fetch_every.unwrap_or(0));
         for (key_set, holds) in holds_next {
             let labels = PartnerSetLabels { partner: partner.to_owned(), key_set: (*key_set).to_owned() };
             self.0.partner_holds_next.get_or_create(&labels).set(i64::from(*holds));
@@ -263,5 +329,36 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.0.registry);
         text
+    }
+}
+
+/// What `/metrics` reports of a key set, in seconds where a time.
+pub struct KeySetGauges {
+    /// Since the signing key started signing.
+    pub age: i64,
+    /// Until the planned hand-over (0 once due).
+    pub until_rotation: i64,
+    /// The set's `rotate_every`.
+    pub rotation_period: i64,
+    /// Whether a next key is published.
+    pub next_key_published: bool,
+}
+
+/// One listener's request counters: a shared atomic per request, a labelled counter only
+/// for server errors, so that the JWKS path pays next to nothing.
+#[derive(Clone)]
+pub struct ListenerMetrics {
+    listener: &'static str,
+    requests: Counter,
+    server_errors: Family<ListenerStatusLabels, Counter>,
+}
+
+impl ListenerMetrics {
+    /// A request answered with `status`.
+    pub fn answered(&self, status: u16) {
+        self.requests.inc();
+        if status >= 500 {
+            self.server_errors.get_or_create(&ListenerStatusLabels { listener: self.listener, status }).inc();
+        }
     }
 }

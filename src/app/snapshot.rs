@@ -42,6 +42,8 @@ pub struct KeySetView {
     pub activated_at: Option<i64>,
     /// When the signing key is planned to hand over (Unix seconds).
     pub rotation_at: Option<i64>,
+    /// Whether a next key is published (normally always: one is made at each hand-over).
+    pub next_key_published: bool,
     /// The JWKS served at the set's paths.
     pub jwks: Arc<ServedJwks>,
 }
@@ -332,6 +334,7 @@ impl Shared {
             }
             let published = jwks::published(&set_keys, &set.name, now);
             let current = published.iter().find(|r| r.state_at(now) == KeyState::Current);
+            let next_key_published = published.iter().any(|r| r.state_at(now) == KeyState::Next);
             let signer = match current {
                 Some(record) => {
                     let reused = previous
@@ -359,7 +362,10 @@ impl Shared {
                 .and_then(|t| t.signing_until.map(|m| m.at))
                 // A gate holding past the planned instant has no instant to give.
                 .filter(|at| *at < i64::MAX);
-            key_sets.insert(set.name.clone(), KeySetView { signer, public, activated_at, rotation_at, jwks });
+            key_sets.insert(
+                set.name.clone(),
+                KeySetView { signer, public, activated_at, rotation_at, next_key_published, jwks },
+            );
         }
         Ok((key_sets, next_change_at))
     }

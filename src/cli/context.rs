@@ -180,7 +180,14 @@ impl Context {
         if let Some(file) = pin_file.filter(|_| std::env::var_os(crate::config::PIN_ENV).is_none()) {
             files.push(file);
         }
+        // systemd's credentials (LoadCredential=) sit on a private read-only file system,
+        // root's with mode 0440 and an ACL granting the service's user alone: their mode
+        // says nothing about who may read them.
+        let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(std::path::PathBuf::from);
         for file in files {
+            if credentials.as_deref().is_some_and(|dir| file.parent() == Some(dir)) {
+                continue;
+            }
             let Some(mode) = private_files::shared_mode(&file) else { continue };
             if allow_insecure {
                 tracing::warn!(file = %file.display(), mode = format!("{mode:04o}"), "readable by group or others (allowed by --allow-insecure-permissions)");

@@ -1,6 +1,6 @@
-//! Request ids and the access log: every log line of a request carries its id, which the
-//! response returns as `X-Request-Id` (a sane incoming one is kept, for tracing across
-//! services).
+//! Request ids, the access log and the request counters: every log line of a request
+//! carries its id, which the response returns as `X-Request-Id` (a sane incoming one is
+//! kept, for tracing across services).
 
 use std::time::Instant;
 
@@ -8,8 +8,11 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
+use actix_web::web;
 use rand::RngCore;
 use tracing::{Instrument, Level};
+
+use crate::app::metrics::ListenerMetrics;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -45,8 +48,12 @@ async fn handle(
     // answers partners' polls at a rate where every allocation shows.
     let logged = if access_log_at_info { tracing::enabled!(Level::INFO) } else { tracing::enabled!(Level::DEBUG) };
     let line = logged.then(|| (req.method().clone(), req.path().to_owned(), Instant::now()));
+    let counters = req.app_data::<web::Data<ListenerMetrics>>().cloned();
     let mut response = next.call(req).instrument(span.clone()).await?;
     let status = response.status().as_u16();
+    if let Some(counters) = counters {
+        counters.answered(status);
+    }
     if let Some((method, path, started)) = line {
         let micros = started.elapsed().as_micros() as u64;
         span.in_scope(|| {

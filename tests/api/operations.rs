@@ -552,6 +552,37 @@ async fn metrics_count_jwks_answers_and_show_each_key_sets_key_age_and_next_rota
     assert_eq!(status_of(&app, &app.public, "/metrics").await, 404);
 }
 
+#[tokio::test]
+async fn metrics_show_readiness_the_next_key_the_rotation_period_and_server_errors_by_listener() {
+    let app = spawn_app_with(es256).await;
+    let token = app.client("billing", &[PROFILE]).await;
+    app.sign_ok(PROFILE, &token, &json!({"sub": "acct-42"})).await;
+    app.jwks("/.well-known/jwks.json").await;
+
+    let ready = metrics_text(&app).await;
+    assert_eq!(sample(&ready, "keyward_ready", &[]), Some(1.0), "{ready}");
+    assert_eq!(sample(&ready, "keyward_next_key_published", &[("key_set", "npm")]), Some(1.0), "{ready}");
+    let rotate_every = app.config.key_sets[0].rotate_every.as_secs_i64() as f64;
+    assert_eq!(sample(&ready, "keyward_rotation_period_seconds", &[("key_set", "npm")]), Some(rotate_every));
+    for listener in ["public", "internal"] {
+        let answered = sample(&ready, "keyward_http_requests_total", &[("listener", listener)]).expect(&ready);
+        assert!(answered >= 1.0, "{listener}: {ready}");
+    }
+    assert!(!ready.contains("keyward_http_server_errors_total{"), "a server error counted: {ready}");
+
+    // A ledger that cannot commit: the request is a 503, and the server not ready.
+    sqlx::query("DROP TABLE issuance").execute(app.pool()).await.unwrap();
+    assert_problem(app.sign(PROFILE, &token, &json!({"sub": "acct-42"})).await, 503).await;
+    let failing = metrics_text(&app).await;
+    assert_eq!(sample(&failing, "keyward_ready", &[]), Some(0.0), "{failing}");
+    let errors = |listener: &str| {
+        sample(&failing, "keyward_http_server_errors_total", &[("listener", listener), ("status", "503")])
+    };
+    assert_eq!(errors("internal"), Some(1.0), "{failing}");
+    assert_eq!(errors("public"), None, "{failing}");
+    assert_eq!(status_of(&app, &app.public, "/readyz").await, 503);
+}
+
 // ---------------------------------------------------------------------------------------
 // Request ids
 // ---------------------------------------------------------------------------------------

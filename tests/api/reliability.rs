@@ -441,6 +441,30 @@ async fn a_database_or_master_key_readable_by_others_is_refused_unless_allowed()
     assert!(!text(&probe.stderr).contains("has mode"), "{}", text(&probe.stderr));
 }
 
+#[tokio::test]
+async fn a_master_key_systemd_passes_as_a_credential_is_used_at_its_0440_mode_and_refused_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path();
+    let credentials = path.join("credentials");
+    std::fs::create_dir(&credentials).unwrap();
+    let master = credentials.join("master_key");
+    MasterKey::resolve(None, &master, true).unwrap();
+    // What systemd makes of LoadCredential=: root's file, 0440, with an ACL for the service.
+    chmod(&master, 0o440);
+    let run = |credentials_directory: &Path| {
+        keyward_command(path, &["--init", "keys", "list"])
+            .env("KEYWARD_MASTER_KEY_FILE", &master)
+            .env("CREDENTIALS_DIRECTORY", credentials_directory)
+            .output()
+            .unwrap()
+    };
+    let used = run(&credentials);
+    assert!(used.status.success(), "{}", text(&used.stderr));
+    let elsewhere = run(path);
+    assert!(!elsewhere.status.success(), "a 0440 key outside the credentials directory was used");
+    assert!(text(&elsewhere.stderr).contains("has mode 0440"), "{}", text(&elsewhere.stderr));
+}
+
 #[test]
 fn the_insecure_permissions_flag_is_documented_in_help() {
     let help = keyward_bare(Path::new("."), &["--help"]).output().unwrap();

@@ -4,6 +4,7 @@ use actix_web::http::header;
 use actix_web::{web, HttpResponse};
 
 use super::{ApiDoc, InternalState};
+use crate::app::metrics::KeySetGauges;
 use crate::http::public::{readiness_json, status_json, HealthStatus};
 use crate::ops;
 
@@ -11,11 +12,20 @@ use crate::ops;
 pub(super) async fn metrics(state: web::Data<InternalState>) -> HttpResponse {
     let now = chrono::Utc::now().timestamp();
     let metrics = state.shared.metrics();
-    for (name, view) in &state.shared.snapshot().key_sets {
-        let age = view.activated_at.map_or(0, |at| now - at);
-        let until = view.rotation_at.map_or(0, |at| (at - now).max(0));
-        metrics.key_set(name, age, until);
+    let snapshot = state.shared.snapshot();
+    for set in &state.shared.config().key_sets {
+        let Some(view) = snapshot.key_sets.get(&set.name) else { continue };
+        metrics.key_set(
+            &set.name,
+            KeySetGauges {
+                age: view.activated_at.map_or(0, |at| now - at),
+                until_rotation: view.rotation_at.map_or(0, |at| (at - now).max(0)),
+                rotation_period: set.rotate_every.as_secs_i64(),
+                next_key_published: view.next_key_published,
+            },
+        );
     }
+    metrics.ready(state.shared.readiness().is_ok());
     match state.shared.store().keyring().await {
         Ok(Some(keyring)) => metrics.master_key_age(now - keyring.rotated_at),
         Ok(None) => {}
@@ -27,7 +37,7 @@ pub(super) async fn metrics(state: web::Data<InternalState>) -> HttpResponse {
                 for partner in &report.partners {
                     let holds: Vec<(&str, bool)> =
                         partner.key_sets.iter().map(|s| (s.key_set.as_str(), s.holds_next)).collect();
-                    metrics.partner(&partner.name, partner.last_fetch, &holds);
+                    metrics.partner(&partner.name, partner.last_fetch, partner.expect_fetch_every, &holds);
                     for set in &partner.key_sets {
                         metrics.gate(&set.key_set, set.gate.as_ref().is_some_and(|g| g.holds(now)));
                     }
