@@ -2,7 +2,9 @@
 //! this SQL (sqlx's SQLite driver takes `$N` placeholders too), so one text serves both;
 //! only the transactions differ (SQLite's write lock, PostgreSQL's table lock).
 
-use anyhow::Context;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
 
 use super::rows::{KeyringRow, SealedItem, SealedKind};
 use super::{postgres, sqlite, Store};
@@ -36,6 +38,58 @@ const NOT_UNDER: &str = "SELECT (SELECT count(*) FROM keys WHERE sealed_private 
 
 const COUNTS: &str = "SELECT master_key_id, count(*) FROM (SELECT master_key_id FROM keys WHERE sealed_private IS NOT \
      NULL UNION ALL SELECT master_key_id FROM secrets) AS sealed GROUP BY master_key_id ORDER BY master_key_id";
+
+/// How long a re-seal waits for transactions older than its last write (PostgreSQL) or
+/// readers of the log (SQLite) before it gives up
+/// (leaving the keyring marked, so that the next run clears the files).
+const OLDER_SNAPSHOTS_WAIT: Duration = Duration::from_secs(120);
+
+/// A transaction id taken after every re-sealed value was committed, as the 32-bit `xid`
+/// the horizon columns below use (`pg_current_xact_id` counts epochs too).
+const FENCE: &str = "SELECT (pg_current_xact_id()::text::numeric % 4294967296)::text";
+
+/// What keeps row versions older than the fence `$1` alive: `VACUUM FULL` copies a dead
+/// version into the rewritten table while a transaction of this database (any process: a
+/// running server, a script), a prepared transaction or a replication slot may still see
+/// it. `age` counts back from the same transaction for every row, so a greater age is an
+/// older id.
+const OLDER_THAN_FENCE: &str = "SELECT format('process %s (%s, %s)', pid, coalesce(nullif(application_name, ''),      backend_type), coalesce(state, '?')) FROM pg_stat_activity WHERE datid = (SELECT oid FROM pg_database WHERE      datname = current_database()) AND pid <> pg_backend_pid() AND (age(backend_xmin) > age($1::text::xid) OR      age(backend_xid) > age($1::text::xid)) \
+     UNION ALL SELECT format('prepared transaction %s', gid) FROM pg_prepared_xacts WHERE database =      current_database() AND age(transaction) > age($1::text::xid) \
+     UNION ALL SELECT format('replication slot %s', slot_name) FROM pg_replication_slots WHERE age(xmin) >      age($1::text::xid)";
+
+/// Waits until nothing that began before now can still see a row version the re-seal
+/// replaced, so that `VACUUM FULL` drops those versions instead of copying them (a server's
+/// transaction open meanwhile, e.g. on a loaded machine, would otherwise keep bytes sealed
+/// under an old term in the new files). Fails naming what still holds them after
+/// [`OLDER_SNAPSHOTS_WAIT`].
+async fn wait_for_older_snapshots(pool: &sqlx::PgPool) -> anyhow::Result<()> {
+    let fence: String = sqlx::query_scalar(FENCE).fetch_one(pool).await.context("taking a transaction id")?;
+    let started = Instant::now();
+    let mut told = false;
+    loop {
+        let holders: Vec<String> = sqlx::query_scalar(OLDER_THAN_FENCE)
+            .bind(&fence)
+            .fetch_all(pool)
+            .await
+            .context("looking for transactions older than the re-seal")?;
+        if holders.is_empty() {
+            return Ok(());
+        }
+        if started.elapsed() >= OLDER_SNAPSHOTS_WAIT {
+            bail!(
+                "{} still may see row versions the re-seal replaced after {:?}: the files cannot be cleared of them \
+                 yet; end those transactions and run `keyward master-key reseal` again",
+                holders.join(", "),
+                OLDER_SNAPSHOTS_WAIT
+            );
+        }
+        if !told {
+            tracing::info!(holders = holders.join(", "), "waiting for older transactions before clearing the files");
+            told = true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
 
 type KeyColumns = (String, String, String, Vec<u8>, String);
 type SecretColumns = (String, Vec<u8>, String);
@@ -242,15 +296,22 @@ impl Store {
 
     /// Leaves no copy of overwritten values in the files: SQLite rebuilds the database and
     /// empties its log; PostgreSQL rewrites the tables that held them (no dead row
-    /// versions left).
+    /// versions left), once no transaction that could still see those versions is open.
     pub async fn compact_sealed(&self) -> anyhow::Result<()> {
         match self {
             Store::Sqlite(s) => {
                 sqlite::checkpoint(s.pool()).await;
                 sqlx::query("VACUUM").execute(s.pool()).await.context("vacuuming the database")?;
-                sqlite::checkpoint(s.pool()).await;
+                // Until the log is moved in, the database file keeps the pages it replaces.
+                if !sqlite::try_checkpoint(s.pool(), OLDER_SNAPSHOTS_WAIT).await? {
+                    bail!(
+                        "readers of the database held its log for {OLDER_SNAPSHOTS_WAIT:?}: the files cannot be \
+                         cleared of the replaced values yet; run `keyward master-key reseal` again"
+                    );
+                }
             }
             Store::Postgres(s) => {
+                wait_for_older_snapshots(s.pool()).await?;
                 sqlx::query("VACUUM FULL keys, secrets, keyring")
                     .execute(s.pool())
                     .await

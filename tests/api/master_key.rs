@@ -611,3 +611,56 @@ async fn a_database_sealed_before_the_keyring_takes_its_master_key_as_term_1_unt
         assert!(old.open(&blob, &context).is_err());
     }
 }
+
+/// A transaction of another process that is open while a re-seal rewrites the values (a
+/// running server's, slowed down by a loaded machine) could still see the replaced row
+/// versions: `VACUUM FULL` would copy them into the new files. The re-seal waits until it
+/// ends, and only then clears the files.
+#[tokio::test]
+async fn a_reseal_on_postgres_clears_the_files_only_once_older_transactions_have_ended() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = base_config(Backend::Postgres, dir.path()).await;
+    let (old_path, old) = key_file(dir.path(), "old.key");
+    let (new_path, _) = key_file(dir.path(), "new.key");
+    let new_only = with_keys(&config, &new_path, None);
+    let store = Store::connect(&config.database()).await.unwrap();
+    let keyring = master_key::open(&store, &Roots::from(old.clone()), now()).await.unwrap();
+    bulk_sealed_keys(&store, &keyring, 20).await;
+    let old_values = sealed_values(&store).await;
+    cli_ok(dir.path(), &with_keys(&config, &new_path, Some(&old_path)), &["master-key", "rotate"]);
+
+    // Another session of the same database, in a transaction that has written (so it has
+    // an id older than every re-sealed version) and touches none of the re-sealed tables.
+    let Store::Postgres(pg) = &store else { unreachable!("a PostgreSQL store") };
+    let mut other = pg.pool().acquire().await.unwrap();
+    sqlx::query("BEGIN").execute(&mut *other).await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()").execute(&mut *other).await.unwrap();
+
+    let file = dir.path().join("reseal.toml");
+    std::fs::write(&file, toml::to_string(&new_only).unwrap()).unwrap();
+    let mut child =
+        keyward_bare(dir.path(), &["--config", file.to_str().unwrap(), "master-key", "reseal", "--settle", "0s"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+    // Every value is under the new term: the re-seal is at its last step, and stays there.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while store.sealed_counts().await.unwrap().len() != 1 || sealed_values(&store).await == old_values {
+        assert!(Instant::now() < deadline, "the re-seal did not rewrite the values");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(child.try_wait().unwrap().is_none(), "the re-seal cleared the files while an older transaction was open");
+
+    sqlx::query("COMMIT").execute(&mut *other).await.unwrap();
+    drop(other);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let said = text(&out.stderr) + &text(&out.stdout);
+    assert!(said.contains("every sealed value is under term 2"), "{said}");
+    let bytes = stored_bytes(&store, dir.path()).await;
+    for (_, blob, _) in &old_values {
+        assert!(!holds(&bytes, &blob[1..25]), "a blob sealed under the old term is still stored");
+    }
+}

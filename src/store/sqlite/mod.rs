@@ -208,17 +208,30 @@ pub async fn bump_generation(tx: &mut SqliteConnection) -> anyhow::Result<()> {
 /// deleted with `secure_delete` leaves no copy in the log. A reader holding the log makes
 /// SQLite report the checkpoint busy (not fail): try again for up to about two seconds.
 pub async fn checkpoint(pool: &SqlitePool) {
-    for _ in 0..40 {
-        match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(TRUNCATE)").fetch_one(pool).await {
-            Ok((0, _, _)) => return,
-            Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            Err(err) => {
-                tracing::warn!(error = %err, "WAL checkpoint failed; it is retried after the next change");
-                return;
-            }
-        }
+    match try_checkpoint(pool, Duration::from_secs(2)).await {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!("WAL checkpoint stayed busy (readers); it is retried after the next change"),
+        Err(err) => tracing::warn!(error = %err, "WAL checkpoint failed; it is retried after the next change"),
     }
-    tracing::warn!("WAL checkpoint stayed busy (readers); it is retried after the next change");
+}
+
+/// [`checkpoint`], trying for up to `wait` while readers hold the log: `false` if they
+/// still did then (the database file may still hold pages the log replaces).
+pub async fn try_checkpoint(pool: &SqlitePool, wait: Duration) -> anyhow::Result<bool> {
+    let started = std::time::Instant::now();
+    loop {
+        let (busy, _, _) = sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(TRUNCATE)")
+            .fetch_one(pool)
+            .await
+            .context("checkpointing the write-ahead log")?;
+        if busy == 0 {
+            return Ok(true);
+        }
+        if started.elapsed() >= wait {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Writes a consistent copy of the live database to `file` (`VACUUM INTO`: one read
