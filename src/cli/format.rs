@@ -6,16 +6,7 @@ pub(super) fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
-/// Seconds as "1d 55m": only the units that are not zero.
-pub(super) fn span(secs: i64) -> String {
-    let parts = [(secs / 86_400, "d"), (secs % 86_400 / 3_600, "h"), (secs % 3_600 / 60, "m"), (secs % 60, "s")];
-    let shown: Vec<String> = parts.iter().filter(|(n, _)| *n != 0).map(|(n, unit)| format!("{n}{unit}")).collect();
-    if shown.is_empty() {
-        "0s".to_owned()
-    } else {
-        shown.join(" ")
-    }
-}
+pub(super) use crate::config::human_span as span;
 
 pub(super) fn time(ts: Option<i64>) -> String {
     ts.and_then(|t| chrono::DateTime::from_timestamp(t, 0))

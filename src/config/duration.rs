@@ -81,6 +81,17 @@ impl Serialize for Duration {
     }
 }
 
+/// Seconds as "1d 55m", for people: only the units that are not zero (CLI and console).
+pub fn human_span(secs: i64) -> String {
+    let parts = [(secs / 86_400, "d"), (secs % 86_400 / 3_600, "h"), (secs % 3_600 / 60, "m"), (secs % 60, "s")];
+    let shown: Vec<String> = parts.iter().filter(|(n, _)| *n != 0).map(|(n, unit)| format!("{n}{unit}")).collect();
+    if shown.is_empty() {
+        "0s".to_owned()
+    } else {
+        shown.join(" ")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,7 +26,7 @@ mod tls;
 mod validate;
 
 pub use database::{Database, PostgresUrl};
-pub use duration::Duration;
+pub use duration::{human_span, Duration};
 use env::{apply_env, blame_environment};
 pub use env::{known_env, EnvSettings, LogFormat};
 pub use identity::{IdentityProviderConfig, ASYMMETRIC_ALGORITHMS};

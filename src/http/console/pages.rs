@@ -7,6 +7,7 @@ use maud::{html, Markup, DOCTYPE};
 use super::session::Viewer;
 use super::timeline::{self, gate_text, moment, time};
 use crate::app::snapshot::Shared;
+use crate::config::human_span as span;
 use crate::ops::partners::PartnersReport;
 use crate::ops::SetSchedule;
 use crate::policy::permission::Action;
@@ -129,17 +130,6 @@ pub(super) fn keys(viewer: &Viewer, sets: &[SetSchedule], now: i64) -> Markup {
             }
         },
     )
-}
-
-/// Seconds as "1d 2h": only the units that are not zero.
-fn span(secs: i64) -> String {
-    let parts = [(secs / 86_400, "d"), (secs % 86_400 / 3_600, "h"), (secs % 3_600 / 60, "m"), (secs % 60, "s")];
-    let shown: Vec<String> = parts.iter().filter(|(n, _)| *n != 0).map(|(n, unit)| format!("{n}{unit}")).collect();
-    if shown.is_empty() {
-        "0s".to_owned()
-    } else {
-        shown.join(" ")
-    }
 }
 
 fn yes_no(value: bool) -> &'static str {
