@@ -1,9 +1,8 @@
 //! What partners have been seen doing: shared by `keyward partners`, `GET /v1/partners`,
 //! the metrics and the revoke outcome.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
-use anyhow::Context;
 use serde::Serialize;
 
 use super::gates::Gates;
@@ -76,14 +75,21 @@ type SetSigners = (Option<String>, Option<String>, Option<GateState>);
 pub async fn report(store: &Store, config: &Config, now: i64) -> anyhow::Result<PartnersReport> {
     let gates = Gates::load(store, config).await?;
     let holdings = if config.partners.is_empty() { Vec::new() } else { store.partner_holdings().await? };
-    let fetches = store.partner_fetches_since(now - DAY).await.context("reading partner fetches")?;
-    let last = store.partner_last_fetches().await?;
+    // Counted in the store, per partner and address: a day of fetches is a row per partner
+    // and address here, not one per recorded fetch.
+    let mut fetched: HashMap<String, (i64, BTreeSet<String>)> = HashMap::new();
+    for (name, address, count) in store.partner_fetch_counts_since(now - DAY).await? {
+        let (total, addresses) = fetched.entry(name).or_default();
+        *total += count;
+        addresses.insert(address);
+    }
+    let last: HashMap<String, i64> = store.partner_last_fetches().await?.into_iter().collect();
+    let held: HashSet<(&str, &str, &str)> =
+        holdings.iter().map(|h| (h.partner.as_str(), h.key_set.as_str(), h.kid.as_str())).collect();
     let mut partners = Vec::with_capacity(config.partners.len());
     let mut signers: HashMap<String, SetSigners> = HashMap::new();
     for partner in &config.partners {
-        let holds = |set: &str, kid: &str| {
-            holdings.iter().any(|h| h.partner == partner.name && h.key_set == set && h.kid == kid)
-        };
+        let holds = |set: &str, kid: &str| held.contains(&(partner.name.as_str(), set, kid));
         let mut key_sets = Vec::new();
         for set in &partner.key_sets {
             // Each set once, however many partners fetch it.
@@ -106,9 +112,8 @@ pub async fn report(store: &Store, config: &Config, now: i64) -> anyhow::Result<
                 gate: gate_state,
             });
         }
-        let mine = fetches.iter().filter(|f| f.partner == partner.name && f.last_at >= now - DAY);
-        let addresses: BTreeSet<String> = mine.clone().map(|f| f.address.clone()).collect();
-        let last_fetch = last.iter().find(|(name, _)| *name == partner.name).map(|(_, at)| *at);
+        let (fetches_24h, addresses) = fetched.remove(&partner.name).unwrap_or_default();
+        let last_fetch = last.get(&partner.name).copied();
         let expect = partner.expect_fetch_every.map(|d| d.as_secs_i64());
         partners.push(PartnerReport {
             name: partner.name.clone(),
@@ -116,7 +121,7 @@ pub async fn report(store: &Store, config: &Config, now: i64) -> anyhow::Result<
             last_fetch_age: last_fetch.map(|at| (now - at).max(0)),
             expect_fetch_every: expect,
             overdue: expect.is_some_and(|every| last_fetch.is_none_or(|at| now - at > every)),
-            fetches_24h: mine.map(|f| f.count).sum(),
+            fetches_24h,
             addresses_24h: addresses.into_iter().collect(),
             gate_handover: partner.gate_handover,
             key_sets,

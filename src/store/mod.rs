@@ -227,6 +227,14 @@ impl Store {
         }
     }
 
+    /// Fetches since `since` counted per partner and address: (partner, address, fetches).
+    pub async fn partner_fetch_counts_since(&self, since: i64) -> anyhow::Result<Vec<(String, String, i64)>> {
+        match self {
+            Store::Sqlite(s) => sqlite::partners::fetch_counts_since(s.pool(), since).await,
+            Store::Postgres(s) => postgres::partners::fetch_counts_since(s.pool(), since).await,
+        }
+    }
+
     /// Each partner's latest fetch.
     pub async fn partner_last_fetches(&self) -> anyhow::Result<Vec<(String, i64)>> {
         match self {

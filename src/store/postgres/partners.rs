@@ -100,6 +100,18 @@ pub async fn fetches_since(pool: &PgPool, since: i64) -> anyhow::Result<Vec<Part
     .context("reading partner fetches")
 }
 
+/// Fetches since `since` per partner and address: (partner, address, fetches).
+pub async fn fetch_counts_since(pool: &PgPool, since: i64) -> anyhow::Result<Vec<(String, String, i64)>> {
+    sqlx::query_as(
+        "SELECT partner, address, CAST(sum(count) AS BIGINT) FROM partner_fetches WHERE last_at >= $1 \
+         GROUP BY partner, address",
+    )
+    .bind(since)
+    .fetch_all(pool)
+    .await
+    .context("reading partner fetches")
+}
+
 /// Each partner's latest fetch, ever.
 pub async fn last_fetches(pool: &PgPool) -> anyhow::Result<Vec<(String, i64)>> {
     sqlx::query_as("SELECT partner, max(last_at) FROM partner_fetches GROUP BY partner")
