@@ -1,0 +1,6 @@
+-- Rows issued before `kept_from` may have been pruned; every row from it on is kept. Written
+-- before the rows go, so a reader (an audit, a chain check) knows where the kept history starts.
+CREATE TABLE issuance_horizon (
+    id        INTEGER PRIMARY KEY CHECK (id = 1),
+    kept_from INTEGER NOT NULL
+) STRICT;
