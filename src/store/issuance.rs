@@ -202,7 +202,7 @@ mod tests {
 
     #[test]
     fn partitions_are_named_and_bounded_by_utc_day() {
-        assert_eq!(partition_name(day_of(1_796_688_000)), "issuance_p20261201");
+        assert_eq!(partition_name(day_of(1_796_688_000 + 86_399)), "issuance_p20261208");
         assert_eq!(day_of(-1), -1, "before the epoch rounds down");
         assert_eq!(partition_range("FOR VALUES FROM (MINVALUE) TO ('1796774400')"), Some((i64::MIN, 1_796_774_400)));
         assert_eq!(

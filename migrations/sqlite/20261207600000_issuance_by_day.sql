@@ -1,3 +1,5 @@
+-- SQLite keeps the ledger in one table (appends stay local: time-ordered jti, a page cache
+-- for the writer; pruning goes in short batches): only the horizon is new.
 -- Rows issued before `kept_from` may have been pruned; every row from it on is kept. Written
 -- before the rows go, so a reader (an audit, a chain check) knows where the kept history starts.
 CREATE TABLE issuance_horizon (
