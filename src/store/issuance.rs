@@ -131,9 +131,28 @@ where
     String: 'a + sqlx::Encode<'a, DB> + sqlx::Type<DB>,
     i64: 'a + sqlx::Encode<'a, DB> + sqlx::Type<DB>,
 {
-    let mut query = sqlx::QueryBuilder::new(
-        "SELECT jti, profile, client, sub, kid, alg, iat, exp, claim_names FROM issuance WHERE 1 = 1",
-    );
+    let mut query =
+        filtered("SELECT jti, profile, client, sub, kid, alg, iat, exp, claim_names FROM issuance WHERE 1 = 1", filter);
+    query.push(" ORDER BY iat DESC, jti LIMIT ").push_bind(limit);
+    query
+}
+
+/// How many rows match `filter`: the same SQL on both stores.
+pub(crate) fn count_query<'a, DB: sqlx::Database>(filter: &super::rows::Filter) -> sqlx::QueryBuilder<'a, DB>
+where
+    String: 'a + sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    i64: 'a + sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    filtered("SELECT count(*) FROM issuance WHERE 1 = 1", filter)
+}
+
+/// `select` (ending in a `WHERE`) with `filter`'s conditions.
+fn filtered<'a, DB: sqlx::Database>(select: &str, filter: &super::rows::Filter) -> sqlx::QueryBuilder<'a, DB>
+where
+    String: 'a + sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    i64: 'a + sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    let mut query = sqlx::QueryBuilder::new(select);
     for (column, value) in
         [("sub", &filter.sub), ("kid", &filter.kid), ("client", &filter.client), ("profile", &filter.profile)]
     {
@@ -147,7 +166,6 @@ where
     if let Some(until) = filter.until {
         query.push(" AND iat < ").push_bind(until);
     }
-    query.push(" ORDER BY iat DESC, jti LIMIT ").push_bind(limit);
     query
 }
 

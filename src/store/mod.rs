@@ -186,6 +186,19 @@ impl Store {
         }
     }
 
+    /// How many ledger rows match `filter`.
+    pub async fn issuance_count(&self, filter: &Filter) -> anyhow::Result<i64> {
+        match self {
+            Store::Sqlite(s) => {
+                issuance::count_query::<sqlx::Sqlite>(filter).build_query_scalar().fetch_one(s.pool()).await
+            }
+            Store::Postgres(s) => {
+                issuance::count_query::<sqlx::Postgres>(filter).build_query_scalar().fetch_one(s.pool()).await
+            }
+        }
+        .context("counting ledger rows")
+    }
+
     /// Tokens issued per profile and minute since `since`, oldest first.
     pub async fn issuance_per_minute(&self, since: i64) -> anyhow::Result<Vec<issuance::MinuteCount>> {
         let (sql, probe) = (issuance::PER_MINUTE_SQL, issuance::PROBE_JTI);

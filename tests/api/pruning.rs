@@ -166,6 +166,8 @@ on_both_stores! {
         assert_eq!(horizon(&app.store).await, Some(limit));
         let found = app.store.issuance(&Filter { sub: Some("sub-7".to_owned()), ..Filter::default() }, 1_000).await.unwrap();
         assert!(!found.is_empty() && found.iter().all(|row| row.iat >= limit), "audit queries still answer");
+        let day = Filter { since: Some(limit), until: Some(limit + DAY), ..Filter::default() };
+        assert_eq!(app.store.issuance_count(&day).await.unwrap(), 144, "a day's count (keyward audit --count)");
     }
 
     async fn a_ledger_commit_waits_little_while_a_large_expired_backlog_is_pruned(backend: Backend) {
