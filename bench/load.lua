@@ -21,7 +21,7 @@ end
 function done(summary, latency, requests)
    local e = summary.errors
    io.write(string.format(
-      "RESULT requests=%d duration_us=%d p50_us=%d p99_us=%d status_err=%d sock_err=%d\n",
-      summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+      "RESULT requests=%d duration_us=%d p50_us=%d p99_us=%d max_us=%d status_err=%d sock_err=%d\n",
+      summary.requests, summary.duration, latency:percentile(50), latency:percentile(99), latency.max,
       e.status, e.connect + e.read + e.write + e.timeout))
 end

@@ -28,6 +28,9 @@ const PARTNER_FETCHES_KEPT_SECS: i64 = 7 * 86_400;
 /// After a failure, try again this soon.
 const RETRY_SECS: i64 = 5;
 
+/// How long one pass may spend pruning the ledger before it takes its other steps again.
+const PRUNE_BUDGET: Duration = Duration::from_secs(2);
+
 /// What one pass did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pass {
@@ -116,10 +119,27 @@ pub async fn run_until_stopped(shared: &Shared, mut stop: watch::Receiver<bool>)
         let pass =
             run_due(shared.store(), shared.custody(), shared.config(), &wall_clock, Some(shared.metrics())).await;
         let now = chrono::Utc::now();
+        let mut wake_at = pass.wake_at;
+        if let Err(err) = shared.store().prepare_issuance(now.timestamp()).await {
+            tracing::warn!(error = format!("{err:#}"), "creating the ledger's next days failed");
+            wake_at = wake_at.min(now.timestamp() + RETRY_SECS);
+        }
         let keep_from = now.timestamp() - shared.config().server.ledger_retention.as_secs_i64();
-        match shared.store().prune_issuance(keep_from).await {
-            Ok(0) => {}
-            Ok(rows) => tracing::info!(rows, "pruned issuance ledger rows past ledger_retention"),
+        match shared.store().prune_issuance_step(keep_from, PRUNE_BUDGET).await {
+            Ok(pruned) => {
+                if pruned.rows > 0 {
+                    tracing::info!(
+                        rows = pruned.rows,
+                        done = pruned.done,
+                        "pruned issuance ledger rows past ledger_retention"
+                    );
+                }
+                // Months of expired rows (an old deployment, a shorter retention) go a step
+                // at a time, the other steps still taken between them.
+                if !pruned.done {
+                    wake_at = now.timestamp();
+                }
+            }
             Err(err) => tracing::warn!(error = format!("{err:#}"), "pruning the ledger failed"),
         }
         if let Err(err) = shared.store().prune_partner_fetches(now.timestamp() - PARTNER_FETCHES_KEPT_SECS).await {
@@ -133,9 +153,12 @@ pub async fn run_until_stopped(shared: &Shared, mut stop: watch::Receiver<bool>)
         // Wake just after the due second begins: decisions use whole seconds, rounded down.
         // A change by another process (such as a partner's fetch releasing a gate) may
         // make something due sooner: look again then too.
-        let wake_ms = pass.wake_at.min(now.timestamp() + MAX_SLEEP_SECS) * 1_000 + 5;
+        let wake_ms = wake_at.min(now.timestamp() + MAX_SLEEP_SECS) * 1_000 + 5;
         let seen = shared.snapshot().generation;
         loop {
+            if *stop.borrow() {
+                return Ok(());
+            }
             let wait = u64::try_from(wake_ms - chrono::Utc::now().timestamp_millis()).unwrap_or(0);
             if wait == 0 || shared.snapshot().generation != seen {
                 break;

@@ -35,10 +35,13 @@ pub(super) struct Args {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Print only how many tokens match (no limit).
+    #[arg(long, conflicts_with_all = ["json", "limit"])]
+    count: bool,
 }
 
 pub(super) async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
-    let Args { sub, kid, client, profile, since, until, limit, json } = args;
+    let Args { sub, kid, client, profile, since, until, limit, json, count } = args;
     let instant = |flag: &str, text: Option<String>| -> anyhow::Result<Option<i64>> {
         text.map(|text| {
             audit_instant(&text, now()).with_context(|| {
@@ -54,18 +57,22 @@ pub(super) async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     let filter =
         Filter { sub, kid, client, profile, since: instant("--since", since)?, until: instant("--until", until)? };
     let store = ctx.store().await?;
+    if count {
+        println!("{}", store.issuance_count(&filter).await?);
+        return Ok(());
+    }
     let rows = store.issuance(&filter, limit).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
     println!(
-        "{:<20} {:<22} {:<16} {:<16} {:<24} {:<6} {:<44} CLAIMS",
+        "{:<20} {:<24} {:<16} {:<16} {:<24} {:<6} {:<44} CLAIMS",
         "ISSUED", "JTI", "PROFILE", "CLIENT", "SUB", "ALG", "KID"
     );
     for r in &rows {
         println!(
-            "{:<20} {:<22} {:<16} {:<16} {:<24} {:<6} {:<44} {}",
+            "{:<20} {:<24} {:<16} {:<16} {:<24} {:<6} {:<44} {}",
             time(Some(r.iat)),
             r.jti,
             r.profile,

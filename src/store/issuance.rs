@@ -27,7 +27,7 @@ pub struct MinuteCount {
 }
 
 /// The `jti` of the row a ledger probe writes and deletes again, on either store (real
-/// jtis are 22 characters).
+/// jtis are 24 characters).
 pub(crate) const PROBE_JTI: &str = "-ledger-probe-";
 
 /// Why a ledger commit refused a row.
@@ -131,9 +131,28 @@ where
     String: 'a + sqlx::Encode<'a, DB> + sqlx::Type<DB>,
     i64: 'a + sqlx::Encode<'a, DB> + sqlx::Type<DB>,
 {
-    let mut query = sqlx::QueryBuilder::new(
-        "SELECT jti, profile, client, sub, kid, alg, iat, exp, claim_names FROM issuance WHERE 1 = 1",
-    );
+    let mut query =
+        filtered("SELECT jti, profile, client, sub, kid, alg, iat, exp, claim_names FROM issuance WHERE 1 = 1", filter);
+    query.push(" ORDER BY iat DESC, jti LIMIT ").push_bind(limit);
+    query
+}
+
+/// How many rows match `filter`: the same SQL on both stores.
+pub(crate) fn count_query<'a, DB: sqlx::Database>(filter: &super::rows::Filter) -> sqlx::QueryBuilder<'a, DB>
+where
+    String: 'a + sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    i64: 'a + sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    filtered("SELECT count(*) FROM issuance WHERE 1 = 1", filter)
+}
+
+/// `select` (ending in a `WHERE`) with `filter`'s conditions.
+fn filtered<'a, DB: sqlx::Database>(select: &str, filter: &super::rows::Filter) -> sqlx::QueryBuilder<'a, DB>
+where
+    String: 'a + sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    i64: 'a + sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    let mut query = sqlx::QueryBuilder::new(select);
     for (column, value) in
         [("sub", &filter.sub), ("kid", &filter.kid), ("client", &filter.client), ("profile", &filter.profile)]
     {
@@ -147,6 +166,76 @@ where
     if let Some(until) = filter.until {
         query.push(" AND iat < ").push_bind(until);
     }
-    query.push(" ORDER BY iat DESC, jti LIMIT ").push_bind(limit);
     query
+}
+
+/// What one pruning step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    /// Rows removed.
+    pub rows: u64,
+    /// Whether every row before the limit is gone (else the step ran out of its time budget
+    /// and the next one goes on).
+    pub done: bool,
+}
+
+/// Seconds in a ledger period (a UTC day): PostgreSQL keeps one partition per day.
+pub(crate) const DAY: i64 = 86_400;
+
+/// The UTC day (days since the epoch) of `unix_seconds`.
+pub(crate) fn day_of(unix_seconds: i64) -> i64 {
+    unix_seconds.div_euclid(DAY)
+}
+
+/// The name of the partition of `day`: `issuance_pYYYYMMDD`.
+pub(crate) fn partition_name(day: i64) -> String {
+    let date = chrono::DateTime::from_timestamp(day * DAY, 0).unwrap_or_default();
+    format!("issuance_p{}", date.format("%Y%m%d"))
+}
+
+/// The range `[from, to)` of `iat` a partition bound (PostgreSQL's `pg_get_expr` of it,
+/// `FOR VALUES FROM (x) TO (y)`, either end possibly `MINVALUE`/`MAXVALUE`) holds.
+pub(crate) fn partition_range(bound: &str) -> Option<(i64, i64)> {
+    let end = |text: &str| -> Option<i64> {
+        match text.trim().trim_matches('\'') {
+            "MINVALUE" => Some(i64::MIN),
+            "MAXVALUE" => Some(i64::MAX),
+            number => number.parse().ok(),
+        }
+    };
+    let rest = bound.trim().strip_prefix("FOR VALUES FROM (")?;
+    let (from, rest) = rest.split_once(") TO (")?;
+    let to = rest.strip_suffix(')')?;
+    Some((end(from)?, end(to)?))
+}
+
+/// The days in `wanted` (inclusive) that none of `existing` (ranges of `iat`) covers.
+pub(crate) fn days_missing(existing: &[(i64, i64)], wanted: std::ops::RangeInclusive<i64>) -> Vec<i64> {
+    wanted.filter(|day| !existing.iter().any(|&(from, to)| from < (day + 1) * DAY && day * DAY < to)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_are_named_and_bounded_by_utc_day() {
+        assert_eq!(partition_name(day_of(1_796_688_000 + 86_399)), "issuance_p20261208");
+        assert_eq!(day_of(-1), -1, "before the epoch rounds down");
+        assert_eq!(partition_range("FOR VALUES FROM (MINVALUE) TO ('1796774400')"), Some((i64::MIN, 1_796_774_400)));
+        assert_eq!(
+            partition_range("FOR VALUES FROM (1796688000) TO (1796774400)"),
+            Some((1_796_688_000, 1_796_774_400))
+        );
+        assert_eq!(partition_range("DEFAULT"), None);
+    }
+
+    #[test]
+    fn only_days_no_partition_covers_are_missing() {
+        let d = 20_800;
+        let legacy = (i64::MIN, (d + 1) * DAY);
+        assert_eq!(days_missing(&[legacy], d - 1..=d + 2), vec![d + 1, d + 2]);
+        assert_eq!(days_missing(&[legacy, ((d + 1) * DAY, (d + 2) * DAY)], d..=d + 2), vec![d + 2]);
+        assert_eq!(days_missing(&[], d..=d), vec![d]);
+    }
 }

@@ -7,6 +7,7 @@
 //! in `sqlite/<table>.rs` and `postgres/<table>.rs`; rows map to records through [`rows`].
 
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::Context;
 
@@ -185,6 +186,19 @@ impl Store {
         }
     }
 
+    /// How many ledger rows match `filter`.
+    pub async fn issuance_count(&self, filter: &Filter) -> anyhow::Result<i64> {
+        match self {
+            Store::Sqlite(s) => {
+                issuance::count_query::<sqlx::Sqlite>(filter).build_query_scalar().fetch_one(s.pool()).await
+            }
+            Store::Postgres(s) => {
+                issuance::count_query::<sqlx::Postgres>(filter).build_query_scalar().fetch_one(s.pool()).await
+            }
+        }
+        .context("counting ledger rows")
+    }
+
     /// Tokens issued per profile and minute since `since`, oldest first.
     pub async fn issuance_per_minute(&self, since: i64) -> anyhow::Result<Vec<issuance::MinuteCount>> {
         let (sql, probe) = (issuance::PER_MINUTE_SQL, issuance::PROBE_JTI);
@@ -195,11 +209,35 @@ impl Store {
         .context("counting ledger rows per minute")
     }
 
-    /// Deletes ledger rows issued before `before`; returns how many.
+    /// Deletes every ledger row issued before `before`; returns how many. Signing goes on
+    /// meanwhile: see [`Store::prune_issuance_step`].
     pub async fn prune_issuance(&self, before: i64) -> anyhow::Result<u64> {
+        let mut rows = 0;
+        loop {
+            let step = self.prune_issuance_step(before, Duration::from_secs(1)).await?;
+            rows += step.rows;
+            if step.done {
+                return Ok(rows);
+            }
+        }
+    }
+
+    /// Deletes ledger rows issued before `before`, oldest first, for at most about `budget`
+    /// (whole days at a time on PostgreSQL, short batches on SQLite: a ledger commit never
+    /// waits long for it).
+    pub async fn prune_issuance_step(&self, before: i64, budget: Duration) -> anyhow::Result<issuance::Pruned> {
         match self {
-            Store::Sqlite(s) => sqlite::issuance::prune(s.pool(), before).await,
-            Store::Postgres(s) => postgres::issuance::prune(s.pool(), before).await,
+            Store::Sqlite(s) => sqlite::issuance::prune_step(s.pool(), before, budget).await,
+            Store::Postgres(s) => postgres::issuance::prune_step(s.pool(), before, budget).await,
+        }
+    }
+
+    /// Makes the ledger ready for rows issued around `now`: on PostgreSQL, creates the day
+    /// partitions from yesterday to a week ahead that are missing.
+    pub async fn prepare_issuance(&self, now: i64) -> anyhow::Result<()> {
+        match self {
+            Store::Sqlite(_) => Ok(()),
+            Store::Postgres(s) => postgres::issuance::prepare(s.pool(), now).await,
         }
     }
 

@@ -23,6 +23,7 @@ mod overload;
 mod partners;
 mod permissions;
 mod postgres;
+mod pruning;
 mod reliability;
 mod replicas;
 mod rotation;

@@ -215,20 +215,21 @@ pub(super) struct Signed {
     expires_in: i64,
 }
 
-/// A fresh `jti`: the issue time in milliseconds (48 bits) then 80 random bits, base64url.
+/// A fresh `jti`: the issue time in milliseconds (48 bits) then 96 random bits, base64url
+/// (24 characters).
 ///
 /// The time prefix keeps the ledger's `jti` index local: the rows of one commit land on
 /// neighbouring pages instead of one random page each (which cost a page write apiece).
-/// Uniqueness rests on the random part: 2^40 tokens in one millisecond before a collision
-/// becomes likely.
+/// Uniqueness and unguessability rest on the random part: 2^48 tokens in one millisecond
+/// before a collision becomes likely.
 fn new_jti() -> String {
-    let mut random = [0u8; 10];
+    let mut random = [0u8; 12];
     rand::rng().fill_bytes(&mut random);
     jti_from(chrono::Utc::now().timestamp_millis(), random)
 }
 
-fn jti_from(unix_millis: i64, random: [u8; 10]) -> String {
-    let mut bytes = [0u8; 16];
+fn jti_from(unix_millis: i64, random: [u8; 12]) -> String {
+    let mut bytes = [0u8; 18];
     bytes[..6].copy_from_slice(&unix_millis.to_be_bytes()[2..]);
     bytes[6..].copy_from_slice(&random);
     URL_SAFE_NO_PAD.encode(bytes)
@@ -247,19 +248,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn jti_is_the_time_then_80_random_bits() {
+    fn jti_is_the_time_then_96_random_bits() {
         let a = new_jti();
-        assert_eq!(URL_SAFE_NO_PAD.decode(&a).unwrap().len(), 16);
+        assert_eq!(a.len(), 24);
+        assert_eq!(URL_SAFE_NO_PAD.decode(&a).unwrap().len(), 18);
         assert_ne!(a, new_jti());
-        let jti = jti_from(0x0123_4567_89ab, [0xff; 10]);
+        let jti = jti_from(0x0123_4567_89ab, [0xff; 12]);
         let mut expected = vec![0x01, 0x23, 0x45, 0x67, 0x89, 0xab];
-        expected.extend([0xff; 10]);
+        expected.extend([0xff; 12]);
         assert_eq!(URL_SAFE_NO_PAD.decode(&jti).unwrap(), expected);
         // Tokens issued close together share a prefix (and so neighbouring index pages):
         // the first five characters are the top 30 bits of the time, 2^18 ms (4.4 minutes).
         let window_start = 1_795_000_000_000 & !0x3_ffff;
-        let (first, last) = (jti_from(window_start, [0; 10]), jti_from(window_start + 0x3_ffff, [0xff; 10]));
+        let (first, last) = (jti_from(window_start, [0; 12]), jti_from(window_start + 0x3_ffff, [0xff; 12]));
         assert_eq!(first[..5], last[..5]);
-        assert_ne!(first[..5], jti_from(window_start + 0x4_0000, [0; 10])[..5]);
+        assert_ne!(first[..5], jti_from(window_start + 0x4_0000, [0; 12])[..5]);
     }
 }

@@ -8,7 +8,7 @@ use anyhow::Context;
 use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, PgPool, Postgres};
 
-use crate::store::issuance::{Refused, PROBE_JTI};
+use crate::store::issuance::{day_of, days_missing, partition_name, partition_range, Pruned, Refused, DAY, PROBE_JTI};
 use crate::store::rows::{Entry, EntryRow, Filter};
 
 /// The rows of the JSON array (`store::issuance::rows_json`) bound as `$1`.
@@ -186,11 +186,13 @@ fn rows_json(entries: &[&Entry]) -> String {
 async fn probe(connection: &mut PgConnection) -> anyhow::Result<()> {
     sqlx::query("BEGIN").execute(&mut *connection).await.context("beginning the probe")?;
     let written = async {
+        // Issued now: today's partition exists (the days before the oldest kept may not).
         sqlx::query(
             "INSERT INTO issuance (jti, profile, client, alg, iat, exp, claim_names) \
-             VALUES ($1, '', '', '', 0, 0, '[]')",
+             VALUES ($1, '', '', '', $2, $2, '[]')",
         )
         .bind(PROBE_JTI)
+        .bind(chrono::Utc::now().timestamp())
         .execute(&mut *connection)
         .await
         .context("writing the probe row")?;
@@ -228,8 +230,11 @@ pub async fn page(pool: &PgPool, iat: i64, jti: &str, limit: i64) -> anyhow::Res
     rows.into_iter().map(Entry::try_from).collect()
 }
 
-/// Writes `entries` as they are, in one statement.
+/// Writes `entries` as they are, in one statement (after creating the partitions of their
+/// days).
 pub async fn copy(pool: &PgPool, entries: &[&Entry]) -> anyhow::Result<()> {
+    let days: BTreeSet<i64> = entries.iter().map(|e| day_of(e.iat)).collect();
+    create_partitions(pool, days).await?;
     sqlx::query(concat!(
         "INSERT INTO issuance (jti, profile, client, sub, kid, alg, iat, exp, claim_names) ",
         rows_of_json!()
@@ -241,12 +246,124 @@ pub async fn copy(pool: &PgPool, entries: &[&Entry]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Deletes rows issued before `before`; returns how many.
-pub async fn prune(pool: &PgPool, before: i64) -> anyhow::Result<u64> {
-    let done = sqlx::query("DELETE FROM issuance WHERE iat < $1")
-        .bind(before)
-        .execute(pool)
-        .await
-        .context("pruning the ledger")?;
-    Ok(done.rows_affected())
+/// Days ahead of today whose partitions exist before they are needed: a server that stops
+/// for longer creates them again as it starts.
+const DAYS_AHEAD: i64 = 7;
+
+/// Rows one pruning `DELETE` removes at most (PostgreSQL's row deletes never block inserts;
+/// small statements keep each one's WAL and locks short).
+const PRUNE_BATCH: i64 = 10_000;
+
+/// Creates the partitions of the days from yesterday to [`DAYS_AHEAD`] after `now`'s that
+/// do not exist yet.
+pub async fn prepare(pool: &PgPool, now: i64) -> anyhow::Result<()> {
+    create_partitions(pool, day_of(now) - 1..=day_of(now) + DAYS_AHEAD).await
+}
+
+/// The ledger's partitions: name, the `iat` range it holds, and whether a detach of it was
+/// started and not finished.
+async fn partitions(connection: &mut PgConnection) -> anyhow::Result<Vec<(String, (i64, i64), bool)>> {
+    let rows: Vec<(String, String, bool)> = sqlx::query_as(
+        "SELECT c.relname::TEXT, pg_get_expr(c.relpartbound, c.oid), i.inhdetachpending \
+         FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+         WHERE i.inhparent = 'issuance'::regclass ORDER BY c.relname",
+    )
+    .fetch_all(&mut *connection)
+    .await
+    .context("listing the ledger's partitions")?;
+    rows.into_iter()
+        .map(|(name, bound, pending)| {
+            let range = partition_range(&bound)
+                .with_context(|| format!("reading the bound of the ledger partition {name}: {bound}"))?;
+            Ok((name, range, pending))
+        })
+        .collect()
+}
+
+/// Creates the partitions of `days` that no partition covers yet. Each is made empty beside
+/// the ledger and then attached: attaching takes a lock that inserts do not wait for.
+async fn create_partitions(pool: &PgPool, days: impl IntoIterator<Item = i64>) -> anyhow::Result<()> {
+    let days: Vec<i64> = days.into_iter().collect();
+    let mut tx = super::WriteTx::begin(pool).await.context("beginning to create ledger partitions")?;
+    // One process at a time (several servers share the database).
+    tx.lock("issuance partitions").await.context("waiting for other processes creating ledger partitions")?;
+    let existing: Vec<(i64, i64)> = partitions(&mut tx).await?.into_iter().map(|(_, range, _)| range).collect();
+    let mut missing = Vec::new();
+    for day in days {
+        if !missing.contains(&day) && days_missing(&existing, day..=day) == [day] {
+            missing.push(day);
+        }
+    }
+    for day in missing {
+        let name = partition_name(day);
+        for statement in [
+            format!("CREATE TABLE {name} (LIKE issuance INCLUDING DEFAULTS)"),
+            format!("CREATE UNIQUE INDEX {name}_jti ON {name} (jti)"),
+            format!(
+                "ALTER TABLE issuance ATTACH PARTITION {name} FOR VALUES FROM ({}) TO ({})",
+                day * DAY,
+                (day + 1) * DAY
+            ),
+        ] {
+            sqlx::query(&statement).execute(&mut *tx).await.with_context(|| format!("creating {name}"))?;
+        }
+    }
+    tx.commit().await.context("committing new ledger partitions")
+}
+
+/// Removes rows issued before `before` for at most about `budget`: whole days past it are
+/// detached (without a lock inserts wait for) and dropped, the rest in small deletes. First
+/// the horizon moves to `before`, so readers know rows before it may be missing.
+pub async fn prune_step(pool: &PgPool, before: i64, budget: Duration) -> anyhow::Result<Pruned> {
+    let started = std::time::Instant::now();
+    sqlx::query(
+        "INSERT INTO issuance_horizon (id, kept_from) VALUES (1, $1) \
+         ON CONFLICT (id) DO UPDATE SET kept_from = GREATEST(issuance_horizon.kept_from, EXCLUDED.kept_from)",
+    )
+    .bind(before)
+    .execute(pool)
+    .await
+    .context("moving the ledger's horizon")?;
+    let mut connection = pool.acquire().await.context("connecting to prune the ledger")?;
+    let mut rows = 0;
+    for (name, (from, to), pending) in partitions(&mut connection).await? {
+        if started.elapsed() > budget {
+            return Ok(Pruned { rows, done: false });
+        }
+        if to <= before {
+            let count_sql = format!("SELECT count(*) FROM {name}");
+            let count: i64 = sqlx::query_scalar(&count_sql)
+                .fetch_one(&mut *connection)
+                .await
+                .with_context(|| format!("counting the rows of {name}"))?;
+            // CONCURRENTLY runs outside a transaction and never holds up inserts; a detach
+            // that was interrupted is finished instead.
+            let detach = if pending { "FINALIZE" } else { "CONCURRENTLY" };
+            let detach_sql = format!("ALTER TABLE issuance DETACH PARTITION {name} {detach}");
+            sqlx::query(&detach_sql).execute(&mut *connection).await.with_context(|| format!("detaching {name}"))?;
+            let drop_sql = format!("DROP TABLE {name}");
+            sqlx::query(&drop_sql).execute(&mut *connection).await.with_context(|| format!("dropping {name}"))?;
+            tracing::info!(partition = name, rows = count, "dropped a ledger day past ledger_retention");
+            rows += u64::try_from(count).unwrap_or(0);
+        } else if from < before {
+            let delete_sql =
+                format!("DELETE FROM {name} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {name} WHERE iat < $1 LIMIT $2))");
+            loop {
+                let done = sqlx::query(&delete_sql)
+                    .bind(before)
+                    .bind(PRUNE_BATCH)
+                    .execute(&mut *connection)
+                    .await
+                    .context("pruning the ledger")?;
+                rows += done.rows_affected();
+                if done.rows_affected() < PRUNE_BATCH as u64 {
+                    break;
+                }
+                if started.elapsed() > budget {
+                    return Ok(Pruned { rows, done: false });
+                }
+            }
+        }
+    }
+    Ok(Pruned { rows, done: true })
 }

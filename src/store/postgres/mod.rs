@@ -68,6 +68,9 @@ impl PgStore {
             .run(&pool)
             .await
             .with_context(|| format!("applying migrations to {url}"))?;
+        issuance::prepare(&pool, chrono::Utc::now().timestamp())
+            .await
+            .with_context(|| format!("creating the ledger's partitions in {url}"))?;
         Ok(PgStore { pool, options: Arc::new(options), url: url.clone() })
     }
 

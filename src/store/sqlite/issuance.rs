@@ -9,7 +9,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
 
 use super::WriteTx;
-use crate::store::issuance::{Refused, PROBE_JTI};
+use crate::store::issuance::{Pruned, Refused, PROBE_JTI};
 use crate::store::rows::{Entry, EntryRow, Filter};
 
 /// Rows one statement carries at most: batches up to this size (all but bursts) are one
@@ -55,6 +55,12 @@ impl IssuanceWriter {
                     .execute(&mut *connection)
                     .await
                     .context("setting the ledger writer's busy timeout")?;
+                // Room for the hot end of the ledger's indexes (where new rows land), so a
+                // commit rarely reads a page back from disk however large the ledger grows.
+                sqlx::query("PRAGMA cache_size = -65536")
+                    .execute(&mut *connection)
+                    .await
+                    .context("sizing the ledger writer's page cache")?;
                 slot.insert(connection)
             }
         })
@@ -116,9 +122,11 @@ impl IssuanceWriter {
     async fn probe_write(&mut self) -> anyhow::Result<()> {
         let mut tx = WriteTx::begin(self.connection().await?).await.context("beginning the probe")?;
         sqlx::query(
-            "INSERT INTO issuance (jti, profile, client, alg, iat, exp, claim_names) VALUES (?, '', '', '', 0, 0, '[]')",
+            "INSERT INTO issuance (jti, profile, client, alg, iat, exp, claim_names) VALUES (?, '', '', '', ?, ?, '[]')",
         )
         .bind(PROBE_JTI)
+        .bind(chrono::Utc::now().timestamp())
+        .bind(chrono::Utc::now().timestamp())
         .execute(&mut *tx)
         .await
         .context("writing the probe row")?;
@@ -228,12 +236,72 @@ pub async fn copy(pool: &SqlitePool, entries: &[&Entry]) -> anyhow::Result<()> {
     tx.commit().await.context("committing copied ledger rows")
 }
 
-/// Deletes rows issued before `before`; returns how many.
-pub async fn prune(pool: &SqlitePool, before: i64) -> anyhow::Result<u64> {
-    let done = sqlx::query("DELETE FROM issuance WHERE iat < ?")
+/// How long one pruning `DELETE` should hold the write lock: the batch size follows what
+/// the last one took. A ledger commit waits for at most about one batch.
+const PRUNE_TARGET: Duration = Duration::from_millis(20);
+
+/// The pause after each pruning batch, so the ledger writer (whose busy handler sleeps
+/// between tries) gets the write lock before the next batch.
+const PRUNE_PAUSE: Duration = Duration::from_millis(30);
+
+/// Removes rows issued before `before`, oldest first, in batches that each hold the write
+/// lock for about [`PRUNE_TARGET`], for at most about `budget`. First the horizon moves to
+/// `before`, so readers know rows before it may be missing.
+pub async fn prune_step(pool: &SqlitePool, before: i64, budget: Duration) -> anyhow::Result<Pruned> {
+    let started = std::time::Instant::now();
+    let mut connection = pool.acquire().await.context("connecting to prune the ledger")?;
+    // Its own settings: closed rather than returned to the pool.
+    connection.close_on_drop();
+    // Ledger rows hold no secret: their pages are freed without being overwritten first.
+    sqlx::query("PRAGMA secure_delete = OFF").execute(&mut *connection).await.context("preparing to prune")?;
+    sqlx::query(
+        "INSERT INTO issuance_horizon (id, kept_from) VALUES (1, ?) \
+         ON CONFLICT (id) DO UPDATE SET kept_from = MAX(kept_from, excluded.kept_from)",
+    )
+    .bind(before)
+    .execute(&mut *connection)
+    .await
+    .context("moving the ledger's horizon")?;
+    let (mut rows, mut batch) = (0, 1_000_i64);
+    loop {
+        let deleting = std::time::Instant::now();
+        let done = sqlx::query(
+            "DELETE FROM issuance WHERE rowid IN (SELECT rowid FROM issuance WHERE iat < ? ORDER BY iat LIMIT ?)",
+        )
         .bind(before)
-        .execute(pool)
+        .bind(batch)
+        .execute(&mut *connection)
         .await
         .context("pruning the ledger")?;
-    Ok(done.rows_affected())
+        rows += done.rows_affected();
+        if done.rows_affected() < batch as u64 {
+            return Ok(Pruned { rows, done: true });
+        }
+        batch = next_batch(batch, deleting.elapsed());
+        if started.elapsed() > budget {
+            return Ok(Pruned { rows, done: false });
+        }
+        tokio::time::sleep(PRUNE_PAUSE).await;
+    }
+}
+
+/// The next pruning batch's size after one of `batch` rows took `took`: aiming at
+/// [`PRUNE_TARGET`], at most doubling or halving at a time.
+fn next_batch(batch: i64, took: Duration) -> i64 {
+    let target = PRUNE_TARGET.as_micros() as f64;
+    let factor = (target / took.as_micros().max(1) as f64).clamp(0.5, 2.0);
+    ((batch as f64 * factor) as i64).clamp(100, 100_000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pruning_batches_follow_the_time_they_take() {
+        assert_eq!(next_batch(1_000, Duration::from_millis(5)), 2_000, "at most doubling");
+        assert_eq!(next_batch(1_000, Duration::from_millis(200)), 500, "at most halving");
+        assert_eq!(next_batch(1_000, PRUNE_TARGET), 1_000);
+        assert_eq!(next_batch(100, Duration::from_secs(1)), 100, "never below 100 rows");
+    }
 }
