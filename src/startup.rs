@@ -79,7 +79,9 @@ impl Application {
         let custody = Custody::open(keyring, token).await?;
         // New sets get their keys, and anything that fell due while stopped is done, before
         // the first request.
-        scheduler::run_due(&store, &custody, &config, &crate::ops::wall_clock, Some(&metrics)).await;
+        store.record(&[crate::audit::started(&config, &store.trail().writer)]).await.context("recording the start")?;
+        let scheduling = scheduler::scheduler_store(&store);
+        scheduler::run_due(&scheduling, &custody, &config, &crate::ops::wall_clock, Some(&metrics)).await;
         let (ledger, ledger_writer) = Ledger::start(
             store.issuance_writer(std::time::Duration::from_secs(config.server.request_deadline.as_secs())),
             metrics.clone(),

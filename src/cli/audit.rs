@@ -4,11 +4,17 @@ use anyhow::Context as _;
 
 use super::context::Context;
 use super::format::{now, time};
+use crate::audit::{Event, EventFilter};
 use crate::config;
+use crate::ops;
+use crate::store::events::Cursor;
 use crate::store::rows::Filter;
 
 #[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub(super) struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Only this subject.
     #[arg(long, allow_hyphen_values = true)]
     sub: Option<String>,
@@ -37,8 +43,59 @@ pub(super) struct Args {
     json: bool,
 }
 
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Who changed what: key, client, secret and master-key changes, server starts,
+    /// checkpoints; oldest first.
+    Events(EventsArgs),
+    /// Walk every chain of events and ledger rows; name the first record removed,
+    /// altered, reordered or inserted; check the heads against a checkpoint. Exits 1 on
+    /// any finding.
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct EventsArgs {
+    /// At or after: RFC 3339, a date (its start, UTC) or an age (24h, 7d).
+    #[arg(long)]
+    since: Option<String>,
+    /// Before: RFC 3339, a date (its start, UTC) or an age.
+    #[arg(long)]
+    until: Option<String>,
+    /// Only this actor: an admin client's name, `user@host` for the CLI,
+    /// `scheduler@REPLICA`, `server@REPLICA`.
+    #[arg(long, allow_hyphen_values = true)]
+    actor: Option<String>,
+    /// Only this object (`key:KID`, `client:NAME`, `profile:NAME`), or a kind (`client:`).
+    #[arg(long, allow_hyphen_values = true)]
+    object: Option<String>,
+    /// Only this action (`key.revoked`), or a family (`key.`).
+    #[arg(long)]
+    action: Option<String>,
+    /// One JSON object per line (JSON Lines), for log shippers.
+    #[arg(long)]
+    json: bool,
+    /// Keep printing new events as they are recorded, until interrupted.
+    #[arg(long)]
+    follow: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct VerifyArgs {
+    /// A checkpoint kept outside the database (a `audit.checkpoint` event's JSON, as the
+    /// log or `GET /v1/events?action=audit.checkpoint` gave it): every head it signed must
+    /// still be there, unaltered.
+    #[arg(long, value_name = "FILE")]
+    checkpoint: Option<std::path::PathBuf>,
+}
+
 pub(super) async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
-    let Args { sub, kid, client, profile, since, until, limit, json } = args;
+    match args.command {
+        Some(Command::Events(events)) => return run_events(ctx, events).await,
+        Some(Command::Verify(verify)) => return run_verify(ctx, verify).await,
+        None => {}
+    }
+    let Args { sub, kid, client, profile, since, until, limit, json, .. } = args;
     let instant = |flag: &str, text: Option<String>| -> anyhow::Result<Option<i64>> {
         text.map(|text| {
             audit_instant(&text, now()).with_context(|| {
@@ -79,6 +136,107 @@ pub(super) async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     eprintln!("{} row(s)", rows.len());
     Ok(())
 }
+/// Parses an `--since`/`--until` bound.
+fn bound(flag: &str, text: Option<String>) -> anyhow::Result<Option<i64>> {
+    text.map(|text| {
+        audit_instant(&text, now()).with_context(|| {
+            format!("{flag} {text:?} is neither an RFC 3339 time (2026-11-17T09:00:00Z), a date (2026-11-17) nor an age (24h, 7d)")
+        })
+    })
+    .transpose()
+}
+
+/// How often `--follow` looks for new events.
+const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Events a read takes at most.
+const PAGE: i64 = 1000;
+
+async fn run_events(ctx: &Context, args: EventsArgs) -> anyhow::Result<()> {
+    let EventsArgs { since, until, actor, object, action, json, follow } = args;
+    let filter =
+        EventFilter { since: bound("--since", since)?, until: bound("--until", until)?, actor, object, action };
+    let store = ctx.store().await?;
+    if !json {
+        println!("{:<20} {:<24} {:<22} {:<40} REASON", "AT", "ACTOR", "ACTION", "OBJECT");
+    }
+    let mut cursor: Option<Cursor> = None;
+    let mut shown = 0usize;
+    loop {
+        let events = store.events(&filter, cursor.as_ref(), PAGE).await?;
+        for event in &events {
+            print_event(event, json)?;
+        }
+        shown += events.len();
+        if let Some(last) = events.last() {
+            cursor = Some(Cursor::after(last));
+        }
+        if events.len() as i64 == PAGE {
+            continue;
+        }
+        if !follow {
+            break;
+        }
+        std::io::Write::flush(&mut std::io::stdout())?;
+        tokio::select! {
+            () = tokio::time::sleep(FOLLOW_POLL) => {}
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    if !json {
+        eprintln!("{shown} event(s)");
+    }
+    Ok(())
+}
+
+fn print_event(event: &Event, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(event)?);
+    } else {
+        println!(
+            "{:<20} {:<24} {:<22} {:<40} {}",
+            time(Some(event.at)),
+            event.actor.name(),
+            event.action,
+            event.object,
+            event.reason.as_deref().unwrap_or("-")
+        );
+    }
+    Ok(())
+}
+
+async fn run_verify(ctx: &Context, args: VerifyArgs) -> anyhow::Result<()> {
+    let store = ctx.store().await?;
+    let heads = match &args.checkpoint {
+        Some(file) => Some(read_checkpoint(file)?),
+        None => None,
+    };
+    let found = ops::audit::verify(&store, heads.as_ref()).await?;
+    for problem in &found.problems {
+        println!("{problem}");
+    }
+    let checked = if heads.is_some() { " and the checkpoint's heads" } else { "" };
+    eprintln!("checked {} event(s) of {} writer(s){checked}", found.events, found.event_writers);
+    if found.problems.is_empty() {
+        println!("ok: every chain is intact");
+        Ok(())
+    } else {
+        anyhow::bail!("{} problem(s) found; the first: {}", found.problems.len(), found.problems[0])
+    }
+}
+
+/// The heads of a checkpoint file: an `audit.checkpoint` event as JSON (its `after`
+/// holds them), or just its `after`.
+fn read_checkpoint(file: &std::path::Path) -> anyhow::Result<ops::audit::Heads> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", file.display()))?;
+    let after = value.get("after").unwrap_or(&value);
+    let heads = after.get("heads").cloned().unwrap_or_else(|| after.clone());
+    serde_json::from_value(heads)
+        .with_context(|| format!("{} holds no checkpoint heads (an audit.checkpoint event's JSON)", file.display()))
+}
+
 /// An audit bound: RFC 3339, a date (its midnight, UTC) or an age before `now`.
 fn audit_instant(text: &str, now: i64) -> Option<i64> {
     if let Some(at) = config::parse_instant(text) {

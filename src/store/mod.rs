@@ -19,6 +19,7 @@ use sqlite::SqliteStore;
 
 pub mod changes;
 pub mod copy;
+pub mod events;
 pub mod issuance;
 pub mod keyring;
 pub mod postgres;
@@ -27,8 +28,9 @@ pub mod sqlite;
 
 /// What a decision made under a key set's write lock asks to be written.
 pub(crate) enum KeyChange {
-    /// These new and changed records, and a gated hand-over that has happened, if any.
-    Write(Vec<KeyRecord>, Option<GatedHandover>),
+    /// These new and changed records, a gated hand-over that has happened (if any), and
+    /// the events that record the change.
+    Write(Vec<KeyRecord>, Option<GatedHandover>, Vec<crate::audit::NewEvent>),
     /// The keys changed since the decision was first made: nothing is written.
     Stale,
 }
@@ -114,8 +116,8 @@ impl Store {
         decide: impl FnOnce(&[KeyRecord]) -> Result<KeyChange, E>,
     ) -> anyhow::Result<Result<bool, E>> {
         match self {
-            Store::Sqlite(s) => sqlite::keys::change(s.pool(), set, decide).await,
-            Store::Postgres(s) => postgres::keys::change(s.pool(), set, decide).await,
+            Store::Sqlite(s) => sqlite::keys::change(s.pool(), s.trail(), set, decide).await,
+            Store::Postgres(s) => postgres::keys::change(s.pool(), s.trail(), set, decide).await,
         }
     }
 
@@ -156,8 +158,8 @@ impl Store {
         decide: impl FnOnce(Option<&ClientRow>) -> Result<(ClientRow, T), E>,
     ) -> anyhow::Result<Result<T, E>> {
         match self {
-            Store::Sqlite(s) => sqlite::clients::change(s.pool(), name, decide).await,
-            Store::Postgres(s) => postgres::clients::change(s.pool(), name, decide).await,
+            Store::Sqlite(s) => sqlite::clients::change(s.pool(), s.trail(), name, decide).await,
+            Store::Postgres(s) => postgres::clients::change(s.pool(), s.trail(), name, decide).await,
         }
     }
 
@@ -172,8 +174,8 @@ impl Store {
     /// Stores a profile's sealed secret, replacing an earlier one.
     pub async fn put_secret(&self, row: &SecretRow) -> anyhow::Result<()> {
         match self {
-            Store::Sqlite(s) => sqlite::secrets::put(s.pool(), row).await,
-            Store::Postgres(s) => postgres::secrets::put(s.pool(), row).await,
+            Store::Sqlite(s) => sqlite::secrets::put(s.pool(), s.trail(), row).await,
+            Store::Postgres(s) => postgres::secrets::put(s.pool(), s.trail(), row).await,
         }
     }
 
