@@ -1,4 +1,4 @@
-//! Hash chains over events and ledger rows, and walking them.
+//! Hash chains over events, and walking them.
 //!
 //! A record's hash is SHA-256 over the hash of its writer's previous record (64 zeros for
 //! a writer's first) and its stored fields, each length-prefixed, exactly as stored: the
@@ -7,10 +7,10 @@
 //! What a walk catches on its own: an altered record (its hash no longer matches), a
 //! removed one (a gap in its writer's sequence), a reordered one (its hash matches another
 //! place), an inserted one (its link does not match the record before it, or it carries
-//! no link at all). What it cannot catch without a [`Checkpoint`](super::checkpoint): the
+//! no link at all). What it cannot catch without heads kept outside the database (`audit heads`): the
 //! newest records of a writer removed (nothing follows them), or a chain rewritten from
-//! some record on by someone who recomputed every hash. A checkpoint kept outside the
-//! database pins each writer's head.
+//! some record on by someone who recomputed every hash. Heads kept outside the database
+//! pin each writer's chain up to them.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -2,7 +2,7 @@
 //! [`Event`]), and the hash chains that make a removed, altered, reordered or inserted
 //! record visible ([`chain`]).
 //!
-//! Each writer (one process's store, or its ledger writer) chains its own records: record
+//! Each writer (one process's store handle) chains its own records: record
 //! `seq` stores the hash of record `seq - 1` of the same writer and a hash over itself and
 //! that. Writers never wait for each other (replicas on PostgreSQL take no global lock).
 
@@ -165,50 +165,12 @@ pub enum Action {
     /// A profile's shared secret set or replaced.
     #[serde(rename = "secret.set")]
     SecretSet,
-    /// The master key's root rotated (the keyring re-sealed under it).
-    #[serde(rename = "master_key.rotated")]
-    MasterKeyRotated,
-    /// Everything re-sealed under a new term.
-    #[serde(rename = "master_key.resealed")]
-    MasterKeyResealed,
-    /// Old ledger rows pruned (with each ledger writer's first kept record).
-    #[serde(rename = "ledger.pruned")]
-    LedgerPruned,
-    /// Ledger rows a commit refused after they were chained (a revocation raced them).
-    #[serde(rename = "ledger.withheld")]
-    LedgerWithheld,
     /// A `serve` process started.
     #[serde(rename = "server.started")]
     ServerStarted,
-    /// The chain heads, signed.
-    #[serde(rename = "audit.checkpoint")]
-    Checkpoint,
 }
 
 impl Action {
-    /// Every action.
-    pub const ALL: [Action; 19] = [
-        Action::KeyGenerated,
-        Action::KeyImported,
-        Action::KeyHandoverPlanned,
-        Action::KeyRotated,
-        Action::KeyRevoked,
-        Action::KeyRetired,
-        Action::GateReleased,
-        Action::GateTimedOut,
-        Action::ClientAdded,
-        Action::ClientRotated,
-        Action::ClientRevoked,
-        Action::ClientChanged,
-        Action::SecretSet,
-        Action::MasterKeyRotated,
-        Action::MasterKeyResealed,
-        Action::LedgerPruned,
-        Action::LedgerWithheld,
-        Action::ServerStarted,
-        Action::Checkpoint,
-    ];
-
     /// Its name as stored and shown (`key.revoked`).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -225,12 +187,7 @@ impl Action {
             Action::ClientRevoked => "client.revoked",
             Action::ClientChanged => "client.changed",
             Action::SecretSet => "secret.set",
-            Action::MasterKeyRotated => "master_key.rotated",
-            Action::MasterKeyResealed => "master_key.resealed",
-            Action::LedgerPruned => "ledger.pruned",
-            Action::LedgerWithheld => "ledger.withheld",
             Action::ServerStarted => "server.started",
-            Action::Checkpoint => "audit.checkpoint",
         }
     }
 }

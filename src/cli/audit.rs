@@ -52,6 +52,9 @@ enum Command {
     /// altered, reordered or inserted; check the heads against a checkpoint. Exits 1 on
     /// any finding.
     Verify(VerifyArgs),
+    /// Print every chain's head as JSON: keep it outside the database, and pass it to
+    /// `audit verify --checkpoint` later to catch records removed from a chain's end.
+    Heads,
 }
 
 #[derive(Debug, clap::Args)]
@@ -82,8 +85,7 @@ struct EventsArgs {
 
 #[derive(Debug, clap::Args)]
 struct VerifyArgs {
-    /// A checkpoint kept outside the database (a `audit.checkpoint` event's JSON, as the
-    /// log or `GET /v1/events?action=audit.checkpoint` gave it): every head it signed must
+    /// Heads kept outside the database (`audit heads` printed them): every head must
     /// still be there, unaltered.
     #[arg(long, value_name = "FILE")]
     checkpoint: Option<std::path::PathBuf>,
@@ -93,6 +95,11 @@ pub(super) async fn run(ctx: &Context, args: Args) -> anyhow::Result<()> {
     match args.command {
         Some(Command::Events(events)) => return run_events(ctx, events).await,
         Some(Command::Verify(verify)) => return run_verify(ctx, verify).await,
+        Some(Command::Heads) => {
+            let heads = ops::audit::heads(&ctx.store().await?).await?;
+            println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "heads": heads }))?);
+            return Ok(());
+        }
         None => {}
     }
     let Args { sub, kid, client, profile, since, until, limit, json, .. } = args;
@@ -225,8 +232,7 @@ async fn run_verify(ctx: &Context, args: VerifyArgs) -> anyhow::Result<()> {
     }
 }
 
-/// The heads of a checkpoint file: an `audit.checkpoint` event as JSON (its `after`
-/// holds them), or just its `after`.
+/// The heads of a checkpoint file, as `audit heads` prints them.
 fn read_checkpoint(file: &std::path::Path) -> anyhow::Result<ops::audit::Heads> {
     let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let value: serde_json::Value =
@@ -234,7 +240,7 @@ fn read_checkpoint(file: &std::path::Path) -> anyhow::Result<ops::audit::Heads> 
     let after = value.get("after").unwrap_or(&value);
     let heads = after.get("heads").cloned().unwrap_or_else(|| after.clone());
     serde_json::from_value(heads)
-        .with_context(|| format!("{} holds no checkpoint heads (an audit.checkpoint event's JSON)", file.display()))
+        .with_context(|| format!("{} holds no chain heads (as `keyward audit heads` prints them)", file.display()))
 }
 
 /// An audit bound: RFC 3339, a date (its midnight, UTC) or an age before `now`.

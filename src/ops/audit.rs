@@ -41,11 +41,18 @@ pub async fn verify(store: &Store, checkpoint: Option<&Heads>) -> anyhow::Result
     })
 }
 
+/// Every writer's newest record (seq, hash) now: what a checkpoint holds.
+pub async fn heads(store: &Store) -> anyhow::Result<Heads> {
+    let mut heads = Heads::default();
+    for (link, event) in store.event_chains().await? {
+        heads.events.insert(event.writer, (link.seq, link.hash));
+    }
+    Ok(heads)
+}
+
 /// Each writer's head (seq, hash), per table, as a checkpoint holds them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Heads {
     /// Of the events table.
     pub events: BTreeMap<String, (i64, String)>,
-    /// Of the issuance ledger.
-    pub ledger: BTreeMap<String, (i64, String)>,
 }
