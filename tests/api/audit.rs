@@ -7,7 +7,10 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use crate::helpers::{keyward, spawn_app, text};
+use keyward::config::Database;
+use keyward::store::Store;
+
+use crate::helpers::{keyward, keyward_bare, on_both_stores, spawn_app, text, Backend};
 
 /// Every event `audit events --json` prints, oldest first.
 fn cli_events(dir: &Path, filters: &[&str]) -> Vec<Value> {
@@ -205,4 +208,115 @@ async fn admin_api_rotations_and_revocations_are_recorded_with_the_client_addres
     let started = &started["events"][0];
     assert_eq!(started["after"]["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(started["after"]["config_sha256"].as_str().unwrap().len(), 64);
+}
+
+/// Runs `sql` on `store`'s database, as someone with write access to it might.
+async fn tamper(store: &Store, sql: &str) {
+    match store {
+        Store::Sqlite(s) => sqlx::query(sql).execute(s.pool()).await.map(drop),
+        Store::Postgres(s) => sqlx::query(sql).execute(s.pool()).await.map(drop),
+    }
+    .unwrap_or_else(|err| panic!("{sql}: {err}"));
+}
+
+/// `keyward audit verify` on `url` (with `--checkpoint` when given): exit success, stdout.
+fn verify(dir: &Path, url: &str, checkpoint: Option<&Path>) -> (bool, String) {
+    let mut args = vec!["audit", "verify"];
+    if let Some(file) = checkpoint {
+        args.extend(["--checkpoint", file.to_str().unwrap()]);
+    }
+    let out = keyward_bare(dir, &args).env("KEYWARD_DATABASE_URL", url).output().unwrap();
+    (out.status.success(), text(&out.stdout) + &text(&out.stderr))
+}
+
+/// A store with one writer's chain of five events (five clients added: a, b, c, d, e),
+/// its writer, and its heads as `audit heads` prints them, in `dir`/heads.json.
+async fn five_events(backend: Backend, dir: &Path) -> (Store, String, String) {
+    let url = backend.new_database_url(dir).await;
+    let store = Store::connect(&Database::parse(&url).unwrap()).await.unwrap();
+    let config = keyward::config::Config::default();
+    for name in ["a", "b", "c", "d", "e"] {
+        keyward::ops::clients::add(&store, &config, name, &["npm-sandbox".to_owned()], false, 0).await.unwrap();
+    }
+    let writer = store.trail().writer.to_string();
+    let out = keyward_bare(dir, &["audit", "heads"]).env("KEYWARD_DATABASE_URL", &url).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    std::fs::write(dir.join("heads.json"), &out.stdout).unwrap();
+    (store, writer, url)
+}
+
+/// The hash `audit verify` expects of an event row (the README's "Audit" spells it out):
+/// SHA-256, in hex, of the previous hash and each field length-prefixed.
+fn event_hash(prev: &str, fields: &[Option<&str>]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(prev.as_bytes());
+    for field in fields {
+        match field {
+            None => hash.update(b"N"),
+            Some(text) => {
+                hash.update(b"S");
+                hash.update((text.len() as u64).to_be_bytes());
+                hash.update(text.as_bytes());
+            }
+        }
+    }
+    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+on_both_stores! {
+    async fn audit_verify_names_each_removed_altered_reordered_inserted_or_truncated_event(backend: Backend) {
+        // Untouched: clean.
+        let dir = tempfile::tempdir().unwrap();
+        let (_store, _, url) = five_events(backend, dir.path()).await;
+        let (ok, said) = verify(dir.path(), &url, Some(&dir.path().join("heads.json")));
+        assert!(ok && said.contains("checked 5 event(s) of 1 writer(s)"), "{said}");
+
+        // A middle event deleted.
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer, url) = five_events(backend, dir.path()).await;
+        tamper(&store, &format!("DELETE FROM events WHERE writer = '{writer}' AND seq = 3")).await;
+        let (ok, said) = verify(dir.path(), &url, None);
+        assert!(!ok && said.contains(&format!("REMOVED events record writer {writer} seq 3, just before client.added client:d")), "{said}");
+
+        // An event edited (the client it names).
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer, url) = five_events(backend, dir.path()).await;
+        tamper(&store, &format!("UPDATE events SET object = 'client:x' WHERE writer = '{writer}' AND seq = 3")).await;
+        let (ok, said) = verify(dir.path(), &url, None);
+        assert!(!ok && said.contains(&format!("ALTERED events record client.added client:x")) && said.contains(&format!("(writer {writer}, seq 3)")), "{said}");
+
+        // Two events swapped.
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer, url) = five_events(backend, dir.path()).await;
+        for (from, to) in [(2, -1), (3, 2), (-1, 3)] {
+            tamper(&store, &format!("UPDATE events SET seq = {to} WHERE writer = '{writer}' AND seq = {from}")).await;
+        }
+        let (ok, said) = verify(dir.path(), &url, None);
+        assert!(!ok && said.contains("REORDERED events record client.added client:c") && said.contains("stands at seq 2 but was written at seq 3"), "{said}");
+
+        // A forged event, hashed as keyward would, claiming to follow the third.
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer, url) = five_events(backend, dir.path()).await;
+        let third = store.event_chains().await.unwrap().into_iter().map(|(_, e)| e).find(|e| e.seq == 3).unwrap();
+        let actor = r#"{"kind":"cli","user":"mallory","host":"h","pid":1}"#;
+        let hash = event_hash(&third.hash, &[Some(&writer), Some("6"), Some("1"), Some(actor), Some("mallory@h"),
+            Some("client.added"), Some("client:mallory"), None, Some("{}"), None]);
+        tamper(&store, &format!(
+            "INSERT INTO events (writer, seq, at, actor, actor_name, action, object, before, after, reason, prev_hash, hash) \
+             VALUES ('{writer}', 6, 1, '{actor}', 'mallory@h', 'client.added', 'client:mallory', NULL, '{{}}', NULL, '{}', '{hash}')",
+            third.hash
+        )).await;
+        let (ok, said) = verify(dir.path(), &url, None);
+        assert!(!ok && said.contains("INSERTED events record client.added client:mallory at 1") && said.contains(&format!("(writer {writer}, seq 6)")), "{said}");
+
+        // The newest event deleted: nothing follows it, so only the heads kept outside catch it.
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer, url) = five_events(backend, dir.path()).await;
+        tamper(&store, &format!("DELETE FROM events WHERE writer = '{writer}' AND seq = 5")).await;
+        let (ok, said) = verify(dir.path(), &url, None);
+        assert!(ok, "without the heads a removed tail cannot be told: {said}");
+        let (ok, said) = verify(dir.path(), &url, Some(&dir.path().join("heads.json")));
+        assert!(!ok && said.contains(&format!("TRUNCATED events writer {writer}: its last record is seq 4, the checkpoint holds seq 5")), "{said}");
+    }
 }
