@@ -165,6 +165,12 @@ pub enum Action {
     /// A profile's shared secret set or replaced.
     #[serde(rename = "secret.set")]
     SecretSet,
+    /// Ledger rows chained and then refused by their commit (a revocation raced them).
+    #[serde(rename = "ledger.withheld")]
+    LedgerWithheld,
+    /// Old ledger rows pruned, with each ledger writer's first kept row.
+    #[serde(rename = "ledger.pruned")]
+    LedgerPruned,
     /// A `serve` process started.
     #[serde(rename = "server.started")]
     ServerStarted,
@@ -188,6 +194,8 @@ impl Action {
             Action::ClientChanged => "client.changed",
             Action::SecretSet => "secret.set",
             Action::ServerStarted => "server.started",
+            Action::LedgerWithheld => "ledger.withheld",
+            Action::LedgerPruned => "ledger.pruned",
         }
     }
 }

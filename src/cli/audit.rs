@@ -223,7 +223,10 @@ async fn run_verify(ctx: &Context, args: VerifyArgs) -> anyhow::Result<()> {
         println!("{problem}");
     }
     let checked = if heads.is_some() { " and the checkpoint's heads" } else { "" };
-    eprintln!("checked {} event(s) of {} writer(s){checked}", found.events, found.event_writers);
+    eprintln!(
+        "checked {} event(s) of {} writer(s) and {} ledger row(s) of {} writer(s){checked}",
+        found.events, found.event_writers, found.ledger_rows, found.ledger_writers
+    );
     if found.problems.is_empty() {
         println!("ok: every chain is intact");
         Ok(())

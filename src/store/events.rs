@@ -214,15 +214,14 @@ impl EventRow {
     }
 
     fn link(&self) -> Link {
+        let computed = self.hash_at(self.seq);
+        let elsewhere = if computed == self.hash { Vec::new() } else { chain::nearby(self.seq, |s| self.hash_at(s)) };
         Link {
             seq: self.seq,
             prev_hash: self.prev_hash.clone(),
             hash: self.hash.clone(),
-            computed: self.hash_at(self.seq),
-            elsewhere: (self.seq - 8..=self.seq + 8)
-                .filter(|s| *s != self.seq && *s >= 1)
-                .map(|s| (s, self.hash_at(s)))
-                .collect(),
+            computed,
+            elsewhere,
             label: format!("{} {} at {}", self.action, self.object, self.at),
         }
     }

@@ -197,11 +197,12 @@ impl Store {
         .context("counting ledger rows per minute")
     }
 
-    /// Deletes ledger rows issued before `before`; returns how many.
+    /// Deletes ledger rows issued before `before` (each chain's up to its first later
+    /// row) and records where each pruned chain now starts; returns how many.
     pub async fn prune_issuance(&self, before: i64) -> anyhow::Result<u64> {
         match self {
-            Store::Sqlite(s) => sqlite::issuance::prune(s.pool(), before).await,
-            Store::Postgres(s) => postgres::issuance::prune(s.pool(), before).await,
+            Store::Sqlite(s) => sqlite::issuance::prune(s.pool(), s.trail(), before).await,
+            Store::Postgres(s) => postgres::issuance::prune(s.pool(), s.trail(), before).await,
         }
     }
 

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use keyward::config::Database;
 use keyward::store::Store;
 
-use crate::helpers::{keyward, keyward_bare, on_both_stores, spawn_app, text, Backend};
+use crate::helpers::{keyward, keyward_bare, on_both_stores, spawn_app, spawn_app_on, text, Backend, TestApp};
 
 /// Every event `audit events --json` prints, oldest first.
 fn cli_events(dir: &Path, filters: &[&str]) -> Vec<Value> {
@@ -318,5 +318,105 @@ on_both_stores! {
         assert!(ok, "without the heads a removed tail cannot be told: {said}");
         let (ok, said) = verify(dir.path(), &url, Some(&dir.path().join("heads.json")));
         assert!(!ok && said.contains(&format!("TRUNCATED events writer {writer}: its last record is seq 4, the checkpoint holds seq 5")), "{said}");
+    }
+}
+
+/// An app on `backend` that issued `n` tokens one after another (subjects s0, s1, ...),
+/// with its ledger rows as (writer, seq, jti) in chain order, and `audit heads` in
+/// heads.json of its folder.
+async fn ledger_of(backend: Backend, n: usize) -> (TestApp, Vec<(String, i64, String)>) {
+    let app = spawn_app_on(backend, |_| {}).await;
+    let token = app.client("backend", &["npm-sandbox"]).await;
+    for i in 0..n {
+        app.sign_ok("npm-sandbox", &token, &json!({"sub": format!("s{i}")})).await;
+    }
+    const SQL: &str = "SELECT writer, seq, jti FROM issuance ORDER BY seq";
+    let rows: Vec<(String, i64, String)> = match &app.store {
+        Store::Sqlite(s) => sqlx::query_as(SQL).fetch_all(s.pool()).await,
+        Store::Postgres(s) => sqlx::query_as(SQL).fetch_all(s.pool()).await,
+    }
+    .unwrap();
+    assert_eq!(rows.len(), n);
+    let out = keyward_bare(app.dir.path(), &["audit", "heads"])
+        .env("KEYWARD_DATABASE_URL", &app.config.server.database_url)
+        .output()
+        .unwrap();
+    std::fs::write(app.dir.path().join("heads.json"), &out.stdout).unwrap();
+    (app, rows)
+}
+
+fn verify_app(app: &TestApp, with_heads: bool) -> (bool, String) {
+    let heads = app.dir.path().join("heads.json");
+    verify(app.dir.path(), &app.config.server.database_url, with_heads.then_some(heads.as_path()))
+}
+
+on_both_stores! {
+    async fn audit_verify_names_each_removed_altered_reordered_inserted_or_truncated_ledger_row(backend: Backend) {
+        let (app, _) = ledger_of(backend, 6).await;
+        let (ok, said) = verify_app(&app, true);
+        assert!(ok && said.contains("6 ledger row(s) of 1 writer(s)"), "{said}");
+
+        // A middle row deleted.
+        let (app, rows) = ledger_of(backend, 6).await;
+        let (writer, _, third) = &rows[2];
+        tamper(&app.store, &format!("DELETE FROM issuance WHERE jti = '{third}'")).await;
+        let (ok, said) = verify_app(&app, false);
+        let fourth = &rows[3].2;
+        assert!(!ok && said.contains(&format!("REMOVED ledger record writer {writer} seq 3, just before jti {fourth}")), "{said}");
+
+        // A sub edited.
+        let (app, rows) = ledger_of(backend, 6).await;
+        tamper(&app.store, &format!("UPDATE issuance SET sub = 'someone-else' WHERE jti = '{}'", rows[1].2)).await;
+        let (ok, said) = verify_app(&app, false);
+        assert!(!ok && said.contains(&format!("ALTERED ledger record jti {}", rows[1].2)) && said.contains("seq 2)"), "{said}");
+
+        // Two rows swapped.
+        let (app, rows) = ledger_of(backend, 6).await;
+        let writer = &rows[0].0;
+        for (from, to) in [(4, -1), (5, 4), (-1, 5)] {
+            tamper(&app.store, &format!("UPDATE issuance SET seq = {to} WHERE writer = '{writer}' AND seq = {from}")).await;
+        }
+        let (ok, said) = verify_app(&app, false);
+        assert!(!ok && said.contains(&format!("REORDERED ledger record jti {}", rows[4].2)) && said.contains("stands at seq 4 but was written at seq 5"), "{said}");
+
+        // A forged row, without a chain, among chained ones.
+        let (app, _) = ledger_of(backend, 6).await;
+        tamper(&app.store, &format!(
+            "INSERT INTO issuance (jti, profile, client, sub, kid, alg, iat, exp, claim_names) \
+             VALUES ('forged-jti', 'npm-sandbox', 'backend', 'mallory', NULL, 'ES256', {}, {}, '[]')",
+            crate::helpers::now(), crate::helpers::now() + 60
+        )).await;
+        let (ok, said) = verify_app(&app, false);
+        assert!(!ok && said.contains("INSERTED ledger record jti forged-jti"), "{said}");
+
+        // The newest rows deleted: caught against the heads kept outside.
+        let (app, rows) = ledger_of(backend, 6).await;
+        tamper(&app.store, &format!("DELETE FROM issuance WHERE jti IN ('{}', '{}')", rows[4].2, rows[5].2)).await;
+        let (ok, said) = verify_app(&app, false);
+        assert!(ok, "{said}");
+        let (ok, said) = verify_app(&app, true);
+        assert!(!ok && said.contains(&format!("TRUNCATED ledger writer {}: its last record is seq 4, the checkpoint holds seq 6", rows[0].0)), "{said}");
+    }
+
+    async fn pruning_keeps_the_ledger_chain_verifiable_from_the_oldest_kept_row(backend: Backend) {
+        let (app, rows) = ledger_of(backend, 6).await;
+        // The first three rows are made old, then pruned as retention would.
+        let old = crate::helpers::now() - 86_400;
+        for (_, seq, _) in &rows[..3] {
+            tamper(&app.store, &format!("UPDATE issuance SET iat = {old} WHERE seq = {seq}")).await;
+        }
+        // (The hash covers iat: put the rows back as written, then let the prune drop them.)
+        let (ok, said) = verify_app(&app, false);
+        assert!(!ok && said.contains("ALTERED ledger record"), "iat is covered: {said}");
+        let pruned = app.store.prune_issuance(old + 1).await.unwrap();
+        assert_eq!(pruned, 3);
+        let (ok, said) = verify_app(&app, true);
+        assert!(ok && said.contains("3 ledger row(s)"), "{said}");
+        let events = app.store.events(&keyward::audit::EventFilter { action: Some("ledger.pruned".into()), ..Default::default() }, None, 10).await.unwrap();
+        assert_eq!(events[0].after.as_ref().unwrap()["first_kept"][&rows[0].0][0], 4);
+        // The oldest kept row deleted by hand is not taken for a prune.
+        tamper(&app.store, &format!("DELETE FROM issuance WHERE jti = '{}'", rows[3].2)).await;
+        let (ok, said) = verify_app(&app, false);
+        assert!(!ok && said.contains(&format!("REMOVED ledger record writer {} seq 4", rows[0].0)), "{said}");
     }
 }

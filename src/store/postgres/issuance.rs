@@ -8,15 +8,21 @@ use anyhow::Context;
 use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, PgPool, Postgres};
 
-use crate::store::issuance::{Refused, PROBE_JTI};
+use crate::store::events::Trail;
+use crate::store::issuance::{
+    genesis, pruned_event, LedgerChain, LedgerLink, Refused, FIRST_KEPT_SQL, LEDGER_HEAD_SQL, PROBE_JTI,
+    PRUNED_WRITERS_SQL, PRUNE_UNCHAINED_SQL, PRUNE_WRITER_SQL,
+};
 use crate::store::rows::{Entry, EntryRow, Filter};
 
 /// The rows of the JSON array (`store::issuance::rows_json`) bound as `$1`.
 macro_rules! rows_of_json {
     () => {
-        "SELECT r.jti, r.profile, r.client, r.sub, r.kid, r.alg, r.iat, r.exp, r.claim_names \
+        "SELECT r.jti, r.profile, r.client, r.sub, r.kid, r.alg, r.iat, r.exp, r.claim_names, \
+         r.writer, r.seq, r.prev_hash, r.hash \
          FROM json_to_recordset($1::json) AS r(jti TEXT, profile TEXT, client TEXT, sub TEXT, kid TEXT, \
-         alg TEXT, iat BIGINT, exp BIGINT, claim_names TEXT, client_generation BIGINT)"
+         alg TEXT, iat BIGINT, exp BIGINT, claim_names TEXT, client_generation BIGINT, \
+         writer TEXT, seq BIGINT, prev_hash TEXT, hash TEXT)"
     };
 }
 
@@ -27,7 +33,7 @@ macro_rules! rows_of_json {
 /// this commit, so no row of a revoked key or client commits after the revocation,
 /// whichever replica revoked it.
 const INSERT_ALLOWED: &str = concat!(
-    "INSERT INTO issuance (jti, profile, client, sub, kid, alg, iat, exp, claim_names) ",
+    "INSERT INTO issuance (jti, profile, client, sub, kid, alg, iat, exp, claim_names, writer, seq, prev_hash, hash) ",
     rows_of_json!(),
     " WHERE (r.kid IS NULL OR r.kid IN (SELECT kid FROM keys WHERE kid = ANY($2) \
      AND revoked_at IS NULL AND retired_at IS NULL ORDER BY kid FOR SHARE)) \
@@ -45,13 +51,17 @@ pub struct IssuanceWriter {
     connection: Option<PoolConnection<Postgres>>,
     /// PostgreSQL's own limit on each of its statements (a lock wait included).
     statement_timeout: Duration,
+    /// Its hash chain.
+    chain: LedgerChain,
 }
 
 impl IssuanceWriter {
     /// The writer of `pool`'s issuance table, whose statements PostgreSQL cancels after
     /// `statement_timeout`.
-    pub fn new(pool: PgPool, statement_timeout: Duration) -> Self {
-        IssuanceWriter { pool, connection: None, statement_timeout }
+    /// Its rows are chained under a writer id of its own; `trail` attributes the events
+    /// it records.
+    pub fn new(pool: PgPool, statement_timeout: Duration, trail: Trail) -> Self {
+        IssuanceWriter { pool, connection: None, statement_timeout, chain: LedgerChain::new(trail) }
     }
 
     /// The writer's own connection (opened if needed), closed rather than returned to the
@@ -74,6 +84,8 @@ impl IssuanceWriter {
     /// A commit or probe was given up mid-way: its connection is closed, not used again.
     pub fn abandon(&mut self) {
         self.connection = None;
+        // Whether the commit landed is unknown: the head is read again from the table.
+        self.chain.head = None;
     }
 
     /// Commits `entries` in one statement, except those whose key may no longer sign
@@ -97,8 +109,21 @@ impl IssuanceWriter {
     }
 
     async fn insert_allowed(&mut self, entries: &[&Entry]) -> anyhow::Result<Refused> {
+        let head = match self.chain.head.clone() {
+            Some(head) => head,
+            None => {
+                let writer = self.chain.writer.clone();
+                let stored: Option<(i64, String)> = sqlx::query_as(LEDGER_HEAD_SQL)
+                    .bind(writer)
+                    .fetch_optional(self.connection().await?)
+                    .await
+                    .context("reading the ledger chain's head")?;
+                stored.unwrap_or_else(genesis)
+            }
+        };
+        let links = self.chain.links(&head, entries);
+        let rows = rows_json(entries, Some((&self.chain.writer, &links)));
         let connection = self.connection().await?;
-        let rows = rows_json(entries);
         let kids: BTreeSet<&str> = entries.iter().filter_map(|e| e.kid.as_deref()).collect();
         let clients: BTreeSet<&str> = entries.iter().map(|e| e.client.as_str()).collect();
         let (kids, clients): (Vec<&str>, Vec<&str>) = (kids.into_iter().collect(), clients.into_iter().collect());
@@ -116,6 +141,7 @@ impl IssuanceWriter {
             }
         };
         if written.rows_affected() == entries.len() as u64 {
+            self.chain.advance(&links);
             return Ok(Refused::default());
         }
         // Some rows were refused (a revocation): which, and why.
@@ -138,7 +164,13 @@ impl IssuanceWriter {
         .context("checking clients")?
         .into_iter()
         .collect();
-        Ok(Refused::missing(entries, &present, &clients))
+        self.chain.advance(&links);
+        let refused = Refused::missing(entries, &present, &clients);
+        let withheld = self.chain.withheld(entries, &links, &refused);
+        let mut tx = super::WriteTx::begin(&self.pool).await?;
+        super::events::append(&mut tx, &self.chain.trail, &[withheld]).await?;
+        tx.commit().await.context("recording withheld ledger rows")?;
+        Ok(refused)
     }
 }
 
@@ -150,7 +182,8 @@ fn broken_off(err: &sqlx::Error) -> bool {
 
 /// `entries` as the one JSON array the statements below read (`json_to_recordset`: one
 /// statement shape for any batch size); the claim names as the JSON text the column keeps.
-fn rows_json(entries: &[&Entry]) -> String {
+/// With `chain` (the writer and each row's link), the rows carry their chain columns.
+fn rows_json(entries: &[&Entry], chain: Option<(&str, &[LedgerLink])>) -> String {
     #[derive(serde::Serialize)]
     struct Row<'a> {
         jti: &'a str,
@@ -163,20 +196,40 @@ fn rows_json(entries: &[&Entry]) -> String {
         exp: i64,
         claim_names: String,
         client_generation: i64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        writer: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        seq: Option<i64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        prev_hash: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        hash: Option<&'a str>,
     }
+    let (writer, links) = chain.map_or((None, &[][..]), |(writer, links)| (Some(writer), links));
+    let mut links = links.iter();
     let rows: Vec<Row> = entries
         .iter()
-        .map(|e| Row {
-            jti: &e.jti,
-            profile: &e.profile,
-            client: &e.client,
-            sub: e.sub.as_deref(),
-            kid: e.kid.as_deref(),
-            alg: &e.alg,
-            iat: e.iat,
-            exp: e.exp,
-            claim_names: serde_json::to_string(&e.claim_names).unwrap_or_else(|_| "[]".to_owned()),
-            client_generation: e.client_generation,
+        .map(|e| {
+            let link = links.next();
+            Row {
+                writer: link.and(writer),
+                seq: link.map(|l| l.seq),
+                prev_hash: link.map(|l| l.prev_hash.as_str()),
+                hash: link.map(|l| l.hash.as_str()),
+                jti: &e.jti,
+                profile: &e.profile,
+                client: &e.client,
+                sub: e.sub.as_deref(),
+                kid: e.kid.as_deref(),
+                alg: &e.alg,
+                iat: e.iat,
+                exp: e.exp,
+                claim_names: match link {
+                    Some(link) => link.claim_names.clone(),
+                    None => serde_json::to_string(&e.claim_names).unwrap_or_else(|_| "[]".to_owned()),
+                },
+                client_generation: e.client_generation,
+            }
         })
         .collect();
     serde_json::to_string(&rows).unwrap_or_else(|_| "[]".to_owned())
@@ -231,22 +284,60 @@ pub async fn page(pool: &PgPool, iat: i64, jti: &str, limit: i64) -> anyhow::Res
 /// Writes `entries` as they are, in one statement.
 pub async fn copy(pool: &PgPool, entries: &[&Entry]) -> anyhow::Result<()> {
     sqlx::query(concat!(
-        "INSERT INTO issuance (jti, profile, client, sub, kid, alg, iat, exp, claim_names) ",
+        "INSERT INTO issuance (jti, profile, client, sub, kid, alg, iat, exp, claim_names, writer, seq, prev_hash, hash) ",
         rows_of_json!()
     ))
-    .bind(rows_json(entries))
+    .bind(rows_json(entries, None))
     .execute(pool)
     .await
     .context("writing copied ledger rows")?;
     Ok(())
 }
 
-/// Deletes rows issued before `before`; returns how many.
-pub async fn prune(pool: &PgPool, before: i64) -> anyhow::Result<u64> {
-    let done = sqlx::query("DELETE FROM issuance WHERE iat < $1")
+/// Deletes rows issued before `before` (each writer's up to its first later row, so that
+/// its chain stays whole from there) and records, in the same transaction, where each
+/// pruned chain now starts; returns how many rows it deleted.
+pub async fn prune(pool: &PgPool, trail: &Trail, before: i64) -> anyhow::Result<u64> {
+    let mut tx = super::WriteTx::begin(pool).await?;
+    let writers: Vec<String> = sqlx::query_scalar(PRUNED_WRITERS_SQL)
         .bind(before)
-        .execute(pool)
+        .fetch_all(&mut *tx)
         .await
-        .context("pruning the ledger")?;
-    Ok(done.rows_affected())
+        .context("finding the ledger writers to prune")?;
+    let mut first_kept = serde_json::Map::new();
+    let mut rows = 0;
+    for writer in writers {
+        let kept: Option<(i64, String)> = sqlx::query_as(FIRST_KEPT_SQL)
+            .bind(&writer)
+            .bind(before)
+            .fetch_optional(&mut *tx)
+            .await
+            .context("finding the first kept ledger row")?;
+        let anchor = match kept {
+            Some(kept) => kept,
+            None => {
+                let (seq, hash): (i64, String) = sqlx::query_as(LEDGER_HEAD_SQL)
+                    .bind(&writer)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .context("reading a head")?;
+                (seq + 1, hash)
+            }
+        };
+        let done = sqlx::query(PRUNE_WRITER_SQL)
+            .bind(&writer)
+            .bind(anchor.0)
+            .execute(&mut *tx)
+            .await
+            .context("pruning the ledger")?;
+        rows += done.rows_affected();
+        first_kept.insert(writer, serde_json::json!([anchor.0, anchor.1]));
+    }
+    let done = sqlx::query(PRUNE_UNCHAINED_SQL).bind(before).execute(&mut *tx).await.context("pruning the ledger")?;
+    rows += done.rows_affected();
+    if rows > 0 {
+        super::events::append(&mut tx, trail, &[pruned_event(before, rows, first_kept)]).await?;
+    }
+    tx.commit().await.context("committing the prune")?;
+    Ok(rows)
 }
