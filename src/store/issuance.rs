@@ -135,8 +135,7 @@ impl LedgerChain {
                 seq += 1;
                 let claim_names = serde_json::to_string(&entry.claim_names).unwrap_or_else(|_| "[]".to_owned());
                 let hash = ledger_hash(&prev, &self.writer, seq, entry, &claim_names);
-                let link = LedgerLink { seq, prev_hash: std::mem::replace(&mut prev, hash.clone()), hash, claim_names };
-                link
+                LedgerLink { seq, prev_hash: std::mem::replace(&mut prev, hash.clone()), hash, claim_names }
             })
             .collect()
     }
@@ -234,7 +233,8 @@ pub(crate) struct LedgerChains {
 impl Store {
     /// The ledger's chains, for `audit verify`.
     pub(crate) async fn ledger_chains(&self) -> anyhow::Result<LedgerChains> {
-        let (rows, unchained): (sqlx::Result<Vec<ChainedRow>>, sqlx::Result<Vec<(String, i64)>>) = match self {
+        type Read<T> = sqlx::Result<Vec<T>>;
+        let (rows, unchained): (Read<ChainedRow>, Read<(String, i64)>) = match self {
             Store::Sqlite(s) => (
                 sqlx::query_as(LEDGER_CHAIN_SQL).fetch_all(s.pool()).await,
                 sqlx::query_as(UNCHAINED_SQL).bind(PROBE_JTI).fetch_all(s.pool()).await,
