@@ -461,8 +461,6 @@ pub(crate) fn secret_event(before: Option<(i64, i64)>, row: &super::rows::Secret
         action: Action::SecretSet,
         object: format!("profile:{}", row.profile),
         before: before.map(|(created_at, updated_at)| json!({ "created_at": created_at, "updated_at": updated_at })),
-        after: Some(
-            json!({ "created_at": row.created_at, "updated_at": row.updated_at, "master_key_id": row.master_key_id }),
-        ),
+        after: Some(json!({ "created_at": row.created_at, "updated_at": row.updated_at })),
     }
 }

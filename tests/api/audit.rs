@@ -10,7 +10,10 @@ use serde_json::{json, Value};
 use keyward::config::Database;
 use keyward::store::Store;
 
-use crate::helpers::{keyward, keyward_bare, on_both_stores, spawn_app, spawn_app_on, text, Backend, TestApp};
+use crate::helpers::{
+    keyward, keyward_bare, on_both_stores, serve, spawn_app, spawn_app_on, test_config, text, wait_healthy, Backend,
+    Serve, TestApp,
+};
 
 /// Every event `audit events --json` prints, oldest first.
 fn cli_events(dir: &Path, filters: &[&str]) -> Vec<Value> {
@@ -419,4 +422,62 @@ on_both_stores! {
         let (ok, said) = verify_app(&app, false);
         assert!(!ok && said.contains(&format!("REMOVED ledger record writer {} seq 4", rows[0].0)), "{said}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_verify_passes_an_untouched_store_after_ten_thousand_tokens_from_two_replicas() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.key_sets[0].algorithm = keyward::keys::Algorithm::Es256;
+    config.server.database_url = crate::postgres::fresh_database().await;
+    crate::replicas::write_master_key(dir.path());
+    let http = reqwest::Client::new();
+    let mut replicas: Vec<Serve> = (0..2).map(|_| serve(dir.path(), &config, "warn")).collect();
+    for replica in &mut replicas {
+        assert!(wait_healthy(&http, replica).await, "a replica did not come up");
+    }
+    let store = Store::connect(&config.database()).await.unwrap();
+    let token = keyward::ops::clients::add(&store, &config, "backend", &["npm-sandbox".to_owned()], false, 0)
+        .await
+        .unwrap()
+        .to_string();
+    // Both replicas see the new client within their watch interval.
+    for replica in &replicas {
+        let url = format!("{}/v1/profiles/npm-sandbox/sign", replica.internal);
+        let seen = crate::helpers::eventually(std::time::Duration::from_secs(10), || {
+            let (http, url, token) = (http.clone(), url.clone(), token.clone());
+            async move {
+                let sent = http.post(&url).bearer_auth(&token).json(&json!({"sub": "warm-up"})).send().await;
+                sent.is_ok_and(|r| r.status() == 200)
+            }
+        })
+        .await;
+        assert!(seen, "a replica did not take the new client");
+    }
+    const TOKENS: usize = 10_000;
+    const TASKS: usize = 16;
+    let mut tasks = Vec::new();
+    for task in 0..TASKS {
+        let url = format!("{}/v1/profiles/npm-sandbox/sign", replicas[task % 2].internal);
+        let (http, token) = (http.clone(), token.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut done = 0;
+            for i in (task..TOKENS - 2).step_by(TASKS) {
+                let response = http.post(&url).bearer_auth(&token).json(&json!({"sub": format!("u{i}")})).send().await;
+                assert_eq!(response.unwrap().status(), 200);
+                done += 1;
+            }
+            done
+        }));
+    }
+    let mut issued = 2;
+    for task in tasks {
+        issued += task.await.unwrap();
+    }
+    assert_eq!(issued, TOKENS);
+    for replica in &mut replicas {
+        assert!(replica.terminate(std::time::Duration::from_secs(20)).await.is_some_and(|s| s.success()));
+    }
+    let (ok, said) = verify(dir.path(), &config.server.database_url, None);
+    assert!(ok && said.contains(&format!("{TOKENS} ledger row(s) of 2 writer(s)")), "{said}");
 }

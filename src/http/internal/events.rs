@@ -28,13 +28,13 @@ struct EventPage {
 }
 
 #[utoipa::path(get, path = "/v1/events", tag = "admin", security(("bearer" = [])),
-    params(("since" = Option<i64>, Query, description = "At or after (Unix seconds)"),
-        ("until" = Option<i64>, Query, description = "Before (Unix seconds)"),
-        ("actor" = Option<String>, Query, description = "Actor name: an admin client, `user@host`, `scheduler@REPLICA`"),
-        ("object" = Option<String>, Query, description = "Object, e.g. `key:KID`, or a kind ending in `:` (`client:`)"),
-        ("action" = Option<String>, Query, description = "Action, e.g. `key.revoked`, or a prefix ending in `.` (`key.`)"),
-        ("after" = Option<String>, Query, description = "The `next` of the previous page"),
-        ("limit" = Option<i64>, Query, description = "Events per page, 1 to 500 (default 500)")),
+    params(("since" = Option<i64>, Query, description = "At or after (Unix seconds)", example = 1796677185),
+        ("until" = Option<i64>, Query, description = "Before (Unix seconds)", example = 1796763585),
+        ("actor" = Option<String>, Query, description = "Actor name: an admin client, `user@host`, `scheduler@REPLICA`", example = "ops"),
+        ("object" = Option<String>, Query, description = "Object, e.g. `key:KID`, or a kind ending in `:` (`client:`)", example = "client:"),
+        ("action" = Option<String>, Query, description = "Action, e.g. `key.revoked`, or a prefix ending in `.` (`key.`)", example = "key.revoked"),
+        ("after" = Option<String>, Query, description = "The `next` of the previous page", example = "1796677185.3.web-1/1/0c7d5e11"),
+        ("limit" = Option<i64>, Query, description = "Events per page, 1 to 500 (default 500)", example = 100)),
     responses((status = 200, description = "Admin events, oldest first", body = EventPage),
         (status = 400, body = Problem), (status = 401, body = Problem),
         (status = 403, body = Problem, description = "The client lacks `events:read`"), (status = 429, body = Problem)))]
