@@ -171,6 +171,9 @@ pub enum Action {
     /// Old ledger rows pruned, with each ledger writer's first kept row.
     #[serde(rename = "ledger.pruned")]
     LedgerPruned,
+    /// Every chain's head, signed when a key set signs checkpoints.
+    #[serde(rename = "audit.checkpoint")]
+    Checkpoint,
     /// A `serve` process started.
     #[serde(rename = "server.started")]
     ServerStarted,
@@ -194,6 +197,7 @@ impl Action {
             Action::ClientChanged => "client.changed",
             Action::SecretSet => "secret.set",
             Action::ServerStarted => "server.started",
+            Action::Checkpoint => "audit.checkpoint",
             Action::LedgerWithheld => "ledger.withheld",
             Action::LedgerPruned => "ledger.pruned",
         }

@@ -85,8 +85,9 @@ struct EventsArgs {
 
 #[derive(Debug, clap::Args)]
 struct VerifyArgs {
-    /// Heads kept outside the database (`audit heads` printed them): every head must
-    /// still be there, unaltered.
+    /// A checkpoint kept outside the database: an `audit.checkpoint` event's JSON (from
+    /// the log or `audit events --json`; its signature is verified) or `audit heads`'
+    /// output. Every head it holds must still be there, unaltered.
     #[arg(long, value_name = "FILE")]
     checkpoint: Option<std::path::PathBuf>,
 }
@@ -214,15 +215,29 @@ fn print_event(event: &Event, json: bool) -> anyhow::Result<()> {
 
 async fn run_verify(ctx: &Context, args: VerifyArgs) -> anyhow::Result<()> {
     let store = ctx.store().await?;
-    let heads = match &args.checkpoint {
-        Some(file) => Some(read_checkpoint(file)?),
+    let checkpoint = match &args.checkpoint {
+        Some(file) => {
+            let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+            let value: serde_json::Value =
+                serde_json::from_str(&text).with_context(|| format!("{} is not JSON", file.display()))?;
+            let checkpoint = ops::audit::read_checkpoint(&store, &value)
+                .await
+                .with_context(|| format!("checkpoint {}", file.display()))?;
+            match &checkpoint.signed_by {
+                Some((kid, set, iat)) => {
+                    eprintln!("checkpoint of {}: signature valid (key {kid} of key set {set})", time(Some(*iat)))
+                }
+                None => eprintln!("checkpoint: unsigned heads"),
+            }
+            Some(checkpoint)
+        }
         None => None,
     };
-    let found = ops::audit::verify(&store, heads.as_ref()).await?;
+    let found = ops::audit::verify(&store, checkpoint.as_ref().map(|c| &c.heads)).await?;
     for problem in &found.problems {
         println!("{problem}");
     }
-    let checked = if heads.is_some() { " and the checkpoint's heads" } else { "" };
+    let checked = if checkpoint.is_some() { " and the checkpoint's heads" } else { "" };
     eprintln!(
         "checked {} event(s) of {} writer(s) and {} ledger row(s) of {} writer(s){checked}",
         found.events, found.event_writers, found.ledger_rows, found.ledger_writers
@@ -233,17 +248,6 @@ async fn run_verify(ctx: &Context, args: VerifyArgs) -> anyhow::Result<()> {
     } else {
         anyhow::bail!("{} problem(s) found; the first: {}", found.problems.len(), found.problems[0])
     }
-}
-
-/// The heads of a checkpoint file, as `audit heads` prints them.
-fn read_checkpoint(file: &std::path::Path) -> anyhow::Result<ops::audit::Heads> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let value: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", file.display()))?;
-    let after = value.get("after").unwrap_or(&value);
-    let heads = after.get("heads").cloned().unwrap_or_else(|| after.clone());
-    serde_json::from_value(heads)
-        .with_context(|| format!("{} holds no chain heads (as `keyward audit heads` prints them)", file.display()))
 }
 
 /// An audit bound: RFC 3339, a date (its midnight, UTC) or an age before `now`.

@@ -86,6 +86,19 @@ impl Store {
         rows.into_iter().map(Event::try_from).collect()
     }
 
+    /// Each writer's newest event and newest ledger row: (writer, seq, hash).
+    pub async fn chain_heads(&self) -> anyhow::Result<(Vec<(String, i64, String)>, Vec<(String, i64, String)>)> {
+        const EVENTS: &str = "SELECT writer, seq, hash FROM events \
+             WHERE (writer, seq) IN (SELECT writer, MAX(seq) FROM events GROUP BY writer)";
+        const LEDGER: &str = "SELECT writer, seq, hash FROM issuance WHERE writer IS NOT NULL \
+             AND (writer, seq) IN (SELECT writer, MAX(seq) FROM issuance WHERE writer IS NOT NULL GROUP BY writer)";
+        let read = async |sql: &'static str| match self {
+            Store::Sqlite(s) => sqlx::query_as(sql).fetch_all(s.pool()).await,
+            Store::Postgres(s) => sqlx::query_as(sql).fetch_all(s.pool()).await,
+        };
+        Ok((read(EVENTS).await.context("reading heads")?, read(LEDGER).await.context("reading heads")?))
+    }
+
     /// Every event as chain links, by writer in seq order, with the events themselves.
     pub async fn event_chains(&self) -> anyhow::Result<Vec<(Link, Event)>> {
         let sql = format!("SELECT {COLUMNS} FROM events ORDER BY writer, seq");

@@ -11,8 +11,8 @@ use keyward::config::Database;
 use keyward::store::Store;
 
 use crate::helpers::{
-    keyward, keyward_bare, on_both_stores, serve, spawn_app, spawn_app_on, test_config, text, wait_healthy, Backend,
-    Serve, TestApp,
+    keyward, keyward_bare, on_both_stores, serve, spawn_app, spawn_app_on, spawn_app_with, test_config, text,
+    wait_healthy, Backend, Serve, TestApp,
 };
 
 /// Every event `audit events --json` prints, oldest first.
@@ -480,4 +480,66 @@ async fn audit_verify_passes_an_untouched_store_after_ten_thousand_tokens_from_t
     }
     let (ok, said) = verify(dir.path(), &config.server.database_url, None);
     assert!(ok && said.contains(&format!("{TOKENS} ledger row(s) of 2 writer(s)")), "{said}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_checkpoints_are_recorded_and_verify_catches_a_truncated_ledger_against_one() {
+    let app = spawn_app_with(|c| {
+        let mut audit = c.key_sets[0].clone();
+        audit.name = "audit".to_owned();
+        audit.algorithm = keyward::keys::Algorithm::Es256;
+        audit.jwks_paths = vec!["/audit/jwks.json".to_owned()];
+        c.key_sets.push(audit);
+        c.server.audit_checkpoint_key_set = Some("audit".to_owned());
+        c.server.audit_checkpoint_interval = keyward::config::Duration::from_secs(1);
+    })
+    .await;
+    let token = app.client("backend", &["npm-sandbox"]).await;
+    for i in 0..3 {
+        app.sign_ok("npm-sandbox", &token, &json!({"sub": format!("s{i}")})).await;
+    }
+    // A checkpoint taken after the three rows.
+    let filter = keyward::audit::EventFilter { action: Some("audit.checkpoint".into()), ..Default::default() };
+    let mut found = None;
+    for _ in 0..50 {
+        let events = app.store.events(&filter, None, 100).await.unwrap();
+        found = events.into_iter().find(|e| {
+            let ledger = &e.after.as_ref().unwrap()["heads"]["ledger"];
+            ledger.as_object().is_some_and(|heads| heads.values().any(|head| head[0] == 3))
+        });
+        if found.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let checkpoint = found.expect("a checkpoint holding the third ledger row");
+    let kid = checkpoint.after.as_ref().unwrap()["kid"].as_str().unwrap().to_owned();
+    assert!(app.jwks("/audit/jwks.json").await["keys"].as_array().unwrap().iter().any(|k| k["kid"] == kid.as_str()));
+    let file = app.dir.path().join("checkpoint.json");
+    std::fs::write(&file, serde_json::to_string(&checkpoint).unwrap()).unwrap();
+    let url = &app.config.server.database_url;
+    let (ok, said) = verify(app.dir.path(), url, Some(&file));
+    assert!(ok && said.contains(&format!("signature valid (key {kid} of key set audit)")), "{said}");
+
+    // A checkpoint whose signed part was altered is refused.
+    let mut forged = checkpoint.clone();
+    let jws = forged.after.as_ref().unwrap()["jws"].as_str().unwrap().to_owned();
+    let (signed, signature) = jws.rsplit_once('.').unwrap();
+    let flipped = if signature.starts_with('A') { "B" } else { "A" };
+    forged.after.as_mut().unwrap()["jws"] = json!(format!("{signed}.{flipped}{}", &signature[1..]));
+    std::fs::write(&file, serde_json::to_string(&forged).unwrap()).unwrap();
+    let (ok, said) = verify(app.dir.path(), url, Some(&file));
+    assert!(!ok && said.contains(&format!("does not verify with key {kid}")), "{said}");
+
+    // The newest ledger row deleted: the walk alone cannot tell, the checkpoint can.
+    std::fs::write(&file, serde_json::to_string(&checkpoint).unwrap()).unwrap();
+    tamper(&app.store, "DELETE FROM issuance WHERE seq = 3").await;
+    let (ok, said) = verify(app.dir.path(), url, None);
+    assert!(ok, "{said}");
+    let (ok, said) = verify(app.dir.path(), url, Some(&file));
+    assert!(
+        !ok && said.contains("TRUNCATED ledger writer")
+            && said.contains("its last record is seq 2, the checkpoint holds seq 3"),
+        "{said}"
+    );
 }
