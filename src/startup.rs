@@ -79,7 +79,9 @@ impl Application {
         let custody = Custody::open(keyring, token).await?;
         // New sets get their keys, and anything that fell due while stopped is done, before
         // the first request.
-        scheduler::run_due(&store, &custody, &config, &crate::ops::wall_clock, Some(&metrics)).await;
+        store.record(&[crate::audit::started(&config, &store.trail().writer)]).await.context("recording the start")?;
+        let scheduling = scheduler::scheduler_store(&store);
+        scheduler::run_due(&scheduling, &custody, &config, &crate::ops::wall_clock, Some(&metrics)).await;
         let (ledger, ledger_writer) = Ledger::start(
             store.issuance_writer(std::time::Duration::from_secs(config.server.request_deadline.as_secs())),
             metrics.clone(),
@@ -195,12 +197,13 @@ impl Application {
         };
         // The ledger writer stops after the servers (which finish in-flight requests
         // first), committing every row still queued.
-        let (served, watched, handed_over, observed, scheduled, recorded, ()) = tokio::join!(
+        let (served, watched, handed_over, observed, scheduled, checkpointed, recorded, ()) = tokio::join!(
             servers,
             shared.watch_until_stopped(stop_rx.clone()),
             shared.hand_over_until_stopped(stop_rx.clone()),
             shared.observer().flush_until_stopped(shared.store(), stop_rx.clone()),
             scheduler::run_until_stopped(&shared, stop_rx.clone()),
+            crate::app::checkpoint::run_until_stopped(&shared, stop_rx.clone()),
             self.ledger_writer.run_until_stopped(stop_rx.clone()),
             tls::reload_until_stopped(&self.tls, stop_rx)
         );
@@ -209,6 +212,7 @@ impl Application {
         handed_over?;
         observed?;
         scheduled?;
+        checkpointed?;
         recorded?;
         tracing::info!("stopped");
         Ok(())

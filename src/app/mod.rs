@@ -1,6 +1,7 @@
 //! The running application's parts: the served snapshot and its reloads, the scheduler,
 //! the issuance ledger and the metrics.
 
+pub mod checkpoint;
 mod handover;
 pub mod identity;
 pub mod ledger;

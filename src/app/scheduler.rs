@@ -6,6 +6,7 @@ use tokio::sync::watch;
 
 use crate::app::metrics::Metrics;
 use crate::app::snapshot::Shared;
+use crate::audit::{Actor, Attribution};
 use crate::config::Config;
 use crate::keys::custody::Custody;
 use crate::keys::gate::GateState;
@@ -38,6 +39,12 @@ pub struct Pass {
     pub changed: bool,
     /// When the next step falls due (Unix seconds).
     pub wake_at: i64,
+}
+
+/// `store`, its changes attributed to this replica's scheduler.
+pub fn scheduler_store(store: &Store) -> Store {
+    let replica = store.trail().writer.to_string();
+    store.attributed(Attribution::of(Actor::Scheduler { replica }))
 }
 
 /// Carries out every step due in every key set at the time `clock` tells (read again for
@@ -115,9 +122,9 @@ pub async fn run_due(
 /// Runs due steps whenever they fall due (and at least every minute) until `stop`.
 /// Signing and JWKS serving go on from the snapshot meanwhile; it is swapped after changes.
 pub async fn run_until_stopped(shared: &Shared, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let store = scheduler_store(shared.store());
     loop {
-        let pass =
-            run_due(shared.store(), shared.custody(), shared.config(), &wall_clock, Some(shared.metrics())).await;
+        let pass = run_due(&store, shared.custody(), shared.config(), &wall_clock, Some(shared.metrics())).await;
         let now = chrono::Utc::now();
         let mut wake_at = pass.wake_at;
         if let Err(err) = shared.store().prepare_issuance(now.timestamp()).await {
@@ -125,7 +132,7 @@ pub async fn run_until_stopped(shared: &Shared, mut stop: watch::Receiver<bool>)
             wake_at = wake_at.min(now.timestamp() + RETRY_SECS);
         }
         let keep_from = now.timestamp() - shared.config().server.ledger_retention.as_secs_i64();
-        match shared.store().prune_issuance_step(keep_from, PRUNE_BUDGET).await {
+        match store.prune_issuance_step(keep_from, PRUNE_BUDGET).await {
             Ok(pruned) => {
                 if pruned.rows > 0 {
                     tracing::info!(

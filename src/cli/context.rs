@@ -6,6 +6,7 @@ use std::path::Path;
 
 use anyhow::bail;
 
+use crate::audit::{Actor, Attribution};
 use crate::config::{self, Config, Database, EnvSettings, LoadedConfig, MasterKeySpec};
 use crate::keys::custody::Custody;
 use crate::master_key::{Keyring, RootKey, Roots};
@@ -20,6 +21,8 @@ pub(super) struct Context {
     pub(super) settings: EnvSettings,
     /// `--init`: a command other than `serve` may create the database.
     init: bool,
+    /// `--reason`: why, for the audit trail.
+    reason: Option<String>,
 }
 
 impl Context {
@@ -34,7 +37,13 @@ impl Context {
         let loaded = config::load(source, env)?;
         // Profiles are checked as they are parsed: every command refuses a bad one, as serve does.
         crate::policy::profile::parse_profiles(&loaded.config, &loaded.source.to_string())?;
-        Ok(Context { loaded, settings, init })
+        Ok(Context { loaded, settings, init, reason: None })
+    }
+
+    /// With the `--reason` this command's changes are recorded with.
+    pub(super) fn because(mut self, reason: Option<String>) -> Self {
+        self.reason = reason;
+        self
     }
 
     pub(super) fn config(&self) -> &Config {
@@ -59,7 +68,13 @@ impl Context {
 
     /// Opens the database; only with `--init` may a command other than `serve` create it, so
     /// that running one in the wrong folder cannot quietly start a second, empty database.
+    /// Its changes are attributed to this command (its user, host and pid) with `--reason`.
     pub(super) async fn store(&self) -> anyhow::Result<Store> {
+        let by = Attribution::of(Actor::this_cli()).because(self.reason.clone());
+        Ok(self.open_store().await?.attributed(by))
+    }
+
+    async fn open_store(&self) -> anyhow::Result<Store> {
         let (source, database) = self.describe();
         let path = match &database {
             Database::Sqlite(path) => path,

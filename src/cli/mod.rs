@@ -41,6 +41,10 @@ pub struct Cli {
     /// Let a command other than serve create the database when there is none yet.
     #[arg(long, global = true)]
     init: bool,
+    /// Why: recorded with every change this command makes, in the audit trail (`keyward
+    /// audit events`). Never required.
+    #[arg(long, global = true, value_name = "TEXT")]
+    reason: Option<String>,
     /// Log more: -v info, -vv debug (commands other than serve log warnings only; RUST_LOG wins).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -82,7 +86,8 @@ enum Command {
     /// The master key: status, rotation, re-sealing everything under fresh key material.
     #[command(subcommand)]
     MasterKey(master_key::Command),
-    /// Which tokens were issued: filter the issuance ledger.
+    /// Which tokens were issued (filter the issuance ledger); who changed what (`audit
+    /// events`); whether anything was removed or altered (`audit verify`).
     Audit(audit::Args),
     /// Write a consistent copy of the database to FILE while keyward runs (SQLite: VACUUM
     /// INTO; PostgreSQL: pg_dump --format=custom, which must be installed).
@@ -159,7 +164,7 @@ fn exit_quietly_on_closed_pipe() {
 }
 
 async fn run(cli: Cli, env: &HashMap<String, String>, settings: EnvSettings) -> anyhow::Result<()> {
-    let ctx = Context::load(cli.config.as_deref(), env, settings, cli.init)?;
+    let ctx = Context::load(cli.config.as_deref(), env, settings, cli.init)?.because(cli.reason);
     for warning in &ctx.loaded.warnings {
         tracing::warn!("{warning}");
     }

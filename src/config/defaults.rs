@@ -72,6 +72,7 @@ from_example!(server {
     database_url: String,
     master_key_file: PathBuf,
     ledger_retention: Duration,
+    audit_checkpoint_interval: Duration,
     ledger_commit_interval_ms: u64,
     rate_limit: u32,
     rate_burst: u32,

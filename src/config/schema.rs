@@ -39,6 +39,12 @@ pub struct ServerConfig {
     /// How long issuance ledger rows are kept.
     #[serde(default = "defaults::server::ledger_retention")]
     pub ledger_retention: Duration,
+    /// How often the audit trail's chain heads are recorded as a checkpoint.
+    #[serde(default = "defaults::server::audit_checkpoint_interval")]
+    pub audit_checkpoint_interval: Duration,
+    /// The key set whose current key signs checkpoints (one no profile signs with).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_checkpoint_key_set: Option<String>,
     /// How long after the previous ledger commit started a commit may wait for company, in
     /// milliseconds, and only while fewer rows have come than the previous one carried.
     /// 0 (the default): commit as soon as the writer is free.

@@ -24,6 +24,29 @@ pub fn validate(config: &Config, source_name: &str) -> Result<(), ConfigError> {
             format!("{} is too short to answer an auditor: keep at least 1d", server.ledger_retention),
         ));
     }
+    if server.audit_checkpoint_interval.as_secs() < 1 {
+        return Err(fail(
+            "[server], field audit_checkpoint_interval".to_owned(),
+            format!("{} is too short: use at least 1s (default 1h)", server.audit_checkpoint_interval),
+        ));
+    }
+    if let Some(set) = &server.audit_checkpoint_key_set {
+        if config.key_set(set).is_none() {
+            return Err(fail(
+                "[server], field audit_checkpoint_key_set".to_owned(),
+                format!("no [[key_set]] is named {set:?}"),
+            ));
+        }
+        if let Some(profile) = config.profiles.iter().find(|p| p.key_set.as_deref() == Some(set.as_str())) {
+            return Err(fail(
+                "[server], field audit_checkpoint_key_set".to_owned(),
+                format!(
+                    "key set {set:?} also signs the tokens of profile {:?}: give checkpoints a key set of their own",
+                    profile.name
+                ),
+            ));
+        }
+    }
     if server.ledger_commit_interval_ms > 1_000 {
         return Err(fail(
             "[server], field ledger_commit_interval_ms".to_owned(),

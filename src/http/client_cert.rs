@@ -32,6 +32,14 @@ pub fn on_connect(mutual: bool) -> impl Fn(&dyn Any, &mut Extensions) + Send + S
     }
 }
 
+/// The fingerprint of the certificate this connection presented, if any.
+pub fn presented(req: &HttpRequest) -> Option<CertFingerprint> {
+    match req.conn_data::<Presented>() {
+        Some(Presented(Some(presented))) => Some(*presented),
+        _ => None,
+    }
+}
+
 /// Before any token is looked at: a mutual-TLS listener serves only connections that
 /// presented a certificate.
 pub fn require_if_mutual(req: &HttpRequest) -> Result<(), ApiError> {

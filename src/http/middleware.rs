@@ -14,6 +14,10 @@ use tracing::{Instrument, Level};
 
 use crate::app::metrics::ListenerMetrics;
 
+/// The request's id, in its extensions, for handlers that record it (the audit trail).
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The request's id: a sane incoming one, else 16 fresh hex digits.
@@ -44,6 +48,7 @@ async fn handle(
     let id = request_id(&req);
     let text = id.to_str().unwrap_or_default();
     let span = tracing::info_span!("request", id = %text);
+    actix_web::HttpMessage::extensions_mut(&req).insert(RequestId(text.to_owned()));
     // The access line's fields are gathered only when it is written: the public listener
     // answers partners' polls at a rate where every allocation shows.
     let logged = if access_log_at_info { tracing::enabled!(Level::INFO) } else { tracing::enabled!(Level::DEBUG) };

@@ -11,7 +11,7 @@ use crate::keys::gate;
 use crate::keys::rotation::{self, Refused, Step};
 use crate::keys::{KeyRecord, Private};
 use crate::store::rows::GatedHandover;
-use crate::store::{KeyChange, Store};
+use crate::store::{events, KeyChange, Store};
 
 /// Makes a key in the set's custody, with no lifecycle times yet.
 async fn make_key(set: &KeySetConfig, custody: &Custody, now: i64) -> anyhow::Result<KeyRecord> {
@@ -109,6 +109,7 @@ where
     F: Fn(&[KeyRecord], i64) -> Result<Vec<Step>, Refused>,
 {
     let gates = Gates::load(store, config).await?;
+    let imported = supplied.as_ref().map(|k| k.kid.clone());
     for _ in 0..3 {
         let now = clock();
         let (keys, _) = gates.apply(&set.name, &store.keys_of_set(&set.name).await?, now);
@@ -155,8 +156,9 @@ where
                         moved.filter(|k| !changed.iter().any(|c| c.kid == k.kid)).cloned().collect();
                     changed.extend(unwritten);
                 }
+                let events = events::key_events(&keys, &changed, &steps, imported.as_deref());
                 applied = steps;
-                Ok::<_, ActionError>(KeyChange::Write(changed, handover))
+                Ok::<_, ActionError>(KeyChange::Write(changed, handover, events))
             })
             .await
             .map_err(ActionError::from)

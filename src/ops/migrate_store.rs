@@ -36,7 +36,7 @@ pub async fn migrate_store(from: &Store, to: &Store) -> anyhow::Result<Counts> {
         sets.entry(key.key_set.clone()).or_default().push(key);
     }
     for (set, keys) in sets {
-        to.change_keys(&set, |_| Ok::<_, Infallible>(KeyChange::Write(keys, None)))
+        to.change_keys(&set, |_| Ok::<_, Infallible>(KeyChange::Write(keys, None, Vec::new())))
             .await
             .with_context(|| format!("copying the keys of set {set}"))?
             .unwrap_or_else(|never| match never {});

@@ -1,6 +1,7 @@
 //! Operations shared by the CLI and the admin API: key actions (rotate, revoke, import,
 //! schedule), carried out through the store.
 
+pub mod audit;
 mod carry_out;
 pub mod clients;
 pub mod gates;

@@ -234,7 +234,7 @@ impl ProviderKeys {
 
 /// A verifier of `alg` for `jwk`, if the key's type fits the algorithm (josekit also
 /// checks `use`, `key_ops` and the JWK's own `alg`).
-fn verifier(jwk: &Jwk, alg: &str) -> Option<Box<dyn JwsVerifier>> {
+pub(crate) fn verifier(jwk: &Jwk, alg: &str) -> Option<Box<dyn JwsVerifier>> {
     let built: Result<Box<dyn JwsVerifier>, _> = match alg {
         "RS256" => jws::RS256.verifier_from_jwk(jwk).map(|v| Box::new(v) as _),
         "RS384" => jws::RS384.verifier_from_jwk(jwk).map(|v| Box::new(v) as _),

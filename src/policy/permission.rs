@@ -19,11 +19,14 @@ pub enum Action {
     KeysRevoke,
     /// Read partners' fetches and hand-over gates (`GET /v1/partners`).
     PartnersRead,
+    /// Read the audit trail: events and checkpoints (`GET /v1/events`); only unscoped.
+    EventsRead,
 }
 
 impl Action {
     /// Every action, in the order they are listed.
-    pub const ALL: [Action; 4] = [Action::KeysRead, Action::KeysRotate, Action::KeysRevoke, Action::PartnersRead];
+    pub const ALL: [Action; 5] =
+        [Action::KeysRead, Action::KeysRotate, Action::KeysRevoke, Action::PartnersRead, Action::EventsRead];
 
     /// Its name, as written in a permission.
     pub fn name(self) -> &'static str {
@@ -32,6 +35,7 @@ impl Action {
             Action::KeysRotate => "keys:rotate",
             Action::KeysRevoke => "keys:revoke",
             Action::PartnersRead => "partners:read",
+            Action::EventsRead => "events:read",
         }
     }
 

@@ -8,6 +8,8 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use anyhow::Context;
+
 use super::rows::Entry;
 
 /// Tokens issued per profile and minute since `$1` (Unix seconds), oldest minute first: one
@@ -69,7 +71,214 @@ impl Refused {
     }
 }
 
+use super::events::Trail;
 use super::{postgres, sqlite, Store};
+use crate::audit::chain::{self, GENESIS};
+use crate::audit::{Action, NewEvent};
+
+/// One ledger writer's hash chain: its id and, once known, its head (seq, hash).
+pub(crate) struct LedgerChain {
+    /// Its writer id (a fresh one per ledger writer).
+    pub(crate) writer: String,
+    /// The newest row written, as far as this writer knows; `None` after a commit whose
+    /// outcome is unknown (read again from the table before the next).
+    pub(crate) head: Option<(i64, String)>,
+    /// Where `ledger.withheld` events go.
+    pub(crate) trail: Trail,
+}
+
+/// A row's place in its writer's chain.
+pub(crate) struct LedgerLink {
+    pub(crate) seq: i64,
+    pub(crate) prev_hash: String,
+    pub(crate) hash: String,
+    /// The claim names as the column keeps them (JSON text), as hashed.
+    pub(crate) claim_names: String,
+}
+
+/// A writer's newest chained row; one text for both stores.
+pub(crate) const LEDGER_HEAD_SQL: &str = "SELECT seq, hash FROM issuance WHERE writer = $1 ORDER BY seq DESC LIMIT 1";
+
+/// The hash of ledger row `entry` at `seq` of `writer`, after `prev`.
+pub(crate) fn ledger_hash(prev: &str, writer: &str, seq: i64, entry: &Entry, claim_names: &str) -> String {
+    let (seq, iat, exp) = (seq.to_string(), entry.iat.to_string(), entry.exp.to_string());
+    chain::hash(
+        prev,
+        &[
+            Some(writer),
+            Some(&seq),
+            Some(&entry.jti),
+            Some(&entry.profile),
+            Some(&entry.client),
+            entry.sub.as_deref(),
+            entry.kid.as_deref(),
+            Some(&entry.alg),
+            Some(&iat),
+            Some(&exp),
+            Some(claim_names),
+        ],
+    )
+}
+
+impl LedgerChain {
+    /// A new writer's chain, its events attributed as `trail` says.
+    pub(crate) fn new(trail: Trail) -> LedgerChain {
+        LedgerChain { writer: crate::audit::new_writer_id(), head: None, trail }
+    }
+
+    /// The links of `entries`, after `head`: one SHA-256 per row.
+    pub(crate) fn links(&self, head: &(i64, String), entries: &[&Entry]) -> Vec<LedgerLink> {
+        let (mut seq, mut prev) = head.clone();
+        entries
+            .iter()
+            .map(|entry| {
+                seq += 1;
+                let claim_names = serde_json::to_string(&entry.claim_names).unwrap_or_else(|_| "[]".to_owned());
+                let hash = ledger_hash(&prev, &self.writer, seq, entry, &claim_names);
+                LedgerLink { seq, prev_hash: std::mem::replace(&mut prev, hash.clone()), hash, claim_names }
+            })
+            .collect()
+    }
+
+    /// The head once a commit wrote `links`.
+    pub(crate) fn advance(&mut self, links: &[LedgerLink]) {
+        if let Some(last) = links.last() {
+            self.head = Some((last.seq, last.hash.clone()));
+        }
+    }
+
+    /// The event that records rows chained and then refused by their commit (a
+    /// revocation raced them): `audit verify` steps over them by these hashes.
+    pub(crate) fn withheld(&self, entries: &[&Entry], links: &[LedgerLink], refused: &Refused) -> NewEvent {
+        let rows: Vec<serde_json::Value> = entries
+            .iter()
+            .zip(links)
+            .filter(|(entry, _)| refused.why(entry).is_some())
+            .map(|(entry, link)| {
+                serde_json::json!({ "jti": entry.jti, "seq": link.seq, "prev_hash": link.prev_hash, "hash": link.hash })
+            })
+            .collect();
+        NewEvent {
+            action: Action::LedgerWithheld,
+            object: format!("ledger:{}", self.writer),
+            before: None,
+            after: Some(serde_json::json!({ "withheld": rows })),
+        }
+    }
+}
+
+/// Per writer, its rows issued before `$1`: the chains a prune shortens.
+pub(crate) const EXPIRED_BY_WRITER_SQL: &str =
+    "SELECT writer, count(*) FROM issuance WHERE iat < $1 AND writer IS NOT NULL GROUP BY writer";
+
+/// Writer `$1`'s first row (seq, prev_hash) issued at or after `$2`: its chain is kept from there.
+pub(crate) const FIRST_KEPT_SQL: &str =
+    "SELECT seq, prev_hash FROM issuance WHERE writer = $1 AND iat >= $2 ORDER BY seq LIMIT 1";
+
+/// The event of a prune: each pruned chain's first kept seq and the hash it links to
+/// (`audit verify` starts each chain there).
+pub(crate) fn pruned_event(before: i64, rows: u64, first_kept: serde_json::Map<String, serde_json::Value>) -> NewEvent {
+    NewEvent {
+        action: Action::LedgerPruned,
+        object: "ledger".to_owned(),
+        before: None,
+        after: Some(serde_json::json!({ "issued_before": before, "rows": rows, "first_kept": first_kept })),
+    }
+}
+
+/// Every ledger row that carries a writer, by writer and seq, with what its hash covers.
+const LEDGER_CHAIN_SQL: &str = "SELECT writer, seq, prev_hash, hash, jti, profile, client, sub, kid, alg, iat, exp, \
+     claim_names FROM issuance WHERE writer IS NOT NULL ORDER BY writer, seq";
+
+/// Rows without a chain issued since chains began (none are written since: each was put
+/// there by hand), at most 100.
+const UNCHAINED_SQL: &str = "SELECT jti, iat FROM issuance WHERE (writer IS NULL OR seq IS NULL OR hash IS NULL \
+     OR prev_hash IS NULL) AND jti <> $1 AND iat >= (SELECT MIN(iat) FROM issuance WHERE hash IS NOT NULL) \
+     ORDER BY iat, jti LIMIT 100";
+
+/// A ledger row with its chain columns, as `audit verify` reads it.
+#[derive(sqlx::FromRow)]
+struct ChainedRow {
+    writer: String,
+    seq: Option<i64>,
+    prev_hash: Option<String>,
+    hash: Option<String>,
+    jti: String,
+    profile: String,
+    client: String,
+    sub: Option<String>,
+    kid: Option<String>,
+    alg: String,
+    iat: i64,
+    exp: i64,
+    claim_names: String,
+}
+
+/// What `audit verify` walks of the ledger.
+pub(crate) struct LedgerChains {
+    /// Per writer, its rows' links in seq order.
+    pub(crate) chains: std::collections::BTreeMap<String, Vec<chain::Link>>,
+    /// Rows issued since chains began that carry no (or a partial) chain: (jti, iat).
+    pub(crate) unchained: Vec<(String, i64)>,
+    /// Rows walked.
+    pub(crate) rows: usize,
+}
+
+impl Store {
+    /// The ledger's chains, for `audit verify`.
+    pub(crate) async fn ledger_chains(&self) -> anyhow::Result<LedgerChains> {
+        type Read<T> = sqlx::Result<Vec<T>>;
+        let (rows, unchained): (Read<ChainedRow>, Read<(String, i64)>) = match self {
+            Store::Sqlite(s) => (
+                sqlx::query_as(LEDGER_CHAIN_SQL).fetch_all(s.pool()).await,
+                sqlx::query_as(UNCHAINED_SQL).bind(PROBE_JTI).fetch_all(s.pool()).await,
+            ),
+            Store::Postgres(s) => (
+                sqlx::query_as(LEDGER_CHAIN_SQL).fetch_all(s.pool()).await,
+                sqlx::query_as(UNCHAINED_SQL).bind(PROBE_JTI).fetch_all(s.pool()).await,
+            ),
+        };
+        let (rows, mut unchained) = (rows.context("reading the ledger")?, unchained.context("reading the ledger")?);
+        let count = rows.len();
+        let mut chains: std::collections::BTreeMap<String, Vec<chain::Link>> = std::collections::BTreeMap::new();
+        for row in rows {
+            let (Some(seq), Some(prev_hash), Some(hash)) = (row.seq, row.prev_hash.clone(), row.hash.clone()) else {
+                continue;
+            };
+            let label = format!("jti {} (client {}, iat {})", row.jti, row.client, row.iat);
+            let entry = Entry {
+                jti: row.jti,
+                profile: row.profile,
+                client: row.client,
+                sub: row.sub,
+                kid: row.kid,
+                alg: row.alg,
+                iat: row.iat,
+                exp: row.exp,
+                claim_names: Vec::new(),
+                client_generation: 0,
+            };
+            let hash_at = |s: i64| ledger_hash(&prev_hash, &row.writer, s, &entry, &row.claim_names);
+            let computed = hash_at(seq);
+            let elsewhere = if computed == hash { Vec::new() } else { chain::nearby(seq, hash_at) };
+            chains.entry(row.writer.clone()).or_default().push(chain::Link {
+                seq,
+                prev_hash: prev_hash.clone(),
+                hash,
+                computed,
+                elsewhere,
+                label,
+            });
+        }
+        unchained.sort();
+        Ok(LedgerChains { chains, unchained, rows: count })
+    }
+}
+
+/// The head a writer starts from when its table holds none of its rows.
+pub(crate) fn genesis() -> (i64, String) {
+    (0, GENESIS.to_owned())
+}
 
 /// Commits ledger rows for the one writer task.
 pub enum IssuanceWriter {
@@ -84,12 +293,16 @@ impl Store {
     /// `statement_limit` (a wait for a lock included).
     pub fn issuance_writer(&self, statement_limit: Duration) -> IssuanceWriter {
         match self {
-            Store::Sqlite(s) => {
-                IssuanceWriter::Sqlite(sqlite::issuance::IssuanceWriter::new(s.pool().clone(), statement_limit))
-            }
-            Store::Postgres(s) => {
-                IssuanceWriter::Postgres(postgres::issuance::IssuanceWriter::new(s.pool().clone(), statement_limit))
-            }
+            Store::Sqlite(s) => IssuanceWriter::Sqlite(sqlite::issuance::IssuanceWriter::new(
+                s.pool().clone(),
+                statement_limit,
+                s.trail().clone(),
+            )),
+            Store::Postgres(s) => IssuanceWriter::Postgres(postgres::issuance::IssuanceWriter::new(
+                s.pool().clone(),
+                statement_limit,
+                s.trail().clone(),
+            )),
         }
     }
 }

@@ -20,6 +20,7 @@ use sqlite::SqliteStore;
 
 pub mod changes;
 pub mod copy;
+pub mod events;
 pub mod issuance;
 pub mod keyring;
 pub mod postgres;
@@ -28,8 +29,9 @@ pub mod sqlite;
 
 /// What a decision made under a key set's write lock asks to be written.
 pub(crate) enum KeyChange {
-    /// These new and changed records, and a gated hand-over that has happened, if any.
-    Write(Vec<KeyRecord>, Option<GatedHandover>),
+    /// These new and changed records, a gated hand-over that has happened (if any), and
+    /// the events that record the change.
+    Write(Vec<KeyRecord>, Option<GatedHandover>, Vec<crate::audit::NewEvent>),
     /// The keys changed since the decision was first made: nothing is written.
     Stale,
 }
@@ -115,8 +117,8 @@ impl Store {
         decide: impl FnOnce(&[KeyRecord]) -> Result<KeyChange, E>,
     ) -> anyhow::Result<Result<bool, E>> {
         match self {
-            Store::Sqlite(s) => sqlite::keys::change(s.pool(), set, decide).await,
-            Store::Postgres(s) => postgres::keys::change(s.pool(), set, decide).await,
+            Store::Sqlite(s) => sqlite::keys::change(s.pool(), s.trail(), set, decide).await,
+            Store::Postgres(s) => postgres::keys::change(s.pool(), s.trail(), set, decide).await,
         }
     }
 
@@ -157,8 +159,8 @@ impl Store {
         decide: impl FnOnce(Option<&ClientRow>) -> Result<(ClientRow, T), E>,
     ) -> anyhow::Result<Result<T, E>> {
         match self {
-            Store::Sqlite(s) => sqlite::clients::change(s.pool(), name, decide).await,
-            Store::Postgres(s) => postgres::clients::change(s.pool(), name, decide).await,
+            Store::Sqlite(s) => sqlite::clients::change(s.pool(), s.trail(), name, decide).await,
+            Store::Postgres(s) => postgres::clients::change(s.pool(), s.trail(), name, decide).await,
         }
     }
 
@@ -173,8 +175,8 @@ impl Store {
     /// Stores a profile's sealed secret, replacing an earlier one.
     pub async fn put_secret(&self, row: &SecretRow) -> anyhow::Result<()> {
         match self {
-            Store::Sqlite(s) => sqlite::secrets::put(s.pool(), row).await,
-            Store::Postgres(s) => postgres::secrets::put(s.pool(), row).await,
+            Store::Sqlite(s) => sqlite::secrets::put(s.pool(), s.trail(), row).await,
+            Store::Postgres(s) => postgres::secrets::put(s.pool(), s.trail(), row).await,
         }
     }
 
@@ -209,8 +211,10 @@ impl Store {
         .context("counting ledger rows per minute")
     }
 
-    /// Deletes every ledger row issued before `before`; returns how many. Signing goes on
-    /// meanwhile: see [`Store::prune_issuance_step`].
+    /// Deletes ledger rows issued before `before` (each writer's chain up to its first
+    /// later row, so it stays whole from there), recording where each pruned chain now
+    /// starts; returns how many. Signing goes on meanwhile: see
+    /// [`Store::prune_issuance_step`].
     pub async fn prune_issuance(&self, before: i64) -> anyhow::Result<u64> {
         let mut rows = 0;
         loop {
@@ -227,8 +231,8 @@ impl Store {
     /// waits long for it).
     pub async fn prune_issuance_step(&self, before: i64, budget: Duration) -> anyhow::Result<issuance::Pruned> {
         match self {
-            Store::Sqlite(s) => sqlite::issuance::prune_step(s.pool(), before, budget).await,
-            Store::Postgres(s) => postgres::issuance::prune_step(s.pool(), before, budget).await,
+            Store::Sqlite(s) => sqlite::issuance::prune_step(s.pool(), s.trail(), before, budget).await,
+            Store::Postgres(s) => postgres::issuance::prune_step(s.pool(), s.trail(), before, budget).await,
         }
     }
 

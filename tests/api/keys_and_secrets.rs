@@ -369,6 +369,23 @@ async fn secrets_are_stored_sealed_never_in_the_clear() {
         assert!(!contains(&stored, secret), "a secret is stored in the clear");
         assert!(!contains(&stored, &secret[..16]), "part of a secret is stored in the clear");
     }
+    // The audit trail records each setting (and the client), never a secret, the client's
+    // token or any part of them.
+    let events: Vec<String> = sqlx::query_scalar(
+        "SELECT action || ' ' || object || ' ' || actor || ' ' || COALESCE(before, '') || ' ' || COALESCE(after, '') \
+         FROM events",
+    )
+    .fetch_all(app.pool())
+    .await
+    .unwrap();
+    assert_eq!(events.iter().filter(|e| e.starts_with("secret.set profile:partner-api")).count(), 2, "{events:#?}");
+    assert!(events.iter().any(|e| e.starts_with("client.added client:backend")), "{events:#?}");
+    let token_tail = &token.as_bytes()[token.len() - 16..];
+    for event in &events {
+        for secret in [PARTNER_SECRET, NPS_SECRET, replacement.as_slice(), token_tail] {
+            assert!(!contains(event.as_bytes(), &secret[..16]), "a secret in the event {event}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,6 @@
 //! Integration tests: the real application on port 0, spoken to over HTTP.
 
+mod audit;
 mod browser;
 mod certs;
 mod cli;

@@ -102,7 +102,8 @@ async fn sealed_values(store: &Store) -> Vec<(Vec<String>, Vec<u8>, String)> {
 }
 
 /// The bytes of the files that hold the tables with sealed values: SQLite's database and
-/// log; PostgreSQL's relation files of keys, secrets and keyring (after a checkpoint).
+/// log; PostgreSQL's relation files of keys, secrets, keyring and the audit events (after
+/// a checkpoint).
 async fn stored_bytes(store: &Store, dir: &Path) -> Vec<u8> {
     match store {
         Store::Sqlite(_) => crate::helpers::database_bytes(dir),
@@ -111,8 +112,8 @@ async fn stored_bytes(store: &Store, dir: &Path) -> Vec<u8> {
             let data: String = sqlx::query_scalar("SHOW data_directory").fetch_one(pg.pool()).await.unwrap();
             let files: Vec<String> = sqlx::query_scalar(
                 "SELECT pg_relation_filepath(c.oid) FROM pg_class c WHERE c.oid IN \
-                 (SELECT oid FROM pg_class WHERE relname IN ('keys', 'secrets', 'keyring') \
-                  UNION SELECT reltoastrelid FROM pg_class WHERE relname IN ('keys', 'secrets', 'keyring'))",
+                 (SELECT oid FROM pg_class WHERE relname IN ('keys', 'secrets', 'keyring', 'events') \
+                  UNION SELECT reltoastrelid FROM pg_class WHERE relname IN ('keys', 'secrets', 'keyring', 'events'))",
             )
             .fetch_all(pg.pool())
             .await

@@ -181,13 +181,19 @@ async fn every_answer_to_valid_and_invalid_requests_is_documented_in_openapi_jso
                     .flat_map(|url| path_values(name).into_iter().map(move |v| url.replace(&format!("{{{name}}}"), &v)))
                     .collect();
             }
-            // Query strings: none, each allowed value, an unknown one, an empty one, a repeated one.
+            // Query strings: none, each allowed value (or the documented example of a free
+            // one), an unknown one, an empty one, a repeated one.
             let mut queries = vec![String::new()];
             for parameter in parameters.iter().filter(|p| p["in"] == "query") {
                 let name = parameter["name"].as_str().unwrap();
-                let allowed = doc.resolve(&parameter["schema"])["enum"].as_array().cloned().unwrap_or_default();
-                assert!(!allowed.is_empty(), "query parameter {name} of {method} {template} lists no allowed values");
-                for value in allowed.iter().filter_map(Value::as_str) {
+                let mut allowed = doc.resolve(&parameter["schema"])["enum"].as_array().cloned().unwrap_or_default();
+                allowed.extend(parameter.get("example").cloned());
+                assert!(
+                    !allowed.is_empty(),
+                    "query parameter {name} of {method} {template} lists no allowed values and no example"
+                );
+                for value in &allowed {
+                    let value = value.as_str().map_or_else(|| value.to_string(), str::to_owned);
                     queries.push(format!("?{name}={value}"));
                 }
                 queries.extend([format!("?{name}=bogus"), format!("?{name}="), format!("?{name}=pem&{name}=jwk")]);

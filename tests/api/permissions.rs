@@ -29,6 +29,8 @@ fn two_sets_and_partners(config: &mut Config) {
 fn scoped(action: Action) -> String {
     match action {
         Action::PartnersRead => format!("{action}=alpha"),
+        // The audit trail is about the whole server: only granted unscoped.
+        Action::EventsRead => action.to_string(),
         _ => format!("{action}={SET}"),
     }
 }
@@ -69,6 +71,7 @@ async fn call(app: &TestApp, token: &str, action: Action, set: &str) -> reqwest:
             http.post(format!("{base}/v1/keys/{kid}/revoke")).bearer_auth(token).send().await
         }
         Action::PartnersRead => http.get(format!("{base}/v1/partners")).bearer_auth(token).send().await,
+        Action::EventsRead => http.get(format!("{base}/v1/events")).bearer_auth(token).send().await,
     }
     .unwrap()
 }
@@ -76,7 +79,7 @@ async fn call(app: &TestApp, token: &str, action: Action, set: &str) -> reqwest:
 /// The permission a 403 from the route of `action` on `set` must name.
 fn missing(action: Action, set: &str) -> String {
     match action {
-        Action::KeysRead | Action::PartnersRead => action.to_string(),
+        Action::KeysRead | Action::PartnersRead | Action::EventsRead => action.to_string(),
         _ => format!("{action}={set}"),
     }
 }
@@ -108,6 +111,11 @@ async fn each_admin_route_answers_a_client_with_exactly_its_permission_and_names
                 let partners: Vec<&str> =
                     body["partners"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
                 assert_eq!(partners, ["alpha"], "a client scoped to alpha sees only alpha");
+            }
+            Action::EventsRead => {
+                let actions: Vec<&str> =
+                    body["events"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+                assert!(actions.contains(&"server.started") && actions.contains(&"client.added"), "{body}");
             }
             Action::KeysRotate | Action::KeysRevoke => {
                 assert_eq!(body["key_set"], SET);

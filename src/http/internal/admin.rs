@@ -54,6 +54,18 @@ struct KeySets {
 struct RotateRequest {
     #[serde(default)]
     force: bool,
+    /// Why, for the audit trail (optional).
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// Optional body of the revoke route.
+#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct RevokeRequest {
+    /// Why, for the audit trail (optional; the README's compromise procedure gives one).
+    #[serde(default)]
+    reason: Option<String>,
 }
 
 /// What a key action did.
@@ -89,7 +101,7 @@ async fn after_action(state: &InternalState, outcome: Outcome) -> Result<HttpRes
 
 #[utoipa::path(post, path = "/v1/key-sets/{name}/rotate", tag = "admin", security(("bearer" = [])),
     params(("name" = String, Path, description = "Key set")),
-    request_body(content = Option<RotateRequest>, description = "Optional: no body or `null` means `{\"force\": false}`"),
+    request_body(content = Option<RotateRequest>, description = "Optional: no body or `null` means `{\"force\": false}`; `reason` is recorded in the audit trail"),
     responses((status = 200, description = "Steps taken and the new signing kid", body = ActionAnswer),
         (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
         (status = 404, body = Problem), (status = 408, body = Problem),
@@ -103,13 +115,14 @@ pub(super) async fn rotate(
     state: web::Data<InternalState>,
 ) -> Result<HttpResponse, ApiError> {
     caller.permit(Action::KeysRotate, &name)?;
-    let client = caller.client.name;
     let body = read_body(&req, payload, state.body_timeout()).await?;
     // No body and `null` both mean the defaults.
     let request: RotateRequest =
         if body.is_empty() { None } else { parse_json::<Option<RotateRequest>>(&body)? }.unwrap_or_default();
     let shared = &state.shared;
-    let steps = ops::rotate(shared.store(), shared.custody(), shared.config(), &name, request.force).await?;
+    let store = shared.store().attributed(caller.attribution(&req, request.reason));
+    let client = caller.client.name;
+    let steps = ops::rotate(&store, shared.custody(), shared.config(), &name, request.force).await?;
     let now = chrono::Utc::now().timestamp();
     tracing::info!(client, key_set = %name, force = request.force, "rotation requested through the admin API");
     after_action(&state, Outcome::of(shared.store(), shared.config(), &name, steps, now).await?).await
@@ -117,19 +130,27 @@ pub(super) async fn rotate(
 
 #[utoipa::path(post, path = "/v1/keys/{kid}/revoke", tag = "admin", security(("bearer" = [])),
     params(("kid" = String, Path, description = "The key's kid")),
+    request_body(content = Option<RevokeRequest>, description = "Optional: `{\"reason\": \"...\"}`, recorded in the audit trail"),
     responses((status = 200, description = "Steps taken, the new signing kid and, if the revoked key was signing, how long its successor has been published", body = ActionAnswer),
-        (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem),
+        (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem),
+        (status = 408, body = Problem), (status = 413, body = Problem), (status = 415, body = Problem),
         (status = 409, body = Problem, description = "Already revoked"), (status = 429, body = Problem)))]
 pub(super) async fn revoke(
     Admin(caller): Admin,
+    req: HttpRequest,
     kid: web::Path<String>,
+    payload: web::Payload,
     state: web::Data<InternalState>,
 ) -> Result<HttpResponse, ApiError> {
     let shared = &state.shared;
     let record = shared.store().key(&kid).await?.ok_or_else(|| ApiError::NotFound(format!("no key {kid}")))?;
     caller.permit(Action::KeysRevoke, &record.key_set)?;
+    let body = read_body(&req, payload, state.body_timeout()).await?;
+    let request: RevokeRequest =
+        if body.is_empty() { None } else { parse_json::<Option<RevokeRequest>>(&body)? }.unwrap_or_default();
+    let store = shared.store().attributed(caller.attribution(&req, request.reason));
     let client = caller.client.name;
-    let outcome = ops::revoke(shared.store(), shared.custody(), shared.config(), &kid).await?;
+    let outcome = ops::revoke(&store, shared.custody(), shared.config(), &kid).await?;
     match &outcome.new_signer {
         Some(signer) if signer.within_cache_window => tracing::warn!(
             client,

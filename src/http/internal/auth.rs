@@ -15,7 +15,9 @@ use super::deadline::Deadline;
 use super::InternalState;
 use crate::app::identity::IdentityError;
 use crate::app::snapshot::{Recheck, Snapshot};
+use crate::audit::{Actor, Attribution};
 use crate::http::client_cert;
+use crate::http::middleware::RequestId;
 use crate::http::problem::ApiError;
 use crate::policy::certificate::CertFingerprint;
 use crate::policy::client::{self, Client};
@@ -115,6 +117,19 @@ impl Caller {
             Scope::All => Ok(()),
             Scope::Only(_) => Err(ApiError::MissingPermission(Permission { action, scope: Scope::All })),
         }
+    }
+
+    /// This caller as the audit trail records it: its client, the certificate its
+    /// connection presented, its address and the request id; with the body's `reason`.
+    pub(super) fn attribution(&self, req: &HttpRequest, reason: Option<String>) -> Attribution {
+        let request_id = actix_web::HttpMessage::extensions(req).get::<RequestId>().map(|id| id.0.clone());
+        Attribution::of(Actor::Admin {
+            client: self.client.name.clone(),
+            cert_sha256: client_cert::presented(req).map(|c| c.to_string()),
+            remote: req.peer_addr().map(|a| a.ip().to_string()),
+            request_id,
+        })
+        .because(reason)
     }
 
     /// Where this client may take `action`; a 403 naming it when nowhere.

@@ -8,6 +8,7 @@ mod admin;
 mod auth;
 mod body;
 mod deadline;
+mod events;
 mod keys;
 mod operations;
 mod partners;
@@ -67,6 +68,7 @@ internal_api![
     admin::rotate,
     admin::revoke,
     admin::master_key,
+    events::events,
     partners::partners,
     keys::public_key,
     operations::metrics,

@@ -38,6 +38,7 @@ pub async fn token_hashes(pool: &PgPool, token_id: &str, now: i64) -> anyhow::Re
 /// the row it returns, bumps the change counter and commits. A refusal writes nothing.
 pub(crate) async fn change<T, E>(
     pool: &PgPool,
+    trail: &crate::store::events::Trail,
     name: &str,
     decide: impl FnOnce(Option<&ClientRow>) -> Result<(ClientRow, T), E>,
 ) -> anyhow::Result<Result<T, E>> {
@@ -82,6 +83,8 @@ pub(crate) async fn change<T, E>(
     .execute(&mut *tx)
     .await
     .with_context(|| format!("storing client {name}"))?;
+    let event = crate::store::events::client_event(existing.as_ref(), &row);
+    super::events::append(&mut tx, trail, &[event]).await?;
     bump_generation(&mut tx).await?;
     tx.commit().await.with_context(|| format!("committing client {name}"))?;
     Ok(Ok(decided))

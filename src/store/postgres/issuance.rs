@@ -8,15 +8,21 @@ use anyhow::Context;
 use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, PgPool, Postgres};
 
-use crate::store::issuance::{day_of, days_missing, partition_name, partition_range, Pruned, Refused, DAY, PROBE_JTI};
+use crate::store::events::Trail;
+use crate::store::issuance::{
+    day_of, days_missing, genesis, partition_name, partition_range, pruned_event, LedgerChain, LedgerLink, Pruned,
+    Refused, DAY, EXPIRED_BY_WRITER_SQL, FIRST_KEPT_SQL, LEDGER_HEAD_SQL, PROBE_JTI,
+};
 use crate::store::rows::{Entry, EntryRow, Filter};
 
 /// The rows of the JSON array (`store::issuance::rows_json`) bound as `$1`.
 macro_rules! rows_of_json {
     () => {
-        "SELECT r.jti, r.profile, r.client, r.sub, r.kid, r.alg, r.iat, r.exp, r.claim_names \
+        "SELECT r.jti, r.profile, r.client, r.sub, r.kid, r.alg, r.iat, r.exp, r.claim_names, \
+         r.writer, r.seq, r.prev_hash, r.hash \
          FROM json_to_recordset($1::json) AS r(jti TEXT, profile TEXT, client TEXT, sub TEXT, kid TEXT, \
-         alg TEXT, iat BIGINT, exp BIGINT, claim_names TEXT, client_generation BIGINT)"
+         alg TEXT, iat BIGINT, exp BIGINT, claim_names TEXT, client_generation BIGINT, \
+         writer TEXT, seq BIGINT, prev_hash TEXT, hash TEXT)"
     };
 }
 
@@ -27,7 +33,7 @@ macro_rules! rows_of_json {
 /// this commit, so no row of a revoked key or client commits after the revocation,
 /// whichever replica revoked it.
 const INSERT_ALLOWED: &str = concat!(
-    "INSERT INTO issuance (jti, profile, client, sub, kid, alg, iat, exp, claim_names) ",
+    "INSERT INTO issuance (jti, profile, client, sub, kid, alg, iat, exp, claim_names, writer, seq, prev_hash, hash) ",
     rows_of_json!(),
     " WHERE (r.kid IS NULL OR r.kid IN (SELECT kid FROM keys WHERE kid = ANY($2) \
      AND revoked_at IS NULL AND retired_at IS NULL ORDER BY kid FOR SHARE)) \
@@ -45,13 +51,17 @@ pub struct IssuanceWriter {
     connection: Option<PoolConnection<Postgres>>,
     /// PostgreSQL's own limit on each of its statements (a lock wait included).
     statement_timeout: Duration,
+    /// Its hash chain.
+    chain: LedgerChain,
 }
 
 impl IssuanceWriter {
     /// The writer of `pool`'s issuance table, whose statements PostgreSQL cancels after
     /// `statement_timeout`.
-    pub fn new(pool: PgPool, statement_timeout: Duration) -> Self {
-        IssuanceWriter { pool, connection: None, statement_timeout }
+    /// Its rows are chained under a writer id of its own; `trail` attributes the events
+    /// it records.
+    pub fn new(pool: PgPool, statement_timeout: Duration, trail: Trail) -> Self {
+        IssuanceWriter { pool, connection: None, statement_timeout, chain: LedgerChain::new(trail) }
     }
 
     /// The writer's own connection (opened if needed), closed rather than returned to the
@@ -74,6 +84,8 @@ impl IssuanceWriter {
     /// A commit or probe was given up mid-way: its connection is closed, not used again.
     pub fn abandon(&mut self) {
         self.connection = None;
+        // Whether the commit landed is unknown: the head is read again from the table.
+        self.chain.head = None;
     }
 
     /// Commits `entries` in one statement, except those whose key may no longer sign
@@ -97,8 +109,21 @@ impl IssuanceWriter {
     }
 
     async fn insert_allowed(&mut self, entries: &[&Entry]) -> anyhow::Result<Refused> {
+        let head = match self.chain.head.clone() {
+            Some(head) => head,
+            None => {
+                let writer = self.chain.writer.clone();
+                let stored: Option<(i64, String)> = sqlx::query_as(LEDGER_HEAD_SQL)
+                    .bind(writer)
+                    .fetch_optional(self.connection().await?)
+                    .await
+                    .context("reading the ledger chain's head")?;
+                stored.unwrap_or_else(genesis)
+            }
+        };
+        let links = self.chain.links(&head, entries);
+        let rows = rows_json(entries, Some((&self.chain.writer, &links)));
         let connection = self.connection().await?;
-        let rows = rows_json(entries);
         let kids: BTreeSet<&str> = entries.iter().filter_map(|e| e.kid.as_deref()).collect();
         let clients: BTreeSet<&str> = entries.iter().map(|e| e.client.as_str()).collect();
         let (kids, clients): (Vec<&str>, Vec<&str>) = (kids.into_iter().collect(), clients.into_iter().collect());
@@ -116,6 +141,7 @@ impl IssuanceWriter {
             }
         };
         if written.rows_affected() == entries.len() as u64 {
+            self.chain.advance(&links);
             return Ok(Refused::default());
         }
         // Some rows were refused (a revocation): which, and why.
@@ -138,7 +164,13 @@ impl IssuanceWriter {
         .context("checking clients")?
         .into_iter()
         .collect();
-        Ok(Refused::missing(entries, &present, &clients))
+        self.chain.advance(&links);
+        let refused = Refused::missing(entries, &present, &clients);
+        let withheld = self.chain.withheld(entries, &links, &refused);
+        let mut tx = super::WriteTx::begin(&self.pool).await?;
+        super::events::append(&mut tx, &self.chain.trail, &[withheld]).await?;
+        tx.commit().await.context("recording withheld ledger rows")?;
+        Ok(refused)
     }
 }
 
@@ -150,7 +182,8 @@ fn broken_off(err: &sqlx::Error) -> bool {
 
 /// `entries` as the one JSON array the statements below read (`json_to_recordset`: one
 /// statement shape for any batch size); the claim names as the JSON text the column keeps.
-fn rows_json(entries: &[&Entry]) -> String {
+/// With `chain` (the writer and each row's link), the rows carry their chain columns.
+fn rows_json(entries: &[&Entry], chain: Option<(&str, &[LedgerLink])>) -> String {
     #[derive(serde::Serialize)]
     struct Row<'a> {
         jti: &'a str,
@@ -163,20 +196,40 @@ fn rows_json(entries: &[&Entry]) -> String {
         exp: i64,
         claim_names: String,
         client_generation: i64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        writer: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        seq: Option<i64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        prev_hash: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        hash: Option<&'a str>,
     }
+    let (writer, links) = chain.map_or((None, &[][..]), |(writer, links)| (Some(writer), links));
+    let mut links = links.iter();
     let rows: Vec<Row> = entries
         .iter()
-        .map(|e| Row {
-            jti: &e.jti,
-            profile: &e.profile,
-            client: &e.client,
-            sub: e.sub.as_deref(),
-            kid: e.kid.as_deref(),
-            alg: &e.alg,
-            iat: e.iat,
-            exp: e.exp,
-            claim_names: serde_json::to_string(&e.claim_names).unwrap_or_else(|_| "[]".to_owned()),
-            client_generation: e.client_generation,
+        .map(|e| {
+            let link = links.next();
+            Row {
+                writer: link.and(writer),
+                seq: link.map(|l| l.seq),
+                prev_hash: link.map(|l| l.prev_hash.as_str()),
+                hash: link.map(|l| l.hash.as_str()),
+                jti: &e.jti,
+                profile: &e.profile,
+                client: &e.client,
+                sub: e.sub.as_deref(),
+                kid: e.kid.as_deref(),
+                alg: &e.alg,
+                iat: e.iat,
+                exp: e.exp,
+                claim_names: match link {
+                    Some(link) => link.claim_names.clone(),
+                    None => serde_json::to_string(&e.claim_names).unwrap_or_else(|_| "[]".to_owned()),
+                },
+                client_generation: e.client_generation,
+            }
         })
         .collect();
     serde_json::to_string(&rows).unwrap_or_else(|_| "[]".to_owned())
@@ -236,10 +289,10 @@ pub async fn copy(pool: &PgPool, entries: &[&Entry]) -> anyhow::Result<()> {
     let days: BTreeSet<i64> = entries.iter().map(|e| day_of(e.iat)).collect();
     create_partitions(pool, days).await?;
     sqlx::query(concat!(
-        "INSERT INTO issuance (jti, profile, client, sub, kid, alg, iat, exp, claim_names) ",
+        "INSERT INTO issuance (jti, profile, client, sub, kid, alg, iat, exp, claim_names, writer, seq, prev_hash, hash) ",
         rows_of_json!()
     ))
-    .bind(rows_json(entries))
+    .bind(rows_json(entries, None))
     .execute(pool)
     .await
     .context("writing copied ledger rows")?;
@@ -311,10 +364,19 @@ async fn create_partitions(pool: &PgPool, days: impl IntoIterator<Item = i64>) -
     tx.commit().await.context("committing new ledger partitions")
 }
 
+/// How long after a day ends its partition may be dropped whole. A row recorded before the
+/// day's last row of a writer's chain may have been issued just after midnight (at most
+/// `request_deadline`, 30 s at most, after it): it goes with the day, so it must be past
+/// retention too.
+const STRADDLE_SECS: i64 = 60;
+
 /// Removes rows issued before `before` for at most about `budget`: whole days past it are
 /// detached (without a lock inserts wait for) and dropped, the rest in small deletes. First
-/// the horizon moves to `before`, so readers know rows before it may be missing.
-pub async fn prune_step(pool: &PgPool, before: i64, budget: Duration) -> anyhow::Result<Pruned> {
+/// the horizon moves to `before`, so readers know rows before it may be missing; before any
+/// row goes, an event records where each writer's chain will start, so the chains stay
+/// verifiable from their first kept row (a step cut short leaves rows below the recorded
+/// start, which `audit verify` passes over and the next step removes).
+pub async fn prune_step(pool: &PgPool, trail: &Trail, before: i64, budget: Duration) -> anyhow::Result<Pruned> {
     let started = std::time::Instant::now();
     sqlx::query(
         "INSERT INTO issuance_horizon (id, kept_from) VALUES (1, $1) \
@@ -330,40 +392,157 @@ pub async fn prune_step(pool: &PgPool, before: i64, budget: Duration) -> anyhow:
         if started.elapsed() > budget {
             return Ok(Pruned { rows, done: false });
         }
-        if to <= before {
-            let count_sql = format!("SELECT count(*) FROM {name}");
-            let count: i64 = sqlx::query_scalar(&count_sql)
-                .fetch_one(&mut *connection)
-                .await
-                .with_context(|| format!("counting the rows of {name}"))?;
-            // CONCURRENTLY runs outside a transaction and never holds up inserts; a detach
-            // that was interrupted is finished instead.
-            let detach = if pending { "FINALIZE" } else { "CONCURRENTLY" };
-            let detach_sql = format!("ALTER TABLE issuance DETACH PARTITION {name} {detach}");
-            sqlx::query(&detach_sql).execute(&mut *connection).await.with_context(|| format!("detaching {name}"))?;
-            let drop_sql = format!("DROP TABLE {name}");
-            sqlx::query(&drop_sql).execute(&mut *connection).await.with_context(|| format!("dropping {name}"))?;
-            tracing::info!(partition = name, rows = count, "dropped a ledger day past ledger_retention");
-            rows += u64::try_from(count).unwrap_or(0);
+        if to + STRADDLE_SECS <= before {
+            rows += drop_day(pool, trail, &mut connection, &name, to, before, pending).await?;
         } else if from < before {
-            let delete_sql =
-                format!("DELETE FROM {name} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {name} WHERE iat < $1 LIMIT $2))");
-            loop {
-                let done = sqlx::query(&delete_sql)
-                    .bind(before)
-                    .bind(PRUNE_BATCH)
-                    .execute(&mut *connection)
-                    .await
-                    .context("pruning the ledger")?;
-                rows += done.rows_affected();
-                if done.rows_affected() < PRUNE_BATCH as u64 {
-                    break;
-                }
-                if started.elapsed() > budget {
-                    return Ok(Pruned { rows, done: false });
-                }
+            if !prune_within(pool, trail, &mut connection, &name, before, started, budget, &mut rows).await? {
+                return Ok(Pruned { rows, done: false });
             }
         }
     }
     Ok(Pruned { rows, done: true })
+}
+
+/// Drops the partition `name` (rows issued before `to`) whole. Each writer's chain then
+/// starts after its last row in it: first, in one transaction, the rows recorded before
+/// that one but issued after `to` (a few, around midnight) are deleted and the event
+/// records each chain's new start.
+async fn drop_day(
+    pool: &PgPool,
+    trail: &Trail,
+    connection: &mut PgConnection,
+    name: &str,
+    to: i64,
+    before: i64,
+    pending: bool,
+) -> anyhow::Result<u64> {
+    let count_sql = format!("SELECT count(*) FROM {name}");
+    let count: i64 =
+        sqlx::query_scalar(&count_sql).fetch_one(&mut *connection).await.with_context(|| format!("counting {name}"))?;
+    let mut rows = u64::try_from(count).unwrap_or(0);
+    if !pending {
+        let lasts_sql = format!(
+            "SELECT DISTINCT ON (writer) writer, seq, hash FROM {name} WHERE writer IS NOT NULL ORDER BY writer, seq DESC"
+        );
+        let lasts: Vec<(String, i64, String)> = sqlx::query_as(&lasts_sql)
+            .fetch_all(&mut *connection)
+            .await
+            .with_context(|| format!("reading the chains' last rows in {name}"))?;
+        if !lasts.is_empty() {
+            let mut tx = super::WriteTx::begin(pool).await?;
+            let mut first_kept = serde_json::Map::new();
+            for (writer, seq, hash) in &lasts {
+                let straddling = sqlx::query("DELETE FROM issuance WHERE writer = $1 AND seq <= $2 AND iat >= $3")
+                    .bind(writer)
+                    .bind(seq)
+                    .bind(to)
+                    .execute(&mut *tx)
+                    .await
+                    .context("pruning the ledger")?;
+                rows += straddling.rows_affected();
+                first_kept.insert(writer.clone(), serde_json::json!([seq + 1, hash]));
+            }
+            super::events::append(&mut tx, trail, &[pruned_event(before, rows, first_kept)]).await?;
+            tx.commit().await.context("recording where the pruned ledger chains start")?;
+        }
+    }
+    // CONCURRENTLY runs outside a transaction and never holds up inserts; a detach that
+    // was interrupted is finished instead.
+    let detach = if pending { "FINALIZE" } else { "CONCURRENTLY" };
+    let detach_sql = format!("ALTER TABLE issuance DETACH PARTITION {name} {detach}");
+    sqlx::query(&detach_sql).execute(&mut *connection).await.with_context(|| format!("detaching {name}"))?;
+    let drop_sql = format!("DROP TABLE {name}");
+    sqlx::query(&drop_sql).execute(&mut *connection).await.with_context(|| format!("dropping {name}"))?;
+    tracing::info!(partition = name, rows = count, "dropped a ledger day past ledger_retention");
+    Ok(rows)
+}
+
+/// Deletes the rows of partition `name` issued before `before`, each writer's up to its
+/// first row issued at or after it (recorded first), in small statements; false when the
+/// budget ran out first.
+#[allow(clippy::too_many_arguments)]
+async fn prune_within(
+    pool: &PgPool,
+    trail: &Trail,
+    connection: &mut PgConnection,
+    name: &str,
+    before: i64,
+    started: std::time::Instant,
+    budget: Duration,
+    rows: &mut u64,
+) -> anyhow::Result<bool> {
+    let expired: Vec<(String, i64)> = sqlx::query_as(EXPIRED_BY_WRITER_SQL)
+        .bind(before)
+        .fetch_all(&mut *connection)
+        .await
+        .context("finding the ledger writers to prune")?;
+    let mut starts = Vec::with_capacity(expired.len());
+    let mut first_kept = serde_json::Map::new();
+    for (writer, _) in &expired {
+        let kept: Option<(i64, String)> = sqlx::query_as(FIRST_KEPT_SQL)
+            .bind(writer)
+            .bind(before)
+            .fetch_optional(&mut *connection)
+            .await
+            .context("finding the first kept ledger row")?;
+        let start = match kept {
+            Some(kept) => kept,
+            None => {
+                let (seq, hash): (i64, String) = sqlx::query_as(LEDGER_HEAD_SQL)
+                    .bind(writer)
+                    .fetch_one(&mut *connection)
+                    .await
+                    .context("reading a ledger chain's head")?;
+                (seq + 1, hash)
+            }
+        };
+        first_kept.insert(writer.clone(), serde_json::json!([start.0, start.1]));
+        starts.push((writer.clone(), start.0));
+    }
+    if !starts.is_empty() {
+        let count = expired.iter().map(|(_, n)| u64::try_from(*n).unwrap_or(0)).sum();
+        let mut tx = super::WriteTx::begin(pool).await?;
+        super::events::append(&mut tx, trail, &[pruned_event(before, count, first_kept)]).await?;
+        tx.commit().await.context("recording where the pruned ledger chains start")?;
+    }
+    let by_writer = format!(
+        "DELETE FROM {name} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {name} WHERE writer = $1 AND seq < $2 LIMIT $3))"
+    );
+    for (writer, start) in &starts {
+        loop {
+            let done = sqlx::query(&by_writer)
+                .bind(writer)
+                .bind(start)
+                .bind(PRUNE_BATCH)
+                .execute(&mut *connection)
+                .await
+                .context("pruning the ledger")?;
+            *rows += done.rows_affected();
+            if done.rows_affected() < PRUNE_BATCH as u64 {
+                break;
+            }
+            if started.elapsed() > budget {
+                return Ok(false);
+            }
+        }
+    }
+    let unchained = format!(
+        "DELETE FROM {name} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {name} WHERE writer IS NULL AND iat < $1 LIMIT $2))"
+    );
+    loop {
+        let done = sqlx::query(&unchained)
+            .bind(before)
+            .bind(PRUNE_BATCH)
+            .execute(&mut *connection)
+            .await
+            .context("pruning the ledger")?;
+        *rows += done.rows_affected();
+        if done.rows_affected() < PRUNE_BATCH as u64 {
+            return Ok(true);
+        }
+        if started.elapsed() > budget {
+            return Ok(false);
+        }
+    }
+}
 }

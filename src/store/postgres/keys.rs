@@ -102,6 +102,7 @@ pub(crate) async fn persist(tx: &mut sqlx::PgConnection, records: Vec<KeyRecord>
 /// [`KeyChange::Stale`]); a refusal (`Ok(Err(_))`) writes nothing.
 pub(crate) async fn change<E>(
     pool: &PgPool,
+    trail: &crate::store::events::Trail,
     set: &str,
     decide: impl FnOnce(&[KeyRecord]) -> Result<KeyChange, E>,
 ) -> anyhow::Result<Result<bool, E>> {
@@ -109,7 +110,11 @@ pub(crate) async fn change<E>(
     tx.lock(&format!("key-set:{set}")).await?;
     let keys = of_set(&mut *tx, set).await?;
     let (changed, handover) = match decide(&keys) {
-        Ok(KeyChange::Write(changed, handover)) => (changed, handover),
+        Ok(KeyChange::Write(changed, handover, mut events)) => {
+            events.extend(handover.iter().map(crate::store::events::gate_event));
+            super::events::append(&mut tx, trail, &events).await?;
+            (changed, handover)
+        }
         Ok(KeyChange::Stale) => return Ok(Ok(false)),
         Err(refused) => return Ok(Err(refused)),
     };

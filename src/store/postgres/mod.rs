@@ -21,6 +21,7 @@ use crate::config::PostgresUrl;
 
 pub mod backup;
 pub mod clients;
+pub mod events;
 pub mod issuance;
 pub mod keys;
 pub mod partners;
@@ -40,6 +41,7 @@ pub struct PgStore {
     pool: PgPool,
     options: Arc<PgConnectOptions>,
     url: PostgresUrl,
+    trail: crate::store::events::Trail,
 }
 
 impl PgStore {
@@ -71,7 +73,21 @@ impl PgStore {
         issuance::prepare(&pool, chrono::Utc::now().timestamp())
             .await
             .with_context(|| format!("creating the ledger's partitions in {url}"))?;
-        Ok(PgStore { pool, options: Arc::new(options), url: url.clone() })
+        Ok(PgStore {
+            pool,
+            options: Arc::new(options),
+            url: url.clone(),
+            trail: crate::store::events::Trail::new_writer(),
+        })
+    }
+
+    /// Who its changes are attributed to, and its writer.
+    pub fn trail(&self) -> &crate::store::events::Trail {
+        &self.trail
+    }
+
+    pub(crate) fn trail_mut(&mut self) -> &mut crate::store::events::Trail {
+        &mut self.trail
     }
 
     /// The connection pool (for tests that inspect tables).

@@ -7,8 +7,14 @@ use super::{bump_generation, WriteTx};
 use crate::store::rows::SecretRow;
 
 /// Stores `row`, replacing the profile's earlier secret (its creation time stays).
-pub async fn put(pool: &PgPool, row: &SecretRow) -> anyhow::Result<()> {
+pub async fn put(pool: &PgPool, trail: &crate::store::events::Trail, row: &SecretRow) -> anyhow::Result<()> {
     let mut tx = WriteTx::begin(pool).await?;
+    let before: Option<(i64, i64)> = sqlx::query_as("SELECT created_at, updated_at FROM secrets WHERE profile = $1")
+        .bind(&row.profile)
+        .fetch_optional(&mut *tx)
+        .await
+        .context("reading the secret's dates")?;
+    super::events::append(&mut tx, trail, &[crate::store::events::secret_event(before, row)]).await?;
     sqlx::query(
         "INSERT INTO secrets (profile, sealed_secret, master_key_id, created_at, updated_at) \
          VALUES ($1, $2, $3, $4, $5) \

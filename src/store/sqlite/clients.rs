@@ -38,6 +38,7 @@ pub async fn token_hashes(pool: &SqlitePool, token_id: &str, now: i64) -> anyhow
 /// and commits. A refusal writes nothing.
 pub(crate) async fn change<T, E>(
     pool: &SqlitePool,
+    trail: &crate::store::events::Trail,
     name: &str,
     decide: impl FnOnce(Option<&ClientRow>) -> Result<(ClientRow, T), E>,
 ) -> anyhow::Result<Result<T, E>> {
@@ -81,6 +82,8 @@ pub(crate) async fn change<T, E>(
     .execute(&mut *tx)
     .await
     .with_context(|| format!("storing client {name}"))?;
+    let event = crate::store::events::client_event(existing.as_ref(), &row);
+    super::events::append(&mut tx, trail, &[event]).await?;
     bump_generation(&mut tx).await?;
     tx.commit().await.with_context(|| format!("committing client {name}"))?;
     Ok(Ok(decided))

@@ -9,7 +9,11 @@ use sqlx::pool::PoolConnection;
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
 
 use super::WriteTx;
-use crate::store::issuance::{Pruned, Refused, PROBE_JTI};
+use crate::store::events::Trail;
+use crate::store::issuance::{
+    genesis, pruned_event, LedgerChain, LedgerLink, Pruned, Refused, EXPIRED_BY_WRITER_SQL, FIRST_KEPT_SQL,
+    LEDGER_HEAD_SQL, PROBE_JTI,
+};
 use crate::store::rows::{Entry, EntryRow, Filter};
 
 /// Rows one statement carries at most: batches up to this size (all but bursts) are one
@@ -19,10 +23,11 @@ const CHUNK: usize = 64;
 
 /// Which rows a statement writes.
 #[derive(Clone, Copy)]
-enum Rows {
-    /// Those whose key may still sign (or that have none) and whose client is not revoked.
-    Allowed,
-    /// All (a copy of history).
+enum Rows<'a> {
+    /// Those whose key may still sign (or that have none) and whose client is not revoked,
+    /// with their chain links.
+    Allowed(&'a str, &'a [LedgerLink]),
+    /// All (a copy of history, without its chain).
     All,
 }
 
@@ -34,13 +39,17 @@ pub struct IssuanceWriter {
     connection: Option<PoolConnection<Sqlite>>,
     /// How long its statements wait for the write lock (a request waits no longer).
     busy_timeout: Duration,
+    /// Its hash chain.
+    chain: LedgerChain,
 }
 
 impl IssuanceWriter {
     /// The writer of `pool`'s issuance table, whose statements give up waiting for the
     /// write lock after `busy_timeout`.
-    pub fn new(pool: SqlitePool, busy_timeout: Duration) -> Self {
-        IssuanceWriter { pool, connection: None, busy_timeout }
+    /// Its rows are chained under a writer id of its own; `trail` attributes the events
+    /// it records.
+    pub fn new(pool: SqlitePool, busy_timeout: Duration, trail: Trail) -> Self {
+        IssuanceWriter { pool, connection: None, busy_timeout, chain: LedgerChain::new(trail) }
     }
 
     /// The writer's own connection (opened if needed).
@@ -70,6 +79,8 @@ impl IssuanceWriter {
     /// be inside the statement, so it is closed rather than used again.
     pub fn abandon(&mut self) {
         self.connection = None;
+        // Whether the commit landed is unknown: the head is read again from the table.
+        self.chain.head = None;
     }
 
     /// Commits `entries` in one statement, except those whose key may no longer sign
@@ -79,7 +90,7 @@ impl IssuanceWriter {
     pub async fn insert(&mut self, entries: &[&Entry]) -> anyhow::Result<Refused> {
         let result = self.insert_allowed(entries).await;
         if result.is_err() {
-            self.connection = None;
+            self.abandon();
         }
         result
     }
@@ -95,20 +106,35 @@ impl IssuanceWriter {
     }
 
     async fn insert_allowed(&mut self, entries: &[&Entry]) -> anyhow::Result<Refused> {
+        let head = match self.chain.head.clone() {
+            Some(head) => head,
+            None => {
+                let writer = self.chain.writer.clone();
+                let stored: Option<(i64, String)> = sqlx::query_as(LEDGER_HEAD_SQL)
+                    .bind(writer)
+                    .fetch_optional(&mut **self.connection().await?)
+                    .await
+                    .context("reading the ledger chain's head")?;
+                stored.unwrap_or_else(genesis)
+            }
+        };
+        let links = self.chain.links(&head, entries);
+        let writer = self.chain.writer.clone();
         let connection = self.connection().await?;
         let written = if entries.len() <= CHUNK {
             // One statement: SQLite takes the write lock before it reads, so no revocation
             // can commit between its check and its write.
-            insert_rows(connection, entries, Rows::Allowed).await?
+            insert_rows(connection, entries, Rows::Allowed(&writer, &links)).await?
         } else {
             let mut tx = WriteTx::begin(connection).await.context("beginning the ledger transaction")?;
             let mut written = 0;
-            for chunk in entries.chunks(CHUNK) {
-                written += insert_rows(&mut tx, chunk, Rows::Allowed).await?;
+            for (chunk, links) in entries.chunks(CHUNK).zip(links.chunks(CHUNK)) {
+                written += insert_rows(&mut tx, chunk, Rows::Allowed(&writer, links)).await?;
             }
             tx.commit().await.context("committing ledger rows")?;
             written
         };
+        self.chain.advance(&links);
         if written == entries.len() as u64 {
             return Ok(Refused::default());
         }
@@ -116,7 +142,13 @@ impl IssuanceWriter {
         let connection: &mut SqliteConnection = self.connection().await?;
         let present = names_among(connection, "SELECT jti FROM issuance WHERE jti IN (", entries, |e| &e.jti).await?;
         let clients = clients_among(connection, entries).await?;
-        Ok(Refused::missing(entries, &present, &clients))
+        let refused = Refused::missing(entries, &present, &clients);
+        let withheld = self.chain.withheld(entries, &links, &refused);
+        let trail = self.chain.trail.clone();
+        let mut tx = WriteTx::begin(self.connection().await?).await.context("beginning the withheld record")?;
+        super::events::append(&mut tx, &trail, &[withheld]).await?;
+        tx.commit().await.context("recording withheld ledger rows")?;
+        Ok(refused)
     }
 
     async fn probe_write(&mut self) -> anyhow::Result<()> {
@@ -140,12 +172,19 @@ impl IssuanceWriter {
 }
 
 /// Writes `entries` (at most [`CHUNK`]) in one statement; returns how many rows it wrote.
-async fn insert_rows(connection: &mut SqliteConnection, entries: &[&Entry], rows: Rows) -> anyhow::Result<u64> {
+async fn insert_rows(connection: &mut SqliteConnection, entries: &[&Entry], rows: Rows<'_>) -> anyhow::Result<u64> {
     let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(
-        "INSERT INTO issuance (jti, profile, client, sub, kid, alg, iat, exp, claim_names) \
-         SELECT column1, column2, column3, column4, column5, column6, column7, column8, column9 FROM (",
+        "INSERT INTO issuance (jti, profile, client, sub, kid, alg, iat, exp, claim_names, writer, seq, prev_hash, hash) \
+         SELECT column1, column2, column3, column4, column5, column6, column7, column8, column9, \
+         column11, column12, column13, column14 FROM (",
     );
+    let (writer, links) = match rows {
+        Rows::Allowed(writer, links) => (Some(writer), links),
+        Rows::All => (None, &[][..]),
+    };
+    let mut links = links.iter();
     query.push_values(entries, |mut row, e| {
+        let link = links.next();
         row.push_bind(&e.jti)
             .push_bind(&e.profile)
             .push_bind(&e.client)
@@ -154,11 +193,18 @@ async fn insert_rows(connection: &mut SqliteConnection, entries: &[&Entry], rows
             .push_bind(&e.alg)
             .push_bind(e.iat)
             .push_bind(e.exp)
-            .push_bind(serde_json::to_string(&e.claim_names).unwrap_or_else(|_| "[]".to_owned()))
-            .push_bind(e.client_generation);
+            .push_bind(match link {
+                Some(link) => link.claim_names.clone(),
+                None => serde_json::to_string(&e.claim_names).unwrap_or_else(|_| "[]".to_owned()),
+            })
+            .push_bind(e.client_generation)
+            .push_bind(link.and(writer))
+            .push_bind(link.map(|l| l.seq))
+            .push_bind(link.map(|l| l.prev_hash.clone()))
+            .push_bind(link.map(|l| l.hash.clone()));
     });
     query.push(")");
-    if let Rows::Allowed = rows {
+    if let Rows::Allowed(..) = rows {
         // VALUES names its columns column1, column2, ...: column3 is the client, column5 the
         // kid, column10 the client's generation (not stored).
         query.push(
@@ -244,10 +290,14 @@ const PRUNE_TARGET: Duration = Duration::from_millis(20);
 /// between tries) gets the write lock before the next batch.
 const PRUNE_PAUSE: Duration = Duration::from_millis(30);
 
-/// Removes rows issued before `before`, oldest first, in batches that each hold the write
-/// lock for about [`PRUNE_TARGET`], for at most about `budget`. First the horizon moves to
-/// `before`, so readers know rows before it may be missing.
-pub async fn prune_step(pool: &SqlitePool, before: i64, budget: Duration) -> anyhow::Result<Pruned> {
+/// Removes rows issued before `before`, in batches that each hold the write lock for about
+/// [`PRUNE_TARGET`], for at most about `budget`. First the horizon moves to `before`, so
+/// readers know rows before it may be missing; then an event records where each writer's
+/// chain will start (its first row issued at or after `before`: the rows before it in the
+/// chain go, those after it stay, so the chain is whole from there), and only then do rows
+/// go. A step cut short leaves rows below the recorded start, which `audit verify` passes
+/// over and the next step removes.
+pub async fn prune_step(pool: &SqlitePool, trail: &Trail, before: i64, budget: Duration) -> anyhow::Result<Pruned> {
     let started = std::time::Instant::now();
     let mut connection = pool.acquire().await.context("connecting to prune the ledger")?;
     // Its own settings: closed rather than returned to the pool.
@@ -262,22 +312,79 @@ pub async fn prune_step(pool: &SqlitePool, before: i64, budget: Duration) -> any
     .execute(&mut *connection)
     .await
     .context("moving the ledger's horizon")?;
+    // Read outside any write transaction: on a first start with months of expired rows
+    // this reads them all once, and ledger commits go on meanwhile.
+    let expired: Vec<(String, i64)> = sqlx::query_as(EXPIRED_BY_WRITER_SQL)
+        .bind(before)
+        .fetch_all(&mut *connection)
+        .await
+        .context("finding the ledger writers to prune")?;
+    let mut starts = Vec::with_capacity(expired.len());
+    let mut first_kept = serde_json::Map::new();
+    for (writer, _) in &expired {
+        let kept: Option<(i64, String)> = sqlx::query_as(FIRST_KEPT_SQL)
+            .bind(writer)
+            .bind(before)
+            .fetch_optional(&mut *connection)
+            .await
+            .context("finding the first kept ledger row")?;
+        let start = match kept {
+            Some(kept) => kept,
+            None => {
+                let (seq, hash): (i64, String) = sqlx::query_as(LEDGER_HEAD_SQL)
+                    .bind(writer)
+                    .fetch_one(&mut *connection)
+                    .await
+                    .context("reading a ledger chain's head")?;
+                (seq + 1, hash)
+            }
+        };
+        first_kept.insert(writer.clone(), serde_json::json!([start.0, start.1]));
+        starts.push((writer.clone(), start.0));
+    }
+    if !starts.is_empty() {
+        let count = expired.iter().map(|(_, n)| u64::try_from(*n).unwrap_or(0)).sum();
+        let mut tx = super::begin_write(pool).await?;
+        super::events::append(&mut tx, trail, &[pruned_event(before, count, first_kept)]).await?;
+        tx.commit().await.context("recording where the pruned ledger chains start")?;
+    }
     let (mut rows, mut batch) = (0, 1_000_i64);
+    // Each writer's rows before its start, then rows from before chains began.
+    let mut targets = starts.into_iter().map(Some).chain([None]);
+    let mut target = targets.next().flatten();
+    let mut unchained = false;
     loop {
         let deleting = std::time::Instant::now();
-        let done = sqlx::query(
-            "DELETE FROM issuance WHERE rowid IN (SELECT rowid FROM issuance WHERE iat < ? ORDER BY iat LIMIT ?)",
-        )
-        .bind(before)
-        .bind(batch)
+        let done = match &target {
+            Some((writer, start)) => sqlx::query(
+                "DELETE FROM issuance WHERE rowid IN \
+                 (SELECT rowid FROM issuance WHERE writer = ? AND seq < ? LIMIT ?)",
+            )
+            .bind(writer)
+            .bind(start)
+            .bind(batch),
+            None => {
+                unchained = true;
+                sqlx::query(
+                    "DELETE FROM issuance WHERE rowid IN \
+                     (SELECT rowid FROM issuance WHERE iat < ? AND writer IS NULL ORDER BY iat LIMIT ?)",
+                )
+                .bind(before)
+                .bind(batch)
+            }
+        }
         .execute(&mut *connection)
         .await
         .context("pruning the ledger")?;
         rows += done.rows_affected();
         if done.rows_affected() < batch as u64 {
-            return Ok(Pruned { rows, done: true });
+            if unchained {
+                return Ok(Pruned { rows, done: true });
+            }
+            target = targets.next().flatten();
+        } else {
+            batch = next_batch(batch, deleting.elapsed());
         }
-        batch = next_batch(batch, deleting.elapsed());
         if started.elapsed() > budget {
             return Ok(Pruned { rows, done: false });
         }

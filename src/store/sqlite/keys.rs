@@ -105,13 +105,18 @@ async fn persist(tx: &mut sqlx::SqliteConnection, records: Vec<KeyRecord>) -> an
 /// that the deleted bytes leave no copy there.
 pub(crate) async fn change<E>(
     pool: &SqlitePool,
+    trail: &crate::store::events::Trail,
     set: &str,
     decide: impl FnOnce(&[KeyRecord]) -> Result<KeyChange, E>,
 ) -> anyhow::Result<Result<bool, E>> {
     let mut tx = begin_write(pool).await?;
     let keys = of_set(&mut *tx, set).await?;
     let (changed, handover) = match decide(&keys) {
-        Ok(KeyChange::Write(changed, handover)) => (changed, handover),
+        Ok(KeyChange::Write(changed, handover, mut events)) => {
+            events.extend(handover.iter().map(crate::store::events::gate_event));
+            super::events::append(&mut tx, trail, &events).await?;
+            (changed, handover)
+        }
         Ok(KeyChange::Stale) => return Ok(Ok(false)),
         Err(refused) => return Ok(Err(refused)),
     };

@@ -14,6 +14,7 @@ use sqlx::{ConnectOptions, Sqlite, SqliteConnection, SqlitePool};
 use crate::private_files::{private_dir_builder, private_file_options};
 
 pub mod clients;
+pub mod events;
 pub mod issuance;
 pub mod keys;
 pub mod partners;
@@ -36,13 +37,23 @@ fn options(path: &Path) -> SqliteConnectOptions {
 pub struct SqliteStore {
     pool: SqlitePool,
     path: std::path::PathBuf,
+    trail: crate::store::events::Trail,
 }
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and applies pending migrations.
     pub async fn connect(path: impl AsRef<Path>) -> anyhow::Result<SqliteStore> {
         let path = path.as_ref().to_owned();
-        Ok(SqliteStore { pool: connect(&path).await?, path })
+        Ok(SqliteStore { pool: connect(&path).await?, path, trail: crate::store::events::Trail::new_writer() })
+    }
+
+    /// Who its changes are attributed to, and its writer.
+    pub fn trail(&self) -> &crate::store::events::Trail {
+        &self.trail
+    }
+
+    pub(crate) fn trail_mut(&mut self) -> &mut crate::store::events::Trail {
+        &mut self.trail
     }
 
     /// The database file.

@@ -7,8 +7,14 @@ use super::{begin_write, bump_generation, checkpoint};
 use crate::store::rows::SecretRow;
 
 /// Stores `row`, replacing the profile's earlier secret (its creation time stays).
-pub async fn put(pool: &SqlitePool, row: &SecretRow) -> anyhow::Result<()> {
+pub async fn put(pool: &SqlitePool, trail: &crate::store::events::Trail, row: &SecretRow) -> anyhow::Result<()> {
     let mut tx = begin_write(pool).await?;
+    let before: Option<(i64, i64)> = sqlx::query_as("SELECT created_at, updated_at FROM secrets WHERE profile = ?")
+        .bind(&row.profile)
+        .fetch_optional(&mut *tx)
+        .await
+        .context("reading the secret's dates")?;
+    super::events::append(&mut tx, trail, &[crate::store::events::secret_event(before, row)]).await?;
     sqlx::query(
         "INSERT INTO secrets (profile, sealed_secret, master_key_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?) \
          ON CONFLICT (profile) DO UPDATE SET sealed_secret = excluded.sealed_secret, \

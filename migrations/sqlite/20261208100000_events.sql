@@ -1,0 +1,28 @@
+-- Who changed what: one row per administrative change, written in the change's own
+-- transaction. Each writer (one process's store) chains its rows: `hash` covers the row
+-- and the `prev_hash` of the writer's row before it (see the README's "Audit").
+CREATE TABLE events (
+    writer     TEXT NOT NULL,
+    seq        INTEGER NOT NULL,
+    at         INTEGER NOT NULL,
+    actor      TEXT NOT NULL,
+    actor_name TEXT NOT NULL,
+    action     TEXT NOT NULL,
+    object     TEXT NOT NULL,
+    before     TEXT,
+    after      TEXT,
+    reason     TEXT,
+    prev_hash  TEXT NOT NULL,
+    hash       TEXT NOT NULL,
+    PRIMARY KEY (writer, seq)
+) STRICT;
+
+CREATE INDEX events_by_at ON events (at);
+
+
+-- The ledger's chains, one per ledger writer (rows written before them have none).
+ALTER TABLE issuance ADD COLUMN writer TEXT;
+ALTER TABLE issuance ADD COLUMN seq INTEGER;
+ALTER TABLE issuance ADD COLUMN prev_hash TEXT;
+ALTER TABLE issuance ADD COLUMN hash TEXT;
+CREATE UNIQUE INDEX issuance_by_writer ON issuance (writer, seq);
