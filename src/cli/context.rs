@@ -97,8 +97,8 @@ impl Context {
     /// keys it sealed, and the PKCS#11 token when one is configured): what a key action needs.
     pub(super) async fn store_and_custody(&self) -> anyhow::Result<(Store, Custody)> {
         let (store, keyring) = self.store_and_keyring().await?;
-        let token = self.config().token_settings(std::env::var(crate::config::PIN_ENV).ok().as_deref())?;
-        Ok((store, Custody::open(keyring, token).await?))
+        let settings = self.config().custody_settings(&|name| std::env::var(name).ok())?;
+        Ok((store, Custody::open(keyring, settings).await?))
     }
 
     /// The master key (and during a rotation the previous one); a development key is
