@@ -86,6 +86,31 @@ pub async fn check_token(settings: TokenSettings, records: Vec<KeyRecord>) -> an
     Ok(count)
 }
 
+/// For `check-config`: the Vault token's policy, and that every live key kept in a key
+/// service is there (its public half matching) and, in KMS, enabled. Returns how many are
+/// kept in Vault and in KMS.
+pub async fn check_key_services(custody: &Custody, records: &[KeyRecord]) -> anyhow::Result<(usize, usize)> {
+    if let Some(transit) = custody.transit() {
+        transit.check_permissions().await?;
+    }
+    let (mut in_vault, mut in_kms) = (0, 0);
+    for record in records {
+        match record.private() {
+            Some(Private::VaultTransit { .. }) => {
+                custody.signer(record).await?;
+                in_vault += 1;
+            }
+            Some(Private::AwsKms { key_id }) => {
+                custody.signer(record).await?;
+                custody.aws_kms(&record.key_set)?.check_key(key_id).await?;
+                in_kms += 1;
+            }
+            _ => {}
+        }
+    }
+    Ok((in_vault, in_kms))
+}
+
 /// A key just made or imported, its private half already in custody.
 pub struct NewKey {
     /// RFC 7638 thumbprint.

@@ -70,6 +70,11 @@ impl Transit {
         Ok(Arc::new(Transit { vault, mount, bounds, health: Health::default(), in_flight: InFlight::default() }))
     }
 
+    /// Vault's address.
+    pub fn address(&self) -> &str {
+        self.vault.address()
+    }
+
     pub(super) fn bounds(&self) -> RemoteBounds {
         self.bounds
     }
