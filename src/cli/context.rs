@@ -114,7 +114,7 @@ impl Context {
         let configured = self.config().master_key.is_some();
         if !configured && empty && env.is_none() && !file.exists() && !self.config().needs_master_key() {
             tracing::info!(
-                "no master key needed: every key set keeps its keys in the PKCS#11 token and no profile signs \
+                "no master key needed: every key set keeps its keys in a PKCS#11 token or a key service and no profile signs \
                  with a shared secret (set KEYWARD_MASTER_KEY before adding either)"
             );
             return Ok(Roots { current: RootKey::in_memory(), previous: None });

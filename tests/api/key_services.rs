@@ -23,7 +23,7 @@ const PROFILE: &str = "npm-sandbox";
 const SET: &str = "npm";
 
 /// The Vault policy the README gives: exactly what keyward's key custody uses.
-pub(crate) const VAULT_POLICY: &str = r#"path "transit/keys/keyward-*" { capabilities = ["create", "read", "delete"] }
+pub(crate) const VAULT_POLICY: &str = r#"path "transit/keys/keyward-*" { capabilities = ["update", "read", "delete"] }
 path "transit/keys/keyward-*/config" { capabilities = ["update"] }
 path "transit/sign/keyward-*" { capabilities = ["update"] }"#;
 
@@ -413,7 +413,7 @@ async fn bad_vault_credentials_or_a_missing_permission_are_refused_at_start_up_n
     assert!(refused.contains("permission denied") || refused.contains("403"), "{refused}");
 
     // A token that may not sign: check-config names the missing capability.
-    let policy = r#"path "transit/keys/keyward-*" { capabilities = ["create", "read", "delete"] }"#;
+    let policy = r#"path "transit/keys/keyward-*" { capabilities = ["update", "read", "delete"] }"#;
     bao.api(reqwest::Method::PUT, "sys/policies/acl/no-sign", json!({"policy": policy})).await;
     let answer =
         bao.api(reqwest::Method::POST, "auth/token/create", json!({"policies": ["no-sign"], "no_parent": true})).await;

@@ -209,7 +209,7 @@ impl Transit {
             .await
             .context("[vault]: asking Vault for the token's capabilities")?;
         let needed: [(&str, &[&str]); 3] =
-            [(&paths[0], &["create", "read", "delete"]), (&paths[1], &["update"]), (&paths[2], &["update"])];
+            [(&paths[0], &["update", "read", "delete"]), (&paths[1], &["update"]), (&paths[2], &["update"])];
         let mut missing = Vec::new();
         for (path, capabilities) in needed {
             let held: Vec<&str> =
