@@ -225,6 +225,7 @@ fn signal(pid: u32, signal: &str) {
 /// during the stop, 503s saying the key service failed and `/readyz` 503 naming it; no
 /// ledger row without a token and no token without a row; signing again once it continues.
 async fn outage_mid_load(dir: &Path, server: &Serve, http: &reqwest::Client, token: &str, pid: u32, named: &str) {
+    let before = ledger_jtis(dir).await;
     let started = Instant::now();
     let loads: Vec<_> = (0..8)
         .map(|task| {
@@ -281,8 +282,10 @@ async fn outage_mid_load(dir: &Path, server: &Serve, http: &reqwest::Client, tok
     }
     assert!(failed > 0, "no request failed while the key service was stopped: {} answers", answers.len());
     assert!(!issued.is_empty());
+    let recorded: Vec<String> = ledger_jtis(dir).await.into_iter().filter(|jti| !before.contains(jti)).collect();
     issued.sort();
-    assert_eq!(ledger_jtis(dir).await, issued, "the ledger holds exactly the tokens handed out");
+    assert_eq!(recorded.len(), issued.len(), "the ledger holds a row for each token handed out and no other");
+    assert_eq!(recorded, issued, "the ledger holds exactly the tokens handed out");
 
     let back = crate::helpers::eventually(Duration::from_secs(20), || async {
         sign(http, server, token, "after").await.status() == 200
@@ -486,16 +489,13 @@ async fn aws_kms_keys_rotate_and_a_revoked_key_is_disabled_and_scheduled_for_del
     assert_eq!(revoked.status(), 200, "{}", revoked.text().await.unwrap());
     let described = kms.describe_key().key_id(&arn).send().await.unwrap();
     let metadata = described.key_metadata().unwrap();
-    assert_eq!(metadata.key_state(), Some(&KeyState::PendingDeletion), "{metadata:?}");
+    let log = server.log_text();
+    let said: Vec<&str> = log.lines().filter(|l| l.contains("KMS")).collect();
+    assert_eq!(metadata.key_state(), Some(&KeyState::PendingDeletion), "{metadata:?}: {said:?}");
     assert!(metadata.deletion_date().is_some());
-    let refused = kms
-        .sign()
-        .key_id(&arn)
-        .message(aws_sdk_kms::primitives::Blob::new(b"x".to_vec()))
-        .signing_algorithm(aws_sdk_kms::types::SigningAlgorithmSpec::EcdsaSha256)
-        .send()
-        .await;
-    assert!(refused.is_err(), "a revoked key no longer signs in KMS");
+    // Disabled first (KMS refuses to sign with a disabled key or one pending deletion; moto
+    // does not enforce that, so only the state is checked here).
+    assert!(!metadata.enabled(), "{metadata:?}");
     sign_verified(&http, &server, &client, "c").await;
 }
 

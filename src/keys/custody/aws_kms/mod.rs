@@ -241,13 +241,21 @@ impl Kms {
     /// Schedules key `arn`'s deletion after KMS's shortest waiting period; a revoked key is
     /// disabled first, so that it stops signing at once.
     pub async fn destroy(&self, arn: &str, revoked: bool) -> anyhow::Result<()> {
+        // By key id (the ARN's last part, same account and region): KMS takes either, moto
+        // 5.2 fails DisableKey given an ARN.
+        let key_id = arn.rsplit('/').next().unwrap_or(arn);
         if revoked {
-            let disabled = self.client.disable_key().key_id(arn).send().await;
+            let disabled = self.client.disable_key().key_id(key_id).send().await;
             self.answered(&disabled);
             disabled.map_err(|err| anyhow::anyhow!("KMS DisableKey: {}", DisplayErrorContext(&err)))?;
         }
-        let scheduled =
-            self.client.schedule_key_deletion().key_id(arn).pending_window_in_days(DELETION_WINDOW_DAYS).send().await;
+        let scheduled = self
+            .client
+            .schedule_key_deletion()
+            .key_id(key_id)
+            .pending_window_in_days(DELETION_WINDOW_DAYS)
+            .send()
+            .await;
         self.answered(&scheduled);
         scheduled.map_err(|err| anyhow::anyhow!("KMS ScheduleKeyDeletion: {}", DisplayErrorContext(&err)))?;
         Ok(())
