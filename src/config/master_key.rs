@@ -194,7 +194,7 @@ fn check(config: &Config, table: &MasterKeyConfig, name: &str, source_name: &str
             // and login (validated there).
             let shared = table.address.is_none() && config.vault.is_some();
             let address = table.address.as_deref().unwrap_or_default();
-            if !shared && !(address.starts_with("https://") || address.starts_with("http://")) {
+            if !(shared || address.starts_with("https://") || address.starts_with("http://")) {
                 return Err(fail(
                     source_name,
                     &field("address"),

@@ -139,10 +139,10 @@ impl Kms {
         self.health.is_up()
     }
 
-    fn answered<T, E, R: std::fmt::Debug>(&self, result: &Result<T, SdkError<E, R>>)
+    fn answered<T, E, R>(&self, result: &Result<T, SdkError<E, R>>)
     where
         E: std::error::Error + 'static,
-        R: 'static,
+        R: std::fmt::Debug + 'static,
     {
         match result {
             Err(err) if is_outage(err) => self.health.answered(SERVICE, false, &DisplayErrorContext(err)),
