@@ -94,3 +94,33 @@ pub(super) fn validate(config: &Config, source_name: &str) -> Result<(), ConfigE
     }
     check_bounds("[aws_kms]", kms.max_in_flight, kms.sign_timeout_ms).map_err(|(field, m)| fail(&field, m))
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{parse_toml, validate, ConfigError};
+    use crate::keys::custody::CustodyKind;
+    use crate::keys::Algorithm;
+
+    fn with(tables: &str, algorithm: &str) -> Result<(), ConfigError> {
+        let mut config = parse_toml(&format!("{}\n{tables}", super::super::defaults::EXAMPLE), "k.toml")?;
+        config.key_sets[0].custody = CustodyKind::AwsKms;
+        config.key_sets[0].algorithm = Algorithm::parse(algorithm).unwrap();
+        validate(&config, "k.toml")
+    }
+
+    #[test]
+    fn eddsa_and_ps256_are_refused_in_kms_and_the_table_is_required() {
+        let table = "[aws_kms]\nregion = \"eu-west-1\"\n";
+        for algorithm in ["EdDSA", "PS256"] {
+            let err = with(table, algorithm).unwrap_err();
+            assert_eq!(err.location, "[[key_set]] \"npm\", field algorithm", "{algorithm}: {}", err.message);
+        }
+        for algorithm in ["RS256", "ES256", "ES384"] {
+            assert!(with(table, algorithm).is_ok(), "{algorithm}");
+        }
+        let err = with("", "ES256").unwrap_err();
+        assert_eq!(err.location, "[[key_set]] \"npm\", field custody");
+        let err = with("[aws_kms]\nmax_in_flight = 0\n", "ES256").unwrap_err();
+        assert_eq!(err.location, "[aws_kms], field max_in_flight");
+    }
+}

@@ -179,3 +179,32 @@ pub(super) fn resolve_relative_paths(config: &mut Config, folder: &Path) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{parse_toml, validate, ConfigError};
+    use crate::keys::custody::CustodyKind;
+    use crate::keys::Algorithm;
+
+    fn with(tables: &str) -> Result<(), ConfigError> {
+        let mut config = parse_toml(&format!("{}\n{tables}", super::super::defaults::EXAMPLE), "k.toml")?;
+        config.key_sets[0].custody = CustodyKind::VaultTransit;
+        config.key_sets[0].algorithm = Algorithm::EdDsa;
+        validate(&config, "k.toml")
+    }
+
+    #[test]
+    fn a_vault_key_set_needs_the_table_with_exactly_one_login_and_a_master_key_may_share_it() {
+        assert_eq!(with("").unwrap_err().location, "[[key_set]] \"npm\", field custody");
+        let table = "[vault]\naddress = \"https://vault:8200\"\ntoken_file = \"t\"\n";
+        assert!(with(table).is_ok(), "EdDSA is kept in Transit");
+        let two = "[vault]\naddress = \"https://vault:8200\"\ntoken_file = \"t\"\ntoken_variable = \"T\"\n";
+        assert_eq!(with(two).unwrap_err().location, "[vault], field token_file");
+        let bad = "[vault]\naddress = \"vault:8200\"\ntoken_file = \"t\"\n";
+        assert_eq!(with(bad).unwrap_err().location, "[vault], field address");
+        let shared = format!("{table}[master_key]\nsource = \"transit\"\nkey_name = \"k\"\n");
+        assert!(with(&shared).is_ok(), "a Transit master key without an address uses [vault]");
+        let both = format!("{table}[master_key]\nsource = \"transit\"\nkey_name = \"k\"\ntoken_file = \"t\"\n");
+        assert_eq!(with(&both).unwrap_err().location, "[master_key], field token_file");
+    }
+}
