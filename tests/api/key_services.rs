@@ -523,3 +523,82 @@ async fn missing_aws_credentials_or_an_unreachable_kms_are_refused_at_start_up_n
     let refused = refused_start(dir.path(), &unreachable, &AWS_ENV);
     assert!(refused.contains("[aws_kms]") && refused.contains("ListKeys"), "{refused}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_max_in_flight_a_request_gets_503_overloaded_at_once_and_a_timed_out_call_key_service_failed() {
+    let bao = Bao::start().await;
+    let token = vault_with_policy(&bao).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = vault_config(dir.path(), &bao, Algorithm::Es256, &token);
+    let vault = config.vault.as_mut().unwrap();
+    (vault.max_in_flight, vault.sign_timeout_ms) = (1, 1500);
+    let (server, http) = serve_ready(dir.path(), &config, &[]).await;
+    let client = add_client(dir.path(), &server, &[], "backend", false);
+    sign_verified(&http, &server, &client, "before").await;
+
+    // Vault hangs: the first call holds the key set's only slot until its timeout.
+    signal(bao.pid(), "-STOP");
+    let first = {
+        let (http, url, client) =
+            (http.clone(), format!("{}/v1/profiles/{PROFILE}/sign", server.internal), client.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let response = http.post(url).bearer_auth(client).json(&json!({"sub": "first"})).send().await.unwrap();
+            (response.status().as_u16(), response.json::<Value>().await.unwrap(), started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let second = sign(&http, &server, &client, "second").await;
+    let waited = started.elapsed();
+    let retry_after = second.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+    let body: Value = second.json().await.unwrap();
+    assert_eq!(body["type"], "urn:keyward:problem:overloaded", "{body}");
+    assert_eq!(retry_after.as_deref(), Some("1"));
+    assert!(waited < Duration::from_millis(1000), "refused at once, not queued: {waited:?}");
+    let (status, body, took) = first.await.unwrap();
+    signal(bao.pid(), "-CONT");
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["type"], "urn:keyward:problem:key-service-failed", "{body}");
+    assert!(!body["detail"].as_str().unwrap().contains("ms"), "no internal text: {body}");
+    assert!(
+        took >= Duration::from_millis(1400) && took < Duration::from_secs(4),
+        "bounded by sign_timeout_ms: {took:?}"
+    );
+    let back = crate::helpers::eventually(Duration::from_secs(10), || async {
+        sign(&http, &server, &client, "after").await.status() == 200
+    })
+    .await;
+    assert!(back);
+    let log = server.log_text();
+    assert!(!log.contains(&token), "the Vault token never reaches the log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transit_master_key_without_an_address_shares_the_vault_block_of_the_key_custody() {
+    let bao = Bao::start().await;
+    vault_with_policy(&bao).await;
+    bao.api(reqwest::Method::POST, "transit/keys/keyward-master", json!({})).await;
+    let policy = format!(
+        "{VAULT_POLICY}\npath \"transit/encrypt/keyward-master\" {{ capabilities = [\"update\"] }}\npath \
+         \"transit/decrypt/keyward-master\" {{ capabilities = [\"update\"] }}"
+    );
+    bao.api(reqwest::Method::PUT, "sys/policies/acl/keyward-both", json!({"policy": policy})).await;
+    let answer = bao
+        .api(reqwest::Method::POST, "auth/token/create", json!({"policies": ["keyward-both"], "no_parent": true}))
+        .await;
+    let token = answer["auth"]["client_token"].as_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = vault_config(dir.path(), &bao, Algorithm::Es256, token);
+    config.master_key = Some(Box::new(keyward::config::MasterKeyConfig {
+        key_name: Some("keyward-master".to_owned()),
+        ..keyward::config::MasterKeyConfig::of(keyward::config::MasterKeySource::Transit)
+    }));
+    let (server, http) = serve_ready(dir.path(), &config, &[]).await;
+    let client = add_client(dir.path(), &server, &[], "backend", false);
+    sign_verified(&http, &server, &client, "a").await;
+    let store = Store::open(dir.path().join("keyward.db")).await.unwrap();
+    let keyring = store.keyring().await.unwrap().expect("the keyring is sealed through Transit");
+    assert!(keyring.root_key_id.contains("keyward-master"), "{}", keyring.root_key_id);
+    sqlite(&store).close().await;
+}
