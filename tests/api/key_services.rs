@@ -602,3 +602,39 @@ async fn a_transit_master_key_without_an_address_shares_the_vault_block_of_the_k
     assert!(keyring.root_key_id.contains("keyward-master"), "{}", keyring.root_key_id);
     sqlite(&store).close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_postgres_share_transit_keys_through_rotation_and_revocation() {
+    let pg = crate::postgres::PgServer::start();
+    let bao = Bao::start().await;
+    let token = vault_with_policy(&bao).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = vault_config(dir.path(), &bao, Algorithm::Es256, &token);
+    config.server.database_url = pg.new_database().await;
+    let http = reqwest::Client::new();
+    let mut replicas: Vec<Serve> = (0..2).map(|_| serve_with_env(dir.path(), &config, "info", &[])).collect();
+    for replica in &mut replicas {
+        assert!(wait_healthy(&http, replica).await, "a replica did not come up: {}", replica.log_text());
+    }
+    let client = add_client(dir.path(), &replicas[0], &[], "backend", false);
+    let admin = add_client(dir.path(), &replicas[0], &[], "ops", true);
+    let first = sign_verified(&http, &replicas[0], &client, "a").await;
+    assert_eq!(sign_verified(&http, &replicas[1], &client, "b").await, first, "both sign with the one Transit key");
+
+    let out = cli(dir.path(), &replicas[0], &[], &["keys", "rotate", SET, "--force"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let revoked =
+        http.post(format!("{}/v1/keys/{first}/revoke", replicas[0].internal)).bearer_auth(&admin).send().await.unwrap();
+    assert_eq!(revoked.status(), 200, "{}", revoked.text().await.unwrap());
+    for replica in &replicas {
+        let moved_on = crate::helpers::eventually(Duration::from_secs(10), || async {
+            let body: Value = sign(&http, replica, &client, "c").await.json().await.unwrap();
+            body["kid"].as_str().is_some_and(|kid| kid != first)
+        })
+        .await;
+        assert!(moved_on, "a replica still signs with the revoked key");
+        sign_verified(&http, replica, &client, "d").await;
+    }
+    let keys = listed(dir.path(), &replicas[0], &[]);
+    assert!(keys.iter().any(|(kid, state, _)| kid == &first && state == "revoked"), "{keys:?}");
+}
