@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
+use aws_sdk_kms::config::http::HttpResponse;
 use aws_sdk_kms::error::{DisplayErrorContext, SdkError};
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{KeySpec, KeyState, KeyUsageType, MessageType, SigningAlgorithmSpec, Tag};
@@ -63,13 +64,10 @@ fn signing_algorithm(algorithm: Algorithm) -> Result<SigningAlgorithmSpec, Remot
 }
 
 /// Whether `err` says KMS is down or failing (rather than refusing one request).
-fn is_outage<E, R>(err: &SdkError<E, R>) -> bool
-where
-    R: std::fmt::Debug,
-{
+fn is_outage<E>(err: &SdkError<E, HttpResponse>) -> bool {
     match err {
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => true,
-        SdkError::ServiceError(service) => format!("{:?}", service.raw()).contains("StatusCode(5"),
+        SdkError::ServiceError(service) => service.raw().status().is_server_error(),
         _ => false,
     }
 }
@@ -139,10 +137,9 @@ impl Kms {
         self.health.is_up()
     }
 
-    fn answered<T, E, R>(&self, result: &Result<T, SdkError<E, R>>)
+    fn answered<T, E>(&self, result: &Result<T, SdkError<E, HttpResponse>>)
     where
         E: std::error::Error + 'static,
-        R: std::fmt::Debug + 'static,
     {
         match result {
             Err(err) if is_outage(err) => self.health.answered(SERVICE, false, &DisplayErrorContext(err)),
