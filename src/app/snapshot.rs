@@ -255,8 +255,8 @@ impl Shared {
             Err("the database does not answer")
         } else if self.ledger.is_failing() {
             Err("the issuance ledger cannot commit (is the disk full or the database unreachable?)")
-        } else if !self.custody.is_available() {
-            Err("the PKCS#11 token does not answer")
+        } else if let Some(problem) = self.custody.unavailable() {
+            Err(problem)
         } else if self.source_problem.lock().map_or(true, |p| p.is_some()) {
             Err("the master key's source (Vault) does not answer: signing goes on with the keys already open")
         } else if self.keyring_problem.lock().map_or(true, |p| p.is_some()) {

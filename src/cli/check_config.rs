@@ -11,8 +11,9 @@ use crate::store::Store;
 
 /// Checks what `serve` checks before binding: the configuration (done by loading it), the
 /// TLS certificate files, the identity providers' CA files, the master key, when the database exists, that the key opens every
-/// sealed row, and the PKCS#11 token when one is configured (it logs in and holds the keys
-/// kept there).
+/// sealed row, the PKCS#11 token when one is configured (it logs in and holds the keys
+/// kept there), and Vault Transit and AWS KMS when key sets keep keys there (credentials,
+/// permissions, and the keys kept there).
 pub(super) async fn run(ctx: &Context) -> anyhow::Result<()> {
     let config = ctx.config();
     let (source, database) = ctx.describe();
@@ -91,6 +92,24 @@ pub(super) async fn run(ctx: &Context) -> anyhow::Result<()> {
         let records = if exists { Store::connect(&database).await?.keys().await? } else { Vec::new() };
         let held = custody::check_token(settings, records).await?;
         eprintln!("PKCS#11 token {label:?}: logged in; it holds every one of the {held} live keys kept there");
+    }
+    let mut services = config.custody_settings(&|name| std::env::var(name).ok())?;
+    services.token = None;
+    if services.transit.is_some() || services.kms.is_some() {
+        let records = if exists { Store::connect(&database).await?.keys().await? } else { Vec::new() };
+        let custody = custody::Custody::open(crate::master_key::Keyring::generate(0), services).await?;
+        let held = custody::check_key_services(&custody, &records).await?;
+        if let Some(transit) = custody.transit() {
+            eprintln!(
+                "Vault Transit at {}: logged in; the policy allows making, reading, signing with and deleting \
+                 keyward-* keys; it holds every one of the {} live keys kept there",
+                transit.address(),
+                held.0
+            );
+        }
+        if custody.kms().is_some() {
+            eprintln!("AWS KMS: credentials accepted; every one of the {} live keys kept there is enabled", held.1);
+        }
     }
     eprintln!(
         "{source}: configuration is valid ({} key sets, {} profiles)",

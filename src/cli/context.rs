@@ -112,8 +112,8 @@ impl Context {
     /// keys it sealed, and the PKCS#11 token when one is configured): what a key action needs.
     pub(super) async fn store_and_custody(&self) -> anyhow::Result<(Store, Custody)> {
         let (store, keyring) = self.store_and_keyring().await?;
-        let token = self.config().token_settings(std::env::var(crate::config::PIN_ENV).ok().as_deref())?;
-        Ok((store, Custody::open(keyring, token).await?))
+        let settings = self.config().custody_settings(&|name| std::env::var(name).ok())?;
+        Ok((store, Custody::open(keyring, settings).await?))
     }
 
     /// The master key (and during a rotation the previous one); a development key is
@@ -129,7 +129,7 @@ impl Context {
         let configured = self.config().master_key.is_some();
         if !configured && empty && env.is_none() && !file.exists() && !self.config().needs_master_key() {
             tracing::info!(
-                "no master key needed: every key set keeps its keys in the PKCS#11 token and no profile signs \
+                "no master key needed: every key set keeps its keys in a PKCS#11 token or a key service and no profile signs \
                  with a shared secret (set KEYWARD_MASTER_KEY before adding either)"
             );
             return Ok(Roots { current: RootKey::in_memory(), previous: None });

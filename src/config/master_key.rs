@@ -190,8 +190,11 @@ fn check(config: &Config, table: &MasterKeyConfig, name: &str, source_name: &str
             if table.variable.is_some() {
                 return Err(misplaced("variable", "env"));
             }
+            // Without an address of its own, the master key uses the [vault] table's Vault
+            // and login (validated there).
+            let shared = table.address.is_none() && config.vault.is_some();
             let address = table.address.as_deref().unwrap_or_default();
-            if !(address.starts_with("https://") || address.starts_with("http://")) {
+            if !(shared || address.starts_with("https://") || address.starts_with("http://")) {
                 return Err(fail(
                     source_name,
                     &field("address"),
@@ -202,7 +205,16 @@ fn check(config: &Config, table: &MasterKeyConfig, name: &str, source_name: &str
                 return Err(fail(source_name, &field("key_name"), "source = \"transit\" needs key_name".to_owned()));
             }
             let logins = [table.token_file.is_some(), table.token_variable.is_some(), table.approle_role_id.is_some()];
-            if logins.iter().filter(|set| **set).count() != 1 {
+            let count = logins.iter().filter(|set| **set).count();
+            if shared && count > 0 {
+                return Err(fail(
+                    source_name,
+                    &field("token_file"),
+                    "without an address, the master key logs in to Vault as [vault] says: set the login there only"
+                        .to_owned(),
+                ));
+            }
+            if !shared && count != 1 {
                 return Err(fail(
                     source_name,
                     &field("token_file"),

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::keys::rotation::Policy;
 
+mod aws_kms;
 mod database;
 mod defaults;
 pub mod discovery;
@@ -24,7 +25,9 @@ mod schema;
 mod tests;
 mod tls;
 mod validate;
+mod vault;
 
+pub use aws_kms::AwsKmsConfig;
 pub use database::{Database, PostgresUrl};
 pub use duration::{human_span, Duration};
 use env::{apply_env, blame_environment};
@@ -41,6 +44,7 @@ pub use schema::{
 pub use tls::TlsConfig;
 pub(crate) use validate::check_name;
 pub use validate::validate;
+pub use vault::VaultConfig;
 
 /// The whole configuration, as in `keys.example`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,6 +65,13 @@ pub struct Config {
     /// The PKCS#11 token of `custody = "pkcs11"` key sets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pkcs11: Option<Pkcs11Config>,
+    /// The Vault of `custody = "vault-transit"` key sets (and of a Transit master key
+    /// without its own address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vault: Option<VaultConfig>,
+    /// The AWS KMS of `custody = "aws-kms"` key sets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws_kms: Option<AwsKmsConfig>,
     /// Issuers whose JWTs authenticate clients bound to a workload identity.
     #[serde(default, rename = "identity_provider", skip_serializing_if = "Vec::is_empty")]
     pub identity_providers: Vec<IdentityProviderConfig>,
@@ -153,6 +164,7 @@ fn resolve_relative_paths(config: &mut Config, file: &Path, source_name: &str) -
     pkcs11::resolve_relative_paths(config, &folder);
     identity::resolve_relative_paths(config, &folder);
     master_key::resolve_relative_paths(config, &folder);
+    vault::resolve_relative_paths(config, &folder);
     Ok(())
 }
 

@@ -8,7 +8,7 @@ use zeroize::Zeroizing;
 
 use super::{Config, ConfigError, KeySetConfig};
 use crate::keys::custody::pkcs11::TokenSettings;
-use crate::keys::custody::CustodyKind;
+use crate::keys::custody::{CustodyKind, CustodySettings};
 use crate::keys::Algorithm;
 
 /// The environment variable that carries the token's user PIN.
@@ -126,6 +126,21 @@ impl Config {
     /// `KEYWARD_PKCS11_PIN`, or the PIN file).
     pub fn token_settings(&self, env_pin: Option<&str>) -> anyhow::Result<Option<TokenSettings>> {
         self.pkcs11.as_ref().map(|p| p.settings(env_pin)).transpose()
+    }
+
+    /// Every private-key holder to open: the token if `[pkcs11]` is configured, Vault and
+    /// KMS if a key set keeps its keys there (secrets read through `env`).
+    pub fn custody_settings(&self, env: &impl Fn(&str) -> Option<String>) -> anyhow::Result<CustodySettings> {
+        let uses = |kind: CustodyKind| self.key_sets.iter().any(|s| s.custody == kind);
+        let transit = match (&self.vault, uses(CustodyKind::VaultTransit)) {
+            (Some(vault), true) => Some((vault.settings(env)?, vault.mount.clone(), vault.bounds())),
+            _ => None,
+        };
+        let kms = match (&self.aws_kms, uses(CustodyKind::AwsKms)) {
+            (Some(kms), true) => Some((kms.settings(), kms.bounds())),
+            _ => None,
+        };
+        Ok(CustodySettings { token: self.token_settings(env(PIN_ENV).as_deref())?, transit, kms })
     }
 }
 

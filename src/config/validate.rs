@@ -14,6 +14,8 @@ pub fn validate(config: &Config, source_name: &str) -> Result<(), ConfigError> {
     let fail =
         |location: String, message: String| ConfigError { source_name: source_name.to_owned(), location, message };
     super::pkcs11::validate(config, source_name)?;
+    super::vault::validate(config, source_name)?;
+    super::aws_kms::validate(config, source_name)?;
     super::identity::validate(config, source_name)?;
     super::master_key::validate(config, source_name)?;
     let server = &config.server;

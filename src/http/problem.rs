@@ -96,6 +96,15 @@ pub enum ApiError {
     /// No signing key is loaded for the profile's key set.
     #[error("{0}")]
     NoSigningKey(String),
+    /// The key service holding the key set's signing key failed, refused or timed out
+    /// (the cause is logged, not shown).
+    #[error("key set {key_set}'s key service did not sign: {cause}")]
+    KeyServiceFailed {
+        /// The key set.
+        key_set: String,
+        /// Why, for the log.
+        cause: String,
+    },
     /// The partner did not give us a token.
     #[error(transparent)]
     Upstream(#[from] crate::partner::exchange::ExchangeError),
@@ -155,6 +164,7 @@ impl ApiError {
             ApiError::BodyTimeout(_) => ("body-timeout", "Request Timeout"),
             ApiError::UnsupportedMediaType => ("unsupported-media-type", "Unsupported Media Type"),
             ApiError::NoSigningKey(_) => ("no-signing-key", "No signing key available"),
+            ApiError::KeyServiceFailed { .. } => ("key-service-failed", "The key service did not sign"),
             ApiError::Upstream(_) => ("upstream", "The partner did not issue a token"),
             ApiError::Internal(_) => ("internal", "Internal Server Error"),
         }
@@ -165,6 +175,10 @@ impl ApiError {
         match self {
             ApiError::Internal(_) => "the server could not complete the request; see its log".to_owned(),
             ApiError::NoSigningKey(what) => format!("{what}; try again shortly"),
+            ApiError::KeyServiceFailed { key_set, .. } => format!(
+                "the key service holding key set {key_set}'s signing key failed or did not answer in time, so no \
+                 token was issued; try again shortly"
+            ),
             ApiError::MethodNotAllowed(allow) => format!("this resource allows {allow}"),
             ApiError::TooManyRequests(wait) => format!("this client's rate limit is exceeded; retry in {wait} s"),
             ApiError::NotRecorded => "the issuance ledger could not record the token within the request \
@@ -235,7 +249,7 @@ impl ResponseError for ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::NoSigningKey(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NoSigningKey(_) | ApiError::KeyServiceFailed { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Upstream(ExchangeError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Upstream(ExchangeError::Local) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Upstream(ExchangeError::NotRecorded) => StatusCode::SERVICE_UNAVAILABLE,

@@ -47,6 +47,9 @@ pub enum KeyError {
     /// The PKCS#11 token refused or did not answer.
     #[error(transparent)]
     Token(#[from] super::custody::pkcs11::TokenError),
+    /// A key service (Vault Transit, AWS KMS) did not sign, or too many calls are in flight.
+    #[error(transparent)]
+    Remote(#[from] super::custody::RemoteError),
     /// The signing task was cancelled (the server is shutting down).
     #[error("signing was interrupted")]
     Interrupted,
@@ -117,6 +120,45 @@ impl PublicKey {
         let first = bytes.iter().position(|b| *b != 0)?;
         let bits = (bytes.len() - first) * 8 - bytes[first].leading_zeros() as usize;
         u32::try_from(bits).ok()
+    }
+
+    /// The public half of an `algorithm` key from its DER SubjectPublicKeyInfo, as key
+    /// services hand it out.
+    pub fn from_spki_der(algorithm: Algorithm, der: &[u8]) -> Result<Self, KeyError> {
+        let key = PKey::public_key_from_der(der).map_err(openssl_error("reading a public key"))?;
+        let b64 = |bytes: Vec<u8>| URL_SAFE_NO_PAD.encode(bytes);
+        match algorithm {
+            Algorithm::Rs256 | Algorithm::Ps256 => {
+                let rsa = key.rsa().map_err(|_| KeyError::WrongKind(algorithm))?;
+                Ok(PublicKey::Rsa { n: b64(rsa.n().to_vec()), e: b64(rsa.e().to_vec()) })
+            }
+            Algorithm::Es256 | Algorithm::Es384 => {
+                let (crv, nid, width) = if algorithm == Algorithm::Es256 {
+                    ("P-256", Nid::X9_62_PRIME256V1, 32)
+                } else {
+                    ("P-384", Nid::SECP384R1, 48)
+                };
+                let ec = key.ec_key().map_err(|_| KeyError::WrongKind(algorithm))?;
+                if ec.group().curve_name() != Some(nid) {
+                    return Err(KeyError::WrongKind(algorithm));
+                }
+                let coordinates = || -> Result<(Vec<u8>, Vec<u8>), openssl::error::ErrorStack> {
+                    let mut context = openssl::bn::BigNumContext::new()?;
+                    let (mut x, mut y) = (openssl::bn::BigNum::new()?, openssl::bn::BigNum::new()?);
+                    ec.public_key().affine_coordinates(ec.group(), &mut x, &mut y, &mut context)?;
+                    Ok((x.to_vec_padded(width)?, y.to_vec_padded(width)?))
+                };
+                let (x, y) = coordinates().map_err(openssl_error("reading an EC public key"))?;
+                Ok(PublicKey::Ec { crv: crv.to_owned(), x: b64(x), y: b64(y) })
+            }
+            Algorithm::EdDsa => {
+                if key.id() != Id::ED25519 {
+                    return Err(KeyError::WrongKind(algorithm));
+                }
+                let raw = key.raw_public_key().map_err(openssl_error("reading an Ed25519 public key"))?;
+                Ok(PublicKey::Okp { crv: "Ed25519".to_owned(), x: b64(raw) })
+            }
+        }
     }
 
     fn from_jwk(jwk: &Jwk) -> Result<Self, KeyError> {

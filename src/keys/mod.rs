@@ -12,7 +12,7 @@ pub mod gate;
 pub mod jwks;
 mod material;
 pub mod rotation;
-mod signing;
+pub(crate) mod signing;
 mod state;
 pub mod timeline;
 

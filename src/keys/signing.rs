@@ -18,6 +18,7 @@ use openssl::rsa::Padding;
 use openssl::sign::RsaPssSaltlen;
 
 use super::custody::pkcs11::TokenKey;
+use super::custody::RemoteKey;
 use super::material::{crypto, openssl_error};
 use super::{Algorithm, HmacAlgorithm, KeyError};
 
@@ -42,6 +43,8 @@ enum Signer {
     Ed25519 { key: PKey<Private> },
     /// A private object in a PKCS#11 token: each signature is a blocking call.
     Token(TokenKey),
+    /// A key in a key service (Vault Transit, AWS KMS): each signature is an async call.
+    Remote(RemoteKey),
 }
 
 impl fmt::Debug for SigningKey {
@@ -82,6 +85,11 @@ impl SigningKey {
         Self::with_signer(kid, algorithm, Signer::Token(key))
     }
 
+    /// A key held by a key service.
+    pub(crate) fn remote(kid: &str, algorithm: Algorithm, key: RemoteKey) -> Self {
+        Self::with_signer(kid, algorithm, Signer::Remote(key))
+    }
+
     fn with_signer(kid: &str, algorithm: Algorithm, signer: Signer) -> Self {
         let header = serde_json::json!({"alg": algorithm.as_str(), "kid": kid, "typ": "JWT"});
         SigningKey { kid: kid.to_owned(), algorithm, header: URL_SAFE_NO_PAD.encode(header.to_string()), signer }
@@ -97,17 +105,28 @@ impl SigningKey {
         self.algorithm
     }
 
-    /// Signs `claims` as a compact JWT with header `alg`, `kid`, `typ: "JWT"`.
+    /// Signs `claims` as a compact JWT with header `alg`, `kid`, `typ: "JWT"`. A key
+    /// service's key signs through [`SigningKey::sign_async`] only.
     pub fn sign(&self, claims: serde_json::Map<String, serde_json::Value>) -> Result<String, KeyError> {
+        let token = self.signing_input(claims);
+        let signature = self.signature(token.as_bytes())?;
+        Ok(self.signed(token, &signature))
+    }
+
+    /// `header.payload`, with room for the signature.
+    fn signing_input(&self, claims: serde_json::Map<String, serde_json::Value>) -> String {
         let payload = serde_json::Value::Object(claims).to_string();
         let mut token = String::with_capacity(self.header.len() + payload.len() * 4 / 3 + 700);
         token.push_str(&self.header);
         token.push('.');
         URL_SAFE_NO_PAD.encode_string(payload, &mut token);
-        let signature = self.signature(token.as_bytes())?;
-        token.push('.');
-        URL_SAFE_NO_PAD.encode_string(signature, &mut token);
-        Ok(token)
+        token
+    }
+
+    fn signed(&self, mut input: String, signature: &[u8]) -> String {
+        input.push('.');
+        URL_SAFE_NO_PAD.encode_string(signature, &mut input);
+        input
     }
 
     /// [`SigningKey::sign`], off the async executor when the signature waits on a token or
@@ -119,11 +138,18 @@ impl SigningKey {
     /// A signature whose turn on a thread comes after `deadline` (its request has given up)
     /// is not computed: [`KeyError::TooLate`]. Under overload, that keeps the threads on
     /// requests still waiting.
+    ///
+    /// A key service's key signs by an async call: no thread waits on it.
     pub async fn sign_async(
         self: &Arc<Self>,
         claims: serde_json::Map<String, serde_json::Value>,
         deadline: std::time::Instant,
     ) -> Result<String, KeyError> {
+        if let Signer::Remote(key) = &self.signer {
+            let input = self.signing_input(claims);
+            let signature = key.sign(input.as_bytes().to_vec()).await?;
+            return Ok(self.signed(input, &signature));
+        }
         if !matches!(self.signer, Signer::Token(_) | Signer::Rsa { .. }) {
             return self.sign(claims);
         }
@@ -135,6 +161,11 @@ impl SigningKey {
     /// Whether its signatures are a PKCS#11 token's (which may stop answering).
     pub fn on_token(&self) -> bool {
         matches!(self.signer, Signer::Token(_))
+    }
+
+    /// Whether its signatures are a key service's (which may fail or be slow).
+    pub fn on_key_service(&self) -> bool {
+        matches!(self.signer, Signer::Remote(_))
     }
 
     /// The JWS signature (RFC 7518 section 3, RFC 8037 section 3.1) of the signing input.
@@ -163,6 +194,9 @@ impl SigningKey {
             }
             // The token hashes RSA input itself (CKM_SHA256_RSA_PKCS and _PSS).
             Signer::Token(key) => Ok(key.sign(input)?),
+            Signer::Remote(_) => Err(KeyError::Remote(super::custody::RemoteError::Failed(
+                "a key service's key signs asynchronously only".to_owned(),
+            ))),
         }
     }
 }

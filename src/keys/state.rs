@@ -52,6 +52,50 @@ pub enum Private {
         /// The token's label.
         token: String,
     },
+    /// A non-exportable key of the `[vault]` Transit engine, named `key`.
+    VaultTransit {
+        /// The Transit key's name.
+        key: String,
+    },
+    /// A key of `[aws_kms]`, by its ARN.
+    AwsKms {
+        /// The key's ARN.
+        key_id: String,
+    },
+}
+
+/// How the `token_label` column marks a key held by a key service rather than a token
+/// (a PKCS#11 label holds no colon in practice, and at most 32 bytes).
+const VAULT_TRANSIT: &str = "vault-transit:";
+const AWS_KMS: &str = "aws-kms:";
+
+impl Private {
+    /// What the store's `token_label` column holds for a key not sealed in the database.
+    pub fn holder_label(&self) -> Option<String> {
+        match self {
+            Private::Sealed { .. } => None,
+            Private::Token { token } => Some(token.clone()),
+            Private::VaultTransit { key } => Some(format!("{VAULT_TRANSIT}{key}")),
+            Private::AwsKms { key_id } => Some(format!("{AWS_KMS}{key_id}")),
+        }
+    }
+
+    /// The holder a stored `token_label` names.
+    pub fn from_holder_label(label: String) -> Private {
+        if let Some(key) = label.strip_prefix(VAULT_TRANSIT) {
+            Private::VaultTransit { key: key.to_owned() }
+        } else if let Some(key_id) = label.strip_prefix(AWS_KMS) {
+            Private::AwsKms { key_id: key_id.to_owned() }
+        } else {
+            Private::Token { token: label }
+        }
+    }
+
+    /// Whether the private half is held outside the database (a token or a key service),
+    /// so that retiring the key must destroy it there.
+    pub fn is_held_outside(&self) -> bool {
+        !matches!(self, Private::Sealed { .. })
+    }
 }
 
 impl fmt::Debug for Private {
@@ -61,6 +105,8 @@ impl fmt::Debug for Private {
                 write!(f, "Sealed {{ <{} bytes> by master key {master_key_id} }}", blob.len())
             }
             Private::Token { token } => write!(f, "Token {{ {token:?} }}"),
+            Private::VaultTransit { key } => write!(f, "VaultTransit {{ {key:?} }}"),
+            Private::AwsKms { key_id } => write!(f, "AwsKms {{ {key_id:?} }}"),
         }
     }
 }
@@ -122,6 +168,9 @@ struct Shown<'a> {
     master_key_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     token: Option<&'a str>,
+    /// A key service's key: `vault-transit:NAME` or `aws-kms:ARN`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    held_by: Option<String>,
     created_at: i64,
     published_at: Option<i64>,
     activates_at: Option<i64>,
@@ -132,10 +181,13 @@ struct Shown<'a> {
 
 impl Serialize for KeyRecord {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let (master_key_id, token) = match self.private() {
-            Some(Private::Sealed { master_key_id, .. }) => (Some(master_key_id.as_str()), None),
-            Some(Private::Token { token }) => (None, Some(token.as_str())),
-            None => (None, None),
+        let (master_key_id, token, held_by) = match self.private() {
+            Some(Private::Sealed { master_key_id, .. }) => (Some(master_key_id.as_str()), None, None),
+            Some(Private::Token { token }) => (None, Some(token.as_str()), None),
+            Some(remote @ (Private::VaultTransit { .. } | Private::AwsKms { .. })) => {
+                (None, None, remote.holder_label())
+            }
+            None => (None, None, None),
         };
         Shown {
             kid: &self.kid,
@@ -144,6 +196,7 @@ impl Serialize for KeyRecord {
             public: &self.public,
             master_key_id,
             token,
+            held_by,
             created_at: self.created_at,
             published_at: self.published_at,
             activates_at: self.activates_at,
@@ -160,6 +213,8 @@ impl fmt::Debug for KeyRecord {
         let private = match self.private() {
             Some(Private::Sealed { blob, .. }) => format!("sealed <{} bytes>", blob.len()),
             Some(Private::Token { token }) => format!("in token {token:?}"),
+            Some(Private::VaultTransit { key }) => format!("in Vault Transit key {key:?}"),
+            Some(Private::AwsKms { key_id }) => format!("in AWS KMS key {key_id:?}"),
             None => "none".to_owned(),
         };
         f.debug_struct("KeyRecord")

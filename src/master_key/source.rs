@@ -245,6 +245,16 @@ async fn resolve(
     may_make_token_key: bool,
 ) -> anyhow::Result<(RootKey, MasterKeyOrigin)> {
     match table.spec() {
+        MasterKeySpec::Transit { mount, key_name, .. } if table.address.is_none() && config.vault.is_some() => {
+            let vault = config.vault.as_ref().context("no [vault] table")?;
+            let settings = vault.settings(env)?;
+            let vault = Vault::new(settings).with_context(|| format!("{name} source = \"transit\" (with [vault])"))?;
+            vault
+                .login()
+                .await
+                .with_context(|| format!("{name} source = \"transit\" (with [vault]): logging in to Vault"))?;
+            Ok((RootKey::Transit { vault: Arc::new(vault), mount, key: key_name }, MasterKeyOrigin::Outside))
+        }
         MasterKeySpec::Transit { address, mount, key_name } => {
             let auth = match (&table.token_file, &table.token_variable, &table.approle_role_id) {
                 (Some(file), _, _) => VaultAuth::TokenFile(file.clone()),

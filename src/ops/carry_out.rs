@@ -6,10 +6,10 @@ use anyhow::anyhow;
 use super::gates::Gates;
 use super::ActionError;
 use crate::config::{Config, KeySetConfig};
-use crate::keys::custody::Custody;
+use crate::keys::custody::{Custody, HeldOutside};
 use crate::keys::gate;
 use crate::keys::rotation::{self, Refused, Step};
-use crate::keys::{KeyRecord, Private};
+use crate::keys::KeyRecord;
 use crate::store::rows::GatedHandover;
 use crate::store::{events, KeyChange, Store};
 
@@ -88,9 +88,15 @@ fn keys_needed(steps: &[Step]) -> usize {
     steps.iter().filter(|s| s.creates_key()).count()
 }
 
-/// The kids of `keys` whose private halves are token objects.
-fn in_token(keys: &[KeyRecord]) -> Vec<String> {
-    keys.iter().filter(|k| matches!(k.private(), Some(Private::Token { .. }))).map(|k| k.kid.clone()).collect()
+/// The keys of `keys` whose private halves are held outside the database (token objects,
+/// key services' keys), `revoked` saying whether each is to stop signing at once.
+fn held_outside(keys: &[KeyRecord], revoked: impl Fn(&str) -> bool) -> Vec<HeldOutside> {
+    keys.iter()
+        .filter_map(|k| {
+            let private = k.private().filter(|p| p.is_held_outside())?.clone();
+            Some(HeldOutside { kid: k.kid.clone(), private, revoked: revoked(&k.kid) })
+        })
+        .collect()
 }
 
 /// [`carry_out`], with `supplied` (an imported key) used for the first key a step creates.
@@ -124,13 +130,13 @@ where
                 _ => match make_key(set, custody, now).await {
                     Ok(key) => fresh.push(key),
                     Err(err) => {
-                        custody.destroy(in_token(&fresh)).await;
+                        custody.destroy(held_outside(&fresh, |_| true)).await;
                         return Err(err.into());
                     }
                 },
             }
         }
-        let made = in_token(&fresh);
+        let made = held_outside(&fresh, |_| true);
         let mut applied = Vec::new();
         let written = store
             .change_keys(&set.name, |stored| {
@@ -175,11 +181,12 @@ where
                             .any(|s| matches!(s, Step::Retire { kid } | Step::Revoke { kid } if *kid == k.kid))
                     })
                     .collect();
-                custody.destroy(in_token(&ended)).await;
+                let revoked = |kid: &str| applied.iter().any(|s| matches!(s, Step::Revoke { kid: k } if k == kid));
+                custody.destroy(held_outside(&ended, revoked)).await;
                 return Ok(applied);
             }
             // Keys made for a decision that was not written would stay in the token unused.
-            Ok(false) => custody.destroy(made).await,
+            Ok(false) => custody.destroy(made.clone()).await,
             Err(err) => {
                 custody.destroy(made).await;
                 return Err(err);

@@ -34,7 +34,7 @@ impl TryFrom<KeyRow> for KeyRecord {
             (None, None) => {
                 let private = match (sealed_private, master_key_id, token_label) {
                     (Some(blob), Some(master_key_id), None) => Private::Sealed { blob, master_key_id },
-                    (None, None, Some(token)) => Private::Token { token },
+                    (None, None, Some(label)) => Private::from_holder_label(label),
                     _ => anyhow::bail!("key {kid} is live but its row holds no single private half"),
                 };
                 Status::Live { private }

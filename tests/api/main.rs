@@ -15,6 +15,7 @@ mod helpers;
 mod hsm;
 mod identity;
 mod jwks;
+mod key_services;
 mod keys_and_secrets;
 mod master_key;
 mod migrate;

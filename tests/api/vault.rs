@@ -20,15 +20,20 @@ const PROFILE: &str = "npm-sandbox";
 
 /// A development OpenBao server of its own, stopped when dropped. Without `bao` the test
 /// fails saying how to install it.
-struct Bao {
+pub(crate) struct Bao {
     child: Child,
-    address: String,
+    pub(crate) address: String,
     http: reqwest::Client,
     _home: tempfile::TempDir,
 }
 
 impl Bao {
-    async fn start() -> Bao {
+    /// The server's process id (to stop and continue it).
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub(crate) async fn start() -> Bao {
         let installed = Command::new("bao").arg("version").output().is_ok_and(|o| o.status.success());
         assert!(
             installed,
@@ -60,7 +65,7 @@ impl Bao {
     }
 
     /// A call with the root token; the JSON answer (Null when empty).
-    async fn api(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
+    pub(crate) async fn api(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
         let response = self
             .http
             .request(method, format!("{}/v1/{path}", self.address))
@@ -112,7 +117,7 @@ path "transit/decrypt/other" { capabilities = ["update"] }"#;
         (role["data"]["role_id"].as_str().unwrap().to_owned(), secret["data"]["secret_id"].as_str().unwrap().to_owned())
     }
 
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -124,7 +129,7 @@ impl Drop for Bao {
     }
 }
 
-fn secret_file(dir: &Path, name: &str, value: &str) -> std::path::PathBuf {
+pub(crate) fn secret_file(dir: &Path, name: &str, value: &str) -> std::path::PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, value).unwrap();
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();

@@ -66,6 +66,9 @@ fn custody(record: &KeyRecord) -> String {
     match record.private() {
         Some(Private::Sealed { .. }) => "sealed".to_owned(),
         Some(Private::Token { token }) => format!("pkcs11:{token}"),
+        Some(remote @ (Private::VaultTransit { .. } | Private::AwsKms { .. })) => {
+            remote.holder_label().unwrap_or_default()
+        }
         None => "deleted".to_owned(),
     }
 }

@@ -218,6 +218,8 @@ impl Health {
             .map(|set| match set.custody {
                 crate::keys::custody::CustodyKind::Sealed => (set.name.clone(), "sealed under the master key", true),
                 crate::keys::custody::CustodyKind::Pkcs11 => (set.name.clone(), "PKCS#11 token", available),
+                crate::keys::custody::CustodyKind::VaultTransit => (set.name.clone(), "Vault Transit", available),
+                crate::keys::custody::CustodyKind::AwsKms => (set.name.clone(), "AWS KMS", available),
             })
             .collect();
         Ok(Health { readiness: shared.readiness(), master_key_id: shared.roots().current.id(), custody, per_minute })

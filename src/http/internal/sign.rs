@@ -16,6 +16,7 @@ use crate::app::ledger::NotRecorded;
 use crate::app::snapshot::Snapshot;
 use crate::http::problem::{ApiError, Problem};
 use crate::keys::custody::pkcs11::TokenError;
+use crate::keys::custody::RemoteError;
 use crate::keys::KeyError;
 use crate::policy::client::Client;
 use crate::policy::profile::{Prepared, Profile, ProfileKind, Refusal, RefusalKind, SignRequest};
@@ -165,14 +166,26 @@ async fn sign_prepared(
                 .ok_or_else(|| ApiError::NoSigningKey(format!("key set {set} has no signing key yet")))?;
             // A PKCS#11 token that hangs, or a queue of signatures longer than the deadline,
             // costs the request its deadline, not more.
+            // A key service that fails or is slow costs the request at most its deadline (and
+            // the service's own sign_timeout_ms), and never a token or a ledger row.
             let silent = || ApiError::NoSigningKey(format!("key set {set}'s PKCS#11 token does not answer"));
+            let service_failed = |cause: String| ApiError::KeyServiceFailed { key_set: set.clone(), cause };
             let signed =
                 tokio::time::timeout_at(deadline.at().into(), signer.sign_async(prepared.claims, deadline.at()))
                     .await
-                    .map_err(|_| if signer.on_token() { silent() } else { ApiError::Overloaded })?;
+                    .map_err(|_| {
+                        if signer.on_token() {
+                            silent()
+                        } else if signer.on_key_service() {
+                            service_failed("no answer within the request deadline".to_owned())
+                        } else {
+                            ApiError::Overloaded
+                        }
+                    })?;
             let token = signed.map_err(|err| match err {
                 KeyError::Token(TokenError::Unavailable) => silent(),
-                KeyError::TooLate => ApiError::Overloaded,
+                KeyError::TooLate | KeyError::Remote(RemoteError::Busy(_)) => ApiError::Overloaded,
+                KeyError::Remote(RemoteError::Failed(cause)) => service_failed(cause),
                 other => ApiError::from(anyhow::Error::from(other)),
             })?;
             (token, Some(signer.kid().to_owned()), signer.algorithm().as_str())

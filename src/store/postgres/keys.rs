@@ -65,7 +65,7 @@ pub(crate) async fn persist(tx: &mut sqlx::PgConnection, records: Vec<KeyRecord>
     for record in &records {
         let (sealed_private, master_key_id, token_label) = match record.private() {
             Some(Private::Sealed { blob, master_key_id }) => (Some(blob), Some(master_key_id), None),
-            Some(Private::Token { token }) => (None, None, Some(token)),
+            Some(outside) => (None, None, outside.holder_label()),
             None => (None, None, None),
         };
         sqlx::query(&format!(
