@@ -204,7 +204,31 @@ def one(store, rows, binary, build, base_work):
         print(f"bench: {store} {build}: {size / rows * 1e6 / 2**20:.0f} MiB per million rows", file=sys.stderr)
         RESULTS.append((store, build, rows, "bytes", size, ""))
     measure(store, build, server, rows)
+    if rows:
+        audit(store, build, server, rows, now)
     return work, url, database, server
+
+
+def audit(store, build, server, rows, now):
+    """`keyward audit`'s first page by subject, client, profile and key over a week, and its
+    count of one day: the command's whole run (a process start included)."""
+    week = ["--since", str(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - 7 * DAY)))]
+    day = time.strftime("%Y-%m-%d", time.gmtime(now - 2 * DAY))
+    next_day = time.strftime("%Y-%m-%d", time.gmtime(now - DAY))
+    for what, args in [("by sub, a week, first 50", ["--sub", "acct_4242", *week, "--limit", "50"]),
+                       ("by client, a week, first 50", ["--client", "bench", *week, "--limit", "50"]),
+                       ("by profile, a week, first 50", ["--profile", "es", *week, "--limit", "50"]),
+                       ("by kid, a week, first 50", ["--kid", "fill", *week, "--limit", "50"]),
+                       ("--count of one day", ["--since", day, "--until", next_day, "--count"])]:
+        began = time.monotonic()
+        output = [] if "--count" in args else ["--json"]
+        out = subprocess.run([server.binary, "--config", server.config, "audit", *args, *output],
+                             capture_output=True, text=True, env=server.env)
+        seconds = time.monotonic() - began
+        if out.returncode != 0:
+            sys.exit(f"bench: keyward audit {args} failed: {out.stderr}")
+        print(f"bench: {store} {build} {rows:,} rows: audit {what}: {seconds * 1000:.0f} ms", file=sys.stderr)
+        RESULTS.append((store, build, rows, "audit", seconds, what))
 
 
 def migration(rows):
@@ -277,6 +301,8 @@ def main():
         for store, build, rows, phase, result, extra in RESULTS:
             if phase == "bytes":
                 print(f"| {store} | {build} | {rows:,} | disk | {result / rows * 1e6 / 2**20:.0f} MiB per million rows | | | | |")
+            elif phase == "audit":
+                print(f"| {store} | {build} | {rows:,} | keyward audit {extra} | {result * 1000:.0f} ms | | | | |")
             elif phase == "start":
                 print(f"| {store} | {build} | {rows:,} | start (migration) | {result:.1f} s | | | | |")
             else:
