@@ -11,14 +11,16 @@ For each store and each N of LEDGER_ROWS:
      subjects drawn at random among 100,000, time-ordered jtis;
   3. keyward starts with `ledger_retention` = DAYS - EXPIRED_DAYS days, so its first
      scheduler pass finds EXPIRED_DAYS days of rows to prune: the "pruning" row is wrk for
-     PRUNE_SECONDS from that start; then the "steady" row (WARMUP + DURATION s);
+     PRUNE_SECONDS from that start; then, once no expired row is left, the "steady" row
+     (WARMUP + DURATION s);
   4. disk bytes per million rows: the database file (SQLite, after a checkpoint) or the
      ledger's tables and indexes (PostgreSQL).
-With BASELINE_BIN (an older build): first the same on a database the older build created
+With MIGRATION_ROWS (say "5000000"), first the PostgreSQL day-layout migration timed on a
+ledger of that many rows in the old layout (psql applies the migrations). With BASELINE_BIN (an older build): first the same on a database the older build created
 and filled, then the new build started on that database (its migration timed: the server's
 start to listening), its retention EXPIRED_DAYS shorter again so it prunes as many rows.
 
-Environment: KEYWARD_BIN (required), BASELINE_BIN, LEDGER_ROWS ("0 10000000"), STORES
+Environment: KEYWARD_BIN (required), BASELINE_BIN, MIGRATION_ROWS, LEDGER_ROWS ("0 10000000"), STORES
 ("sqlite postgres"), DAYS (90), EXPIRED_DAYS (9), PRUNE_SECONDS (30), DURATION (10), WARMUP (2),
 SIGN_CONNS (16). Everything it starts it stops; its folder (under TMPDIR) is removed.
 """
@@ -145,6 +147,18 @@ def ledger_bytes(store, work, url):
                          "FROM pg_inherits WHERE inhparent = 'issuance'::regclass"))
 
 
+def expired_left(store, server, rows):
+    """Whether rows past the server's retention are still in its ledger."""
+    limit = int(time.time()) - server.retention_days * DAY
+    if store == "sqlite":
+        con = sqlite3.connect(server.database_url.removeprefix("sqlite://"), timeout=30)
+        try:
+            return con.execute("SELECT 1 FROM issuance WHERE iat < ? LIMIT 1", (limit,)).fetchone() is not None
+        finally:
+            con.close()
+    return psql(server.database_url, f"SELECT count(*) FROM (SELECT 1 FROM issuance WHERE iat < {limit} LIMIT 1) AS x") == "1"
+
+
 def measure(store, build, server, rows, prune=True):
     """The rows of one server start: while it prunes (when there are rows), then steady."""
     started = time.monotonic()
@@ -156,6 +170,11 @@ def measure(store, build, server, rows, prune=True):
         if rows and prune:
             record(store, build, rows, "pruning", wrk(url, server.token, PRUNE_SECONDS),
                    f"(the {PRUNE_SECONDS} s from the start)")
+            began = time.monotonic()
+            while expired_left(store, server, rows) and time.monotonic() - began < 900:
+                time.sleep(2)
+            print(f"bench: pruning finished {time.monotonic() - began + PRUNE_SECONDS:.0f} s after the start",
+                  file=sys.stderr)
         if R.WARMUP:
             wrk(url, server.token, R.WARMUP)
         record(store, build, rows, "steady", wrk(url, server.token, R.DURATION))
@@ -185,7 +204,65 @@ def one(store, rows, binary, build, base_work):
         print(f"bench: {store} {build}: {size / rows * 1e6 / 2**20:.0f} MiB per million rows", file=sys.stderr)
         RESULTS.append((store, build, rows, "bytes", size, ""))
     measure(store, build, server, rows)
+    if rows:
+        audit(store, build, server, rows, now)
     return work, url, database, server
+
+
+def audit(store, build, server, rows, now):
+    """`keyward audit`'s first page by subject, client, profile and key over a week, and its
+    count of one day: the command's whole run (a process start included)."""
+    week = ["--since", str(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - 7 * DAY)))]
+    day = time.strftime("%Y-%m-%d", time.gmtime(now - 2 * DAY))
+    next_day = time.strftime("%Y-%m-%d", time.gmtime(now - DAY))
+    for what, args in [("by sub, a week, first 50", ["--sub", "acct_4242", *week, "--limit", "50"]),
+                       ("by client, a week, first 50", ["--client", "bench", *week, "--limit", "50"]),
+                       ("by profile, a week, first 50", ["--profile", "es", *week, "--limit", "50"]),
+                       ("by kid, a week, first 50", ["--kid", "fill", *week, "--limit", "50"]),
+                       ("--count of one day", ["--since", day, "--until", next_day, "--count"])]:
+        began = time.monotonic()
+        output = [] if "--count" in args else ["--json"]
+        out = subprocess.run([server.binary, "--config", server.config, "audit", *args, *output],
+                             capture_output=True, text=True, env=server.env)
+        seconds = time.monotonic() - began
+        if out.returncode != 0:
+            sys.exit(f"bench: keyward audit {args} failed: {out.stderr}")
+        print(f"bench: {store} {build} {rows:,} rows: audit {what}: {seconds * 1000:.0f} ms", file=sys.stderr)
+        RESULTS.append((store, build, rows, "audit", seconds, what))
+
+
+def migration(rows):
+    """The PostgreSQL day-layout migration on a ledger of `rows` rows in the old layout: the
+    migrations before it applied with psql, the rows filled, then its SQL timed in one
+    transaction (as sqlx runs it)."""
+    base_work = tempfile.mkdtemp(prefix="keyward-ledger-migration-")
+    os.chmod(base_work, 0o711)
+    database = None
+    try:
+        database, url = R.postgres(base_work)
+        folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "migrations", "postgres")
+        files = sorted(glob.glob(os.path.join(folder, "*.sql")))
+        layout = [f for f in files if "_issuance_by_day" in f][0]
+        for f in files[:files.index(layout)]:
+            psql(url, open(f).read())
+        now = int(time.time())
+        start = now - DAYS * DAY
+        psql(url, f"""INSERT INTO issuance (jti, profile, client, sub, kid, alg, iat, exp, claim_names)
+            SELECT lpad(to_hex(t * 1000), 12, '0') || lpad(to_hex(i), 12, '0'), 'es', 'bench',
+                   'acct_' || floor(random() * 100000)::INT, 'fill', 'ES256', t, t + 300, '["sub"]'
+            FROM (SELECT i, {start} + i * {DAYS * DAY}::BIGINT / {rows} AS t
+                  FROM generate_series(0, {rows - 1}) AS i) AS g""")
+        psql(url, "VACUUM ANALYZE issuance")
+        began = time.monotonic()
+        psql(url, "BEGIN;\n" + open(layout).read() + "\nCOMMIT;")
+        seconds = time.monotonic() - began
+        print(f"bench: the day-layout migration on {rows:,} rows took {seconds:.2f} s "
+              f"({seconds / rows * 1e6:.2f} s per million rows)", file=sys.stderr)
+        RESULTS.append(("postgres", "migration", rows, "start", seconds, ""))
+    finally:
+        if database:
+            R.stop(database)
+        shutil.rmtree(base_work, ignore_errors=True)
 
 
 def main():
@@ -193,6 +270,8 @@ def main():
     # PostgreSQL runs as nobody when this runs as root: it must reach its folder.
     os.chmod(base_work, 0o711)
     try:
+        for rows in [int(n) for n in os.environ.get("MIGRATION_ROWS", "").split()]:
+            migration(rows)
         for store in STORES:
             for rows in ROWS:
                 if BASELINE:
@@ -222,6 +301,8 @@ def main():
         for store, build, rows, phase, result, extra in RESULTS:
             if phase == "bytes":
                 print(f"| {store} | {build} | {rows:,} | disk | {result / rows * 1e6 / 2**20:.0f} MiB per million rows | | | | |")
+            elif phase == "audit":
+                print(f"| {store} | {build} | {rows:,} | keyward audit {extra} | {result * 1000:.0f} ms | | | | |")
             elif phase == "start":
                 print(f"| {store} | {build} | {rows:,} | start (migration) | {result:.1f} s | | | | |")
             else:

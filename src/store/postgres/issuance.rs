@@ -394,10 +394,10 @@ pub async fn prune_step(pool: &PgPool, trail: &Trail, before: i64, budget: Durat
         }
         if to + STRADDLE_SECS <= before {
             rows += drop_day(pool, trail, &mut connection, &name, to, before, pending).await?;
-        } else if from < before {
-            if !prune_within(pool, trail, &mut connection, &name, before, started, budget, &mut rows).await? {
-                return Ok(Pruned { rows, done: false });
-            }
+        } else if from < before
+            && !prune_within(pool, trail, &mut connection, &name, before, started, budget, &mut rows).await?
+        {
+            return Ok(Pruned { rows, done: false });
         }
     }
     Ok(Pruned { rows, done: true })
@@ -544,5 +544,4 @@ async fn prune_within(
             return Ok(false);
         }
     }
-}
 }
