@@ -429,10 +429,12 @@ async fn audit_verify_passes_an_untouched_store_after_ten_thousand_tokens_from_t
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
     config.key_sets[0].algorithm = keyward::keys::Algorithm::Es256;
+    // As fast as the replicas sign: no client limit.
+    (config.server.rate_limit, config.server.rate_burst) = (1_000_000, 1_000_000);
     config.server.database_url = crate::postgres::fresh_database().await;
     crate::replicas::write_master_key(dir.path());
     let http = reqwest::Client::new();
-    let mut replicas: Vec<Serve> = (0..2).map(|_| serve(dir.path(), &config, "warn")).collect();
+    let mut replicas: Vec<Serve> = (0..2).map(|_| serve(dir.path(), &config, "info")).collect();
     for replica in &mut replicas {
         assert!(wait_healthy(&http, replica).await, "a replica did not come up");
     }
