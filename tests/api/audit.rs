@@ -46,6 +46,11 @@ fn each_cli_action_is_recorded_with_the_os_user_host_pid_object_before_after_and
     let rotated = run_ok(path, &["clients", "rotate", "ci", "--reason", "token seen in a log"]);
     run_ok(path, &["clients", "update", "ci", "--permission", "keys:read", "--reason", "dashboards"]);
     run_ok(path, &["clients", "revoke", "ci"]);
+    let pem = path.join("imported.pem");
+    let rsa = openssl::pkey::PKey::from_rsa(openssl::rsa::Rsa::generate(2048).unwrap()).unwrap();
+    std::fs::write(&pem, rsa.private_key_to_pem_pkcs8().unwrap()).unwrap();
+    let pem = pem.to_str().unwrap();
+    run_ok(path, &["keys", "import", "npm", "--pem", pem, "--replace-next", "--reason", "key of the old issuer"]);
     let keys: Value = serde_json::from_str(&run_ok(path, &["keys", "list", "--json"])).unwrap();
     let signer =
         keys.as_array().unwrap().iter().find(|k| k["state"] == "current").unwrap()["kid"].as_str().unwrap().to_owned();
@@ -73,6 +78,13 @@ fn each_cli_action_is_recorded_with_the_os_user_host_pid_object_before_after_and
     assert_eq!(revoked["reason"], "INC-1234 key material exposed");
     assert_eq!(revoked["before"]["status"], "live");
     assert_eq!(revoked["after"]["status"], "revoked");
+    let imported: Vec<&Value> = events.iter().filter(|e| e["action"] == "key.imported").collect();
+    assert_eq!(imported.len(), 1, "{events:#?}");
+    assert_eq!(
+        (&imported[0]["reason"], &imported[0]["after"]["key_set"]),
+        (&json!("key of the old issuer"), &json!("npm"))
+    );
+    assert_eq!(imported[0]["before"], Value::Null);
     let first: Vec<&Value> = events.iter().filter(|e| e["reason"] == "first keys").collect();
     assert_eq!(first.len(), 2, "current and next: {events:#?}");
     assert!(first.iter().all(|e| e["action"] == "key.generated" && e["after"]["key_set"] == "npm"));
