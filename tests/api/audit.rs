@@ -557,3 +557,36 @@ async fn signed_checkpoints_are_recorded_and_verify_catches_a_truncated_ledger_a
         "{said}"
     );
 }
+
+#[test]
+fn audit_events_follow_prints_each_new_event_once_as_a_json_line() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path();
+    run_ok(path, &["--init", "keys", "rotate", "npm", "--force"]);
+    let mut child = crate::helpers::keyward_command(path, &["audit", "events", "--follow", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let next =
+        || -> Value { serde_json::from_str(&rx.recv_timeout(std::time::Duration::from_secs(15)).unwrap()).unwrap() };
+    assert_eq!((next()["action"].clone(), next()["action"].clone()), (json!("key.generated"), json!("key.generated")));
+    run_ok(path, &["clients", "add", "ci", "--profiles", "npm-sandbox", "--reason", "followed"]);
+    let added = next();
+    assert_eq!((&added["action"], &added["reason"]), (&json!("client.added"), &json!("followed")));
+    run_ok(path, &["clients", "revoke", "ci"]);
+    assert_eq!(next()["action"], "client.revoked");
+    // Printed once: nothing more comes while nothing changes.
+    assert!(rx.recv_timeout(std::time::Duration::from_secs(3)).is_err(), "an event printed twice");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
