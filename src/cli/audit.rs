@@ -1,5 +1,7 @@
 //! `keyward audit`: which tokens were issued, from the issuance ledger.
 
+use std::collections::HashMap;
+
 use anyhow::Context as _;
 
 use super::context::Context;
@@ -164,6 +166,9 @@ fn bound(flag: &str, text: Option<String>) -> anyhow::Result<Option<i64>> {
 /// How often `--follow` looks for new events.
 const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// How far before the newest event seen each look of `--follow` reaches back (seconds).
+const FOLLOW_OVERLAP: i64 = 10;
+
 /// Events a read takes at most.
 const PAGE: i64 = 1000;
 
@@ -177,12 +182,25 @@ async fn run_events(ctx: &Context, args: EventsArgs) -> anyhow::Result<()> {
     }
     let mut cursor: Option<Cursor> = None;
     let mut shown = 0usize;
+    // While following: events already printed, by (writer, seq), with their times. Each
+    // look reaches back FOLLOW_OVERLAP seconds before the newest event seen, so that an
+    // event committed late with an earlier time (a slow transaction, another replica's
+    // clock) is not missed, and none is printed twice.
+    let mut printed: HashMap<(String, i64), i64> = HashMap::new();
+    let mut newest: Option<i64> = None;
     loop {
         let events = store.events(&filter, cursor.as_ref(), PAGE).await?;
         for event in &events {
+            if printed.contains_key(&(event.writer.clone(), event.seq)) {
+                continue;
+            }
             print_event(event, json)?;
+            shown += 1;
+            newest = newest.max(Some(event.at));
+            if follow {
+                printed.insert((event.writer.clone(), event.seq), event.at);
+            }
         }
-        shown += events.len();
         if let Some(last) = events.last() {
             cursor = Some(Cursor::after(last));
         }
@@ -191,6 +209,11 @@ async fn run_events(ctx: &Context, args: EventsArgs) -> anyhow::Result<()> {
         }
         if !follow {
             break;
+        }
+        if let Some(newest) = newest {
+            let from = newest - FOLLOW_OVERLAP;
+            cursor = Some(Cursor { at: from, writer: String::new(), seq: 0 });
+            printed.retain(|_, at| *at >= from);
         }
         std::io::Write::flush(&mut std::io::stdout())?;
         tokio::select! {

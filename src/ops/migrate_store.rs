@@ -59,6 +59,9 @@ pub async fn migrate_store(from: &Store, to: &Store) -> anyhow::Result<Counts> {
         let rows: Vec<_> = page.iter().collect();
         to.copy_issuance(&rows).await?;
     }
+    // The audit trail as it is, chains and all (the copy's own events, recorded as it
+    // added the clients and secrets, are chains of their own writer).
+    to.copy_events_from(from).await.context("copying the audit events")?;
 
     let (source_now, copied) = (from.counts().await?, to.counts().await?);
     if source_now != source {

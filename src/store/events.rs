@@ -86,6 +86,33 @@ impl Store {
         rows.into_iter().map(Event::try_from).collect()
     }
 
+    /// Writes every event of `from` as it is (writer, seq and hashes kept), in one
+    /// transaction: a copy of history, for `migrate-store`.
+    pub async fn copy_events_from(&self, from: &Store) -> anyhow::Result<()> {
+        let sql = format!("SELECT {COLUMNS} FROM events ORDER BY writer, seq");
+        let rows: Vec<EventRow> = match from {
+            Store::Sqlite(s) => sqlx::query_as(&sql).fetch_all(s.pool()).await,
+            Store::Postgres(s) => sqlx::query_as(&sql).fetch_all(s.pool()).await,
+        }
+        .context("reading events")?;
+        match self {
+            Store::Sqlite(s) => {
+                let mut tx = sqlite::begin_write(s.pool()).await?;
+                for row in &rows {
+                    bind_event!(sqlx::query(INSERT_SQL), row).execute(&mut *tx).await.context("copying an event")?;
+                }
+                tx.commit().await.context("committing copied events")
+            }
+            Store::Postgres(s) => {
+                let mut tx = postgres::WriteTx::begin(s.pool()).await?;
+                for row in &rows {
+                    bind_event!(sqlx::query(INSERT_SQL), row).execute(&mut *tx).await.context("copying an event")?;
+                }
+                tx.commit().await.context("committing copied events")
+            }
+        }
+    }
+
     /// Each writer's newest event and newest ledger row: (writer, seq, hash).
     pub async fn chain_heads(&self) -> anyhow::Result<(Vec<(String, i64, String)>, Vec<(String, i64, String)>)> {
         const EVENTS: &str = "SELECT writer, seq, hash FROM events \

@@ -46,6 +46,11 @@ fn each_cli_action_is_recorded_with_the_os_user_host_pid_object_before_after_and
     let rotated = run_ok(path, &["clients", "rotate", "ci", "--reason", "token seen in a log"]);
     run_ok(path, &["clients", "update", "ci", "--permission", "keys:read", "--reason", "dashboards"]);
     run_ok(path, &["clients", "revoke", "ci"]);
+    let pem = path.join("imported.pem");
+    let rsa = openssl::pkey::PKey::from_rsa(openssl::rsa::Rsa::generate(2048).unwrap()).unwrap();
+    std::fs::write(&pem, rsa.private_key_to_pem_pkcs8().unwrap()).unwrap();
+    let pem = pem.to_str().unwrap();
+    run_ok(path, &["keys", "import", "npm", "--pem", pem, "--replace-next", "--reason", "key of the old issuer"]);
     let keys: Value = serde_json::from_str(&run_ok(path, &["keys", "list", "--json"])).unwrap();
     let signer =
         keys.as_array().unwrap().iter().find(|k| k["state"] == "current").unwrap()["kid"].as_str().unwrap().to_owned();
@@ -73,6 +78,13 @@ fn each_cli_action_is_recorded_with_the_os_user_host_pid_object_before_after_and
     assert_eq!(revoked["reason"], "INC-1234 key material exposed");
     assert_eq!(revoked["before"]["status"], "live");
     assert_eq!(revoked["after"]["status"], "revoked");
+    let imported: Vec<&Value> = events.iter().filter(|e| e["action"] == "key.imported").collect();
+    assert_eq!(imported.len(), 1, "{events:#?}");
+    assert_eq!(
+        (&imported[0]["reason"], &imported[0]["after"]["key_set"]),
+        (&json!("key of the old issuer"), &json!("npm"))
+    );
+    assert_eq!(imported[0]["before"], Value::Null);
     let first: Vec<&Value> = events.iter().filter(|e| e["reason"] == "first keys").collect();
     assert_eq!(first.len(), 2, "current and next: {events:#?}");
     assert!(first.iter().all(|e| e["action"] == "key.generated" && e["after"]["key_set"] == "npm"));
@@ -429,10 +441,12 @@ async fn audit_verify_passes_an_untouched_store_after_ten_thousand_tokens_from_t
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
     config.key_sets[0].algorithm = keyward::keys::Algorithm::Es256;
+    // As fast as the replicas sign: no client limit.
+    (config.server.rate_limit, config.server.rate_burst) = (1_000_000, 1_000_000);
     config.server.database_url = crate::postgres::fresh_database().await;
     crate::replicas::write_master_key(dir.path());
     let http = reqwest::Client::new();
-    let mut replicas: Vec<Serve> = (0..2).map(|_| serve(dir.path(), &config, "warn")).collect();
+    let mut replicas: Vec<Serve> = (0..2).map(|_| serve(dir.path(), &config, "info")).collect();
     for replica in &mut replicas {
         assert!(wait_healthy(&http, replica).await, "a replica did not come up");
     }
@@ -542,4 +556,37 @@ async fn signed_checkpoints_are_recorded_and_verify_catches_a_truncated_ledger_a
             && said.contains("its last record is seq 2, the checkpoint holds seq 3"),
         "{said}"
     );
+}
+
+#[test]
+fn audit_events_follow_prints_each_new_event_once_as_a_json_line() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path();
+    run_ok(path, &["--init", "keys", "rotate", "npm", "--force"]);
+    let mut child = crate::helpers::keyward_command(path, &["audit", "events", "--follow", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let next =
+        || -> Value { serde_json::from_str(&rx.recv_timeout(std::time::Duration::from_secs(15)).unwrap()).unwrap() };
+    assert_eq!((next()["action"].clone(), next()["action"].clone()), (json!("key.generated"), json!("key.generated")));
+    run_ok(path, &["clients", "add", "ci", "--profiles", "npm-sandbox", "--reason", "followed"]);
+    let added = next();
+    assert_eq!((&added["action"], &added["reason"]), (&json!("client.added"), &json!("followed")));
+    run_ok(path, &["clients", "revoke", "ci"]);
+    assert_eq!(next()["action"], "client.revoked");
+    // Printed once: nothing more comes while nothing changes.
+    assert!(rx.recv_timeout(std::time::Duration::from_secs(3)).is_err(), "an event printed twice");
+    child.kill().unwrap();
+    child.wait().unwrap();
 }

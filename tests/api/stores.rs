@@ -276,6 +276,14 @@ on_both_stores! {
         assert_eq!(sealed(target.keys().await.unwrap()), sealed(source.store.keys().await.unwrap()), "still sealed");
         let ledger = target.issuance(&Filter::default(), 10).await.unwrap();
         assert_eq!(ledger, source.store.issuance(&Filter::default(), 10).await.unwrap());
+        // The audit trail comes along, chains intact, and still walks clean on the target.
+        let all = keyward::audit::EventFilter::default();
+        let copied = target.events(&all, None, 1000).await.unwrap();
+        for event in source.store.events(&all, None, 1000).await.unwrap() {
+            assert!(copied.contains(&event), "{event:?} not copied");
+        }
+        let verified = keyward::ops::audit::verify(&target, None).await.unwrap();
+        assert!(verified.problems.is_empty(), "{:?}", verified.problems);
         // A second run refuses: the target is no longer empty.
         let again = keyward::ops::migrate_store::migrate_store(&source.store, &target).await.unwrap_err();
         assert!(again.to_string().contains("not empty"), "{again}");
