@@ -364,12 +364,6 @@ async fn create_partitions(pool: &PgPool, days: impl IntoIterator<Item = i64>) -
     tx.commit().await.context("committing new ledger partitions")
 }
 
-/// How long after a day ends its partition may be dropped whole. A row recorded before the
-/// day's last row of a writer's chain may have been issued just after midnight (at most
-/// `request_deadline`, 30 s at most, after it): it goes with the day, so it must be past
-/// retention too.
-const STRADDLE_SECS: i64 = 60;
-
 /// Removes rows issued before `before` for at most about `budget`: whole days past it are
 /// detached (without a lock inserts wait for) and dropped, the rest in small deletes. First
 /// the horizon moves to `before`, so readers know rows before it may be missing; before any
@@ -392,21 +386,27 @@ pub async fn prune_step(pool: &PgPool, trail: &Trail, before: i64, budget: Durat
         if started.elapsed() > budget {
             return Ok(Pruned { rows, done: false });
         }
-        if to + STRADDLE_SECS <= before {
-            rows += drop_day(pool, trail, &mut connection, &name, to, before, pending).await?;
-        } else if from < before
-            && !prune_within(pool, trail, &mut connection, &name, before, started, budget, &mut rows).await?
-        {
-            return Ok(Pruned { rows, done: false });
+        let dropped =
+            if to <= before { drop_day(pool, trail, &mut connection, &name, to, before, pending).await? } else { None };
+        match dropped {
+            Some(dropped) => rows += dropped,
+            None if from < before
+                && !prune_within(pool, trail, &mut connection, &name, before, started, budget, &mut rows).await? =>
+            {
+                return Ok(Pruned { rows, done: false });
+            }
+            None => {}
         }
     }
     Ok(Pruned { rows, done: true })
 }
 
-/// Drops the partition `name` (rows issued before `to`) whole. Each writer's chain then
-/// starts after its last row in it: first, in one transaction, the rows recorded before
-/// that one but issued after `to` (a few, around midnight) are deleted and the event
-/// records each chain's new start.
+/// Drops the partition `name` (rows issued before `to`) whole, and returns how many rows
+/// went. Each writer's chain then starts after its last row in it: first, in one
+/// transaction, the rows recorded before that one but issued from `to` on (a few, signed
+/// just after midnight and recorded first) are deleted and the event records each chain's
+/// new start. `None` while such a row is still inside retention (issued at or after
+/// `before`): the day is then pruned row by row, and dropped a little later.
 async fn drop_day(
     pool: &PgPool,
     trail: &Trail,
@@ -415,7 +415,7 @@ async fn drop_day(
     to: i64,
     before: i64,
     pending: bool,
-) -> anyhow::Result<u64> {
+) -> anyhow::Result<Option<u64>> {
     let count_sql = format!("SELECT count(*) FROM {name}");
     let count: i64 =
         sqlx::query_scalar(&count_sql).fetch_one(&mut *connection).await.with_context(|| format!("counting {name}"))?;
@@ -428,6 +428,20 @@ async fn drop_day(
             .fetch_all(&mut *connection)
             .await
             .with_context(|| format!("reading the chains' last rows in {name}"))?;
+        for (writer, seq, _) in &lasts {
+            let kept: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM issuance WHERE writer = $1 AND seq <= $2 AND iat >= $3)",
+            )
+            .bind(writer)
+            .bind(seq)
+            .bind(before)
+            .fetch_one(&mut *connection)
+            .await
+            .context("looking for ledger rows that straddle a day")?;
+            if kept {
+                return Ok(None);
+            }
+        }
         if !lasts.is_empty() {
             let mut tx = super::WriteTx::begin(pool).await?;
             let mut first_kept = serde_json::Map::new();
@@ -454,7 +468,7 @@ async fn drop_day(
     let drop_sql = format!("DROP TABLE {name}");
     sqlx::query(&drop_sql).execute(&mut *connection).await.with_context(|| format!("dropping {name}"))?;
     tracing::info!(partition = name, rows = count, "dropped a ledger day past ledger_retention");
-    Ok(rows)
+    Ok(Some(rows))
 }
 
 /// Deletes the rows of partition `name` issued before `before`, each writer's up to its
