@@ -11,8 +11,7 @@ use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
 use super::WriteTx;
 use crate::store::events::Trail;
 use crate::store::issuance::{
-    genesis, pruned_event, LedgerChain, LedgerLink, Pruned, Refused, EXPIRED_BY_WRITER_SQL, FIRST_KEPT_SQL,
-    LEDGER_HEAD_SQL, PROBE_JTI,
+    genesis, pruned_event, LedgerChain, LedgerLink, Pruned, Refused, FIRST_KEPT_SQL, LEDGER_HEAD_SQL, PROBE_JTI,
 };
 use crate::store::rows::{Entry, EntryRow, Filter};
 
@@ -314,11 +313,13 @@ pub async fn prune_step(pool: &SqlitePool, trail: &Trail, before: i64, budget: D
     .context("moving the ledger's horizon")?;
     // Read outside any write transaction: on a first start with months of expired rows
     // this reads them all once, and ledger commits go on meanwhile.
-    let expired: Vec<(String, i64)> = sqlx::query_as(EXPIRED_BY_WRITER_SQL)
-        .bind(before)
-        .fetch_all(&mut *connection)
-        .await
-        .context("finding the ledger writers to prune")?;
+    // `+writer`: the expired rows by the time index, not every chained row by the writers'.
+    let expired: Vec<(String, i64)> =
+        sqlx::query_as("SELECT writer, count(*) FROM issuance WHERE iat < ? AND +writer IS NOT NULL GROUP BY writer")
+            .bind(before)
+            .fetch_all(&mut *connection)
+            .await
+            .context("finding the ledger writers to prune")?;
     let mut starts = Vec::with_capacity(expired.len());
     let mut first_kept = serde_json::Map::new();
     for (writer, _) in &expired {
@@ -366,8 +367,10 @@ pub async fn prune_step(pool: &SqlitePool, trail: &Trail, before: i64, budget: D
             None => {
                 unchained = true;
                 sqlx::query(
+                    // `+writer`: by the time index, not the writers' (which would read every
+                    // unchained row, then sort them, under the write lock).
                     "DELETE FROM issuance WHERE rowid IN \
-                     (SELECT rowid FROM issuance WHERE iat < ? AND writer IS NULL ORDER BY iat LIMIT ?)",
+                     (SELECT rowid FROM issuance WHERE iat < ? AND +writer IS NULL ORDER BY iat LIMIT ?)",
                 )
                 .bind(before)
                 .bind(batch)
