@@ -277,9 +277,13 @@ async fn a_ledger_that_cannot_write_refuses_to_issue() {
 
     // Once the ledger can write again, the writer's own probe finds out (no request
     // needed): ready again, and tokens are issued (and recorded) again.
-    let migration =
-        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite/20261123000003_issuance_ledger.sql"));
-    sqlx::raw_sql(migration).execute(app.pool()).await.unwrap();
+    // The table as the migrations make it: created, then given its hash-chain columns.
+    for migration in [
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite/20261123000003_issuance_ledger.sql")),
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite/20261208100001_ledger_chain.sql")),
+    ] {
+        sqlx::raw_sql(migration).execute(app.pool()).await.unwrap();
+    }
     let ready = app
         .eventually(Duration::from_secs(10), || async {
             status_of(&app, &app.public, "/readyz").await == 200
