@@ -398,7 +398,9 @@ async fn a_vault_stopped_mid_load_gives_503s_and_no_ledger_row_without_a_token_a
     let bao = Bao::start().await;
     let token = vault_with_policy(&bao).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = vault_config(dir.path(), &bao, Algorithm::Es256, &token);
+    let mut config = vault_config(dir.path(), &bao, Algorithm::Es256, &token);
+    // The load is 8 callers as fast as they are answered: no client rate limit in the way.
+    (config.server.rate_limit, config.server.rate_burst) = (1_000_000, 1_000_000);
     let (server, http) = serve_ready(dir.path(), &config, &[]).await;
     let client = add_client(dir.path(), &server, &[], "backend", false);
     sign_verified(&http, &server, &client, "before").await;
@@ -503,7 +505,9 @@ async fn aws_kms_keys_rotate_and_a_revoked_key_is_disabled_and_scheduled_for_del
 async fn an_aws_kms_stopped_mid_load_gives_503s_and_no_ledger_row_without_a_token_and_signing_recovers() {
     let moto = Moto::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = kms_config(dir.path(), &moto, Algorithm::Es256);
+    let mut config = kms_config(dir.path(), &moto, Algorithm::Es256);
+    // The load is 8 callers as fast as they are answered: no client rate limit in the way.
+    (config.server.rate_limit, config.server.rate_burst) = (1_000_000, 1_000_000);
     let (server, http) = serve_ready(dir.path(), &config, &AWS_ENV).await;
     let client = add_client(dir.path(), &server, &AWS_ENV, "backend", false);
     sign_verified(&http, &server, &client, "before").await;
