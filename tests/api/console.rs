@@ -429,3 +429,21 @@ on_both_stores! {
         assert!(app.store.issuance_per_minute(now() + 60).await.unwrap().is_empty());
     }
 }
+
+on_both_stores! {
+    async fn the_health_page_reads_the_newest_events_first_on_either_store(backend: Backend) {
+        let app = spawn_app_on(backend, |_| {}).await;
+        for name in ["c1", "c2", "c3", "c4"] {
+            keyward::ops::clients::add(&app.store, &app.config, name, &["npm-sandbox".to_owned()], false, 0).await.unwrap();
+        }
+        let added = keyward::audit::EventFilter { action: Some("client.added".into()), ..Default::default() };
+        let latest = app.store.latest_events(&added, 3).await.unwrap();
+        let objects: Vec<&str> = latest.iter().map(|e| e.object.as_str()).collect();
+        assert_eq!(objects, ["client:c4", "client:c3", "client:c2"]);
+        // The server's own start, found by its action.
+        let starts = keyward::audit::EventFilter { action: Some("server.started".into()), ..Default::default() };
+        let started = app.store.latest_events(&starts, 10).await.unwrap();
+        let replica = app.shared.store().trail().writer.to_string();
+        assert!(started.iter().any(|e| e.object == format!("replica:{replica}")), "{started:?}");
+    }
+}
