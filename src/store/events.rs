@@ -79,8 +79,18 @@ impl Store {
         limit: i64,
     ) -> anyhow::Result<Vec<Event>> {
         let rows: Vec<EventRow> = match self {
-            Store::Sqlite(s) => event_query(filter, cursor, limit).build_query_as().fetch_all(s.pool()).await,
-            Store::Postgres(s) => event_query(filter, cursor, limit).build_query_as().fetch_all(s.pool()).await,
+            Store::Sqlite(s) => event_query(filter, cursor, limit, false).build_query_as().fetch_all(s.pool()).await,
+            Store::Postgres(s) => event_query(filter, cursor, limit, false).build_query_as().fetch_all(s.pool()).await,
+        }
+        .context("reading events")?;
+        rows.into_iter().map(Event::try_from).collect()
+    }
+
+    /// The newest `limit` events matching `filter`, newest first (for the console).
+    pub async fn latest_events(&self, filter: &EventFilter, limit: i64) -> anyhow::Result<Vec<Event>> {
+        let rows: Vec<EventRow> = match self {
+            Store::Sqlite(s) => event_query(filter, None, limit, true).build_query_as().fetch_all(s.pool()).await,
+            Store::Postgres(s) => event_query(filter, None, limit, true).build_query_as().fetch_all(s.pool()).await,
         }
         .context("reading events")?;
         rows.into_iter().map(Event::try_from).collect()
@@ -182,6 +192,7 @@ fn event_query<'a, DB: sqlx::Database>(
     filter: &EventFilter,
     cursor: Option<&Cursor>,
     limit: i64,
+    newest_first: bool,
 ) -> sqlx::QueryBuilder<'a, DB>
 where
     String: 'a + sqlx::Encode<'a, DB> + sqlx::Type<DB>,
@@ -219,7 +230,8 @@ where
         query.push(" AND seq > ").push_bind(cursor.seq);
         query.push("))))");
     }
-    query.push(" ORDER BY at, writer, seq LIMIT ").push_bind(limit);
+    let order = if newest_first { " ORDER BY at DESC, writer DESC, seq DESC" } else { " ORDER BY at, writer, seq" };
+    query.push(order).push(" LIMIT ").push_bind(limit);
     query
 }
 

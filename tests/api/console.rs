@@ -99,6 +99,15 @@ fn shown_bands(browser: &mut Browser, set: &str) -> Vec<(String, String, i64, Op
     shown.into_iter().map(|(kid, band, from, until)| (kid, band, from.parse().unwrap(), until.parse().ok())).collect()
 }
 
+/// The cells' text of each body row of `table.<class>`.
+fn table_rows(browser: &mut Browser, class: &str) -> Vec<Vec<String>> {
+    let script = format!(
+        "JSON.stringify([...document.querySelectorAll('table.{class} tbody tr')].map(r => \
+         [...r.querySelectorAll('td')].map(d => d.innerText)))"
+    );
+    serde_json::from_str(browser.eval(&script).as_str().unwrap()).unwrap()
+}
+
 async fn sign_in(browser: &mut Browser, app: &TestApp, token: &str) {
     browser.open(&format!("{}/console/sign-in", app.internal));
     browser.fill("#token", token);
@@ -175,6 +184,28 @@ async fn an_operator_signs_in_reads_each_page_and_the_timeline_matches_keys_sche
     assert_eq!(browser.eval("document.querySelector('figure.rate').dataset.total"), "1");
     let master_id = app.master.id().to_owned();
     assert!(browser.html().contains(&master_id));
+    // The recent admin events, newest first: the `clients add` above, by this test's store.
+    let events = table_rows(&mut browser, "events");
+    assert!(!events.is_empty() && events.len() <= 20, "{events:?}");
+    let actor = app.store.trail().by.actor.name();
+    assert!(
+        events.iter().any(|e| e[1] == actor && e[2] == "client.added" && e[3] == "client:ops"),
+        "no client.added of ops by {actor}: {events:?}"
+    );
+    let times: Vec<&String> = events.iter().map(|e| &e[0]).collect();
+    assert!(times.windows(2).all(|w| w[0] >= w[1]), "not newest first: {times:?}");
+    assert!(!browser.html().contains("config_sha256"), "an event's after values are shown");
+    // The replica serving the page is listed, with the version it started.
+    let replica = app.shared.store().trail().writer.to_string();
+    let replicas = table_rows(&mut browser, "replicas");
+    let this = replicas.iter().find(|r| r[0].starts_with(&replica)).unwrap_or_else(|| panic!("{replicas:?}"));
+    assert_eq!(this[1], env!("CARGO_PKG_VERSION"));
+    assert!(this[0].ends_with("(this page)"), "{this:?}");
+    assert_eq!(browser.eval("document.querySelectorAll('.needs-events-read').length"), 0);
+    for table in ["events", "replicas"] {
+        let caption = browser.eval(&format!("document.querySelector('table.{table} caption') !== null"));
+        assert_eq!(caption, Value::Bool(true), "{table} has no caption");
+    }
     browser.screenshot(&screenshot("health"));
 
     // No page carries a token or a secret: not the admin's, not the backend's.
@@ -217,6 +248,20 @@ async fn a_client_without_read_permissions_and_a_browser_without_a_session_are_r
     browser.open(&format!("{}/console/keys", app.internal));
     assert!(browser.eval("document.querySelector('.refusal').innerText").as_str().unwrap().contains("keys:read"));
     assert_eq!(browser.eval("document.querySelectorAll('svg.timeline').length"), 0);
+
+    // keys:read without events:read: the health page, but neither events nor replicas.
+    let keys_only = client_with(&app, "key-desk", &["keys:read"]).await;
+    browser.click("form.sign-out button");
+    sign_in(&mut browser, &app, &keys_only).await;
+    browser.open(&format!("{}/console/health", app.internal));
+    assert_eq!(browser.path(), "/console/health");
+    let needs =
+        browser.eval("JSON.stringify([...document.querySelectorAll('.needs-events-read')].map(p => p.innerText))");
+    let needs: Vec<String> = serde_json::from_str(needs.as_str().unwrap()).unwrap();
+    assert_eq!(needs.len(), 2, "{needs:?}");
+    assert!(needs.iter().all(|line| line.contains("events:read")), "{needs:?}");
+    assert_eq!(browser.eval("document.querySelectorAll('table.events, table.replicas').length"), 0);
+    assert!(!browser.html().contains("client.added"), "an event is shown without events:read");
 }
 
 /// The sign-in form's anti-forgery value and its cookie.
@@ -382,5 +427,23 @@ on_both_stores! {
         let minutes = app.store.issuance_per_minute(now() - 120).await.unwrap();
         assert!(minutes.iter().all(|m| m.profile == "npm-sandbox" && m.minute % 60 == 0), "{minutes:?}");
         assert!(app.store.issuance_per_minute(now() + 60).await.unwrap().is_empty());
+    }
+}
+
+on_both_stores! {
+    async fn the_health_page_reads_the_newest_events_first_on_either_store(backend: Backend) {
+        let app = spawn_app_on(backend, |_| {}).await;
+        for name in ["c1", "c2", "c3", "c4"] {
+            keyward::ops::clients::add(&app.store, &app.config, name, &["npm-sandbox".to_owned()], false, 0).await.unwrap();
+        }
+        let added = keyward::audit::EventFilter { action: Some("client.added".into()), ..Default::default() };
+        let latest = app.store.latest_events(&added, 3).await.unwrap();
+        let objects: Vec<&str> = latest.iter().map(|e| e.object.as_str()).collect();
+        assert_eq!(objects, ["client:c4", "client:c3", "client:c2"]);
+        // The server's own start, found by its action.
+        let starts = keyward::audit::EventFilter { action: Some("server.started".into()), ..Default::default() };
+        let started = app.store.latest_events(&starts, 10).await.unwrap();
+        let replica = app.shared.store().trail().writer.to_string();
+        assert!(started.iter().any(|e| e.object == format!("replica:{replica}")), "{started:?}");
     }
 }

@@ -18,7 +18,7 @@ use crate::http::client_cert;
 use crate::http::problem::ApiError;
 use crate::ops;
 use crate::policy::client::Client;
-use crate::policy::permission::Action;
+use crate::policy::permission::{Action, Scope};
 use session::{random_token, same_secret, set_cookie, Sessions, Viewer, SESSION_COOKIE, SIGN_IN_COOKIE};
 
 /// Only this origin's own stylesheet and images; no script, no frames, forms post here only.
@@ -220,6 +220,9 @@ async fn health(viewer: Viewer, state: web::Data<ConsoleState>) -> Result<HttpRe
         return Ok(missing(&viewer, Action::KeysRead));
     }
     let now = now();
-    let health = pages::Health::gather(&state.shared, now).await?;
+    // The audit trail names every key set and client: like `GET /v1/events`, only for
+    // `events:read` everywhere.
+    let with_audit = matches!(viewer.client.permissions.check_any(Action::EventsRead), Ok(Scope::All));
+    let health = pages::Health::gather(&state.shared, now, with_audit).await?;
     Ok(ok(pages::health(&viewer, &health, now)))
 }

@@ -7,6 +7,7 @@ use maud::{html, Markup, DOCTYPE};
 use super::session::Viewer;
 use super::timeline::{self, gate_text, moment, time};
 use crate::app::snapshot::Shared;
+use crate::audit::{Action as AuditAction, Actor, Event, EventFilter};
 use crate::config::human_span as span;
 use crate::ops::partners::PartnersReport;
 use crate::ops::SetSchedule;
@@ -19,6 +20,15 @@ const KEYS_SHOWN: usize = 12;
 
 /// Seconds the ledger chart covers.
 const DAY: i64 = 86_400;
+
+/// Admin events the health page lists, the newest.
+const EVENTS_SHOWN: i64 = 20;
+
+/// How far back the health page looks for replicas' starts.
+const REPLICAS_WITHIN: i64 = 30 * DAY;
+
+/// `server.started` events read at most to find each replica's latest start.
+const STARTS_READ: i64 = 500;
 
 fn layout(title: &str, viewer: Option<&Viewer>, body: Markup) -> Markup {
     html! {
@@ -201,11 +211,57 @@ pub(super) struct Health {
     master_key_id: String,
     custody: Vec<(String, &'static str, bool)>,
     per_minute: BTreeMap<String, Vec<(i64, i64)>>,
+    /// The audit trail's part, for a viewer holding `events:read` everywhere.
+    audit: Option<Audit>,
+}
+
+/// What the health page shows from the audit trail (never an event's before/after values,
+/// only the version a replica reported starting).
+struct Audit {
+    /// The newest admin events, newest first.
+    events: Vec<Event>,
+    /// Each replica's latest start within [`REPLICAS_WITHIN`]: (replica, version, at),
+    /// newest first.
+    replicas: Vec<(String, String, i64)>,
+    /// The replica that served this page.
+    this_replica: String,
+}
+
+impl Audit {
+    async fn gather(shared: &Shared, now: i64) -> anyhow::Result<Audit> {
+        let store = shared.store();
+        let events = store.latest_events(&EventFilter::default(), EVENTS_SHOWN).await?;
+        let starts = EventFilter {
+            since: Some(now - REPLICAS_WITHIN),
+            action: Some(AuditAction::ServerStarted.as_str().to_owned()),
+            ..EventFilter::default()
+        };
+        let mut replicas: Vec<(String, String, i64)> = Vec::new();
+        for event in store.latest_events(&starts, STARTS_READ).await? {
+            let replica = match &event.actor {
+                Actor::Server { replica } => replica.clone(),
+                _ => continue,
+            };
+            if replicas.iter().any(|(r, _, _)| *r == replica) {
+                continue;
+            }
+            let version = event
+                .after
+                .as_ref()
+                .and_then(|after| after.get("version"))
+                .and_then(|v| v.as_str())
+                .unwrap_or("unknown")
+                .to_owned();
+            replicas.push((replica, version, event.at));
+        }
+        Ok(Audit { events, replicas, this_replica: store.trail().writer.to_string() })
+    }
 }
 
 impl Health {
-    /// Readiness, master key and custody from the process; tokens per minute from the ledger.
-    pub(super) async fn gather(shared: &Shared, now: i64) -> anyhow::Result<Health> {
+    /// Readiness, master key and custody from the process; tokens per minute from the
+    /// ledger; recent events and replicas' starts from the audit trail when `with_audit`.
+    pub(super) async fn gather(shared: &Shared, now: i64, with_audit: bool) -> anyhow::Result<Health> {
         let mut per_minute: BTreeMap<String, Vec<(i64, i64)>> = BTreeMap::new();
         for MinuteCount { profile, minute, tokens } in shared.store().issuance_per_minute(now - DAY).await? {
             per_minute.entry(profile).or_default().push((minute, tokens));
@@ -222,7 +278,14 @@ impl Health {
                 crate::keys::custody::CustodyKind::AwsKms => (set.name.clone(), "AWS KMS", available),
             })
             .collect();
-        Ok(Health { readiness: shared.readiness(), master_key_id: shared.roots().current.id(), custody, per_minute })
+        let audit = if with_audit { Some(Audit::gather(shared, now).await?) } else { None };
+        Ok(Health {
+            readiness: shared.readiness(),
+            master_key_id: shared.roots().current.id(),
+            custody,
+            per_minute,
+            audit,
+        })
     }
 }
 
@@ -237,7 +300,25 @@ pub(super) fn health(viewer: &Viewer, health: &Health, now: i64) -> Markup {
                 Ok(()) => p class="ready" data-ready="true" { "Ready: the database answers, the ledger commits and every key set can sign." },
                 Err(reason) => p class="not-ready" data-ready="false" role="alert" { "NOT ready: " (reason) },
             }
-            p { "Replicas: this page shows the replica that served it; each replica has its own console." }
+            h2 { "Replicas seen" }
+            @match &health.audit {
+                Some(audit) => {
+                    p { "Each replica's latest start in the last 30 days, from the audit trail; this page was served by the one marked, and each replica has its own console." }
+                    @if audit.replicas.is_empty() { p { "No start recorded in the last 30 days." } } @else {
+                        table class="replicas" {
+                            caption { "Replicas by their latest start, newest first" }
+                            thead { tr { th scope="col" { "Replica" } th scope="col" { "Version" } th scope="col" { "Started at" } } }
+                            tbody { @for (replica, version, at) in &audit.replicas {
+                                tr data-replica=(replica) {
+                                    td { code { (replica) } @if *replica == audit.this_replica { " (this page)" } }
+                                    td { (version) } td { (time(*at)) }
+                                }
+                            } }
+                        }
+                    }
+                }
+                None => p class="needs-events-read" { "Replicas: this page shows the replica that served it. Listing the replicas seen needs the permission " code { "events:read" } "." },
+            }
             h2 { "Key custody" }
             p { "Master key id: " code { (health.master_key_id) } }
             table { thead { tr { th scope="col" { "Key set" } th scope="col" { "Custody" } th scope="col" { "Available" } } }
@@ -246,6 +327,27 @@ pub(super) fn health(viewer: &Viewer, health: &Health, now: i64) -> Markup {
             @if health.per_minute.is_empty() { p { "No token issued in the last 24 h." } }
             @for (profile, minutes) in &health.per_minute {
                 (rate_chart(profile, minutes, now))
+            }
+            h2 { "Recent admin events" }
+            @match &health.audit {
+                Some(audit) => {
+                    @if audit.events.is_empty() { p { "No event recorded." } } @else {
+                        table class="events" {
+                            caption { "The latest " (audit.events.len()) " admin events, newest first" }
+                            thead { tr {
+                                th scope="col" { "Time" } th scope="col" { "Actor" } th scope="col" { "Action" }
+                                th scope="col" { "Object" } th scope="col" { "Reason" }
+                            } }
+                            tbody { @for event in &audit.events {
+                                tr data-action=(event.action) {
+                                    td { (time(event.at)) } td { (event.actor.name()) } td { code { (event.action) } }
+                                    td { code { (event.object) } } td { (event.reason.as_deref().unwrap_or("-")) }
+                                }
+                            } }
+                        }
+                    }
+                }
+                None => p class="needs-events-read" { "Showing the recent admin events needs the permission " code { "events:read" } "." },
             }
         },
     )
