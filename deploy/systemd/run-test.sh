@@ -97,6 +97,14 @@ ok "/var/lib/keyward is 0700 and its files 0600"
 
 inside systemctl stop keyward
 [[ $(inside systemctl show -p ExecMainStatus --value keyward) == 0 ]] || fail "keyward.service did not exit 0"
-inside journalctl -u keyward --no-pager | grep -q 'keyward::startup: stopped' || fail "no 'stopped' in the journal"
+# journald reads the service's output asynchronously: its last line can reach the journal a
+# moment after systemctl stop returned. --sync makes journald write out what it has received;
+# a line still in the stream is waited for (10 s at most).
+for i in $(seq 20); do
+    inside journalctl --sync >/dev/null 2>&1 || true
+    inside journalctl -u keyward --no-pager | grep -q 'keyward::startup: stopped' && break
+    [[ $i -lt 20 ]] || fail "no 'stopped' in the journal: $(inside journalctl -u keyward --no-pager | tail -5)"
+    sleep 0.5
+done
 ok "systemctl stop: exit 0, stopped cleanly"
 echo "systemd-run-test: passed"
