@@ -89,6 +89,11 @@ pub async fn run_due(
                         if let Some(at) = rotation::plan(&keys, &policy, now).wake_at {
                             pass.wake_at = pass.wake_at.min(at);
                         }
+                        // A gate that waits to hold moves the next key's start to the end of
+                        // time, so the plan has no step then: look again when the wait ends.
+                        if let Some(GateState::Waiting { deadline, .. }) = &gate {
+                            pass.wake_at = pass.wake_at.min(*deadline);
+                        }
                         // Loudly, at every pass while it lasts: someone must talk to the partner.
                         if let Some(GateState::Held { kid, missing, since }) = gate {
                             tracing::error!(

@@ -270,9 +270,10 @@ where
     ] {
         match (value, wildcard) {
             // `key.` or `client:` names every action or object of that kind.
+            // (PostgreSQL's substr takes an integer length, not the bigint an i64 binds as.)
             (Some(prefix), Some(end)) if prefix.ends_with(end) => {
-                query.push(format!(" AND substr({column}, 1, ")).push_bind(prefix.len() as i64);
-                query.push(") = ").push_bind(prefix.clone());
+                query.push(format!(" AND substr({column}, 1, CAST(")).push_bind(prefix.len() as i64);
+                query.push(" AS INTEGER)) = ").push_bind(prefix.clone());
             }
             (Some(value), _) => {
                 query.push(format!(" AND {column} = ")).push_bind(value.clone());
