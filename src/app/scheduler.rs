@@ -14,7 +14,7 @@ use crate::keys::rotation;
 use crate::ops;
 use crate::ops::gates::Gates;
 use crate::ops::wall_clock;
-use crate::store::Store;
+use crate::store::{events, Store};
 
 /// The scheduler looks again at least this often, whatever the plan says.
 pub const MAX_SLEEP_SECS: i64 = 60;
@@ -89,6 +89,11 @@ pub async fn run_due(
                         if let Some(at) = rotation::plan(&keys, &policy, now).wake_at {
                             pass.wake_at = pass.wake_at.min(at);
                         }
+                        // A gate that waits to hold moves the next key's start to the end of
+                        // time, so the plan has no step then: look again when the wait ends.
+                        if let Some(GateState::Waiting { deadline, .. }) = &gate {
+                            pass.wake_at = pass.wake_at.min(*deadline);
+                        }
                         // Loudly, at every pass while it lasts: someone must talk to the partner.
                         if let Some(GateState::Held { kid, missing, since }) = gate {
                             tracing::error!(
@@ -99,6 +104,12 @@ pub async fn run_due(
                                 "hand-over HELD: gating partners have not fetched the next key within gate_max_wait; \
                                  the current key keeps signing"
                             );
+                            // Recorded once per next key, whichever pass, restart or replica sees it first.
+                            let held = events::gate_held_event(&set.name, &kid, &missing, since);
+                            if let Err(err) = store.record_first(&held).await {
+                                tracing::warn!(key_set = %set.name, error = format!("{err:#}"), "recording a held gate failed");
+                                pass.wake_at = pass.wake_at.min(now + RETRY_SECS);
+                            }
                         }
                     }
                     Err(err) => {

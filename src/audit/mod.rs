@@ -144,6 +144,10 @@ pub enum Action {
     /// A key left the JWKS and its private half was destroyed.
     #[serde(rename = "key.retired")]
     KeyRetired,
+    /// A gated hand-over held past `gate_max_wait`: a gating partner that says `hold` has
+    /// not fetched the next key, and the current key keeps signing (recorded once per next key).
+    #[serde(rename = "gate.held")]
+    GateHeld,
     /// A gated hand-over went ahead once every gating partner held the key.
     #[serde(rename = "gate.released")]
     GateReleased,
@@ -165,6 +169,13 @@ pub enum Action {
     /// A profile's shared secret set or replaced.
     #[serde(rename = "secret.set")]
     SecretSet,
+    /// The keyring sealed under another master key (`master-key rotate`).
+    #[serde(rename = "master_key.rotated")]
+    MasterKeyRotated,
+    /// Every sealed value re-sealed under a fresh term, the older terms dropped
+    /// (`master-key reseal`).
+    #[serde(rename = "master_key.resealed")]
+    MasterKeyResealed,
     /// Ledger rows chained and then refused by their commit (a revocation raced them).
     #[serde(rename = "ledger.withheld")]
     LedgerWithheld,
@@ -189,6 +200,7 @@ impl Action {
             Action::KeyRotated => "key.rotated",
             Action::KeyRevoked => "key.revoked",
             Action::KeyRetired => "key.retired",
+            Action::GateHeld => "gate.held",
             Action::GateReleased => "gate.released",
             Action::GateTimedOut => "gate.timed_out",
             Action::ClientAdded => "client.added",
@@ -196,6 +208,8 @@ impl Action {
             Action::ClientRevoked => "client.revoked",
             Action::ClientChanged => "client.changed",
             Action::SecretSet => "secret.set",
+            Action::MasterKeyRotated => "master_key.rotated",
+            Action::MasterKeyResealed => "master_key.resealed",
             Action::ServerStarted => "server.started",
             Action::Checkpoint => "audit.checkpoint",
             Action::LedgerWithheld => "ledger.withheld",

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde::Serialize;
+use serde_json::json;
 
+use crate::audit::{Action, NewEvent};
 use crate::master_key::{Keyring, RootKey, Roots};
 use crate::store::keyring::Resealed;
 use crate::store::rows::{KeyringRow, SealedKind};
@@ -152,11 +154,40 @@ pub async fn rotate(store: &Store, roots: &Roots, now: i64) -> anyhow::Result<Ro
         return Ok(Rotated { from: row.root_key_id, to, changed: false });
     }
     let next = seal_row(&keyring, &roots.current, row.reseal_state.as_deref(), row.created_at, now).await?;
-    if !store.replace_keyring(&next, (&row.root_key_id, &row.term_ids), None).await? {
+    let event = rotated_event(roots.by_id(&row.root_key_id), &row, &roots.current, now);
+    if !store.replace_keyring(&next, (&row.root_key_id, &row.term_ids), None, &[event]).await? {
         bail!("the keyring changed while it was being rotated (a re-seal or another rotation): run it again");
     }
     tracing::info!(from = row.root_key_id, to, "the keyring is now sealed with the new master key");
     Ok(Rotated { from: row.root_key_id, to, changed: true })
+}
+
+/// The event of the keyring sealed under `to` instead of `from` (the root that opened
+/// `before`): the sources and where they are, never a key, a wrapped key or a key's id
+/// (after a re-seal nothing stored names older key material).
+fn rotated_event(from: Option<&RootKey>, before: &KeyringRow, to: &RootKey, now: i64) -> NewEvent {
+    NewEvent {
+        action: Action::MasterKeyRotated,
+        object: "keyring".to_owned(),
+        before: Some(json!({
+            "source": before.root_source,
+            "origin": from.map(RootKey::origin),
+            "rotated_at": before.rotated_at,
+        })),
+        after: Some(json!({ "source": to.source(), "origin": to.origin(), "rotated_at": now })),
+    }
+}
+
+/// The event of a re-seal done: the term numbers before and after, how many values this
+/// run rewrote and how many the remaining term seals (no term's id, see [`rotated_event`]).
+fn resealed_event(before: &KeyringRow, after: &KeyringRow, rewritten: u64, sealed: i64) -> NewEvent {
+    let numbers = |row: &KeyringRow| parse_ids(&row.term_ids).map(|(number, _, _)| number).collect::<Vec<u32>>();
+    NewEvent {
+        action: Action::MasterKeyResealed,
+        object: "keyring".to_owned(),
+        before: Some(json!({ "terms": numbers(before) })),
+        after: Some(json!({ "terms": numbers(after), "rewritten": rewritten, "sealed": sealed })),
+    }
 }
 
 /// What a re-seal did.
@@ -194,7 +225,7 @@ pub async fn reseal(
             // A new start (a run that stopped after adding its term resumes with that term).
             let next = keyring.with_new_term(now);
             let next_row = seal_row(&next, &roots.current, None, row.created_at, row.rotated_at).await?;
-            if !store.replace_keyring(&next_row, (&row.root_key_id, &row.term_ids), None).await? {
+            if !store.replace_keyring(&next_row, (&row.root_key_id, &row.term_ids), None, &[]).await? {
                 bail!("the keyring changed while the re-seal began (another re-seal or a rotation): run it again");
             }
             tracing::info!(term = next.active().number, "added a fresh term to the keyring");
@@ -208,7 +239,9 @@ pub async fn reseal(
                 let done =
                     seal_row(&keyring.retire_old(), &roots.current, Some(COMPACT), row.created_at, row.rotated_at)
                         .await?;
-                if store.replace_keyring(&done, (&row.root_key_id, &row.term_ids), Some(&active)).await? {
+                let sealed = store.sealed_counts().await?.iter().filter(|(id, _)| *id == active).map(|(_, n)| n).sum();
+                let event = resealed_event(&row, &done, rewritten, sealed);
+                if store.replace_keyring(&done, (&row.root_key_id, &row.term_ids), Some(&active), &[event]).await? {
                     row = done;
                     break;
                 }
@@ -237,7 +270,7 @@ pub async fn reseal(
     }
     store.compact_sealed().await?;
     let cleared = KeyringRow { reseal_state: None, ..row.clone() };
-    store.replace_keyring(&cleared, (&row.root_key_id, &row.term_ids), None).await?;
+    store.replace_keyring(&cleared, (&row.root_key_id, &row.term_ids), None, &[]).await?;
     store.compact_sealed().await?;
     tracing::info!(term = keyring.active().number, rewritten, "re-sealed every sealed value under a fresh term");
     Ok(ResealReport { term: keyring.active().number, rewritten })

@@ -71,6 +71,67 @@ impl Store {
         }
     }
 
+    /// Records `event` unless an event of its action on its object is stored already, by
+    /// any writer (for what is recorded once however often it is seen: a gate held);
+    /// whether it did. Decided under a lock on that action and object, so two replicas
+    /// seeing it at once record it once.
+    pub async fn record_first(&self, event: &NewEvent) -> anyhow::Result<bool> {
+        // Mostly it is: a read answers without taking the write lock.
+        let found: Option<i64> = match self {
+            Store::Sqlite(s) => {
+                sqlx::query_scalar(RECORDED_SQL)
+                    .bind(&event.object)
+                    .bind(event.action.as_str())
+                    .fetch_optional(s.pool())
+                    .await
+            }
+            Store::Postgres(s) => {
+                sqlx::query_scalar(RECORDED_SQL)
+                    .bind(&event.object)
+                    .bind(event.action.as_str())
+                    .fetch_optional(s.pool())
+                    .await
+            }
+        }
+        .context("looking for an earlier event")?;
+        if found.is_some() {
+            return Ok(false);
+        }
+        match self {
+            Store::Sqlite(s) => {
+                // `BEGIN IMMEDIATE`: no other writer between the look and the write.
+                let mut tx = sqlite::begin_write(s.pool()).await?;
+                let found: Option<i64> = sqlx::query_scalar(RECORDED_SQL)
+                    .bind(&event.object)
+                    .bind(event.action.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .context("looking for an earlier event")?;
+                if found.is_some() {
+                    return Ok(false);
+                }
+                sqlite::events::append(&mut tx, s.trail(), std::slice::from_ref(event)).await?;
+                tx.commit().await.context("committing an event")?;
+            }
+            Store::Postgres(s) => {
+                let mut tx = postgres::WriteTx::begin(s.pool()).await?;
+                tx.lock(&format!("event-once:{}:{}", event.action.as_str(), event.object)).await?;
+                let found: Option<i64> = sqlx::query_scalar(RECORDED_SQL)
+                    .bind(&event.object)
+                    .bind(event.action.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .context("looking for an earlier event")?;
+                if found.is_some() {
+                    return Ok(false);
+                }
+                postgres::events::append(&mut tx, s.trail(), std::slice::from_ref(event)).await?;
+                tx.commit().await.context("committing an event")?;
+            }
+        }
+        Ok(true)
+    }
+
     /// Events matching `filter` after `cursor` (oldest first), at most `limit`.
     pub async fn events(
         &self,
@@ -153,6 +214,9 @@ impl Store {
     }
 }
 
+/// An event of an action (`$2`) on an object (`$1`), if one is stored.
+const RECORDED_SQL: &str = "SELECT seq FROM events WHERE object = $1 AND action = $2 LIMIT 1";
+
 /// Where a page of events ended: the next page starts after it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cursor {
@@ -206,9 +270,10 @@ where
     ] {
         match (value, wildcard) {
             // `key.` or `client:` names every action or object of that kind.
+            // (PostgreSQL's substr takes an integer length, not the bigint an i64 binds as.)
             (Some(prefix), Some(end)) if prefix.ends_with(end) => {
-                query.push(format!(" AND substr({column}, 1, ")).push_bind(prefix.len() as i64);
-                query.push(") = ").push_bind(prefix.clone());
+                query.push(format!(" AND substr({column}, 1, CAST(")).push_bind(prefix.len() as i64);
+                query.push(" AS INTEGER)) = ").push_bind(prefix.clone());
             }
             (Some(value), _) => {
                 query.push(format!(" AND {column} = ")).push_bind(value.clone());
@@ -465,6 +530,17 @@ pub(crate) fn gate_event(handover: &super::rows::GatedHandover) -> NewEvent {
         object: format!("key:{}", handover.kid),
         before: Some(json!({ "held_for": handover.missing })),
         after: Some(json!({ "key_set": handover.key_set, "at": handover.at, "confirmed": handover.confirmed })),
+    }
+}
+
+/// The event of a gated hand-over held past its wait: the next key, the partners it waits
+/// for, and since when it holds. Recorded once per next key ([`Store::record_first`]).
+pub(crate) fn gate_held_event(key_set: &str, kid: &str, missing: &[String], since: i64) -> NewEvent {
+    NewEvent {
+        action: Action::GateHeld,
+        object: format!("key:{kid}"),
+        before: None,
+        after: Some(json!({ "key_set": key_set, "next_kid": kid, "missing": missing, "held_since": since })),
     }
 }
 

@@ -8,6 +8,7 @@ use anyhow::{bail, Context};
 
 use super::rows::{KeyringRow, SealedItem, SealedKind};
 use super::{postgres, sqlite, Store};
+use crate::audit::NewEvent;
 
 const SELECT: &str = "SELECT root_key_id, root_source, sealed_terms, term_ids, reseal_state, created_at, rotated_at \
      FROM keyring WHERE id = 1";
@@ -166,13 +167,14 @@ impl Store {
 
     /// Replaces the keyring record `expected` (root key id, term ids) with `row`, unless
     /// it changed meanwhile (`false`). With `only_if_resealed`, only while nothing sealed
-    /// is left under a term other than `only_if_resealed`. Running servers are told when
-    /// the terms change.
+    /// is left under a term other than `only_if_resealed`. `events` are recorded with the
+    /// change (none if it is not made). Running servers are told when the terms change.
     pub async fn replace_keyring(
         &self,
         row: &KeyringRow,
         expected: (&str, &str),
         only_if_resealed: Option<&str>,
+        events: &[NewEvent],
     ) -> anyhow::Result<bool> {
         let terms_changed = row.term_ids != expected.1;
         match self {
@@ -194,6 +196,9 @@ impl Store {
                     .rows_affected();
                 if done == 1 && terms_changed {
                     sqlite::bump_generation(&mut tx).await?;
+                }
+                if done == 1 {
+                    sqlite::events::append(&mut tx, s.trail(), events).await?;
                 }
                 tx.commit().await.context("committing the keyring")?;
                 Ok(done == 1)
@@ -219,6 +224,9 @@ impl Store {
                     .rows_affected();
                 if done == 1 && terms_changed {
                     postgres::bump_generation(&mut tx).await?;
+                }
+                if done == 1 {
+                    postgres::events::append(&mut tx, s.trail(), events).await?;
                 }
                 tx.commit().await.context("committing the keyring")?;
                 Ok(done == 1)

@@ -590,3 +590,205 @@ fn audit_events_follow_prints_each_new_event_once_as_a_json_line() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// The events of `backend`'s database at `url`, as `audit events --json` prints them.
+fn events_at(dir: &Path, url: &str, filters: &[&str]) -> Vec<Value> {
+    let mut args = vec!["audit", "events", "--json"];
+    args.extend_from_slice(filters);
+    let out = keyward_bare(dir, &args).env("KEYWARD_DATABASE_URL", url).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout).lines().map(|line| serde_json::from_str(line).unwrap()).collect()
+}
+
+on_both_stores! {
+    async fn master_key_rotation_and_reseal_are_recorded_with_the_cli_actor_sources_terms_counts_and_reason_and_no_key(backend: Backend) {
+        use crate::master_key::{cli, key_file, with_keys};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path();
+        let mut config = test_config(path);
+        config.key_sets[0].algorithm = keyward::keys::Algorithm::Es256;
+        config.server.database_url = backend.new_database_url(path).await;
+        let url = config.server.database_url.clone();
+        let (old_path, old) = key_file(path, "old.key");
+        let (new_path, new) = key_file(path, "new.key");
+        let old_only = with_keys(&config, &old_path, None);
+        let rotating = with_keys(&config, &new_path, Some(&old_path));
+        let new_only = with_keys(&config, &new_path, None);
+        let ok = |config: &keyward::config::Config, args: &[&str]| {
+            let out = cli(path, config, args);
+            assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+            text(&out.stdout)
+        };
+        ok(&old_only, &["--init", "keys", "rotate", "npm", "--force"]);
+        let status: Value = serde_json::from_str(&ok(&old_only, &["master-key", "status", "--json"])).unwrap();
+        let sealed: i64 = status["terms"].as_array().unwrap().iter().map(|t| t["sealed"].as_i64().unwrap()).sum();
+        assert!(sealed >= 2, "{status}");
+
+        ok(&rotating, &["master-key", "rotate", "--reason", "CHG-42 yearly master key change"]);
+        // Nothing to do the second time: nothing recorded.
+        ok(&rotating, &["master-key", "rotate", "--reason", "again"]);
+        ok(&new_only, &["master-key", "reseal", "--settle", "0s", "--reason", "after CHG-42"]);
+
+        let events = events_at(path, &url, &["--object", "keyring"]);
+        assert_eq!(events.len(), 2, "{events:#?}");
+        for event in &events {
+            assert_eq!(event["actor"]["kind"], "cli", "{event}");
+            assert!(event["actor"]["pid"].as_u64().is_some_and(|pid| pid > 0), "{event}");
+            assert!(event["actor"]["host"].is_string() && event["actor"]["user"].is_string(), "{event}");
+            // No key material: neither master key, in base64 or hex, nor a key's id.
+            let line = event.to_string();
+            for (file, key) in [(&old_path, &old), (&new_path, &new)] {
+                let encoded = std::fs::read_to_string(file).unwrap();
+                let bytes = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, encoded.trim()).unwrap();
+                let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+                for secret in [encoded.trim(), &hex, key.id()] {
+                    assert!(!line.contains(secret), "{secret} in {line}");
+                }
+            }
+        }
+        let rotated = the(&events, "master_key.rotated", "keyring");
+        assert_eq!(rotated["reason"], "CHG-42 yearly master key change");
+        assert_eq!((&rotated["before"]["source"], &rotated["after"]["source"]), (&json!("file"), &json!("file")));
+        let origin = |side: &str| rotated[side]["origin"].as_str().unwrap().to_owned();
+        assert!(origin("before").contains("old.key") && origin("after").contains("new.key"), "{rotated}");
+        assert!(rotated["after"]["rotated_at"].as_i64().unwrap() >= rotated["before"]["rotated_at"].as_i64().unwrap());
+        let resealed = the(&events, "master_key.resealed", "keyring");
+        assert_eq!(resealed["reason"], "after CHG-42");
+        assert_eq!((&resealed["before"]["terms"], &resealed["after"]["terms"]), (&json!([1, 2]), &json!([2])), "{resealed}");
+        assert_eq!((&resealed["after"]["rewritten"], &resealed["after"]["sealed"]), (&json!(sealed), &json!(sealed)), "{resealed}");
+
+        let (ok, said) = verify(path, &url, None);
+        assert!(ok, "{said}");
+    }
+}
+
+/// The gate events of `app` on `key:KID`, oldest first.
+async fn gate_events(app: &TestApp, kid: &str) -> Vec<Value> {
+    let filter = keyward::audit::EventFilter {
+        object: Some(format!("key:{kid}")),
+        action: Some("gate.".to_owned()),
+        ..Default::default()
+    };
+    let events = app.store.events(&filter, None, 100).await.unwrap();
+    events.iter().map(|e| serde_json::to_value(e).unwrap()).collect()
+}
+
+/// Waits (up to 20 s, while `fetching` keeps fetching the JWKS) until `app` has recorded
+/// `action` on `key:KID`.
+async fn wait_for_gate_event(app: &TestApp, kid: &str, action: &str, fetching: &reqwest::Client) -> Vec<Value> {
+    let start = std::time::Instant::now();
+    loop {
+        let events = gate_events(app, kid).await;
+        if events.iter().any(|e| e["action"] == action) {
+            return events;
+        }
+        assert!(start.elapsed() < std::time::Duration::from_secs(20), "no {action} of key:{kid}: {events:#?}");
+        crate::gates::fetch(fetching, &app.public).await;
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// Scheduler passes as a second replica (or this one after a restart) would make them: a
+/// store handle of its own, so a writer of its own.
+async fn passes_of_another_replica(app: &TestApp) {
+    let other = Store::connect(&app.config.database()).await.unwrap();
+    let scheduling = keyward::app::scheduler::scheduler_store(&other);
+    for _ in 0..2 {
+        keyward::app::scheduler::run_due(&scheduling, app.shared.custody(), &app.config, &crate::helpers::now, None)
+            .await;
+    }
+}
+
+/// `event` was made by a replica's scheduler, on its own chain.
+fn by_the_scheduler(event: &Value) {
+    assert_eq!(event["actor"]["kind"], "scheduler", "{event}");
+    assert_eq!(event["actor"]["replica"], event["writer"], "{event}");
+}
+
+on_both_stores! {
+    async fn a_held_gate_is_recorded_once_and_then_its_release_by_the_scheduler(backend: Backend) {
+        use crate::gates::{client_from, fast, fetch, partner, planned, signer};
+        let app = spawn_app_on(backend, |c| {
+            fast(c);
+            let alpha = partner(c, "alpha", "127.0.0.2", "gate_max_wait = \"2s\"");
+            let beta = partner(c, "beta", "127.0.0.3", "");
+            c.partners = vec![alpha, beta];
+        })
+        .await;
+        let (alpha, beta) = (client_from("127.0.0.2"), client_from("127.0.0.3"));
+        let (current, next) = planned(&app.store).await;
+        let held_since = next.activates_at.unwrap() + 2;
+
+        // Beta holds the next key, alpha never fetched it: past the wait, it holds.
+        let events = wait_for_gate_event(&app, &next.kid, "gate.held", &beta).await;
+        assert_eq!(signer(&app.public).await, current);
+        let held = the(&events, "gate.held", &format!("key:{}", next.kid));
+        by_the_scheduler(held);
+        assert_eq!(
+            held["after"],
+            json!({"key_set": "npm", "next_kid": next.kid, "missing": ["alpha"], "held_since": held_since}),
+            "{held}"
+        );
+        assert_eq!((held.get("before"), held.get("reason")), (None, None), "{held}");
+        // Not again: at later passes, nor from another replica, nor after a restart.
+        passes_of_another_replica(&app).await;
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        assert_eq!(gate_events(&app, &next.kid).await.len(), 1, "{:#?}", gate_events(&app, &next.kid).await);
+
+        // Alpha's first fetch releases it.
+        fetch(&alpha, &app.public).await;
+        let events = wait_for_gate_event(&app, &next.kid, "gate.released", &beta).await;
+        let actions: Vec<&str> = events.iter().map(|e| e["action"].as_str().unwrap()).collect();
+        assert_eq!(actions, ["gate.held", "gate.released"], "{events:#?}");
+        let released = &events[1];
+        by_the_scheduler(released);
+        assert_eq!(released["before"], json!({"held_for": []}), "{released}");
+        assert_eq!((&released["after"]["key_set"], &released["after"]["confirmed"]), (&json!("npm"), &json!(true)));
+        assert!(released["after"]["at"].as_i64().unwrap() > held_since, "{released}");
+
+        let (ok, said) = verify(app.dir.path(), &app.config.server.database_url, None);
+        assert!(ok, "{said}");
+    }
+
+    async fn a_held_gate_that_times_out_records_gate_held_then_gate_timed_out(backend: Backend) {
+        use crate::gates::{client_from, fast, fetch, partner, planned, signer};
+        // Alpha holds past its wait; beta would proceed. While neither fetched, alpha's hold
+        // wins; once alpha fetches, only beta is missing and its wait is over: it proceeds.
+        let app = spawn_app_on(backend, |c| {
+            fast(c);
+            let alpha = partner(c, "alpha", "127.0.0.2", "gate_max_wait = \"2s\"");
+            let beta = partner(c, "beta", "127.0.0.3", "gate_max_wait = \"2s\"\non_gate_timeout = \"proceed\"");
+            c.partners = vec![alpha, beta];
+        })
+        .await;
+        let alpha = client_from("127.0.0.2");
+        let nobody = reqwest::Client::new();
+        let (current, next) = planned(&app.store).await;
+        let held_since = next.activates_at.unwrap() + 2;
+
+        let events = wait_for_gate_event(&app, &next.kid, "gate.held", &nobody).await;
+        assert_eq!(signer(&app.public).await, current);
+        let held = the(&events, "gate.held", &format!("key:{}", next.kid));
+        by_the_scheduler(held);
+        assert_eq!(held["after"]["missing"], json!(["alpha", "beta"]), "{held}");
+        assert_eq!(held["after"]["held_since"], held_since, "{held}");
+        passes_of_another_replica(&app).await;
+
+        fetch(&alpha, &app.public).await;
+        let events = wait_for_gate_event(&app, &next.kid, "gate.timed_out", &nobody).await;
+        let actions: Vec<&str> = events.iter().map(|e| e["action"].as_str().unwrap()).collect();
+        assert_eq!(actions, ["gate.held", "gate.timed_out"], "{events:#?}");
+        let timed_out = &events[1];
+        by_the_scheduler(timed_out);
+        assert_eq!(timed_out["before"], json!({"held_for": ["beta"]}), "{timed_out}");
+        assert_eq!(
+            timed_out["after"],
+            json!({"key_set": "npm", "at": held_since, "confirmed": false}),
+            "{timed_out}"
+        );
+        assert_eq!(signer(&app.public).await, next.kid);
+
+        let (ok, said) = verify(app.dir.path(), &app.config.server.database_url, None);
+        assert!(ok, "{said}");
+    }
+}
