@@ -20,19 +20,20 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 
 /// Hex SHA-256 over `prev` and `fields`, each length-prefixed (`None` apart from `""`).
 pub fn hash(prev: &str, fields: &[Option<&str>]) -> String {
-    let mut bytes = Vec::with_capacity(128 + fields.iter().map(|f| f.map_or(0, str::len) + 12).sum::<usize>());
-    bytes.extend_from_slice(prev.as_bytes());
+    // Fed piece by piece: no buffer of the whole record (this runs for every ledger row).
+    let mut sha = openssl::sha::Sha256::new();
+    sha.update(prev.as_bytes());
     for field in fields {
         match field {
-            None => bytes.push(b'N'),
+            None => sha.update(b"N"),
             Some(text) => {
-                bytes.push(b'S');
-                bytes.extend_from_slice(&(text.len() as u64).to_be_bytes());
-                bytes.extend_from_slice(text.as_bytes());
+                sha.update(b"S");
+                sha.update(&(text.len() as u64).to_be_bytes());
+                sha.update(text.as_bytes());
             }
         }
     }
-    hex(&openssl::sha::sha256(&bytes))
+    hex(&sha.finish())
 }
 
 /// A record's hash as if it stood at each place near `seq` (within 8), for naming a reorder.
@@ -42,11 +43,13 @@ pub fn nearby(seq: i64, hash_at: impl Fn(i64) -> String) -> Vec<(i64, String)> {
 
 /// Lowercase hex.
 pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
-        let _ = write!(out, "{b:02x}");
-        out
-    })
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = Vec::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)]);
+        out.push(DIGITS[usize::from(b & 0x0f)]);
+    }
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// One stored record of a chain, as a walk sees it.
@@ -315,6 +318,15 @@ mod tests {
         assert_eq!(walk(Table::Ledger, &chains, &anchors, &Withheld::new()), []);
         let problems = walk(Table::Ledger, &chains, &Anchors::new(), &Withheld::new());
         assert!(matches!(&problems[..], [Problem::Removed { from: 1, to: 2, .. }]));
+    }
+
+    #[test]
+    fn hashes_are_sha256_over_the_length_prefixed_fields_in_lowercase_hex() {
+        let mut record = GENESIS.as_bytes().to_vec();
+        record.extend_from_slice(b"S\0\0\0\0\0\0\0\x03abcN");
+        let expected: String = openssl::sha::sha256(&record).iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hash(GENESIS, &[Some("abc"), None]), expected);
+        assert_eq!(hex(&[0x00, 0x0f, 0xa0, 0xff]), "000fa0ff");
     }
 
     #[test]
