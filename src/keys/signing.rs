@@ -147,7 +147,10 @@ impl SigningKey {
     ) -> Result<String, KeyError> {
         if let Signer::Remote(key) = &self.signer {
             let input = self.signing_input(claims);
-            let signature = key.sign(input.as_bytes().to_vec()).await?;
+            // Boxed: a key service's call (the AWS SDK's above all) is a future of many
+            // kilobytes, which would otherwise make every signing request's future as large,
+            // and be copied with it, whatever its key's custody.
+            let signature = Box::pin(key.sign(input.as_bytes().to_vec())).await?;
             return Ok(self.signed(input, &signature));
         }
         if !matches!(self.signer, Signer::Token(_) | Signer::Rsa { .. }) {
