@@ -293,6 +293,8 @@ fn client_and_secret_changes_through_the_cli_carry_their_reason_and_only_what_ch
     let token =
         cli_ok(path, &["clients", "add", "ci", "--profiles", "npm-sandbox", "--rate", "10", "--reason", "onboarding"]);
     cli_ok(path, &["clients", "update", "ci", "--profiles", "npm-sandbox,partner-api", "--reason", "partner calls"]);
+    cli_ok(path, &["clients", "update", "ci", "--rate", "50", "--reason", "nightly batch"]);
+    cli_ok(path, &["clients", "update", "ci", "--default-rate"]);
     let rotated = cli_ok(path, &["clients", "rotate", "ci", "--grace", "1h", "--reason", "rolling the token out"]);
     cli_ok(path, &["clients", "revoke", "ci", "--reason", "the pipeline was retired"]);
     for (secret, reason) in [(SHARED_SECRET, "partner onboarding"), (SECOND_SECRET, "partner rotated its secret")] {
@@ -307,11 +309,14 @@ fn client_and_secret_changes_through_the_cli_carry_their_reason_and_only_what_ch
         (events(&store, "client.").await, events(&store, "secret.set").await)
     });
     let actions: Vec<&str> = clients.iter().map(|e| e["action"].as_str().unwrap()).collect();
-    assert_eq!(actions, ["client.added", "client.changed", "client.rotated", "client.revoked"]);
+    assert_eq!(
+        actions,
+        ["client.added", "client.changed", "client.changed", "client.changed", "client.rotated", "client.revoked"]
+    );
     for event in clients.iter().chain(&secrets) {
         assert_cli_actor(event);
     }
-    let [added, changed, rotation, revoked] = &clients[..] else { unreachable!() };
+    let [added, changed, limited, unlimited, rotation, revoked] = &clients[..] else { unreachable!() };
     assert_eq!((&added["object"], &added["reason"]), (&json!("client:ci"), &json!("onboarding")));
     assert_eq!((&added["after"]["rate_limit"], &added["after"]["rate_burst"]), (&json!(10), &json!(20)), "{added}");
 
@@ -319,6 +324,11 @@ fn client_and_secret_changes_through_the_cli_carry_their_reason_and_only_what_ch
     assert_eq!(changed["reason"], "partner calls");
     assert_eq!(changed["before"], json!({"profiles": ["npm-sandbox"]}), "{changed}");
     assert_eq!(changed["after"], json!({"profiles": ["npm-sandbox", "partner-api"]}), "{changed}");
+    assert_eq!(limited["reason"], "nightly batch");
+    assert_eq!(limited["before"], json!({"rate_limit": 10, "rate_burst": 20}), "{limited}");
+    assert_eq!(limited["after"], json!({"rate_limit": 50, "rate_burst": 100}), "{limited}");
+    assert!(unlimited.get("reason").is_none(), "{unlimited}");
+    assert_eq!(unlimited["after"], json!({"rate_limit": null, "rate_burst": null}), "{unlimited}");
 
     assert_eq!(rotation["reason"], "rolling the token out");
     assert_eq!(rotation["before"], json!({"previous_token_until": null}), "{rotation}");
@@ -348,6 +358,42 @@ fn client_and_secret_changes_through_the_cli_carry_their_reason_and_only_what_ch
             assert!(!line.contains(needle.as_str()), "{needle} in {line}");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_changed_by_clients_update_applies_on_the_next_request() {
+    let app = spawn_for_cli(|c| c.key_sets[0].algorithm = Algorithm::Es256).await;
+    let path = app.dir.path();
+    let token = cli_ok(path, &["clients", "add", "batch", "--profiles", "npm-sandbox", "--rate", "1", "--burst", "1"]);
+    let token = token.trim();
+    app.reload().await;
+    app.sign_ok("npm-sandbox", token, &json!({"sub": "first"})).await;
+    assert_eq!(app.sign("npm-sandbox", token, &json!({"sub": "second"})).await.status(), 429);
+
+    cli_ok(path, &["clients", "update", "batch", "--rate", "1000", "--burst", "1000", "--reason", "nightly batch"]);
+    // The server hears the change from the database, as from any other process: then a
+    // burst the old limit (one a second) would refuse passes.
+    let raised = app
+        .eventually(Duration::from_secs(10), || async {
+            for _ in 0..3 {
+                if app.sign("npm-sandbox", token, &json!({"sub": "again"})).await.status() != 200 {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+    assert!(raised, "the new limit did not apply");
+    for i in 0..20 {
+        app.sign_ok("npm-sandbox", token, &json!({"sub": format!("s{i}")})).await;
+    }
+    let changed = one(&app.store, "client.changed", "client:batch").await;
+    assert_eq!(
+        (&changed["before"], &changed["after"]),
+        (&json!({"rate_limit": 1, "rate_burst": 1}), &json!({"rate_limit": 1000, "rate_burst": 1000}))
+    );
+    let refused = keyward(path, &["clients", "update", "batch", "--rate", "0"]);
+    assert!(!refused.status.success() && text(&refused.stderr).contains("at least 1"), "{}", text(&refused.stderr));
 }
 
 /// A ledger row of `client` signed by `kid`.
