@@ -451,7 +451,8 @@ on_both_stores! {
         let withheld = events(&app.store, "ledger.withheld").await;
         assert_eq!(withheld.len(), 2, "{withheld:#?}");
         for event in &withheld {
-            assert_eq!(event["object"], format!("ledger:{ledger_writer}"));
+            // Chained as the ledger writer's own events, recorded by the commit that refused the rows.
+            assert_eq!((&event["object"], &event["writer"]), (&json!(format!("ledger:{ledger_writer}")), &json!(ledger_writer)));
             assert_eq!(event["actor"], json!({"kind": "server", "replica": app.store.trail().writer.to_string()}));
             assert!(event.get("before").is_none() && event.get("reason").is_none(), "{event}");
         }
