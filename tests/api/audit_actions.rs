@@ -169,6 +169,33 @@ async fn the_schedulers_key_generations_hand_over_plans_and_retirements_name_its
     assert!(ok, "{said}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_left_without_a_signing_key_is_rotated_by_the_scheduler_and_recorded_as_its() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = replica_not_running(dir.path()).await;
+    let store = shared.store();
+    let keys = store.keys().await.unwrap();
+    let (current, next) = (key_in(&keys, KeyState::Current, now()), key_in(&keys, KeyState::Next, now()));
+    // As a database put back by hand might be: the signer's period over, the next key
+    // published but with no planned start.
+    let ended = now() - 1;
+    for sql in [
+        format!("UPDATE keys SET activates_at = NULL WHERE kid = '{}'", next.kid),
+        format!("UPDATE keys SET activates_at = {ended}, deactivates_at = {ended} WHERE kid = '{}'", current.kid),
+    ] {
+        sqlx::query(&sql).execute(crate::helpers::sqlite(store)).await.unwrap();
+    }
+    scheduler_pass(&shared, now()).await;
+    let rotated = one(store, "key.rotated", &format!("key:{}", next.kid)).await;
+    assert_eq!(rotated["actor"], json!({"kind": "scheduler", "replica": store.trail().writer.to_string()}));
+    assert!(rotated.get("reason").is_none(), "{rotated}");
+    assert_eq!((&rotated["before"]["activates_at"], &rotated["after"]["forced"]), (&Value::Null, &json!(true)));
+    assert!(rotated["after"]["activates_at"].as_i64().is_some_and(|at| at >= ended), "{rotated}");
+    let generated = events(store, "key.generated").await;
+    assert_eq!(generated.len(), 3, "the first two and the new next key: {generated:#?}");
+    assert_eq!(generated[2]["actor"], rotated["actor"]);
+}
+
 /// publish_ahead of 3 s: a next key may sign without force 3 s after it was published.
 fn quick_publication(config: &mut keyward::config::Config) {
     let set = &mut config.key_sets[0];
