@@ -61,7 +61,7 @@ pub(super) enum Command {
         #[arg(long, value_name = "DURATION")]
         grace: Option<String>,
     },
-    /// Change a client's profiles, permissions or --admin; takes effect at once on every
+    /// Change a client's profiles, permissions, --admin or rate limit; takes effect at once on every
     /// replica (requests authenticated under the old rights are not answered 200).
     Update {
         /// Client name.
@@ -79,6 +79,15 @@ pub(super) enum Command {
         /// Give or withdraw every permission (`--admin true` or `--admin false`).
         #[arg(long, value_name = "BOOL")]
         admin: Option<bool>,
+        /// Its own rate limit, requests per second.
+        #[arg(long, conflicts_with = "default_rate")]
+        rate: Option<u32>,
+        /// Its own burst (default: twice --rate).
+        #[arg(long, requires = "rate")]
+        burst: Option<u32>,
+        /// Drop its own rate limit: [server] rate_limit and rate_burst apply.
+        #[arg(long)]
+        default_rate: bool,
     },
     /// List clients (never their tokens).
     List {
@@ -137,17 +146,26 @@ pub(super) async fn run(ctx: &Context, command: Command) -> anyhow::Result<()> {
             writeln!(stdout, "{}", token.as_str()).context("writing the token")?;
             Ok(())
         }
-        Command::Update { name, profiles, permissions, no_permissions, admin } => {
+        Command::Update { name, profiles, permissions, no_permissions, admin, rate, burst, default_rate } => {
             let permissions = match (no_permissions, permissions.is_empty()) {
                 (true, _) => Some(Vec::new()),
                 (false, false) => Some(permissions),
                 (false, true) => None,
             };
-            if profiles.is_none() && permissions.is_none() && admin.is_none() {
-                anyhow::bail!("nothing to change: give --profiles, --permission, --no-permissions or --admin");
+            let rate = match (rate, default_rate) {
+                (Some(rate), _) => Some(Some((rate, burst.unwrap_or(rate.saturating_mul(2))))),
+                (None, true) => Some(None),
+                (None, false) => None,
+            };
+            if profiles.is_none() && permissions.is_none() && admin.is_none() && rate.is_none() {
+                anyhow::bail!(
+                    "nothing to change: give --profiles, --permission, --no-permissions, --admin, --rate or \
+                     --default-rate"
+                );
             }
             let store = ctx.store().await?;
-            clients::update(&store, ctx.config(), &name, ClientChange { profiles, permissions, admin }).await?;
+            let change = ClientChange { profiles, permissions, admin, rate };
+            clients::update(&store, ctx.config(), &name, change).await?;
             wait_for_requests_in_flight(ctx);
             eprintln!(
                 "changed client {name:?}; from now on no server answers a request under its old rights (each \

@@ -116,6 +116,7 @@ where
 {
     let gates = Gates::load(store, config).await?;
     let imported = supplied.as_ref().map(|k| k.kid.clone());
+    let publish_ahead = set.publish_ahead.as_secs_i64();
     for _ in 0..3 {
         let now = clock();
         let (keys, _) = gates.apply(&set.name, &store.keys_of_set(&set.name).await?, now);
@@ -162,7 +163,7 @@ where
                         moved.filter(|k| !changed.iter().any(|c| c.kid == k.kid)).cloned().collect();
                     changed.extend(unwritten);
                 }
-                let events = events::key_events(&keys, &changed, &steps, imported.as_deref());
+                let events = events::key_events(&keys, &changed, &steps, imported.as_deref(), publish_ahead);
                 applied = steps;
                 Ok::<_, ActionError>(KeyChange::Write(changed, handover, events))
             })

@@ -261,12 +261,17 @@ pub struct ClientChange {
     pub permissions: Option<Vec<Permission>>,
     /// Whether it holds every permission.
     pub admin: Option<bool>,
+    /// Its own rate limit (requests per second, burst); `Some(None)`: the server's default.
+    pub rate: Option<Option<(u32, u32)>>,
 }
 
-/// Changes an active client's profiles, permissions or `admin`: an admin action like any
-/// other. Once it returns, no replica records a token for a request authenticated under
-/// the old rights.
+/// Changes an active client's profiles, permissions, `admin` or rate limit: an admin action
+/// like any other. Once it returns, no replica records a token for a request authenticated
+/// under the old rights.
 pub async fn update(store: &Store, config: &Config, name: &str, change: ClientChange) -> Result<(), ClientError> {
+    if change.rate.flatten().is_some_and(|(rate, burst)| rate == 0 || burst == 0) {
+        return Err(ClientError::Invalid("--rate and --burst must be at least 1".to_owned()));
+    }
     if let Some(profiles) = &change.profiles {
         check_profiles(config, profiles)?;
     }
@@ -288,6 +293,8 @@ pub async fn update(store: &Store, config: &Config, name: &str, change: ClientCh
                 profiles: profiles.unwrap_or_else(|| current.profiles.clone()),
                 permissions: permissions.unwrap_or_else(|| current.permissions.clone()),
                 admin: change.admin.unwrap_or(current.admin),
+                rate_limit: change.rate.map_or(current.rate_limit, |rate| rate.map(|(rate, _)| i64::from(rate))),
+                rate_burst: change.rate.map_or(current.rate_burst, |rate| rate.map(|(_, burst)| i64::from(burst))),
                 generation: current.generation + 1,
                 ..current.clone()
             };

@@ -480,11 +480,14 @@ fn key_view(key: &KeyRecord) -> Value {
 
 /// The events of key changes: per step, the key it touched before and after.
 /// `imported`: the kid of a key an operator brought in (its creating step is an import).
+/// `publish_ahead`: the set's, in seconds (a key signing sooner after it was published
+/// than that was forced: verifiers that cached the JWKS before it appeared reject it).
 pub(crate) fn key_events(
     before: &[KeyRecord],
     after: &[KeyRecord],
     steps: &[Step],
     imported: Option<&str>,
+    publish_ahead: i64,
 ) -> Vec<NewEvent> {
     let fresh: Vec<&KeyRecord> = after.iter().filter(|k| !before.iter().any(|b| b.kid == k.kid)).collect();
     let mut fresh = fresh.into_iter();
@@ -507,19 +510,19 @@ pub(crate) fn key_events(
             };
             let mut after = new(kid);
             if let (Action::KeyRotated, Some(Value::Object(fields))) = (action, &mut after) {
-                // Forced: it signs before the start it had planned (or had none).
-                let planned = before.iter().find(|k| k.kid == kid).and_then(|k| k.activates_at);
-                let starts = after_start(fields);
-                let forced = planned.is_none_or(|planned| starts.is_some_and(|starts| starts < planned));
+                // Forced: it signs before it was published for publish_ahead (what `--force`
+                // overrides). A planned rotation ahead of the planned start is not forced.
+                let published = fields.get("published_at").and_then(Value::as_i64);
+                let starts = fields.get("activates_at").and_then(Value::as_i64);
+                let forced = match (published, starts) {
+                    (Some(published), Some(starts)) => starts < published.saturating_add(publish_ahead),
+                    _ => true,
+                };
                 fields.insert("forced".to_owned(), Value::Bool(forced));
             }
             Some(NewEvent { action, object: format!("key:{kid}"), before: old(kid), after })
         })
         .collect()
-}
-
-fn after_start(fields: &serde_json::Map<String, Value>) -> Option<i64> {
-    fields.get("activates_at").and_then(Value::as_i64)
 }
 
 /// The event of a gated hand-over that went ahead.

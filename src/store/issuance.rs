@@ -121,9 +121,13 @@ pub(crate) fn ledger_hash(prev: &str, writer: &str, seq: i64, entry: &Entry, cla
 }
 
 impl LedgerChain {
-    /// A new writer's chain, its events attributed as `trail` says.
+    /// A new writer's chain, its events attributed as `trail` says and chained under the
+    /// ledger writer's own id: the lock a commit takes on that event chain is then never
+    /// one another transaction of this process holds while it waits for a key row.
     pub(crate) fn new(trail: Trail) -> LedgerChain {
-        LedgerChain { writer: crate::audit::new_writer_id(), head: None, trail }
+        let writer = crate::audit::new_writer_id();
+        let trail = Trail { writer: writer.as_str().into(), by: trail.by };
+        LedgerChain { writer, head: None, trail }
     }
 
     /// The links of `entries`, after `head`: one SHA-256 per row.

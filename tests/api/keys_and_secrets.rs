@@ -81,7 +81,7 @@ pub(crate) fn verify_hmac<M: Mac + KeyInit>(token: &str, secret: &[u8]) -> Resul
 // ---------------------------------------------------------------------------------------
 
 /// The binary with `input` piped to its standard input.
-fn keyward_with_stdin(dir: &Path, args: &[&str], input: &[u8]) -> Output {
+pub(crate) fn keyward_with_stdin(dir: &Path, args: &[&str], input: &[u8]) -> Output {
     let mut child =
         keyward_command(dir, args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     child.stdin.take().unwrap().write_all(input).unwrap();
@@ -89,12 +89,12 @@ fn keyward_with_stdin(dir: &Path, args: &[&str], input: &[u8]) -> Output {
 }
 
 /// Makes the binary read `config`, as the server does: from ./keys.toml.
-fn write_keys_toml(dir: &Path, config: &Config) {
+pub(crate) fn write_keys_toml(dir: &Path, config: &Config) {
     std::fs::write(dir.join("keys.toml"), toml::to_string(config).unwrap()).unwrap();
 }
 
 /// A server whose folder the binary shares: keys.toml and a master key file in it.
-async fn spawn_for_cli(adjust: impl FnOnce(&mut Config)) -> TestApp {
+pub(crate) async fn spawn_for_cli(adjust: impl FnOnce(&mut Config)) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
     adjust(&mut config);

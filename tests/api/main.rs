@@ -1,6 +1,7 @@
 //! Integration tests: the real application on port 0, spoken to over HTTP.
 
 mod audit;
+mod audit_actions;
 mod browser;
 mod certs;
 mod cli;

@@ -9,7 +9,7 @@ use keyward::startup::Application;
 
 use crate::helpers::{database_bytes, on_both_stores, spawn_app_on, spawn_app_with_algorithm, spawn_in};
 
-fn private_der(keyring: &Keyring, record: &KeyRecord) -> Vec<u8> {
+pub(crate) fn private_der(keyring: &Keyring, record: &KeyRecord) -> Vec<u8> {
     let (blob, sealed_by) = record.sealed().unwrap();
     keyring.open(blob, &[&record.kid, &record.key_set, record.algorithm.as_str()], sealed_by).unwrap().to_vec()
 }

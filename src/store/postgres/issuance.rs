@@ -27,7 +27,7 @@ macro_rules! rows_of_json {
 }
 
 /// Writes the rows whose key may still sign (or that have none) and whose client is not
-/// revoked, in one statement (one round trip, one transaction). The batch's own key and
+/// revoked, in one statement. The batch's own key and
 /// client rows (`$2`, `$3`) are read `FOR SHARE`, in order (only those: a wider lock would
 /// meet every revocation's updates): a revocation that committed first is seen, and one that comes later waits for
 /// this commit, so no row of a revoked key or client commits after the revocation,
@@ -88,9 +88,9 @@ impl IssuanceWriter {
         self.chain.head = None;
     }
 
-    /// Commits `entries` in one statement, except those whose key may no longer sign
+    /// Commits `entries` in one transaction, except those whose key may no longer sign
     /// (revoked or retired) or whose client was revoked: those are returned, their rows not
-    /// written. After a failure the next commit starts on a fresh connection.
+    /// written and their chain links recorded with the commit (`ledger.withheld`). After a failure the next commit starts on a fresh connection.
     pub async fn insert(&mut self, entries: &[&Entry]) -> anyhow::Result<Refused> {
         let result = self.insert_allowed(entries).await;
         if result.is_err() {
@@ -123,53 +123,70 @@ impl IssuanceWriter {
         };
         let links = self.chain.links(&head, entries);
         let rows = rows_json(entries, Some((&self.chain.writer, &links)));
-        let connection = self.connection().await?;
         let kids: BTreeSet<&str> = entries.iter().filter_map(|e| e.kid.as_deref()).collect();
         let clients: BTreeSet<&str> = entries.iter().map(|e| e.client.as_str()).collect();
         let (kids, clients): (Vec<&str>, Vec<&str>) = (kids.into_iter().collect(), clients.into_iter().collect());
+        self.connection().await?;
+        let (Some(connection), chain) = (self.connection.as_deref_mut(), &self.chain) else {
+            anyhow::bail!("the ledger writer has no connection");
+        };
         let mut attempt = 0;
-        let written = loop {
+        let refused = loop {
             attempt += 1;
-            match sqlx::query(INSERT_ALLOWED).bind(&rows).bind(&kids).bind(&clients).execute(&mut *connection).await {
+            // One transaction: rows a revocation refused are recorded (`ledger.withheld`) in
+            // the commit that leaves them out.
+            // (On the writer's own connection, which carries its statement timeout; after a
+            // failure anywhere below, `insert` abandons the connection.)
+            sqlx::query("BEGIN").execute(&mut *connection).await.context("beginning the ledger transaction")?;
+            let written = match sqlx::query(INSERT_ALLOWED)
+                .bind(&rows)
+                .bind(&kids)
+                .bind(&clients)
+                .execute(&mut *connection)
+                .await
+            {
                 Err(err) if attempt <= DEADLOCK_RETRIES && broken_off(&err) => {
                     tracing::warn!(
                         attempt,
                         "PostgreSQL broke a ledger commit off (a deadlock with a key or client change): trying again"
                     );
+                    sqlx::query("ROLLBACK").execute(&mut *connection).await.context("ending the broken-off commit")?;
+                    continue;
                 }
-                result => break result.context("writing ledger rows")?,
-            }
+                result => result.context("writing ledger rows")?,
+            };
+            let refused = if written.rows_affected() == entries.len() as u64 {
+                Refused::default()
+            } else {
+                // Some rows were refused (a revocation): which, and why.
+                let present: HashSet<String> = sqlx::query_scalar(
+                    "SELECT jti FROM issuance WHERE jti IN (SELECT r.jti FROM json_to_recordset($1::json) AS r(jti TEXT))",
+                )
+                .bind(&rows)
+                .fetch_all(&mut *connection)
+                .await
+                .context("reading back ledger rows")?
+                .into_iter()
+                .collect();
+                let clients: HashSet<(String, i64)> = sqlx::query_as(
+                    "SELECT name, generation FROM clients WHERE revoked_at IS NULL \
+                     AND name IN (SELECT r.client FROM json_to_recordset($1::json) AS r(client TEXT))",
+                )
+                .bind(&rows)
+                .fetch_all(&mut *connection)
+                .await
+                .context("checking clients")?
+                .into_iter()
+                .collect();
+                let refused = Refused::missing(entries, &present, &clients);
+                super::events::append(&mut *connection, &chain.trail, &[chain.withheld(entries, &links, &refused)])
+                    .await?;
+                refused
+            };
+            sqlx::query("COMMIT").execute(&mut *connection).await.context("committing ledger rows")?;
+            break refused;
         };
-        if written.rows_affected() == entries.len() as u64 {
-            self.chain.advance(&links);
-            return Ok(Refused::default());
-        }
-        // Some rows were refused (a revocation): which, and why.
-        let present: HashSet<String> = sqlx::query_scalar(
-            "SELECT jti FROM issuance WHERE jti IN (SELECT r.jti FROM json_to_recordset($1::json) AS r(jti TEXT))",
-        )
-        .bind(&rows)
-        .fetch_all(&mut *connection)
-        .await
-        .context("reading back ledger rows")?
-        .into_iter()
-        .collect();
-        let clients: HashSet<(String, i64)> = sqlx::query_as(
-            "SELECT name, generation FROM clients WHERE revoked_at IS NULL \
-             AND name IN (SELECT r.client FROM json_to_recordset($1::json) AS r(client TEXT))",
-        )
-        .bind(&rows)
-        .fetch_all(&mut *connection)
-        .await
-        .context("checking clients")?
-        .into_iter()
-        .collect();
         self.chain.advance(&links);
-        let refused = Refused::missing(entries, &present, &clients);
-        let withheld = self.chain.withheld(entries, &links, &refused);
-        let mut tx = super::WriteTx::begin(&self.pool).await?;
-        super::events::append(&mut tx, &self.chain.trail, &[withheld]).await?;
-        tx.commit().await.context("recording withheld ledger rows")?;
         Ok(refused)
     }
 }

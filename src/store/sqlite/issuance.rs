@@ -16,8 +16,8 @@ use crate::store::issuance::{
 use crate::store::rows::{Entry, EntryRow, Filter};
 
 /// Rows one statement carries at most: batches up to this size (all but bursts) are one
-/// statement, which is one transaction and one hand-off to SQLite's thread, and at most
-/// this many statement shapes stay prepared. SQLite allows 32,766 bound values; this binds 576.
+/// statement inside the commit's transaction, and at most this many statement shapes stay
+/// prepared. SQLite allows 32,766 bound values; this binds 576.
 const CHUNK: usize = 64;
 
 /// Which rows a statement writes.
@@ -82,9 +82,10 @@ impl IssuanceWriter {
         self.chain.head = None;
     }
 
-    /// Commits `entries` in one statement, except those whose key may no longer sign
-    /// (revoked or retired) or whose client was revoked: those are returned and their rows
-    /// not written. No row of a revoked key or client commits after the revocation.
+    /// Commits `entries` in one transaction, except those whose key may no longer sign
+    /// (revoked or retired) or whose client was revoked: those are returned, their rows not
+    /// written and their chain links recorded with the commit (`ledger.withheld`). No row of
+    /// a revoked key or client commits after the revocation.
     /// After a failure the connection is dropped: the next commit starts on a fresh one.
     pub async fn insert(&mut self, entries: &[&Entry]) -> anyhow::Result<Refused> {
         let result = self.insert_allowed(entries).await;
@@ -118,35 +119,30 @@ impl IssuanceWriter {
             }
         };
         let links = self.chain.links(&head, entries);
-        let writer = self.chain.writer.clone();
-        let connection = self.connection().await?;
-        let written = if entries.len() <= CHUNK {
-            // One statement: SQLite takes the write lock before it reads, so no revocation
-            // can commit between its check and its write.
-            insert_rows(connection, entries, Rows::Allowed(&writer, &links)).await?
-        } else {
-            let mut tx = WriteTx::begin(connection).await.context("beginning the ledger transaction")?;
-            let mut written = 0;
-            for (chunk, links) in entries.chunks(CHUNK).zip(links.chunks(CHUNK)) {
-                written += insert_rows(&mut tx, chunk, Rows::Allowed(&writer, links)).await?;
-            }
-            tx.commit().await.context("committing ledger rows")?;
-            written
+        self.connection().await?;
+        let (Some(connection), chain) = (self.connection.as_mut(), &self.chain) else {
+            anyhow::bail!("the ledger writer has no connection");
         };
-        self.chain.advance(&links);
-        if written == entries.len() as u64 {
-            return Ok(Refused::default());
+        // One transaction: SQLite takes the write lock at BEGIN IMMEDIATE, so no revocation
+        // commits between a statement's check and its write, and rows a revocation refused
+        // are recorded (`ledger.withheld`) in the commit that leaves them out.
+        let mut tx = WriteTx::begin(connection).await.context("beginning the ledger transaction")?;
+        let mut written = 0;
+        for (chunk, links) in entries.chunks(CHUNK).zip(links.chunks(CHUNK)) {
+            written += insert_rows(&mut tx, chunk, Rows::Allowed(&chain.writer, links)).await?;
         }
-        // Some rows were refused (a revocation): which, and why.
-        let connection: &mut SqliteConnection = self.connection().await?;
-        let present = names_among(connection, "SELECT jti FROM issuance WHERE jti IN (", entries, |e| &e.jti).await?;
-        let clients = clients_among(connection, entries).await?;
-        let refused = Refused::missing(entries, &present, &clients);
-        let withheld = self.chain.withheld(entries, &links, &refused);
-        let trail = self.chain.trail.clone();
-        let mut tx = WriteTx::begin(self.connection().await?).await.context("beginning the withheld record")?;
-        super::events::append(&mut tx, &trail, &[withheld]).await?;
-        tx.commit().await.context("recording withheld ledger rows")?;
+        let refused = if written == entries.len() as u64 {
+            Refused::default()
+        } else {
+            // Some rows were refused (a revocation): which, and why.
+            let present = names_among(&mut tx, "SELECT jti FROM issuance WHERE jti IN (", entries, |e| &e.jti).await?;
+            let clients = clients_among(&mut tx, entries).await?;
+            let refused = Refused::missing(entries, &present, &clients);
+            super::events::append(&mut tx, &chain.trail, &[chain.withheld(entries, &links, &refused)]).await?;
+            refused
+        };
+        tx.commit().await.context("committing ledger rows")?;
+        self.chain.advance(&links);
         Ok(refused)
     }
 
