@@ -16,7 +16,7 @@ const PROFILE: &str = "npm-sandbox";
 const JWKS: &str = "/.well-known/jwks.json";
 
 /// Rotation every few seconds.
-fn fast(config: &mut Config) {
+pub(crate) fn fast(config: &mut Config) {
     let set = &mut config.key_sets[0];
     set.jwks_max_age = keyward::config::Duration::from_secs(2);
     set.clock_skew = keyward::config::Duration::from_secs(1);
@@ -29,7 +29,7 @@ fn fast(config: &mut Config) {
 }
 
 /// A gating partner recognised by its source address.
-fn partner(config: &Config, name: &str, address: &str, extra: &str) -> PartnerConfig {
+pub(crate) fn partner(config: &Config, name: &str, address: &str, extra: &str) -> PartnerConfig {
     let set = &config.key_sets[0].name;
     toml::from_str(&format!(
         "name = \"{name}\"\nkey_sets = [\"{set}\"]\nmatch = {{ cidrs = [\"{address}\"] }}\ngate_handover = true\n{extra}"
@@ -46,22 +46,22 @@ fn gated(config: &mut Config, alpha_extra: &str) {
 }
 
 /// An HTTP client whose connections come from `address`.
-fn client_from(address: &str) -> reqwest::Client {
+pub(crate) fn client_from(address: &str) -> reqwest::Client {
     reqwest::Client::builder().local_address(address.parse::<IpAddr>().unwrap()).build().unwrap()
 }
 
-async fn fetch(http: &reqwest::Client, base: &str) -> Value {
+pub(crate) async fn fetch(http: &reqwest::Client, base: &str) -> Value {
     http.get(format!("{base}{JWKS}")).send().await.unwrap().json().await.unwrap()
 }
 
 /// The kid the server signs with: the first of the JWKS.
-async fn signer(base: &str) -> String {
+pub(crate) async fn signer(base: &str) -> String {
     fetch(&reqwest::Client::new(), base).await["keys"][0]["kid"].as_str().unwrap().to_owned()
 }
 
 /// The latest planned hand-over as stored: the key that signs until it, and the next key.
 /// (With a gate holding, the planned instant may be past while the first key still signs.)
-async fn planned(store: &Store) -> (String, KeyRecord) {
+pub(crate) async fn planned(store: &Store) -> (String, KeyRecord) {
     let keys = store.keys().await.unwrap();
     let next = keys.iter().filter(|k| k.is_published()).max_by_key(|k| k.activates_at).unwrap().clone();
     let current = keys.iter().find(|k| k.deactivates_at == next.activates_at).expect("a planned hand-over");
@@ -69,7 +69,7 @@ async fn planned(store: &Store) -> (String, KeyRecord) {
 }
 
 /// Waits until `at` has passed by `margin`, while `beta` keeps fetching (it holds every key).
-async fn wait_past(at: i64, margin: i64, beta: &reqwest::Client, base: &str) {
+pub(crate) async fn wait_past(at: i64, margin: i64, beta: &reqwest::Client, base: &str) {
     loop {
         fetch(beta, base).await;
         if now() >= at + margin {
@@ -355,12 +355,12 @@ fn schedule(app: &TestApp) -> String {
 }
 
 /// The row of `kid` in `keys schedule`'s output.
-fn key_line<'a>(printed: &'a str, kid: &str) -> &'a str {
+pub(crate) fn key_line<'a>(printed: &'a str, kid: &str) -> &'a str {
     printed.lines().find(|l| l.trim_start().starts_with(kid)).unwrap_or_else(|| panic!("no row for {kid}:\n{printed}"))
 }
 
 /// How `keys schedule` prints an instant.
-fn shown(at: i64) -> String {
+pub(crate) fn shown(at: i64) -> String {
     chrono::DateTime::from_timestamp(at, 0).unwrap().format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
