@@ -3,11 +3,15 @@
 //! login, and the Transit engine's encrypt and decrypt. Tokens never reach a log line,
 //! `Debug` or an error.
 
+use std::cell::RefCell;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
@@ -80,23 +84,57 @@ struct Lease {
 /// A logged-in Vault client; cheap to share behind an `Arc`.
 pub struct Vault {
     settings: VaultSettings,
-    http: reqwest::Client,
+    /// The CA file's certificate, read once.
+    ca: Option<reqwest::Certificate>,
+    /// Which Vault client this is, for [`CLIENTS`].
+    id: u64,
     lease: tokio::sync::Mutex<Option<Lease>>,
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// Each thread's HTTP client of each [`Vault`]. A pooled connection is driven by a task
+    /// on the runtime that opened it, so one pool shared by the actix workers (each its own
+    /// runtime) hands a call on another worker's connection to that worker's thread and back:
+    /// two thread wake-ups per call. A pool per thread keeps each call on its caller's thread.
+    static CLIENTS: RefCell<Vec<(u64, reqwest::Client)>> = const { RefCell::new(Vec::new()) };
 }
 
 impl Vault {
     /// A client for `settings` (not yet logged in: see [`Vault::login`]).
     pub fn new(settings: VaultSettings) -> Result<Self, VaultError> {
-        let mut builder = reqwest::Client::builder().timeout(CALL_TIMEOUT);
-        if let Some(file) = &settings.ca_file {
-            let pem = std::fs::read(file)
-                .map_err(|e| VaultError::Settings(format!("cannot read the CA file {}: {e}", file.display())))?;
-            let ca = reqwest::Certificate::from_pem(&pem)
-                .map_err(|e| VaultError::Settings(format!("the CA file {} is not PEM: {e}", file.display())))?;
-            builder = builder.add_root_certificate(ca);
-        }
-        let http = builder.build().map_err(|e| VaultError::Settings(e.to_string()))?;
-        Ok(Vault { settings, http, lease: tokio::sync::Mutex::new(None) })
+        let ca = match &settings.ca_file {
+            Some(file) => {
+                let pem = std::fs::read(file)
+                    .map_err(|e| VaultError::Settings(format!("cannot read the CA file {}: {e}", file.display())))?;
+                let ca = reqwest::Certificate::from_pem(&pem)
+                    .map_err(|e| VaultError::Settings(format!("the CA file {} is not PEM: {e}", file.display())))?;
+                Some(ca)
+            }
+            None => None,
+        };
+        let vault =
+            Vault { settings, ca, id: NEXT_ID.fetch_add(1, Ordering::Relaxed), lease: tokio::sync::Mutex::new(None) };
+        // A client that cannot be built is a settings error, found now rather than at a call.
+        vault.http()?;
+        Ok(vault)
+    }
+
+    /// This thread's HTTP client (see [`CLIENTS`]), made on the thread's first call.
+    fn http(&self) -> Result<reqwest::Client, VaultError> {
+        CLIENTS.with_borrow_mut(|clients| {
+            if let Some((_, client)) = clients.iter().find(|(id, _)| *id == self.id) {
+                return Ok(client.clone());
+            }
+            let mut builder = reqwest::Client::builder().timeout(CALL_TIMEOUT);
+            if let Some(ca) = &self.ca {
+                builder = builder.add_root_certificate(ca.clone());
+            }
+            let client = builder.build().map_err(|e| VaultError::Settings(e.to_string()))?;
+            clients.push((self.id, client.clone()));
+            Ok(client)
+        })
     }
 
     /// The configured address.
@@ -159,19 +197,21 @@ impl Vault {
                     ))
                 })?);
                 let body = json!({"role_id": role_id, "secret_id": secret.trim()});
-                let answer =
+                let answer: Value =
                     self.call(reqwest::Method::POST, &format!("auth/{mount}/login"), None, Some(&body)).await?;
                 return lease_of(&answer["auth"], "client_token", "lease_duration");
             }
         };
-        let answer = self.call(reqwest::Method::GET, "auth/token/lookup-self", Some(&token), None).await?;
+        let answer: Value =
+            self.call(reqwest::Method::GET, "auth/token/lookup-self", Some(&token), None::<&Value>).await?;
         let data = &answer["data"];
         let ttl = data["ttl"].as_u64().unwrap_or(0);
         Ok(Lease { token, renew_at: renew_at(ttl), renewable: data["renewable"].as_bool().unwrap_or(false) })
     }
 
     async fn renew(&self, token: &Zeroizing<String>) -> Result<Lease, VaultError> {
-        let answer = self.call(reqwest::Method::POST, "auth/token/renew-self", Some(token), Some(&json!({}))).await?;
+        let answer: Value =
+            self.call(reqwest::Method::POST, "auth/token/renew-self", Some(token), Some(&json!({}))).await?;
         let mut lease = lease_of(&answer["auth"], "client_token", "lease_duration")?;
         lease.token = token.clone();
         tracing::debug!("renewed the Vault token");
@@ -201,6 +241,16 @@ impl Vault {
 
     /// A call with the current token; one retry with a fresh login if Vault refuses the token.
     pub async fn authorized(&self, method: reqwest::Method, path: &str, body: &Value) -> Result<Value, VaultError> {
+        self.authorized_as(method, path, body).await
+    }
+
+    /// [`Vault::authorized`], with the answer read into `T`.
+    pub async fn authorized_as<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &(impl Serialize + ?Sized),
+    ) -> Result<T, VaultError> {
         let token = self.token().await?;
         match self.call(method.clone(), path, Some(&token), Some(body)).await {
             Err(VaultError::Refused { status: 403, .. }) => {
@@ -212,15 +262,15 @@ impl Vault {
         }
     }
 
-    async fn call(
+    async fn call<T: DeserializeOwned>(
         &self,
         method: reqwest::Method,
         path: &str,
         token: Option<&Zeroizing<String>>,
-        body: Option<&Value>,
-    ) -> Result<Value, VaultError> {
+        body: Option<&(impl Serialize + ?Sized)>,
+    ) -> Result<T, VaultError> {
         let url = format!("{}/v1/{path}", self.settings.address.trim_end_matches('/'));
-        let mut request = self.http.request(method, &url);
+        let mut request = self.http()?.request(method, &url);
         if let Some(token) = token {
             request = request.header("X-Vault-Token", token.as_str());
         }
@@ -235,15 +285,18 @@ impl Vault {
             .await
             .map_err(|e| VaultError::Unreachable { address: self.settings.address.clone(), reason: without_url(&e) })?;
         let status = response.status().as_u16();
-        let answer: Value = response.json().await.unwrap_or(Value::Null);
+        let bytes = response.bytes().await.unwrap_or_default();
         if !(200..300).contains(&status) {
+            let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             let errors = answer["errors"].as_array().map_or_else(
                 || "no detail".to_owned(),
                 |e| e.iter().filter_map(Value::as_str).collect::<Vec<_>>().join("; "),
             );
             return Err(VaultError::Refused { what: path.to_owned(), status, errors });
         }
-        Ok(answer)
+        // An empty answer (204) reads as JSON null.
+        let text: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
+        serde_json::from_slice(text).map_err(|_| bad(path))
     }
 }
 

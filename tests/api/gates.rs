@@ -69,7 +69,7 @@ pub(crate) async fn planned(store: &Store) -> (String, KeyRecord) {
 }
 
 /// Waits until `at` has passed by `margin`, while `beta` keeps fetching (it holds every key).
-async fn wait_past(at: i64, margin: i64, beta: &reqwest::Client, base: &str) {
+pub(crate) async fn wait_past(at: i64, margin: i64, beta: &reqwest::Client, base: &str) {
     loop {
         fetch(beta, base).await;
         if now() >= at + margin {
@@ -355,12 +355,12 @@ fn schedule(app: &TestApp) -> String {
 }
 
 /// The row of `kid` in `keys schedule`'s output.
-fn key_line<'a>(printed: &'a str, kid: &str) -> &'a str {
+pub(crate) fn key_line<'a>(printed: &'a str, kid: &str) -> &'a str {
     printed.lines().find(|l| l.trim_start().starts_with(kid)).unwrap_or_else(|| panic!("no row for {kid}:\n{printed}"))
 }
 
 /// How `keys schedule` prints an instant.
-fn shown(at: i64) -> String {
+pub(crate) fn shown(at: i64) -> String {
     chrono::DateTime::from_timestamp(at, 0).unwrap().format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 

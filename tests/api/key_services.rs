@@ -607,38 +607,182 @@ async fn a_transit_master_key_without_an_address_shares_the_vault_block_of_the_k
     sqlite(&store).close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_replicas_on_postgres_share_transit_keys_through_rotation_and_revocation() {
+/// Two replicas of `config` on one PostgreSQL database (PATH and `env` only): both sign with
+/// the one key in the service; a rotation and a revocation made through one are seen by
+/// the other, whose tokens verify against either replica's JWKS. Returns the revoked key's
+/// reference in the service (`held_by` without its `<custody>:` prefix).
+async fn two_replicas_on_postgres(dir: &Path, mut config: Config, env: &[(&str, &str)], custody: &str) -> String {
     let pg = crate::postgres::PgServer::start();
-    let bao = Bao::start().await;
-    let token = vault_with_policy(&bao).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = vault_config(dir.path(), &bao, Algorithm::Es256, &token);
     config.server.database_url = pg.new_database().await;
     let http = reqwest::Client::new();
-    let mut replicas: Vec<Serve> = (0..2).map(|_| serve_with_env(dir.path(), &config, "info", &[])).collect();
+    let mut replicas: Vec<Serve> = (0..2).map(|_| serve_with_env(dir, &config, "info", env)).collect();
     for replica in &mut replicas {
         assert!(wait_healthy(&http, replica).await, "a replica did not come up: {}", replica.log_text());
     }
-    let client = add_client(dir.path(), &replicas[0], &[], "backend", false);
-    let admin = add_client(dir.path(), &replicas[0], &[], "ops", true);
+    let client = add_client(dir, &replicas[0], env, "backend", false);
+    let admin = add_client(dir, &replicas[0], env, "ops", true);
     let first = sign_verified(&http, &replicas[0], &client, "a").await;
-    assert_eq!(sign_verified(&http, &replicas[1], &client, "b").await, first, "both sign with the one Transit key");
+    assert_eq!(sign_verified(&http, &replicas[1], &client, "b").await, first, "both sign with the one key");
+    let keys = listed(dir, &replicas[0], env);
+    let held = holder_of(&keys, &first).strip_prefix(&format!("{custody}:")).map(str::to_owned);
+    let held = held.unwrap_or_else(|| panic!("the first key is not held by {custody}: {keys:?}"));
 
-    let out = cli(dir.path(), &replicas[0], &[], &["keys", "rotate", SET, "--force"]);
+    let out = cli(dir, &replicas[0], env, &["keys", "rotate", SET, "--force"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+    let rotated = crate::helpers::eventually(Duration::from_secs(10), || async {
+        let body: Value = sign(&http, &replicas[1], &client, "c").await.json().await.unwrap();
+        body["kid"].as_str().is_some_and(|kid| kid != first)
+    })
+    .await;
+    assert!(rotated, "the replica that did not rotate still signs with the first key");
+    let second = sign_verified(&http, &replicas[1], &client, "d").await;
+    assert!(
+        holder_of(&listed(dir, &replicas[1], env), &second).starts_with(&format!("{custody}:")),
+        "the key made by the rotation is in the service"
+    );
     let revoked =
-        http.post(format!("{}/v1/keys/{first}/revoke", replicas[0].internal)).bearer_auth(&admin).send().await.unwrap();
+        http.post(format!("{}/v1/keys/{first}/revoke", replicas[1].internal)).bearer_auth(&admin).send().await.unwrap();
     assert_eq!(revoked.status(), 200, "{}", revoked.text().await.unwrap());
-    for replica in &replicas {
+    for (replica, other) in [(&replicas[0], &replicas[1]), (&replicas[1], &replicas[0])] {
         let moved_on = crate::helpers::eventually(Duration::from_secs(10), || async {
-            let body: Value = sign(&http, replica, &client, "c").await.json().await.unwrap();
+            let body: Value = sign(&http, replica, &client, "e").await.json().await.unwrap();
             body["kid"].as_str().is_some_and(|kid| kid != first)
         })
         .await;
         assert!(moved_on, "a replica still signs with the revoked key");
-        sign_verified(&http, replica, &client, "d").await;
+        let body: Value = sign(&http, replica, &client, "f").await.json().await.unwrap();
+        assert_eq!(body["kid"], second.as_str(), "{body}");
+        let token = body["token"].as_str().unwrap();
+        verify(token, &jwks(&http, replica).await).unwrap();
+        verify(token, &jwks(&http, other).await).expect("a replica's token verifies against the other's JWKS");
     }
-    let keys = listed(dir.path(), &replicas[0], &[]);
+    let keys = listed(dir, &replicas[0], env);
     assert!(keys.iter().any(|(kid, state, _)| kid == &first && state == "revoked"), "{keys:?}");
+    held
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_postgres_share_transit_keys_through_rotation_and_revocation() {
+    let bao = Bao::start().await;
+    let token = vault_with_policy(&bao).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = vault_config(dir.path(), &bao, Algorithm::Es256, &token);
+    // Two replicas, PostgreSQL and OpenBao share the machine: a signature may take longer
+    // than the other tests' 500 ms, and timeouts are not what this test is about.
+    config.vault.as_mut().unwrap().sign_timeout_ms = 5000;
+    let name = two_replicas_on_postgres(dir.path(), config, &[], "vault-transit").await;
+    let gone = reqwest::Client::new()
+        .get(format!("{}/v1/transit/keys/{name}", bao.address))
+        .header("X-Vault-Token", "root")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), 404, "the revoked key is deleted in Transit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_postgres_share_aws_kms_keys_through_rotation_and_revocation() {
+    let moto = Moto::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = kms_config(dir.path(), &moto, Algorithm::Es256);
+    // Two replicas, PostgreSQL and moto (Python) share the machine: a signature may take
+    // longer than the other tests' 500 ms, and timeouts are not what this test is about.
+    config.aws_kms.as_mut().unwrap().sign_timeout_ms = 5000;
+    let arn = two_replicas_on_postgres(dir.path(), config, &AWS_ENV, "aws-kms").await;
+    let described = moto.client().describe_key().key_id(&arn).send().await.unwrap();
+    let metadata = described.key_metadata().unwrap();
+    assert_eq!(metadata.key_state(), Some(&KeyState::PendingDeletion), "the revoked key is deleted in KMS");
+    assert!(!metadata.enabled(), "{metadata:?}");
+}
+
+/// A planned rotation with the keys in a key service, gated on a partner: with `config`
+/// rotating every few seconds and alpha (127.0.0.2) gating the hand-over, the current key
+/// goes on signing past the planned instant and `keys schedule` says the gate holds it;
+/// alpha's fetch releases it and the next key signs (verified against the JWKS); the
+/// scheduler then makes a third key in the service. Returns the first key's reference in
+/// the service and a server still running, for the caller to see the key retired there.
+async fn gated_planned_rotation(
+    dir: &Path,
+    mut config: Config,
+    env: &[(&str, &str)],
+    custody: &str,
+) -> (String, String, Serve) {
+    use crate::gates::{client_from, fast, fetch, key_line, partner, planned, signer, wait_past};
+    fast(&mut config);
+    let alpha = partner(&config, "alpha", "127.0.0.2", "gate_max_wait = \"10m\"");
+    let beta = partner(&config, "beta", "127.0.0.3", "");
+    config.partners = vec![alpha, beta];
+    let (server, http) = serve_ready(dir, &config, env).await;
+    let client = add_client(dir, &server, env, "backend", false);
+    let store = Store::open(config.database_path()).await.unwrap();
+    let (current, next) = planned(&store).await;
+    sqlite(&store).close().await;
+    let keys = listed(dir, &server, env);
+    let prefix = format!("{custody}:");
+    let first = holder_of(&keys, &current).strip_prefix(&prefix).map(str::to_owned);
+    let first = first.unwrap_or_else(|| panic!("the current key is not held by {custody}: {keys:?}"));
+    assert!(holder_of(&keys, &next.kid).starts_with(&prefix), "the next key is made in the service: {keys:?}");
+
+    let beta = client_from("127.0.0.3");
+    wait_past(next.activates_at.unwrap(), 2, &beta, &server.public).await;
+    assert_eq!(signer(&server.public).await, current, "handed over although alpha never fetched");
+    assert_eq!(sign_verified(&http, &server, &client, "held").await, current);
+    let out = cli(dir, &server, env, &["keys", "schedule"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let printed = text(&out.stdout);
+    assert!(key_line(&printed, &current).contains("held by gate"), "{printed}");
+    assert!(printed.contains(&format!("waits for alpha to fetch {}", next.kid)), "{printed}");
+
+    fetch(&client_from("127.0.0.2"), &server.public).await;
+    let released =
+        crate::helpers::eventually(Duration::from_secs(15), || async { signer(&server.public).await == next.kid })
+            .await;
+    assert!(released, "alpha's fetch did not release the hand-over: {}", server.log_text());
+    assert_eq!(sign_verified(&http, &server, &client, "released").await, next.kid);
+    let third = crate::helpers::eventually(Duration::from_secs(15), || async {
+        listed(dir, &server, env)
+            .iter()
+            .any(|(kid, _, held)| kid != &current && kid != &next.kid && held.starts_with(&prefix))
+    })
+    .await;
+    assert!(third, "the scheduler planned no further key in the service: {:?}", listed(dir, &server, env));
+    (current, first, server)
+}
+
+/// Waits until `kid` is retired and no longer held in the service, per `keys list`.
+async fn retired(dir: &Path, server: &Serve, env: &[(&str, &str)], kid: &str) {
+    let done = crate::helpers::eventually(Duration::from_secs(30), || async {
+        listed(dir, server, env).iter().any(|(k, state, held)| k == kid && state == "retired" && held.is_empty())
+    })
+    .await;
+    assert!(done, "{kid} was not retired: {:?}\n{}", listed(dir, server, env), server.log_text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gate_holds_and_releases_the_planned_hand_over_between_transit_keys_and_the_retired_key_is_deleted() {
+    let bao = Bao::start().await;
+    let token = vault_with_policy(&bao).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = vault_config(dir.path(), &bao, Algorithm::Es256, &token);
+    let (kid, name, server) = gated_planned_rotation(dir.path(), config, &[], "vault-transit").await;
+    retired(dir.path(), &server, &[], &kid).await;
+    let gone = reqwest::Client::new()
+        .get(format!("{}/v1/transit/keys/{name}", bao.address))
+        .header("X-Vault-Token", "root")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), 404, "the retired key is deleted in Transit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gate_holds_and_releases_the_planned_hand_over_between_aws_kms_keys_and_the_retired_key_is_deleted() {
+    let moto = Moto::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = kms_config(dir.path(), &moto, Algorithm::Es256);
+    let (kid, arn, server) = gated_planned_rotation(dir.path(), config, &AWS_ENV, "aws-kms").await;
+    retired(dir.path(), &server, &AWS_ENV, &kid).await;
+    let described = moto.client().describe_key().key_id(&arn).send().await.unwrap();
+    let metadata = described.key_metadata().unwrap();
+    assert_eq!(metadata.key_state(), Some(&KeyState::PendingDeletion), "the retired key is deleted in KMS");
 }

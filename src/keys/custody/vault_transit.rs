@@ -8,6 +8,8 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::remote::{Health, InFlight, RemoteBounds, RemoteError};
@@ -35,19 +37,50 @@ fn key_type(algorithm: Algorithm, bits: u32) -> String {
     }
 }
 
-/// The `sign` parameters that give a JWS signature: PKCS#1 v1.5 or PSS with a salt as
-/// long as the hash (RFC 7518 3.3, 3.5), ECDSA as `r || s` (`jws` marshaling), Ed25519
-/// over the whole input.
-fn sign_parameters(algorithm: Algorithm) -> Value {
-    match algorithm {
-        Algorithm::Rs256 => json!({"hash_algorithm": "sha2-256", "signature_algorithm": "pkcs1v15"}),
-        Algorithm::Ps256 => {
-            json!({"hash_algorithm": "sha2-256", "signature_algorithm": "pss", "salt_length": "hash"})
+/// A `sign` request: the input and the parameters that give a JWS signature.
+#[derive(Serialize)]
+struct SignRequest<'a> {
+    input: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hash_algorithm: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signature_algorithm: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    salt_length: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    marshaling_algorithm: Option<&'static str>,
+}
+
+impl<'a> SignRequest<'a> {
+    /// PKCS#1 v1.5 or PSS with a salt as long as the hash (RFC 7518 3.3, 3.5), ECDSA as
+    /// `r || s` (`jws` marshaling), Ed25519 over the whole input.
+    fn new(algorithm: Algorithm, input: &'a str) -> Self {
+        let (hash, signature, salt, marshaling) = match algorithm {
+            Algorithm::Rs256 => (Some("sha2-256"), Some("pkcs1v15"), None, None),
+            Algorithm::Ps256 => (Some("sha2-256"), Some("pss"), Some("hash"), None),
+            Algorithm::Es256 => (Some("sha2-256"), None, None, Some("jws")),
+            Algorithm::Es384 => (Some("sha2-384"), None, None, Some("jws")),
+            Algorithm::EdDsa => (None, None, None, None),
+        };
+        SignRequest {
+            input,
+            hash_algorithm: hash,
+            signature_algorithm: signature,
+            salt_length: salt,
+            marshaling_algorithm: marshaling,
         }
-        Algorithm::Es256 => json!({"hash_algorithm": "sha2-256", "marshaling_algorithm": "jws"}),
-        Algorithm::Es384 => json!({"hash_algorithm": "sha2-384", "marshaling_algorithm": "jws"}),
-        Algorithm::EdDsa => json!({}),
     }
+}
+
+/// A `sign` answer: `data.signature`, `vault:v<version>:<signature>`.
+#[derive(Deserialize)]
+struct SignAnswer {
+    data: SignData,
+}
+
+#[derive(Deserialize)]
+struct SignData {
+    signature: String,
 }
 
 /// Whether `err` says Vault is down or failing (rather than refusing one request).
@@ -93,7 +126,17 @@ impl Transit {
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: &Value) -> Result<Value, VaultError> {
-        let result = self.vault.authorized(method, path, body).await;
+        self.call_as(method, path, body).await
+    }
+
+    /// [`Transit::call`], with the answer read into `T`.
+    async fn call_as<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &(impl Serialize + ?Sized),
+    ) -> Result<T, VaultError> {
+        let result = self.vault.authorized_as(method, path, body).await;
         match &result {
             Err(err) if is_outage(err) => self.health.answered(SERVICE, false, err),
             _ => self.health.answered(SERVICE, true, &"answered"),
@@ -151,14 +194,16 @@ impl Transit {
 
     /// The JWS signature of `input` by Transit key `name`.
     pub(super) async fn sign(&self, name: &str, algorithm: Algorithm, input: &[u8]) -> Result<Vec<u8>, RemoteError> {
-        let mut body = sign_parameters(algorithm);
-        body["input"] = Value::String(STANDARD.encode(input));
-        let answer = self
-            .call(reqwest::Method::POST, &format!("{}/sign/{name}", self.mount), &body)
+        let encoded = STANDARD.encode(input);
+        let answer: SignAnswer = self
+            .call_as(
+                reqwest::Method::POST,
+                &format!("{}/sign/{name}", self.mount),
+                &SignRequest::new(algorithm, &encoded),
+            )
             .await
             .map_err(|err| RemoteError::Failed(err.to_string()))?;
-        let signature = answer["data"]["signature"].as_str().unwrap_or_default();
-        let Some(encoded) = signature.strip_prefix("vault:v1:") else {
+        let Some(encoded) = answer.data.signature.strip_prefix("vault:v1:") else {
             return Err(RemoteError::Failed("Transit's answer holds no version-1 signature".to_owned()));
         };
         // `jws` marshaling is base64url; the others are standard base64.

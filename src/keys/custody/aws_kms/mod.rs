@@ -86,7 +86,12 @@ impl Kms {
                 aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
             ))
             .build_https();
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(http);
+        // Stalled-stream protection polls a throughput check beside every request and answer
+        // body: work on each signature for bodies of a few hundred bytes (a signing call is
+        // bounded by `sign_timeout_ms` as a whole).
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .http_client(http)
+            .stalled_stream_protection(aws_sdk_kms::config::StalledStreamProtectionConfig::disabled());
         if let Some(region) = &settings.region {
             loader = loader.region(aws_config::Region::new(region.clone()));
         }
