@@ -1,7 +1,8 @@
 -- wrk script for bench/run.py (the load shape of the published peer comparisons).
 --   wrk ... -s load.lua URL -- sign TOKEN   POST a sign request (body: env SIGN_BODY)
 --   wrk ... -s load.lua URL -- get [ETAG]   GET, with If-None-Match: ETAG when given
--- With env USER_AGENT set, every request sends it as User-Agent.
+-- With env USER_AGENT set, every request sends it as User-Agent. With env PACE_MS set, each
+-- connection waits that many milliseconds before each request (a load held to a rate).
 -- done() prints one machine-readable RESULT line (latencies in microseconds).
 function init(args)
    local mode = args[1] or "get"
@@ -15,6 +16,13 @@ function init(args)
       wrk.headers["Authorization"] = "Bearer " .. (args[2] or "")
    elseif args[2] and args[2] ~= "" then
       wrk.headers["If-None-Match"] = args[2]
+   end
+end
+
+local pace = tonumber(os.getenv("PACE_MS") or "")
+if pace and pace > 0 then
+   function delay()
+      return pace
    end
 end
 

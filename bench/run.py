@@ -20,7 +20,9 @@ Environment: KEYWARD_BIN (required, set by run.sh), DURATION (s per row, 10), WA
 before each row, 2), SIGN_CONNS (16), JWKS_CONNS (64), OPENSSL_SECONDS (3), PEERS_DIR,
 SERVERS (which to run, default "nginx node keyward keyward-hsm keyward-pg"), HEAD_TO_HEAD
 (3: how often nginx's and keyward's JWKS rows are alternated, both servers running; 0 for
-none). KEYWARD_* variables reach keyward. With keyward's sign rows it also measures SQLite
+none). KEYWARD_* variables reach keyward. After a key service's rows, keyward's sign rows on
+sealed keys run again, held to the rate the key service's rows reached, so that keyward's
+CPU per token on the service is also compared with sealed keys at the same rate. With keyward's sign rows it also measures SQLite
 alone committing ledger rows as keyward did (the durable ledger's floor).
 """
 import glob
@@ -262,9 +264,9 @@ class Load:
     def __init__(self, label, *roots, metrics=None):
         self.label, self.roots, self.rows, self.metrics = label, roots, {}, metrics
 
-    def run(self, row, url, conns, mode, arg):
+    def run(self, row, url, conns, mode, arg, pace_ms=0.0):
         command = ["wrk", "-t1", f"-c{conns}", "--latency", "-s", LUA, url, "--", mode, arg]
-        env = dict(os.environ, SIGN_BODY=SIGN_BODY)
+        env = dict(os.environ, SIGN_BODY=SIGN_BODY, PACE_MS=f"{pace_ms:.3f}")
         if WARMUP:
             subprocess.run(command[:3] + [f"-d{WARMUP}s"] + command[3:], env=env, capture_output=True)
         batches = ledger_batches(self.metrics) if self.metrics and mode == "sign" else None
@@ -631,6 +633,36 @@ def keyward_remote_load(work, kind):
     return load
 
 
+def sealed_at_rate(server, sealed, remote):
+    """keyward on sealed keys again, each sign row held to about the rate the key service's
+    row reached (the same connections, each pausing between requests): keyward's CPU per
+    token depends on the rate (the ledger commits what arrived since its last commit, so
+    fewer tokens per second mean fewer rows per commit), so the remote row's CPU per token is
+    also compared with sealed keys at its own rate. Stored as remote.paced[row]."""
+    server.start()
+    remote.paced = {}
+    try:
+        wait_for("the bench client", server.signs)
+        for row, profile in SIGN_ROWS:
+            if row not in remote.rows or row not in sealed.rows:
+                continue
+            # Each connection: a request and a pause. A short run paced by the whole period
+            # gives the request's own time at that load; the measured run pauses for the rest.
+            period_ms = SIGN_CONNS * 1000 / max(remote.rows[row]["rps"], 1)
+            load = Load(f"{remote.label}-paced", server.process.pid, metrics=f"http://{server.internal}/metrics")
+            global DURATION
+            saved, DURATION = DURATION, max(2, DURATION // 4)
+            try:
+                load.run(row, server.sign_url(profile), SIGN_CONNS, "sign", server.token, period_ms)
+            finally:
+                DURATION = saved
+            request_ms = max(SIGN_CONNS * 1000 / max(load.rows[row]["rps"], 1) - period_ms, 0.0)
+            load.run(row, server.sign_url(profile), SIGN_CONNS, "sign", server.token, max(period_ms - request_ms, 0.0))
+            remote.paced[row] = load.rows[row]
+    finally:
+        stop(server.process)
+
+
 def postgres(work):
     """A PostgreSQL server of its own in `work` (as nobody when run as root: PostgreSQL refuses
     root); returns its process and a URL of its `postgres` database."""
@@ -754,19 +786,23 @@ def report(speed, loads, idle, peak, ledger, pairs):
               f"token in the same row, and the service's own cost for one sign call ({REMOTE_CALLS} direct calls "
               "in a row from a tiny client, after the load):")
         print()
-        print("| Row | Server | keyward CPU µs/req | sealed keyward CPU µs/req | vs sealed | service CPU µs/req "
+        print("| Row | Server | req/s | keyward CPU µs/req | sealed keyward CPU µs/req | vs sealed | sealed at about "
+              "this rate: req/s | its CPU µs/req | vs sealed at this rate | service CPU µs/req "
               "| direct call: wall µs | direct call: service CPU µs |")
-        print("|---|---|---:|---:|---:|---:|---:|---:|")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for label in remote:
             load = loads[label]
             for row, _ in SIGN_ROWS:
                 if row not in load.rows:
                     continue
                 mine, sealed = load.rows[row]["cpu"], keyward.get(row, {}).get("cpu")
+                paced = getattr(load, "paced", {}).get(row)
+                paced_cells = (f"{paced['rps']:,.0f} | {paced['cpu']:,.1f} | {ratio(mine, paced['cpu'])}" if paced
+                               else "- | - | -")
                 wall, direct_cpu = load.direct[row]
-                print(f"| {row} | {label} | {mine:,.1f} | {'-' if sealed is None else f'{sealed:,.1f}'} | "
-                      f"{ratio(mine, sealed) if sealed else '-'} | {load.service[row]:,.1f} | {wall:,.0f} | "
-                      f"{direct_cpu:,.0f} |")
+                print(f"| {row} | {label} | {load.rows[row]['rps']:,.0f} | {mine:,.1f} | "
+                      f"{'-' if sealed is None else f'{sealed:,.1f}'} | {ratio(mine, sealed) if sealed else '-'} | "
+                      f"{paced_cells} | {load.service[row]:,.1f} | {wall:,.0f} | {direct_cpu:,.0f} |")
     if not keyward:
         return
     print()
@@ -869,6 +905,8 @@ def main():
         for kind in ("vault", "kms"):
             if f"keyward-{kind}" in SERVERS:
                 loads[f"keyward-{kind}"] = keyward_remote_load(work, kind)
+                if "keyward" in loads:
+                    sealed_at_rate(server, loads["keyward"], loads[f"keyward-{kind}"])
         report(speed, loads, idle, peak, ledger, pairs)
     finally:
         shutil.rmtree(work, ignore_errors=True)
