@@ -380,13 +380,7 @@ async fn vault_transit_keys_rotate_and_retired_or_revoked_keys_are_deleted_in_va
     let revoked =
         http.post(format!("{}/v1/keys/{first}/revoke", server.internal)).bearer_auth(&admin).send().await.unwrap();
     assert_eq!(revoked.status(), 200, "{}", revoked.text().await.unwrap());
-    let gone = reqwest::Client::new()
-        .get(format!("{}/v1/transit/keys/{first_name}", bao.address))
-        .header("X-Vault-Token", "root")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(gone.status(), 404, "the revoked key is deleted in Transit");
+    assert_eq!(transit_key_status(&bao, &first_name).await, 404, "the revoked key is deleted in Transit");
     let keys = listed(dir.path(), &server, &[]);
     assert!(keys.iter().any(|(kid, state, held)| kid == &first && state == "revoked" && held.is_empty()), "{keys:?}");
     sign_verified(&http, &server, &client, "d").await;
@@ -671,13 +665,7 @@ async fn two_replicas_on_postgres_share_transit_keys_through_rotation_and_revoca
     // than the other tests' 500 ms, and timeouts are not what this test is about.
     config.vault.as_mut().unwrap().sign_timeout_ms = 5000;
     let name = two_replicas_on_postgres(dir.path(), config, &[], "vault-transit").await;
-    let gone = reqwest::Client::new()
-        .get(format!("{}/v1/transit/keys/{name}", bao.address))
-        .header("X-Vault-Token", "root")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(gone.status(), 404, "the revoked key is deleted in Transit");
+    assert_eq!(transit_key_status(&bao, &name).await, 404, "the revoked key is deleted in Transit");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -766,13 +754,7 @@ async fn a_gate_holds_and_releases_the_planned_hand_over_between_transit_keys_an
     let config = vault_config(dir.path(), &bao, Algorithm::Es256, &token);
     let (kid, name, server) = gated_planned_rotation(dir.path(), config, &[], "vault-transit").await;
     retired(dir.path(), &server, &[], &kid).await;
-    let gone = reqwest::Client::new()
-        .get(format!("{}/v1/transit/keys/{name}", bao.address))
-        .header("X-Vault-Token", "root")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(gone.status(), 404, "the retired key is deleted in Transit");
+    assert_eq!(transit_key_status(&bao, &name).await, 404, "the retired key is deleted in Transit");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -785,4 +767,15 @@ async fn a_gate_holds_and_releases_the_planned_hand_over_between_aws_kms_keys_an
     let described = moto.client().describe_key().key_id(&arn).send().await.unwrap();
     let metadata = described.key_metadata().unwrap();
     assert_eq!(metadata.key_state(), Some(&KeyState::PendingDeletion), "the retired key is deleted in KMS");
+}
+
+/// The HTTP status of OpenBao's answer for Transit key `name` (404 once it is deleted).
+async fn transit_key_status(bao: &Bao, name: &str) -> reqwest::StatusCode {
+    reqwest::Client::new()
+        .get(format!("{}/v1/transit/keys/{name}", bao.address))
+        .header("X-Vault-Token", "root")
+        .send()
+        .await
+        .unwrap()
+        .status()
 }
